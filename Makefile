@@ -1,0 +1,36 @@
+# Each target bootstraps .venv when it is missing (or when requirements.txt / pyproject.toml changed).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RUN ?= runs/demo
+CONFIG ?= configs/demo.yaml
+
+.PHONY: setup test demo bench kaggle lint clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m lumbar demo --config $(CONFIG)
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+kaggle: $(STAMP)
+	$(PY) -m lumbar kaggle-bundle --run $(RUN) --out $(RUN)/kaggle
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
+
+clean:
+	rm -rf runs cache .pytest_cache

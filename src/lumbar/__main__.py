@@ -1,0 +1,3 @@
+from lumbar.cli import main
+
+raise SystemExit(main())
