@@ -46,6 +46,18 @@ def _map_axial(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", default=None, help="header index parquet to reuse (built on the fly otherwise)")
 
 
+@command("score", "lumbar.evaluate.metric:cli_score", "the competition metric of a submission or a baseline")
+def _score(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labels", required=True, help="label CSV in train.csv format (train.csv, test_labels.csv)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--submission", help="submission CSV; the labels of its studies are scored")
+    what.add_argument(
+        "--baseline", choices=["uniform", "prior", "prior_condition"],
+        help="score a baseline on every labelled study: uniform, condition x level prior, per-condition prior",
+    )
+    p.add_argument("--prior-labels", default=None, help="label CSV to fit the prior baselines on (default: --labels)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered command."""
     parser = argparse.ArgumentParser(prog="lumbar", description=__doc__.splitlines()[0])
