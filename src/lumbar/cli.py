@@ -58,6 +58,14 @@ def _score(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prior-labels", default=None, help="label CSV to fit the prior baselines on (default: --labels)")
 
 
+@command("pipeline", "lumbar.pipeline:cli_pipeline", "run the numbered notebooks with papermill")
+def _pipeline(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="configs/NAME.yaml")
+    p.add_argument("--from", dest="start", default=None, help="start at this notebook (output name or prefix)")
+    p.add_argument("--only", default=None, help="run just this notebook (output name or prefix)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="parameter for every notebook (YAML value)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered command."""
     parser = argparse.ArgumentParser(prog="lumbar", description=__doc__.splitlines()[0])
