@@ -77,7 +77,7 @@ def test_severe_scale_keeps_rows_normalised():
 
 
 def test_params_round_trip_and_mismatched_rows(data):
-    labels, _, preds = data
+    _, _, preds = data
     params = EnsembleParams(["good", "ok"], {"all": [0.5, 0.5]})
     again = EnsembleParams.from_dict(params.to_dict())
     pd.testing.assert_frame_equal(apply_ensemble(preds, params), apply_ensemble(preds, again))

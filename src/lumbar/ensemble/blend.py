@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize, minimize_scalar
+from scipy.optimize import minimize
 
 from lumbar.constants import CONDITION_GROUP, CONDITIONS, GRADES, GROUPS
 from lumbar.evaluate.metric import MetricResult, align_predictions, score_aligned
