@@ -122,13 +122,13 @@ def _train(config: TrainConfig, runtime: Runtime, logger) -> TrainResult:
         raise ValueError("config.cache: the ROI cache folder is required")
     out = Path(config.out)
     run_root = out.parent
-    labels = load_labels(data_root(config.data_dir or None, must_exist=True) / "train.csv")
+    all_labels = load_labels(data_root(config.data_dir or None, must_exist=True) / "train.csv")
     cache = read_cache(config.cache)
     conditions = resolve_conditions(config.mode, config.conditions)
-    labels = labels[labels["condition"].isin(conditions)].reset_index(drop=True)
+    labels = all_labels[all_labels["condition"].isin(conditions)].reset_index(drop=True)
     folds_path = Path(config.folds_csv) if config.folds_csv else run_root / "folds.csv"
-    if runtime.is_main:
-        load_or_make_folds(folds_path, labels, config.n_folds, config.seed)
+    if runtime.is_main:  # from all labels, so every run of the experiment makes the same file
+        load_or_make_folds(folds_path, all_labels, config.n_folds, config.seed)
         config.save(out / CONFIG_JSON)
     runtime.barrier()
     folds = read_folds(folds_path)
@@ -151,7 +151,7 @@ def _train(config: TrainConfig, runtime: Runtime, logger) -> TrainResult:
                 raise ValueError(f"unit {task.name} fold {fold}: {len(data.train)} training and "
                                  f"{len(data.valid)} validation samples in cache {config.cache}")
             fold_dir = out / task.name / f"fold{fold}"
-            table, timing = fit_fold(config, runtime, cache, task, data, fold_dir, logger)
+            table, timing = fit_fold(config, runtime, cache, task, fold, data, fold_dir, logger)
             tables.append(table.assign(fold=fold))
             checkpoints[str(fold)] = str((fold_dir / BEST).relative_to(out))
             timings[f"{task.name}/fold{fold}"] = timing
@@ -231,14 +231,14 @@ def build_unit_model(config: TrainConfig, task: Task, cache: RoiCache) -> nn.Mod
                        drop_rate=config.drop_rate, **config.model_kwargs)
 
 
-def fit_fold(config: TrainConfig, runtime: Runtime, cache: RoiCache, task: Task, data: FoldData, fold_dir: Path,
-             logger) -> tuple[pd.DataFrame, dict[str, float]]:
+def fit_fold(config: TrainConfig, runtime: Runtime, cache: RoiCache, task: Task, fold: int, data: FoldData,
+             fold_dir: Path, logger) -> tuple[pd.DataFrame, dict[str, float]]:
     """Train (or resume, or skip when finished) one unit on one fold; predict its held-out items.
 
     Returns:
         (held-out prediction rows with grades, timing summary: loader and model seconds per batch).
     """
-    seed = config.seed + 1000 * int(fold_dir.name.removeprefix("fold"))
+    seed = config.seed + 1000 * fold
     seed_everything(seed, deterministic=runtime.device.type == "cpu")
     train_items, valid_items = data.train, data.valid
     augment = StackAugment(resolve_augmentations(config.augment, task.conditions))
@@ -297,7 +297,7 @@ def fit_fold(config: TrainConfig, runtime: Runtime, cache: RoiCache, task: Task,
         sampler.set_epoch(epoch)
         train_ds.set_epoch(epoch)
         stats = _train_epoch(net, model, ema, train_loader, optimizer, scheduler, scaler, loss_fn, weights, config,
-                             runtime, task, max_batches, f"{task.name} f{fold_dir.name[4:]} e{epoch}")
+                             runtime, task, max_batches, f"{task.name} f{fold} e{epoch}")
         idx, probs, val_loss = predict_probs(evaluator, valid_loader, runtime, task.num_targets, task.num_classes,
                                              loss_fn, config.class_weights, max_batches)
         score = validation_score(task, task.prediction_rows(valid_ds.items.iloc[idx], probs))
@@ -323,7 +323,7 @@ def fit_fold(config: TrainConfig, runtime: Runtime, cache: RoiCache, task: Task,
             write_history(state["history"], fold_dir)
             if config.record_samples:
                 _record_samples(fold_dir, epoch, stats["seen"])
-            logger.log_epoch(task.name, int(fold_dir.name[4:]), row)
+            logger.log_epoch(task.name, fold, row)
         runtime.barrier()
 
     if runtime.is_main and state["history"]:
