@@ -66,6 +66,16 @@ def _pipeline(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="parameter for every notebook (YAML value)")
 
 
+@command("kaggle-bundle", "lumbar.kaggle:cli_kaggle_bundle", "offline upload bundle: code/, weights/, kernel/")
+def _kaggle_bundle(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run folder with a manifest (runs/NAME)")
+    p.add_argument("--out", required=True, help="bundle folder (replaced)")
+    p.add_argument("--user", default=None, help="Kaggle user name (default: $KAGGLE_USERNAME)")
+    p.add_argument("--slug", default="lumbar", help="prefix of the dataset and kernel slugs")
+    p.add_argument("--wheelhouse", default=None, help="take dependency wheels from this folder (offline)")
+    p.add_argument("--no-dependencies", action="store_true", help="bundle only the lumbar wheel")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered command."""
     parser = argparse.ArgumentParser(prog="lumbar", description=__doc__.splitlines()[0])
