@@ -1,6 +1,3 @@
-import shutil
-
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -62,7 +59,7 @@ def test_row_id_round_trip():
 def _wide(tmp_path, **changes):
     cols = [f"{c}_{lv}" for c in CONDITIONS for lv in LEVELS]
     df = pd.DataFrame([[1, *["Normal/Mild"] * 25], [2, *["Severe"] * 25]], columns=["study_id", *cols])
-    for k, v in changes.items():
+    for v in changes.values():
         df = v(df)
     path = tmp_path / "train.csv"
     df.to_csv(path, index=False)
@@ -71,7 +68,9 @@ def _wide(tmp_path, **changes):
 
 def test_missing_column_names_file_and_column(tmp_path):
     path = _wide(tmp_path, drop=lambda d: d.drop(columns=["spinal_canal_stenosis_l4_l5"]))
-    with pytest.raises(DataFormatError, match=r"train\.csv, line 1: missing column.*spinal_canal_stenosis_l4_l5"):
+    with pytest.raises(
+        DataFormatError, match=r"train\.csv, line 1: missing column.*spinal_canal_stenosis_l4_l5"
+    ):
         load_labels(path)
 
 

@@ -50,7 +50,9 @@ CONDITION_SERIES: dict[str, str] = {
 }
 
 #: The side of a condition ("" for the midline spinal canal); a left-right flip swaps these.
-CONDITION_SIDE: dict[str, str] = {c: c.split("_")[0] if c.split("_")[0] in ("left", "right") else "" for c in CONDITIONS}
+CONDITION_SIDE: dict[str, str] = {
+    c: c.split("_")[0] if c.split("_")[0] in ("left", "right") else "" for c in CONDITIONS
+}
 
 #: The thesis's short names.
 CONDITION_ABBREV: dict[str, str] = {

@@ -72,7 +72,9 @@ def _integer_column(df: pd.DataFrame, column: str, path: Path) -> pd.Series:
     bad = values.isna() | (values != np.floor(values))
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataFormatError(path, f"column {column!r} must hold integers, found {df[column].iloc[i]!r}", _line(i))
+        raise DataFormatError(
+            path, f"column {column!r} must hold integers, found {df[column].iloc[i]!r}", _line(i)
+        )
     return values.astype("int64")
 
 
@@ -114,7 +116,9 @@ def load_labels(path: str | Path, dropna: bool = True) -> pd.DataFrame:
         if unknown.any():
             i = int(np.flatnonzero(unknown)[0])
             raise DataFormatError(
-                path, f"unknown grade {values.iloc[i]!r} in column {col!r}; expected one of {GRADE_LABELS}", _line(i)
+                path,
+                f"unknown grade {values.iloc[i]!r} in column {col!r}; expected one of {GRADE_LABELS}",
+                _line(i),
             )
         codes[present, j] = mapped[present].astype(np.int8)
     n = len(wide)
@@ -138,7 +142,9 @@ def labels_to_wide(labels: pd.DataFrame) -> pd.DataFrame:
     names = np.asarray(GRADE_LABELS, dtype=object)
     grade = table["grade"]
     table = table.assign(value=[names[int(g)] if pd.notna(g) else np.nan for g in grade])
-    wide = table.pivot(index="study_id", columns="column", values="value").reindex(columns=list(LABEL_COLUMNS))
+    wide = table.pivot(index="study_id", columns="column", values="value").reindex(
+        columns=list(LABEL_COLUMNS)
+    )
     return wide.reset_index().rename_axis(columns=None)
 
 
@@ -157,7 +163,9 @@ def load_coordinates(path: str | Path) -> pd.DataFrame:
         values = pd.to_numeric(df[col], errors="coerce")
         if values.isna().any():
             i = int(np.flatnonzero(values.isna().to_numpy())[0])
-            raise DataFormatError(path, f"column {col!r} must be a number, found {df[col].iloc[i]!r}", _line(i))
+            raise DataFormatError(
+                path, f"column {col!r} must be a number, found {df[col].iloc[i]!r}", _line(i)
+            )
         df[col] = values.astype("float64")
     return df
 
@@ -187,7 +195,9 @@ def load_series_descriptions(path: str | Path) -> pd.DataFrame:
     dup = df.duplicated(["study_id", "series_id"])
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
-        raise DataFormatError(path, f"duplicate series {df['series_id'].iloc[i]} of study {df['study_id'].iloc[i]}", _line(i))
+        raise DataFormatError(
+            path, f"duplicate series {df['series_id'].iloc[i]} of study {df['study_id'].iloc[i]}", _line(i)
+        )
     return df
 
 
@@ -197,7 +207,9 @@ def load_submission(path: str | Path) -> pd.DataFrame:
     df = _read_csv(path, SUBMISSION_COLUMNS)
     extra = [c for c in df.columns if c not in SUBMISSION_COLUMNS]
     if extra:
-        raise DataFormatError(path, f"unexpected column(s) {extra}; expected exactly {SUBMISSION_COLUMNS}", line=1)
+        raise DataFormatError(
+            path, f"unexpected column(s) {extra}; expected exactly {SUBMISSION_COLUMNS}", line=1
+        )
     return df[SUBMISSION_COLUMNS].astype({"row_id": str})
 
 
@@ -224,5 +236,3 @@ def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
     df.to_csv(tmp, index=False)
     tmp.replace(path)
     return path
-
-

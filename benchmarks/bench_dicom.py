@@ -1,0 +1,107 @@
+"""Header index and volume reader vs the plain pydicom loops, on the real sample's files.
+
+The two sample studies are linked `--copies` times under new study ids (symlinks, no copy) so the
+measurement covers ~1,700 files and process start-up is not the whole story.
+
+    python benchmarks/bench_dicom.py [--sample DIR] [--copies 10] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pydicom
+
+from lumbar.data.dicom import read_series
+from lumbar.data.index import build_index
+from lumbar.paths import PROJECT_ROOT
+
+
+def link_tree(sample: Path, out: Path, copies: int) -> list[Path]:
+    """Symlink every sample DICOM file under `copies` fake study ids; return the files."""
+    files = []
+    for c in range(copies):
+        for study in sorted((sample / "train_images").iterdir()):
+            for series in sorted(study.iterdir()):
+                dst = out / "train_images" / f"{c + 1}{study.name}" / series.name
+                dst.mkdir(parents=True)
+                for f in sorted(series.glob("*.dcm")):
+                    (dst / f.name).symlink_to(f.resolve())
+                    files.append(dst / f.name)
+    return files
+
+
+def best_of(repeat: int, fn) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--sample",
+        default=os.environ.get("LUMBAR_SAMPLE_DIR", PROJECT_ROOT.parent / "shared" / "rsna2024-sample"),
+    )
+    p.add_argument("--copies", type=int, default=10)
+    p.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        files = link_tree(Path(args.sample), root, args.copies)
+        n = len(files)
+        for f in files:  # warm the page cache for every contender alike
+            f.read_bytes()
+        series_dirs = sorted({f.parent for f in files})
+        pixels = (
+            sum(h.rows * h.columns for d in series_dirs[:6] for h in read_series(d).headers) * args.copies
+        )
+
+        rows = []
+        t_plain_h = best_of(args.repeat, lambda: [pydicom.dcmread(f, stop_before_pixels=True) for f in files])
+        rows.append(
+            ("headers: plain dcmread(stop_before_pixels) loop", t_plain_h, n / t_plain_h, "files/s", 1.0)
+        )
+        for w in (1, 2):
+            t = best_of(args.repeat, lambda w=w: build_index(root, "train", workers=w, progress=False))
+            rows.append((f"headers: lumbar index --workers {w}", t, n / t, "files/s", t_plain_h / t))
+
+        t_plain_p = best_of(args.repeat, lambda: [pydicom.dcmread(f).pixel_array for f in files])
+        rows.append(
+            ("pixels: plain dcmread(f).pixel_array loop", t_plain_p, pixels / t_plain_p / 1e6, "Mpx/s", 1.0)
+        )
+
+        def read_all():
+            for d in series_dirs:
+                s = read_series(d, decode=True)
+                for k in range(len(s.stacks)):
+                    s.load(k)
+
+        t = best_of(args.repeat, read_all)
+        rows.append(
+            (
+                "pixels: lumbar read_series(decode=True) + load per stack",
+                t,
+                pixels / t / 1e6,
+                "Mpx/s",
+                t_plain_p / t,
+            )
+        )
+
+    print(f"{n} files ({args.copies} x the 2 sample studies), best of {args.repeat}; "
+          f"decoder plugins: {pydicom.pixels.decoders.RLELosslessDecoder.available_plugins}")  # fmt: skip
+    print("| what | seconds | rate | unit | speed vs plain |")
+    print("|---|---|---|---|---|")
+    for what, t, rate, unit, ratio in rows:
+        print(f"| {what} | {t:.3f} | {rate:,.1f} | {unit} | {ratio:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

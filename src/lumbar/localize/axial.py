@@ -1,0 +1,134 @@
+"""Sagittal level points -> the axial slice of each level, through DICOM geometry alone.
+
+Each spinal-canal point (pixel on a Sagittal T2/STIR instance) becomes a patient position in mm; every
+slice of every axial series of the study is a plane; the chosen slice is the one whose plane is nearest to
+the point among the slices on which the point also falls inside the image (an oblique stack aimed at
+another disc can pass near a point far outside its field of view). Matches farther than `max_distance_mm`
+keep their distance but no instance: a missed level is better reported than guessed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+import pandas as pd
+
+from lumbar.constants import AXIAL_T2, LEVELS
+from lumbar.data.dicom import pixel_to_patient
+from lumbar.data.index import load_or_build_index, series_geometry
+from lumbar.data.tables import load_coordinates, write_csv
+from lumbar.paths import data_root
+
+AXIAL_MAP_COLUMNS = ["study_id", "level", "axial_series_id", "instance_number", "distance_mm", "x", "y"]
+
+
+def sagittal_points_mm(coords: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
+    """Add patient coordinates `px, py, pz` (mm) to coordinate rows, from their instance's geometry.
+
+    Rows whose instance is not in the index get NaN.
+    """
+    keys = ["study_id", "series_id", "instance_number"]
+    geo = index[keys + ["ipp_x", "ipp_y", "ipp_z"] + [f"iop_{i}" for i in range(6)] +
+                ["pixel_spacing_row", "pixel_spacing_col"]].drop_duplicates(keys)  # fmt: skip
+    merged = coords.merge(geo, on=keys, how="left")
+    g = series_geometry(merged)
+    mm = pixel_to_patient(
+        g["positions"], g["orientations"], g["spacings"], merged["x"].to_numpy(), merged["y"].to_numpy()
+    )
+    return merged[coords.columns.tolist()].assign(px=mm[:, 0], py=mm[:, 1], pz=mm[:, 2])
+
+
+def nearest_axial_slices(points_mm: np.ndarray, axial_index: pd.DataFrame) -> pd.DataFrame:
+    """For each point (n, 3), the axial slice whose plane is nearest among those the point falls inside.
+
+    Returns:
+        One row per point: axial_series_id, instance_number, distance_mm, x, y (pixel on that slice);
+        NaN where no slice contains the point.
+    """
+    points_mm = np.atleast_2d(points_mm)
+    g = series_geometry(axial_index)
+    normals = np.cross(g["orientations"][:, :3], g["orientations"][:, 3:])
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    delta = points_mm[:, None, :] - g["positions"][None]  # (p, n, 3)
+    dist = np.abs(np.einsum("pnk,nk->pn", delta, normals))
+    x = np.einsum("pnk,nk->pn", delta, g["orientations"][:, :3]) / g["spacings"][:, 1]
+    y = np.einsum("pnk,nk->pn", delta, g["orientations"][:, 3:]) / g["spacings"][:, 0]
+    inside = (
+        (x >= 0)
+        & (y >= 0)
+        & (x <= axial_index["columns"].to_numpy() - 1)
+        & (y <= axial_index["rows"].to_numpy() - 1)
+    )
+    dist_inside = np.where(inside, dist, np.inf)
+    best = np.argmin(dist_inside, axis=1)
+    rows = np.arange(len(points_mm))
+    found = np.isfinite(dist_inside[rows, best])
+    return pd.DataFrame(
+        {
+            "axial_series_id": np.where(found, axial_index["series_id"].to_numpy()[best], -1),
+            "instance_number": np.where(found, axial_index["instance_number"].to_numpy()[best], -1),
+            "distance_mm": np.where(found, dist_inside[rows, best], np.nan),
+            "x": np.where(found, x[rows, best], np.nan),
+            "y": np.where(found, y[rows, best], np.nan),
+        }
+    )
+
+
+def map_axial(coords: pd.DataFrame, index: pd.DataFrame, max_distance_mm: float = 10.0) -> pd.DataFrame:
+    """Map spinal-canal points on Sagittal T2/STIR to the nearest axial slice per study and level.
+
+    Args:
+        coords: coordinates table (any conditions; only `spinal_canal_stenosis` rows are used).
+        index: header index covering the studies (needs the sagittal instances and the axial series).
+        max_distance_mm: farther matches keep `distance_mm` but get an empty `instance_number`.
+
+    Returns:
+        `AXIAL_MAP_COLUMNS`, one row per (study, level) with a spinal point; `instance_number` and
+        `axial_series_id` are nullable integers (empty when no axial slice is near enough or the study has
+        no axial series).
+    """
+    spinal = coords[coords["condition"] == "spinal_canal_stenosis"]
+    spinal = spinal.drop_duplicates(["study_id", "level"]).reset_index(drop=True)
+    pts = sagittal_points_mm(spinal, index)
+    axial = index[index["series_description"] == AXIAL_T2]
+    out = []
+    for study_id, group in pts.groupby("study_id", sort=True):
+        study_axial = axial[axial["study_id"] == study_id]
+        result = pd.DataFrame({"study_id": study_id, "level": group["level"].to_numpy()})
+        valid = group[["px", "py", "pz"]].notna().all(axis=1).to_numpy()
+        if len(study_axial) and valid.any():
+            near = nearest_axial_slices(
+                group[["px", "py", "pz"]].to_numpy()[valid], study_axial.reset_index(drop=True)
+            )
+            for col in near.columns:
+                result.loc[valid, col] = near[col].to_numpy()
+        out.append(result)
+    cols = AXIAL_MAP_COLUMNS
+    if not out:
+        return pd.DataFrame(columns=cols)
+    result = pd.concat(out, ignore_index=True).reindex(columns=cols)
+    too_far = ~(result["distance_mm"] <= max_distance_mm)
+    result.loc[too_far, ["instance_number", "x", "y"]] = np.nan
+    result.loc[result["axial_series_id"] == -1, "axial_series_id"] = np.nan
+    result["level"] = pd.Categorical(result["level"], categories=LEVELS, ordered=True)
+    result = result.sort_values(["study_id", "level"], ignore_index=True)
+    result["level"] = result["level"].astype(str)
+    return result.astype({"axial_series_id": "Int64", "instance_number": "Int64"})
+
+
+def cli_map_axial(args: argparse.Namespace) -> int:
+    """`python -m lumbar map-axial`: studies without images are counted and left out of the output."""
+    root = data_root(args.data_dir)
+    coords = load_coordinates(args.coords)
+    index = load_or_build_index(root, args.split, cache=args.index, studies=sorted(coords["study_id"].unique()))
+    with_images = coords["study_id"].isin(index["study_id"])
+    result = map_axial(coords[with_images], index, args.max_distance_mm)
+    write_csv(result, args.out)
+    absent = coords.loc[~with_images, "study_id"].nunique()
+    n, found = len(result), int(result["instance_number"].notna().sum())
+    print(f"map-axial: {found}/{n} study-levels on an axial slice within {args.max_distance_mm} mm"
+          + (f"; {absent} studies of the coordinates have no images here (left out)" if absent else "")
+          + f"; wrote {os.fspath(args.out)}")  # fmt: skip
+    return 0
