@@ -41,6 +41,14 @@ def _synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing train_images/ and test_images/")
 
 
+@command("synth-figure", "lumbar.data.synthetic.figure:cli_synth_figure",
+         "PNG of one study's three series with its label points")
+def _synth_figure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", required=True, help="data folder in the competition's layout")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--study-id", type=int, default=None, help="default: a complete study with many non-normal grades")
+
+
 @command("index", "lumbar.data.index:cli_index", "one row per DICOM file (headers only) -> parquet")
 def _index(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="competition data folder (default: see lumbar.paths)")

@@ -57,6 +57,9 @@ NARROWING_MAX = 0.85
 NARROWING_MID = 0.5
 NARROWING_WIDTH = 0.6
 
+#: Plane waves summed into the abdomen's texture.
+TEXTURE_WAVES = 6
+
 #: Half-extent of a foramen across sagittal slices (mm): it shows on two or three of them.
 FORAMEN_HALF_X = 4.5
 
@@ -100,7 +103,7 @@ class Phantom:
         degeneration: (5,) disc degeneration per level in [0, 1] (darker, thinner disc).
         outline: (4,) body outline: half-width, half-depth, centre y, subcutaneous fat thickness.
         contrast_jitter: (n_tissues,) multiplicative factor per tissue.
-        texture: (3, 4) plane waves (kx, ky, kz, phase) modulating the abdomen.
+        texture: (TEXTURE_WAVES, 4) plane waves (kx, ky, kz, phase) modulating the abdomen.
     """
 
     rotation: np.ndarray
@@ -251,7 +254,7 @@ class Phantom:
         )
         phases = np.einsum("nj,kj->nk", body[front], self.texture[:, :3].astype(np.float32))
         wave = np.cos(phases + self.texture[:, 3].astype(np.float32)).sum(axis=1)
-        paint(c["viscera"] * (1.0 + 0.25 / len(self.texture) * wave), abdomen, front)
+        paint(c["viscera"] * (1.0 + 0.3 / np.sqrt(len(self.texture)) * wave), abdomen, front)
 
         # The spine's own structures only near it: evaluate them on that subset of points.
         reach = self.foramen_x + 12.0
@@ -300,14 +303,14 @@ class Phantom:
         lvl = np.clip(vert - 1, 0, len(LEVELS) - 1)
         bx_d, bw_d = body_half[lvl + 1, 0] + 1.0, body_half[lvl + 1, 1] + 1.0
         bulge = 0.55 * g["n_spinal"][lvl] * g["sac_depth"][lvl]
-        annulus = _ellipse_distance(x, w, bx_d, np.where(w > 0, bw_d + bulge, bw_d))
+        annulus = _ellipse_distance(x, w, bx_d, np.where(w > 0, bw_d + bulge, bw_d), 4)
         paint(c["annulus"], _ramp(np.minimum(annulus, d_seg + 0.5), edge) * is_disc)
         nucleus = _ellipse_distance(x, w, 0.6 * bx_d, 0.55 * bw_d)
         nucleus_level = (c["nucleus"] * (1.0 - 0.6 * self.degeneration)).astype(f32)
         paint(nucleus_level[lvl], _ramp(np.minimum(nucleus, d_seg - 1.5), edge) * is_disc)
 
         # Vertebral bodies: marrow inside a thin dark cortex.
-        body_d = np.minimum(_ellipse_distance(x, w, body_half[vert, 0], bw), d_seg)
+        body_d = np.minimum(_ellipse_distance(x, w, body_half[vert, 0], bw, 4), d_seg)
         paint(c["cortex"], _ramp(body_d, edge) * is_body)
         paint(c["marrow"], _ramp(body_d - 1.0, edge) * is_body)
 
@@ -384,10 +387,10 @@ def draw_phantom(rng: np.random.Generator, severity: np.ndarray) -> Phantom:
     outline = np.array([rng.uniform(140.0, 185.0), outline_half_depth,
                         back_of_canal + muscle + fat - outline_half_depth, fat])
 
-    direction = rng.normal(size=(3, 3))
+    direction = rng.normal(size=(TEXTURE_WAVES, 3))
     direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-    texture = np.concatenate([direction * 2 * np.pi / rng.uniform(20.0, 45.0, (3, 1)),
-                              rng.uniform(0, 2 * np.pi, (3, 1))], axis=1)
+    texture = np.concatenate([direction * 2 * np.pi / rng.uniform(15.0, 45.0, (TEXTURE_WAVES, 1)),
+                              rng.uniform(0, 2 * np.pi, (TEXTURE_WAVES, 1))], axis=1)
 
     return Phantom(
         rotation=rotation,
@@ -400,7 +403,7 @@ def draw_phantom(rng: np.random.Generator, severity: np.ndarray) -> Phantom:
         sac_depth=sac_depth,
         epidural=epidural,
         lamina=lamina,
-        foramen_x=size * rng.normal(17.0, 1.2),
+        foramen_x=float(half_width[1:6].mean() * rng.uniform(0.66, 0.76)),  # behind the body, not past it
         foramen_half=size * np.array([rng.normal(4.5, 0.4), rng.normal(8.0, 0.6)]),
         recess_half=size * np.array([rng.normal(4.0, 0.4), rng.normal(3.0, 0.3)]),
         level_scale=rng.normal(1.0, 0.06, len(LEVELS)),

@@ -8,12 +8,15 @@ is) multiplies the signal, and Rician noise (the magnitude of complex Gaussian n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from lumbar.data.synthetic.anatomy import Phantom
 from lumbar.data.synthetic.geometry import Stack
+
+#: Pixels rendered at once (a few hundred MB of intermediate arrays at most).
+CHUNK_PIXELS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -53,13 +56,17 @@ def render_stack(
     """
     edge = float(max(stack.pixel_spacing))
     image = np.zeros((len(stack), stack.rows, stack.cols), np.float32)
-    offsets = (np.arange(depth_samples) + 0.5) / depth_samples - 0.5
-    for off in offsets * stack.thickness:
-        points = stack.pixel_grid(np.full(len(stack), off))
-        image += phantom.intensity(points, sequence, edge=edge)
+    offsets = ((np.arange(depth_samples) + 0.5) / depth_samples - 0.5) * stack.thickness
+    per_chunk = max(1, CHUNK_PIXELS // (stack.rows * stack.cols))  # bounds memory at large image sizes
+    for start in range(0, len(stack), per_chunk):
+        part = replace(stack, positions=stack.positions[start : start + per_chunk])
+        for off in offsets:
+            points = part.pixel_grid(np.full(len(part), off))
+            image[start : start + len(part)] += phantom.intensity(points, sequence, edge=edge)
+        points = part.pixel_grid()
+        centre = effects.bias_centre.astype(np.float32)
+        image[start : start + len(part)] *= np.exp(np.einsum("...k,k->...", points - centre,
+                                                             (effects.bias / 100.0).astype(np.float32)))
     image /= depth_samples
-    points = stack.pixel_grid()
-    gain = np.exp((points - effects.bias_centre.astype(np.float32)) @ (effects.bias / 100.0).astype(np.float32))
-    image *= gain
     noise = rng.standard_normal((2, *image.shape), dtype=np.float32) * np.float32(effects.noise)
     return np.sqrt((image + noise[0]) ** 2 + noise[1] ** 2)
