@@ -129,8 +129,10 @@ def test_same_seed_writes_identical_files_with_any_worker_count(synthetic_dir, t
     assert ours == again
     differ = [p for p in ours if p.name != MANIFEST and not filecmp.cmp(synthetic_dir / p, out / p, shallow=False)]
     assert differ == []
-    with pytest.raises(FileExistsError, match="already exists"):
-        main(args)
+    assert main(args) == 2  # an existing folder is not overwritten without --overwrite
+    assert "already exists" in capsys.readouterr().err
+    assert main([*args[:2], str(tmp_path / "bad"), "--label-noise", "1.5"]) == 2
+    assert "label_noise" in capsys.readouterr().err
 
 
 def test_labels_and_anatomy_do_not_depend_on_image_size():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -210,9 +211,14 @@ def generate(out: str | Path, config: SynthConfig, oracle: str | Path | None = N
 
 
 def cli_synth(args: argparse.Namespace) -> int:
-    """`python -m lumbar synth`: write the folder, print one summary line."""
-    config = SynthConfig(studies=args.studies, test_studies=args.test_studies, seed=args.seed,
-                         image_size=args.image_size, label_noise=args.label_noise)
-    summary = generate(args.out, config, oracle=args.oracle, workers=args.workers, overwrite=args.overwrite)
+    """`python -m lumbar synth`: write the folder, print one summary line (exit 2 on bad arguments)."""
+    try:
+        config = SynthConfig(studies=args.studies, test_studies=args.test_studies, seed=args.seed,
+                             image_size=args.image_size, label_noise=args.label_noise)
+        LabelModel(reader_sd=config.reader_sd, label_noise=config.label_noise)  # validate before any work
+        summary = generate(args.out, config, oracle=args.oracle, workers=args.workers, overwrite=args.overwrite)
+    except (FileExistsError, ValueError) as e:
+        print(f"synth: error: {e}", file=sys.stderr)
+        return 2
     print(summary.line())
     return 0
