@@ -211,6 +211,7 @@ def _finish(config, runtime, out, run_root, cache, labels, folds, fold_ids, pred
                  "checkpoints": {u: {f: str(Path(out.name) / p) for f, p in v["checkpoints"].items()}
                                  for u, v in units.items()},
                  "model": summary["model"], "input_shape": summary["input_shape"], "oof": str(Path(out.name) / OOF_CSV),
+                 "config": str(Path(out.name) / CONFIG_JSON), "result": str(Path(out.name) / RESULT_JSON),
                  "oof_score": (oof_score or {}).get("score")}
         update_manifest(run_root, "classifiers", entry, item=out.name)
     runtime.barrier()
