@@ -128,7 +128,12 @@ def _one(vol: Volume, k: int) -> Volume:
 
 
 def render_sample(
-    slices: dict[int, Volume], positions: np.ndarray, point_mm: np.ndarray, condition: str, config: RoiConfig
+    slices: dict[int, Volume],
+    positions: np.ndarray,
+    point_mm: np.ndarray,
+    condition: str,
+    config: RoiConfig,
+    value_range: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """One sample's tensor from its decoded slices.
 
@@ -138,13 +143,15 @@ def render_sample(
         point_mm: the label point in patient coordinates (mm).
         condition: selects the crop margins.
         config: the cache parameters.
+        value_range: the (low, high) percentiles of these slices when already known (samples sharing a
+            window share them); computed otherwise.
 
     Returns:
         float16 (len(positions), size + 2 * pad_px, size + 2 * pad_px) in [0, 1].
     """
     need = source_slices(positions)
     raw = np.concatenate([slices[i].pixels for i in need])
-    lo, hi = percentile_range(raw, config.low_percentile, config.high_percentile)
+    lo, hi = value_range or percentile_range(raw, config.low_percentile, config.high_percentile)
     geometry = [
         np.concatenate([getattr(slices[i], a) for i in need])
         for a in ("positions", "orientations", "spacings")
@@ -219,6 +226,7 @@ def _build_series(
     for si in sorted({p.stack_index for p in missing}):
         wanted = {int(i) for p in missing if p.stack_index == si for i in source_slices(p.positions)}
         decoded[si] = _decode(series.stacks[si], sorted(wanted))
+    ranges: dict[tuple, tuple[float, float]] = {}
     for plan in plans:
         if plan.file in missing_files:
             good, bad = decoded[plan.stack_index]
@@ -230,7 +238,11 @@ def _build_series(
             point_mm = pixel_to_patient(
                 h.position, h.orientation, h.pixel_spacing, plan.row["x"], plan.row["y"]
             )
-            array = render_sample(good, plan.positions, point_mm, plan.row["condition"], config)
+            key = (plan.stack_index, tuple(source_slices(plan.positions)))
+            if key not in ranges:  # e.g. the five spinal levels on one slice share one window
+                raw = np.concatenate([good[i].pixels for i in key[1]])
+                ranges[key] = percentile_range(raw, config.low_percentile, config.high_percentile)
+            array = render_sample(good, plan.positions, point_mm, plan.row["condition"], config, ranges[key])
             save_atomic(array, cache / plan.file)
             result.built += 1
         else:
