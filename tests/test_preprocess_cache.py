@@ -153,3 +153,22 @@ def test_cli_rejects_unknown_parameters(sample_dir, tmp_path):
     with pytest.raises(SystemExit, match="did you mean 'pad_px'"):
         main(["preprocess", "--data-dir", str(sample_dir), "--coords", "x.csv", "--out", str(tmp_path),
               "--set", "padpx=3"])  # fmt: skip
+
+
+def test_an_unexpected_data_error_fails_only_its_sample(sample_dir, tmp_path, monkeypatch):
+    from lumbar.preprocess import roi
+
+    real = roi.render_sample
+
+    def flaky(slices, positions, point_mm, condition, config, value_range=None):
+        if condition == "left_subarticular_stenosis":
+            raise ValueError("odd geometry")
+        return real(slices, positions, point_mm, condition, config, value_range)
+
+    monkeypatch.setattr(roi, "render_sample", flaky)
+    report = build_cache(
+        _coords(sample_dir, STUDY_A), sample_dir, "train", tmp_path, RoiConfig(), progress=False
+    )
+    assert len(report.samples) == 20 and len(report.failures) == 5
+    assert report.failures["error"].str.endswith("ValueError: odd geometry").all()
+    assert set(report.failures["condition"]) == {"left_subarticular_stenosis"}

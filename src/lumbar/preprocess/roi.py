@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from lumbar.constants import row_id
@@ -55,6 +56,8 @@ SAMPLE_COLUMNS = [
     "depth", "height", "width", "pad_slices", "pad_px",
     "stack_index", "slice_index", "n_slices", "edge_slices", "point_d", "point_y", "point_x",
 ]  # fmt: skip
+#: What odd data raises while a sample is built: caught per sample (or series) and reported as a failure.
+DATA_ERRORS = (ValueError, TypeError, IndexError, KeyError, ArithmeticError, OSError, cv2.error)
 #: Columns of failures.csv.
 FAILURE_COLUMNS = [
     "sample_id",
@@ -206,6 +209,20 @@ def _sample_row(plan: _Plan, config: RoiConfig) -> dict:
     }  # fmt: skip
 
 
+def _write_sample(
+    series: Series, plan: _Plan, good: dict[int, Volume], ranges: dict, cache: Path, config: RoiConfig
+) -> None:
+    """Render one planned sample from the decoded slices and write it atomically."""
+    h = series.stacks[plan.stack_index].headers[plan.slice_index]
+    point_mm = pixel_to_patient(h.position, h.orientation, h.pixel_spacing, plan.row["x"], plan.row["y"])
+    key = (plan.stack_index, tuple(source_slices(plan.positions)))
+    if key not in ranges:  # e.g. the five spinal levels on one slice share one window
+        raw = np.concatenate([good[i].pixels for i in key[1]])
+        ranges[key] = percentile_range(raw, config.low_percentile, config.high_percentile)
+    array = render_sample(good, plan.positions, point_mm, plan.row["condition"], config, ranges[key])
+    save_atomic(array, cache / plan.file)
+
+
 def _build_series(
     series: Series, group: list[dict], cache: Path, config: RoiConfig, result: StudyResult
 ) -> None:
@@ -234,16 +251,11 @@ def _build_series(
             if errors:
                 result.failures.append(_failure(plan.row, errors[0]))
                 continue
-            h = series.stacks[plan.stack_index].headers[plan.slice_index]
-            point_mm = pixel_to_patient(
-                h.position, h.orientation, h.pixel_spacing, plan.row["x"], plan.row["y"]
-            )
-            key = (plan.stack_index, tuple(source_slices(plan.positions)))
-            if key not in ranges:  # e.g. the five spinal levels on one slice share one window
-                raw = np.concatenate([good[i].pixels for i in key[1]])
-                ranges[key] = percentile_range(raw, config.low_percentile, config.high_percentile)
-            array = render_sample(good, plan.positions, point_mm, plan.row["condition"], config, ranges[key])
-            save_atomic(array, cache / plan.file)
+            try:
+                _write_sample(series, plan, good, ranges, cache, config)
+            except DATA_ERRORS as e:  # one odd file must not stop a 2,000-study run; it is reported
+                result.failures.append(_failure(plan.row, f"{series.folder}: {type(e).__name__}: {e}"))
+                continue
             result.built += 1
         else:
             result.skipped += 1
@@ -274,6 +286,9 @@ def build_study(
             series = read_series(folder, skip_unreadable=True)
         except DicomReadError as e:
             result.failures += [_failure(r, str(e)) for r in group]
+            continue
+        except DATA_ERRORS as e:  # malformed geometry and the like: reported, not fatal
+            result.failures += [_failure(r, f"{folder}: {type(e).__name__}: {e}") for r in group]
             continue
         unreadable = len(series_files(folder)) - len(series.headers)
         if unreadable:
