@@ -21,7 +21,10 @@ def _notebook(path, body):
 def project(tmp_path):
     nbdir = tmp_path / "nbs"
     nbdir.mkdir()
-    _notebook(nbdir / "00_ok.ipynb", "import pathlib, json\npathlib.Path(RUN_DIR, f'value_{VALUE}.json').write_text(json.dumps(VALUE))")
+    _notebook(
+        nbdir / "00_ok.ipynb",
+        "import pathlib, json\npathlib.Path(RUN_DIR, f'value_{VALUE}.json').write_text(json.dumps(VALUE))",
+    )
     _notebook(nbdir / "01_fail.ipynb", "x = 1\nraise ValueError(f'broken on purpose {VALUE}')")
     return tmp_path, nbdir
 
@@ -36,7 +39,9 @@ def _config(tmp_path, nbdir, steps):
 
 def test_runs_notebooks_with_parameters_and_records_them(project):
     tmp_path, nbdir = project
-    path = _config(tmp_path, nbdir, ["00_ok", {"notebook": "00_ok", "output": "00_ok_again", "parameters": {"VALUE": 5}}])
+    path = _config(
+        tmp_path, nbdir, ["00_ok", {"notebook": "00_ok", "output": "00_ok_again", "parameters": {"VALUE": 5}}]
+    )
     seconds = run_pipeline(load_config(path))
     assert set(seconds) == {"00_ok", "00_ok_again"}
     run = tmp_path / "run"

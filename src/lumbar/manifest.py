@@ -40,7 +40,9 @@ def write_json(data: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def update_manifest(run_dir: str | os.PathLike, key: str, value: Any, item: str | None = None) -> dict[str, Any]:
+def update_manifest(
+    run_dir: str | os.PathLike, key: str, value: Any, item: str | None = None
+) -> dict[str, Any]:
     """Set `manifest[key] = value`, or `manifest[key][item] = value` for keyed collections (classifiers...)."""
     manifest = read_manifest(run_dir)
     if item is None:

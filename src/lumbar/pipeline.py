@@ -55,7 +55,16 @@ class PipelineConfig:
     notebook_dir: Path = NOTEBOOK_DIR
 
 
-_TOP_KEYS = {"name", "run_dir", "data_dir", "parameters", "notebooks", "notebook_dir", "description", "synthetic"}
+_TOP_KEYS = {
+    "name",
+    "run_dir",
+    "data_dir",
+    "parameters",
+    "notebooks",
+    "notebook_dir",
+    "description",
+    "synthetic",
+}
 _STEP_KEYS = {"notebook", "output", "parameters"}
 
 
@@ -156,9 +165,13 @@ def run_step(step: Step, config: PipelineConfig, log_output: bool = False) -> fl
     return seconds
 
 
-def run_pipeline(config: PipelineConfig, start: str | None = None, only: str | None = None) -> dict[str, float]:
+def run_pipeline(
+    config: PipelineConfig, start: str | None = None, only: str | None = None
+) -> dict[str, float]:
     """Run the chosen steps in order; stop at the first failure (PipelineError)."""
-    update_manifest(config.run_dir, "pipeline", {"config": str(config.source), "data_dir": str(config.data_dir)})
+    update_manifest(
+        config.run_dir, "pipeline", {"config": str(config.source), "data_dir": str(config.data_dir)}
+    )
     seconds = {}
     for step in select_steps(config.steps, start, only):
         print(f"[pipeline] {step.output} ...", flush=True)
@@ -187,5 +200,7 @@ def cli_pipeline(args: argparse.Namespace) -> int:
         return 1
     total = sum(seconds.values())
     print(f"pipeline: {len(seconds)} notebooks in {total:.1f} s; run folder {config.run_dir}")
-    print(f"pipeline: manifest {config.run_dir / 'manifest.json'} ({len(read_manifest(config.run_dir))} keys)")
+    print(
+        f"pipeline: manifest {config.run_dir / 'manifest.json'} ({len(read_manifest(config.run_dir))} keys)"
+    )
     return 0
