@@ -252,3 +252,18 @@ def test_notebook_without_images_skips_only_image_sections(labels_only, tmp_path
     assert summary["label_points_placed"] == 0 and summary["example_studies"] == []
     assert "label_points.png" not in summary["figures"] and "missing_labels.png" in summary["figures"]
     assert summary["any_severe_spinal_studies"] == 365
+
+
+@pytest.mark.slow
+def test_notebook_on_synthetic_data(synthetic_dir, tmp_path):
+    summary = _run_notebook(synthetic_dir, tmp_path / "run")
+    wide = pd.read_csv(synthetic_dir / "train.csv")
+    coords = pd.read_csv(synthetic_dir / "train_label_coordinates.csv")
+    assert summary["studies"] == len(wide) == 3
+    assert summary["labelled_rows"] == int(wide.drop(columns="study_id").notna().to_numpy().sum())
+    assert summary["label_points_placed"] == len(coords) == summary["coordinates"]["points"]
+    assert len(summary["example_studies"]) == 2
+    assert {"label_points.png", *(f"examples_{s}.png" for s in summary["example_studies"])} <= set(
+        summary["figures"]
+    )
+    assert all((tmp_path / "run" / "eda" / f).is_file() for f in summary["figures"])
