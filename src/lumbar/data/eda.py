@@ -49,6 +49,7 @@ class EdaTables:
         series: `study_id, series_id, series_description`.
         coordinates: label points, or None when the folder has no coordinates file.
         data_dir: where they came from (images are looked up there).
+        notes: what could not be loaded, for the reader (e.g. no coordinates file).
     """
 
     labels: pd.DataFrame
