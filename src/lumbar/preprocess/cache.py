@@ -143,8 +143,11 @@ class CacheReport:
         ]
         if len(self.failures):
             reasons = Counter(_reason(e) for e in self.failures["error"])
-            lines += [f"  failed {n} x {reason}" for reason, n in reasons.most_common(5)]
-            lines += [f"  e.g. {r.sample_id}: {r.error}" for r in self.failures.head(3).itertuples()]
+            example = {}
+            for r in self.failures.itertuples():
+                example.setdefault(_reason(r.error), f"{r.sample_id}: {r.error}")
+            for reason, n in reasons.most_common(8):
+                lines.append(f"  failed {n} x {reason} (e.g. {example[reason]})")
             lines.append(f"  all failed rows: {self.cache_dir / 'failures.csv'}")
         lines += [f"  note: {n}" for n in self.notes[:5]]
         lines.append(f"cache: {self.cache_dir}")
