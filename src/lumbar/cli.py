@@ -133,6 +133,12 @@ def _preprocess(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes, each building whole studies")
 
 
+@command("demo", "lumbar.demo:cli_demo", "synthetic data + the whole pipeline + one line of results")
+def _demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("--workers", type=int, default=2, help="processes for data generation")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered command."""
     parser = argparse.ArgumentParser(prog="lumbar", description=__doc__.splitlines()[0])
