@@ -118,6 +118,48 @@ def _kaggle_bundle(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-dependencies", action="store_true", help="bundle only the lumbar wheel")
 
 
+@command(
+    "preprocess",
+    "lumbar.preprocess.cache:cli_preprocess",
+    "ROI tensor cache from coordinates (ground truth or predicted)",
+)
+def _preprocess(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None, help="competition data folder (default: see lumbar.paths)")
+    p.add_argument("--split", choices=["train", "test"], default="train")
+    p.add_argument("--coords", required=True, help="coordinates CSV (train_label_coordinates format)")
+    p.add_argument("--out", required=True, help="cache root; the cache is <out>/<cache name>/")
+    p.add_argument(
+        "--mode", choices=["target_window", "full_series"], default=None, help="default target_window"
+    )
+    p.add_argument("--size", type=int, default=None, help="output height and width, px (default 128)")
+    p.add_argument(
+        "--before", type=int, default=None, help="target_window: slices before the labelled one (2)"
+    )
+    p.add_argument("--after", type=int, default=None, help="target_window: slices after the labelled one (2)")
+    p.add_argument("--depth", type=int, default=None, help="full_series: output slices (15)")
+    p.add_argument(
+        "--filter", default=None, help="filter name (none, mean_median, median, gaussian, clahe, ...)"
+    )
+    p.add_argument(
+        "--margin-mode", choices=["mm", "thesis_px"], default=None, help="crop margins (default mm)"
+    )
+    p.add_argument("--pad-px", type=int, default=None, help="jitter context stored per side, px (8)")
+    p.add_argument("--pad-slices", type=int, default=None, help="jitter context stored per side, slices (1)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any other RoiConfig field, e.g. spinal_mm=48,24,24,24",
+    )
+    p.add_argument("--workers", type=int, default=1, help="processes, each building whole studies")
+
+
+@command("demo", "lumbar.demo:cli_demo", "synthetic data + the whole pipeline + one line of results")
+def _demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("--workers", type=int, default=2, help="processes for data generation")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered command."""
     parser = argparse.ArgumentParser(prog="lumbar", description=__doc__.splitlines()[0])
