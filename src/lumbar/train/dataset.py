@@ -13,7 +13,6 @@ augmentation.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lumbar.constants import CONDITION_SIDE, LEVELS
-from lumbar.preprocess.jitter import center_window, random_window
+from lumbar.preprocess import center_window, load_cache, random_window
 from lumbar.train.augment import StackAugment
 from lumbar.train.tasks import MIRROR_AXIS, MIRROR_CONDITION, Task
 
@@ -56,18 +55,16 @@ class RoiCache:
 
 
 def read_cache(cache_dir: str | Path) -> RoiCache:
-    """Open a cache folder, checking its table (columns, one tensor shape for all samples).
+    """Open a cache folder (`preprocess.load_cache`), checking what the engine relies on: the contract's
+    columns and one tensor shape for all samples.
 
     Raises:
         FileNotFoundError: a missing folder, `samples.parquet` or `params.json`.
-        ValueError: missing columns or mixed shapes (a cache is one parameter set).
+        ValueError: missing columns, no samples, or mixed shapes (a cache is one parameter set).
     """
     root = Path(cache_dir)
-    table, params = root / "samples.parquet", root / "params.json"
-    for path in (table, params):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: not found; is {root} an ROI cache (lumbar preprocess)?")
-    samples = pd.read_parquet(table)
+    params, samples = load_cache(root)
+    table = root / "samples.parquet"
     missing = [c for c in CACHE_COLUMNS if c not in samples.columns]
     if missing:
         raise ValueError(f"{table}: missing column(s) {missing}")
@@ -78,7 +75,7 @@ def read_cache(cache_dir: str | Path) -> RoiCache:
         raise ValueError(f"{table}: samples of different shapes {shapes.to_dict('records')[:3]}; "
                          "a cache must hold one parameter set")
     shape = {k: int(v) for k, v in shapes.iloc[0].items()}
-    return RoiCache(root, samples, json.loads(params.read_text()), **shape)
+    return RoiCache(root, samples, params, **shape)
 
 
 class RoiDataset(Dataset):
