@@ -6,7 +6,7 @@ temporary folder; each architecture then trains `--batches` batches of `--batch-
 batch (lazy initialisation) is included, so the numbers are slightly pessimistic.
 
     python benchmarks/bench_train.py [--arch cnn3d --arch timmseq:resnet18] [--batches 4] [--batch-size 16]
-        [--workers 0] [--device auto]
+        [--workers 0] [--threads 1] [--device auto]
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def main() -> None:
     p.add_argument("--depth", type=int, default=5)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--device", default="auto")
     args = p.parse_args()
     archs = args.arch or [*list_models(), *DEFAULT_FAMILIES]
@@ -75,7 +76,8 @@ def main() -> None:
                                 "out": str(root / "runs" / arch.replace(":", "_")), "arch": arch,
                                 "mode": "competition", "conditions": "scs", "n_folds": 2, "folds": "0",
                                 "batch_size": args.batch_size, "fast_dev_run": args.batches,
-                                "workers": args.workers, "device": args.device, "progress": False})
+                                "workers": args.workers, "threads": args.threads, "device": args.device,
+                                "progress": False})
             except Exception as e:  # noqa: BLE001  (one broken architecture must not hide the others)
                 rows.append({"arch": arch, "error": f"{type(e).__name__}: {e}"[:80]})
                 continue
@@ -86,7 +88,7 @@ def main() -> None:
                          "wall_s": time.perf_counter() - started})
     table = pd.DataFrame(rows)
     print(f"training throughput, {args.depth}x{args.size}x{args.size} crops, batch {args.batch_size}, "
-          f"{args.batches} batches, workers {args.workers}, device {args.device}")
+          f"{args.batches} batches, workers {args.workers}, threads {args.threads}, device {args.device}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 

@@ -1,4 +1,4 @@
-"""Scale-out: the same engine under torchrun with two CPU processes (gloo) shards the data between ranks."""
+"""Scale-out: `torchrun --nproc_per_node=2 -m lumbar train` on CPU (gloo) shards the data between the ranks."""
 
 from __future__ import annotations
 
@@ -6,32 +6,19 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from _train_data import make_tiny_data
 
-LAUNCHER = """
-import sys
-sys.path.insert(0, {tests!r})
-import lumbar.models
-from _train_data import tiny_build_model
-lumbar.models.build_model = tiny_build_model  # the engine under test, not an architecture
-from lumbar.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
 
 @pytest.mark.slow
 def test_two_gloo_processes_see_different_samples(tmp_path):
     data_dir, cache_dir = make_tiny_data(tmp_path, n_studies=8, conditions=("spinal_canal_stenosis",))
-    launcher = tmp_path / "launch.py"
-    launcher.write_text(LAUNCHER.format(tests=str(Path(__file__).parent)))
     out = tmp_path / "exp" / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(launcher),
-           "train", "--data-dir", str(data_dir), "--cache", str(cache_dir), "--arch", "tiny", "--mode",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lumbar",
+           "train", "--data-dir", str(data_dir), "--cache", str(cache_dir), "--arch", "cnn3d", "--mode",
            "competition", "--condition", "scs", "--folds", "0", "--epochs", "1", "--batch-size", "5",
            "--out", str(out), "--set", "n_folds=2", "--set", "record_samples=true", "--set", "progress=false"]
     proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=240)

@@ -34,7 +34,7 @@ def _config(tiny, out, **overrides):
     data_dir, cache_dir = tiny
     base = {"data_dir": str(data_dir), "cache": str(cache_dir), "out": str(out), "mode": "competition",
             "conditions": "scs", "n_folds": 2, "folds": "0", "epochs": 2, "batch_size": 8, "lr": 3e-3,
-            "warmup_epochs": 0.5, "progress": False}
+            "warmup_epochs": 0.5, "progress": False, "threads": 1}
     return {**base, **overrides}
 
 

@@ -53,6 +53,8 @@ class TrainConfig:
         patience: epochs without improvement of the validation metric before stopping (0 = never stop).
         seed: seeds weights, sampling order and augmentation (deterministic on CPU).
         workers: DataLoader worker processes.
+        threads: torch CPU threads of this process (0 = torch's default); 1 is much faster than 2 on a machine
+            whose cores are busy with other work (OpenMP threads wait on each other).
         device: "auto" (CUDA when present), "cpu" or "cuda".
         fast_dev_run: when > 0: 1 epoch of that many train and validation batches (smoke test).
         overfit_batches: when > 0: train and validate on the same first batches, without augmentation.
@@ -94,6 +96,7 @@ class TrainConfig:
     patience: int = 0
     seed: int = 42
     workers: int = 0
+    threads: int = 0
     device: str = "auto"
     fast_dev_run: int = 0
     overfit_batches: int = 0

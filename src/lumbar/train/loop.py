@@ -109,7 +109,8 @@ def train(config: TrainConfig | Mapping[str, Any], logger=None) -> TrainResult:
     """
     if not isinstance(config, TrainConfig):
         config = make_config(config)
-    runtime = setup_runtime(config.device, amp=config.amp, channels_last=config.channels_last)
+    runtime = setup_runtime(config.device, amp=config.amp, channels_last=config.channels_last,
+                            threads=config.threads)
     try:
         return _train(config, runtime, logger or NullLogger())
     finally:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from lumbar.constants import CONDITIONS, GRADES, LEVELS
 from lumbar.data.tables import SUBMISSION_COLUMNS, split_row_ids, submission_row_ids
 from lumbar.train.checkpoint import load_checkpoint
-from lumbar.train.runtime import Runtime, setup_runtime
+from lumbar.train.runtime import Runtime, setup_runtime, teardown_runtime
 
 RESULT_JSON = "result.json"
 CONFIG_JSON = "config.json"
@@ -165,7 +165,7 @@ def read_run(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
 
 
 def predict_cache(run_dir: str | Path, cache_dir: str | Path, device: str = "auto", batch_size: int = 0,
-                  workers: int = 0, study_ids: Iterable[int] | None = None) -> pd.DataFrame:
+                  workers: int = 0, study_ids: Iterable[int] | None = None, threads: int = 0) -> pd.DataFrame:
     """Predict every sample of an ROI cache with a run's models, averaging the folds' best checkpoints.
 
     Args:
@@ -176,14 +176,13 @@ def predict_cache(run_dir: str | Path, cache_dir: str | Path, device: str = "aut
         workers: DataLoader workers.
         study_ids: studies that must get rows even when the cache lacks them (competition mode; e.g. the
             test split's studies). Default: the cache's studies.
+        threads: torch CPU threads (0 = torch's default).
 
     Returns:
         The submission table (`row_id, normal_mild, moderate, severe`); in competition mode all 25 rows of
         every study, missing targets from the training labels' prior (`attrs["fallback_rows"]` counts them).
     """
-    from lumbar.models import build_model
-    from lumbar.train.dataset import RoiDataset, read_cache
-    from lumbar.train.tasks import build_tasks
+    from lumbar.train.dataset import read_cache
 
     run_dir = Path(run_dir)
     config, result = read_run(run_dir)
@@ -192,7 +191,31 @@ def predict_cache(run_dir: str | Path, cache_dir: str | Path, device: str = "aut
     if shape != list(result["input_shape"]):
         raise ValueError(f"{cache_dir}: tensors of shape {shape}, but run {run_dir} was trained on "
                          f"{result['input_shape']}; build the cache with the run's preprocessing parameters")
-    runtime = setup_runtime(device, amp=config.amp, channels_last=config.channels_last)
+    runtime = setup_runtime(device, amp=config.amp, channels_last=config.channels_last, threads=threads)
+    try:
+        tables = _predict_units(run_dir, config, result, cache, runtime, batch_size, workers)
+    finally:
+        teardown_runtime(runtime)
+    if not tables:
+        raise ValueError(f"{cache_dir}: no sample of the run's conditions {list(config.conditions)}")
+    table = pd.concat(tables, ignore_index=True)
+    if config.mode != "competition":
+        sub, filled = to_submission(table)
+    else:
+        studies = cache.samples["study_id"].unique() if study_ids is None else study_ids
+        prior = pd.DataFrame(result["prior"])
+        sub, filled = to_submission(table, studies, prior)
+    sub.attrs["fallback_rows"] = filled
+    return sub
+
+
+def _predict_units(run_dir: Path, config, result: dict[str, Any], cache, runtime: Runtime, batch_size: int,
+                   workers: int) -> list[pd.DataFrame]:
+    """Per unit: the fold-averaged prediction rows of every cache sample of its conditions."""
+    from lumbar.models import build_model
+    from lumbar.train.dataset import RoiDataset
+    from lumbar.train.tasks import build_tasks
+
     tables = []
     for task in build_tasks(config.mode, config.conditions, config.mirror_right):
         unit = result["units"].get(task.name)
@@ -210,17 +233,7 @@ def predict_cache(run_dir: str | Path, cache_dir: str | Path, device: str = "aut
             idx, probs, _ = predict_probs(model, loader, runtime, task.num_targets, task.num_classes)
             total[idx] += probs
         tables.append(task.prediction_rows(items, total / len(unit["checkpoints"])))
-    if not tables:
-        raise ValueError(f"{cache_dir}: no sample of the run's conditions {list(config.conditions)}")
-    table = pd.concat(tables, ignore_index=True)
-    if config.mode != "competition":
-        sub, filled = to_submission(table)
-    else:
-        studies = cache.samples["study_id"].unique() if study_ids is None else study_ids
-        prior = pd.DataFrame(result["prior"])
-        sub, filled = to_submission(table, studies, prior)
-    sub.attrs["fallback_rows"] = filled
-    return sub
+    return tables
 
 
 def _unit_sizes(task) -> dict[str, int]:

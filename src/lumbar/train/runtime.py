@@ -27,6 +27,7 @@ class Runtime:
         amp_dtype: autocast dtype on CUDA (bfloat16 where supported, else float16), None when AMP is off.
         channels_last: use channels-last memory formats (CUDA only).
         rank, world_size, local_rank: distributed coordinates (0, 1, 0 in a single process).
+        previous_threads: torch's CPU thread count before `setup_runtime` changed it (restored at teardown).
     """
 
     device: torch.device
@@ -35,6 +36,7 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    previous_threads: int = 0
 
     @property
     def distributed(self) -> bool:
@@ -87,13 +89,14 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def setup_runtime(device: str = "auto", amp: bool = True, channels_last: bool = True) -> Runtime:
-    """Decide device, AMP and distributed mode for this process; initialise the process group under torchrun.
+def setup_runtime(device: str = "auto", amp: bool = True, channels_last: bool = True, threads: int = 0) -> Runtime:
+    """Decide device, AMP, CPU threads and distributed mode; initialise the process group under torchrun.
 
     Args:
         device: "auto", "cpu" or "cuda".
         amp: mixed precision when on CUDA (ignored on CPU, where it is slower and less exact).
         channels_last: channels-last memory format when on CUDA.
+        threads: torch CPU threads (0 = leave torch's setting).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -109,11 +112,15 @@ def setup_runtime(device: str = "auto", amp: bool = True, channels_last: bool = 
     amp_dtype = None
     if amp and on_cuda:
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return Runtime(dev, amp_dtype, channels_last and on_cuda, rank, world_size, local_rank)
+    previous = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return Runtime(dev, amp_dtype, channels_last and on_cuda, rank, world_size, local_rank, previous)
 
 
 def teardown_runtime(runtime: Runtime) -> None:
-    """Destroy the process group this module created (safe to call in a single process)."""
+    """Destroy the process group this module created and restore the thread count (safe in one process)."""
+    torch.set_num_threads(runtime.previous_threads)
     if runtime.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
