@@ -77,23 +77,25 @@ class Classifier:
 
 
 def ensemble_members(run_dir: Path, manifest: dict) -> tuple[list[Classifier], EnsembleParams, pd.DataFrame]:
-    """The classifiers the ensemble uses, the ensemble parameters and the fallback prior, from the manifest."""
+    """The classifiers the ensemble uses, the ensemble parameters and the fallback prior, from the manifest.
+
+    Each classifier's ROI parameters come from its `result.json` (the cache it was trained on), so the
+    test crops match the training crops; the prior is the training labels' (`lumbar.train.predict.grade_prior`).
+    """
+    from lumbar.train.predict import read_run
+
     ensemble = manifest.get("ensemble")
     if not ensemble:
-        raise FileNotFoundError(
-            f"{run_dir}/manifest.json has no ensemble: run 04_ensemble (or the pipeline) first"
-        )
+        raise FileNotFoundError(f"{run_dir}/manifest.json has no ensemble: run 04_ensemble (or the pipeline) first")
     params = EnsembleParams.from_dict(json.loads((run_dir / ensemble["params"]).read_text()))
-    members = []
+    members, prior = [], None
     for name in params.models:
         entry = manifest.get("classifiers", {}).get(name)
         if entry is None:
-            raise KeyError(
-                f"{run_dir}/manifest.json: the ensemble uses {name!r}, which is not among its classifiers"
-            )
-        roi = json.loads((run_dir / entry["roi_params"]).read_text())
-        members.append(Classifier(name, run_dir / entry["dir"], RoiConfig.from_overrides(roi["config"])))
-    prior = pd.read_csv(run_dir / ensemble["prior"])
+            raise KeyError(f"{run_dir}/manifest.json: the ensemble uses {name!r}, which is not among its classifiers")
+        _, result = read_run(run_dir / entry["path"])
+        members.append(Classifier(name, run_dir / entry["path"], RoiConfig.from_overrides(result["cache_params"]["config"])))
+        prior = pd.DataFrame(result["prior"]) if prior is None else prior
     return members, params, prior
 
 
