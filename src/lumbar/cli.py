@@ -117,9 +117,28 @@ def _pipeline(p: argparse.ArgumentParser) -> None:
     )
 
 
-@command(
-    "kaggle-bundle", "lumbar.kaggle:cli_kaggle_bundle", "offline upload bundle: code/, weights/, kernel/"
-)
+@command("train", "lumbar.train.command:cli_train", "train one architecture on one task mode (also under torchrun)")
+def _train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None, help="competition data folder with train.csv (default: lumbar.paths)")
+    p.add_argument("--cache", default=None, help="ROI tensor cache folder (lumbar preprocess)")
+    p.add_argument("--arch", default=None, help="registered model name, e.g. cnn3d or timmseq:resnet18")
+    p.add_argument("--mode", default=None, help="competition | single_multiclass | single_binary | "
+                   "multi_multiclass | multi_binary")
+    p.add_argument("--condition", action="append", default=None,
+                   help="condition (scs, lnfn, rnfn, ... or snake case); repeat or comma-separate; default: the mode's")
+    p.add_argument("--folds", default=None, help="folds to train, e.g. 0,1 (default: all)")
+    p.add_argument("--epochs", default=None)
+    p.add_argument("--out", default=None, help="run folder, e.g. runs/NAME/cnn3d (folds.csv and manifest go to its parent)")
+    p.add_argument("--batch-size", dest="batch_size", default=None)
+    p.add_argument("--lr", default=None)
+    p.add_argument("--device", default=None, help="auto | cpu | cuda")
+    p.add_argument("--workers", default=None, help="DataLoader worker processes")
+    p.add_argument("--seed", default=None)
+    p.add_argument("--config", default=None, help="YAML of config overrides (top level or under `train:`)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any TrainConfig field, e.g. ema_decay=0.99")
+
+
+@command("kaggle-bundle", "lumbar.kaggle:cli_kaggle_bundle", "offline upload bundle: code/, weights/, kernel/")
 def _kaggle_bundle(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run folder with a manifest (runs/NAME)")
     p.add_argument("--out", required=True, help="bundle folder (replaced)")
