@@ -1,0 +1,267 @@
+"""Predict label coordinates for every study of a split from a trained run (no ground truth needed).
+
+Per study:
+1. Sagittal T2/STIR -> the 5 spinal-canal points and their slice (`sag_t2`).
+2. Sagittal T1 -> left and right foramen per level, each with its own slice (`sag_t1`).
+3. The predicted spinal points -> `lumbar.localize.axial.map_axial` -> each level's axial slice; that slice
+   and its neighbours -> the left and right subarticular points (`axial`); both sides share the slice.
+
+The five points of one column (spinal; each foramen side) are put in head-to-foot order (rows increasing)
+before levels are assigned: the model predicts each level separately and, rarely, two neighbours swap.
+When a study has several series of one kind, the one with the largest stack is read (ties: lowest id).
+A study missing a series, or whose series cannot be read, gets the rows that can still be predicted; the
+report lists what is missing and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from lumbar.constants import CONDITIONS, LEVELS, SAGITTAL_T1, SAGITTAL_T2
+from lumbar.data.dicom import DicomReadError, Series, Stack, read_series
+from lumbar.data.index import load_or_build_index
+from lumbar.data.tables import COORDINATE_COLUMNS, write_coordinates
+from lumbar.localize.axial import map_axial
+from lumbar.localize.config import LocalizerConfig
+from lumbar.localize.device import autocast, resolve_device
+from lumbar.localize.heatmap import HeatmapNet, decode_heatmaps
+from lumbar.localize.tasks import TASKS, Task
+from lumbar.localize.train import MANIFEST, build_model
+from lumbar.localize.volumes import axial_input, sagittal_input
+from lumbar.paths import data_root, series_dir
+
+
+@dataclass
+class LocalizeReport:
+    """What `localize` produced: counts and, per incomplete study, what is missing and why."""
+
+    studies: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+    missing: list[tuple[int, str]] = field(default_factory=list)
+    far_axial: list[tuple[int, str, float]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        incomplete = sorted({s for s, _ in self.missing})
+        per_study = self.rows / max(self.studies, 1)
+        head = (
+            f"localize: {self.studies} studies, {self.rows} rows ({per_study:.1f} per study, 25 expected), "
+            f"{len(incomplete)} studies incomplete, {self.seconds:.1f} s"
+        )
+        lines = [head]
+        lines += [f"  study {s}: {what}" for s, what in self.missing]
+        if self.far_axial:
+            lines.append(f"  {len(self.far_axial)} levels mapped to an axial slice more than 10 mm away, e.g. "
+                         + ", ".join(f"{s} {lv} {d:.1f} mm" for s, lv, d in self.far_axial[:5]))  # fmt: skip
+        return "\n".join(lines)
+
+
+class Localizer:
+    """The trained models of a run, ready to predict.
+
+    Args:
+        run: run folder holding `localizer.json` (written by `lumbar.localize.train`).
+        device: "auto", "cpu" or "cuda".
+    """
+
+    def __init__(self, run: str | os.PathLike, device: str = "auto"):
+        self.run = Path(run)
+        path = self.run / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no localizer manifest (train one with `lumbar train-localizer`)")
+        self.manifest = json.loads(path.read_text())
+        self.config = LocalizerConfig.from_dict(self.manifest["config"])
+        self.device = resolve_device(device)
+        self.models: dict[str, HeatmapNet] = {}
+        for name, entry in self.manifest["models"].items():
+            model = build_model(TASKS[name], self.config)
+            state = torch.load(self.run / entry["checkpoint"], map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+            self.models[name] = model.to(self.device).eval()
+
+    @torch.no_grad()
+    def predict(self, task: str, inputs: np.ndarray) -> np.ndarray:
+        """Normalised points (B, K, 3) = (u, v, z) for model inputs (B, C, S, S)."""
+        x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device)
+        with autocast(self.device, self.config.amp):
+            logits = self.models[task](x)
+        points, _ = decode_heatmaps(logits)
+        return points.cpu().numpy()
+
+    def sagittal_points(self, task: Task, study_id: int, series_id: int, stack: Stack) -> pd.DataFrame:
+        """Coordinate rows of one sagittal task on a stack, each column of 5 levels ordered head to foot."""
+        inputs = sagittal_input(stack, self.config.size, self.config.slices)
+        pts = self.predict(task.name, inputs[None])[0]
+        for start in range(0, len(task.points), len(LEVELS)):
+            block = pts[start : start + len(LEVELS)]
+            pts[start : start + len(LEVELS)] = block[np.argsort(block[:, 1], kind="stable")]
+        n = len(stack)
+        slices = np.clip(np.rint(pts[:, 2] * (n - 1)), 0, n - 1).astype(int)
+        rows = []
+        for (condition, level), (u, v, _), k in zip(task.points, pts, slices):
+            h = stack.headers[k]
+            rows.append((study_id, series_id, h.instance_number, condition, level,
+                         u * h.columns - 0.5, v * h.rows - 0.5))  # fmt: skip
+        return pd.DataFrame(rows, columns=COORDINATE_COLUMNS)
+
+    def axial_points(self, study_id: int, mapped: pd.DataFrame, series: dict[int, Series]) -> pd.DataFrame:
+        """Subarticular rows for the mapped levels (`map_axial` output rows with an instance)."""
+        task = TASKS["axial"]
+        n, shift = self.config.axial_neighbors, self.config.axial_slice_shift
+        inputs, places = [], []
+        for r in mapped.itertuples():
+            s = series[int(r.axial_series_id)]
+            stack_i, slice_i = s.stack_of_instance(int(r.instance_number))
+            stack = s.stacks[stack_i]
+            window = axial_input(stack, slice_i, n + shift, self.config.size)[shift : shift + 2 * n + 1]
+            inputs.append(window)
+            places.append((r.level, int(r.axial_series_id), stack.headers[slice_i]))
+        if not inputs:
+            return pd.DataFrame(columns=COORDINATE_COLUMNS)
+        pts = self.predict(task.name, np.stack(inputs))
+        rows = []
+        for (level, series_id, h), p in zip(places, pts):
+            for (condition, _), (u, v, _) in zip(task.points, p):
+                rows.append((study_id, series_id, h.instance_number, condition, level,
+                             u * h.columns - 0.5, v * h.rows - 0.5))  # fmt: skip
+        return pd.DataFrame(rows, columns=COORDINATE_COLUMNS)
+
+    def localize_study(self, root: Path, split: str, study_id: int, index: pd.DataFrame,
+                       axial_max_distance_mm: float = math.inf) -> tuple[pd.DataFrame, list[str], list]:  # fmt: skip
+        """Predicted coordinate rows of one study, what could not be predicted, and far axial mappings.
+
+        Args:
+            root: data folder; split: "train" or "test".
+            study_id: the study.
+            index: header index rows of this study.
+            axial_max_distance_mm: levels whose nearest axial slice is farther get no subarticular rows.
+        """
+        parts, missing = [], []
+        spinal = None
+        for name, description in (("sag_t2", SAGITTAL_T2), ("sag_t1", SAGITTAL_T1)):
+            task = TASKS[name]
+            what = "spinal" if name == "sag_t2" else "foraminal"
+            if name not in self.models:
+                missing.append(f"no {name} model in the run -> no {what} points")
+                continue
+            choice = choose_stack(index, description)
+            if choice is None:
+                missing.append(f"no {description} series -> no {what} points")
+                continue
+            series_id, stack_index = choice
+            try:
+                stack = read_series(series_dir(root, split, study_id, series_id), skip_unreadable=True).stacks[stack_index]
+                rows = self.sagittal_points(task, study_id, series_id, stack)
+            except (DicomReadError, IndexError) as e:
+                missing.append(f"{description} series {series_id} unreadable ({e}) -> no {what} points")
+                continue
+            parts.append(rows)
+            if name == "sag_t2":
+                spinal = rows
+        far = []
+        if "axial" not in self.models:
+            missing.append("no axial model in the run -> no subarticular points")
+        elif spinal is None:
+            missing.append("no spinal points to map onto the axial series -> no subarticular points")
+        else:
+            mapped = map_axial(spinal, index, max_distance_mm=axial_max_distance_mm)
+            far = [(study_id, r.level, float(r.distance_mm)) for r in mapped.itertuples()
+                   if pd.notna(r.distance_mm) and r.distance_mm > 10.0]  # fmt: skip
+            lost = mapped[mapped["instance_number"].isna()]
+            if len(lost):
+                why = "no axial series" if mapped["axial_series_id"].isna().all() else "no axial slice near enough"
+                missing.append(f"{why} at {', '.join(lost['level'])} -> no subarticular points there")
+            found = mapped[mapped["instance_number"].notna()]
+            series = {}
+            try:
+                for sid in found["axial_series_id"].unique():
+                    series[int(sid)] = read_series(series_dir(root, split, study_id, int(sid)), skip_unreadable=True)
+                parts.append(self.axial_points(study_id, found, series))
+            except (DicomReadError, KeyError) as e:
+                missing.append(f"axial series unreadable ({e}) -> no subarticular points")
+        parts = [p for p in parts if len(p)]
+        table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COORDINATE_COLUMNS)
+        return table, missing, far
+
+
+def choose_stack(index: pd.DataFrame, description: str) -> tuple[int, int] | None:
+    """(series_id, stack_index) of the largest stack of a study's series with that description."""
+    rows = index[index["series_description"] == description]
+    if rows.empty:
+        return None
+    sizes = rows.groupby(["series_id", "stack_index"]).size().reset_index(name="n")
+    best = sizes.sort_values(["n", "series_id", "stack_index"], ascending=[False, True, True]).iloc[0]
+    return int(best["series_id"]), int(best["stack_index"])
+
+
+def sort_coordinates(coords: pd.DataFrame) -> pd.DataFrame:
+    """Rows ordered by study, then condition and level in the competition's order."""
+    order = coords.assign(
+        _c=coords["condition"].map({c: i for i, c in enumerate(CONDITIONS)}),
+        _l=coords["level"].map({lv: i for i, lv in enumerate(LEVELS)}),
+    )
+    return order.sort_values(["study_id", "_c", "_l"], kind="stable").drop(columns=["_c", "_l"]).reset_index(drop=True)
+
+
+def localize(data_dir: str | os.PathLike | None, split: str, run: str | os.PathLike, studies: list[int] | None = None,
+             index: pd.DataFrame | None = None, device: str = "auto", axial_max_distance_mm: float = math.inf,
+             progress: bool = True) -> tuple[pd.DataFrame, LocalizeReport]:  # fmt: skip
+    """Predicted coordinates (the `train_label_coordinates.csv` format) for the studies of a split.
+
+    Args:
+        data_dir: competition-layout data folder.
+        split: "train" or "test".
+        run: run folder with a trained localizer.
+        studies: restrict to these studies (default: every study with images).
+        index: header index of the split (built, headers only, when not given).
+        device: "auto", "cpu" or "cuda".
+        axial_max_distance_mm: a level whose nearest axial slice is farther gets no subarticular rows
+            (default: always take the nearest slice; distances over 10 mm are reported).
+        progress: tqdm bar.
+    """
+    t0 = time.perf_counter()
+    root = data_root(data_dir, must_exist=True)
+    localizer = Localizer(run, device)
+    if index is None:
+        index = load_or_build_index(root, split, studies=studies)
+    elif studies is not None:
+        index = index[index["study_id"].isin(studies)]
+    report = LocalizeReport()
+    parts = []
+    for study_id, rows in tqdm(index.groupby("study_id", sort=True), desc="localize", unit="study",
+                               disable=not progress):  # fmt: skip
+        table, missing, far = localizer.localize_study(root, split, int(study_id), rows, axial_max_distance_mm)
+        parts.append(table)
+        report.missing += [(int(study_id), m) for m in missing]
+        report.far_axial += far
+        report.studies += 1
+    parts = [p for p in parts if len(p)]
+    coords = sort_coordinates(pd.concat(parts, ignore_index=True)) if parts else pd.DataFrame(columns=COORDINATE_COLUMNS)
+    coords = coords.astype({"study_id": "int64", "series_id": "int64", "instance_number": "int64",
+                            "x": "float64", "y": "float64"})  # fmt: skip
+    report.rows = len(coords)
+    report.seconds = time.perf_counter() - t0
+    return coords, report
+
+
+def cli_localize(args: argparse.Namespace) -> int:
+    """`python -m lumbar localize`: writes the CSV and prints the report; exit code 0 even when studies are
+    incomplete (they are listed), 1 when nothing could be predicted."""
+    index = pd.read_parquet(args.index) if args.index else None
+    coords, report = localize(args.data_dir, args.split, args.run, index=index, device=args.device,
+                              axial_max_distance_mm=args.axial_max_distance_mm)  # fmt: skip
+    write_coordinates(coords, args.out)
+    print(report.summary())
+    print(f"localize: wrote {args.out}")
+    return 0 if len(coords) else 1
