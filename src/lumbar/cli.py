@@ -90,6 +90,26 @@ def _localize_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", default=None, help="header index parquet of the split to reuse")
 
 
+@command("score", "lumbar.evaluate.metric:cli_score", "the competition metric of a submission or a baseline")
+def _score(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labels", required=True, help="label CSV in train.csv format (train.csv, test_labels.csv)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--submission", help="submission CSV; the labels of its studies are scored")
+    what.add_argument(
+        "--baseline", choices=["uniform", "prior", "prior_condition"],
+        help="score a baseline on every labelled study: uniform, condition x level prior, per-condition prior",
+    )
+    p.add_argument("--prior-labels", default=None, help="label CSV to fit the prior baselines on (default: --labels)")
+
+
+@command("pipeline", "lumbar.pipeline:cli_pipeline", "run the numbered notebooks with papermill")
+def _pipeline(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="configs/NAME.yaml")
+    p.add_argument("--from", dest="start", default=None, help="start at this notebook (output name or prefix)")
+    p.add_argument("--only", default=None, help="run just this notebook (output name or prefix)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="parameter for every notebook (YAML value)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered command."""
     parser = argparse.ArgumentParser(prog="lumbar", description=__doc__.splitlines()[0])

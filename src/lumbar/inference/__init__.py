@@ -1,0 +1,1 @@
+"""Inference: study -> 25 prediction rows; the submission validator and writer."""

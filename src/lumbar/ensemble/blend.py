@@ -1,0 +1,218 @@
+"""Blend weights and calibration fitted on out-of-fold predictions, all in the submission format.
+
+Why fitted fold-wise: weights and temperatures chosen on the same rows they are scored on flatter the
+score. `fit_ensemble` fits on the other folds' rows and applies to each held-out fold, so the blended score
+it reports is itself out-of-fold; the parameters used at test time are then fitted on all rows.
+
+The blend is a weighted mean of probabilities with non-negative weights summing to one, either one weight
+vector for all rows (`per_group=False`) or one per metric group (spinal, foraminal, subarticular). The
+calibration, applied after the blend, is:
+- a temperature per condition: p_k proportional to p_k ** (1 / T) (T < 1 sharpens, T > 1 softens);
+- a scale s on the severe probability of spinal rows (the any-severe-spinal term reads the maximum severe
+  probability over levels; the 2nd-place team scaled it by 1.25), the other two grades rescaled so rows
+  still sum to one.
+Both are fitted by minimising the competition metric itself (scipy.optimize).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+
+from lumbar.constants import CONDITION_GROUP, CONDITIONS, GRADES, GROUPS
+from lumbar.evaluate.metric import MetricResult, align_predictions, score_aligned
+
+_EPS = 1e-7
+
+
+@dataclass
+class EnsembleParams:
+    """Everything needed to turn the models' predictions into the final one."""
+
+    models: list[str]
+    weights: dict[str, list[float]]  # group (or "all") -> one weight per model
+    temperatures: dict[str, float] = field(default_factory=lambda: {c: 1.0 for c in CONDITIONS})
+    spinal_severe_scale: float = 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EnsembleParams:
+        return cls(**d)
+
+
+def _stack(preds: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, np.ndarray]:
+    """Align the models' tables on row_id: (row_ids frame, probabilities (models, rows, 3))."""
+    names = list(preds)
+    base = preds[names[0]]["row_id"].astype(str)
+    reference = set(base)
+    arrays = []
+    for name in names:
+        table = preds[name].assign(row_id=preds[name]["row_id"].astype(str)).set_index("row_id")
+        if set(table.index) != reference:
+            diff = sorted(reference.symmetric_difference(table.index))[:3]
+            raise ValueError(f"predictions of {name!r} cover other rows than {names[0]!r} (e.g. {diff})")
+        arrays.append(table.loc[base, list(GRADES)].to_numpy(np.float64))
+    return pd.DataFrame({"row_id": base.to_numpy()}), np.stack(arrays)
+
+
+def _groups(row_ids: pd.Series) -> np.ndarray:
+    condition = row_ids.str.extract(r"^\d+_(.+)_l\d_[ls]\d$")[0]
+    return condition.map(CONDITION_GROUP).to_numpy()
+
+
+def _conditions(row_ids: pd.Series) -> np.ndarray:
+    return row_ids.str.extract(r"^\d+_(.+)_l\d_[ls]\d$")[0].to_numpy()
+
+
+def blend_arrays(probs: np.ndarray, groups: np.ndarray, weights: dict[str, list[float]]) -> np.ndarray:
+    """Weighted mean over models (axis 0) with per-group (or "all") weights."""
+    out = np.empty(probs.shape[1:])
+    for key, w in weights.items():
+        rows = slice(None) if key == "all" else groups == key
+        out[rows] = np.tensordot(np.asarray(w, dtype=np.float64), probs[:, rows], axes=1)
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def calibrate_arrays(
+    probs: np.ndarray, conditions: np.ndarray, temperatures: dict[str, float], scale: float
+) -> np.ndarray:
+    """Temperature per condition, then the spinal severe scale; rows sum to one."""
+    logp = np.log(np.clip(probs, _EPS, 1.0))
+    inv_t = np.array([1.0 / temperatures.get(c, 1.0) for c in conditions])
+    p = np.exp(logp * inv_t[:, None] - (logp * inv_t[:, None]).max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    if scale != 1.0:
+        spinal = conditions == "spinal_canal_stenosis"
+        severe = np.clip(p[spinal, 2] * scale, _EPS, 1 - _EPS)
+        rest = p[spinal, :2].sum(axis=1, keepdims=True)
+        p[spinal, :2] *= (1 - severe)[:, None] / np.maximum(rest, _EPS)
+        p[spinal, 2] = severe
+    return p
+
+
+def apply_ensemble(preds: dict[str, pd.DataFrame], params: EnsembleParams) -> pd.DataFrame:
+    """Blend and calibrate the models' predictions (submission tables) into one submission table."""
+    missing = [m for m in params.models if m not in preds]
+    if missing:
+        raise ValueError(f"ensemble needs predictions of {missing}; got {sorted(preds)}")
+    rows, probs = _stack({m: preds[m] for m in params.models})
+    blended = blend_arrays(probs, _groups(rows["row_id"]), params.weights)
+    out = calibrate_arrays(
+        blended, _conditions(rows["row_id"]), params.temperatures, params.spinal_severe_scale
+    )
+    return rows.assign(**{g: out[:, i] for i, g in enumerate(GRADES)})
+
+
+class _Scorer:
+    """The metric on fixed labelled rows, for many candidate probability arrays."""
+
+    def __init__(self, labels: pd.DataFrame, rows: pd.DataFrame, probs: np.ndarray):
+        first = rows.assign(**{g: probs[0][:, i] for i, g in enumerate(GRADES)})
+        studies = rows["row_id"].str.split("_", n=1).str[0].astype("int64").unique()
+        table = align_predictions(labels[labels["study_id"].isin(studies)], first, name="oof")
+        self.position = pd.Index(rows["row_id"]).get_indexer(table["row_id"])
+        self.table = table
+
+    def __call__(self, p: np.ndarray) -> MetricResult:
+        table = self.table.copy()
+        table[list(GRADES)] = p[self.position]
+        return score_aligned(table)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def fit_params(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, per_group: bool = True,
+               calibrate: bool = True) -> EnsembleParams:  # fmt: skip
+    """Fit blend weights, then calibration, on the labelled rows the predictions cover."""
+    names = list(preds)
+    rows, probs = _stack(preds)
+    groups, conditions = _groups(rows["row_id"]), _conditions(rows["row_id"])
+    scorer = _Scorer(labels, rows, probs)
+    keys = list(GROUPS) if per_group else ["all"]
+    m = len(names)
+
+    def weights_of(z: np.ndarray) -> dict[str, list[float]]:
+        return {k: _softmax(z[i * m : (i + 1) * m]).tolist() for i, k in enumerate(keys)}
+
+    if m > 1:
+        res = minimize(lambda z: scorer(blend_arrays(probs, groups, weights_of(z))).score,
+                       np.zeros(m * len(keys)), method="Powell", options={"xtol": 1e-3, "ftol": 1e-5})  # fmt: skip
+        weights = weights_of(res.x)
+    else:
+        weights = {k: [1.0] for k in keys}
+    params = EnsembleParams(names, weights)
+    if not calibrate:
+        return params
+    blended = blend_arrays(probs, groups, weights)
+
+    def loss(log_t: np.ndarray, scale: float) -> float:
+        temps = dict(zip(CONDITIONS, np.exp(log_t).tolist()))
+        return scorer(calibrate_arrays(blended, conditions, temps, scale)).score
+
+    res = minimize(lambda z: loss(z[:-1], float(np.exp(z[-1]))), np.zeros(len(CONDITIONS) + 1),
+                   method="Powell", bounds=[(-1.5, 1.5)] * (len(CONDITIONS) + 1),
+                   options={"xtol": 1e-3, "ftol": 1e-5})  # fmt: skip
+    params.temperatures = dict(zip(CONDITIONS, np.exp(res.x[:-1]).tolist()))
+    params.spinal_severe_scale = float(np.exp(res.x[-1]))
+    return params
+
+
+def _rows_of_studies(df: pd.DataFrame, studies: set[int]) -> pd.DataFrame:
+    study = df["row_id"].astype(str).str.split("_", n=1).str[0].astype("int64")
+    return df[study.isin(studies).to_numpy()].reset_index(drop=True)
+
+
+@dataclass
+class EnsembleResult:
+    """Fold-wise fitted ensemble: OOF blended predictions, their scores, and parameters for test time."""
+
+    oof: pd.DataFrame
+    params: EnsembleParams
+    fold_params: dict[int, EnsembleParams]
+    scores: pd.DataFrame  # one row per model, plus the blend and the calibrated blend
+
+
+def fit_ensemble(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, folds: pd.DataFrame,
+                 per_group: bool = True, calibrate: bool = True) -> EnsembleResult:  # fmt: skip
+    """Fit fold-wise (score out-of-fold), then on everything (parameters for the test set).
+
+    Args:
+        preds: model name -> OOF predictions (submission format), all covering the same rows.
+        labels: the long label table.
+        folds: `study_id, fold`.
+        per_group: one weight vector per metric group instead of one overall.
+        calibrate: fit temperatures and the spinal severe scale too.
+    """
+    fold_of = folds.set_index("study_id")["fold"]
+    held_out = []
+    fold_params = {}
+    for fold in sorted(folds["fold"].unique()):
+        train_studies = set(fold_of.index[fold_of != fold])
+        test_studies = set(fold_of.index[fold_of == fold])
+        fit_on = {m: _rows_of_studies(p, train_studies) for m, p in preds.items()}
+        if not len(next(iter(fit_on.values()))):
+            continue
+        fold_params[int(fold)] = p = fit_params(fit_on, labels, per_group, calibrate)
+        held_out.append(apply_ensemble({m: _rows_of_studies(v, test_studies) for m, v in preds.items()}, p))
+    oof = pd.concat(held_out, ignore_index=True)
+    params = fit_params(preds, labels, per_group, calibrate)
+    rows = []
+    for name, p in preds.items():
+        rows.append({"model": name, **_score(labels, p).as_dict()})
+    plain = EnsembleParams(list(preds), {"all": [1.0 / len(preds)] * len(preds)})
+    rows.append({"model": "mean of models", **_score(labels, apply_ensemble(preds, plain)).as_dict()})
+    rows.append({"model": "blend + calibration (out-of-fold)", **_score(labels, oof).as_dict()})
+    return EnsembleResult(oof, params, fold_params, pd.DataFrame(rows))
+
+
+def _score(labels: pd.DataFrame, sub: pd.DataFrame) -> MetricResult:
+    studies = set(sub["row_id"].astype(str).str.split("_", n=1).str[0].astype("int64"))
+    return score_aligned(align_predictions(labels[labels["study_id"].isin(studies)], sub, name="predictions"))

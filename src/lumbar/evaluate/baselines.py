@@ -1,0 +1,75 @@
+"""Reference submissions every model must beat: uniform probabilities and class priors.
+
+On all labelled rows of the real train.csv (priors fitted on the same rows) the competition metric gives
+uniform 0.999410, condition x level prior 0.930697, per-condition prior 1.108652.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pandas as pd
+
+from lumbar.constants import CONDITIONS, GRADES, LEVELS
+from lumbar.data.tables import SUBMISSION_COLUMNS, split_row_ids, submission_row_ids
+
+PRIOR_KEYS = {"condition_level": ["condition", "level"], "condition": ["condition"]}
+
+
+def _skeleton(study_ids: Iterable[int]) -> pd.DataFrame:
+    study_ids = sorted({int(s) for s in study_ids})
+    if not study_ids:
+        raise ValueError("no study_ids given")
+    ids = submission_row_ids(study_ids)
+    return pd.concat([pd.DataFrame({"row_id": ids}), split_row_ids(ids)[["condition", "level"]]], axis=1)
+
+
+def uniform_submission(study_ids: Iterable[int]) -> pd.DataFrame:
+    """1/3 for every grade of all 25 rows of each study, in sample_submission order."""
+    sub = _skeleton(study_ids)
+    for g in GRADES:
+        sub[g] = 1.0 / len(GRADES)
+    return sub[SUBMISSION_COLUMNS]
+
+
+def class_priors(labels: pd.DataFrame, by: str = "condition_level") -> pd.DataFrame:
+    """Unweighted grade frequencies of a label table.
+
+    Args:
+        labels: the long label table (rows without a grade are ignored).
+        by: "condition_level" (one distribution per condition x level) or "condition" (the five levels
+            of a condition pooled).
+
+    Returns:
+        One row per key with the columns `normal_mild, moderate, severe` summing to 1.
+
+    Raises:
+        ValueError: for an unknown `by`, or a key of the competition with no labelled row.
+    """
+    if by not in PRIOR_KEYS:
+        raise ValueError(f"by must be one of {list(PRIOR_KEYS)}, got {by!r}")
+    keys = PRIOR_KEYS[by]
+    labelled = labels[labels["grade"].notna()]
+    counts = pd.crosstab([labelled[k] for k in keys], labelled["grade"].astype(int)).reindex(
+        columns=range(len(GRADES)), fill_value=0
+    )
+    full = (
+        pd.MultiIndex.from_product([CONDITIONS, LEVELS], names=keys)
+        if by == "condition_level"
+        else pd.Index(CONDITIONS, name="condition")
+    )
+    counts = counts.reindex(full)
+    if counts.isna().any(axis=1).any():
+        missing = counts.index[counts.isna().any(axis=1)][0]
+        raise ValueError(f"no labelled row for {missing} to fit a prior on")
+    freq = counts.to_numpy(dtype=float)
+    freq = freq / freq.sum(axis=1, keepdims=True)
+    return pd.DataFrame(freq, index=counts.index, columns=list(GRADES)).reset_index()
+
+
+def prior_submission(labels: pd.DataFrame, study_ids: Iterable[int], by: str = "condition_level") -> pd.DataFrame:
+    """Every study gets the class frequencies of `labels` (see `class_priors`), in sample_submission order."""
+    priors = class_priors(labels, by=by)
+    sub = _skeleton(study_ids).merge(priors, on=PRIOR_KEYS[by], how="left", validate="many_to_one")
+    assert not sub[list(GRADES)].isna().any().any()
+    return sub[SUBMISSION_COLUMNS]

@@ -1,0 +1,148 @@
+"""Submission tables: validate, normalise and write them (`row_id, normal_mild, moderate, severe`).
+
+Every prediction in the project travels in this format (OOF predictions, test predictions, blends), so the
+metric, the blender and the final writer all check it here. Errors are `SubmissionError`s that name the
+first offending rows, so a broken file can be fixed without a debugger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lumbar.constants import GRADES
+from lumbar.data.tables import SUBMISSION_COLUMNS, write_csv
+
+#: Tolerance on a row's probability sum.
+SUM_TOLERANCE = 1e-6
+#: How many offending rows an error message names.
+SHOW = 5
+
+
+class SubmissionError(ValueError):
+    """A submission table that breaks the format (columns, row_ids or probabilities)."""
+
+
+def first_of(items: Iterable[str], total: int | None = None) -> str:
+    """The first few items joined for an error message, with the total when some are left out."""
+    items = list(items)
+    shown = ", ".join(items[:SHOW])
+    total = len(items) if total is None else total
+    return shown + (f", ... ({total} in all)" if total > SHOW else "")
+
+
+def _rows(sub: pd.DataFrame, mask: np.ndarray, describe=None) -> str:
+    """Name the first rows where `mask` holds: row_id and position (CSV line = position + 2)."""
+    where = np.flatnonzero(mask)
+    parts = []
+    for i in where[:SHOW]:
+        text = f"{sub['row_id'].iloc[i]} (row {i})"
+        if describe is not None:
+            text += f" {describe(i)}"
+        parts.append(text)
+    return first_of(parts, total=len(where))
+
+
+def validate_submission(
+    sub: pd.DataFrame, expected_row_ids: Iterable[str] | None = None, name: str = "submission"
+) -> None:
+    """Check a submission table; raise on the first kind of problem found.
+
+    Checks, in order: columns (exactly `row_id, normal_mild, moderate, severe`, any order), at least one row,
+    duplicate row_ids, missing and extra row_ids against `expected_row_ids` (when given), non-numeric or
+    non-finite values, negative values, rows not summing to 1 within 1e-6.
+
+    Args:
+        sub: the table to check.
+        expected_row_ids: the row_ids it must hold, no more and no fewer (e.g. the sample submission's).
+        name: what to call the table in messages (its file name, say).
+
+    Raises:
+        SubmissionError: naming the problem and the first offending rows (row = 0-based position).
+    """
+    columns = list(sub.columns)
+    if sorted(columns) != sorted(SUBMISSION_COLUMNS) or len(columns) != len(SUBMISSION_COLUMNS):
+        missing = [c for c in SUBMISSION_COLUMNS if c not in columns]
+        extra = [c for c in columns if c not in SUBMISSION_COLUMNS]
+        raise SubmissionError(
+            f"{name}: wrong columns (missing {missing}, unexpected {extra}); expected exactly {SUBMISSION_COLUMNS}"
+        )
+    if len(sub) == 0:
+        raise SubmissionError(f"{name}: no rows")
+    ids = sub["row_id"].astype(str)
+    dup = ids.duplicated(keep=False).to_numpy()
+    if dup.any():
+        raise SubmissionError(f"{name}: duplicate row_id(s): {_rows(sub, dup)}")
+    if expected_row_ids is not None:
+        expected = pd.Index(pd.Series(list(expected_row_ids), dtype=str))
+        present = pd.Index(ids)
+        missing = expected[~expected.isin(present)]
+        if len(missing):
+            raise SubmissionError(f"{name}: {len(missing)} expected row_id(s) missing: {first_of(missing)}")
+        extra = ~ids.isin(expected).to_numpy()
+        if extra.any():
+            raise SubmissionError(f"{name}: {int(extra.sum())} unexpected row_id(s): {_rows(sub, extra)}")
+    values = sub[list(GRADES)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    raw = sub[list(GRADES)]
+    non_numeric = (np.isnan(values) & raw.notna().to_numpy()).any(axis=1)
+    if non_numeric.any():
+        raise SubmissionError(f"{name}: non-numeric probabilities in {_rows(sub, non_numeric)}")
+    not_finite = (~np.isfinite(values)).any(axis=1)
+    if not_finite.any():
+        raise SubmissionError(f"{name}: NaN or infinite probabilities in {_rows(sub, not_finite)}")
+    negative = (values < 0).any(axis=1)
+    if negative.any():
+        raise SubmissionError(f"{name}: negative probabilities in {_rows(sub, negative)}")
+    sums = values.sum(axis=1)
+    off = np.abs(sums - 1.0) > SUM_TOLERANCE
+    if off.any():
+        raise SubmissionError(
+            f"{name}: rows not summing to 1 (within {SUM_TOLERANCE:g}): "
+            f"{_rows(sub, off, lambda i: f'sum={sums[i]:.9g}')}"
+        )
+
+
+def normalize_rows(df: pd.DataFrame, columns: Iterable[str] = GRADES) -> pd.DataFrame:
+    """Return a copy whose probability columns are divided by their row sum (e.g. after blending).
+
+    Raises:
+        SubmissionError: for a row with a NaN, a negative value or a zero sum, which no scaling can fix.
+    """
+    columns = list(columns)
+    values = df[columns].to_numpy(dtype=float)
+    sums = values.sum(axis=1)
+    bad = ~np.isfinite(values).all(axis=1) | (values < 0).any(axis=1) | ~(sums > 0)
+    if bad.any():
+        ids = df["row_id"].astype(str).to_numpy() if "row_id" in df else np.arange(len(df)).astype(str)
+        raise SubmissionError(f"cannot normalise rows with NaN, negative or all-zero values: {first_of(ids[bad])}")
+    out = df.copy()
+    out[columns] = values / sums[:, None]
+    return out
+
+
+def write_submission(df: pd.DataFrame, path: str | Path, order: Iterable[str] | None = None) -> Path:
+    """Validate and write a submission atomically.
+
+    Args:
+        df: the submission table.
+        path: output CSV.
+        order: the row_ids in the order to write them (e.g. `sample_submission.csv`'s); the table must hold
+            exactly these. Without it, the table's own order is kept.
+
+    Returns:
+        The written path.
+    """
+    name = Path(path).name
+    if order is not None:
+        order = pd.Index(pd.Series(list(order), dtype=str))
+        if order.has_duplicates:
+            raise SubmissionError(f"{name}: duplicate row_id(s) in the requested order: {first_of(order[order.duplicated()])}")
+        validate_submission(df, expected_row_ids=order, name=name)
+        out = df.assign(row_id=df["row_id"].astype(str)).set_index("row_id").loc[order].reset_index()
+    else:
+        validate_submission(df, name=name)
+        out = df.assign(row_id=df["row_id"].astype(str))
+    return write_csv(out[SUBMISSION_COLUMNS], path)

@@ -1,0 +1,206 @@
+"""Run the numbered notebooks in order with papermill, parameters from a YAML pipeline config.
+
+Config (`configs/NAME.yaml`)::
+
+    name: demo                    # run folder: runs/<name>/ (or `run_dir:`)
+    notebook_dir: notebooks       # default
+    data_dir: null                # null: lumbar.paths.data_root() decides
+    parameters: {DEVICE: auto}    # passed to every notebook (UPPER_CASE, the notebooks' parameter names)
+    notebooks:
+      - notebook: 00_eda          # notebooks/00_eda.ipynb
+      - notebook: 03_train        # one notebook run once per architecture,
+        output: 03_train_cnn3d    # each under its own name
+        parameters: {ARCH: cnn3d}
+
+Every notebook also receives `RUN_DIR` and `DATA_DIR`. Executed copies are saved as
+`runs/<name>/<output>.ipynb`; the manifest's `notebooks` entry records status and seconds of each. On a
+failing cell the pipeline stops and names the notebook, the cell and the error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lumbar.manifest import read_manifest, update_manifest
+from lumbar.paths import PROJECT_ROOT, data_root
+
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+
+
+class PipelineError(RuntimeError):
+    """A notebook of the pipeline failed; the message names notebook, cell and error."""
+
+
+@dataclass
+class Step:
+    notebook: str
+    output: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineConfig:
+    name: str
+    run_dir: Path
+    data_dir: Path
+    steps: list[Step]
+    source: Path | None = None
+    notebook_dir: Path = NOTEBOOK_DIR
+
+
+_TOP_KEYS = {
+    "name",
+    "run_dir",
+    "data_dir",
+    "parameters",
+    "notebooks",
+    "notebook_dir",
+    "description",
+    "synthetic",
+}
+_STEP_KEYS = {"notebook", "output", "parameters"}
+
+
+def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read and check a pipeline config; paths are relative to the project root.
+
+    Args:
+        path: the YAML file.
+        overrides: parameters set on every notebook after the config's own (e.g. from the command line).
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from e
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; expected some of {sorted(_TOP_KEYS)}")
+    if not raw.get("notebooks"):
+        raise ValueError(f"{path}: `notebooks` must list at least one notebook")
+    name = raw.get("name") or path.stem
+    run_dir = Path(raw.get("run_dir") or f"runs/{name}")
+    run_dir = run_dir if run_dir.is_absolute() else PROJECT_ROOT / run_dir
+    data_dir = data_root(raw.get("data_dir") and _project_path(raw["data_dir"]))
+    notebook_dir = _project_path(raw["notebook_dir"]) if raw.get("notebook_dir") else NOTEBOOK_DIR
+    common = {**(raw.get("parameters") or {}), **(overrides or {})}
+    steps = []
+    for i, entry in enumerate(raw["notebooks"]):
+        entry = {"notebook": entry} if isinstance(entry, str) else dict(entry)
+        bad = set(entry) - _STEP_KEYS
+        if bad or "notebook" not in entry:
+            raise ValueError(f"{path}: notebooks[{i}] has unknown key(s) {sorted(bad)} or no `notebook`")
+        nb = entry["notebook"].removesuffix(".ipynb")
+        if not (notebook_dir / f"{nb}.ipynb").is_file():
+            raise ValueError(f"{path}: notebooks[{i}]: {notebook_dir / nb}.ipynb does not exist")
+        params = {**common, **(entry.get("parameters") or {})}
+        steps.append(Step(nb, entry.get("output", nb), params))
+    outputs = [s.output for s in steps]
+    if len(set(outputs)) != len(outputs):
+        raise ValueError(f"{path}: two steps write the same output name; give each an `output:`")
+    return PipelineConfig(name, run_dir, data_dir, steps, path, notebook_dir)
+
+
+def _project_path(p: str) -> Path:
+    p = Path(p)
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def select_steps(steps: list[Step], start: str | None = None, only: str | None = None) -> list[Step]:
+    """Steps from `start` on, or just `only`; each matched by output name or notebook name prefix ("03")."""
+
+    def matches(step: Step, key: str) -> bool:
+        return step.output == key or step.notebook == key or step.output.startswith(key)
+
+    if only:
+        chosen = [s for s in steps if matches(s, only)]
+        if not chosen:
+            raise ValueError(f"--only {only!r} matches no step of {[s.output for s in steps]}")
+        return chosen
+    if start:
+        for i, s in enumerate(steps):
+            if matches(s, start):
+                return steps[i:]
+        raise ValueError(f"--from {start!r} matches no step of {[s.output for s in steps]}")
+    return steps
+
+
+def run_step(step: Step, config: PipelineConfig, log_output: bool = False) -> float:
+    """Execute one notebook with papermill; return its seconds. Raises PipelineError naming the cell."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    out = config.run_dir / f"{step.output}.ipynb"
+    params = {"RUN_DIR": str(config.run_dir), "DATA_DIR": str(config.data_dir), **step.parameters}
+    t0 = time.perf_counter()
+    try:
+        pm.execute_notebook(
+            str(config.notebook_dir / f"{step.notebook}.ipynb"),
+            str(out),
+            parameters=params,
+            kernel_name="python3",
+            progress_bar=False,
+            log_output=log_output,
+            cwd=str(config.notebook_dir),
+        )
+    except PapermillExecutionError as e:
+        seconds = time.perf_counter() - t0
+        update_manifest(config.run_dir, "notebooks", {"status": "failed", "seconds": round(seconds, 1),
+                                                     "error": f"{e.ename}: {e.evalue}"}, item=step.output)  # fmt: skip
+        raise PipelineError(
+            f"notebook {step.output} ({step.notebook}.ipynb) failed in cell {e.exec_count} "
+            f"(cell index {e.cell_index}): {e.ename}: {e.evalue}\n  executed copy: {out}"
+        ) from None
+    seconds = time.perf_counter() - t0
+    update_manifest(config.run_dir, "notebooks", {"status": "ok", "seconds": round(seconds, 1),
+                                                 "output": out.name}, item=step.output)  # fmt: skip
+    return seconds
+
+
+def run_pipeline(
+    config: PipelineConfig, start: str | None = None, only: str | None = None
+) -> dict[str, float]:
+    """Run the chosen steps in order; stop at the first failure (PipelineError)."""
+    update_manifest(
+        config.run_dir, "pipeline", {"config": str(config.source), "data_dir": str(config.data_dir)}
+    )
+    seconds = {}
+    for step in select_steps(config.steps, start, only):
+        print(f"[pipeline] {step.output} ...", flush=True)
+        seconds[step.output] = run_step(step, config)
+        print(f"[pipeline] {step.output} done in {seconds[step.output]:.1f} s", flush=True)
+    return seconds
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def cli_pipeline(args: argparse.Namespace) -> int:
+    """`python -m lumbar pipeline`."""
+    config = load_config(args.config, _parse_overrides(args.set or []))
+    try:
+        seconds = run_pipeline(config, args.start, args.only)
+    except PipelineError as e:
+        print(f"pipeline: FAILED: {e}")
+        return 1
+    total = sum(seconds.values())
+    print(f"pipeline: {len(seconds)} notebooks in {total:.1f} s; run folder {config.run_dir}")
+    print(
+        f"pipeline: manifest {config.run_dir / 'manifest.json'} ({len(read_manifest(config.run_dir))} keys)"
+    )
+    return 0

@@ -1,0 +1,85 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from lumbar.constants import CONDITIONS, GRADES, LEVELS, row_id
+from lumbar.ensemble.blend import EnsembleParams, apply_ensemble, calibrate_arrays, fit_ensemble, fit_params
+from lumbar.evaluate.metric import competition_score
+
+
+def _labels(n_studies=60, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = [
+        (s, c, lv, int(rng.choice(3, p=[0.7, 0.2, 0.1])))
+        for s in range(1, n_studies + 1)
+        for c in CONDITIONS
+        for lv in LEVELS
+    ]
+    return pd.DataFrame(rows, columns=["study_id", "condition", "level", "grade"])
+
+
+def _preds(labels, sharpness, noise, seed):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, noise, (len(labels), 3))
+    logits[np.arange(len(labels)), labels["grade"].to_numpy()] += sharpness
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    ids = [
+        row_id(s, c, lv) for s, c, lv in labels[["study_id", "condition", "level"]].itertuples(index=False)
+    ]
+    return pd.DataFrame({"row_id": ids, **{g: p[:, i] for i, g in enumerate(GRADES)}})
+
+
+@pytest.fixture(scope="module")
+def data():
+    labels = _labels()
+    folds = pd.DataFrame({"study_id": range(1, 61), "fold": np.arange(60) % 3})
+    preds = {
+        "good": _preds(labels, 2.0, 1.0, 1),
+        "noise": _preds(labels, 0.0, 1.0, 2),
+        "ok": _preds(labels, 1.2, 1.0, 3),
+    }
+    return labels, folds, preds
+
+
+def test_weights_favour_the_informative_model(data):
+    labels, _, preds = data
+    params = fit_params(preds, labels, per_group=False, calibrate=False)
+    w = dict(zip(params.models, params.weights["all"]))
+    assert w["good"] > 0.5 and w["noise"] < 0.1 and abs(sum(w.values()) - 1) < 1e-9
+
+
+def test_out_of_fold_blend_no_worse_than_best_single(data):
+    labels, folds, preds = data
+    result = fit_ensemble(preds, labels, folds)
+    scores = result.scores.set_index("model")["score"]
+    assert scores["blend + calibration (out-of-fold)"] <= scores["good"] + 0.01
+    assert len(result.oof) == len(preds["good"]) and set(result.fold_params) == {0, 1, 2}
+    np.testing.assert_allclose(result.oof[list(GRADES)].sum(1), 1, atol=1e-9)
+
+
+def test_temperature_corrects_overconfidence(data):
+    labels, _, _ = data
+    over = _preds(labels, 6.0, 4.0, 5)  # right on average, far too confident
+    params = fit_params({"over": over}, labels)
+    assert np.mean(list(params.temperatures.values())) > 1.2
+    before = competition_score(labels, over).score
+    after = competition_score(labels, apply_ensemble({"over": over}, params)).score
+    assert after < before - 0.05
+
+
+def test_severe_scale_keeps_rows_normalised():
+    p = np.array([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]])
+    conds = np.array(["spinal_canal_stenosis", "left_subarticular_stenosis"])
+    out = calibrate_arrays(p, conds, {}, 1.5)
+    np.testing.assert_allclose(out.sum(1), 1)
+    assert out[0, 2] == pytest.approx(0.15) and out[0, 0] / out[0, 1] == pytest.approx(2)
+    np.testing.assert_allclose(out[1], p[1])
+
+
+def test_params_round_trip_and_mismatched_rows(data):
+    _, _, preds = data
+    params = EnsembleParams(["good", "ok"], {"all": [0.5, 0.5]})
+    again = EnsembleParams.from_dict(params.to_dict())
+    pd.testing.assert_frame_equal(apply_ensemble(preds, params), apply_ensemble(preds, again))
+    with pytest.raises(ValueError, match="cover other rows"):
+        apply_ensemble({"good": preds["good"], "ok": preds["ok"].iloc[:-1]}, params)

@@ -1,0 +1,110 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.image import imread
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    classification_report,
+    confusion_matrix,
+    f1_score,
+    roc_auc_score,
+)
+
+from lumbar.constants import GRADES
+from lumbar.evaluate.references import compare_with_references, load_references
+from lumbar.evaluate.reports import evaluate_predictions, write_reports
+
+SCS, LNFN = "spinal_canal_stenosis", "left_neural_foraminal_narrowing"
+
+
+@pytest.fixture
+def table() -> pd.DataFrame:
+    """40 studies x 2 conditions x 2 levels, every grade present in each slice, noisy but informative probs."""
+    rng = np.random.default_rng(0)
+    rows = [(s, c, lv) for s in range(40) for c in (SCS, LNFN) for lv in ("l4_l5", "l5_s1")]
+    out = pd.DataFrame(rows, columns=["study_id", "condition", "level"])
+    out["grade"] = np.tile(np.repeat([0, 0, 1, 2], 4), 10)
+    logits = rng.normal(size=(len(out), 3)) + 1.5 * np.eye(3)[out["grade"]]
+    out[list(GRADES)] = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return out
+
+
+def test_multiclass_numbers_match_sklearn(table):
+    report = evaluate_predictions(table, "single_multiclass")
+    assert set(report.summary["scope"]) == {"condition", "condition_level"}
+    rows = table[(table["condition"] == SCS) & (table["level"] == "l4_l5")]
+    y, p = rows["grade"].to_numpy(), rows[list(GRADES)].to_numpy()
+    pred = p.argmax(axis=1)
+    got = report.summary.set_index(["condition", "level"]).loc[(SCS, "l4_l5")]
+    assert got["n"] == len(rows) == 40
+    assert got["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert got["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert got["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert got["f1_weighted"] == pytest.approx(f1_score(y, pred, average="weighted"))
+    assert got["auroc"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr"))
+    ref = classification_report(y, pred, output_dict=True)
+    per_class = report.per_class.set_index(["condition", "level", "class"])
+    for k, key in enumerate(GRADES):
+        assert per_class.loc[(SCS, "l4_l5", key), "recall"] == pytest.approx(ref[str(k)]["recall"])
+        assert per_class.loc[(SCS, "l4_l5", key), "precision"] == pytest.approx(ref[str(k)]["precision"])
+        assert per_class.loc[(SCS, "l4_l5", key), "support"] == ref[str(k)]["support"]
+    np.testing.assert_array_equal(report.confusion_matrix("condition_level", SCS, "l4_l5"), confusion_matrix(y, pred))
+
+
+def test_binary_mode_collapses_grades(table):
+    report = evaluate_predictions(table, "multi_binary")
+    assert {"all", "level", "condition", "condition_level"} == set(report.summary["scope"])
+    y = (table["grade"] >= 1).to_numpy().astype(int)
+    p_pos = (table["moderate"] + table["severe"]).to_numpy()
+    pred = (p_pos > 0.5).astype(int)
+    pooled = report.summary.iloc[0]
+    assert pooled["scope"] == "all" and pooled["n"] == len(table)
+    assert pooled["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert pooled["auroc"] == pytest.approx(roc_auc_score(y, p_pos))
+    assert pooled["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro"))
+    np.testing.assert_array_equal(report.confusion_matrix("all"), confusion_matrix(y, pred))
+
+
+def test_slice_without_a_class_still_reports(table):
+    no_severe = table[table["grade"] < 2]
+    summary = evaluate_predictions(no_severe, "single_multiclass").summary
+    assert np.isfinite(summary["auroc"]).all()  # macro over the classes present
+    assert (summary["n"] > 0).all()
+
+
+def test_write_reports_files(table, tmp_path):
+    paths = write_reports(table, tmp_path / "reports", "multi_multiclass")
+    for key in ("summary", "per_class", "confusion", "report", "references", "confusion_all", f"confusion_{SCS}"):
+        assert paths[key].is_file(), key
+    image = imread(paths[f"confusion_{SCS}"])
+    assert image.ndim == 3 and image.shape[1] > image.shape[0] > 100
+    summary = pd.read_csv(paths["summary"])
+    report = evaluate_predictions(table, "multi_multiclass")
+    np.testing.assert_allclose(summary["accuracy"], report.summary["accuracy"])
+    document = json.loads(paths["report"].read_text())
+    assert document["mode"] == "multi_multiclass" and len(document["per_class"]) == len(report.per_class)
+    with pytest.raises(ValueError, match="unknown task mode"):
+        write_reports(table, tmp_path / "x", "single_ternary")
+
+
+def test_references_hold_the_published_numbers():
+    refs = load_references().set_index(["source", "task_mode", "condition", "level"])
+    assert refs.loc[("thesis", "single_multiclass", SCS, "l4_l5"), "value"] == 0.874
+    assert refs.loc[("thesis", "multi_binary", "right_neural_foraminal_narrowing", "l4_l5"), "value"] == 0.788
+    assert refs.loc[("DeepSPINE", "", "neural_foraminal_narrowing", "l5_s1"), "value"] == 0.912
+    assert len(refs) == 20 and refs["citation"].str.len().gt(0).all()
+
+
+def test_comparison_sets_run_beside_reference(table):
+    out = compare_with_references(table)
+    rows = table[(table["condition"] == SCS) & (table["level"] == "l4_l5")]
+    acc = accuracy_score(rows["grade"], rows[list(GRADES)].to_numpy().argmax(axis=1))
+    thesis = out[(out["task_mode"] == "single_multiclass") & (out["condition"] == SCS)].iloc[0]
+    assert thesis["run"] == pytest.approx(acc) and thesis["difference"] == pytest.approx(acc - 0.874)
+    foramina = out[(out["condition"] == "neural_foraminal_narrowing") & (out["level"] == "all")].iloc[0]
+    assert foramina["run_n"] == 80  # left only here (right absent), all levels
+    assert out[out["condition"] == "right_neural_foraminal_narrowing"]["run"].isna().all()
+    assert set(compare_with_references(table, classes="binary")["classes"]) == {"binary"}
