@@ -113,10 +113,16 @@ def heatmap_loss(logits: torch.Tensor, points: torch.Tensor, sigma_px: float, si
 
 
 def _local_mean(prob: torch.Tensor, peak: torch.Tensor, radius: int) -> torch.Tensor:
-    """Probability-weighted mean index within +-radius of `peak` along the last axis of prob (..., n)."""
+    """Probability-weighted mean index around `peak` along the last axis of prob (..., n).
+
+    The window is +-radius, narrowed symmetrically near the ends (a peak on the edge stays there), so a
+    truncated window never pulls the estimate inwards.
+    """
     n = prob.shape[-1]
     idx = torch.arange(n, device=prob.device, dtype=prob.dtype)
-    near = (idx - peak[..., None].to(prob.dtype)).abs() <= radius
+    peak = peak.to(prob.dtype)
+    r = torch.minimum(torch.minimum(peak, n - 1 - peak), torch.full_like(peak, float(radius)))
+    near = (idx - peak[..., None]).abs() <= r[..., None]
     weights = prob * near
     return (weights * idx).sum(-1) / weights.sum(-1).clamp_min(1e-12)
 
@@ -126,7 +132,7 @@ def decode_heatmaps(logits: torch.Tensor, radius: int = 2) -> tuple[torch.Tensor
 
     The slice is the argmax of the marginal over (row, column), refined by a local mean over +-1 bin;
     the in-plane position is the argmax of the marginal over slices, refined by a local soft-argmax over
-    +-radius pixels along each axis.
+    +-radius pixels along each axis (windows narrowed symmetrically at the edges).
     """
     b, k, d, h, w = logits.shape
     prob = F.softmax(logits.float().flatten(2), dim=-1).view(b, k, d, h, w)

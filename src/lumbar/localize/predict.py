@@ -16,7 +16,6 @@ report lists what is missing and why.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
@@ -28,39 +27,42 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from lumbar.constants import CONDITIONS, LEVELS, SAGITTAL_T1, SAGITTAL_T2
-from lumbar.data.dicom import DicomReadError, Series, Stack, read_series
-from lumbar.data.index import load_or_build_index
+from lumbar.constants import AXIAL_T2, CONDITIONS, LEVELS, SAGITTAL_T1, SAGITTAL_T2
+from lumbar.data.dicom import DicomReadError, Series, Stack, patient_to_pixel, read_series
+from lumbar.data.index import load_or_build_index, series_geometry
 from lumbar.data.tables import COORDINATE_COLUMNS, write_coordinates
-from lumbar.localize.axial import map_axial
+from lumbar.localize.axial import AXIAL_MAP_COLUMNS, map_axial, sagittal_points_mm
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.device import autocast, resolve_device
 from lumbar.localize.heatmap import HeatmapNet, decode_heatmaps
 from lumbar.localize.tasks import TASKS, Task
-from lumbar.localize.train import MANIFEST, build_model
+from lumbar.localize.train import MANIFEST_KEY, build_model
 from lumbar.localize.volumes import axial_input, sagittal_input
+from lumbar.manifest import manifest_path, read_manifest
 from lumbar.paths import data_root, series_dir
 
 
 @dataclass
 class LocalizeReport:
-    """What `localize` produced: counts and, per incomplete study, what is missing and why."""
+    """What `localize` produced: rows per study and, per study, what is missing or guessed and why."""
 
-    studies: int = 0
-    rows: int = 0
-    seconds: float = 0.0
-    missing: list[tuple[int, str]] = field(default_factory=list)
+    rows_per_study: dict[int, int] = field(default_factory=dict)
+    notes: list[tuple[int, str]] = field(default_factory=list)
     far_axial: list[tuple[int, str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def incomplete(self) -> list[int]:
+        """Studies with fewer than the 25 rows (5 spinal, 10 foraminal, 10 subarticular)."""
+        return [s for s, n in self.rows_per_study.items() if n < len(CONDITIONS) * len(LEVELS)]
 
     def summary(self) -> str:
-        incomplete = sorted({s for s, _ in self.missing})
-        per_study = self.rows / max(self.studies, 1)
+        studies, rows = len(self.rows_per_study), sum(self.rows_per_study.values())
         head = (
-            f"localize: {self.studies} studies, {self.rows} rows ({per_study:.1f} per study, 25 expected), "
-            f"{len(incomplete)} studies incomplete, {self.seconds:.1f} s"
+            f"localize: {studies} studies, {rows} rows ({rows / max(studies, 1):.1f} per study, 25 expected), "
+            f"{len(self.incomplete)} studies incomplete, {self.seconds:.1f} s"
         )
-        lines = [head]
-        lines += [f"  study {s}: {what}" for s, what in self.missing]
+        lines = [head] + [f"  study {s}: {what}" for s, what in self.notes]
         if self.far_axial:
             lines.append(f"  {len(self.far_axial)} levels mapped to an axial slice more than 10 mm away, e.g. "
                          + ", ".join(f"{s} {lv} {d:.1f} mm" for s, lv, d in self.far_axial[:5]))  # fmt: skip
@@ -71,16 +73,18 @@ class Localizer:
     """The trained models of a run, ready to predict.
 
     Args:
-        run: run folder holding `localizer.json` (written by `lumbar.localize.train`).
+        run: run folder whose manifest has a "localizer" entry (written by `lumbar.localize.train`).
         device: "auto", "cpu" or "cuda".
     """
 
     def __init__(self, run: str | os.PathLike, device: str = "auto"):
         self.run = Path(run)
-        path = self.run / MANIFEST
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no localizer manifest (train one with `lumbar train-localizer`)")
-        self.manifest = json.loads(path.read_text())
+        manifest = read_manifest(self.run)
+        if MANIFEST_KEY not in manifest:
+            raise FileNotFoundError(
+                f"{manifest_path(self.run)}: no trained localizer in this run (train one with `lumbar train-localizer`)"
+            )
+        self.manifest = manifest[MANIFEST_KEY]
         self.config = LocalizerConfig.from_dict(self.manifest["config"])
         self.device = resolve_device(device)
         self.models: dict[str, HeatmapNet] = {}
@@ -139,7 +143,7 @@ class Localizer:
 
     def localize_study(self, root: Path, split: str, study_id: int, index: pd.DataFrame,
                        axial_max_distance_mm: float = math.inf) -> tuple[pd.DataFrame, list[str], list]:  # fmt: skip
-        """Predicted coordinate rows of one study, what could not be predicted, and far axial mappings.
+        """Predicted coordinate rows of one study, notes on what is missing or guessed, far axial mappings.
 
         Args:
             root: data folder; split: "train" or "test".
@@ -147,52 +151,81 @@ class Localizer:
             index: header index rows of this study.
             axial_max_distance_mm: levels whose nearest axial slice is farther get no subarticular rows.
         """
-        parts, missing = [], []
+        parts, notes = [], []
         spinal = None
         for name, description in (("sag_t2", SAGITTAL_T2), ("sag_t1", SAGITTAL_T1)):
             task = TASKS[name]
             what = "spinal" if name == "sag_t2" else "foraminal"
             if name not in self.models:
-                missing.append(f"no {name} model in the run -> no {what} points")
+                notes.append(f"no {name} model in the run -> no {what} points")
                 continue
             choice = choose_stack(index, description)
             if choice is None:
-                missing.append(f"no {description} series -> no {what} points")
+                notes.append(f"no {description} series -> no {what} points")
                 continue
             series_id, stack_index = choice
             try:
                 stack = read_series(series_dir(root, split, study_id, series_id), skip_unreadable=True).stacks[stack_index]
                 rows = self.sagittal_points(task, study_id, series_id, stack)
             except (DicomReadError, IndexError) as e:
-                missing.append(f"{description} series {series_id} unreadable ({e}) -> no {what} points")
+                notes.append(f"{description} series {series_id} unreadable ({e}) -> no {what} points")
                 continue
             parts.append(rows)
             if name == "sag_t2":
                 spinal = rows
         far = []
         if "axial" not in self.models:
-            missing.append("no axial model in the run -> no subarticular points")
+            notes.append("no axial model in the run -> no subarticular points")
         elif spinal is None:
-            missing.append("no spinal points to map onto the axial series -> no subarticular points")
+            notes.append("no spinal points to map onto the axial series -> no subarticular points")
         else:
-            mapped = map_axial(spinal, index, max_distance_mm=axial_max_distance_mm)
-            far = [(study_id, r.level, float(r.distance_mm)) for r in mapped.itertuples()
-                   if pd.notna(r.distance_mm) and r.distance_mm > 10.0]  # fmt: skip
-            lost = mapped[mapped["instance_number"].isna()]
-            if len(lost):
-                why = "no axial series" if mapped["axial_series_id"].isna().all() else "no axial slice near enough"
-                missing.append(f"{why} at {', '.join(lost['level'])} -> no subarticular points there")
-            found = mapped[mapped["instance_number"].notna()]
+            found, axial_notes = axial_slices(spinal, index, axial_max_distance_mm)
+            notes += axial_notes
+            far = [(study_id, r.level, float(r.distance_mm)) for r in found.itertuples() if r.distance_mm > 10.0]
             series = {}
             try:
                 for sid in found["axial_series_id"].unique():
                     series[int(sid)] = read_series(series_dir(root, split, study_id, int(sid)), skip_unreadable=True)
                 parts.append(self.axial_points(study_id, found, series))
             except (DicomReadError, KeyError) as e:
-                missing.append(f"axial series unreadable ({e}) -> no subarticular points")
+                notes.append(f"axial series unreadable ({e}) -> no subarticular points")
         parts = [p for p in parts if len(p)]
         table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COORDINATE_COLUMNS)
-        return table, missing, far
+        return table, notes, far
+
+
+def axial_slices(spinal: pd.DataFrame, index: pd.DataFrame,
+                 max_distance_mm: float = math.inf) -> tuple[pd.DataFrame, list[str]]:  # fmt: skip
+    """The axial slice of each level from predicted spinal points (`map_axial`), and notes on lost levels.
+
+    A point that no axial slice covers in-plane (a poor sagittal prediction, or an axial series that
+    misses a disc) gets the slice whose plane is nearest when `max_distance_mm` is infinite: a guess that
+    the report names beats a hole for the classifiers. With a finite limit such levels are left out.
+
+    Returns:
+        `map_axial` rows that have an instance, and one note per kind of lost or guessed level.
+    """
+    axial = index[index["series_description"] == AXIAL_T2].reset_index(drop=True)
+    if axial.empty:
+        return pd.DataFrame(columns=AXIAL_MAP_COLUMNS), ["no Axial T2 series -> no subarticular points"]
+    mapped = map_axial(spinal, index, max_distance_mm=max_distance_mm)
+    notes = []
+    uncovered = mapped["distance_mm"].isna()
+    if uncovered.any() and math.isinf(max_distance_mm):
+        levels = mapped.loc[uncovered, "level"]
+        pts = sagittal_points_mm(spinal.set_index("level").loc[levels].reset_index(), index)
+        g = series_geometry(axial)
+        best, x, y, dist = patient_to_pixel(g["positions"], g["orientations"], g["spacings"],
+                                            pts[["px", "py", "pz"]].to_numpy())  # fmt: skip
+        mapped.loc[uncovered, "axial_series_id"] = axial["series_id"].to_numpy()[best]
+        mapped.loc[uncovered, "instance_number"] = axial["instance_number"].to_numpy()[best]
+        mapped.loc[uncovered, ["distance_mm", "x", "y"]] = np.stack([dist, x, y], 1)
+        notes.append(f"predicted spinal point outside every axial slice at {', '.join(levels)} -> nearest plane used")
+    lost = mapped["instance_number"].isna()
+    if lost.any():
+        notes.append(f"no axial slice within {max_distance_mm} mm at {', '.join(mapped.loc[lost, 'level'])} "
+                     "-> no subarticular points there")  # fmt: skip
+    return mapped[~lost].reset_index(drop=True), notes
 
 
 def choose_stack(index: pd.DataFrame, description: str) -> tuple[int, int] | None:
@@ -241,16 +274,15 @@ def localize(data_dir: str | os.PathLike | None, split: str, run: str | os.PathL
     parts = []
     for study_id, rows in tqdm(index.groupby("study_id", sort=True), desc="localize", unit="study",
                                disable=not progress):  # fmt: skip
-        table, missing, far = localizer.localize_study(root, split, int(study_id), rows, axial_max_distance_mm)
+        table, notes, far = localizer.localize_study(root, split, int(study_id), rows, axial_max_distance_mm)
         parts.append(table)
-        report.missing += [(int(study_id), m) for m in missing]
+        report.rows_per_study[int(study_id)] = len(table)
+        report.notes += [(int(study_id), m) for m in notes]
         report.far_axial += far
-        report.studies += 1
     parts = [p for p in parts if len(p)]
     coords = sort_coordinates(pd.concat(parts, ignore_index=True)) if parts else pd.DataFrame(columns=COORDINATE_COLUMNS)
     coords = coords.astype({"study_id": "int64", "series_id": "int64", "instance_number": "int64",
                             "x": "float64", "y": "float64"})  # fmt: skip
-    report.rows = len(coords)
     report.seconds = time.perf_counter() - t0
     return coords, report
 

@@ -3,7 +3,7 @@
 `train_localizer(config, data_dir, coords, run)` trains, for each task of `config.tasks`
 (`lumbar.localize.tasks`), one `HeatmapNet` and writes into the run folder:
 
-    RUN/localizer.json              manifest: backbone, size, slices, per-task checkpoint and points, config
+    RUN/manifest.json["localizer"]  backbone, size, slices, per-task checkpoint and points, config
     RUN/localizer/<task>.pt         state dict (load with torch.load(..., weights_only=True))
     RUN/localizer/cache/<inputs>/   the model inputs as float16 .npy, named after their parameters
 
@@ -14,7 +14,6 @@ needs) and cached; epochs read the cache into memory.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
@@ -35,11 +34,12 @@ from lumbar.localize.device import autocast, resolve_device
 from lumbar.localize.heatmap import HeatmapNet, heatmap_loss
 from lumbar.localize.tasks import Task, axial_samples, get_task, placed_coordinates, sagittal_samples
 from lumbar.localize.volumes import axial_input, cached_array, sagittal_input
+from lumbar.manifest import manifest_path, update_manifest
 from lumbar.paths import data_root, series_dir
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "localizer.json"
+MANIFEST_KEY = "localizer"
 MODEL_DIR = "localizer"
 
 
@@ -162,15 +162,6 @@ def _save_state(model: torch.nn.Module, path: Path) -> None:
     tmp.replace(path)
 
 
-def write_manifest(run: Path, manifest: dict) -> Path:
-    """Write RUN/localizer.json atomically."""
-    path = run / MANIFEST
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(path)
-    return path
-
-
 def train_localizer(config: LocalizerConfig, data_dir: str | os.PathLike | None, coords: str | os.PathLike | pd.DataFrame,
                     run: str | os.PathLike, index: pd.DataFrame | None = None, progress: bool = True) -> dict:  # fmt: skip
     """Train every task of `config.tasks` and write checkpoints and the manifest into `run`.
@@ -184,7 +175,7 @@ def train_localizer(config: LocalizerConfig, data_dir: str | os.PathLike | None,
         progress: tqdm bars.
 
     Returns:
-        The manifest (also written to RUN/localizer.json). A task without any training sample is skipped
+        The localizer's manifest entry (also written to RUN/manifest.json under "localizer"). A task without any training sample is skipped
         and listed under "skipped".
     """
     t0 = time.perf_counter()
@@ -235,7 +226,7 @@ def train_localizer(config: LocalizerConfig, data_dir: str | os.PathLike | None,
             "seconds": round(time.perf_counter() - t_task, 1),
         }
     manifest["seconds"] = round(time.perf_counter() - t0, 1)
-    write_manifest(run, manifest)
+    update_manifest(run, MANIFEST_KEY, manifest)
     return manifest
 
 
@@ -258,5 +249,5 @@ def cli_train_localizer(args: argparse.Namespace) -> int:
     for line in manifest["problems"][:10]:
         print(f"train-localizer: left out {line}")
     print(f"train-localizer: {manifest['train_studies']} studies, {manifest['seconds']:.0f} s on "
-          f"{manifest['device']}; wrote {Path(args.run) / MANIFEST}")  # fmt: skip
+          f"{manifest['device']}; wrote {manifest_path(args.run)} ({MANIFEST_KEY})")  # fmt: skip
     return 0
