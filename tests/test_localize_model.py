@@ -3,9 +3,15 @@ import pytest
 import timm
 import torch
 
-from lumbar.localize.augment import random_affine, random_mirror
+from lumbar.localize.augment import random_affine, random_depth_affine, random_mirror
 from lumbar.localize.config import LocalizerConfig, parse_assignments
-from lumbar.localize.heatmap import HeatmapNet, decode_heatmaps, gaussian_targets, heatmap_loss
+from lumbar.localize.heatmap import (
+    HeatmapNet,
+    decode_columns,
+    decode_heatmaps,
+    gaussian_targets,
+    heatmap_loss,
+)
 from lumbar.localize.tasks import TASKS
 from lumbar.localize.volumes import resample_depth, window_indices
 
@@ -33,9 +39,31 @@ def test_decode_recovers_points_from_their_target():
     target = gaussian_targets(pts, (8, 32, 32), sigma_px=1.5, sigma_slices=1.0)
     assert torch.allclose(target.flatten(2).sum(-1), torch.ones(1, 2))
     decoded, peak = decode_heatmaps(torch.log(target + 1e-12))
-    np.testing.assert_allclose(decoded[0, :, :2].numpy(), pts[0, :, :2].numpy(), atol=0.01)
-    np.testing.assert_allclose(decoded[0, :, 2].numpy(), pts[0, :, 2].numpy(), atol=0.05)
+    np.testing.assert_allclose(decoded[0].numpy(), pts[0].numpy(), atol=0.005)  # sub-pixel, sub-slice
     assert (peak > 0).all()
+
+
+def _column_logits(mix_level1: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Five levels down the image; level 1's map puts `mix_level1` of its mass on level 2's disc."""
+    discs = torch.tensor([[0.5, v, 0.5] for v in (0.2, 0.35, 0.5, 0.65, 0.8)])
+    target = gaussian_targets(discs[None], (4, 64, 64), 1.5, 1.0)[0]
+    target[1] = (1 - mix_level1) * target[1] + mix_level1 * target[2]
+    return torch.log(target + 1e-12)[None], discs
+
+
+def test_column_decoding_keeps_levels_on_their_own_discs():
+    logits, discs = _column_logits(0.7)  # level 1's own peak sits on level 2's disc
+    alone, _ = decode_heatmaps(logits)
+    assert abs(float(alone[0, 1, 1]) - 0.5) < 0.02  # decoded on its own: the neighbour's disc
+    joint = decode_columns(logits, [range(5)])
+    np.testing.assert_allclose(joint[0].numpy(), discs.numpy(), atol=0.005)
+    assert (torch.diff(joint[0, :, 1]) > 0).all()
+
+
+def test_column_decoding_falls_back_when_peaks_merge():
+    logits, _ = _column_logits(0.0)
+    logits[0, 4] = logits[0, 3]  # two levels on one disc: four peaks for five levels
+    np.testing.assert_allclose(decode_columns(logits, [range(5)]).numpy(), decode_heatmaps(logits)[0].numpy())
 
 
 def test_loss_prefers_the_right_place_and_ignores_unlabelled_points():
@@ -91,6 +119,21 @@ def test_affine_drops_points_pushed_outside():
     assert not torch.isnan(centre).any()
     inside = edge[~torch.isnan(edge[:, 0])]
     assert ((inside[:, :2] >= 0) & (inside[:, :2] <= 1)).all()
+
+
+def test_depth_affine_moves_z_with_the_slices():
+    d = 20
+    planes = torch.arange(d, dtype=torch.float32).view(1, d, 1, 1).repeat(16, 1, 4, 4)  # channel c holds value c
+    pts = torch.tensor([[0.5, 0.5, 7 / (d - 1)], [0.5, 0.5, 12 / (d - 1)]]).repeat(16, 1, 1)
+    out, moved = random_depth_affine(planes, pts, torch.Generator().manual_seed(3), max_scale=0.2, max_shift=0.1)
+    assert out.shape == planes.shape and not torch.equal(out, planes)
+    for b in range(16):
+        for k, value in ((0, 7.0), (1, 12.0)):
+            c = float(moved[b, k, 2]) * (d - 1)  # the point's new (fractional) channel still shows its slice
+            lo = min(int(c), d - 2)
+            seen = out[b, lo, 0, 0] * (1 - (c - lo)) + out[b, lo + 1, 0, 0] * (c - lo)
+            assert abs(float(seen) - value) < 1e-3
+    assert torch.equal(moved[..., :2], pts[..., :2])
 
 
 def test_mirror_swaps_sides():

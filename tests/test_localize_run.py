@@ -42,7 +42,8 @@ def test_training_writes_manifest_checkpoints_and_cache(trained):
     run, config, manifest = trained
     assert read_manifest(run)["localizer"] == manifest
     assert manifest["backbone"] == "test_resnet" and manifest["size"] == 32 and manifest["slices"] == 4
-    assert set(manifest["models"]) == {"sag_t2", "sag_t1", "axial"} and manifest["train_studies"] == 2
+    assert set(manifest["models"]) == {"sag_t2", "sag_t1", "axial", "sag_t1_slices"}
+    assert manifest["train_studies"] == 2 and manifest["models"]["sag_t1_slices"]["refines"] == "sag_t1"
     assert manifest["models"]["axial"]["samples"] == 10  # one per study and level
     for entry in manifest["models"].values():
         state = torch.load(run / entry["checkpoint"], weights_only=True)
@@ -51,6 +52,8 @@ def test_training_writes_manifest_checkpoints_and_cache(trained):
     ax = sorted(cache_dir(run, TASKS["axial"], config).glob("*.npy"))
     assert len(sag) == 2 and np.load(sag[0]).shape == (4, 32, 32) and np.load(sag[0]).dtype == np.float16
     assert len(ax) == 10 and np.load(ax[0]).shape == (5, 32, 32)  # 1 neighbour + 1 slice of shift, each side
+    crops = sorted(cache_dir(run, TASKS["sag_t1"], config, "slices").glob("*.npy"))
+    assert len(crops) == 20 and np.load(crops[0]).shape == (18, 38, 38)  # 18 slices; 32 px + 3 px jitter margin
 
 
 def test_cached_inputs_are_reused_without_decoding(trained, sample_dir, coords, monkeypatch):

@@ -2,6 +2,9 @@
 
 - Affine (zoom, rotation, shift) by `affine_grid` / `grid_sample`, the same warp for every channel (slice);
   points are moved by the inverse map and dropped (NaN) when they leave the image.
+- Depth affine (sagittal stacks only): the slice axis is zoomed and shifted (edge slices repeated), so the
+  first convolution sees each structure at many slice positions, as it would across patients placed
+  off-centre or scanned with another slice count; the points' z moves with it.
 - Mirror (left-right of the patient): a sagittal stack's slice order is reversed (z -> 1 - z), an axial
   slice is flipped horizontally (u -> 1 - u); in both cases left and right points swap (`Task.mirror`).
 - Intensity: random contrast, brightness and gamma.
@@ -41,6 +44,39 @@ def random_affine(images: torch.Tensor, points: torch.Tensor, generator: torch.G
     moved = torch.cat([uv, points[..., 2:]], -1)
     moved = torch.where(outside, torch.full_like(moved, float("nan")), moved)
     return warped, moved
+
+
+def random_depth_affine(images: torch.Tensor, points: torch.Tensor, generator: torch.Generator,
+                        max_scale: float, max_shift: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Resample the channel (slice) axis of (B, D, H, W) by a random zoom and shift; move z of (B, K, 3).
+
+    Channel d sits at z = d / (D - 1); output channel c samples input position
+    centre + zoom * (c - centre) + shift * (D - 1), linearly between neighbouring channels.
+    """
+    b, d = images.shape[:2]
+    if d < 2:
+        return images, points
+    dev = images.device
+
+    def draw(scale: float) -> torch.Tensor:
+        return ((torch.rand(b, generator=generator) * 2 - 1) * scale).to(dev)
+
+    zoom, shift = 1.0 + draw(max_scale), draw(max_shift) * (d - 1)
+    centre = (d - 1) / 2
+    pos = centre + zoom[:, None] * (torch.arange(d, device=dev) - centre) + shift[:, None]  # (B, D)
+    pos = pos.clamp(0, d - 1)
+    lo = pos.floor().long().clamp(max=d - 2)
+    w = (pos - lo)[..., None, None]
+
+    def gather(i: torch.Tensor) -> torch.Tensor:
+        return torch.gather(images, 1, i[..., None, None].expand(-1, -1, *images.shape[2:]))
+
+    out = gather(lo) * (1 - w) + gather(lo + 1) * w
+    z = (points[..., 2] * (d - 1) - centre - shift[:, None]) / zoom[:, None] + centre
+    z = z / (d - 1)
+    moved = torch.cat([points[..., :2], z[..., None]], -1)
+    outside = ((z < 0) | (z > 1))[..., None]
+    return out, torch.where(outside, torch.full_like(moved, float("nan")), moved)
 
 
 def random_mirror(images: torch.Tensor, points: torch.Tensor, generator: torch.Generator, plane: str,

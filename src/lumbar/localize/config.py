@@ -30,7 +30,9 @@ class LocalizerConfig:
         decoder_channels: width of the feature-pyramid decoder.
         sigma_px: Gaussian target spread in heatmap pixels.
         sigma_slices: Gaussian target spread across the resampled slices.
-        epochs: epochs per model.
+        epochs: epochs of each sagittal model.
+        axial_epochs: epochs of the axial model (0 = `epochs`); it has five samples per study (one per
+            level) where the sagittal models have one, so it needs fewer epochs for as many steps.
         batch_size: samples per step.
         lr: AdamW peak learning rate (one-cycle schedule).
         weight_decay: AdamW weight decay.
@@ -38,9 +40,18 @@ class LocalizerConfig:
         max_scale: augmentation zoom range (+-).
         max_rotate_deg: augmentation rotation range (+-).
         max_shift: augmentation translation range, as a fraction of the image (+-).
+        max_depth_scale: sagittal slice-axis zoom range (+-).
+        max_depth_shift: sagittal slice-axis shift range, as a fraction of the stack (+-).
         axial_slice_shift: training draws the axial slice up to this many slices off the labelled one, so
             the model tolerates an imperfect sagittal-to-axial mapping.
-        tasks: comma-separated models to train (sag_t2, sag_t1, axial).
+        tasks: comma-separated heatmap models to train (sag_t2, sag_t1, axial).
+        refine_tasks: comma-separated sagittal tasks whose slice a slice scorer refines ("" = none).
+        refine_backbone: timm encoder of the slice scorer ("" = `backbone`).
+        refine_window: the scorer chooses among the heatmap's slice +- this many.
+        refine_crop_mm: side of the square cropped around a point on each candidate slice, mm.
+        refine_size: that square in pixels.
+        refine_jitter_mm: training shifts the crop centre by up to this much (the heatmap's in-plane error).
+        refine_epochs: epochs of each slice scorer (0 = `epochs`); each epoch sees every labelled point.
         device: "auto" (CUDA when present), "cpu" or "cuda[:i]".
         amp: mixed precision on CUDA (ignored on CPU).
         seed: random seed of initialisation, shuffling and augmentation.
@@ -51,13 +62,14 @@ class LocalizerConfig:
     backbone: str = "resnet18"
     pretrained_path: str = ""
     size: int = 128
-    slices: int = 16
+    slices: int = 20
     axial_neighbors: int = 1
-    out_stride: int = 2
-    decoder_channels: int = 64
+    out_stride: int = 1
+    decoder_channels: int = 32
     sigma_px: float = 1.5
     sigma_slices: float = 1.0
-    epochs: int = 20
+    epochs: int = 15
+    axial_epochs: int = 5
     batch_size: int = 8
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -65,8 +77,17 @@ class LocalizerConfig:
     max_scale: float = 0.15
     max_rotate_deg: float = 10.0
     max_shift: float = 0.08
+    max_depth_scale: float = 0.15
+    max_depth_shift: float = 0.1
     axial_slice_shift: int = 1
     tasks: str = "sag_t2,sag_t1,axial"
+    refine_tasks: str = "sag_t1"
+    refine_backbone: str = ""
+    refine_window: int = 2
+    refine_crop_mm: float = 40.0
+    refine_size: int = 24
+    refine_jitter_mm: float = 3.0
+    refine_epochs: int = 4
     device: str = "auto"
     amp: bool = True
     seed: int = 0
@@ -80,13 +101,24 @@ class LocalizerConfig:
             raise ValueError("slices must be >= 1, axial_neighbors and axial_slice_shift >= 0")
         if self.out_stride not in (1, 2, 4, 8):
             raise ValueError(f"out_stride must be 1, 2, 4 or 8, got {self.out_stride}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
+        if self.epochs < 1 or self.batch_size < 1 or self.axial_epochs < 0 or self.refine_epochs < 0:
+            raise ValueError("epochs and batch_size must be >= 1, axial_epochs and refine_epochs >= 0")
+        if self.refine_window < 1 or self.refine_size < 8 or self.refine_crop_mm <= 0:
+            raise ValueError("refine_window must be >= 1, refine_size >= 8, refine_crop_mm > 0")
+
+    def epochs_of(self, plane: str) -> int:
+        """Epochs of a model by its plane ("sagittal" or "axial")."""
+        return self.axial_epochs if plane == "axial" and self.axial_epochs else self.epochs
 
     @property
     def task_names(self) -> tuple[str, ...]:
-        """The models to train, in the order given."""
+        """The heatmap models to train, in the order given."""
         return tuple(t.strip() for t in self.tasks.split(",") if t.strip())
+
+    @property
+    def refine_task_names(self) -> tuple[str, ...]:
+        """The sagittal tasks that get a slice scorer."""
+        return tuple(t.strip() for t in self.refine_tasks.split(",") if t.strip())
 
     def with_overrides(self, overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> LocalizerConfig:
         """A copy with fields replaced, each value cast to the type of the field's default.

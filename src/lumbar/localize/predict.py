@@ -2,7 +2,8 @@
 
 Per study:
 1. Sagittal T2/STIR -> the 5 spinal-canal points and their slice (`sag_t2`).
-2. Sagittal T1 -> left and right foramen per level, each with its own slice (`sag_t1`).
+2. Sagittal T1 -> left and right foramen per level, each with its own slice (`sag_t1`), the slice refined
+   by the slice scorer (`lumbar.localize.slice_refine`) when the run has one.
 3. The predicted spinal points -> `lumbar.localize.axial.map_axial` -> each level's axial slice; that slice
    and its neighbours -> the left and right subarticular points (`axial`); both sides share the slice.
 
@@ -34,10 +35,11 @@ from lumbar.data.tables import COORDINATE_COLUMNS, write_coordinates
 from lumbar.localize.axial import AXIAL_MAP_COLUMNS, map_axial, sagittal_points_mm
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.device import autocast, resolve_device
-from lumbar.localize.heatmap import HeatmapNet, decode_heatmaps
+from lumbar.localize.heatmap import HeatmapNet, decode_columns, decode_heatmaps
+from lumbar.localize.slice_refine import SliceScorer, refine_slices
 from lumbar.localize.tasks import TASKS, Task
-from lumbar.localize.train import MANIFEST_KEY, build_model
-from lumbar.localize.volumes import axial_input, sagittal_input
+from lumbar.localize.train import MANIFEST_KEY, build_model, build_scorer, crop_geometry
+from lumbar.localize.volumes import axial_input, normalize_intensity, sagittal_input
 from lumbar.manifest import manifest_path, read_manifest
 from lumbar.paths import data_root, series_dir
 
@@ -88,30 +90,51 @@ class Localizer:
         self.config = LocalizerConfig.from_dict(self.manifest["config"])
         self.device = resolve_device(device)
         self.models: dict[str, HeatmapNet] = {}
+        self.scorers: dict[str, SliceScorer] = {}  # by the task whose slices they refine
         for name, entry in self.manifest["models"].items():
-            model = build_model(TASKS[name], self.config)
+            if entry.get("kind") == "slice_scorer":
+                model, into, key = build_scorer(self.config), self.scorers, entry["refines"]
+            else:
+                model, into, key = build_model(TASKS[name], self.config), self.models, name
             state = torch.load(self.run / entry["checkpoint"], map_location="cpu", weights_only=True)
             model.load_state_dict(state)
-            self.models[name] = model.to(self.device).eval()
+            into[key] = model.to(self.device).eval()
 
     @torch.no_grad()
     def predict(self, task: str, inputs: np.ndarray) -> np.ndarray:
-        """Normalised points (B, K, 3) = (u, v, z) for model inputs (B, C, S, S)."""
+        """Normalised points (B, K, 3) = (u, v, z) for model inputs (B, C, S, S).
+
+        Sagittal tasks decode each column of 5 levels jointly (`decode_columns`), in head-to-foot order.
+        """
         x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device)
         with autocast(self.device, self.config.amp):
             logits = self.models[task](x)
-        points, _ = decode_heatmaps(logits)
-        return points.cpu().numpy()
+        if TASKS[task].plane == "sagittal":
+            n = len(LEVELS)
+            columns = [range(i, i + n) for i in range(0, len(TASKS[task].points), n)]
+            return decode_columns(logits, columns).cpu().numpy()
+        return decode_heatmaps(logits)[0].cpu().numpy()
 
     def sagittal_points(self, task: Task, study_id: int, series_id: int, stack: Stack) -> pd.DataFrame:
-        """Coordinate rows of one sagittal task on a stack, each column of 5 levels ordered head to foot."""
-        inputs = sagittal_input(stack, self.config.size, self.config.slices)
-        pts = self.predict(task.name, inputs[None])[0]
+        """Coordinate rows of one sagittal task on a stack, each column of 5 levels ordered head to foot.
+
+        The slice of each point comes from the heatmap, refined by the task's slice scorer when the run
+        has one.
+        """
+        volume = stack.load()
+        pixels = normalize_intensity(volume.pixels)
+        pts = self.predict(task.name, sagittal_input(pixels, self.config.size, self.config.slices)[None])[0]
         for start in range(0, len(task.points), len(LEVELS)):
             block = pts[start : start + len(LEVELS)]
             pts[start : start + len(LEVELS)] = block[np.argsort(block[:, 1], kind="stable")]
         n = len(stack)
         slices = np.clip(np.rint(pts[:, 2] * (n - 1)), 0, n - 1).astype(int)
+        if task.name in self.scorers:
+            h, w = pixels.shape[1:]
+            xy = np.stack([pts[:, 0] * w - 0.5, pts[:, 1] * h - 0.5], 1)
+            spacing = tuple(float(v) for v in np.median(volume.spacings, axis=0))
+            slices = refine_slices(self.scorers[task.name], pixels, spacing, xy, slices, self.config.refine_window,
+                                   crop_geometry(self.config), self.device)  # fmt: skip
         rows = []
         for (condition, level), (u, v, _), k in zip(task.points, pts, slices):
             h = stack.headers[k]

@@ -5,6 +5,7 @@
   resampled along the slice axis to a fixed number of slices by linear interpolation, so channel d sits at
   z = d / (slices - 1), the same z as the targets (`lumbar.localize.tasks`).
 - Axial input: a window of slices centred on one slice (edge slices repeated), normalised over the window.
+- Point crops (slice refinement): a square of fixed width in mm around a point on every slice.
 
 Training caches each input once as float16 .npy (written atomically), so epochs never decode DICOM again.
 """
@@ -12,11 +13,12 @@ Training caches each input once as float16 .npy (written atomically), so epochs 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from lumbar.data.dicom import Stack
 
@@ -51,10 +53,29 @@ def resample_depth(pixels: np.ndarray, depth: int) -> np.ndarray:
     return pixels[lo] * (1.0 - w) + pixels[hi] * w
 
 
-def sagittal_input(stack: Stack, size: int, slices: int) -> np.ndarray:
-    """The model input of a whole sagittal stack: (slices, size, size) float32 in [0, 1]."""
-    pixels = normalize_intensity(stack.load().pixels)
+def sagittal_input(pixels: np.ndarray, size: int, slices: int) -> np.ndarray:
+    """The model input of a whole sagittal stack (n, H, W) already normalised: (slices, size, size) float32."""
     return resample_depth(resize_slices(pixels, size), slices)
+
+
+def point_crops(pixels: np.ndarray, x: float, y: float, spacing: tuple[float, float], width_mm: float,
+                size: int) -> np.ndarray:  # fmt: skip
+    """A square of width_mm around pixel (x, y) on every slice of (n, H, W), resampled to (n, size, size).
+
+    Args:
+        pixels: the slices (normalised).
+        x, y: the centre, column and row (pixel centres at integers).
+        spacing: (between rows, between columns) in mm.
+        width_mm: side of the square.
+        size: output pixels per side; outside the image is 0.
+    """
+    step = width_mm / size
+    offsets = (np.arange(size) + 0.5 - size / 2) * step
+    rows = y + offsets / spacing[0]
+    cols = x + offsets / spacing[1]
+    n = len(pixels)
+    grid = np.stack(np.meshgrid(np.arange(n), rows, cols, indexing="ij")).astype(np.float32)
+    return ndimage.map_coordinates(np.asarray(pixels, np.float32), grid, order=1, mode="constant", cval=0.0)
 
 
 def window_indices(center: int, radius: int, n: int) -> list[int]:
@@ -84,6 +105,3 @@ def cached_array(path: str | os.PathLike, build: Callable[[], np.ndarray]) -> np
     return arr
 
 
-def stack_array(arrays: Sequence[np.ndarray]) -> np.ndarray:
-    """Stack equally shaped float16 inputs into one (N, C, S, S) array kept in memory for training."""
-    return np.stack(arrays).astype(np.float16, copy=False)
