@@ -24,3 +24,17 @@ def sample_dir() -> Path:
             pytest.fail(f"CI must have the real sample at {root}")
         pytest.skip(f"real competition sample not found at {root} (set LUMBAR_SAMPLE_DIR)")
     return root
+
+
+#: The small synthetic set shared by tests: 3 training and 1 test study at 96 px (a few seconds to write).
+SYNTHETIC_SMALL = {"studies": 3, "test_studies": 1, "seed": 11, "image_size": 96}
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    """A synthetic data folder in the competition's layout, with `oracle.csv` beside its files."""
+    from lumbar.data.synthetic import SynthConfig, generate
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate(root, SynthConfig(**SYNTHETIC_SMALL), oracle=root / "oracle.csv", progress=False)
+    return root

@@ -28,6 +28,42 @@ def command(name: str, target: str, help: str) -> Callable[[Register], Register]
     return decorate
 
 
+@command(
+    "synth",
+    "lumbar.data.synthetic.generate:cli_synth",
+    "write a synthetic data folder in the competition's layout",
+)
+def _synth(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="data folder to write")
+    p.add_argument("--studies", type=int, default=60, help="training studies")
+    p.add_argument("--test-studies", type=int, default=5, help="test studies")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--image-size", type=int, default=160, help="nominal image width in pixels (real files: 320-512)"
+    )
+    p.add_argument("--label-noise", type=float, default=0.05, help="share of grades written without looking")
+    p.add_argument(
+        "--workers", type=int, default=1, help="processes drawing studies (output does not depend on it)"
+    )
+    p.add_argument(
+        "--oracle", default=None, help="also write the oracle submission for every study to this CSV"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing train_images/ and test_images/")
+
+
+@command(
+    "synth-figure",
+    "lumbar.data.synthetic.figure:cli_synth_figure",
+    "PNG of one study's three series with its label points",
+)
+def _synth_figure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", required=True, help="data folder in the competition's layout")
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument(
+        "--study-id", type=int, default=None, help="default: a complete study with many non-normal grades"
+    )
+
+
 @command("index", "lumbar.data.index:cli_index", "one row per DICOM file (headers only) -> parquet")
 def _index(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="competition data folder (default: see lumbar.paths)")
@@ -36,11 +72,17 @@ def _index(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes reading headers")
 
 
-@command("map-axial", "lumbar.localize.axial:cli_map_axial", "sagittal spinal-canal points -> nearest axial slice")
+@command(
+    "map-axial", "lumbar.localize.axial:cli_map_axial", "sagittal spinal-canal points -> nearest axial slice"
+)
 def _map_axial(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--coords", required=True, help="coordinates CSV (train_label_coordinates format)")
-    p.add_argument("--out", required=True, help="output CSV: study_id, level, axial_series_id, instance_number, distance_mm")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output CSV: study_id, level, axial_series_id, instance_number, distance_mm",
+    )
     p.add_argument("--split", choices=["train", "test"], default="train")
     p.add_argument("--max-distance-mm", type=float, default=10.0)
     p.add_argument("--index", default=None, help="header index parquet to reuse (built on the fly otherwise)")
@@ -92,22 +134,125 @@ def _localize_eval(p: argparse.ArgumentParser) -> None:
 
 @command("score", "lumbar.evaluate.metric:cli_score", "the competition metric of a submission or a baseline")
 def _score(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--labels", required=True, help="label CSV in train.csv format (train.csv, test_labels.csv)")
+    p.add_argument(
+        "--labels", required=True, help="label CSV in train.csv format (train.csv, test_labels.csv)"
+    )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--submission", help="submission CSV; the labels of its studies are scored")
     what.add_argument(
-        "--baseline", choices=["uniform", "prior", "prior_condition"],
+        "--baseline",
+        choices=["uniform", "prior", "prior_condition"],
         help="score a baseline on every labelled study: uniform, condition x level prior, per-condition prior",
     )
-    p.add_argument("--prior-labels", default=None, help="label CSV to fit the prior baselines on (default: --labels)")
+    p.add_argument(
+        "--prior-labels", default=None, help="label CSV to fit the prior baselines on (default: --labels)"
+    )
 
 
 @command("pipeline", "lumbar.pipeline:cli_pipeline", "run the numbered notebooks with papermill")
 def _pipeline(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="configs/NAME.yaml")
-    p.add_argument("--from", dest="start", default=None, help="start at this notebook (output name or prefix)")
+    p.add_argument(
+        "--from", dest="start", default=None, help="start at this notebook (output name or prefix)"
+    )
     p.add_argument("--only", default=None, help="run just this notebook (output name or prefix)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="parameter for every notebook (YAML value)")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="parameter for every notebook (YAML value)"
+    )
+
+
+@command("train", "lumbar.train.command:cli_train", "train one architecture on one task mode (also under torchrun)")
+def _train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None, help="competition data folder with train.csv (default: lumbar.paths)")
+    p.add_argument("--cache", default=None, help="ROI tensor cache folder (lumbar preprocess)")
+    p.add_argument("--arch", default=None, help="registered model name, e.g. cnn3d or timmseq:resnet18")
+    p.add_argument("--mode", default=None, help="competition | single_multiclass | single_binary | "
+                   "multi_multiclass | multi_binary")
+    p.add_argument("--condition", action="append", default=None,
+                   help="condition (scs, lnfn, rnfn, ... or snake case); repeat or comma-separate; default: the mode's")
+    p.add_argument("--folds", default=None, help="folds to train, e.g. 0,1 (default: all)")
+    p.add_argument("--epochs", default=None)
+    p.add_argument("--out", default=None, help="run folder, e.g. runs/NAME/cnn3d (folds.csv and manifest go to its parent)")
+    p.add_argument("--batch-size", dest="batch_size", default=None)
+    p.add_argument("--lr", default=None)
+    p.add_argument("--device", default=None, help="auto | cpu | cuda")
+    p.add_argument("--workers", default=None, help="DataLoader worker processes")
+    p.add_argument("--seed", default=None)
+    p.add_argument("--config", default=None, help="YAML of config overrides (top level or under `train:`)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any TrainConfig field, e.g. ema_decay=0.99")
+
+
+@command("kaggle-bundle", "lumbar.kaggle:cli_kaggle_bundle", "offline upload bundle: code/, weights/, kernel/")
+def _kaggle_bundle(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run folder with a manifest (runs/NAME)")
+    p.add_argument("--out", required=True, help="bundle folder (replaced)")
+    p.add_argument("--user", default=None, help="Kaggle user name (default: $KAGGLE_USERNAME)")
+    p.add_argument("--slug", default="lumbar", help="prefix of the dataset and kernel slugs")
+    p.add_argument("--wheelhouse", default=None, help="take dependency wheels from this folder (offline)")
+    p.add_argument("--no-dependencies", action="store_true", help="bundle only the lumbar wheel")
+
+
+@command(
+    "preprocess",
+    "lumbar.preprocess.cache:cli_preprocess",
+    "ROI tensor cache from coordinates (ground truth or predicted)",
+)
+def _preprocess(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None, help="competition data folder (default: see lumbar.paths)")
+    p.add_argument("--split", choices=["train", "test"], default="train")
+    p.add_argument("--coords", required=True, help="coordinates CSV (train_label_coordinates format)")
+    p.add_argument("--out", required=True, help="cache root; the cache is <out>/<cache name>/")
+    p.add_argument(
+        "--mode", choices=["target_window", "full_series"], default=None, help="default target_window"
+    )
+    p.add_argument("--size", type=int, default=None, help="output height and width, px (default 128)")
+    p.add_argument(
+        "--before", type=int, default=None, help="target_window: slices before the labelled one (2)"
+    )
+    p.add_argument("--after", type=int, default=None, help="target_window: slices after the labelled one (2)")
+    p.add_argument("--depth", type=int, default=None, help="full_series: output slices (15)")
+    p.add_argument(
+        "--filter", default=None, help="filter name (none, mean_median, median, gaussian, clahe, ...)"
+    )
+    p.add_argument(
+        "--margin-mode", choices=["mm", "thesis_px"], default=None, help="crop margins (default mm)"
+    )
+    p.add_argument("--pad-px", type=int, default=None, help="jitter context stored per side, px (8)")
+    p.add_argument("--pad-slices", type=int, default=None, help="jitter context stored per side, slices (1)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any other RoiConfig field, e.g. spinal_mm=48,24,24,24",
+    )
+    p.add_argument("--workers", type=int, default=1, help="processes, each building whole studies")
+
+
+@command("demo", "lumbar.demo:cli_demo", "synthetic data + the whole pipeline + one line of results")
+def _demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("--workers", type=int, default=2, help="processes for data generation")
+
+
+@command(
+    "predict", "lumbar.inference.predict:cli_predict", "index, localize, crop, classify, blend: a submission"
+)
+def _predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--split", choices=["train", "test"], default="test")
+    p.add_argument("--run", required=True, help="run folder (manifest with localizer, classifiers, ensemble)")
+    p.add_argument("--out", required=True, help="submission CSV")
+    p.add_argument("--work-dir", default=None, help="scratch folder for crops (default: RUN/predict_<split>)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--chunk-studies", type=int, default=16, help="studies per chunk (bounds memory)")
+    p.add_argument("--workers", type=int, default=1)
+
+
+@command("validate-submission", "lumbar.inference.submission:cli_validate_submission", "check a submission")
+def _validate_submission(p: argparse.ArgumentParser) -> None:
+    p.add_argument("submission", help="submission CSV")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--split", choices=["train", "test"], default="test")
 
 
 def build_parser() -> argparse.ArgumentParser:

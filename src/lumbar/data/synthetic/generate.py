@@ -1,0 +1,224 @@
+"""Write a synthetic data folder in the competition's exact layout (`python -m lumbar synth`).
+
+Files: train.csv, train_label_coordinates.csv, train_series_descriptions.csv, test_series_descriptions.csv,
+sample_submission.csv, train_images/, test_images/ (as the competition), plus test_labels.csv (the test
+studies' grades in train.csv's format, to score a synthetic test submission), synthetic.json (the
+generator's parameters, so a run can tell synthetic data apart) and, on request, the oracle submission.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from lumbar.constants import CONDITIONS, GRADES, LEVELS, SERIES_DESCRIPTIONS, condition_title, level_title
+from lumbar.data.synthetic.labels import FACTOR_WEIGHTS, THRESHOLDS, LabelModel
+from lumbar.data.synthetic.study import QUIRK_RATES, StudyResult, make_study, study_id_for
+from lumbar.data.tables import (
+    COORDINATE_COLUMNS,
+    SUBMISSION_COLUMNS,
+    labels_to_wide,
+    submission_row_ids,
+    write_coordinates,
+    write_csv,
+)
+
+#: Name of the parameter file written next to the data.
+MANIFEST = "synthetic.json"
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Everything that fixes a synthetic data set.
+
+    Attributes:
+        studies: training studies.
+        test_studies: test studies.
+        seed: the run's seed; with the other fields it fixes every byte written.
+        image_size: nominal image width in pixels (the real files have 320-512; fields of view stay real).
+        label_noise: share of grades written without looking (drawn from the real frequencies).
+        reader_sd: the reader's error on the severity scale (grade thresholds are 1 apart).
+        depth_samples: samples across each slice's thickness (partial volume).
+    """
+
+    studies: int = 60
+    test_studies: int = 5
+    seed: int = 0
+    image_size: int = 160
+    label_noise: float = 0.05
+    reader_sd: float = 0.25
+    depth_samples: int = 2
+
+    def __post_init__(self):
+        if self.studies < 1 or self.test_studies < 0:
+            raise ValueError(f"need at least 1 training study and >= 0 test studies, got {self.studies}, "
+                             f"{self.test_studies}")
+        if self.image_size < 32:
+            raise ValueError(f"image_size must be >= 32 pixels, got {self.image_size}")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a generation run wrote."""
+
+    out: Path
+    studies: int
+    test_studies: int
+    files: int
+    bytes: int
+    seconds: float
+
+    def line(self) -> str:
+        return (f"synth: {self.studies} train + {self.test_studies} test studies, {self.files} DICOM files, "
+                f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s -> {self.out}")
+
+
+def _study_ids(config: SynthConfig) -> list[tuple[str, int, int]]:
+    """(split, index, study_id) of every study; a clash moves the later study's id up by one."""
+    tasks, seen = [], set()
+    for split, count in (("train", config.studies), ("test", config.test_studies)):
+        for index in range(count):
+            study_id = study_id_for(config.seed, split, index)
+            while study_id in seen:
+                study_id += 1
+            seen.add(study_id)
+            tasks.append((split, index, study_id))
+    return tasks
+
+
+def _run_task(args: tuple) -> StudyResult:
+    out, split, index, study_id, config = args
+    labels = LabelModel(reader_sd=config.reader_sd, label_noise=config.label_noise)
+    return make_study(out, split, index, study_id, config.seed, config.image_size, labels, config.depth_samples)
+
+
+def _long_labels(results: list[StudyResult]) -> pd.DataFrame:
+    n = len(results)
+    grades = np.concatenate([r.grades for r in results])
+    return pd.DataFrame({
+        "study_id": np.repeat([r.study_id for r in results], len(CONDITIONS) * len(LEVELS)),
+        "condition": np.tile(np.repeat(CONDITIONS, len(LEVELS)), n),
+        "level": np.tile(LEVELS, n * len(CONDITIONS)),
+        "grade": pd.array(np.where(np.isnan(grades), pd.NA, grades), dtype="Int8"),
+    })
+
+
+def _wide(results: list[StudyResult]) -> pd.DataFrame:
+    return labels_to_wide(_long_labels(results)).sort_values("study_id").reset_index(drop=True)
+
+
+def _series_table(results: list[StudyResult]) -> pd.DataFrame:
+    rows = [row for r in results for row in r.series]
+    table = pd.DataFrame(rows, columns=["study_id", "series_id", "series_description"])
+    return table.sort_values(["study_id", "series_id"]).reset_index(drop=True)
+
+
+def _oracle_table(results: list[StudyResult]) -> pd.DataFrame:
+    ids = [f"{r.study_id}_{c}_{lv}" for r in results for c in CONDITIONS for lv in LEVELS]
+    probs = np.concatenate([r.oracle for r in results])
+    table = pd.DataFrame(probs, columns=list(GRADES)).assign(row_id=ids)[SUBMISSION_COLUMNS]
+    order = submission_row_ids(r.study_id for r in results)
+    return table.set_index("row_id").loc[order].reset_index()
+
+
+def _coordinates(results: list[StudyResult]) -> pd.DataFrame:
+    table = pd.DataFrame([row for r in results for row in r.coordinates], columns=COORDINATE_COLUMNS)
+    key = table["condition"].map(condition_title), table["level"].map(level_title)
+    table = table.assign(_c=key[0], _l=key[1]).sort_values(["study_id", "series_id", "instance_number", "_c", "_l"])
+    return table.drop(columns=["_c", "_l"]).reset_index(drop=True)
+
+
+def _prepare(out: Path, overwrite: bool) -> None:
+    existing = [out / f"{split}_images" for split in ("train", "test") if (out / f"{split}_images").exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} already exists; pass overwrite=True (--overwrite) to replace it")
+    for folder in existing:
+        shutil.rmtree(folder)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def generate(out: str | Path, config: SynthConfig, oracle: str | Path | None = None, workers: int = 1,
+             overwrite: bool = False, progress: bool = True) -> Summary:
+    """Write a synthetic competition data folder.
+
+    Args:
+        out: the data folder to write.
+        config: what to generate.
+        oracle: also write the oracle submission (every train and test study) to this file.
+        workers: processes drawing studies (the output does not depend on it).
+        overwrite: replace existing train_images/ and test_images/ in `out`.
+        progress: show a progress bar.
+
+    Returns:
+        Counts, size and time of the run.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    _prepare(out, overwrite)
+    tasks = [(out, split, index, study_id, config) for split, index, study_id in _study_ids(config)]
+    bar = tqdm(total=len(tasks), desc="synth", unit="study", disable=not progress)
+    results: list[StudyResult] = []
+    if workers <= 1:
+        for task in tasks:
+            results.append(_run_task(task))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for result in pool.map(_run_task, tasks):
+                results.append(result)
+                bar.update()
+    bar.close()
+
+    train = [r for r in results if r.split == "train"]
+    test = [r for r in results if r.split == "test"]
+    write_csv(_wide(train), out / "train.csv")
+    write_coordinates(_coordinates(train), out / "train_label_coordinates.csv")
+    write_csv(_series_table(train), out / "train_series_descriptions.csv")
+    write_csv(_series_table(test), out / "test_series_descriptions.csv")
+    sample = pd.DataFrame({"row_id": submission_row_ids(r.study_id for r in test)})
+    for grade in GRADES:
+        sample[grade] = 1.0 / len(GRADES)
+    write_csv(sample, out / "sample_submission.csv")
+    write_csv(_wide(test) if test else pd.DataFrame(columns=_wide(train).columns), out / "test_labels.csv")
+    if oracle is not None:
+        write_csv(_oracle_table(results), oracle)
+
+    files, size = sum(r.files for r in results), sum(r.bytes for r in results)
+    manifest = {
+        "generator": "lumbar.data.synthetic",
+        "config": asdict(config),
+        "oracle": None if oracle is None else str(oracle),
+        "label_model": {"thresholds": THRESHOLDS, "factor_weights": FACTOR_WEIGHTS},
+        "quirk_rates": QUIRK_RATES,
+        "series_descriptions": list(SERIES_DESCRIPTIONS),
+        "files": files,
+        "bytes": size,
+    }
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(out / MANIFEST)
+    return Summary(out, len(train), len(test), files, size, time.perf_counter() - start)
+
+
+def cli_synth(args: argparse.Namespace) -> int:
+    """`python -m lumbar synth`: write the folder, print one summary line (exit 2 on bad arguments)."""
+    try:
+        config = SynthConfig(studies=args.studies, test_studies=args.test_studies, seed=args.seed,
+                             image_size=args.image_size, label_noise=args.label_noise)
+        LabelModel(reader_sd=config.reader_sd, label_noise=config.label_noise)  # validate before any work
+        summary = generate(args.out, config, oracle=args.oracle, workers=args.workers, overwrite=args.overwrite)
+    except (FileExistsError, ValueError) as e:
+        print(f"synth: error: {e}", file=sys.stderr)
+        return 2
+    print(summary.line())
+    return 0

@@ -1,0 +1,116 @@
+"""`make demo`: synthetic data (unless data is already there), the whole pipeline, one line of results.
+
+The last line is meant for scripts:
+
+    demo: oof_score=<v> prior=<v> oracle=<v> gap_closed=<f> test_score=<v> submission=<path> run=<path> seconds=<n>
+
+- oof_score: the blended, calibrated out-of-fold score the ensemble notebook recorded in the manifest;
+- prior: the condition x level class-prior baseline on the same studies, priors fitted out-of-fold;
+- oracle: the generator's best possible prediction on the same studies (synthetic data only);
+- gap_closed: (prior - oof_score) / (prior - oracle), the share of the reachable improvement achieved;
+- test_score: the submission scored against the synthetic test studies' generated labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from lumbar.data.tables import load_labels, load_submission
+from lumbar.evaluate.baselines import prior_submission
+from lumbar.evaluate.metric import competition_score
+from lumbar.manifest import read_manifest
+from lumbar.paths import PROJECT_ROOT
+from lumbar.pipeline import PipelineError, load_config, run_pipeline
+
+
+def ensure_data(data_dir: Path, synthetic: dict, workers: int = 2) -> bool:
+    """Write the synthetic set into `data_dir` unless it already holds a train.csv; True when written."""
+    if (data_dir / "train.csv").is_file():
+        return False
+    from lumbar.data.synthetic import SynthConfig, generate
+
+    summary = generate(data_dir, SynthConfig(**synthetic), oracle=data_dir / "oracle.csv", workers=workers)
+    print(f"demo: wrote synthetic data {data_dir} ({summary.studies} train + {summary.test_studies} test studies, "
+          f"{summary.seconds:.0f} s)")  # fmt: skip
+    return True
+
+
+def out_of_fold_prior(labels: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
+    """Condition x level priors for each fold's studies, fitted on the other folds."""
+    parts = []
+    for fold, group in folds.groupby("fold"):
+        train = labels[~labels["study_id"].isin(group["study_id"])]
+        parts.append(prior_submission(train, group["study_id"].tolist()))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _studies_of(sub: pd.DataFrame) -> set[int]:
+    return set(sub["row_id"].astype(str).str.split("_", n=1).str[0].astype(int))
+
+
+def demo_summary(run_dir: Path, data_dir: Path) -> dict:
+    """The demo's figures from the run manifest and the data folder."""
+    manifest = read_manifest(run_dir)
+    ensemble = manifest.get("ensemble") or {}
+    if "oof" not in ensemble:
+        raise RuntimeError(f"{run_dir}/manifest.json has no ensemble record: did 04_ensemble run?")
+    oof = pd.read_csv(run_dir / ensemble["oof"])
+    labels = load_labels(data_dir / "train.csv")
+    studies = _studies_of(oof)
+    scored = labels[labels["study_id"].isin(studies)]
+    folds = pd.read_csv(run_dir / ensemble["folds"])
+    folds = folds[folds["study_id"].isin(studies)]
+    out = {"oof_score": competition_score(scored, oof, "oof").score}
+    out["prior"] = competition_score(scored, out_of_fold_prior(labels, folds), "prior").score
+    oracle_path = data_dir / "oracle.csv"
+    if oracle_path.is_file():
+        oracle = load_submission(oracle_path)
+        oracle = oracle[oracle["row_id"].map(lambda r: int(r.split("_", 1)[0]) in studies)]
+        out["oracle"] = competition_score(scored, oracle, "oracle").score
+        out["gap_closed"] = (out["prior"] - out["oof_score"]) / (out["prior"] - out["oracle"])
+    submission = manifest.get("submission", {}).get("path")
+    if submission and (data_dir / "test_labels.csv").is_file():
+        sub = load_submission(run_dir / submission)
+        out["test_score"] = competition_score(
+            load_labels(data_dir / "test_labels.csv"), sub, "submission"
+        ).score
+    out["submission"] = str(run_dir / submission) if submission else ""
+    return out
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def run_demo(config_path: str | Path, workers: int = 2) -> dict:
+    """Data, pipeline, summary; returns the figures of the last line."""
+    t0 = time.perf_counter()
+    config = load_config(config_path)
+    raw = yaml.safe_load(Path(config_path).read_text())
+    ensure_data(config.data_dir, raw.get("synthetic") or {}, workers=workers)
+    run_pipeline(config)
+    summary = demo_summary(config.run_dir, config.data_dir)
+    summary["run"] = str(
+        config.run_dir.relative_to(PROJECT_ROOT)
+        if config.run_dir.is_relative_to(PROJECT_ROOT)
+        else config.run_dir
+    )
+    summary["seconds"] = round(time.perf_counter() - t0)
+    return summary
+
+
+def cli_demo(args: argparse.Namespace) -> int:
+    """`python -m lumbar demo`."""
+    try:
+        s = run_demo(args.config, workers=args.workers)
+    except PipelineError as e:
+        print(f"demo: FAILED: {e}")
+        return 1
+    keys = ("oof_score", "prior", "oracle", "gap_closed", "test_score", "submission", "run", "seconds")
+    print("demo: " + " ".join(f"{k}={_fmt(s.get(k, 'n/a'))}" for k in keys))
+    return 0

@@ -1,0 +1,113 @@
+"""Architecture registry: a name -> an encoder factory, so an architecture is a string in a config.
+
+Two kinds of entries:
+    model   a fixed architecture, e.g. "cnn3d" or "resnet3d_18"
+    family  a prefix taking a variant after a colon, e.g. "timm25d:convnext_tiny": the family factory
+            receives "convnext_tiny" as its first argument
+
+A factory takes `in_channels`, `depth`, `pretrained_path` and its own keyword arguments and returns an
+encoder (see `lumbar.models.base`); `build_model` wraps it in `LumbarModel` with the shared head.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from lumbar.models.base import LumbarModel
+
+EncoderFactory = Callable[..., nn.Module]
+
+_MODELS: dict[str, EncoderFactory] = {}
+_FAMILIES: dict[str, EncoderFactory] = {}
+FAMILY_SEPARATOR = ":"
+
+
+def register_model(name: str, family: bool = False) -> Callable[[EncoderFactory], EncoderFactory]:
+    """Decorator registering an encoder factory under `name`.
+
+    Args:
+        name: the registry name (no colon).
+        family: register a family: `build_model("<name>:<variant>")` calls the factory with the variant
+            as its first argument.
+
+    Raises:
+        ValueError: when the name is taken or contains the family separator.
+    """
+    if not name or FAMILY_SEPARATOR in name:
+        raise ValueError(f"model name must be non-empty and without {FAMILY_SEPARATOR!r}: {name!r}")
+
+    def decorate(factory: EncoderFactory) -> EncoderFactory:
+        if name in _MODELS or name in _FAMILIES:
+            raise ValueError(f"model {name!r} registered twice")
+        (_FAMILIES if family else _MODELS)[name] = factory
+        return factory
+
+    return decorate
+
+
+def list_models() -> list[str]:
+    """Registered fixed architectures, sorted (families are listed by `list_families`)."""
+    return sorted(_MODELS)
+
+
+def list_families() -> list[str]:
+    """Registered family prefixes, sorted; build one as "<family>:<variant>"."""
+    return sorted(_FAMILIES)
+
+
+def _resolve(name: str) -> tuple[EncoderFactory, tuple[str, ...]]:
+    prefix, sep, variant = name.partition(FAMILY_SEPARATOR)
+    factory = _FAMILIES.get(prefix) if sep else _MODELS.get(name)
+    if factory is None or (sep and not variant):
+        known = list_models() + [f"{f}{FAMILY_SEPARATOR}<name>" for f in list_families()]
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(known)}")
+    return factory, ((variant,) if sep else ())
+
+
+def build_model(
+    name: str,
+    in_channels: int,
+    num_outputs: int,
+    depth: int,
+    pretrained_path: str | os.PathLike | None = None,
+    num_meta: int = 0,
+    drop_rate: float = 0.0,
+    **kwargs: Any,
+) -> LumbarModel:
+    """Build a registered architecture behind the common contract.
+
+    Args:
+        name: a registered name ("cnn3d") or family name ("timmseq:resnet18").
+        in_channels: channels C of the input stack (B, C, D, H, W); usually 1.
+        num_outputs: number of logits (e.g. 3 grades, or 15 for 5 levels x 3 grades).
+        depth: slices D the model is built for; 3D nets plan their depth downsampling on it, 2.5D
+            nets stack exactly this many slices as channels.
+        pretrained_path: local weight file for the encoder (never downloaded); None for random init.
+        num_meta: width of the metadata vector given to `forward` (0: none).
+        drop_rate: dropout before the linear head.
+        **kwargs: the architecture's own options (e.g. `pool="attn"` for timmseq); a typo is an error.
+
+    Returns:
+        A `LumbarModel`: `model(x, meta=None)` -> logits (B, num_outputs).
+
+    Raises:
+        ValueError: for an unknown name (listing the registered ones) or invalid sizes.
+    """
+    factory, variant = _resolve(name)
+    sizes = {"in_channels": in_channels, "num_outputs": num_outputs, "depth": depth}
+    for key, value in sizes.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a positive int, got {value!r}")
+    if num_meta < 0:
+        raise ValueError(f"num_meta must be >= 0, got {num_meta}")
+    encoder = factory(
+        *variant, in_channels=in_channels, depth=depth, pretrained_path=pretrained_path, **kwargs
+    )
+    config = dict(name=name, **sizes, num_meta=num_meta, drop_rate=drop_rate, **kwargs)
+    return LumbarModel(
+        encoder, in_channels, num_outputs, num_meta=num_meta, drop_rate=drop_rate, config=config
+    )

@@ -1,0 +1,301 @@
+"""The ROI tensor cache on disk: naming, parameters, index table, parallel resumable build, the command.
+
+Layout of `<root>/<cache_name>/` (CONTRACTS.md):
+    params.json       every parameter (RoiConfig, split, coordinate source and digest, dtype, layout);
+                      a different parameter set in the same folder is an error, never a silent reuse
+    samples.parquet   one row per built sample (`roi.SAMPLE_COLUMNS`), sorted by study, condition, level
+    failures.csv      coordinate rows that produced no sample and why (header only when none failed)
+    <study_id>/<condition>_<level>.npy   float16 (depth + 2 pad_slices, size + 2 pad_px, size + 2 pad_px)
+
+Resumable: a sample whose .npy exists is not rebuilt; a study whose samples all exist and are listed in
+samples.parquet is not even opened. Samples are written atomically (temp file then rename), so a killed
+run leaves only whole samples. Studies are built in parallel by a process pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing
+import os
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from lumbar.constants import CONDITIONS, LEVELS, row_id
+from lumbar.data.tables import COORDINATE_COLUMNS, load_coordinates, write_csv
+from lumbar.paths import data_root, images_dir
+from lumbar.preprocess.config import RoiConfig
+from lumbar.preprocess.roi import FAILURE_COLUMNS, SAMPLE_COLUMNS, StudyResult, build_study
+
+FORMAT_VERSION = 1
+#: params.json keys that must match for a folder to be reused.
+_IDENTITY_KEYS = ("format_version", "config", "split", "coordinates_sha1")
+
+
+def cache_name(config: RoiConfig) -> str:
+    """The thesis's folder name plus the filter.
+
+    E.g. `target_window_128x128_5D_B2A2_none`, `full_series_96x96_15D_clahe`.
+    """
+    size = f"{config.size}x{config.size}_{config.out_depth}D"
+    window = f"_B{config.before}A{config.after}" if config.mode == "target_window" else ""
+    return f"{config.mode}_{size}{window}_{config.filter}"
+
+
+def coordinates_digest(coords: pd.DataFrame) -> str:
+    """SHA-1 of a coordinates table, independent of row order (changed coordinates never reuse a cache)."""
+    table = coords[COORDINATE_COLUMNS].sort_values(
+        ["study_id", "condition", "level", "series_id"], ignore_index=True
+    )
+    return hashlib.sha1(table.to_csv(index=False, float_format="%.6f").encode()).hexdigest()
+
+
+def _params(config: RoiConfig, split: str, coords: pd.DataFrame, source: str) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "cache_name": cache_name(config),
+        "config": config.to_dict(),
+        "split": split,
+        "coordinates_source": source,
+        "coordinates_rows": len(coords),
+        "coordinates_sha1": coordinates_digest(coords),
+        "dtype": "float16",
+        "sample_shape": "(depth + 2*pad_slices, height + 2*pad_px, width + 2*pad_px)",
+        "intensity": "per-sample-volume percentile clip then [0, 1], filter applied",
+    }
+
+
+def prepare_cache_dir(root: str | os.PathLike, params: dict) -> Path:
+    """Create `<root>/<cache_name>/` with params.json, or check that an existing one has the same parameters.
+
+    Raises:
+        ValueError: the folder holds a cache built with other parameters (names the keys that differ).
+    """
+    folder = Path(root) / params["cache_name"]
+    path = folder / "params.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        differ = [k for k in _IDENTITY_KEYS if old.get(k) != params[k]]
+        if isinstance(old.get("config"), dict) and "config" in differ:
+            differ.remove("config")
+            differ += [f"config.{k}" for k in params["config"] if old["config"].get(k) != params["config"][k]]
+        if differ:
+            raise ValueError(
+                f"{folder} holds a cache built with other parameters ({', '.join(differ)} differ); "
+                "choose another --out or delete that folder"
+            )
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".params.json.tmp")
+    tmp.write_text(json.dumps(params, indent=2) + "\n")
+    tmp.replace(path)
+    return folder
+
+
+def load_cache(cache_dir: str | os.PathLike) -> tuple[dict, pd.DataFrame]:
+    """(params, samples) of a cache folder, for training and inference."""
+    cache_dir = Path(cache_dir)
+    for name in ("params.json", "samples.parquet"):
+        if not (cache_dir / name).is_file():
+            raise FileNotFoundError(f"{cache_dir / name}: not found; is {cache_dir} a finished ROI cache?")
+    return json.loads((cache_dir / "params.json").read_text()), pd.read_parquet(cache_dir / "samples.parquet")
+
+
+def load_sample(cache_dir: str | os.PathLike, row) -> np.ndarray:
+    """The stored (padded) float16 array of one samples.parquet row."""
+    return np.load(Path(cache_dir) / row["file"])
+
+
+@dataclass
+class CacheReport:
+    """What `build_cache` did."""
+
+    cache_dir: Path
+    samples: pd.DataFrame
+    failures: pd.DataFrame
+    built: int = 0
+    skipped: int = 0
+    studies: int = 0
+    studies_opened: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        t = max(self.seconds, 1e-9)
+        lines = [
+            (
+                f"preprocess: {len(self.samples)} samples in cache ({self.built} built, "
+                f"{self.skipped} already there), {len(self.failures)} failed; "
+                f"{self.studies} studies ({self.studies_opened} opened)"
+            ),
+            (
+                f"preprocess: {self.seconds:.1f} s, {self.built / t:.1f} samples/s built, "
+                f"{self.studies_opened / t:.2f} studies/s"
+            ),
+        ]
+        if len(self.failures):
+            reasons = Counter(_reason(e) for e in self.failures["error"])
+            example = {}
+            for r in self.failures.itertuples():
+                example.setdefault(_reason(r.error), f"{r.sample_id}: {r.error}")
+            for reason, n in reasons.most_common(8):
+                lines.append(f"  failed {n} x {reason} (e.g. {example[reason]})")
+            lines.append(f"  all failed rows: {self.cache_dir / 'failures.csv'}")
+        lines += [f"  note: {n}" for n in self.notes[:5]]
+        lines.append(f"cache: {self.cache_dir}")
+        return "\n".join(lines)
+
+
+def _failure_row(row: dict, error: str) -> dict:
+    return {"sample_id": row_id(row["study_id"], row["condition"], row["level"]), **row, "error": error}
+
+
+def _reason(error: str) -> str:
+    """The kind of an error message without its path and numbers."""
+    return error.split(": ", 1)[-1].split(" (")[0]
+
+
+def _ordered(df: pd.DataFrame) -> pd.DataFrame:
+    if df.empty:
+        return df
+    keys = df.assign(
+        _c=df["condition"].map({c: i for i, c in enumerate(CONDITIONS)}),
+        _l=df["level"].map({lv: i for i, lv in enumerate(LEVELS)}),
+    )
+    return df.loc[keys.sort_values(["study_id", "_c", "_l"]).index].reset_index(drop=True)
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core already
+
+
+def build_cache(
+    coords: pd.DataFrame,
+    data_dir: str | os.PathLike | None,
+    split: str,
+    out_root: str | os.PathLike,
+    config: RoiConfig | None = None,
+    workers: int = 1,
+    progress: bool = True,
+    coords_source: str = "DataFrame",
+) -> CacheReport:
+    """Build (or complete) the ROI cache of a coordinates table.
+
+    Args:
+        coords: coordinates (ground truth or predicted), the `lumbar.data.tables.load_coordinates` table.
+        data_dir: competition data folder (resolved by `lumbar.paths.data_root`).
+        split: "train" or "test".
+        out_root: the cache root; the cache is `<out_root>/<cache_name(config)>/`.
+        config: the parameters (defaults when None).
+        workers: processes, each building whole studies.
+        progress: show a tqdm bar over studies.
+        coords_source: where the coordinates came from, recorded in params.json.
+
+    Returns:
+        The report; samples and failures are also written to the cache folder. Studies without images,
+        unreadable series or files and duplicate coordinate rows fail only their own rows.
+    """
+    t0 = time.perf_counter()
+    config = config or RoiConfig()
+    root = data_root(data_dir)
+    coords = coords[COORDINATE_COLUMNS].reset_index(drop=True)
+    folder = prepare_cache_dir(out_root, _params(config, split, coords, coords_source))
+    failures: list[dict] = []
+    dup = coords.duplicated(["study_id", "condition", "level"])
+    failures += [
+        _failure_row(r, "duplicate coordinate row for this study, condition and level (the first is used)")
+        for r in coords[dup].to_dict("records")
+    ]
+    coords = coords[~dup]
+    old = pd.read_parquet(folder / "samples.parquet") if (folder / "samples.parquet").is_file() else None
+    known = {} if old is None else {r["sample_id"]: r for r in old.to_dict("records")}
+    samples: list[dict] = []
+    tasks = []
+    report = CacheReport(folder, pd.DataFrame(), pd.DataFrame())
+    base = images_dir(root, split)
+    for study_id, group in coords.groupby("study_id", sort=True):
+        rows = group.to_dict("records")
+        ids = [row_id(study_id, r["condition"], r["level"]) for r in rows]
+        if not (base / str(study_id)).is_dir():
+            failures += [_failure_row(r, f"{base / str(study_id)}: study folder not found") for r in rows]
+            continue
+        report.studies += 1
+        if all(i in known and (folder / known[i]["file"]).is_file() for i in ids):
+            samples += [known[i] for i in ids]
+            report.skipped += len(ids)
+            continue
+        tasks.append((int(study_id), rows))
+    report.studies_opened = len(tasks)
+    results: list[StudyResult] = []
+    bar = tqdm(total=len(tasks), desc=f"preprocess {cache_name(config)}", unit="study", disable=not progress)
+    if workers > 1 and len(tasks) > 1:
+        # spawn, not fork: a forked child of a process whose OpenCV thread pool has run can deadlock
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_init_worker) as pool:
+            futures = [
+                pool.submit(build_study, s, rows, str(root), split, str(folder), config) for s, rows in tasks
+            ]
+            for fut in as_completed(futures):
+                results.append(fut.result())
+                bar.update()
+    else:
+        for study_id, rows in tasks:
+            results.append(build_study(study_id, rows, str(root), split, str(folder), config))
+            bar.update()
+    bar.close()
+    for r in results:
+        samples += r.samples
+        failures += r.failures
+        report.built += r.built
+        report.skipped += r.skipped
+        report.notes += r.notes
+    report.samples = _ordered(pd.DataFrame(samples, columns=SAMPLE_COLUMNS))
+    report.failures = _ordered(pd.DataFrame(failures, columns=FAILURE_COLUMNS))
+    _write_parquet(report.samples, folder / "samples.parquet")
+    write_csv(report.failures, folder / "failures.csv")
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+#: CLI option -> RoiConfig field, for the options given explicitly.
+_CLI_FIELDS = {
+    "mode": "mode", "size": "size", "before": "before", "after": "after", "depth": "depth",
+    "filter": "filter", "margin_mode": "margin_mode", "pad_px": "pad_px", "pad_slices": "pad_slices",
+}  # fmt: skip
+
+
+def cli_preprocess(args: argparse.Namespace) -> int:
+    """`python -m lumbar preprocess`: prints the summary (samples/s, studies/s) and the cache path."""
+    overrides = {f: getattr(args, a) for a, f in _CLI_FIELDS.items() if getattr(args, a, None) is not None}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = value.strip()
+    try:
+        config = RoiConfig.from_overrides(overrides)
+    except (KeyError, ValueError) as e:
+        raise SystemExit(f"preprocess: {e.args[0] if isinstance(e, KeyError) else e}") from None
+    coords = load_coordinates(args.coords)
+    report = build_cache(
+        coords, args.data_dir, args.split, args.out, config, workers=args.workers,
+        coords_source=Path(args.coords).name,
+    )  # fmt: skip
+    print(report.summary())
+    return 0

@@ -1,0 +1,55 @@
+"""Checkpoints as plain state dicts, loadable with `torch.load(..., weights_only=True)`.
+
+`best.pt` holds only the model's state dict (the EMA weights when EMA is on): what inference loads.
+`last.pt` holds everything a killed run needs to continue exactly: model, optimizer, scheduler, grad scaler,
+EMA, the epoch just finished, early-stopping state, the epoch history and torch's RNG state (the only global
+random state the loop consumes: dropout; sampling and augmentation derive from (seed, epoch, sample)).
+Files are written to a temporary name and renamed, so a kill during a save leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BEST = "best.pt"
+LAST = "last.pt"
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """`torch.save` atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with `weights_only=True` (no pickled code is ever executed).
+
+    Raises:
+        FileNotFoundError: when the file does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def rng_state() -> dict[str, Any]:
+    """torch's CPU (and CUDA, when present) RNG state."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured (CUDA state only when CUDA is present)."""
+    torch.set_rng_state(state["cpu"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

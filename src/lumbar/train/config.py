@@ -1,0 +1,231 @@
+"""The training configuration: one typed dataclass with defaults, overridden from YAML, the CLI or papermill.
+
+Overrides arrive as strings (CLI `--set key=value`), YAML scalars or notebook parameters; each is cast to the
+type of the field's default (`"0,1"` -> `(0, 1)`, `"true"` -> `True`, a JSON/YAML mapping for dicts), and a
+key that is no field is an error that names the closest field, so a typo never silently trains the default.
+The resolved config is written as `config.json` into the run folder and read back by `predict_cache`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; an experiment is a set of overrides of these defaults.
+
+    Attributes:
+        data_dir: competition data folder (holds `train.csv`); None resolves through `lumbar.paths`.
+        cache: the ROI tensor cache folder (`samples.parquet`, `params.json`, the .npy crops).
+        out: the run folder (checkpoints, logs, OOF predictions, reports, manifest).
+        arch: registered model name (`lumbar.models.list_models()`, or `family:variant`).
+        mode: task mode (`lumbar.train.tasks.TASK_MODES`).
+        conditions: conditions to train (snake case or the thesis's abbreviations); empty = the mode's default
+            (single: scs; multi: scs, lnfn, rnfn; competition: all five).
+        folds: folds to train; empty = all of `n_folds`.
+        n_folds: number of folds written to the folds CSV.
+        folds_csv: the shared folds file; empty = `folds.csv` beside the run folder (its parent), so every
+            architecture of one experiment reuses it.
+        epochs, batch_size, lr, weight_decay, warmup_epochs: optimisation (AdamW, cosine decay after a
+            linear warm-up, stepped per batch).
+        loss: registered loss name (`lumbar.train.losses`): "ce" or "focal".
+        class_weights: weight of a sample by its true grade (Normal/Mild, Moderate, Severe): the metric's.
+        focal_gamma: focusing parameter of the focal loss.
+        balanced_sampling: draw training samples with probability inverse to their grade's frequency.
+        augment: "default" (the task's preset), "none", or comma-separated registered augmentation names.
+        mirror_p: probability of a left-right mirror with label swap, where the task allows it.
+        max_shift_slices, max_shift_px: crop jitter in training (`preprocess.jitter.random_window`); capped by
+            the context the cache stores.
+        ema_decay: exponential moving average of the weights (0 = off); evaluation and checkpoints use it.
+        amp: mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler); ignored on CPU.
+        channels_last: channels-last memory format on CUDA.
+        grad_clip: max gradient norm (0 = off).
+        patience: epochs without improvement of the validation metric before stopping (0 = never stop).
+        seed: seeds weights, sampling order and augmentation (deterministic on CPU).
+        workers: DataLoader worker processes.
+        threads: torch CPU threads of this process (0 = torch's default); 1 is much faster than 2 on a machine
+            whose cores are busy with other work (OpenMP threads wait on each other).
+        device: "auto" (CUDA when present), "cpu" or "cuda".
+        fast_dev_run: when > 0: 1 epoch of that many train and validation batches (smoke test).
+        overfit_batches: when > 0: train and validate on the same first batches, without augmentation.
+        pretrained_path: local encoder weights (never downloaded).
+        drop_rate: dropout before the head.
+        model_kwargs: the architecture's own options (passed to `build_model`).
+        mirror_right: competition mode: mirror right-side crops onto the left (flip + side flag), pooling sides.
+        resume: continue a fold from its `last.pt` when present.
+        progress: tqdm bars (rank 0 only).
+        record_samples: write the sample ids each rank trained on per epoch (`samples_seen.json`; for tests).
+    """
+
+    data_dir: str = ""
+    cache: str = ""
+    out: str = "runs/train"
+    arch: str = "cnn3d"
+    mode: str = "competition"
+    conditions: tuple[str, ...] = ()
+    folds: tuple[int, ...] = ()
+    n_folds: int = 5
+    folds_csv: str = ""
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    warmup_epochs: float = 1.0
+    loss: str = "ce"
+    class_weights: tuple[float, ...] = (1.0, 2.0, 4.0)
+    focal_gamma: float = 2.0
+    balanced_sampling: bool = False
+    augment: str = "default"
+    mirror_p: float = 0.5
+    max_shift_slices: int = 1
+    max_shift_px: int = 8
+    ema_decay: float = 0.0
+    amp: bool = True
+    channels_last: bool = True
+    grad_clip: float = 1.0
+    patience: int = 0
+    seed: int = 42
+    workers: int = 0
+    threads: int = 0
+    device: str = "auto"
+    fast_dev_run: int = 0
+    overfit_batches: int = 0
+    pretrained_path: str = ""
+    drop_rate: float = 0.0
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    mirror_right: bool = True
+    resume: bool = True
+    progress: bool = True
+    record_samples: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the resolved config as JSON (atomically)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        """Read a config written by `save` (unknown keys are errors, as for any override)."""
+        return make_config(json.loads(Path(path).read_text()), source=str(path))
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _cast_scalar(value: Any, kind: type, key: str) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError(f"config {key!r}: expected a boolean (true/false), got {value!r}")
+    if kind is str:
+        return "" if value is None else str(value)
+    try:
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(str(value).strip()) if isinstance(value, str) else int(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"config {key!r}: expected {kind.__name__}, got {value!r}") from None
+
+
+def cast_value(key: str, value: Any) -> Any:
+    """Cast one override to the type of the field `key` (see the module docstring).
+
+    Raises:
+        KeyError: for an unknown key (naming the closest field).
+        ValueError: for a value that does not cast.
+    """
+    types = _field_types()
+    if key not in types:
+        close = difflib.get_close_matches(key, list(types), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise KeyError(f"unknown config key {key!r}{hint}")
+    kind = types[key]
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        item = typing.get_args(kind)[0]
+        if isinstance(value, str):
+            value = [v for v in (p.strip() for p in value.split(",")) if v]
+        elif not isinstance(value, (list, tuple)):
+            value = [value]
+        return tuple(_cast_scalar(v, item, key) for v in value)
+    if origin is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip() else {}
+        if not isinstance(value, Mapping):
+            raise ValueError(f"config {key!r}: expected a mapping, got {value!r}")
+        return dict(value)
+    return _cast_scalar(value, kind, key)
+
+
+def make_config(overrides: Mapping[str, Any] | None = None, base: TrainConfig | None = None,
+                source: str = "overrides") -> TrainConfig:
+    """A config from defaults (or `base`) and overrides cast to the fields' types.
+
+    Args:
+        overrides: key -> value; dashes in keys are read as underscores (CLI spelling).
+        base: the config to start from (default: the dataclass defaults).
+        source: where the overrides come from, for error messages.
+
+    Raises:
+        KeyError: an unknown key; ValueError: a value of the wrong type.
+    """
+    values = {}
+    for key, value in (overrides or {}).items():
+        name = str(key).replace("-", "_")
+        try:
+            values[name] = cast_value(name, value)
+        except (KeyError, ValueError) as e:
+            raise type(e)(f"{source}: {e.args[0]}") from None
+    return dataclasses.replace(base or TrainConfig(), **values)
+
+
+def load_yaml_overrides(path: str | Path) -> dict[str, Any]:
+    """The overrides of a YAML file: a mapping at the top level, or under a `train:` key."""
+    path = Path(path)
+    document = yaml.safe_load(path.read_text()) or {}
+    if isinstance(document, Mapping) and isinstance(document.get("train"), Mapping):
+        document = document["train"]
+    if not isinstance(document, Mapping):
+        raise TypeError(f"{path}: expected a mapping of config keys, got {type(document).__name__}")
+    return dict(document)
+
+
+def parse_assignments(items: list[str] | None) -> dict[str, str]:
+    """`["lr=1e-3", "augment=none"]` (CLI `--set`) -> a dict of string overrides."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = value
+    return out

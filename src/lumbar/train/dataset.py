@@ -1,0 +1,171 @@
+"""A torch Dataset over the ROI tensor cache, joined with the labels through a task's items.
+
+A sample is the dict `image` (C, D, H, W) float32 in [0, 1], `meta` (level one-hot [+ side]) float32,
+`target` (T,) int64 class targets (-1 = no label), `grade` (T,) int64 true grades (-1 = none; the loss
+weights by grade), `index` (position in the items table, to map predictions back).
+
+Training draws, per sample, one generator from (seed, epoch, index): the crop jitter window
+(`preprocess.jitter.random_window`), the left-right mirror where the task allows it, and the seed of the
+in-plane augmentations. So a sample's augmentation does not depend on the worker that loads it, and a run
+resumed at epoch k sees exactly what an uninterrupted run saw. Evaluation takes the centre window, no
+augmentation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from lumbar.constants import CONDITION_SIDE, LEVELS
+from lumbar.preprocess import center_window, load_cache, random_window
+from lumbar.train.augment import StackAugment
+from lumbar.train.tasks import MIRROR_AXIS, MIRROR_CONDITION, Task
+
+CACHE_COLUMNS = ["sample_id", "study_id", "condition", "level", "file", "depth", "height", "width",
+                 "pad_slices", "pad_px"]
+_SHAPE_COLUMNS = ["depth", "height", "width", "pad_slices", "pad_px"]
+
+
+@dataclass
+class RoiCache:
+    """An ROI tensor cache folder as the training engine reads it.
+
+    Attributes:
+        root: the cache folder.
+        samples: `samples.parquet`.
+        params: `params.json` (the preprocessing parameters).
+        depth, height, width: final tensor shape (the same for every sample of a cache).
+        pad_slices, pad_px: stored jitter context.
+    """
+
+    root: Path
+    samples: pd.DataFrame
+    params: dict[str, Any]
+    depth: int
+    height: int
+    width: int
+    pad_slices: int
+    pad_px: int
+
+
+def read_cache(cache_dir: str | Path) -> RoiCache:
+    """Open a cache folder (`preprocess.load_cache`), checking what the engine relies on: the contract's
+    columns and one tensor shape for all samples.
+
+    Raises:
+        FileNotFoundError: a missing folder, `samples.parquet` or `params.json`.
+        ValueError: missing columns, no samples, or mixed shapes (a cache is one parameter set).
+    """
+    root = Path(cache_dir)
+    params, samples = load_cache(root)
+    table = root / "samples.parquet"
+    missing = [c for c in CACHE_COLUMNS if c not in samples.columns]
+    if missing:
+        raise ValueError(f"{table}: missing column(s) {missing}")
+    if samples.empty:
+        raise ValueError(f"{table}: no samples")
+    shapes = samples[_SHAPE_COLUMNS].drop_duplicates()
+    if len(shapes) > 1:
+        raise ValueError(f"{table}: samples of different shapes {shapes.to_dict('records')[:3]}; "
+                         "a cache must hold one parameter set")
+    shape = {k: int(v) for k, v in shapes.iloc[0].items()}
+    return RoiCache(root, samples, params, **shape)
+
+
+class RoiDataset(Dataset):
+    """Items of one task unit read from an ROI cache.
+
+    Args:
+        cache: the opened cache.
+        task: the task unit (layout, mirror rules, meta).
+        items: its items table (`Task.items`), possibly one fold's subset.
+        train: random window, mirror and augmentation (else the centre window as stored).
+        augment: in-plane augmentation (train only); None for none.
+        mirror_p: probability of a random left-right mirror when `task.can_mirror`.
+        max_shift_slices, max_shift_px: jitter bounds, capped by the cache's stored context.
+        seed: base seed of the per-sample generators.
+    """
+
+    def __init__(self, cache: RoiCache, task: Task, items: pd.DataFrame, train: bool = False,
+                 augment: StackAugment | None = None, mirror_p: float = 0.5, max_shift_slices: int = 1,
+                 max_shift_px: int = 8, seed: int = 0) -> None:
+        self.cache, self.task, self.train = cache, task, train
+        self.items = items.reset_index(drop=True)
+        self.augment = augment if train else None
+        self.mirror_p = mirror_p if (train and task.can_mirror) else 0.0
+        self.max_shift_slices = max(0, min(max_shift_slices, cache.pad_slices))
+        self.max_shift_px = max(0, min(max_shift_px, cache.pad_px))
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's random draws (call before each training epoch)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def sample_ids(self, indices) -> list[str]:
+        return self.items["item_id"].iloc[list(indices)].tolist()
+
+    def _load(self, file: str | None, rng: np.random.Generator | None) -> np.ndarray:
+        c = self.cache
+        if file is None:
+            return np.zeros((c.depth, c.height, c.width), dtype=np.float32)
+        path = c.root / file
+        try:
+            arr = np.load(path)
+        except (OSError, ValueError) as e:
+            raise OSError(f"{path}: cannot read cached sample ({e})") from e
+        if rng is None:
+            window = center_window(arr, c.pad_slices, c.pad_px)
+        else:
+            window = random_window(arr, c.pad_slices, c.pad_px, rng, self.max_shift_slices, self.max_shift_px)
+        return window.astype(np.float32)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.items.iloc[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
+        conditions = list(item["conditions"])
+        grades = list(item["grades"])
+        side = int(item["side"])
+        arrays = [self._load(f, rng) for f in item["files"]]
+        if item["mirror"]:  # canonical orientation: right-side crops shown as left ones
+            arrays = [np.flip(a, MIRROR_AXIS[c]) for a, c in zip(arrays, conditions)]
+        if self.mirror_p and rng.random() < self.mirror_p:
+            arrays, conditions, grades, side = self._mirror(arrays, conditions, grades, side)
+        image = np.stack(arrays)  # (C, D, H, W)
+        if self.augment is not None:
+            image = self.augment(image, seed=int(rng.integers(2**31 - 1)))
+        grades_arr = np.asarray(grades, dtype=np.int64)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+            "meta": torch.from_numpy(self.meta(item["level"], side)),
+            "target": torch.from_numpy(self.task.targets(grades_arr)),
+            "grade": torch.from_numpy(grades_arr),
+            "index": index,
+        }
+
+    def meta(self, level: str, side: int) -> np.ndarray:
+        """Level one-hot, then the side flag when the task uses it."""
+        meta = np.zeros(self.task.num_meta, dtype=np.float32)
+        meta[LEVELS.index(level)] = 1.0
+        if self.task.side_meta:
+            meta[len(LEVELS)] = float(side)
+        return meta
+
+    def _mirror(self, arrays, conditions, grades, side):
+        """Left-right mirror: every channel flipped on its left-right axis; left and right labels swap."""
+        flipped = {c: (np.flip(a, MIRROR_AXIS[c]), g) for a, c, g in zip(arrays, conditions, grades)}
+        if self.task.layout == "channels":  # channel order is fixed: channel j now shows its mirror condition
+            new = [flipped[MIRROR_CONDITION[c]] for c in conditions]
+            return [a for a, _ in new], conditions, [g for _, g in new], side
+        c = conditions[0]
+        a, g = flipped[c]
+        return [a], [MIRROR_CONDITION[c]], [g], (1 - side) if CONDITION_SIDE[c] else side

@@ -1,0 +1,410 @@
+"""The one training loop for every architecture and task mode: `train(config) -> TrainResult`.
+
+For each unit of the task mode (`lumbar.train.tasks`) and each requested fold: build the registered model,
+train it with AdamW and a per-step cosine schedule after a linear warm-up, the weighted loss
+(`lumbar.train.losses`), gradient clipping, optional EMA, AMP and channels-last on CUDA; validate every epoch
+on the held-out fold (the competition metric in competition mode, balanced accuracy in thesis modes); keep
+`best.pt` and `last.pt`; stop early after `patience` epochs without improvement; then predict the held-out
+fold with the best weights. A run killed at any point resumes from `last.pt` (finished folds are not
+retrained). Under `torchrun` the model is wrapped in DistributedDataParallel and the data sharded; only rank
+0 writes files and logs.
+
+Run folder (`config.out`):
+    config.json                       the resolved config
+    <unit>/fold<k>/best.pt, last.pt   checkpoints (state dicts)
+    <unit>/fold<k>/history.csv, curves.png
+    predictions.csv                   every held-out prediction: study_id, condition, level, grade, fold, probs
+    oof.csv                           the same in the submission format (competition mode: 25 rows per study)
+    reports/                          thesis modes: `lumbar.evaluate.reports` tables and confusion matrices
+    result.json                       units, checkpoints, model arguments, scores, timings
+and an entry under `classifiers` in the experiment's manifest (`<out>/../manifest.json`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from lumbar.constants import GRADES
+from lumbar.data.tables import load_labels, write_csv
+from lumbar.manifest import update_manifest, write_json
+from lumbar.paths import data_root
+from lumbar.train.augment import StackAugment, resolve_augmentations
+from lumbar.train.checkpoint import BEST, LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from lumbar.train.config import TrainConfig, make_config
+from lumbar.train.dataset import RoiCache, RoiDataset, read_cache
+from lumbar.train.folds import load_or_make_folds, read_folds
+from lumbar.train.history import plot_history, write_history
+from lumbar.train.loggers import NullLogger
+from lumbar.train.losses import build_loss
+from lumbar.train.predict import (
+    CONFIG_JSON,
+    RESULT_JSON,
+    batch_to_device,
+    eval_loader,
+    grade_prior,
+    predict_probs,
+    to_submission,
+    unwrap,
+)
+from lumbar.train.runtime import Runtime, seed_everything, setup_runtime, teardown_runtime
+from lumbar.train.sampling import make_train_sampler
+from lumbar.train.tasks import Task, build_tasks, resolve_conditions, validation_score
+
+PREDICTIONS_CSV = "predictions.csv"
+OOF_CSV = "oof.csv"
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        run_dir: the run folder.
+        oof_path: `oof.csv` (submission format).
+        predictions_path: `predictions.csv` (long table with grades and folds, for the reports).
+        oof_score: the competition metric's terms on the OOF rows (competition mode), else None.
+        reports: thesis modes: report kind -> path.
+        summary: the content of `result.json`.
+    """
+
+    run_dir: Path
+    oof_path: Path
+    predictions_path: Path
+    oof_score: dict[str, float] | None
+    reports: dict[str, Path] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FoldData:
+    """The items of one unit and fold."""
+
+    train: pd.DataFrame
+    valid: pd.DataFrame
+
+
+def train(config: TrainConfig | Mapping[str, Any], logger=None) -> TrainResult:
+    """Train one architecture on one task mode for the configured folds (see the module docstring).
+
+    Args:
+        config: a `TrainConfig` or a mapping of overrides (cast and checked by `make_config`).
+        logger: receives per-epoch rows and the result on rank 0 (default: `NullLogger`).
+
+    Returns:
+        The run's `TrainResult` (on every rank; only rank 0 wrote the files).
+    """
+    if not isinstance(config, TrainConfig):
+        config = make_config(config)
+    runtime = setup_runtime(config.device, amp=config.amp, channels_last=config.channels_last,
+                            threads=config.threads)
+    try:
+        return _train(config, runtime, logger or NullLogger())
+    finally:
+        teardown_runtime(runtime)
+
+
+def _train(config: TrainConfig, runtime: Runtime, logger) -> TrainResult:
+    started = time.perf_counter()
+    if not config.cache:
+        raise ValueError("config.cache: the ROI cache folder is required")
+    out = Path(config.out)
+    run_root = out.parent
+    all_labels = load_labels(data_root(config.data_dir or None, must_exist=True) / "train.csv")
+    cache = read_cache(config.cache)
+    conditions = resolve_conditions(config.mode, config.conditions)
+    labels = all_labels[all_labels["condition"].isin(conditions)].reset_index(drop=True)
+    folds_path = Path(config.folds_csv) if config.folds_csv else run_root / "folds.csv"
+    if runtime.is_main:  # from all labels, so every run of the experiment makes the same file
+        load_or_make_folds(folds_path, all_labels, config.n_folds, config.seed)
+        config.save(out / CONFIG_JSON)
+    runtime.barrier()
+    folds = read_folds(folds_path)
+    fold_ids = list(config.folds) or sorted(folds["fold"].unique().tolist())
+    unknown = sorted(set(fold_ids) - set(folds["fold"]))
+    if unknown:
+        raise ValueError(f"folds {unknown} not in {folds_path} (folds {sorted(folds['fold'].unique())})")
+
+    fold_of = folds.set_index("study_id")["fold"]
+    tasks = build_tasks(config.mode, conditions, config.mirror_right)
+    tables, units, timings = [], {}, {}
+    for task in tasks:
+        items = task.items(cache.samples, labels)
+        items = items[[max(g) >= 0 for g in items["grades"]]]
+        item_fold = items["study_id"].map(fold_of)
+        checkpoints = {}
+        for fold in fold_ids:
+            data = FoldData(items[item_fold.notna() & (item_fold != fold)], items[item_fold == fold])
+            if data.train.empty or data.valid.empty:
+                raise ValueError(f"unit {task.name} fold {fold}: {len(data.train)} training and "
+                                 f"{len(data.valid)} validation samples in cache {config.cache}")
+            fold_dir = out / task.name / f"fold{fold}"
+            table, timing = fit_fold(config, runtime, cache, task, fold, data, fold_dir, logger)
+            tables.append(table.assign(fold=fold))
+            checkpoints[str(fold)] = str((fold_dir / BEST).relative_to(out))
+            timings[f"{task.name}/fold{fold}"] = timing
+        units[task.name] = {"conditions": list(task.conditions), "checkpoints": checkpoints,
+                            "layout": task.layout, "num_classes": task.num_classes}
+    predictions = pd.concat(tables, ignore_index=True)
+    result = _finish(config, runtime, out, run_root, cache, labels, folds, fold_ids, predictions, units,
+                     timings, time.perf_counter() - started)
+    if runtime.is_main:
+        logger.log_result(result.summary)
+    return result
+
+
+def _finish(config, runtime, out, run_root, cache, labels, folds, fold_ids, predictions, units, timings,
+            seconds) -> TrainResult:
+    """Write predictions, OOF, scores or reports, result.json and the manifest entry (rank 0)."""
+    held_out = folds.loc[folds["fold"].isin(fold_ids), "study_id"]
+    prior = grade_prior(labels)
+    if config.mode == "competition":  # every held-out study gets 25 rows; a missing crop gets its fold's prior
+        parts, filled = [], 0
+        for fold in fold_ids:
+            studies = folds.loc[folds["fold"] == fold, "study_id"]
+            part, n = to_submission(predictions[predictions["fold"] == fold], studies,
+                                    grade_prior(labels[~labels["study_id"].isin(studies)]))
+            parts.append(part)
+            filled += n
+        oof = pd.concat(parts).sort_values("row_id", kind="stable").reset_index(drop=True)
+    else:
+        oof, filled = to_submission(predictions)
+    oof_score, reports = None, {}
+    scored = predictions[predictions["grade"] >= 0]
+    summary = {
+        "arch": config.arch, "mode": config.mode, "conditions": list(resolve_conditions(config.mode, config.conditions)),
+        "folds": list(fold_ids), "input_shape": [cache.depth, cache.height, cache.width],
+        "cache": str(config.cache), "cache_params": cache.params,
+        "model": {"name": config.arch, "depth": cache.depth, "drop_rate": config.drop_rate, **config.model_kwargs},
+        "units": units, "oof_rows": len(oof), "fallback_rows": filled, "seconds": round(seconds, 1),
+        "timings": timings, "prior": prior.to_dict(orient="list"),
+    }
+    if runtime.is_main:
+        write_csv(predictions, out / PREDICTIONS_CSV)
+        oof_path = write_csv(oof, out / OOF_CSV)
+        if config.mode == "competition":
+            from lumbar.evaluate.metric import competition_score
+
+            oof_labels = labels[labels["study_id"].isin(held_out)]
+            oof_score = competition_score(oof_labels, oof, name=str(oof_path)).as_dict()
+            summary["oof_score"] = oof_score
+        elif not scored.empty:
+            from lumbar.evaluate.reports import write_reports
+
+            reports = write_reports(scored.drop(columns="fold"), out / "reports", config.mode)
+            summary["reports"] = {k: str(p.relative_to(out)) for k, p in reports.items()}
+        write_json(summary, out / RESULT_JSON)
+        entry = {"path": str(out.relative_to(run_root)), "arch": config.arch, "mode": config.mode,
+                 "conditions": summary["conditions"], "folds": list(fold_ids),
+                 "checkpoints": {u: {f: str(Path(out.name) / p) for f, p in v["checkpoints"].items()}
+                                 for u, v in units.items()},
+                 "model": summary["model"], "input_shape": summary["input_shape"], "oof": str(Path(out.name) / OOF_CSV),
+                 "config": str(Path(out.name) / CONFIG_JSON), "result": str(Path(out.name) / RESULT_JSON),
+                 "oof_score": (oof_score or {}).get("score")}
+        update_manifest(run_root, "classifiers", entry, item=out.name)
+    runtime.barrier()
+    return TrainResult(out, out / OOF_CSV, out / PREDICTIONS_CSV, oof_score, reports, summary)
+
+
+def _loader(dataset: RoiDataset, sampler, config: TrainConfig, runtime: Runtime, drop_last: bool) -> DataLoader:
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+                      pin_memory=runtime.device.type == "cuda", drop_last=drop_last)
+
+
+def build_unit_model(config: TrainConfig, task: Task, cache: RoiCache) -> nn.Module:
+    """The registered architecture sized for a task unit and a cache (random init or local weights)."""
+    from lumbar.models import build_model
+
+    return build_model(config.arch, in_channels=task.in_channels, num_outputs=task.num_outputs, depth=cache.depth,
+                       pretrained_path=config.pretrained_path or None, num_meta=task.num_meta,
+                       drop_rate=config.drop_rate, **config.model_kwargs)
+
+
+def fit_fold(config: TrainConfig, runtime: Runtime, cache: RoiCache, task: Task, fold: int, data: FoldData,
+             fold_dir: Path, logger) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Train (or resume, or skip when finished) one unit on one fold; predict its held-out items.
+
+    Returns:
+        (held-out prediction rows with grades, timing summary: loader and model seconds per batch).
+    """
+    seed = config.seed + 1000 * fold
+    seed_everything(seed, deterministic=runtime.device.type == "cpu")
+    train_items, valid_items = data.train, data.valid
+    augment = StackAugment(resolve_augmentations(config.augment, task.conditions))
+    if config.overfit_batches:
+        train_items = train_items.iloc[: config.overfit_batches * config.batch_size]
+        valid_items, augment = train_items, StackAugment(())
+    common = {"max_shift_slices": config.max_shift_slices, "max_shift_px": config.max_shift_px, "seed": seed}
+    train_ds = RoiDataset(cache, task, train_items, train=not config.overfit_batches, augment=augment,
+                          mirror_p=config.mirror_p, **common)
+    valid_ds = RoiDataset(cache, task, valid_items, train=False, **common)
+    worst = np.array([max(g) for g in train_ds.items["grades"]])
+    sampler = make_train_sampler(train_ds, config.balanced_sampling, worst, runtime.world_size, runtime.rank, seed)
+    if config.overfit_batches:
+        sampler.shuffle = False
+    drop_last = len(train_ds) // runtime.world_size > config.batch_size  # no 1-sample batches for BatchNorm
+    train_loader = _loader(train_ds, sampler, config, runtime, drop_last)
+    valid_loader = eval_loader(valid_ds, config.batch_size, config.workers, runtime)
+    max_batches = config.fast_dev_run
+    epochs = 1 if config.fast_dev_run else config.epochs
+    steps_per_epoch = min(len(train_loader), max_batches) if max_batches else len(train_loader)
+
+    model = build_unit_model(config, task, cache).to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=getattr(model, "memory_format", torch.channels_last_3d))
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+           if config.ema_decay > 0 else None)
+    net = (DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+           if runtime.distributed else model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = _schedule(optimizer, steps_per_epoch * epochs, round(config.warmup_epochs * steps_per_epoch))
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_scaler)
+    loss_fn = build_loss(config.loss, gamma=config.focal_gamma)
+    weights = torch.as_tensor(config.class_weights, dtype=torch.float32, device=runtime.device)
+    if len(config.class_weights) != len(GRADES):
+        raise ValueError(f"class_weights needs one weight per grade ({len(GRADES)}), got {config.class_weights}")
+
+    state = {"epoch": 0, "best_score": None, "best_epoch": 0, "bad_epochs": 0, "finished": False, "history": []}
+    last = fold_dir / LAST
+    if config.resume and last.is_file():
+        ckpt = load_checkpoint(last, map_location=runtime.device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None and ckpt["ema"]:
+            ema.load_state_dict(ckpt["ema"])
+        set_rng_state(ckpt["rng"])
+        state = {k: ckpt[k] for k in state}
+    evaluator = ema if ema is not None else model
+    sign = 1.0 if task.higher_is_better else -1.0
+
+    for epoch in range(state["epoch"] + 1, epochs + 1):
+        if state["finished"]:
+            break
+        tick = time.perf_counter()
+        sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        stats = _train_epoch(net, model, ema, train_loader, optimizer, scheduler, scaler, loss_fn, weights, config,
+                             runtime, task, max_batches, f"{task.name} f{fold} e{epoch}")
+        idx, probs, val_loss = predict_probs(evaluator, valid_loader, runtime, task.num_targets, task.num_classes,
+                                             loss_fn, config.class_weights, max_batches)
+        score = validation_score(task, task.prediction_rows(valid_ds.items.iloc[idx], probs))
+        improved = state["best_score"] is None or (not math.isnan(score) and (
+            math.isnan(state["best_score"]) or sign * (score - state["best_score"]) > 0))
+        if improved:
+            state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": stats["loss"],
+               "val_loss": val_loss, "metric": task.metric, "val_metric": score, "best_epoch": state["best_epoch"],
+               "samples": stats["samples"], "data_s": stats["data_s"], "model_s": stats["model_s"],
+               "batches": stats["batches"], "seconds": time.perf_counter() - tick}
+        state["history"].append(row)
+        state["epoch"] = epoch
+        state["finished"] = epoch == epochs or (config.patience > 0 and state["bad_epochs"] >= config.patience)
+        if runtime.is_main:
+            if improved:
+                save_checkpoint(unwrap(evaluator).state_dict(), fold_dir / BEST)
+            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                             "ema": ema.state_dict() if ema is not None else {}, "rng": rng_state(), **state}, last)
+            write_history(state["history"], fold_dir)
+            if config.record_samples:
+                _record_samples(fold_dir, epoch, stats["seen"])
+            logger.log_epoch(task.name, fold, row)
+        runtime.barrier()
+
+    if runtime.is_main and state["history"]:
+        plot_history(state["history"], fold_dir)
+    runtime.barrier()
+    unwrap(evaluator).load_state_dict(load_checkpoint(fold_dir / BEST, map_location=runtime.device))
+    idx, probs, _ = predict_probs(evaluator, valid_loader, runtime, task.num_targets, task.num_classes,
+                                  max_batches=max_batches)
+    history = state["history"]
+    batches = sum(r["batches"] for r in history) or 1
+    timing = {"epochs": state["epoch"], "best_epoch": state["best_epoch"],
+              "data_s_per_batch": sum(r["data_s"] for r in history) / batches,
+              "model_s_per_batch": sum(r["model_s"] for r in history) / batches,
+              "train_seconds": sum(r["seconds"] for r in history)}
+    return task.prediction_rows(valid_ds.items.iloc[idx], probs), timing
+
+
+def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int):
+    """Linear warm-up from 1 % of the learning rate, then cosine decay to 0, stepped per batch."""
+    total_steps = max(1, total_steps)
+    warmup_steps = min(max(0, warmup_steps), total_steps - 1)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warmup_steps)
+    if warmup_steps == 0:
+        return cosine
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup_steps)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
+
+
+def _train_epoch(net, model, ema, loader, optimizer, scheduler, scaler, loss_fn, weights, config, runtime, task,
+                 max_batches, desc) -> dict[str, Any]:
+    """One pass over the training loader; returns mean loss, sample count, loader and model seconds."""
+    net.train()
+    total, count, data_s, model_s, batches, seen = 0.0, 0, 0.0, 0.0, 0, []
+    bar = tqdm(total=max_batches or len(loader), desc=desc, leave=False,
+               disable=not (config.progress and runtime.is_main))
+    tick = time.perf_counter()
+    for batch in loader:
+        if max_batches and batches >= max_batches:
+            break
+        fetched = time.perf_counter()
+        data_s += fetched - tick
+        x, meta = batch_to_device(batch, runtime, model)
+        target, grade = batch["target"].to(runtime.device), batch["grade"].to(runtime.device)
+        w = weights[grade.clamp_min(0)] * (target >= 0)
+        with runtime.autocast():
+            logits = net(x, meta).float().reshape(len(x), task.num_targets, task.num_classes)
+        loss = loss_fn(logits, target, w)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        if runtime.device.type == "cuda":
+            torch.cuda.synchronize(runtime.device)
+        total += float(loss.detach()) * len(x)
+        count += len(x)
+        batches += 1
+        if config.record_samples:
+            seen.extend(loader.dataset.sample_ids(batch["index"].tolist()))
+        tick = time.perf_counter()
+        model_s += tick - fetched
+        bar.update()
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    bar.close()
+    stats = runtime.all_gather((total, count, seen))
+    n = sum(s[1] for s in stats)
+    return {"loss": sum(s[0] for s in stats) / max(n, 1), "samples": n, "data_s": data_s, "model_s": model_s,
+            "batches": batches, "seen": [s[2] for s in stats]}
+
+
+def _record_samples(fold_dir: Path, epoch: int, seen: list[list[str]]) -> None:
+    import json
+
+    path = fold_dir / "samples_seen.json"
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    record[str(epoch)] = {str(rank): ids for rank, ids in enumerate(seen)}
+    write_json(record, path)

@@ -1,0 +1,241 @@
+"""Running trained models over a cache: batched prediction (validation, OOF, inference) and the submission table.
+
+`predict_cache(run_dir, cache_dir)` is the inference entry point of later stages: it reads a training run's
+`config.json` and `result.json`, builds every unit's model once per fold from its `best.pt`, averages the
+folds' probabilities and returns the submission table. In competition mode every study of the cache gets all
+25 rows: a target without a crop (no coordinate, unreadable series) gets the class prior of the training
+labels, and `predict_cache` says how many rows that was.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from lumbar.constants import CONDITIONS, GRADES, LEVELS
+from lumbar.data.tables import SUBMISSION_COLUMNS, split_row_ids, submission_row_ids
+from lumbar.train.checkpoint import load_checkpoint
+from lumbar.train.runtime import Runtime, setup_runtime, teardown_runtime
+
+RESULT_JSON = "result.json"
+CONFIG_JSON = "config.json"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP or EMA wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def input_normalization(model: nn.Module) -> tuple[float, float] | None:
+    """Scalar (mean, std) from a backbone's pretrained config (timm), averaged over its RGB channels; None if absent.
+
+    Crops are single-channel intensities in [0, 1]; a pretrained 2D stem expects its own normalisation.
+    """
+    inner = unwrap(model)
+    mean, std = getattr(inner, "mean", None), getattr(inner, "std", None)
+    if mean is None or std is None:
+        return None
+    return float(np.mean(mean)), float(np.mean(std))
+
+
+def batch_to_device(batch: dict[str, Any], runtime: Runtime, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image (normalised, channels-last where the model is 3D and the runtime asks for it) and meta on the device."""
+    x = batch["image"].to(runtime.device, non_blocking=True)
+    norm = input_normalization(model)
+    if norm is not None:
+        x = (x - norm[0]) / norm[1]
+    if runtime.channels_last and getattr(unwrap(model), "memory_format", None) == torch.channels_last_3d:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    return x, batch["meta"].to(runtime.device, non_blocking=True)
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, loader: DataLoader, runtime: Runtime, num_targets: int, num_classes: int,
+                  loss_fn=None, class_weights: Iterable[float] | None = None,
+                  max_batches: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
+    """Class probabilities of every item of a loader, gathered over DDP ranks.
+
+    Args:
+        model: the model (evaluated in eval mode).
+        loader: yields dataset samples (with `index`); under DDP each rank holds a shard.
+        runtime: device, AMP and ranks.
+        num_targets, num_classes: the task's output shape.
+        loss_fn, class_weights: when given, also the weighted loss over labelled targets.
+        max_batches: stop after this many batches (0 = all).
+
+    Returns:
+        (indices (N,), probabilities (N, num_targets, num_classes), weighted loss or NaN), sorted by index.
+    """
+    model.eval()
+    weights = torch.as_tensor(list(class_weights or (1.0, 2.0, 4.0)), device=runtime.device)
+    indices, probs, loss_sum, weight_sum = [], [], 0.0, 0.0
+    for b, batch in enumerate(loader):
+        if max_batches and b >= max_batches:
+            break
+        x, meta = batch_to_device(batch, runtime, model)
+        with runtime.autocast():
+            logits = model(x, meta).float().reshape(len(x), num_targets, num_classes)
+        if loss_fn is not None:
+            target, grade = batch["target"].to(runtime.device), batch["grade"].to(runtime.device)
+            w = weights[grade.clamp_min(0)] * (target >= 0)
+            loss_sum += float(loss_fn(logits, target, w)) * float(w.sum())
+            weight_sum += float(w.sum())
+        probs.append(torch.softmax(logits, dim=-1).cpu().numpy())
+        indices.append(batch["index"].numpy())
+    shard = (np.concatenate(indices) if indices else np.zeros(0, np.int64),
+             np.concatenate(probs) if probs else np.zeros((0, num_targets, num_classes), np.float32),
+             loss_sum, weight_sum)
+    parts = runtime.all_gather(shard)
+    idx = np.concatenate([p[0] for p in parts])
+    prob = np.concatenate([p[1] for p in parts])
+    total_w = sum(p[3] for p in parts)
+    loss = sum(p[2] for p in parts) / total_w if total_w > 0 else float("nan")
+    idx, first = np.unique(idx, return_index=True)  # DistributedSampler pads shards with repeats
+    return idx, prob[first], loss
+
+
+def eval_loader(dataset, batch_size: int, workers: int, runtime: Runtime) -> DataLoader:
+    """In-order loader; sharded over ranks under DDP."""
+    sampler = (DistributedSampler(dataset, runtime.world_size, runtime.rank, shuffle=False)
+               if runtime.distributed else None)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+                      pin_memory=runtime.device.type == "cuda")
+
+
+def grade_prior(labels: pd.DataFrame) -> pd.DataFrame:
+    """Grade frequencies per condition x level, add-one smoothed so every cell exists (fallback predictions)."""
+    graded = labels[labels["grade"].notna()]
+    counts = (pd.crosstab([graded["condition"], graded["level"]], graded["grade"].astype(int))
+              .reindex(pd.MultiIndex.from_product([CONDITIONS, LEVELS], names=["condition", "level"]))
+              .reindex(columns=range(len(GRADES))).fillna(0.0).to_numpy() + 1.0)
+    freq = counts / counts.sum(axis=1, keepdims=True)
+    index = pd.MultiIndex.from_product([CONDITIONS, LEVELS], names=["condition", "level"])
+    return pd.DataFrame(freq, index=index, columns=list(GRADES)).reset_index()
+
+
+def to_submission(table: pd.DataFrame, study_ids: Iterable[int] | None = None,
+                  prior: pd.DataFrame | None = None) -> tuple[pd.DataFrame, int]:
+    """Prediction rows (long table) -> the submission table.
+
+    Args:
+        table: `study_id, condition, level, normal_mild, moderate, severe` (one row per predicted target).
+        study_ids: when given with `prior`, every one of these studies gets all 25 rows, the missing ones
+            from `prior` (`grade_prior`).
+        prior: the fallback grade frequencies.
+
+    Returns:
+        (submission table in sample_submission order, number of rows filled from the prior).
+    """
+    ids = table["study_id"].astype(str) + "_" + table["condition"] + "_" + table["level"]
+    sub = pd.DataFrame({"row_id": ids.to_numpy()})
+    probs = table[list(GRADES)].to_numpy(dtype=np.float64)
+    sub[list(GRADES)] = probs / probs.sum(axis=1, keepdims=True)
+    filled = 0
+    if study_ids is not None and prior is not None:
+        wanted = pd.Index(submission_row_ids(study_ids))
+        missing = wanted.difference(pd.Index(sub["row_id"]))
+        if len(missing):
+            keys = split_row_ids(missing)
+            rows = keys.merge(prior, on=["condition", "level"], how="left")
+            sub = pd.concat([sub, pd.DataFrame({"row_id": missing, **{g: rows[g].to_numpy() for g in GRADES}})])
+            filled = len(missing)
+    sub = sub.sort_values("row_id", kind="stable").reset_index(drop=True)
+    return sub[SUBMISSION_COLUMNS], filled
+
+
+def read_run(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
+    """The config and result of a finished training run folder."""
+    from lumbar.train.config import TrainConfig
+
+    run_dir = Path(run_dir)
+    for name in (CONFIG_JSON, RESULT_JSON):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir / name}: not found; is {run_dir} a finished training run?")
+    return TrainConfig.load(run_dir / CONFIG_JSON), json.loads((run_dir / RESULT_JSON).read_text())
+
+
+def predict_cache(run_dir: str | Path, cache_dir: str | Path, device: str = "auto", batch_size: int = 0,
+                  workers: int = 0, study_ids: Iterable[int] | None = None, threads: int = 0) -> pd.DataFrame:
+    """Predict every sample of an ROI cache with a run's models, averaging the folds' best checkpoints.
+
+    Args:
+        run_dir: a training run folder (`train(...).run_dir`).
+        cache_dir: an ROI cache made with the run's preprocessing parameters (same tensor shape).
+        device: "auto", "cpu" or "cuda".
+        batch_size: 0 = the run's batch size.
+        workers: DataLoader workers.
+        study_ids: studies that must get rows even when the cache lacks them (competition mode; e.g. the
+            test split's studies). Default: the cache's studies.
+        threads: torch CPU threads (0 = torch's default).
+
+    Returns:
+        The submission table (`row_id, normal_mild, moderate, severe`); in competition mode all 25 rows of
+        every study, missing targets from the training labels' prior (`attrs["fallback_rows"]` counts them).
+    """
+    from lumbar.train.dataset import read_cache
+
+    run_dir = Path(run_dir)
+    config, result = read_run(run_dir)
+    cache = read_cache(cache_dir)
+    shape = [cache.depth, cache.height, cache.width]
+    if shape != list(result["input_shape"]):
+        raise ValueError(f"{cache_dir}: tensors of shape {shape}, but run {run_dir} was trained on "
+                         f"{result['input_shape']}; build the cache with the run's preprocessing parameters")
+    runtime = setup_runtime(device, amp=config.amp, channels_last=config.channels_last, threads=threads)
+    try:
+        tables = _predict_units(run_dir, config, result, cache, runtime, batch_size, workers)
+    finally:
+        teardown_runtime(runtime)
+    if not tables:
+        raise ValueError(f"{cache_dir}: no sample of the run's conditions {list(config.conditions)}")
+    table = pd.concat(tables, ignore_index=True)
+    if config.mode != "competition":
+        sub, filled = to_submission(table)
+    else:
+        studies = cache.samples["study_id"].unique() if study_ids is None else study_ids
+        prior = pd.DataFrame(result["prior"])
+        sub, filled = to_submission(table, studies, prior)
+    sub.attrs["fallback_rows"] = filled
+    return sub
+
+
+def _predict_units(run_dir: Path, config, result: dict[str, Any], cache, runtime: Runtime, batch_size: int,
+                   workers: int) -> list[pd.DataFrame]:
+    """Per unit: the fold-averaged prediction rows of every cache sample of its conditions."""
+    from lumbar.models import build_model
+    from lumbar.train.dataset import RoiDataset
+    from lumbar.train.tasks import build_tasks
+
+    tables = []
+    for task in build_tasks(config.mode, config.conditions, config.mirror_right):
+        unit = result["units"].get(task.name)
+        if unit is None or not unit["checkpoints"]:
+            continue
+        items = task.items(cache.samples)
+        if items.empty:
+            continue
+        loader = eval_loader(RoiDataset(cache, task, items), batch_size or config.batch_size, workers, runtime)
+        total = np.zeros((len(items), task.num_targets, task.num_classes))
+        for path in unit["checkpoints"].values():
+            model = build_model(**result["model"], **_unit_sizes(task))
+            model.load_state_dict(load_checkpoint(run_dir / path))
+            model.to(runtime.device)
+            idx, probs, _ = predict_probs(model, loader, runtime, task.num_targets, task.num_classes)
+            total[idx] += probs
+        tables.append(task.prediction_rows(items, total / len(unit["checkpoints"])))
+    return tables
+
+
+def _unit_sizes(task) -> dict[str, int]:
+    return {"in_channels": task.in_channels, "num_outputs": task.num_outputs, "num_meta": task.num_meta}
+

@@ -1,0 +1,150 @@
+"""The training loop end to end on a tiny cache: OOF format, determinism, kill-and-resume, reports, inference."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from _train_data import make_tiny_data, tiny_build_model
+
+from lumbar.cli import main
+from lumbar.constants import GRADES
+from lumbar.train.checkpoint import load_checkpoint
+from lumbar.train.loop import train
+from lumbar.train.predict import predict_cache
+
+
+@pytest.fixture(autouse=True)
+def tiny_model(monkeypatch):
+    """These tests exercise the engine, not the architectures: a tiny stand-in model keeps them at seconds."""
+    import lumbar.models
+
+    monkeypatch.setattr(lumbar.models, "build_model", tiny_build_model, raising=False)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_data(tmp_path_factory.mktemp("tiny"), n_studies=8)
+
+
+def _config(tiny, out, **overrides):
+    data_dir, cache_dir = tiny
+    base = {"data_dir": str(data_dir), "cache": str(cache_dir), "out": str(out), "mode": "competition",
+            "conditions": "scs", "n_folds": 2, "folds": "0", "epochs": 2, "batch_size": 8, "lr": 3e-3,
+            "warmup_epochs": 0.5, "progress": False, "threads": 1}
+    return {**base, **overrides}
+
+
+class Kill(Exception):
+    pass
+
+
+class KillAfterFirstEpoch:
+    def log_epoch(self, unit, fold, row):
+        if row["epoch"] == 1:
+            raise Kill
+
+    def log_result(self, result):
+        pass
+
+
+def test_competition_oof_in_submission_format(tiny, tmp_path):
+    result = train(_config(tiny, tmp_path / "exp" / "tiny", ema_decay=0.9))
+    oof = pd.read_csv(result.oof_path)
+    assert list(oof.columns) == ["row_id", *GRADES]
+    assert np.allclose(oof[list(GRADES)].sum(axis=1), 1.0) and oof["row_id"].is_unique
+    folds = pd.read_csv(tmp_path / "exp" / "folds.csv")
+    held_out = folds.loc[folds["fold"] == 0, "study_id"]
+    assert len(oof) == 25 * len(held_out)  # every held-out study gets its 25 rows
+    assert result.summary["fallback_rows"] == 20 * len(held_out)  # only spinal was trained
+    assert np.isfinite(result.oof_score["spinal"]) and result.oof_score["n_studies"] == len(held_out)
+    run = tmp_path / "exp" / "tiny"
+    history = pd.read_csv(run / "spinal" / "fold0" / "history.csv")
+    assert list(history["epoch"]) == [1, 2] and (run / "spinal" / "fold0" / "curves.png").stat().st_size > 0
+    best = load_checkpoint(run / "spinal" / "fold0" / "best.pt")  # weights_only=True
+    assert all(isinstance(v, torch.Tensor) for v in best.values())
+    manifest = json.loads((tmp_path / "exp" / "manifest.json").read_text())
+    entry = manifest["classifiers"]["tiny"]
+    assert entry["checkpoints"] == {"spinal": {"0": "tiny/spinal/fold0/best.pt"}}
+    assert entry["oof_score"] == pytest.approx(result.oof_score["score"], nan_ok=True)
+    assert json.loads((run / "config.json").read_text())["ema_decay"] == 0.9
+
+
+def test_same_seed_same_oof_on_cpu(tiny, tmp_path):
+    a = train(_config(tiny, tmp_path / "a" / "run"))
+    b = train(_config(tiny, tmp_path / "b" / "run"))
+    pd.testing.assert_frame_equal(pd.read_csv(a.oof_path), pd.read_csv(b.oof_path), check_exact=True)
+    c = train(_config(tiny, tmp_path / "c" / "run", seed=7, folds_csv=str(tmp_path / "a" / "folds.csv")))
+    assert not pd.read_csv(a.oof_path).equals(pd.read_csv(c.oof_path))
+
+
+def test_kill_and_resume_matches_an_uninterrupted_run(tiny, tmp_path):
+    whole = train(_config(tiny, tmp_path / "whole" / "run"))
+    with pytest.raises(Kill):
+        train(_config(tiny, tmp_path / "killed" / "run"), logger=KillAfterFirstEpoch())
+    last = tmp_path / "killed" / "run" / "spinal" / "fold0" / "last.pt"
+    assert load_checkpoint(last)["epoch"] == 1
+    resumed = train(_config(tiny, tmp_path / "killed" / "run"))
+    final_a = load_checkpoint(whole.run_dir / "spinal" / "fold0" / "last.pt")
+    final_b = load_checkpoint(last)
+    assert final_b["epoch"] == 2 and len(final_b["history"]) == 2
+    for key, value in final_a["model"].items():
+        assert torch.equal(value, final_b["model"][key]), key
+    pd.testing.assert_frame_equal(pd.read_csv(whole.oof_path), pd.read_csv(resumed.oof_path), check_exact=True)
+
+
+@pytest.mark.parametrize("mode", ["multi_multiclass", "single_binary"])
+def test_thesis_modes_write_reports_and_confusion_matrices(tiny, tmp_path, mode):
+    conditions = "scs,lnfn,rnfn" if mode.startswith("multi") else "lnfn"
+    result = train(_config(tiny, tmp_path / "exp" / mode, mode=mode, conditions=conditions, epochs=1))
+    reports = result.run_dir / "reports"
+    summary = pd.read_csv(reports / "summary.csv")
+    assert {"accuracy", "balanced_accuracy", "f1_macro", "auroc"} <= set(summary.columns)
+    assert (reports / "confusion_left_neural_foraminal_narrowing.png").is_file()
+    predictions = pd.read_csv(result.predictions_path)
+    assert set(predictions["condition"]) == set(result.summary["conditions"])
+    if mode.endswith("binary"):  # p(Moderate or Severe) travels in `moderate`
+        assert (predictions["severe"] == 0).all()
+        assert set(pd.read_csv(reports / "per_class.csv")["class"]) == {"normal_mild", "moderate_severe"}
+    else:
+        assert (reports / "confusion_all.png").is_file()
+
+
+def test_predict_cache_reproduces_the_held_out_predictions(tiny, tmp_path):
+    result = train(_config(tiny, tmp_path / "exp" / "run", epochs=1))
+    sub = predict_cache(result.run_dir, tiny[1], device="cpu")
+    assert len(sub) == 25 * 8 and np.allclose(sub[list(GRADES)].sum(axis=1), 1.0)
+    assert sub.attrs["fallback_rows"] == 20 * 8
+    oof = pd.read_csv(result.oof_path)
+    spinal = oof[oof["row_id"].str.contains("spinal")]
+    merged = spinal.merge(sub, on="row_id", suffixes=("_oof", "_pred"))
+    assert len(merged) == len(spinal)
+    for g in GRADES:
+        assert np.allclose(merged[f"{g}_oof"], merged[f"{g}_pred"], atol=1e-6)
+
+
+def test_fast_dev_run_and_overfit_switches(tiny, tmp_path):
+    fast = train(_config(tiny, tmp_path / "fast" / "run", fast_dev_run=1, epochs=5))
+    history = pd.read_csv(fast.run_dir / "spinal" / "fold0" / "history.csv")
+    assert list(history["epoch"]) == [1] and history["batches"].iloc[0] == 1
+    over = train(_config(tiny, tmp_path / "over" / "run", overfit_batches=1, epochs=25, lr=5e-2,
+                         class_weights="1,1,1"))
+    losses = pd.read_csv(over.run_dir / "spinal" / "fold0" / "history.csv")["val_loss"]  # same batch, no dropout
+    assert losses.iloc[-1] < 0.7 * losses.iloc[0]
+
+
+def test_cli_train_and_config_errors(tiny, tmp_path, capsys):
+    data_dir, cache_dir = tiny
+    args = ["train", "--data-dir", str(data_dir), "--cache", str(cache_dir), "--arch", "tiny", "--mode",
+            "single_multiclass", "--condition", "scs", "--folds", "1", "--epochs", "1",
+            "--out", str(tmp_path / "exp" / "cli"), "--set", "n_folds=2", "--set", "progress=false"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "[scs fold 1] epoch 1" in out
+    assert (tmp_path / "exp" / "cli" / "reports" / "summary.csv").is_file()
+    assert main([*args, "--set", "learning_rate=1"]) == 2
+    assert "unknown config key 'learning_rate'" in capsys.readouterr().err
+    assert main([*args, "--mode", "triple"]) == 2
