@@ -88,6 +88,50 @@ def _map_axial(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", default=None, help="header index parquet to reuse (built on the fly otherwise)")
 
 
+@command("train-localizer", "lumbar.localize.train:cli_train_localizer",
+         "train the level localizer (sagittal and axial keypoint models) from label coordinates")
+def _train_localizer(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None, help="competition data folder (train split)")
+    p.add_argument("--coords", required=True, help="train_label_coordinates.csv")
+    p.add_argument("--run", required=True, help="run folder (checkpoints, cache, localizer.json)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--size", type=int, default=None, help="slices resized to SIZE x SIZE")
+    p.add_argument("--slices", type=int, default=None, help="sagittal stacks resampled to this many slices")
+    p.add_argument("--backbone", default=None, help="timm encoder name, e.g. resnet18")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--device", default=None, help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--pretrained", default=None, help="local encoder weights file (never downloaded)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--tasks", default=None, help="comma-separated: sag_t2,sag_t1,axial")
+    p.add_argument("--max-studies", type=int, default=None, help="train on the first N studies only")
+    p.add_argument("--workers", type=int, default=None, help="processes reading headers for the index")
+    p.add_argument("--index", default=None, help="header index parquet of the train split to reuse")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any other LocalizerConfig field")
+
+
+@command("localize", "lumbar.localize.predict:cli_localize", "predicted label coordinates for a split")
+def _localize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--split", choices=["train", "test"], default="test")
+    p.add_argument("--run", required=True, help="run folder with localizer.json")
+    p.add_argument("--out", required=True, help="output CSV (train_label_coordinates format)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--index", default=None, help="header index parquet of the split to reuse")
+    p.add_argument("--axial-max-distance-mm", type=float, default=float("inf"),
+                   help="levels whose nearest axial slice is farther get no subarticular rows (default: none)")
+
+
+@command("localize-eval", "lumbar.localize.evaluate:cli_localize_eval",
+         "localization error of predicted coordinates against ground truth (mm, slices)")
+def _localize_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pred", required=True, help="predicted coordinates CSV")
+    p.add_argument("--truth", required=True, help="ground-truth coordinates CSV")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--split", choices=["train", "test"], default="train")
+    p.add_argument("--index", default=None, help="header index parquet of the split to reuse")
+
+
 @command("score", "lumbar.evaluate.metric:cli_score", "the competition metric of a submission or a baseline")
 def _score(p: argparse.ArgumentParser) -> None:
     p.add_argument(
