@@ -16,12 +16,13 @@ from lumbar.localize import train as train_module
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.predict import localize
 from lumbar.localize.tasks import TASKS, placed_coordinates
-from lumbar.localize.train import cache_dir, prepare_inputs, train_localizer
+from lumbar.localize.train import cache_dir, crop_geometry, prepare_inputs, train_localizer
 from lumbar.manifest import read_manifest
 
 STUDIES = [100206310, 1002894806]
 T1_OF_FIRST = 2092806862
-TINY = {"backbone": "test_resnet", "size": 32, "slices": 4, "epochs": 1, "batch_size": 4, "decoder_channels": 8}
+TINY = {"backbone": "test_resnet", "size": 32, "slices": 4, "epochs": 1, "axial_epochs": 1, "refine_epochs": 1,
+        "batch_size": 4, "decoder_channels": 8}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,8 @@ def test_training_writes_manifest_checkpoints_and_cache(trained):
     assert len(sag) == 2 and np.load(sag[0]).shape == (4, 32, 32) and np.load(sag[0]).dtype == np.float16
     assert len(ax) == 10 and np.load(ax[0]).shape == (5, 32, 32)  # 1 neighbour + 1 slice of shift, each side
     crops = sorted(cache_dir(run, TASKS["sag_t1"], config, "slices").glob("*.npy"))
-    assert len(crops) == 20 and np.load(crops[0]).shape == (18, 38, 38)  # 18 slices; 32 px + 3 px jitter margin
+    side = crop_geometry(config).padded[1]  # crop pixels plus the jitter margin on each side
+    assert len(crops) == 20 and np.load(crops[0]).shape == (18, side, side) and side > config.refine_size
 
 
 def test_cached_inputs_are_reused_without_decoding(trained, sample_dir, coords, monkeypatch):
@@ -124,3 +126,18 @@ def test_study_missing_a_series_is_reported_and_keeps_its_other_rows(trained, sa
     assert report.incomplete == [STUDIES[0]]
     assert any(s == STUDIES[0] and "no Sagittal T1 series" in note for s, note in report.notes)
     assert f"study {STUDIES[0]}: no Sagittal T1 series" in report.summary()
+
+
+def test_synthetic_train_then_localize_the_unlabelled_test_split(synthetic_dir, tmp_path):
+    """The test-time path: no coordinates for the split, only images (synthetic, no real sample needed)."""
+    run = tmp_path / "run"
+    config = LocalizerConfig().with_overrides(TINY)
+    train_localizer(config, synthetic_dir, synthetic_dir / "train_label_coordinates.csv", run, progress=False)
+    coords, report = localize(synthetic_dir, "test", run, progress=False)
+    index, _ = build_index(synthetic_dir, "test", progress=False)
+    assert set(report.rows_per_study) == set(index["study_id"])
+    for study, rows in index.groupby("study_id"):
+        kinds = set(rows["series_description"])
+        expected = 5 * ("Sagittal T2/STIR" in kinds) + 10 * ("Sagittal T1" in kinds) + 10 * (
+            {"Sagittal T2/STIR", "Axial T2"} <= kinds)  # fmt: skip
+        assert report.rows_per_study[study] == expected == (coords["study_id"] == study).sum()

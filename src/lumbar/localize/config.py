@@ -139,6 +139,11 @@ class LocalizerConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def from_overrides(cls, overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> LocalizerConfig:
+        """The defaults with `overrides` applied (see `with_overrides`)."""
+        return cls().with_overrides(overrides, **kwargs)
+
+    @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> LocalizerConfig:
         """Rebuild from `to_dict` output (a run's manifest), casting and checking every key."""
         return cls().with_overrides(values)

@@ -8,9 +8,11 @@ while heatmaps reach pixel accuracy (the top competition localizers used heatmap
 Why 2.5D: a sagittal stack resampled to D slices is the encoder's D input channels (one forward pass
 per series, cheap enough for CPU training); the head outputs, per point, D x h x w logits, one softmax over
 all of them, i.e. a joint distribution over (slice, row, column). The slice comes from its marginal over
-(row, column) and the in-plane position from the marginal over slices, each refined by a local
-soft-argmax for sub-pixel (sub-slice) precision. The axial model is the same network with D = 1 and the
-slice and its neighbours as channels.
+(row, column) and the in-plane position from the marginal over slices, each refined to a fraction of a bin
+(log-parabola through the peak). The five levels of a column are decoded jointly (`decode_columns`). The
+axial model is the same network with D = 1 and the slice and its neighbours as channels. The default
+heatmap is full resolution (`out_stride` 1): on the synthetic held-out set the spinal error was 2.9 mm
+median at stride 2 (64 decoder channels), 1.1 mm at stride 1 (32 channels).
 
 Targets are separable Gaussians around the labelled point (in heatmap pixels and in slices); the loss is
 the cross-entropy between the softmax and that target, averaged over labelled points only.

@@ -7,8 +7,8 @@ Per study:
 3. The predicted spinal points -> `lumbar.localize.axial.map_axial` -> each level's axial slice; that slice
    and its neighbours -> the left and right subarticular points (`axial`); both sides share the slice.
 
-The five points of one column (spinal; each foramen side) are put in head-to-foot order (rows increasing)
-before levels are assigned: the model predicts each level separately and, rarely, two neighbours swap.
+The five points of one column (spinal; each foramen side) are decoded jointly in head-to-foot order
+(`heatmap.decode_columns`); a final sort by row keeps that order when decoding fell back to single points.
 When a study has several series of one kind, the one with the largest stack is read (ties: lowest id).
 A study missing a series, or whose series cannot be read, gets the rows that can still be predicted; the
 report lists what is missing and why.

@@ -46,6 +46,27 @@ MANIFEST_KEY = "localizer"
 MODEL_DIR = "localizer"
 
 
+def holdout_split(study_ids, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Split study ids into (train, held out), a `fraction` held out at random (at least one when > 0).
+
+    Args:
+        study_ids: the studies.
+        fraction: share held out, in [0, 1).
+        seed: the draw.
+
+    Returns:
+        Two sorted arrays of study ids.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
+    ids = np.unique(np.asarray(list(study_ids), dtype=np.int64))
+    n_out = 0 if fraction == 0 else max(1, round(fraction * len(ids)))
+    if n_out >= len(ids):
+        raise ValueError(f"holding out {n_out} of {len(ids)} studies leaves none to train on")
+    out = np.random.default_rng(seed).choice(ids, size=n_out, replace=False)
+    return np.setdiff1d(ids, out), np.sort(out)
+
+
 def build_model(task: Task, config: LocalizerConfig, pretrained_path: str | None = None) -> HeatmapNet:
     """The heatmap network of a task under a config (the same call at training and at inference)."""
     if task.plane == "sagittal":
