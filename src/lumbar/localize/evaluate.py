@@ -126,11 +126,3 @@ def cli_localize_eval(args: argparse.Namespace) -> int:
     print(summary_line(table))
     return 0
 
-
-def holdout_split(study_ids, fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
-    """Studies to train the localizer on and studies held out to measure it (at least one each when possible)."""
-    ids = sorted(int(s) for s in study_ids)
-    rng = np.random.default_rng(seed)
-    n_hold = min(max(round(fraction * len(ids)), 1 if fraction > 0 else 0), max(len(ids) - 1, 0))
-    held = set(rng.permutation(ids)[:n_hold].tolist())
-    return [s for s in ids if s not in held], sorted(held)
