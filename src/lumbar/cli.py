@@ -106,6 +106,7 @@ def _train_localizer(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=None, help="comma-separated: sag_t2,sag_t1,axial")
     p.add_argument("--max-studies", type=int, default=None, help="train on the first N studies only")
     p.add_argument("--workers", type=int, default=None, help="processes reading headers for the index")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is faster on a busy machine)")
     p.add_argument("--index", default=None, help="header index parquet of the train split to reuse")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any other LocalizerConfig field")
 

@@ -16,5 +16,6 @@ weights it reaches pixel accuracy where a regression head mostly learns the mean
 
 Modules: `config` (typed settings), `tasks` (targets), `volumes` (inputs, cache), `heatmap` (network,
 loss, decoding), `augment`, `train` (`python -m lumbar train-localizer`), `predict` (`localize`),
-`evaluate` (`localize-eval`), `axial` (sagittal-to-axial mapping), `device`.
+`evaluate` (`localize-eval`), `axial` (sagittal-to-axial mapping), `fit` (the training loop), `slice_refine`
+(slice scorer).
 """

@@ -57,6 +57,8 @@ class LocalizerConfig:
         seed: random seed of initialisation, shuffling and augmentation.
         max_studies: train on at most this many studies (0 = all), for smoke runs.
         workers: processes reading DICOM headers for the index.
+        threads: torch CPU threads (0 = torch's default); 1 is faster than 2 on a machine whose cores are
+            busy with other work (OpenMP threads wait on each other).
     """
 
     backbone: str = "resnet18"
@@ -93,6 +95,7 @@ class LocalizerConfig:
     seed: int = 0
     max_studies: int = 0
     workers: int = 1
+    threads: int = 0
 
     def __post_init__(self):
         if self.size < 32 or self.size % 32:
@@ -101,6 +104,8 @@ class LocalizerConfig:
             raise ValueError("slices must be >= 1, axial_neighbors and axial_slice_shift >= 0")
         if self.out_stride not in (1, 2, 4, 8):
             raise ValueError(f"out_stride must be 1, 2, 4 or 8, got {self.out_stride}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
         if self.epochs < 1 or self.batch_size < 1 or self.axial_epochs < 0 or self.refine_epochs < 0:
             raise ValueError("epochs and batch_size must be >= 1, axial_epochs and refine_epochs >= 0")
         if self.refine_window < 1 or self.refine_size < 8 or self.refine_crop_mm <= 0:

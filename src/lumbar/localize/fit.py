@@ -1,7 +1,9 @@
 """The localizer's one training loop: AdamW, one-cycle schedule, AMP on CUDA, a tqdm bar.
 
 Each model supplies how to draw a batch (inputs and targets, augmented) and its loss; the loop does the
-rest, so the heatmap models and the slice scorer train the same way.
+rest, so the heatmap models and the slice scorer train the same way. Device, AMP dtype and CPU threads
+come from the engine's `lumbar.train.runtime` (decided once, in one place). The localizer trains in one
+process (its data is a few hundred samples); distributed training is the classifiers' business.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lumbar.localize.config import LocalizerConfig
-from lumbar.localize.device import autocast
+from lumbar.train.runtime import Runtime
 
 #: (sample indices, numpy rng, torch generator) -> (inputs, targets) on the device.
 BatchFn = Callable[[np.ndarray, np.random.Generator, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
@@ -22,9 +24,8 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def fit(model: torch.nn.Module, n_samples: int, batch: BatchFn, loss_fn: LossFn, epochs: int,
-        config: LocalizerConfig, device: torch.device, desc: str = "train",
-        progress: bool = True) -> list[float]:  # fmt: skip
-    """Train `model` (already on `device`) in place; returns the mean loss of each epoch.
+        config: LocalizerConfig, runtime: Runtime, desc: str = "train", progress: bool = True) -> list[float]:  # fmt: skip
+    """Train `model` (already on the runtime's device) in place; returns the mean loss of each epoch.
 
     Args:
         model: the network.
@@ -32,8 +33,8 @@ def fit(model: torch.nn.Module, n_samples: int, batch: BatchFn, loss_fn: LossFn,
         batch: draws a batch's inputs and targets, with augmentation.
         loss_fn: the loss of a batch.
         epochs: passes over the samples.
-        config: batch size, learning rate, weight decay, AMP, seed.
-        device: where the model is.
+        config: batch size, learning rate, weight decay, seed.
+        runtime: device and AMP (`lumbar.train.runtime.setup_runtime`).
         desc: progress bar label.
         progress: show the bar.
     """
@@ -43,8 +44,7 @@ def fit(model: torch.nn.Module, n_samples: int, batch: BatchFn, loss_fn: LossFn,
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = int(np.ceil(n_samples / config.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps * epochs, pct_start=0.15)
-    use_amp = config.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_scaler)
     history = []
     bar = tqdm(total=steps * epochs, desc=desc, unit="step", disable=not progress)
     model.train()
@@ -53,7 +53,7 @@ def fit(model: torch.nn.Module, n_samples: int, batch: BatchFn, loss_fn: LossFn,
         losses = []
         for start in range(0, n_samples, config.batch_size):
             x, y = batch(order[start : start + config.batch_size], rng, gen)
-            with autocast(device, use_amp):
+            with runtime.autocast():
                 out = model(x)
             loss = loss_fn(out, y)
             opt.zero_grad(set_to_none=True)

@@ -34,7 +34,6 @@ from lumbar.data.index import load_or_build_index, series_geometry
 from lumbar.data.tables import COORDINATE_COLUMNS, write_coordinates
 from lumbar.localize.axial import AXIAL_MAP_COLUMNS, map_axial, sagittal_points_mm
 from lumbar.localize.config import LocalizerConfig
-from lumbar.localize.device import autocast, resolve_device
 from lumbar.localize.heatmap import HeatmapNet, decode_columns, decode_heatmaps
 from lumbar.localize.slice_refine import SliceScorer, refine_slices
 from lumbar.localize.tasks import TASKS, Task
@@ -42,6 +41,7 @@ from lumbar.localize.train import MANIFEST_KEY, build_model, build_scorer, crop_
 from lumbar.localize.volumes import axial_input, normalize_intensity, sagittal_input
 from lumbar.manifest import manifest_path, read_manifest
 from lumbar.paths import data_root, series_dir
+from lumbar.train.runtime import resolve_device
 
 
 @dataclass
@@ -73,6 +73,8 @@ class LocalizeReport:
 
 class Localizer:
     """The trained models of a run, ready to predict.
+
+    Inference runs in float32 (a few forward passes per study; no mixed precision needed).
 
     Args:
         run: run folder whose manifest has a "localizer" entry (written by `lumbar.localize.train`).
@@ -107,8 +109,7 @@ class Localizer:
         Sagittal tasks decode each column of 5 levels jointly (`decode_columns`), in head-to-foot order.
         """
         x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device)
-        with autocast(self.device, self.config.amp):
-            logits = self.models[task](x)
+        logits = self.models[task](x)
         if TASKS[task].plane == "sagittal":
             n = len(LEVELS)
             columns = [range(i, i + n) for i in range(0, len(TASKS[task].points), n)]

@@ -31,7 +31,6 @@ from lumbar.data.index import load_or_build_index
 from lumbar.data.tables import load_coordinates
 from lumbar.localize.augment import random_affine, random_depth_affine, random_intensity, random_mirror
 from lumbar.localize.config import LocalizerConfig, parse_assignments
-from lumbar.localize.device import resolve_device
 from lumbar.localize.fit import fit, save_state
 from lumbar.localize.heatmap import HeatmapNet, heatmap_loss
 from lumbar.localize.slice_refine import CropGeometry, SliceScorer, draw_batch, scorer_loss, training_crops
@@ -39,6 +38,7 @@ from lumbar.localize.tasks import Task, axial_samples, get_task, placed_coordina
 from lumbar.localize.volumes import axial_input, cached_array, normalize_intensity, sagittal_input
 from lumbar.manifest import manifest_path, update_manifest
 from lumbar.paths import data_root, series_dir
+from lumbar.train.runtime import Runtime, setup_runtime, teardown_runtime
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,17 @@ def train_localizer(config: LocalizerConfig, data_dir: str | os.PathLike | None,
     else:
         index = index[index["study_id"].isin(studies)]
     placed = placed_coordinates(table[table["study_id"].isin(studies)], index)
-    device = resolve_device(config.device)
+    runtime = setup_runtime(config.device, amp=config.amp, channels_last=False, threads=config.threads)
+    try:
+        return _train_all(config, placed, root, run, runtime, progress, t0)
+    finally:
+        teardown_runtime(runtime)
+
+
+def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: Path, runtime: Runtime,
+               progress: bool, t0: float) -> dict:  # fmt: skip
+    """Train the heatmap models, then the slice scorers; write checkpoints and the manifest entry."""
+    device = runtime.device
     pretrained = config.pretrained_path or None
     manifest = {
         "kind": "lumbar-localizer",
@@ -284,7 +294,7 @@ def train_localizer(config: LocalizerConfig, data_dir: str | os.PathLike | None,
             continue
         model = build_model(task, config, pretrained).to(device)
         batch = _heatmap_batches(task, inputs, targets, config, device)
-        history = fit(model, len(inputs), batch, partial(_heatmap_loss, config=config), config.epochs_of(task.plane), config, device,
+        history = fit(model, len(inputs), batch, partial(_heatmap_loss, config=config), config.epochs_of(task.plane), config, runtime,
                       f"train {name}", progress)  # fmt: skip
         record(name, model, {"kind": "heatmap", "series_description": task.series_description,
                              "points": [list(p) for p in task.points], "samples": len(inputs)}, history, started)  # fmt: skip
@@ -301,7 +311,7 @@ def train_localizer(config: LocalizerConfig, data_dir: str | os.PathLike | None,
             continue
         model = build_scorer(config, pretrained).to(device)
         batch = _scorer_batches(crops, truth, config, device)
-        history = fit(model, len(crops), batch, scorer_loss, config.refine_epochs or config.epochs, config, device,
+        history = fit(model, len(crops), batch, scorer_loss, config.refine_epochs or config.epochs, config, runtime,
                       f"train {scorer_name}", progress)  # fmt: skip
         record(scorer_name, model, {"kind": "slice_scorer", "refines": name, "samples": len(crops)}, history, started)
 
@@ -314,7 +324,7 @@ def cli_train_localizer(args: argparse.Namespace) -> int:
     """`python -m lumbar train-localizer`."""
     overrides = parse_assignments(args.set)
     for name in ("epochs", "size", "slices", "backbone", "batch_size", "lr", "device", "pretrained", "seed",
-                 "tasks", "max_studies", "workers"):  # fmt: skip
+                 "tasks", "max_studies", "workers", "threads"):  # fmt: skip
         value = getattr(args, name, None)
         if value is not None:
             overrides["pretrained_path" if name == "pretrained" else name] = value
