@@ -28,25 +28,40 @@ def command(name: str, target: str, help: str) -> Callable[[Register], Register]
     return decorate
 
 
-@command("synth", "lumbar.data.synthetic.generate:cli_synth", "write a synthetic data folder in the competition's layout")
+@command(
+    "synth",
+    "lumbar.data.synthetic.generate:cli_synth",
+    "write a synthetic data folder in the competition's layout",
+)
 def _synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="data folder to write")
     p.add_argument("--studies", type=int, default=60, help="training studies")
     p.add_argument("--test-studies", type=int, default=5, help="test studies")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=160, help="nominal image width in pixels (real files: 320-512)")
+    p.add_argument(
+        "--image-size", type=int, default=160, help="nominal image width in pixels (real files: 320-512)"
+    )
     p.add_argument("--label-noise", type=float, default=0.05, help="share of grades written without looking")
-    p.add_argument("--workers", type=int, default=1, help="processes drawing studies (output does not depend on it)")
-    p.add_argument("--oracle", default=None, help="also write the oracle submission for every study to this CSV")
+    p.add_argument(
+        "--workers", type=int, default=1, help="processes drawing studies (output does not depend on it)"
+    )
+    p.add_argument(
+        "--oracle", default=None, help="also write the oracle submission for every study to this CSV"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing train_images/ and test_images/")
 
 
-@command("synth-figure", "lumbar.data.synthetic.figure:cli_synth_figure",
-         "PNG of one study's three series with its label points")
+@command(
+    "synth-figure",
+    "lumbar.data.synthetic.figure:cli_synth_figure",
+    "PNG of one study's three series with its label points",
+)
 def _synth_figure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", required=True, help="data folder in the competition's layout")
     p.add_argument("--out", required=True, help="PNG to write")
-    p.add_argument("--study-id", type=int, default=None, help="default: a complete study with many non-normal grades")
+    p.add_argument(
+        "--study-id", type=int, default=None, help="default: a complete study with many non-normal grades"
+    )
 
 
 @command("index", "lumbar.data.index:cli_index", "one row per DICOM file (headers only) -> parquet")
@@ -57,34 +72,94 @@ def _index(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes reading headers")
 
 
-@command("map-axial", "lumbar.localize.axial:cli_map_axial", "sagittal spinal-canal points -> nearest axial slice")
+@command(
+    "map-axial", "lumbar.localize.axial:cli_map_axial", "sagittal spinal-canal points -> nearest axial slice"
+)
 def _map_axial(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--coords", required=True, help="coordinates CSV (train_label_coordinates format)")
-    p.add_argument("--out", required=True, help="output CSV: study_id, level, axial_series_id, instance_number, distance_mm")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output CSV: study_id, level, axial_series_id, instance_number, distance_mm",
+    )
     p.add_argument("--split", choices=["train", "test"], default="train")
     p.add_argument("--max-distance-mm", type=float, default=10.0)
     p.add_argument("--index", default=None, help="header index parquet to reuse (built on the fly otherwise)")
 
 
+@command("train-localizer", "lumbar.localize.train:cli_train_localizer",
+         "train the level localizer (sagittal and axial keypoint models) from label coordinates")
+def _train_localizer(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None, help="competition data folder (train split)")
+    p.add_argument("--coords", required=True, help="train_label_coordinates.csv")
+    p.add_argument("--run", required=True, help="run folder (checkpoints, cache, localizer.json)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--size", type=int, default=None, help="slices resized to SIZE x SIZE")
+    p.add_argument("--slices", type=int, default=None, help="sagittal stacks resampled to this many slices")
+    p.add_argument("--backbone", default=None, help="timm encoder name, e.g. resnet18")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--device", default=None, help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--pretrained", default=None, help="local encoder weights file (never downloaded)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--tasks", default=None, help="comma-separated: sag_t2,sag_t1,axial")
+    p.add_argument("--max-studies", type=int, default=None, help="train on the first N studies only")
+    p.add_argument("--workers", type=int, default=None, help="processes reading headers for the index")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is faster on a busy machine)")
+    p.add_argument("--index", default=None, help="header index parquet of the train split to reuse")
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any other LocalizerConfig field")
+
+
+@command("localize", "lumbar.localize.predict:cli_localize", "predicted label coordinates for a split")
+def _localize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--split", choices=["train", "test"], default="test")
+    p.add_argument("--run", required=True, help="run folder with localizer.json")
+    p.add_argument("--out", required=True, help="output CSV (train_label_coordinates format)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--index", default=None, help="header index parquet of the split to reuse")
+    p.add_argument("--axial-max-distance-mm", type=float, default=float("inf"),
+                   help="levels whose nearest axial slice is farther get no subarticular rows (default: none)")
+
+
+@command("localize-eval", "lumbar.localize.evaluate:cli_localize_eval",
+         "localization error of predicted coordinates against ground truth (mm, slices)")
+def _localize_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pred", required=True, help="predicted coordinates CSV")
+    p.add_argument("--truth", required=True, help="ground-truth coordinates CSV")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--split", choices=["train", "test"], default="train")
+    p.add_argument("--index", default=None, help="header index parquet of the split to reuse")
+
+
 @command("score", "lumbar.evaluate.metric:cli_score", "the competition metric of a submission or a baseline")
 def _score(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--labels", required=True, help="label CSV in train.csv format (train.csv, test_labels.csv)")
+    p.add_argument(
+        "--labels", required=True, help="label CSV in train.csv format (train.csv, test_labels.csv)"
+    )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--submission", help="submission CSV; the labels of its studies are scored")
     what.add_argument(
-        "--baseline", choices=["uniform", "prior", "prior_condition"],
+        "--baseline",
+        choices=["uniform", "prior", "prior_condition"],
         help="score a baseline on every labelled study: uniform, condition x level prior, per-condition prior",
     )
-    p.add_argument("--prior-labels", default=None, help="label CSV to fit the prior baselines on (default: --labels)")
+    p.add_argument(
+        "--prior-labels", default=None, help="label CSV to fit the prior baselines on (default: --labels)"
+    )
 
 
 @command("pipeline", "lumbar.pipeline:cli_pipeline", "run the numbered notebooks with papermill")
 def _pipeline(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="configs/NAME.yaml")
-    p.add_argument("--from", dest="start", default=None, help="start at this notebook (output name or prefix)")
+    p.add_argument(
+        "--from", dest="start", default=None, help="start at this notebook (output name or prefix)"
+    )
     p.add_argument("--only", default=None, help="run just this notebook (output name or prefix)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="parameter for every notebook (YAML value)")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="parameter for every notebook (YAML value)"
+    )
 
 
 @command("train", "lumbar.train.command:cli_train", "train one architecture on one task mode (also under torchrun)")
@@ -158,6 +233,27 @@ def _preprocess(p: argparse.ArgumentParser) -> None:
 def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="configs/demo.yaml")
     p.add_argument("--workers", type=int, default=2, help="processes for data generation")
+
+
+@command(
+    "predict", "lumbar.inference.predict:cli_predict", "index, localize, crop, classify, blend: a submission"
+)
+def _predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--split", choices=["train", "test"], default="test")
+    p.add_argument("--run", required=True, help="run folder (manifest with localizer, classifiers, ensemble)")
+    p.add_argument("--out", required=True, help="submission CSV")
+    p.add_argument("--work-dir", default=None, help="scratch folder for crops (default: RUN/predict_<split>)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--chunk-studies", type=int, default=16, help="studies per chunk (bounds memory)")
+    p.add_argument("--workers", type=int, default=1)
+
+
+@command("validate-submission", "lumbar.inference.submission:cli_validate_submission", "check a submission")
+def _validate_submission(p: argparse.ArgumentParser) -> None:
+    p.add_argument("submission", help="submission CSV")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--split", choices=["train", "test"], default="test")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,8 @@ first offending rows, so a broken file can be fixed without a debugger.
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -14,7 +16,14 @@ import numpy as np
 import pandas as pd
 
 from lumbar.constants import GRADES
-from lumbar.data.tables import SUBMISSION_COLUMNS, write_csv
+from lumbar.data.tables import (
+    SUBMISSION_COLUMNS,
+    load_series_descriptions,
+    load_submission,
+    submission_row_ids,
+    write_csv,
+)
+from lumbar.paths import data_root, images_dir
 
 #: Tolerance on a row's probability sum.
 SUM_TOLERANCE = 1e-6
@@ -117,7 +126,9 @@ def normalize_rows(df: pd.DataFrame, columns: Iterable[str] = GRADES) -> pd.Data
     bad = ~np.isfinite(values).all(axis=1) | (values < 0).any(axis=1) | ~(sums > 0)
     if bad.any():
         ids = df["row_id"].astype(str).to_numpy() if "row_id" in df else np.arange(len(df)).astype(str)
-        raise SubmissionError(f"cannot normalise rows with NaN, negative or all-zero values: {first_of(ids[bad])}")
+        raise SubmissionError(
+            f"cannot normalise rows with NaN, negative or all-zero values: {first_of(ids[bad])}"
+        )
     out = df.copy()
     out[columns] = values / sums[:, None]
     return out
@@ -139,10 +150,40 @@ def write_submission(df: pd.DataFrame, path: str | Path, order: Iterable[str] | 
     if order is not None:
         order = pd.Index(pd.Series(list(order), dtype=str))
         if order.has_duplicates:
-            raise SubmissionError(f"{name}: duplicate row_id(s) in the requested order: {first_of(order[order.duplicated()])}")
+            raise SubmissionError(
+                f"{name}: duplicate row_id(s) in the requested order: {first_of(order[order.duplicated()])}"
+            )
         validate_submission(df, expected_row_ids=order, name=name)
         out = df.assign(row_id=df["row_id"].astype(str)).set_index("row_id").loc[order].reset_index()
     else:
         validate_submission(df, name=name)
         out = df.assign(row_id=df["row_id"].astype(str))
     return write_csv(out[SUBMISSION_COLUMNS], path)
+
+
+def split_studies(root: str | Path, split: str) -> list[int]:
+    """The studies a submission for a split must cover: those of the series CSV and any study folder."""
+    root = Path(root)
+    studies = set()
+    csv = root / f"{split}_series_descriptions.csv"
+    if csv.is_file():
+        studies |= set(load_series_descriptions(csv)["study_id"].tolist())
+    base = images_dir(root, split)
+    if base.is_dir():
+        studies |= {int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()}
+    if not studies:
+        raise FileNotFoundError(f"{root}: neither {csv.name} nor {base.name}/ lists any study")
+    return sorted(studies)
+
+
+def cli_validate_submission(args: argparse.Namespace) -> int:
+    """`python -m lumbar validate-submission`: exit 0 when the file covers exactly the split's studies."""
+    try:
+        sub = load_submission(args.submission)
+        studies = split_studies(data_root(args.data_dir), args.split)
+        validate_submission(sub, expected_row_ids=submission_row_ids(studies), name=str(args.submission))
+    except (SubmissionError, FileNotFoundError, ValueError) as e:
+        print(f"invalid: {e}", file=sys.stderr)
+        return 2
+    print(f"valid: {args.submission}: {len(sub)} rows, {len(studies)} studies of {args.split}, rows sum to 1")
+    return 0

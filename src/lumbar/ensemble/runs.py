@@ -1,0 +1,77 @@
+"""Fit the ensemble of a run folder's classifiers and record it in the manifest (the 04_ensemble notebook).
+
+Writes `<run>/ensemble/`: params.json (used at test time), fold_params.json, oof.csv (the blended,
+calibrated out-of-fold predictions) and scores.csv (every model, the plain mean, the blend), and the
+manifest's `ensemble` entry that `predict` and `kaggle-bundle` read.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from lumbar.data.tables import load_labels, load_submission, write_csv
+from lumbar.ensemble.blend import EnsembleResult, fit_ensemble
+from lumbar.manifest import read_manifest, update_manifest, write_json
+from lumbar.paths import data_root
+
+ENSEMBLE_DIR = "ensemble"
+
+
+def competition_classifiers(manifest: dict) -> list[str]:
+    """Names of the run's classifiers trained in competition mode (the ones that can be blended)."""
+    return [name for name, c in manifest.get("classifiers", {}).items() if c.get("mode") == "competition"]
+
+
+def fit_run_ensemble(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+                     models: list[str] | None = None, per_group: bool = True, calibrate: bool = True,
+                     folds_csv: str = "folds.csv") -> EnsembleResult:  # fmt: skip
+    """Fit fold-wise blend + calibration on the classifiers' OOF predictions and record it.
+
+    Args:
+        run_dir: the run folder (manifest with `classifiers`).
+        data_dir: data folder with train.csv (labels).
+        models: classifier names (default: every competition-mode classifier of the manifest).
+        per_group: blend weights per metric group, else one vector.
+        calibrate: fit temperatures and the spinal severe scale.
+        folds_csv: the run's folds file, relative to the run folder.
+    """
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    names = models or competition_classifiers(manifest)
+    if not names:
+        raise ValueError(f"{run_dir}/manifest.json lists no competition-mode classifier to blend")
+    classifiers = manifest.get("classifiers", {})
+    unknown = [n for n in names if n not in classifiers]
+    if unknown:
+        raise KeyError(
+            f"{run_dir}/manifest.json has no classifier(s) {unknown}; it has {sorted(classifiers)}"
+        )
+    preds = {n: load_submission(run_dir / classifiers[n]["oof"]) for n in names}
+    labels = load_labels(data_root(data_dir) / "train.csv")
+    folds = pd.read_csv(run_dir / folds_csv)
+    result = fit_ensemble(preds, labels, folds, per_group=per_group, calibrate=calibrate)
+
+    out = run_dir / ENSEMBLE_DIR
+    write_json(result.params.to_dict(), out / "params.json")
+    write_json({k: v.to_dict() for k, v in result.fold_params.items()}, out / "fold_params.json")
+    write_csv(result.oof, out / "oof.csv")
+    write_csv(result.scores, out / "scores.csv")
+    blended = result.scores.set_index("model").loc["blend + calibration (out-of-fold)"]
+    update_manifest(
+        run_dir,
+        "ensemble",
+        {
+            "models": names,
+            "params": f"{ENSEMBLE_DIR}/params.json",
+            "oof": f"{ENSEMBLE_DIR}/oof.csv",
+            "scores": f"{ENSEMBLE_DIR}/scores.csv",
+            "folds": folds_csv,
+            "per_group": per_group,
+            "calibrate": calibrate,
+            "oof_score": float(blended["score"]),
+        },
+    )
+    return result

@@ -1,0 +1,128 @@
+"""Localization error of predicted coordinates against ground truth, in millimetres and in slices.
+
+For each ground-truth point (study, condition, level) of a study that has images in the data folder:
+- `error_mm`: in-plane distance. Both points go to patient space through their instance's DICOM geometry
+  (pixel -> mm from the index); the difference is projected onto the truth slice's plane, so the
+  error measures the point on the image and does not double-count a slice miss, which `slice_error`
+  reports. `error_3d_mm` is the full distance, slice offset included.
+- `slice_error`: |slice index difference| within the truth's stack; a prediction on another series or
+  stack has no slice error (it counts as neither exact nor within +-1).
+- missing: a truth point without a prediction (or with a prediction whose instance is not in the data).
+
+Summaries: per condition and over all points, fractions over every truth point (a missing point counts
+as a miss), the median over the points that have a prediction.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+
+from lumbar.constants import CONDITIONS
+from lumbar.data.dicom import pixel_to_patient
+from lumbar.data.index import load_or_build_index, series_geometry
+from lumbar.data.tables import load_coordinates
+from lumbar.paths import data_root
+
+KEYS = ["study_id", "condition", "level"]
+ERROR_COLUMNS = KEYS + ["missing", "error_mm", "error_3d_mm", "slice_error"]
+
+
+def _geometry(coords: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
+    """Patient position (mm), slice normal, and stack place of each coordinate row (NaN when unknown)."""
+    ikeys = ["study_id", "series_id", "instance_number"]
+    cols = ikeys + ["stack_index", "slice_index", "ipp_x", "ipp_y", "ipp_z"] + [f"iop_{i}" for i in range(6)] + [
+        "pixel_spacing_row", "pixel_spacing_col"]  # fmt: skip
+    merged = coords.merge(index[cols].drop_duplicates(ikeys), on=ikeys, how="left")
+    g = series_geometry(merged)
+    mm = pixel_to_patient(g["positions"], g["orientations"], g["spacings"], merged["x"].to_numpy(float),
+                          merged["y"].to_numpy(float))  # fmt: skip
+    normal = np.cross(g["orientations"][:, :3], g["orientations"][:, 3:])
+    normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+    out = merged[KEYS + ["series_id", "stack_index", "slice_index"]].copy()
+    out[["px", "py", "pz"]] = mm
+    out[["nx", "ny", "nz"]] = normal
+    return out
+
+
+def localization_errors(pred: pd.DataFrame, truth: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
+    """One row per evaluable truth point: `ERROR_COLUMNS`.
+
+    Args:
+        pred, truth: coordinate tables (snake-case names, `lumbar.data.tables.load_coordinates`).
+        index: header index of the studies' images; truth points whose instance is not in it (no images
+            here) are not evaluated.
+    """
+    truth = truth.drop_duplicates(KEYS)
+    truth = truth[truth["study_id"].isin(index["study_id"].unique())]
+    t = _geometry(truth, index)
+    t = t[t[["px", "py", "pz"]].notna().all(axis=1)]
+    p = _geometry(pred.drop_duplicates(KEYS), index)
+    p = p[p[["px", "py", "pz"]].notna().all(axis=1)]
+    m = t.merge(p, on=KEYS, how="left", suffixes=("", "_p"))
+    missing = m["px_p"].isna().to_numpy()
+    d = m[["px_p", "py_p", "pz_p"]].to_numpy(float) - m[["px", "py", "pz"]].to_numpy(float)
+    n = m[["nx", "ny", "nz"]].to_numpy(float)
+    in_plane = d - (d * n).sum(1, keepdims=True) * n
+    same_stack = (m["series_id"] == m["series_id_p"]) & (m["stack_index"] == m["stack_index_p"])
+    slice_error = np.where(same_stack, (m["slice_index"] - m["slice_index_p"]).abs(), np.nan)
+    out = m[KEYS].copy()
+    out["missing"] = missing
+    out["error_mm"] = np.linalg.norm(in_plane, axis=1)
+    out["error_3d_mm"] = np.linalg.norm(d, axis=1)
+    out["slice_error"] = slice_error
+    return out.reset_index(drop=True)
+
+
+def _summary(errors: pd.DataFrame) -> dict:
+    n = len(errors)
+    present = errors[~errors["missing"]]
+
+    def fraction(hit: pd.Series) -> float:
+        return float(hit.sum()) / n if n else float("nan")
+
+    return {
+        "points": n,
+        "missing": int(errors["missing"].sum()),
+        "median_mm": float(present["error_mm"].median()) if len(present) else float("nan"),
+        "within5mm": fraction(errors["error_mm"] <= 5.0),
+        "within10mm": fraction(errors["error_mm"] <= 10.0),
+        "slice_exact": fraction(errors["slice_error"] == 0),
+        "slice_pm1": fraction(errors["slice_error"] <= 1),
+        "median_3d_mm": float(present["error_3d_mm"].median()) if len(present) else float("nan"),
+    }
+
+
+def summarize(errors: pd.DataFrame) -> pd.DataFrame:
+    """Per-condition rows (competition order, conditions present only) and a final "all" row."""
+    rows = {c: _summary(errors[errors["condition"] == c]) for c in CONDITIONS if (errors["condition"] == c).any()}
+    rows["all"] = _summary(errors)
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("condition")
+
+
+def summary_line(summary: pd.DataFrame) -> str:
+    """The last line of `localize-eval` (over all points)."""
+    a = summary.loc["all"]
+    return (f"localize: within5mm={a['within5mm']:.4f} within10mm={a['within10mm']:.4f} "
+            f"slice_exact={a['slice_exact']:.4f} slice_pm1={a['slice_pm1']:.4f} "
+            f"median_mm={a['median_mm']:.3f} missing={int(a['missing'])}")  # fmt: skip
+
+
+def cli_localize_eval(args: argparse.Namespace) -> int:
+    """`python -m lumbar localize-eval`: the per-condition table, then the summary line."""
+    root = data_root(args.data_dir, must_exist=True)
+    pred, truth = load_coordinates(args.pred), load_coordinates(args.truth)
+    studies = sorted(set(pred["study_id"]) | set(truth["study_id"]))
+    index = pd.read_parquet(args.index) if args.index else load_or_build_index(root, args.split, studies=studies)
+    errors = localization_errors(pred, truth, index)
+    if errors.empty:
+        print(f"localize-eval: no truth point of {args.truth} has images in {root} ({args.split})")
+        return 1
+    table = summarize(errors)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    print(summary_line(table))
+    return 0
+

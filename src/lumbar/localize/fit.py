@@ -1,0 +1,78 @@
+"""The localizer's one training loop: AdamW, one-cycle schedule, AMP on CUDA, a tqdm bar.
+
+Each model supplies how to draw a batch (inputs and targets, augmented) and its loss; the loop does the
+rest, so the heatmap models and the slice scorer train the same way. Device, AMP dtype and CPU threads
+come from the engine's `lumbar.train.runtime` (decided once, in one place). The localizer trains in one
+process (its data is a few hundred samples); distributed training is the classifiers' business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lumbar.localize.config import LocalizerConfig
+from lumbar.train.runtime import Runtime
+
+#: (sample indices, numpy rng, torch generator) -> (inputs, targets) on the device.
+BatchFn = Callable[[np.ndarray, np.random.Generator, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+#: (model output, targets) -> scalar loss.
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def fit(model: torch.nn.Module, n_samples: int, batch: BatchFn, loss_fn: LossFn, epochs: int,
+        config: LocalizerConfig, runtime: Runtime, desc: str = "train", progress: bool = True) -> list[float]:  # fmt: skip
+    """Train `model` (already on the runtime's device) in place; returns the mean loss of each epoch.
+
+    Args:
+        model: the network.
+        n_samples: samples per epoch (indices 0..n-1 are shuffled and passed to `batch`).
+        batch: draws a batch's inputs and targets, with augmentation.
+        loss_fn: the loss of a batch.
+        epochs: passes over the samples.
+        config: batch size, learning rate, weight decay, seed.
+        runtime: device and AMP (`lumbar.train.runtime.setup_runtime`).
+        desc: progress bar label.
+        progress: show the bar.
+    """
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = int(np.ceil(n_samples / config.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps * epochs, pct_start=0.15)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_scaler)
+    history = []
+    bar = tqdm(total=steps * epochs, desc=desc, unit="step", disable=not progress)
+    model.train()
+    for epoch in range(epochs):
+        order = rng.permutation(n_samples)
+        losses = []
+        for start in range(0, n_samples, config.batch_size):
+            x, y = batch(order[start : start + config.batch_size], rng, gen)
+            with runtime.autocast():
+                out = model(x)
+            loss = loss_fn(out, y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            losses.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.3f}")
+        history.append(float(np.mean(losses)))
+    bar.close()
+    model.eval()
+    return history
+
+
+def save_state(model: torch.nn.Module, path) -> None:
+    """Write a model's state dict (CPU tensors) atomically; load it with `torch.load(..., weights_only=True)`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    tmp.replace(path)

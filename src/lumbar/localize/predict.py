@@ -1,0 +1,323 @@
+"""Predict label coordinates for every study of a split from a trained run (no ground truth needed).
+
+Per study:
+1. Sagittal T2/STIR -> the 5 spinal-canal points and their slice (`sag_t2`).
+2. Sagittal T1 -> left and right foramen per level, each with its own slice (`sag_t1`), the slice refined
+   by the slice scorer (`lumbar.localize.slice_refine`) when the run has one.
+3. The predicted spinal points -> `lumbar.localize.axial.map_axial` -> each level's axial slice; that slice
+   and its neighbours -> the left and right subarticular points (`axial`); both sides share the slice.
+
+The five points of one column (spinal; each foramen side) are decoded jointly in head-to-foot order
+(`heatmap.decode_columns`); a final sort by row keeps that order when decoding fell back to single points.
+When a study has several series of one kind, the one with the largest stack is read (ties: lowest id).
+A study missing a series, or whose series cannot be read, gets the rows that can still be predicted; the
+report lists what is missing and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from lumbar.constants import AXIAL_T2, CONDITIONS, LEVELS, SAGITTAL_T1, SAGITTAL_T2
+from lumbar.data.dicom import DicomReadError, Series, Stack, patient_to_pixel, read_series
+from lumbar.data.index import load_or_build_index, series_geometry
+from lumbar.data.tables import COORDINATE_COLUMNS, write_coordinates
+from lumbar.localize.axial import AXIAL_MAP_COLUMNS, map_axial, sagittal_points_mm
+from lumbar.localize.config import LocalizerConfig
+from lumbar.localize.heatmap import HeatmapNet, decode_columns, decode_heatmaps
+from lumbar.localize.slice_refine import SliceScorer, refine_slices
+from lumbar.localize.tasks import TASKS, Task
+from lumbar.localize.train import MANIFEST_KEY, build_model, build_scorer, crop_geometry
+from lumbar.localize.volumes import axial_input, normalize_intensity, sagittal_input
+from lumbar.manifest import manifest_path, read_manifest
+from lumbar.paths import data_root, series_dir
+from lumbar.train.runtime import resolve_device
+
+
+@dataclass
+class LocalizeReport:
+    """What `localize` produced: rows per study and, per study, what is missing or guessed and why."""
+
+    rows_per_study: dict[int, int] = field(default_factory=dict)
+    notes: list[tuple[int, str]] = field(default_factory=list)
+    far_axial: list[tuple[int, str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def incomplete(self) -> list[int]:
+        """Studies with fewer than the 25 rows (5 spinal, 10 foraminal, 10 subarticular)."""
+        return [s for s, n in self.rows_per_study.items() if n < len(CONDITIONS) * len(LEVELS)]
+
+    def summary(self) -> str:
+        studies, rows = len(self.rows_per_study), sum(self.rows_per_study.values())
+        head = (
+            f"localize: {studies} studies, {rows} rows ({rows / max(studies, 1):.1f} per study, 25 expected), "
+            f"{len(self.incomplete)} studies incomplete, {self.seconds:.1f} s"
+        )
+        lines = [head] + [f"  study {s}: {what}" for s, what in self.notes]
+        if self.far_axial:
+            lines.append(f"  {len(self.far_axial)} levels mapped to an axial slice more than 10 mm away, e.g. "
+                         + ", ".join(f"{s} {lv} {d:.1f} mm" for s, lv, d in self.far_axial[:5]))  # fmt: skip
+        return "\n".join(lines)
+
+
+class Localizer:
+    """The trained models of a run, ready to predict.
+
+    Inference runs in float32 (a few forward passes per study; no mixed precision needed).
+
+    Args:
+        run: run folder whose manifest has a "localizer" entry (written by `lumbar.localize.train`).
+        device: "auto", "cpu" or "cuda".
+    """
+
+    def __init__(self, run: str | os.PathLike, device: str = "auto"):
+        self.run = Path(run)
+        manifest = read_manifest(self.run)
+        if MANIFEST_KEY not in manifest:
+            raise FileNotFoundError(
+                f"{manifest_path(self.run)}: no trained localizer in this run (train one with `lumbar train-localizer`)"
+            )
+        self.manifest = manifest[MANIFEST_KEY]
+        self.config = LocalizerConfig.from_dict(self.manifest["config"])
+        self.device = resolve_device(device)
+        self.models: dict[str, HeatmapNet] = {}
+        self.scorers: dict[str, SliceScorer] = {}  # by the task whose slices they refine
+        for name, entry in self.manifest["models"].items():
+            if entry.get("kind") == "slice_scorer":
+                model, into, key = build_scorer(self.config), self.scorers, entry["refines"]
+            else:
+                model, into, key = build_model(TASKS[name], self.config), self.models, name
+            state = torch.load(self.run / entry["checkpoint"], map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+            into[key] = model.to(self.device).eval()
+
+    @torch.no_grad()
+    def predict(self, task: str, inputs: np.ndarray) -> np.ndarray:
+        """Normalised points (B, K, 3) = (u, v, z) for model inputs (B, C, S, S).
+
+        Sagittal tasks decode each column of 5 levels jointly (`decode_columns`), in head-to-foot order.
+        """
+        x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device)
+        logits = self.models[task](x)
+        if TASKS[task].plane == "sagittal":
+            n = len(LEVELS)
+            columns = [range(i, i + n) for i in range(0, len(TASKS[task].points), n)]
+            return decode_columns(logits, columns).cpu().numpy()
+        return decode_heatmaps(logits)[0].cpu().numpy()
+
+    def sagittal_points(self, task: Task, study_id: int, series_id: int, stack: Stack) -> pd.DataFrame:
+        """Coordinate rows of one sagittal task on a stack, each column of 5 levels ordered head to foot.
+
+        The slice of each point comes from the heatmap, refined by the task's slice scorer when the run
+        has one.
+        """
+        volume = stack.load()
+        pixels = normalize_intensity(volume.pixels)
+        pts = self.predict(task.name, sagittal_input(pixels, self.config.size, self.config.slices)[None])[0]
+        for start in range(0, len(task.points), len(LEVELS)):
+            block = pts[start : start + len(LEVELS)]
+            pts[start : start + len(LEVELS)] = block[np.argsort(block[:, 1], kind="stable")]
+        n = len(stack)
+        slices = np.clip(np.rint(pts[:, 2] * (n - 1)), 0, n - 1).astype(int)
+        if task.name in self.scorers:
+            h, w = pixels.shape[1:]
+            xy = np.stack([pts[:, 0] * w - 0.5, pts[:, 1] * h - 0.5], 1)
+            spacing = tuple(float(v) for v in np.median(volume.spacings, axis=0))
+            slices = refine_slices(self.scorers[task.name], pixels, spacing, xy, slices, self.config.refine_window,
+                                   crop_geometry(self.config), self.device)  # fmt: skip
+        rows = []
+        for (condition, level), (u, v, _), k in zip(task.points, pts, slices):
+            h = stack.headers[k]
+            rows.append((study_id, series_id, h.instance_number, condition, level,
+                         u * h.columns - 0.5, v * h.rows - 0.5))  # fmt: skip
+        return pd.DataFrame(rows, columns=COORDINATE_COLUMNS)
+
+    def axial_points(self, study_id: int, mapped: pd.DataFrame, series: dict[int, Series]) -> pd.DataFrame:
+        """Subarticular rows for the mapped levels (`map_axial` output rows with an instance)."""
+        task = TASKS["axial"]
+        n, shift = self.config.axial_neighbors, self.config.axial_slice_shift
+        inputs, places = [], []
+        for r in mapped.itertuples():
+            s = series[int(r.axial_series_id)]
+            stack_i, slice_i = s.stack_of_instance(int(r.instance_number))
+            stack = s.stacks[stack_i]
+            window = axial_input(stack, slice_i, n + shift, self.config.size)[shift : shift + 2 * n + 1]
+            inputs.append(window)
+            places.append((r.level, int(r.axial_series_id), stack.headers[slice_i]))
+        if not inputs:
+            return pd.DataFrame(columns=COORDINATE_COLUMNS)
+        pts = self.predict(task.name, np.stack(inputs))
+        rows = []
+        for (level, series_id, h), p in zip(places, pts):
+            for (condition, _), (u, v, _) in zip(task.points, p):
+                rows.append((study_id, series_id, h.instance_number, condition, level,
+                             u * h.columns - 0.5, v * h.rows - 0.5))  # fmt: skip
+        return pd.DataFrame(rows, columns=COORDINATE_COLUMNS)
+
+    def localize_study(self, root: Path, split: str, study_id: int, index: pd.DataFrame,
+                       axial_max_distance_mm: float = math.inf) -> tuple[pd.DataFrame, list[str], list]:  # fmt: skip
+        """Predicted coordinate rows of one study, notes on what is missing or guessed, far axial mappings.
+
+        Args:
+            root: data folder; split: "train" or "test".
+            study_id: the study.
+            index: header index rows of this study.
+            axial_max_distance_mm: levels whose nearest axial slice is farther get no subarticular rows.
+        """
+        parts, notes = [], []
+        spinal = None
+        for name, description in (("sag_t2", SAGITTAL_T2), ("sag_t1", SAGITTAL_T1)):
+            task = TASKS[name]
+            what = "spinal" if name == "sag_t2" else "foraminal"
+            if name not in self.models:
+                notes.append(f"no {name} model in the run -> no {what} points")
+                continue
+            choice = choose_stack(index, description)
+            if choice is None:
+                notes.append(f"no {description} series -> no {what} points")
+                continue
+            series_id, stack_index = choice
+            try:
+                stack = read_series(series_dir(root, split, study_id, series_id), skip_unreadable=True).stacks[stack_index]
+                rows = self.sagittal_points(task, study_id, series_id, stack)
+            except (DicomReadError, IndexError) as e:
+                notes.append(f"{description} series {series_id} unreadable ({e}) -> no {what} points")
+                continue
+            parts.append(rows)
+            if name == "sag_t2":
+                spinal = rows
+        far = []
+        if "axial" not in self.models:
+            notes.append("no axial model in the run -> no subarticular points")
+        elif spinal is None:
+            notes.append("no spinal points to map onto the axial series -> no subarticular points")
+        else:
+            found, axial_notes = axial_slices(spinal, index, axial_max_distance_mm)
+            notes += axial_notes
+            far = [(study_id, r.level, float(r.distance_mm)) for r in found.itertuples() if r.distance_mm > 10.0]
+            series = {}
+            try:
+                for sid in found["axial_series_id"].unique():
+                    series[int(sid)] = read_series(series_dir(root, split, study_id, int(sid)), skip_unreadable=True)
+                parts.append(self.axial_points(study_id, found, series))
+            except (DicomReadError, KeyError) as e:
+                notes.append(f"axial series unreadable ({e}) -> no subarticular points")
+        parts = [p for p in parts if len(p)]
+        table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COORDINATE_COLUMNS)
+        return table, notes, far
+
+
+def axial_slices(spinal: pd.DataFrame, index: pd.DataFrame,
+                 max_distance_mm: float = math.inf) -> tuple[pd.DataFrame, list[str]]:  # fmt: skip
+    """The axial slice of each level from predicted spinal points (`map_axial`), and notes on lost levels.
+
+    A point that no axial slice covers in-plane (a poor sagittal prediction, or an axial series that
+    misses a disc) gets the slice whose plane is nearest when `max_distance_mm` is infinite: a guess that
+    the report names beats a hole for the classifiers. With a finite limit such levels are left out.
+
+    Returns:
+        `map_axial` rows that have an instance, and one note per kind of lost or guessed level.
+    """
+    axial = index[index["series_description"] == AXIAL_T2].reset_index(drop=True)
+    if axial.empty:
+        return pd.DataFrame(columns=AXIAL_MAP_COLUMNS), ["no Axial T2 series -> no subarticular points"]
+    mapped = map_axial(spinal, index, max_distance_mm=max_distance_mm)
+    notes = []
+    uncovered = mapped["distance_mm"].isna()
+    if uncovered.any() and math.isinf(max_distance_mm):
+        levels = mapped.loc[uncovered, "level"]
+        pts = sagittal_points_mm(spinal.set_index("level").loc[levels].reset_index(), index)
+        g = series_geometry(axial)
+        best, x, y, dist = patient_to_pixel(g["positions"], g["orientations"], g["spacings"],
+                                            pts[["px", "py", "pz"]].to_numpy())  # fmt: skip
+        mapped.loc[uncovered, "axial_series_id"] = axial["series_id"].to_numpy()[best]
+        mapped.loc[uncovered, "instance_number"] = axial["instance_number"].to_numpy()[best]
+        mapped.loc[uncovered, ["distance_mm", "x", "y"]] = np.stack([dist, x, y], 1)
+        notes.append(f"predicted spinal point outside every axial slice at {', '.join(levels)} -> nearest plane used")
+    lost = mapped["instance_number"].isna()
+    if lost.any():
+        notes.append(f"no axial slice within {max_distance_mm} mm at {', '.join(mapped.loc[lost, 'level'])} "
+                     "-> no subarticular points there")  # fmt: skip
+    return mapped[~lost].reset_index(drop=True), notes
+
+
+def choose_stack(index: pd.DataFrame, description: str) -> tuple[int, int] | None:
+    """(series_id, stack_index) of the largest stack of a study's series with that description."""
+    rows = index[index["series_description"] == description]
+    if rows.empty:
+        return None
+    sizes = rows.groupby(["series_id", "stack_index"]).size().reset_index(name="n")
+    best = sizes.sort_values(["n", "series_id", "stack_index"], ascending=[False, True, True]).iloc[0]
+    return int(best["series_id"]), int(best["stack_index"])
+
+
+def sort_coordinates(coords: pd.DataFrame) -> pd.DataFrame:
+    """Rows ordered by study, then condition and level in the competition's order."""
+    order = coords.assign(
+        _c=coords["condition"].map({c: i for i, c in enumerate(CONDITIONS)}),
+        _l=coords["level"].map({lv: i for i, lv in enumerate(LEVELS)}),
+    )
+    return order.sort_values(["study_id", "_c", "_l"], kind="stable").drop(columns=["_c", "_l"]).reset_index(drop=True)
+
+
+def localize(data_dir: str | os.PathLike | None, split: str, run: str | os.PathLike, studies: list[int] | None = None,
+             index: pd.DataFrame | None = None, device: str = "auto", axial_max_distance_mm: float = math.inf,
+             progress: bool = True) -> tuple[pd.DataFrame, LocalizeReport]:  # fmt: skip
+    """Predicted coordinates (the `train_label_coordinates.csv` format) for the studies of a split.
+
+    Args:
+        data_dir: competition-layout data folder.
+        split: "train" or "test".
+        run: run folder with a trained localizer.
+        studies: restrict to these studies (default: every study with images).
+        index: header index of the split (built, headers only, when not given).
+        device: "auto", "cpu" or "cuda".
+        axial_max_distance_mm: a level whose nearest axial slice is farther gets no subarticular rows
+            (default: always take the nearest slice; distances over 10 mm are reported).
+        progress: tqdm bar.
+    """
+    t0 = time.perf_counter()
+    root = data_root(data_dir, must_exist=True)
+    localizer = Localizer(run, device)
+    if index is None:
+        index = load_or_build_index(root, split, studies=studies)
+    elif studies is not None:
+        index = index[index["study_id"].isin(studies)]
+    report = LocalizeReport()
+    parts = []
+    for study_id, rows in tqdm(index.groupby("study_id", sort=True), desc="localize", unit="study",
+                               disable=not progress):  # fmt: skip
+        table, notes, far = localizer.localize_study(root, split, int(study_id), rows, axial_max_distance_mm)
+        parts.append(table)
+        report.rows_per_study[int(study_id)] = len(table)
+        report.notes += [(int(study_id), m) for m in notes]
+        report.far_axial += far
+    parts = [p for p in parts if len(p)]
+    coords = sort_coordinates(pd.concat(parts, ignore_index=True)) if parts else pd.DataFrame(columns=COORDINATE_COLUMNS)
+    coords = coords.astype({"study_id": "int64", "series_id": "int64", "instance_number": "int64",
+                            "x": "float64", "y": "float64"})  # fmt: skip
+    report.seconds = time.perf_counter() - t0
+    return coords, report
+
+
+def cli_localize(args: argparse.Namespace) -> int:
+    """`python -m lumbar localize`: writes the CSV and prints the report; exit code 0 even when studies are
+    incomplete (they are listed), 1 when nothing could be predicted."""
+    index = pd.read_parquet(args.index) if args.index else None
+    coords, report = localize(args.data_dir, args.split, args.run, index=index, device=args.device,
+                              axial_max_distance_mm=args.axial_max_distance_mm)  # fmt: skip
+    write_coordinates(coords, args.out)
+    print(report.summary())
+    print(f"localize: wrote {args.out}")
+    return 0 if len(coords) else 1

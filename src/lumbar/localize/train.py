@@ -1,0 +1,343 @@
+"""Train the localizer models from `train_label_coordinates.csv` and the header index.
+
+`train_localizer(config, data_dir, coords, run)` trains, for each task of `config.tasks`
+(`lumbar.localize.tasks`), one `HeatmapNet`, then for each task of `config.refine_tasks` a slice scorer
+(`lumbar.localize.slice_refine`), and writes into the run folder:
+
+    RUN/manifest.json["localizer"]  backbone, size, slices, per-model checkpoint, points, config
+    RUN/localizer/<model>.pt        state dict (load with torch.load(..., weights_only=True))
+    RUN/localizer/cache/<inputs>/   the model inputs as float16 .npy, named after their parameters
+
+so `lumbar.localize.predict` needs only the run path. Inputs are decoded once (only the slices a model
+needs) and cached; epochs read the cache into memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from lumbar.data.dicom import DicomReadError, Series, Stack, read_series
+from lumbar.data.index import load_or_build_index
+from lumbar.data.tables import load_coordinates
+from lumbar.localize.augment import random_affine, random_depth_affine, random_intensity, random_mirror
+from lumbar.localize.config import LocalizerConfig, parse_assignments
+from lumbar.localize.fit import fit, save_state
+from lumbar.localize.heatmap import HeatmapNet, heatmap_loss
+from lumbar.localize.slice_refine import CropGeometry, SliceScorer, draw_batch, scorer_loss, training_crops
+from lumbar.localize.tasks import Task, axial_samples, get_task, placed_coordinates, sagittal_samples
+from lumbar.localize.volumes import axial_input, cached_array, normalize_intensity, sagittal_input
+from lumbar.manifest import manifest_path, update_manifest
+from lumbar.paths import data_root, series_dir
+from lumbar.train.runtime import Runtime, setup_runtime, teardown_runtime
+
+log = logging.getLogger(__name__)
+
+MANIFEST_KEY = "localizer"
+MODEL_DIR = "localizer"
+
+
+def holdout_split(study_ids, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Split study ids into (train, held out), a `fraction` held out at random (at least one when > 0).
+
+    Args:
+        study_ids: the studies.
+        fraction: share held out, in [0, 1).
+        seed: the draw.
+
+    Returns:
+        Two sorted arrays of study ids.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
+    ids = np.unique(np.asarray(list(study_ids), dtype=np.int64))
+    n_out = 0 if fraction == 0 else max(1, round(fraction * len(ids)))
+    if n_out >= len(ids):
+        raise ValueError(f"holding out {n_out} of {len(ids)} studies leaves none to train on")
+    out = np.random.default_rng(seed).choice(ids, size=n_out, replace=False)
+    return np.setdiff1d(ids, out), np.sort(out)
+
+
+def build_model(task: Task, config: LocalizerConfig, pretrained_path: str | None = None) -> HeatmapNet:
+    """The heatmap network of a task under a config (the same call at training and at inference)."""
+    if task.plane == "sagittal":
+        in_chans, depth_bins = config.slices, config.slices
+    else:
+        in_chans, depth_bins = 2 * config.axial_neighbors + 1, 1
+    return HeatmapNet(config.backbone, in_chans, len(task.points), depth_bins, config.decoder_channels,
+                      config.out_stride, pretrained_path=pretrained_path)  # fmt: skip
+
+
+def build_scorer(config: LocalizerConfig, pretrained_path: str | None = None) -> SliceScorer:
+    """The slice scorer under a config."""
+    return SliceScorer(config.refine_backbone or config.backbone, pretrained_path=pretrained_path)
+
+
+def crop_geometry(config: LocalizerConfig) -> CropGeometry:
+    return CropGeometry(config.refine_crop_mm, config.refine_size, config.refine_jitter_mm)
+
+
+def cache_dir(run: Path, task: Task, config: LocalizerConfig, kind: str = "heatmap") -> Path:
+    """Cache folder of a model's inputs, named after every parameter that shapes them."""
+    if kind == "slices":
+        g = crop_geometry(config)
+        name = f"{task.name}_slices_{g.width_mm:g}mm_{g.size}px_J{g.jitter_mm:g}mm"
+    elif task.plane == "sagittal":
+        name = f"{task.name}_{config.size}x{config.size}_{config.slices}D"
+    else:
+        name = f"{task.name}_{config.size}x{config.size}_R{config.axial_neighbors + config.axial_slice_shift}"
+    return run / MODEL_DIR / "cache" / name
+
+
+class _StackReader:
+    """Reads stacks of the train split, keeping the last series' headers and the last stack's pixels."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._series: tuple[tuple[int, int], Series] | None = None
+        self._pixels: tuple[tuple[int, int, int], np.ndarray, tuple[float, float]] | None = None
+
+    def stack(self, study_id: int, series_id: int, stack_index: int) -> Stack:
+        key = (study_id, series_id)
+        if self._series is None or self._series[0] != key:
+            self._series = (key, read_series(series_dir(self.root, "train", *key), skip_unreadable=True))
+        return self._series[1].stacks[stack_index]
+
+    def normalized(self, study_id: int, series_id: int, stack_index: int) -> tuple[np.ndarray, tuple[float, float]]:
+        """The whole stack, intensity-normalised, and its pixel spacing (rows, columns) in mm."""
+        key = (study_id, series_id, stack_index)
+        if self._pixels is None or self._pixels[0] != key:
+            volume = self.stack(*key).load()
+            spacing = tuple(float(v) for v in np.median(volume.spacings, axis=0))
+            self._pixels = (key, normalize_intensity(volume.pixels), spacing)
+        return self._pixels[1], self._pixels[2]
+
+
+def prepare_inputs(task: Task, placed: pd.DataFrame, root: Path, run: Path, config: LocalizerConfig,
+                   progress: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:  # fmt: skip
+    """Heatmap-model inputs and targets of every training sample of a task (decoded once, then cached).
+
+    Returns:
+        inputs (N, C, S, S) float16, targets (N, K, 3) float32 (NaN = unlabelled), and one line per
+        series that could not be read (those samples are left out).
+    """
+    samples = sagittal_samples(task, placed) if task.plane == "sagittal" else axial_samples(task, placed)
+    folder = cache_dir(run, task, config)
+    radius = config.axial_neighbors + config.axial_slice_shift
+    reader = _StackReader(root)
+    inputs, targets, problems = [], [], []
+    for s in tqdm(samples, desc=f"inputs {task.name}", unit="sample", disable=not progress):
+        try:
+            if task.plane == "sagittal":
+                arr = cached_array(folder / f"{s.key}.npy", lambda s=s: sagittal_input(
+                    reader.normalized(s.study_id, s.series_id, s.stack_index)[0], config.size, config.slices))
+            else:
+                arr = cached_array(folder / f"{s.key}.npy", lambda s=s: axial_input(
+                    reader.stack(s.study_id, s.series_id, s.stack_index), s.slice_index, radius, config.size))
+        except (DicomReadError, IndexError) as e:
+            problems.append(f"study {s.study_id} series {s.series_id}: {e}")
+            continue
+        inputs.append(arr)
+        targets.append(s.points)
+    if not inputs:
+        return np.zeros((0,)), np.zeros((0,)), problems
+    return np.stack(inputs).astype(np.float16), np.stack(targets).astype(np.float32), problems
+
+
+def prepare_slice_crops(task: Task, placed: pd.DataFrame, root: Path, run: Path, config: LocalizerConfig,
+                        progress: bool = True) -> tuple[list[np.ndarray], np.ndarray, list[str]]:  # fmt: skip
+    """Slice-scorer training data of a sagittal task: per labelled point, crops of every slice of its stack
+    around the true point (with jitter margin), and the true slice index. Cached like the inputs."""
+    folder = cache_dir(run, task, config, "slices")
+    geometry = crop_geometry(config)
+    reader = _StackReader(root)
+    crops, truth, problems = [], [], []
+    for s in tqdm(sagittal_samples(task, placed), desc=f"crops {task.name}", unit="stack", disable=not progress):
+        labelled = [k for k in range(len(task.points)) if not np.isnan(s.points[k, 0])]
+        try:
+            shape = reader.stack(s.study_id, s.series_id, s.stack_index).shape
+            n = len(reader.stack(s.study_id, s.series_id, s.stack_index))
+            for k in labelled:
+                u, v, z = s.points[k]
+                point = pd.DataFrame({"x": [u * shape[1] - 0.5], "y": [v * shape[0] - 0.5]})
+
+                def build(point=point, s=s):
+                    pixels, spacing = reader.normalized(s.study_id, s.series_id, s.stack_index)
+                    return training_crops(pixels, spacing, point, geometry)[0]
+
+                crops.append(cached_array(folder / f"{s.key}_{k}.npy", build))
+                truth.append(round(float(z) * (n - 1)) if n > 1 else 0)
+        except (DicomReadError, IndexError) as e:
+            problems.append(f"study {s.study_id} series {s.series_id}: {e}")
+    return crops, np.asarray(truth, dtype=int), problems
+
+
+def _heatmap_batches(task: Task, inputs: np.ndarray, targets: np.ndarray, config: LocalizerConfig,
+                     device: torch.device):  # fmt: skip
+    """The batch function of a heatmap model: inputs (axial: a shifted slice window) and augmentation."""
+    width, shift = 2 * config.axial_neighbors + 1, config.axial_slice_shift
+
+    def batch(idx: np.ndarray, rng: np.random.Generator, gen: torch.Generator):
+        arr = inputs[idx]
+        if task.plane == "axial":
+            offsets = rng.integers(0, 2 * shift + 1, len(idx))
+            arr = np.stack([a[o : o + width] for a, o in zip(arr, offsets)])
+        x = torch.from_numpy(arr).to(device).float()
+        y = torch.from_numpy(targets[idx]).to(device)
+        if config.augment:
+            x, y = random_mirror(x, y, gen, task.plane, task.mirror)
+            x, y = random_affine(x, y, gen, config.max_scale, config.max_rotate_deg, config.max_shift)
+            if task.plane == "sagittal":
+                x, y = random_depth_affine(x, y, gen, config.max_depth_scale, config.max_depth_shift)
+            x = random_intensity(x, gen)
+        return x, y
+
+    return batch
+
+
+def _scorer_batches(crops: list[np.ndarray], truth: np.ndarray, config: LocalizerConfig, device: torch.device):
+    """The batch function of the slice scorer: candidate windows, jitter, mirror, intensity."""
+    geometry = crop_geometry(config)
+
+    def batch(idx: np.ndarray, rng: np.random.Generator, gen: torch.Generator):
+        x, y = draw_batch(crops, truth, idx, config.refine_window, geometry, rng, config.augment)
+        x = torch.from_numpy(x).to(device)
+        if config.augment:
+            x = random_intensity(x, gen)
+        return x, torch.from_numpy(y).to(device)
+
+    return batch
+
+
+def _heatmap_loss(out: torch.Tensor, y: torch.Tensor, config: LocalizerConfig) -> torch.Tensor:
+    return heatmap_loss(out, y, config.sigma_px, config.sigma_slices)
+
+
+def train_localizer(config: LocalizerConfig, data_dir: str | os.PathLike | None, coords: str | os.PathLike | pd.DataFrame,
+                    run: str | os.PathLike, index: pd.DataFrame | None = None, progress: bool = True) -> dict:  # fmt: skip
+    """Train every model of the config and write checkpoints and the manifest into `run`.
+
+    Args:
+        config: the settings.
+        data_dir: competition-layout data folder (train split).
+        coords: `train_label_coordinates.csv` (path or loaded table).
+        run: run folder (created).
+        index: header index of the train split; built (headers only) when not given.
+        progress: tqdm bars.
+
+    Returns:
+        The localizer's manifest entry (also written to RUN/manifest.json under "localizer"). A model
+        without any training sample is skipped and listed under "skipped".
+    """
+    t0 = time.perf_counter()
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    root = data_root(data_dir, must_exist=True)
+    table = coords if isinstance(coords, pd.DataFrame) else load_coordinates(coords)
+    studies = sorted(table["study_id"].unique())
+    if config.max_studies:
+        studies = studies[: config.max_studies]
+    if index is None:
+        index = load_or_build_index(root, "train", workers=config.workers, studies=studies)
+    else:
+        index = index[index["study_id"].isin(studies)]
+    placed = placed_coordinates(table[table["study_id"].isin(studies)], index)
+    runtime = setup_runtime(config.device, amp=config.amp, channels_last=False, threads=config.threads)
+    try:
+        return _train_all(config, placed, root, run, runtime, progress, t0)
+    finally:
+        teardown_runtime(runtime)
+
+
+def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: Path, runtime: Runtime,
+               progress: bool, t0: float) -> dict:  # fmt: skip
+    """Train the heatmap models, then the slice scorers; write checkpoints and the manifest entry."""
+    device = runtime.device
+    pretrained = config.pretrained_path or None
+    manifest = {
+        "kind": "lumbar-localizer",
+        "backbone": config.backbone,
+        "size": config.size,
+        "slices": config.slices,
+        "axial_neighbors": config.axial_neighbors,
+        "config": config.to_dict(),
+        "train_studies": int(placed["study_id"].nunique()),
+        "device": str(device),
+        "models": {},
+        "skipped": {},
+        "problems": [],
+    }
+
+    def record(name: str, model: torch.nn.Module, entry: dict, history: list[float], started: float) -> None:
+        checkpoint = Path(MODEL_DIR) / f"{name}.pt"
+        save_state(model, run / checkpoint)
+        manifest["models"][name] = {"checkpoint": checkpoint.as_posix(), **entry,
+                                    "loss_per_epoch": [round(v, 5) for v in history],
+                                    "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+
+    for name in config.task_names:
+        task, started = get_task(name), time.perf_counter()
+        inputs, targets, problems = prepare_inputs(task, placed, root, run, config, progress)
+        manifest["problems"] += problems
+        if len(inputs) == 0:
+            manifest["skipped"][name] = "no training samples"
+            log.warning("localizer model %s: no training samples, skipped", name)
+            continue
+        model = build_model(task, config, pretrained).to(device)
+        batch = _heatmap_batches(task, inputs, targets, config, device)
+        history = fit(model, len(inputs), batch, partial(_heatmap_loss, config=config), config.epochs_of(task.plane), config, runtime,
+                      f"train {name}", progress)  # fmt: skip
+        record(name, model, {"kind": "heatmap", "series_description": task.series_description,
+                             "points": [list(p) for p in task.points], "samples": len(inputs)}, history, started)  # fmt: skip
+
+    for name in config.refine_task_names:
+        task, started = get_task(name), time.perf_counter()
+        if task.plane != "sagittal":
+            raise ValueError(f"refine_tasks: slice refinement is for sagittal tasks, not {name!r}")
+        crops, truth, problems = prepare_slice_crops(task, placed, root, run, config, progress)
+        manifest["problems"] += problems
+        scorer_name = f"{name}_slices"
+        if not crops:
+            manifest["skipped"][scorer_name] = "no training samples"
+            continue
+        model = build_scorer(config, pretrained).to(device)
+        batch = _scorer_batches(crops, truth, config, device)
+        history = fit(model, len(crops), batch, scorer_loss, config.refine_epochs or config.epochs, config, runtime,
+                      f"train {scorer_name}", progress)  # fmt: skip
+        record(scorer_name, model, {"kind": "slice_scorer", "refines": name, "samples": len(crops)}, history, started)
+
+    manifest["seconds"] = round(time.perf_counter() - t0, 1)
+    update_manifest(run, MANIFEST_KEY, manifest)
+    return manifest
+
+
+def cli_train_localizer(args: argparse.Namespace) -> int:
+    """`python -m lumbar train-localizer`."""
+    overrides = parse_assignments(args.set)
+    for name in ("epochs", "size", "slices", "backbone", "batch_size", "lr", "device", "pretrained", "seed",
+                 "tasks", "max_studies", "workers", "threads"):  # fmt: skip
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides["pretrained_path" if name == "pretrained" else name] = value
+    config = LocalizerConfig().with_overrides(overrides)
+    index = pd.read_parquet(args.index) if args.index else None
+    manifest = train_localizer(config, args.data_dir, args.coords, args.run, index=index)
+    for name, m in manifest["models"].items():
+        print(f"train-localizer: {name}: {m['samples']} samples, loss {m['loss_per_epoch'][0]:.3f} -> "
+              f"{m['loss_per_epoch'][-1]:.3f}, {m['seconds']:.0f} s")  # fmt: skip
+    for name, why in manifest["skipped"].items():
+        print(f"train-localizer: {name} skipped ({why})")
+    for line in manifest["problems"][:10]:
+        print(f"train-localizer: left out {line}")
+    print(f"train-localizer: {manifest['train_studies']} studies, {manifest['seconds']:.0f} s on "
+          f"{manifest['device']}; wrote {manifest_path(args.run)} ({MANIFEST_KEY})")  # fmt: skip
+    return 0

@@ -1,0 +1,143 @@
+"""Train -> save -> load -> localize on the two real sample studies, with a tiny model (seconds)."""
+
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lumbar.cli import main
+from lumbar.constants import CONDITIONS, LEVELS, condition_title, level_title
+from lumbar.data.index import build_index
+from lumbar.data.tables import COORDINATE_COLUMNS, load_coordinates
+from lumbar.localize import train as train_module
+from lumbar.localize.config import LocalizerConfig
+from lumbar.localize.predict import localize
+from lumbar.localize.tasks import TASKS, placed_coordinates
+from lumbar.localize.train import cache_dir, crop_geometry, prepare_inputs, train_localizer
+from lumbar.manifest import read_manifest
+
+STUDIES = [100206310, 1002894806]
+T1_OF_FIRST = 2092806862
+TINY = {"backbone": "test_resnet", "size": 32, "slices": 4, "epochs": 1, "axial_epochs": 1, "refine_epochs": 1,
+        "batch_size": 4, "decoder_channels": 8}
+
+
+@pytest.fixture(scope="module")
+def coords(sample_dir):
+    table = load_coordinates(sample_dir / "train_label_coordinates.csv")
+    return table[table["study_id"].isin(STUDIES)].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def trained(sample_dir, coords, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    config = LocalizerConfig().with_overrides(TINY)
+    manifest = train_localizer(config, sample_dir, coords, run, progress=False)
+    return run, config, manifest
+
+
+def test_training_writes_manifest_checkpoints_and_cache(trained):
+    run, config, manifest = trained
+    assert read_manifest(run)["localizer"] == manifest
+    assert manifest["backbone"] == "test_resnet" and manifest["size"] == 32 and manifest["slices"] == 4
+    assert set(manifest["models"]) == {"sag_t2", "sag_t1", "axial", "sag_t1_slices"}
+    assert manifest["train_studies"] == 2 and manifest["models"]["sag_t1_slices"]["refines"] == "sag_t1"
+    assert manifest["models"]["axial"]["samples"] == 10  # one per study and level
+    for entry in manifest["models"].values():
+        state = torch.load(run / entry["checkpoint"], weights_only=True)
+        assert all(isinstance(v, torch.Tensor) for v in state.values())
+    sag = sorted(cache_dir(run, TASKS["sag_t2"], config).glob("*.npy"))
+    ax = sorted(cache_dir(run, TASKS["axial"], config).glob("*.npy"))
+    assert len(sag) == 2 and np.load(sag[0]).shape == (4, 32, 32) and np.load(sag[0]).dtype == np.float16
+    assert len(ax) == 10 and np.load(ax[0]).shape == (5, 32, 32)  # 1 neighbour + 1 slice of shift, each side
+    crops = sorted(cache_dir(run, TASKS["sag_t1"], config, "slices").glob("*.npy"))
+    side = crop_geometry(config).padded[1]  # crop pixels plus the jitter margin on each side
+    assert len(crops) == 20 and np.load(crops[0]).shape == (18, side, side) and side > config.refine_size
+
+
+def test_cached_inputs_are_reused_without_decoding(trained, sample_dir, coords, monkeypatch):
+    run, config, _ = trained
+    index, _ = build_index(sample_dir, "train", studies=STUDIES, progress=False)
+    placed = placed_coordinates(coords, index)
+    first, targets, _ = prepare_inputs(TASKS["sag_t1"], placed, sample_dir, run, config, progress=False)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("DICOM read although the inputs are cached")
+
+    monkeypatch.setattr(train_module, "read_series", no_decoding)
+    again, targets_again, problems = prepare_inputs(TASKS["sag_t1"], placed, sample_dir, run, config, progress=False)
+    assert not problems and np.array_equal(first, again) and np.array_equal(targets, targets_again, equal_nan=True)
+    # targets: 10 points (left then right foramina), normalised; the right side sits on lower slice indices
+    assert targets.shape == (2, 10, 3) and np.nanmax(targets) <= 1 and np.nanmin(targets) >= 0
+    assert (targets[:, 5:, 2] < targets[:, :5, 2]).all()
+
+
+def test_localize_cli_writes_the_coordinates_format(trained, sample_dir, tmp_path, capsys):
+    run, _, _ = trained
+    moved = tmp_path / "moved_run"
+    shutil.copytree(run, moved)  # the run folder is self-describing: paths in it are relative
+    out = tmp_path / "pred.csv"
+    rc = main(["localize", "--data-dir", str(sample_dir), "--split", "train", "--run", str(moved), "--out", str(out)])
+    assert rc == 0 and "2 studies, 50 rows" in capsys.readouterr().out
+    raw = pd.read_csv(out)
+    assert list(raw.columns) == COORDINATE_COLUMNS
+    assert set(raw["condition"]) == {condition_title(c) for c in CONDITIONS}
+    assert set(raw["level"]) == {level_title(lv) for lv in LEVELS}
+    pred = load_coordinates(out)
+    assert pred.groupby("study_id").size().to_dict() == {s: 25 for s in STUDIES}
+    assert pred.groupby("condition").size().to_dict() == {c: 10 for c in CONDITIONS}
+    index, _ = build_index(sample_dir, "train", studies=STUDIES, progress=False)
+    known = set(map(tuple, index[["study_id", "series_id", "instance_number"]].to_numpy()))
+    assert all(k in known for k in map(tuple, pred[["study_id", "series_id", "instance_number"]].to_numpy()))
+    for study, group in pred.groupby("study_id"):
+        for condition in ("spinal_canal_stenosis", "left_neural_foraminal_narrowing", "right_neural_foraminal_narrowing"):
+            col = group[group["condition"] == condition].set_index("level").loc[list(LEVELS)]
+            assert col["y"].is_monotonic_increasing, (study, condition)  # head to foot
+        descriptions = index.drop_duplicates("series_id").set_index("series_id")["series_description"]
+        assert (group.loc[group["condition"] == "spinal_canal_stenosis", "series_id"].map(descriptions)
+                == "Sagittal T2/STIR").all()  # fmt: skip
+        assert (group.loc[group["condition"].str.endswith("subarticular_stenosis"), "series_id"].map(descriptions)
+                == "Axial T2").all()  # fmt: skip
+
+    rc = main(["localize-eval", "--pred", str(out), "--truth", str(sample_dir / "train_label_coordinates.csv"),
+               "--data-dir", str(sample_dir)])  # fmt: skip
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert rc == 0
+    assert re.fullmatch(r"localize: within5mm=[\d.]+ within10mm=[\d.]+ slice_exact=[\d.]+ slice_pm1=[\d.]+ "
+                        r"median_mm=[\d.]+ missing=0", last)  # fmt: skip
+
+
+def test_study_missing_a_series_is_reported_and_keeps_its_other_rows(trained, sample_dir, tmp_path):
+    run, _, _ = trained
+    data = tmp_path / "data"
+    shutil.copy(sample_dir / "train_series_descriptions.csv", data.mkdir() or data)
+    for study in STUDIES:
+        for series in (sample_dir / "train_images" / str(study)).iterdir():
+            if int(series.name) != T1_OF_FIRST:
+                (data / "train_images" / str(study)).mkdir(parents=True, exist_ok=True)
+                (data / "train_images" / str(study) / series.name).symlink_to(series, target_is_directory=True)
+    coords, report = localize(data, "train", run, progress=False)
+    counts = coords.groupby(["study_id", "condition"]).size()
+    assert counts[STUDIES[1]].sum() == 25
+    assert counts[STUDIES[0]].sum() == 15 and "left_neural_foraminal_narrowing" not in counts[STUDIES[0]]
+    assert report.incomplete == [STUDIES[0]]
+    assert any(s == STUDIES[0] and "no Sagittal T1 series" in note for s, note in report.notes)
+    assert f"study {STUDIES[0]}: no Sagittal T1 series" in report.summary()
+
+
+def test_synthetic_train_then_localize_the_unlabelled_test_split(synthetic_dir, tmp_path):
+    """The test-time path: no coordinates for the split, only images (synthetic, no real sample needed)."""
+    run = tmp_path / "run"
+    config = LocalizerConfig().with_overrides(TINY)
+    train_localizer(config, synthetic_dir, synthetic_dir / "train_label_coordinates.csv", run, progress=False)
+    coords, report = localize(synthetic_dir, "test", run, progress=False)
+    index, _ = build_index(synthetic_dir, "test", progress=False)
+    assert set(report.rows_per_study) == set(index["study_id"])
+    for study, rows in index.groupby("study_id"):
+        kinds = set(rows["series_description"])
+        expected = 5 * ("Sagittal T2/STIR" in kinds) + 10 * ("Sagittal T1" in kinds) + 10 * (
+            {"Sagittal T2/STIR", "Axial T2"} <= kinds)  # fmt: skip
+        assert report.rows_per_study[study] == expected == (coords["study_id"] == study).sum()
