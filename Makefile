@@ -20,13 +20,8 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-SAMPLE ?= ../shared/rsna2024-sample
 demo: $(STAMP)
-	@echo "demo (foundation stage): header index + sagittal->axial mapping of $(SAMPLE)"
-	$(PY) -m lumbar index --data-dir $(SAMPLE) --split train --out runs/demo/train_index.parquet --workers 2
-	$(PY) -m lumbar map-axial --data-dir $(SAMPLE) --coords $(SAMPLE)/train_label_coordinates.csv \
-		--index runs/demo/train_index.parquet --out runs/demo/axial_map.csv
-	@echo "demo: ran index and map-axial; outputs in runs/demo/"
+	$(PY) -m lumbar demo --config $(CONFIG)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

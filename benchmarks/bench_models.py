@@ -1,9 +1,11 @@
 """Training throughput and peak memory of every registered architecture on CPU.
 
 One training step = forward, cross-entropy, backward, AdamW step, on random stacks of shape
-(batch, 1, depth, size, size) (default 16 x 1 x 5 x 128 x 128, the thesis's ROI crops). Each model runs in
-its own process, so its peak resident memory is its own: the table reports the peak RSS growth over
-the process after imports (weights, optimizer state, activations and the allocator's caching).
+(batch, 1, depth, size, size) (default 16 x 1 x 5 x 128 x 128, the thesis's ROI crops): the plain PyTorch
+loop, the reference the engine is compared with in bench_train.py. Each model runs in its own process, so
+its peak resident memory is its own (`peak_memory.own_peak_mib`, the address space's high-water mark, not
+`ru_maxrss`, which a child inherits from its parent): the table reports the peak RSS and its growth over the
+process after imports (weights, optimizer state, activations and the allocator's caching).
 
     python benchmarks/bench_models.py [--steps 3] [--warmup 1] [--threads N] [--names cnn3d timmseq:resnet18]
 """
@@ -14,10 +16,11 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
+
+from peak_memory import own_peak_mib
 
 TIMM_NAMES = ("timm25d:resnet18", "timmseq:resnet18", "timm25d:convnext_atto", "timmseq:convnext_atto")
 
@@ -28,13 +31,7 @@ def rss_mib() -> float:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except OSError:
-        return peak_rss_mib()
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+        return own_peak_mib()
 
 
 def measure(name: str, args: argparse.Namespace) -> dict:
@@ -67,7 +64,8 @@ def measure(name: str, args: argparse.Namespace) -> dict:
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "step_s": seconds,
         "samples_per_s": args.batch / seconds,
-        "peak_mib": peak_rss_mib() - base,
+        "peak_mib": own_peak_mib(),
+        "growth_mib": own_peak_mib() - base,
     }
 
 
@@ -103,16 +101,16 @@ def run_isolated(name: str, args: argparse.Namespace) -> dict:
 def table(rows: list[dict]) -> str:
     """Markdown table, fastest first; failed models last with their error."""
     lines = [
-        "| model | params (M) | samples/s | s/step | peak RSS growth (MiB) |",
-        "|---|---:|---:|---:|---:|",
+        "| model | params (M) | samples/s | s/step | peak RSS (MiB) | growth over imports (MiB) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(rows, key=lambda r: -r.get("samples_per_s", -1)):
         if "error" in r:
-            lines.append(f"| {r['name']} | | | | {r['error']} |")
+            lines.append(f"| {r['name']} | | | | | {r['error']} |")
         else:
             lines.append(
                 f"| {r['name']} | {r['params_m']:.1f} | {r['samples_per_s']:.1f} | {r['step_s']:.2f} "
-                f"| {r['peak_mib']:.0f} |"
+                f"| {r['peak_mib']:.0f} | {r['growth_mib']:.0f} |"
             )
     return "\n".join(lines)
 
@@ -141,9 +139,9 @@ def main() -> None:
 
     names = args.names or [*list_models(), *TIMM_NAMES]
     print(
-        f"# CPU training step: batch {args.batch} x 1 x {args.depth} x {args.size} x {args.size}, AdamW, "
+        f"CPU training step (plain PyTorch loop): batch {args.batch} x 1 x {args.depth} x {args.size} x {args.size}, AdamW, "
         f"{args.threads} threads, {args.warmup} warm-up + {args.steps} timed steps; "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs\n",
         flush=True,
     )
     rows = []

@@ -1,23 +1,35 @@
-"""Throughput of the ROI cache build (`lumbar.preprocess.build_cache`): samples/s and studies/s.
+"""Throughput of the ROI cache build (`lumbar.preprocess.build_cache`): samples/s and studies/s, beside a plain loop.
 
 On a data folder with coordinates (e.g. one written by `python -m lumbar synth`), or on the real
 sample's two studies linked `--copies` times under new study ids (symlinks, no copy). Each row builds
 a fresh cache (nothing to resume), so the numbers are the cold cost of decoding, cropping and writing.
 
+The plain alternative, in the same process: per coordinate row, read the row's series with
+`pydicom.dcmread(f).pixel_array` for every file, sort by InstanceNumber, take the window of slices around
+the row's instance, crop a fixed pixel box around the point, scale to [0, 1] by percentiles, resize to the
+output size and save float16 - what a first notebook does. It is compared with the default config
+(B2A2 128 none). The last line (`summary: {json}`) is the headline row `run_all.py` collects.
+
     python benchmarks/bench_preprocess.py [--data-dir DIR --coords FILE] [--copies 10] [--workers 1 2]
+        [--configs "B2A2 128 none" ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pandas as pd
+import pydicom
 
 from lumbar.data.tables import load_coordinates
-from lumbar.paths import PROJECT_ROOT
+from lumbar.paths import PROJECT_ROOT, series_dir
 from lumbar.preprocess.cache import build_cache, cache_name
 from lumbar.preprocess.config import RoiConfig
 
@@ -27,6 +39,8 @@ CONFIGS = {
     "B1A1 96 clahe thesis_px": RoiConfig(before=1, after=1, size=96, filter="clahe", margin_mode="thesis_px"),
     "full 96 15D none": RoiConfig(mode="full_series", size=96, depth=15),
 }
+#: The config the plain loop does the same work as.
+PLAIN_CONFIG = "B2A2 128 none"
 
 
 def link_sample(sample: Path, out: Path, copies: int) -> pd.DataFrame:
@@ -42,6 +56,31 @@ def link_sample(sample: Path, out: Path, copies: int) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def plain_cache(coords: pd.DataFrame, data: Path, out: Path, config: RoiConfig, half_px: int = 48) -> int:
+    """The plain per-row loop (module docstring) for a target-window config; returns the samples written."""
+    built = 0
+    for r in coords.itertuples():
+        try:
+            files = sorted(series_dir(data, "train", r.study_id, r.series_id).glob("*.dcm"))
+            ds = sorted((pydicom.dcmread(f) for f in files), key=lambda d: int(d.InstanceNumber))
+            k = next(i for i, d in enumerate(ds) if int(d.InstanceNumber) == r.instance_number)
+        except (OSError, StopIteration, ValueError):
+            continue
+        x, y = round(r.x), round(r.y)
+        window = []
+        for d in ds[max(k - config.before, 0) : k + config.after + 1]:
+            img = d.pixel_array.astype(np.float32)
+            crop = img[max(y - half_px, 0) : y + half_px, max(x - half_px, 0) : x + half_px]
+            lo, hi = np.percentile(crop, (1, 99))
+            crop = np.clip((crop - lo) / max(hi - lo, 1e-6), 0, 1)
+            window.append(cv2.resize(crop, (config.size, config.size), interpolation=cv2.INTER_AREA))
+        folder = out / str(r.study_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / f"{r.condition}_{r.level}.npy", np.stack(window).astype(np.float16))
+        built += 1
+    return built
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default=None, help="data folder with train_images/ (default: linked sample)")
@@ -53,6 +92,7 @@ def main() -> None:
     p.add_argument("--copies", type=int, default=10)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--no-plain", dest="plain", action="store_false", help="skip the plain per-row loop")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.data_dir:
@@ -63,20 +103,42 @@ def main() -> None:
             coords = link_sample(Path(args.sample), data, args.copies)
             source = f"real sample x {args.copies} (linked)"
         studies = coords["study_id"].nunique()
-        print(f"data: {source}; {studies} studies, {len(coords)} coordinate rows; cpus: {os.cpu_count()}")
-        print(
-            f"{'config':28s} {'cache':42s} {'workers':>7s} {'samples':>8s} {'s':>7s} {'samples/s':>10s} {'studies/s':>10s}"
-        )
+        for f in data.glob("train_images/*/*/*.dcm"):  # warm the page cache for every contender alike
+            f.read_bytes()
+        rows = []
         for name in args.configs:
             for workers in args.workers:
                 cfg = CONFIGS[name]
                 out = Path(tmp) / f"cache_{workers}"
                 r = build_cache(coords, data, "train", out, cfg, workers=workers, progress=False)
-                print(
-                    f"{name:28s} {cache_name(cfg):42s} {workers:7d} {r.built:8d} {r.seconds:7.2f} "
-                    f"{r.built / r.seconds:10.1f} {r.studies_opened / r.seconds:10.2f}"
-                    + (f"  ({len(r.failures)} failed)" if len(r.failures) else "")
-                )
+                rows.append({"what": f"lumbar build_cache, {name}, {cache_name(cfg)}", "workers": workers,
+                             "samples": r.built, "seconds": r.seconds, "studies": r.studies_opened,
+                             "failed": len(r.failures), "config": name})  # fmt: skip
+        plain = None
+        if args.plain and PLAIN_CONFIG in args.configs:
+            t0 = time.perf_counter()
+            n = plain_cache(coords, data, Path(tmp) / "plain", CONFIGS[PLAIN_CONFIG])
+            plain = {"what": f"plain loop: dcmread(f).pixel_array per file of the row's series, {PLAIN_CONFIG}",
+                     "workers": 1, "samples": n, "seconds": time.perf_counter() - t0, "studies": studies,
+                     "failed": len(coords) - n, "config": PLAIN_CONFIG}  # fmt: skip
+
+    print(f"data: {source}; {studies} studies, {len(coords)} coordinate rows; cpus: {os.cpu_count()}\n")
+    print("| what | workers | samples | s | samples/s | studies/s | failed | speed vs plain |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in [*rows, *([plain] if plain else [])]:
+        rate = r["samples"] / r["seconds"]
+        ratio = ""
+        if plain is not None and r["config"] == PLAIN_CONFIG:
+            ratio = f"{rate / (plain['samples'] / plain['seconds']):.2f}x"
+        print(f"| {r['what']} | {r['workers']} | {r['samples']} | {r['seconds']:.2f} | {rate:.1f} "
+              f"| {r['studies'] / r['seconds']:.2f} | {r['failed']} | {ratio} |")  # fmt: skip
+    if plain is not None:
+        best = max((r for r in rows if r["config"] == PLAIN_CONFIG), key=lambda r: r["samples"] / r["seconds"])
+        rate, plain_rate = best["samples"] / best["seconds"], plain["samples"] / plain["seconds"]
+        print("summary: " + json.dumps({"stage": "ROI tensor cache", "plain": f"{plain_rate:.1f} samples/s",
+                                        "lumbar": f"{rate:.1f} samples/s, {best['studies'] / best['seconds']:.2f} "
+                                                  f"studies/s ({PLAIN_CONFIG}, {best['workers']} worker(s))",
+                                        "ratio": rate / plain_rate}))  # fmt: skip
 
 
 if __name__ == "__main__":

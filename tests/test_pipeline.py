@@ -78,3 +78,17 @@ def test_config_errors_are_named(project):
     path.write_text("name: x\nnotebooks: [00_ok]\ntypo_key: 1\n")
     with pytest.raises(ValueError, match="unknown key"):
         load_config(path)
+
+
+@pytest.mark.parametrize("name", ["demo", "full"])
+def test_shipped_configs_name_real_notebook_parameters(name):
+    """Every parameter a config passes must be one its notebook declares (a typo would be silently ignored)."""
+    from lumbar.paths import PROJECT_ROOT
+
+    config = load_config(PROJECT_ROOT / "configs" / f"{name}.yaml")
+    for step in config.steps:
+        nb = nbformat.read(config.notebook_dir / f"{step.notebook}.ipynb", as_version=4)
+        params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        declared = {line.split("=")[0].strip() for line in params.source.splitlines() if "=" in line}
+        assert set(step.parameters) <= declared, (step.output, set(step.parameters) - declared)
+        assert {"RUN_DIR", "DATA_DIR"} <= declared

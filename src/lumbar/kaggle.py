@@ -180,7 +180,10 @@ def kernel_notebook(code_slug: str, weights_slug: str, source: Path | None = Non
         "import os, subprocess, sys\n"
         "KAGGLE = os.environ.get('LUMBAR_KAGGLE_ROOT', '/kaggle')\n"
         f"CODE = os.path.join(KAGGLE, 'input', {code_slug!r})\n"
-        "subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-index', '--find-links', CODE, 'lumbar'], check=True)"
+        "subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-index', '--find-links', CODE, 'lumbar'],\n"
+        "               check=True)\n"
+        "import lumbar\n"
+        "print('lumbar', lumbar.__version__, 'from', lumbar.__file__)"
     )
     params = nbformat.v4.new_code_cell(
         "# Kaggle paths (override the defaults of the notebook's parameters cell below)\n"

@@ -125,3 +125,4 @@ def cli_localize_eval(args: argparse.Namespace) -> int:
         print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     print(summary_line(table))
     return 0
+

@@ -1,0 +1,137 @@
+"""A whole tiny run (crops, localizer, two classifiers, ensemble), then `predict` and the Kaggle bundle on it."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+from lumbar.cli import main
+from lumbar.constants import COMPETITION_SLUG, GRADES
+from lumbar.data.tables import load_coordinates, load_labels, load_submission, submission_row_ids
+from lumbar.ensemble.runs import fit_run_ensemble
+from lumbar.evaluate.metric import competition_score
+from lumbar.inference.predict import predict
+from lumbar.kaggle import build_bundle
+from lumbar.localize.config import LocalizerConfig
+from lumbar.localize.train import train_localizer
+from lumbar.manifest import read_manifest, update_manifest
+from lumbar.preprocess.cache import build_cache
+from lumbar.preprocess.config import RoiConfig
+from lumbar.train import train
+
+pytestmark = pytest.mark.slow
+
+ARCHS = ("cnn3d", "timm25d:resnet18")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(synthetic_dir, tmp_path_factory):
+    """A run folder trained for one epoch on the shared 3-study synthetic set."""
+    run = tmp_path_factory.mktemp("run")
+    coords = load_coordinates(synthetic_dir / "train_label_coordinates.csv")
+    report = build_cache(coords, synthetic_dir, "train", run / "cache", RoiConfig.from_overrides({"size": 24, "before": 1, "after": 1}),
+                         progress=False)  # fmt: skip
+    update_manifest(run, "preprocess", {"cache": str(report.cache_dir.relative_to(run))})
+    config = LocalizerConfig.from_dict({"backbone": "resnet18", "size": 32, "slices": 8, "epochs": 1, "device": "cpu"})
+    train_localizer(config, synthetic_dir, coords, run, progress=False)
+    for arch in ARCHS:
+        train({"data_dir": str(synthetic_dir), "cache": str(report.cache_dir), "out": str(run / arch.replace(":", "_")),
+               "arch": arch, "n_folds": 2, "epochs": 1, "batch_size": 16, "device": "cpu", "progress": False,
+               "threads": 1})  # fmt: skip
+    fit_run_ensemble(run, synthetic_dir)
+    return run
+
+
+def _test_only_copy(synthetic_dir: Path, dst: Path) -> Path:
+    """A data folder holding only what Kaggle's test-time folder holds (no train files)."""
+    dst.mkdir(parents=True)
+    shutil.copytree(synthetic_dir / "test_images", dst / "test_images")
+    for name in ("test_series_descriptions.csv", "sample_submission.csv"):
+        shutil.copy2(synthetic_dir / name, dst / name)
+    return dst
+
+
+def test_predict_writes_a_valid_scored_submission(tiny_run, synthetic_dir, tmp_path):
+    out = tmp_path / "submission.csv"
+    _, report = predict(synthetic_dir, "test", tiny_run, out, work_dir=tmp_path / "work", device="cpu", progress=False)
+    sample = load_submission(synthetic_dir / "sample_submission.csv")
+    written = load_submission(out)
+    assert list(written["row_id"]) == list(sample["row_id"])  # sample_submission order
+    np.testing.assert_allclose(written[list(GRADES)].sum(axis=1), 1, atol=1e-6)
+    assert set(report.seconds) == {"index", "localize", "crop", "classify", "blend"}
+    score = competition_score(load_labels(synthetic_dir / "test_labels.csv"), written).score
+    assert np.isfinite(score) and score < 3
+    assert not (tmp_path / "work" / "crops").exists()  # each chunk's crops are deleted
+
+
+def test_predict_with_test_files_only_and_a_missing_series(tiny_run, synthetic_dir, tmp_path, capsys):
+    data = _test_only_copy(synthetic_dir, tmp_path / "data")
+    study = min((data / "test_images").iterdir())
+    series = pd.read_csv(data / "test_series_descriptions.csv")
+    axial = series[(series["study_id"] == int(study.name)) & (series["series_description"] == "Axial T2")]
+    for sid in axial["series_id"]:
+        shutil.rmtree(study / str(sid), ignore_errors=True)
+    out = tmp_path / "sub.csv"
+    rc = main(["predict", "--data-dir", str(data), "--split", "test", "--run", str(tiny_run), "--out", str(out),
+               "--device", "cpu", "--work-dir", str(tmp_path / "w")])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert rc == 0
+    sub = load_submission(out)
+    studies = sorted(series["study_id"].unique())
+    assert sorted(sub["row_id"]) == submission_row_ids(studies)
+    assert f"study {study.name}: 10 rows" in printed  # the subarticular rows fall back to the prior, named
+    assert main(["validate-submission", str(out), "--data-dir", str(data), "--split", "test"]) == 0
+
+
+def _kaggle_python(tmp_path: Path) -> Path:
+    """A fresh venv that sees this environment's packages (as Kaggle's image has torch and co.) but not lumbar."""
+    env = tmp_path / "kenv"
+    venv.EnvBuilder(with_pip=False).create(env)
+    image = tmp_path / "image_site"
+    image.mkdir()
+    site = Path(next(p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()))
+    for entry in site.iterdir():
+        if not entry.name.lower().startswith(("lumbar", "__editable__")) and not entry.name.endswith(".pth"):
+            (image / entry.name).symlink_to(entry)
+    env_site = next((env / "lib").glob("python*/site-packages"))
+    (env_site / "kaggle_image.pth").write_text(str(image) + "\n")
+    return env / "bin" / "python"
+
+
+def test_kaggle_bundle_runs_offline_in_a_fresh_environment(tiny_run, synthetic_dir, tmp_path):
+    parts = build_bundle(tiny_run, tmp_path / "bundle", user="tester", dependencies=False)
+    assert min(p.name for p in parts["code"].glob("*.whl")).startswith("lumbar-")
+    meta = json.loads((parts["kernel"] / "kernel-metadata.json").read_text())
+    assert meta["enable_internet"] is False and meta["enable_gpu"] is True
+    assert meta["competition_sources"] == [COMPETITION_SLUG]
+    manifest = read_manifest(parts["weights"])
+    for entry in manifest["classifiers"].values():
+        for ckpts in entry["checkpoints"].values():
+            assert all((parts["weights"] / p).is_file() for p in ckpts.values())
+
+    kaggle = tmp_path / "kaggle"
+    _test_only_copy(synthetic_dir, kaggle / "input" / COMPETITION_SLUG)
+    shutil.copytree(parts["code"], kaggle / "input" / "lumbar-code")
+    shutil.copytree(parts["weights"], kaggle / "input" / "lumbar-weights")
+    (kaggle / "working").mkdir()
+    python = _kaggle_python(tmp_path)
+    env = {**os.environ, "LUMBAR_KAGGLE_ROOT": str(kaggle), "PIP_NO_INDEX": "1", "PYTHONPATH": ""}
+    done = subprocess.run(
+        [str(python), "-m", "papermill", str(parts["kernel"] / "submission.ipynb"), str(tmp_path / "executed.ipynb"),
+         "-p", "DEVICE", "cpu", "--cwd", str(kaggle / "working")],
+        env=env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    executed = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
+    text = "\n".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert str(tmp_path / "kenv") in text  # lumbar was imported from the fresh environment's wheel install
+    sub = load_submission(kaggle / "working" / "submission.csv")
+    assert list(sub["row_id"]) == list(load_submission(synthetic_dir / "sample_submission.csv")["row_id"])
