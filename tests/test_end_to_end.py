@@ -40,7 +40,8 @@ def tiny_run(synthetic_dir, tmp_path_factory):
     report = build_cache(coords, synthetic_dir, "train", run / "cache", RoiConfig.from_overrides({"size": 24, "before": 1, "after": 1}),
                          progress=False)  # fmt: skip
     update_manifest(run, "preprocess", {"cache": str(report.cache_dir.relative_to(run))})
-    config = LocalizerConfig.from_dict({"backbone": "resnet18", "size": 32, "slices": 8, "epochs": 1, "device": "cpu"})
+    config = LocalizerConfig.from_dict({"backbone": "resnet18", "size": 32, "slices": 8, "epochs": 1, "axial_epochs": 1,
+                                        "refine_tasks": "", "device": "cpu", "decoder_channels": 8})
     train_localizer(config, synthetic_dir, coords, run, progress=False)
     for arch in ARCHS:
         train({"data_dir": str(synthetic_dir), "cache": str(report.cache_dir), "out": str(run / arch.replace(":", "_")),

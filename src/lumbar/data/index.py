@@ -20,7 +20,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lumbar.data.dicom import DicomReadError, group_stacks, read_header, series_files
-from lumbar.data.tables import load_series_descriptions
+from lumbar.data.tables import load_series_descriptions, write_parquet
 from lumbar.paths import data_root, images_dir
 
 log = logging.getLogger(__name__)
@@ -195,12 +195,7 @@ def build_index(
 
 def write_index(index: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write the index as parquet, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    index.to_parquet(tmp, index=False)
-    tmp.replace(path)
-    return path
+    return write_parquet(index, path)
 
 
 def load_or_build_index(data_dir, split: str, cache: str | os.PathLike | None = None, workers: int = 1,

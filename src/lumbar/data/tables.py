@@ -230,9 +230,18 @@ def split_row_ids(row_ids: Iterable[str]) -> pd.DataFrame:
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
     """Write atomically (temp file then rename), so a killed run never leaves half a CSV."""
+    return _write_atomic(df.to_csv, path)
+
+
+def write_parquet(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write a parquet file atomically (temp file then rename)."""
+    return _write_atomic(df.to_parquet, path)
+
+
+def _write_atomic(writer, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    df.to_csv(tmp, index=False)
+    writer(tmp, index=False)
     tmp.replace(path)
     return path

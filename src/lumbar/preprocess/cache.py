@@ -30,7 +30,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lumbar.constants import CONDITIONS, LEVELS, row_id
-from lumbar.data.tables import COORDINATE_COLUMNS, load_coordinates, write_csv
+from lumbar.data.tables import COORDINATE_COLUMNS, load_coordinates, write_csv, write_parquet
 from lumbar.paths import data_root, images_dir
 from lumbar.preprocess.config import RoiConfig
 from lumbar.preprocess.roi import FAILURE_COLUMNS, SAMPLE_COLUMNS, StudyResult, build_study
@@ -173,12 +173,6 @@ def _ordered(df: pd.DataFrame) -> pd.DataFrame:
     return df.loc[keys.sort_values(["study_id", "_c", "_l"]).index].reset_index(drop=True)
 
 
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(path)
-
-
 def _init_worker() -> None:
     import cv2
 
@@ -267,7 +261,7 @@ def build_cache(
         report.notes += r.notes
     report.samples = _ordered(pd.DataFrame(samples, columns=SAMPLE_COLUMNS))
     report.failures = _ordered(pd.DataFrame(failures, columns=FAILURE_COLUMNS))
-    _write_parquet(report.samples, folder / "samples.parquet")
+    write_parquet(report.samples, folder / "samples.parquet")
     write_csv(report.failures, folder / "failures.csv")
     report.seconds = time.perf_counter() - t0
     return report
