@@ -17,20 +17,15 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from lumbar.registry import Registry
+
 Filter = Callable[[np.ndarray], np.ndarray]
-_FILTERS: dict[str, Filter] = {}
+_FILTERS: Registry[Filter] = Registry("filter")
 
 
 def register_filter(name: str) -> Callable[[Filter], Filter]:
     """Register a filter under `name`; a second registration of one name is an error."""
-
-    def decorate(func: Filter) -> Filter:
-        if name in _FILTERS:
-            raise ValueError(f"filter {name!r} registered twice")
-        _FILTERS[name] = func
-        return func
-
-    return decorate
+    return _FILTERS.register(name)
 
 
 def list_filters() -> list[str]:

@@ -19,21 +19,15 @@ import albumentations as A
 import numpy as np
 
 from lumbar.constants import AXIAL_T2, CONDITION_SERIES
+from lumbar.registry import Registry
 
 AugmentFactory = Callable[[], A.BasicTransform]
-_AUGMENTATIONS: dict[str, AugmentFactory] = {}
+_AUGMENTATIONS: Registry[AugmentFactory] = Registry("augmentation")
 
 
 def register_augmentation(name: str) -> Callable[[AugmentFactory], AugmentFactory]:
     """Register an augmentation factory under `name` (a duplicate name is an error)."""
-
-    def decorate(factory: AugmentFactory) -> AugmentFactory:
-        if name in _AUGMENTATIONS:
-            raise ValueError(f"augmentation {name!r} registered twice")
-        _AUGMENTATIONS[name] = factory
-        return factory
-
-    return decorate
+    return _AUGMENTATIONS.register(name)
 
 
 def list_augmentations() -> list[str]:

@@ -14,20 +14,15 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from lumbar.registry import Registry
+
 LossFn = Callable[..., torch.Tensor]
-_LOSSES: dict[str, Callable[..., LossFn]] = {}
+_LOSSES: Registry[Callable[..., LossFn]] = Registry("loss")
 
 
 def register_loss(name: str) -> Callable:
     """Register a loss factory under `name` (a duplicate name is an error)."""
-
-    def decorate(factory):
-        if name in _LOSSES:
-            raise ValueError(f"loss {name!r} registered twice")
-        _LOSSES[name] = factory
-        return factory
-
-    return decorate
+    return _LOSSES.register(name)
 
 
 def list_losses() -> list[str]:
