@@ -54,7 +54,7 @@ def test_out_of_fold_blend_no_worse_than_best_single(data):
     scores = result.scores.set_index("model")["score"]
     assert scores["blend + calibration (out-of-fold)"] <= scores["good"] + 0.01
     assert len(result.oof) == len(preds["good"]) and set(result.fold_params) == {0, 1, 2}
-    np.testing.assert_allclose(result.oof[list(GRADES)].sum(1), 1, atol=1e-9)
+    np.testing.assert_allclose(result.oof[list(GRADES)].sum(axis=1), 1, atol=1e-9)
 
 
 def test_temperature_corrects_overconfidence(data):
@@ -83,3 +83,29 @@ def test_params_round_trip_and_mismatched_rows(data):
     pd.testing.assert_frame_equal(apply_ensemble(preds, params), apply_ensemble(preds, again))
     with pytest.raises(ValueError, match="cover other rows"):
         apply_ensemble({"good": preds["good"], "ok": preds["ok"].iloc[:-1]}, params)
+
+
+def test_the_best_out_of_fold_candidate_is_kept(data):
+    labels, folds, preds = data
+    result = fit_ensemble(preds, labels, folds)
+    scores = result.scores.set_index("model")
+    assert set(scores.index) == {"good", "noise", "ok", "mean of models", "blend (out-of-fold)",
+                                 "blend + calibration (out-of-fold)"}
+    assert scores["chosen"].sum() == 1 and scores.loc[result.chosen, "score"] == scores["score"].min()
+    assert competition_score(labels, result.oof).score == pytest.approx(scores.loc[result.chosen, "score"])
+
+
+def test_a_single_model_wins_over_a_blend_that_only_adds_noise(data):
+    """With one useful model and pure noise, fitted weights cannot beat the useful model out-of-fold by
+    much; whatever is chosen, the kept parameters must reproduce the chosen out-of-fold predictions' quality."""
+    labels, folds, preds = data
+    two = {"good": preds["good"], "noise": preds["noise"]}
+    result = fit_ensemble(two, labels, folds, calibrate=False)
+    scores = result.scores.set_index("model")["score"]
+    assert scores[result.chosen] <= scores["good"] and "blend + calibration (out-of-fold)" not in scores
+    if result.chosen == "good":
+        np.testing.assert_allclose(apply_ensemble(two, result.params)[list(GRADES)].to_numpy(),
+                                   preds["good"][list(GRADES)].to_numpy(), atol=1e-6)
+        assert result.fold_params == {}
+    else:
+        assert set(result.fold_params) == {0, 1, 2}

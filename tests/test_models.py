@@ -153,7 +153,9 @@ def test_unknown_timm_name_and_option_are_errors():
 
 
 def test_duplicate_name_is_an_error_and_new_models_plug_in(monkeypatch):
-    monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))
+    models = registry.Registry("model")
+    models.update(registry._MODELS)
+    monkeypatch.setattr(registry, "_MODELS", models)
 
     class MeanEncoder(nn.Module):
         num_features = 1

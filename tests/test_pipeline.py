@@ -1,4 +1,5 @@
 import json
+import os
 
 import nbformat
 import pytest
@@ -92,3 +93,73 @@ def test_shipped_configs_name_real_notebook_parameters(name):
         declared = {line.split("=")[0].strip() for line in params.source.splitlines() if "=" in line}
         assert set(step.parameters) <= declared, (step.output, set(step.parameters) - declared)
         assert {"RUN_DIR", "DATA_DIR"} <= declared
+
+
+RENDEZVOUS = """import json, os, pathlib, time
+run = pathlib.Path(RUN_DIR)
+(run / f"here_{VALUE}").write_text(os.environ.get("OMP_NUM_THREADS", ""))
+deadline = time.time() + 120
+while not (run / f"here_{3 - VALUE}").exists():  # the other notebook of the group (VALUE 1 <-> 2)
+    assert time.time() < deadline, "the other notebook never ran beside this one"
+    time.sleep(0.2)
+"""
+
+
+def test_parallel_group_runs_side_by_side_with_shared_cores(project, monkeypatch):
+    tmp_path, nbdir = project
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    _notebook(nbdir / "02_meet.ipynb", RENDEZVOUS)
+    group = {"parallel": [{"notebook": "02_meet", "output": "meet_1", "parameters": {"VALUE": 1}},
+                          {"notebook": "02_meet", "output": "meet_2", "parameters": {"VALUE": 2}}]}
+    path = _config(tmp_path, nbdir, ["00_ok", group])
+    config = load_config(path)
+    assert [s.group for s in config.steps] == [0, 1, 1]
+    seconds = run_pipeline(config, jobs=2)  # sequentially the first notebook would wait for the second forever
+    assert set(seconds) == {"00_ok", "meet_1", "meet_2"}
+    run = tmp_path / "run"
+    threads = str(max(1, (os.cpu_count() or 1) // 2))
+    assert (run / "here_1").read_text() == (run / "here_2").read_text() == threads
+    manifest = read_manifest(run)
+    assert {k: v["status"] for k, v in manifest["notebooks"].items()} == {"00_ok": "ok", "meet_1": "ok", "meet_2": "ok"}
+    assert manifest["pipeline"]["jobs"] == 2
+
+
+def test_failure_in_a_parallel_group_is_raised_after_the_group(project):
+    tmp_path, nbdir = project
+    group = {"parallel": ["01_fail", {"notebook": "00_ok", "parameters": {"VALUE": 7}}]}
+    path = _config(tmp_path, nbdir, [group, {"notebook": "00_ok", "output": "after"}])
+    with pytest.raises(PipelineError, match=r"notebook 01_fail .*ValueError: broken on purpose 2"):
+        run_pipeline(load_config(path), jobs=2)
+    run = tmp_path / "run"
+    assert (run / "value_7.json").is_file() and not (run / "after.ipynb").exists()
+    assert {k: v["status"] for k, v in read_manifest(run)["notebooks"].items()} == {"01_fail": "failed", "00_ok": "ok"}
+
+
+@pytest.mark.parametrize("entry, match", [({"parallel": []}, "non-empty list"),
+                                          ({"parallel": ["00_ok"], "output": "x"}, "non-empty list"),
+                                          ({"parallel": [{"notebook": "00_ok", "typo": 1}]}, r"parallel\[0\]")])
+def test_parallel_config_errors_are_named(project, entry, match):
+    tmp_path, nbdir = project
+    with pytest.raises(ValueError, match=match):
+        load_config(_config(tmp_path, nbdir, [entry]))
+
+
+def _write_items(run_dir, prefix, n):
+    from lumbar.manifest import update_manifest
+
+    for i in range(n):
+        update_manifest(run_dir, "items", i, item=f"{prefix}{i}")
+
+
+def test_concurrent_manifest_updates_keep_every_entry(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_write_items, args=(tmp_path, p, 25)) for p in "abc"]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+    assert [proc.exitcode for proc in procs] == [0, 0, 0]
+    assert len(read_manifest(tmp_path)["items"]) == 75
+    assert not list(tmp_path.glob(".*.tmp*"))

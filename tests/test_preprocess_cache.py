@@ -104,9 +104,9 @@ def test_failing_series_and_files_fail_only_their_rows(sample_dir, tmp_path):
 
 def test_other_parameters_never_reuse_a_cache(sample_dir, tmp_path):
     coords = _coords(sample_dir, STUDY_A).head(2)
-    build_cache(coords, sample_dir, "train", tmp_path, RoiConfig(pad_px=8), progress=False)
-    with pytest.raises(ValueError, match=r"config\.pad_px differ"):
-        build_cache(coords, sample_dir, "train", tmp_path, RoiConfig(pad_px=4), progress=False)
+    first = build_cache(coords, sample_dir, "train", tmp_path, RoiConfig(pad_px=8), progress=False)
+    other = build_cache(coords, sample_dir, "train", tmp_path, RoiConfig(pad_px=4), progress=False)
+    assert other.cache_dir != first.cache_dir and other.built == len(other.samples) > 0
     moved = coords.assign(x=coords["x"] + 1)
     with pytest.raises(ValueError, match="coordinates_sha1 differ"):
         build_cache(moved, sample_dir, "train", tmp_path, RoiConfig(pad_px=8), progress=False)
@@ -122,7 +122,7 @@ def test_cli_ground_truth_and_predicted_coordinates_give_the_same_format(sample_
     write_coordinates(predicted, tmp_path / "pred.csv")
     args = ["preprocess", "--data-dir", str(sample_dir), "--split", "train", "--mode", "full_series", "--size",
             "96", "--depth", "15", "--filter", "mean_median", "--pad-px", "4"]  # fmt: skip
-    name = cache_name(RoiConfig(mode="full_series", size=96, depth=15, filter="mean_median"))
+    name = cache_name(RoiConfig(mode="full_series", size=96, depth=15, filter="mean_median", pad_px=4))
     caches = {}
     for kind in ("truth", "pred"):
         workers = "2" if kind == "truth" else "1"  # the process pool once, in-process once

@@ -46,3 +46,13 @@ def test_margins_by_condition_and_mode():
     assert cfg.margins("left_neural_foraminal_narrowing") == cfg.foraminal_mm
     assert cfg.margins("right_subarticular_stenosis") == cfg.subarticular_mm
     assert RoiConfig(margin_mode="thesis_px").margins("spinal_canal_stenosis") == (96.0, 32.0, 40.0, 40.0)
+
+
+def test_cache_names_differ_when_only_margins_or_padding_differ():
+    base = RoiConfig(size=64)
+    names = {cache_name(base), cache_name(RoiConfig(size=64, spinal_mm=(18.0, 18.0, 18.0, 18.0))),
+             cache_name(RoiConfig(size=64, pad_px=3)), cache_name(RoiConfig(size=64, margin_mode="thesis_px"))}
+    assert len(names) == 4
+    assert cache_name(base) == "target_window_64x64_5D_B2A2_none"
+    assert cache_name(RoiConfig(size=64, pad_px=3)).startswith("target_window_64x64_5D_B2A2_none_")
+    assert cache_name(RoiConfig(size=64, pad_px=3)) == cache_name(RoiConfig.from_overrides(size="64", pad_px="3"))

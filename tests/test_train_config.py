@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lumbar.train.config import TrainConfig, load_yaml_overrides, make_config, parse_assignments
+from lumbar.train.config import TrainConfig, load_yaml_overrides, make_config
 
 
 def test_strings_are_cast_to_field_types():
@@ -38,9 +38,3 @@ def test_resolved_config_round_trips_through_json(tmp_path):
     cfg = make_config({"folds": "0,1", "model_kwargs": {"pool": "gru"}, "arch": "timmseq:resnet18"})
     path = cfg.save(tmp_path / "run" / "config.json")
     assert TrainConfig.load(path) == cfg
-
-
-def test_set_assignments():
-    assert parse_assignments(["lr=0.1", "augment=none"]) == {"lr": "0.1", "augment": "none"}
-    with pytest.raises(ValueError, match="key=value"):
-        parse_assignments(["lr"])

@@ -146,5 +146,5 @@ def test_cli_train_and_config_errors(tiny, tmp_path, capsys):
     assert "[scs fold 1] epoch 1" in out
     assert (tmp_path / "exp" / "cli" / "reports" / "summary.csv").is_file()
     assert main([*args, "--set", "learning_rate=1"]) == 2
-    assert "unknown config key 'learning_rate'" in capsys.readouterr().err
+    assert "unknown setting 'learning_rate'" in capsys.readouterr().err
     assert main([*args, "--mode", "triple"]) == 2

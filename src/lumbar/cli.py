@@ -160,6 +160,7 @@ def _pipeline(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="parameter for every notebook (YAML value)"
     )
+    p.add_argument("--jobs", type=int, default=None, help="notebooks of a parallel group run at once (default: config)")
 
 
 @command("train", "lumbar.train.command:cli_train", "train one architecture on one task mode (also under torchrun)")

@@ -41,11 +41,12 @@ def ensure_data(data_dir: Path, synthetic: dict, workers: int = 2) -> bool:
 
 
 def out_of_fold_prior(labels: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
-    """Condition x level priors for each fold's studies, fitted on the other folds."""
+    """Condition x level priors for each fold's studies, fitted on the other folds (Laplace-smoothed: a grade
+    the other folds never show must not get probability 0)."""
     parts = []
     for fold, group in folds.groupby("fold"):
         train = labels[~labels["study_id"].isin(group["study_id"])]
-        parts.append(prior_submission(train, group["study_id"].tolist()))
+        parts.append(prior_submission(train, group["study_id"].tolist(), smoothing=1.0))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -73,14 +74,31 @@ def demo_summary(run_dir: Path, data_dir: Path) -> dict:
         oracle = oracle[oracle["row_id"].map(lambda r: int(r.split("_", 1)[0]) in studies)]
         out["oracle"] = competition_score(scored, oracle, "oracle").score
         out["gap_closed"] = (out["prior"] - out["oof_score"]) / (out["prior"] - out["oracle"])
+    if ensemble.get("scores"):
+        out["candidates"] = pd.read_csv(run_dir / ensemble["scores"]).set_index("model")["score"].to_dict()
+        out["chosen"] = ensemble.get("chosen", "")
     submission = manifest.get("submission", {}).get("path")
     if submission and (data_dir / "test_labels.csv").is_file():
         sub = load_submission(run_dir / submission)
-        out["test_score"] = competition_score(
-            load_labels(data_dir / "test_labels.csv"), sub, "submission"
+        test_labels = load_labels(data_dir / "test_labels.csv")
+        out["test_score"] = competition_score(test_labels, sub, "submission").score
+        test_studies = sorted(test_labels["study_id"].unique())
+        out["test_studies"] = len(test_studies)
+        out["test_prior"] = competition_score(
+            test_labels, prior_submission(labels, test_studies, smoothing=1.0), "prior"
         ).score
-    out["submission"] = str(run_dir / submission) if submission else ""
+        if oracle_path.is_file():
+            oracle = load_submission(oracle_path)
+            oracle = oracle[oracle["row_id"].map(lambda r: int(r.split("_", 1)[0]) in set(test_studies))]
+            if len(oracle):
+                out["test_oracle"] = competition_score(test_labels, oracle, "oracle").score
+    out["submission"] = _project_relative(run_dir / submission) if submission else ""
     return out
+
+
+def _project_relative(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path)
 
 
 def _fmt(v) -> str:
@@ -95,11 +113,7 @@ def run_demo(config_path: str | Path, workers: int = 2) -> dict:
     ensure_data(config.data_dir, raw.get("synthetic") or {}, workers=workers)
     run_pipeline(config)
     summary = demo_summary(config.run_dir, config.data_dir)
-    summary["run"] = str(
-        config.run_dir.relative_to(PROJECT_ROOT)
-        if config.run_dir.is_relative_to(PROJECT_ROOT)
-        else config.run_dir
-    )
+    summary["run"] = _project_relative(config.run_dir)
     summary["seconds"] = round(time.perf_counter() - t0)
     return summary
 
@@ -111,6 +125,12 @@ def cli_demo(args: argparse.Namespace) -> int:
     except PipelineError as e:
         print(f"demo: FAILED: {e}")
         return 1
+    if s.get("candidates"):
+        marked = [f"{k}={_fmt(v)}{'*' if k == s.get('chosen') else ''}" for k, v in s["candidates"].items()]
+        print("demo: out-of-fold candidates (* chosen): " + ", ".join(marked))
+    if "test_prior" in s:
+        print(f"demo: test set of {s['test_studies']} studies: submission={_fmt(s['test_score'])} "
+              f"prior={_fmt(s['test_prior'])} oracle={_fmt(s.get('test_oracle', 'n/a'))}")
     keys = ("oof_score", "prior", "oracle", "gap_closed", "test_score", "submission", "run", "seconds")
     print("demo: " + " ".join(f"{k}={_fmt(s.get(k, 'n/a'))}" for k in keys))
     return 0

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import nbformat
 
+from lumbar.atomic import write_json
 from lumbar.constants import COMPETITION_SLUG
-from lumbar.manifest import read_manifest, write_json
+from lumbar.manifest import read_manifest
 from lumbar.paths import PROJECT_ROOT
 
 #: Installed on Kaggle from the code dataset: missing from Kaggle's image or needed at our pinned version.

@@ -2,7 +2,8 @@
 
 Every stage records what it produced under its own key (localizer, classifiers, ensemble, notebooks, ...),
 with paths relative to the run folder, so `predict` and `kaggle-bundle` need only the run's path and the
-folder can be moved or uploaded as a whole. Updates are read-modify-write with an atomic replace.
+folder can be moved or uploaded as a whole. Updates are read-modify-write under a file lock, with an atomic replace, so notebooks running side by side
+(a parallel group of the pipeline) never lose each other's entries.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
+
+from lumbar.atomic import write_json
 
 MANIFEST_NAME = "manifest.json"
 
@@ -30,24 +35,17 @@ def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
-def write_json(data: Any, path: str | os.PathLike) -> Path:
-    """Write JSON atomically (temp file then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
-    return path
-
-
 def update_manifest(
     run_dir: str | os.PathLike, key: str, value: Any, item: str | None = None
 ) -> dict[str, Any]:
     """Set `manifest[key] = value`, or `manifest[key][item] = value` for keyed collections (classifiers...)."""
-    manifest = read_manifest(run_dir)
-    if item is None:
-        manifest[key] = value
-    else:
-        manifest.setdefault(key, {})[item] = value
-    write_json(manifest, manifest_path(run_dir))
+    path = manifest_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_name(f".{path.name}.lock")):  # notebooks of a parallel group share the manifest
+        manifest = read_manifest(run_dir)
+        if item is None:
+            manifest[key] = value
+        else:
+            manifest.setdefault(key, {})[item] = value
+        write_json(manifest, path)
     return manifest

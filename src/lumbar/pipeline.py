@@ -6,13 +6,18 @@ Config (`configs/NAME.yaml`)::
     notebook_dir: notebooks       # default
     data_dir: null                # null: lumbar.paths.data_root() decides
     parameters: {DEVICE: auto}    # passed to every notebook (UPPER_CASE, the notebooks' parameter names)
+    jobs: 2                       # notebooks of a `parallel:` group run at most this many at once
     notebooks:
       - notebook: 00_eda          # notebooks/00_eda.ipynb
-      - notebook: 03_train        # one notebook run once per architecture,
-        output: 03_train_cnn3d    # each under its own name
-        parameters: {ARCH: cnn3d}
+      - parallel:                 # independent notebooks: side by side when jobs > 1, else in order
+          - notebook: 02_train_localizer
+          - notebook: 03_train    # one notebook run once per architecture,
+            output: 03_train_cnn3d  # each under its own name
+            parameters: {ARCH: cnn3d}
 
-Every notebook also receives `RUN_DIR` and `DATA_DIR`. Executed copies are saved as
+Every notebook also receives `RUN_DIR` and `DATA_DIR`. Each notebook of a parallel group runs in its own
+process and kernel with `OMP_NUM_THREADS` = CPU cores // jobs (unless the environment sets it), so the
+group shares the cores instead of fighting over them; the manifest is updated under a file lock. Executed copies are saved as
 `runs/<name>/<output>.ipynb`; the manifest's `notebooks` entry records status and seconds of each. On a
 failing cell the pipeline stops and names the notebook, the cell and the error.
 """
@@ -20,8 +25,11 @@ failing cell the pipeline stops and names the notebook, the cell and the error.
 from __future__ import annotations
 
 import argparse
+import itertools
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +37,7 @@ from typing import Any
 import yaml
 
 from lumbar.manifest import read_manifest, update_manifest
+from lumbar.overrides import parse_assignments
 from lumbar.paths import PROJECT_ROOT, data_root
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
@@ -43,6 +52,7 @@ class Step:
     notebook: str
     output: str
     parameters: dict[str, Any] = field(default_factory=dict)
+    group: int = 0  # steps with the same group number form one `parallel:` block
 
 
 @dataclass
@@ -53,6 +63,7 @@ class PipelineConfig:
     steps: list[Step]
     source: Path | None = None
     notebook_dir: Path = NOTEBOOK_DIR
+    jobs: int = 1
 
 
 _TOP_KEYS = {
@@ -64,6 +75,7 @@ _TOP_KEYS = {
     "notebook_dir",
     "description",
     "synthetic",
+    "jobs",
 }
 _STEP_KEYS = {"notebook", "output", "parameters"}
 
@@ -93,19 +105,31 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     common = {**(raw.get("parameters") or {}), **(overrides or {})}
     steps = []
     for i, entry in enumerate(raw["notebooks"]):
-        entry = {"notebook": entry} if isinstance(entry, str) else dict(entry)
-        bad = set(entry) - _STEP_KEYS
-        if bad or "notebook" not in entry:
-            raise ValueError(f"{path}: notebooks[{i}] has unknown key(s) {sorted(bad)} or no `notebook`")
-        nb = entry["notebook"].removesuffix(".ipynb")
-        if not (notebook_dir / f"{nb}.ipynb").is_file():
-            raise ValueError(f"{path}: notebooks[{i}]: {notebook_dir / nb}.ipynb does not exist")
-        params = {**common, **(entry.get("parameters") or {})}
-        steps.append(Step(nb, entry.get("output", nb), params))
+        parallel = isinstance(entry, dict) and "parallel" in entry
+        members = entry["parallel"] if parallel else [entry]
+        if parallel and (set(entry) != {"parallel"} or not isinstance(members, list) or not members):
+            raise ValueError(f"{path}: notebooks[{i}]: a `parallel:` entry holds only a non-empty list of steps")
+        for j, member in enumerate(members):
+            where = f"{path}: notebooks[{i}]" + (f".parallel[{j}]" if parallel else "")
+            steps.append(_step(member, i, common, notebook_dir, where))
     outputs = [s.output for s in steps]
     if len(set(outputs)) != len(outputs):
         raise ValueError(f"{path}: two steps write the same output name; give each an `output:`")
-    return PipelineConfig(name, run_dir, data_dir, steps, path, notebook_dir)
+    jobs = raw.get("jobs", 1)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"{path}: jobs must be a whole number >= 1, got {jobs!r}")
+    return PipelineConfig(name, run_dir, data_dir, steps, path, notebook_dir, jobs)
+
+
+def _step(entry: Any, group: int, common: dict[str, Any], notebook_dir: Path, where: str) -> Step:
+    entry = {"notebook": entry} if isinstance(entry, str) else dict(entry)
+    bad = set(entry) - _STEP_KEYS
+    if bad or "notebook" not in entry:
+        raise ValueError(f"{where} has unknown key(s) {sorted(bad)} or no `notebook`")
+    nb = entry["notebook"].removesuffix(".ipynb")
+    if not (notebook_dir / f"{nb}.ipynb").is_file():
+        raise ValueError(f"{where}: {notebook_dir / nb}.ipynb does not exist")
+    return Step(nb, entry.get("output", nb), {**common, **(entry.get("parameters") or {})}, group)
 
 
 def _project_path(p: str) -> Path:
@@ -132,11 +156,17 @@ def select_steps(steps: list[Step], start: str | None = None, only: str | None =
     return steps
 
 
-def run_step(step: Step, config: PipelineConfig, log_output: bool = False) -> float:
-    """Execute one notebook with papermill; return its seconds. Raises PipelineError naming the cell."""
+def run_step(step: Step, config: PipelineConfig, log_output: bool = False, threads: int = 0) -> float:
+    """Execute one notebook with papermill; return its seconds. Raises PipelineError naming the cell.
+
+    Args:
+        threads: when > 0 and the environment sets no OMP_NUM_THREADS, the kernel gets this many CPU threads.
+    """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
+    if threads > 0:
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # inherited by the kernel this process starts
     config.run_dir.mkdir(parents=True, exist_ok=True)
     out = config.run_dir / f"{step.output}.ipynb"
     params = {"RUN_DIR": str(config.run_dir), "DATA_DIR": str(config.data_dir), **step.parameters}
@@ -166,40 +196,77 @@ def run_step(step: Step, config: PipelineConfig, log_output: bool = False) -> fl
 
 
 def run_pipeline(
-    config: PipelineConfig, start: str | None = None, only: str | None = None
+    config: PipelineConfig, start: str | None = None, only: str | None = None, jobs: int | None = None
 ) -> dict[str, float]:
-    """Run the chosen steps in order; stop at the first failure (PipelineError)."""
+    """Run the chosen steps in order, a `parallel:` group side by side; stop at the first failure.
+
+    Args:
+        jobs: notebooks run at once inside a parallel group (default: the config's `jobs`).
+
+    Raises:
+        PipelineError: a notebook failed (in a parallel group: after the group's running notebooks ended).
+    """
+    jobs = jobs or config.jobs
     update_manifest(
-        config.run_dir, "pipeline", {"config": str(config.source), "data_dir": str(config.data_dir)}
+        config.run_dir, "pipeline", {"config": str(config.source), "data_dir": str(config.data_dir), "jobs": jobs}
     )
-    seconds = {}
-    for step in select_steps(config.steps, start, only):
-        print(f"[pipeline] {step.output} ...", flush=True)
-        seconds[step.output] = run_step(step, config)
-        print(f"[pipeline] {step.output} done in {seconds[step.output]:.1f} s", flush=True)
+    seconds: dict[str, float] = {}
+    for _, group in itertools.groupby(select_steps(config.steps, start, only), key=lambda s: s.group):
+        group = list(group)
+        if len(group) > 1 and jobs > 1:
+            seconds.update(_run_parallel(group, config, jobs))
+            continue
+        for step in group:
+            print(f"[pipeline] {step.output} ...", flush=True)
+            seconds[step.output] = run_step(step, config)
+            print(f"[pipeline] {step.output} done in {seconds[step.output]:.1f} s", flush=True)
+    return seconds
+
+
+def _run_parallel(group: list[Step], config: PipelineConfig, jobs: int) -> dict[str, float]:
+    """One parallel group: each notebook in its own process; the first failure is raised once all ended."""
+    workers = min(jobs, len(group))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    print(f"[pipeline] {', '.join(s.output for s in group)}: {workers} at once, {threads} CPU thread(s) each",
+          flush=True)  # fmt: skip
+    seconds, errors = {}, []
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_step, step, config, False, threads): step for step in group}
+        for future in as_completed(futures):
+            step = futures[future]
+            if future.cancelled():
+                continue
+            try:
+                seconds[step.output] = future.result()
+            except Exception as e:  # noqa: BLE001 - reported below, after the others have ended
+                errors.append(e if isinstance(e, PipelineError) else PipelineError(f"notebook {step.output}: {e!r}"))
+                for other in futures:
+                    other.cancel()  # those not started yet
+                continue
+            print(f"[pipeline] {step.output} done in {seconds[step.output]:.1f} s", flush=True)
+    if errors:
+        also = "".join(f"\n  also failed: {e}" for e in errors[1:])
+        skipped = [s.output for f, s in futures.items() if f.cancelled()]
+        also += f"\n  not started: {', '.join(skipped)}" if skipped else ""
+        raise PipelineError(f"{errors[0]}{also}")
     return seconds
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key] = yaml.safe_load(value)
-    return out
+    """`--set EPOCHS=3` -> {"EPOCHS": 3}: values read as YAML, so numbers and lists keep their types."""
+    return {key: yaml.safe_load(value) for key, value in parse_assignments(items).items()}
 
 
 def cli_pipeline(args: argparse.Namespace) -> int:
     """`python -m lumbar pipeline`."""
     config = load_config(args.config, _parse_overrides(args.set or []))
     try:
-        seconds = run_pipeline(config, args.start, args.only)
+        seconds = run_pipeline(config, args.start, args.only, args.jobs)
     except PipelineError as e:
         print(f"pipeline: FAILED: {e}")
         return 1
-    total = sum(seconds.values())
-    print(f"pipeline: {len(seconds)} notebooks in {total:.1f} s; run folder {config.run_dir}")
+    print(f"pipeline: {len(seconds)} notebooks, {sum(seconds.values()):.1f} notebook-seconds; "
+          f"run folder {config.run_dir}")
     print(
         f"pipeline: manifest {config.run_dir / 'manifest.json'} ({len(read_manifest(config.run_dir))} keys)"
     )

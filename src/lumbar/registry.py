@@ -1,4 +1,4 @@
-"""One name -> object registry for filters, augmentations and losses: a duplicate name is an error."""
+"""One name -> object registry for models, filters, augmentations and losses: a duplicate name is an error."""
 
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lumbar.atomic import atomic_path
 from lumbar.constants import (
     CONDITIONS,
     GRADE_FROM_LABEL,
@@ -239,9 +240,6 @@ def write_parquet(df: pd.DataFrame, path: str | Path) -> Path:
 
 
 def _write_atomic(writer, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    writer(tmp, index=False)
-    tmp.replace(path)
-    return path
+    with atomic_path(path) as tmp:
+        writer(tmp, index=False)
+    return Path(path)

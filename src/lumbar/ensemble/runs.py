@@ -1,8 +1,8 @@
 """Fit the ensemble of a run folder's classifiers and record it in the manifest (the 04_ensemble notebook).
 
-Writes `<run>/ensemble/`: params.json (used at test time), fold_params.json, oof.csv (the blended,
-calibrated out-of-fold predictions) and scores.csv (every model, the plain mean, the blend), and the
-manifest's `ensemble` entry that `predict` and `kaggle-bundle` read.
+Writes `<run>/ensemble/`: params.json (the chosen candidate, used at test time), fold_params.json, oof.csv
+(its out-of-fold predictions) and scores.csv (every candidate: each model, the plain mean, the blend, the
+calibrated blend, with `chosen`), and the manifest's `ensemble` entry that `predict` and `kaggle-bundle` read.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from lumbar.atomic import write_json
 from lumbar.data.tables import load_labels, load_submission, write_csv
 from lumbar.ensemble.blend import EnsembleResult, fit_ensemble
-from lumbar.manifest import read_manifest, update_manifest, write_json
+from lumbar.manifest import read_manifest, update_manifest
 from lumbar.paths import data_root
 
 ENSEMBLE_DIR = "ensemble"
@@ -59,7 +60,7 @@ def fit_run_ensemble(run_dir: str | os.PathLike, data_dir: str | os.PathLike | N
     write_json({k: v.to_dict() for k, v in result.fold_params.items()}, out / "fold_params.json")
     write_csv(result.oof, out / "oof.csv")
     write_csv(result.scores, out / "scores.csv")
-    blended = result.scores.set_index("model").loc["blend + calibration (out-of-fold)"]
+    chosen = result.scores.set_index("model").loc[result.chosen]
     update_manifest(
         run_dir,
         "ensemble",
@@ -71,7 +72,8 @@ def fit_run_ensemble(run_dir: str | os.PathLike, data_dir: str | os.PathLike | N
             "folds": folds_csv,
             "per_group": per_group,
             "calibrate": calibrate,
-            "oof_score": float(blended["score"]),
+            "chosen": result.chosen,
+            "oof_score": float(chosen["score"]),
         },
     )
     return result

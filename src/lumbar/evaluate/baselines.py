@@ -32,19 +32,22 @@ def uniform_submission(study_ids: Iterable[int]) -> pd.DataFrame:
     return sub[SUBMISSION_COLUMNS]
 
 
-def class_priors(labels: pd.DataFrame, by: str = "condition_level") -> pd.DataFrame:
+def class_priors(labels: pd.DataFrame, by: str = "condition_level", smoothing: float = 0.0) -> pd.DataFrame:
     """Unweighted grade frequencies of a label table.
 
     Args:
         labels: the long label table (rows without a grade are ignored).
         by: "condition_level" (one distribution per condition x level) or "condition" (the five levels
             of a condition pooled).
+        smoothing: pseudo-count added to every grade. 0 gives the plain frequencies (the reference values);
+            fitted on a few studies, a grade never seen would get probability 0 and an unbounded log loss,
+            so fallbacks and small-sample baselines use 1 (Laplace), which also covers keys without labels.
 
     Returns:
         One row per key with the columns `normal_mild, moderate, severe` summing to 1.
 
     Raises:
-        ValueError: for an unknown `by`, or a key of the competition with no labelled row.
+        ValueError: for an unknown `by`, or (without smoothing) a key of the competition with no labelled row.
     """
     if by not in PRIOR_KEYS:
         raise ValueError(f"by must be one of {list(PRIOR_KEYS)}, got {by!r}")
@@ -58,18 +61,19 @@ def class_priors(labels: pd.DataFrame, by: str = "condition_level") -> pd.DataFr
         if by == "condition_level"
         else pd.Index(CONDITIONS, name="condition")
     )
-    counts = counts.reindex(full)
+    counts = counts.reindex(full, fill_value=0) if smoothing > 0 else counts.reindex(full)
     if counts.isna().any(axis=1).any():
         missing = counts.index[counts.isna().any(axis=1)][0]
         raise ValueError(f"no labelled row for {missing} to fit a prior on")
-    freq = counts.to_numpy(dtype=float)
+    freq = counts.to_numpy(dtype=float) + smoothing
     freq = freq / freq.sum(axis=1, keepdims=True)
     return pd.DataFrame(freq, index=counts.index, columns=list(GRADES)).reset_index()
 
 
-def prior_submission(labels: pd.DataFrame, study_ids: Iterable[int], by: str = "condition_level") -> pd.DataFrame:
+def prior_submission(labels: pd.DataFrame, study_ids: Iterable[int], by: str = "condition_level",
+                     smoothing: float = 0.0) -> pd.DataFrame:  # fmt: skip
     """Every study gets the class frequencies of `labels` (see `class_priors`), in sample_submission order."""
-    priors = class_priors(labels, by=by)
+    priors = class_priors(labels, by=by, smoothing=smoothing)
     sub = _skeleton(study_ids).merge(priors, on=PRIOR_KEYS[by], how="left", validate="many_to_one")
     assert not sub[list(GRADES)].isna().any().any()
     return sub[SUBMISSION_COLUMNS]

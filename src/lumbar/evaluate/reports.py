@@ -33,6 +33,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from lumbar.atomic import atomic_path, write_json
 from lumbar.constants import CONDITIONS, GRADE_LABELS, GRADES, LEVELS
 from lumbar.data.tables import write_csv
 
@@ -217,9 +218,8 @@ def plot_confusion_matrices(report: EvaluationReport, out_dir: str | Path) -> li
             ax.yaxis.label.set_size(8)
         fig.suptitle(f"{figure} ({report.mode})", fontsize=10)
         path = out_dir / f"confusion_{figure}.png"
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=100)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100)
         paths.append(path)
     return paths
 
@@ -247,9 +247,7 @@ def write_reports(table: pd.DataFrame, out_dir: str | Path, mode: str, reference
     }
     document = {"mode": mode, **{k: _records(getattr(report, k)) for k in ("summary", "per_class", "confusion")}}
     json_path = out_dir / "report.json"
-    tmp = json_path.with_name(f".{json_path.name}.tmp")
-    tmp.write_text(json.dumps(document, indent=1))
-    tmp.replace(json_path)
+    write_json(document, json_path, indent=1)
     paths["report"] = json_path
     for png in plot_confusion_matrices(report, out_dir):
         paths[png.stem] = png

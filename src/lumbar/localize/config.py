@@ -1,7 +1,7 @@
 """The localizer's settings: one typed dataclass with defaults, overridden by name.
 
 Overrides (CLI `--set key=value`, papermill, YAML) arrive as strings or numbers; each is cast to the type
-of the field's default, and an unknown name is an error listing the known ones, so a typo never trains a
+of the field (`lumbar.overrides`), and an unknown name is an error naming the closest one, so a typo never trains a
 model silently with a default.
 """
 
@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+from lumbar.overrides import apply_overrides
 
 
 @dataclass(frozen=True)
@@ -131,14 +130,7 @@ class LocalizerConfig:
         Raises:
             ValueError: an unknown field name, or a value that does not cast (e.g. "abc" for an int).
         """
-        known = {f.name: f for f in fields(self)}
-        changes = {}
-        for key, value in {**(overrides or {}), **kwargs}.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise ValueError(f"unknown localizer setting {key!r}; known: {sorted(known)}")
-            changes[name] = _cast(name, value, type(getattr(self, name)))
-        return dataclasses.replace(self, **changes)
+        return apply_overrides(self, {**(overrides or {}), **kwargs}, owner="LocalizerConfig")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -152,35 +144,3 @@ class LocalizerConfig:
     def from_dict(cls, values: Mapping[str, Any]) -> LocalizerConfig:
         """Rebuild from `to_dict` output (a run's manifest), casting and checking every key."""
         return cls().with_overrides(values)
-
-
-def _cast(name: str, value: Any, kind: type) -> Any:
-    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-        return value
-    text = str(value).strip()
-    try:
-        if kind is bool:
-            if text.lower() in _TRUE:
-                return True
-            if text.lower() in _FALSE:
-                return False
-            raise ValueError(text)
-        if kind is int:
-            number = float(text)
-            if number != int(number):
-                raise ValueError(text)
-            return int(number)
-        return kind(text)
-    except ValueError:
-        raise ValueError(f"localizer setting {name!r} expects {kind.__name__}, got {value!r}") from None
-
-
-def parse_assignments(items: list[str] | None) -> dict[str, str]:
-    """`["epochs=3", "lr=1e-3"]` -> {"epochs": "3", "lr": "1e-3"}; an item without "=" is an error."""
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"expected KEY=VALUE, got {item!r}")
-        out[key.strip()] = value.strip()
-    return out

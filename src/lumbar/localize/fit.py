@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from lumbar.atomic import atomic_path
 from lumbar.localize.config import LocalizerConfig
 from lumbar.train.runtime import Runtime
 
@@ -72,7 +73,5 @@ def fit(model: torch.nn.Module, n_samples: int, batch: BatchFn, loss_fn: LossFn,
 
 def save_state(model: torch.nn.Module, path) -> None:
     """Write a model's state dict (CPU tensors) atomically; load it with `torch.load(..., weights_only=True)`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)

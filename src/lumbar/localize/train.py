@@ -30,13 +30,14 @@ from lumbar.data.dicom import DicomReadError, Series, Stack, read_series
 from lumbar.data.index import load_or_build_index
 from lumbar.data.tables import load_coordinates
 from lumbar.localize.augment import random_affine, random_depth_affine, random_intensity, random_mirror
-from lumbar.localize.config import LocalizerConfig, parse_assignments
+from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.fit import fit, save_state
 from lumbar.localize.heatmap import HeatmapNet, heatmap_loss
 from lumbar.localize.slice_refine import CropGeometry, SliceScorer, draw_batch, scorer_loss, training_crops
 from lumbar.localize.tasks import Task, axial_samples, get_task, placed_coordinates, sagittal_samples
 from lumbar.localize.volumes import axial_input, cached_array, normalize_intensity, sagittal_input
 from lumbar.manifest import manifest_path, update_manifest
+from lumbar.overrides import parse_assignments
 from lumbar.paths import data_root, series_dir
 from lumbar.train.runtime import Runtime, setup_runtime, teardown_runtime
 

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from lumbar.atomic import atomic_path
 from lumbar.data.dicom import Stack
 
 
@@ -98,10 +99,8 @@ def cached_array(path: str | os.PathLike, build: Callable[[], np.ndarray]) -> np
     if path.is_file():
         return np.load(path)
     arr = np.asarray(build(), dtype=np.float16)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npy")
-    np.save(tmp, arr)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        np.save(tmp, arr)
     return arr
 
 

@@ -18,11 +18,12 @@ from typing import Any
 from torch import nn
 
 from lumbar.models.base import LumbarModel
+from lumbar.registry import Registry
 
 EncoderFactory = Callable[..., nn.Module]
 
-_MODELS: dict[str, EncoderFactory] = {}
-_FAMILIES: dict[str, EncoderFactory] = {}
+_MODELS: Registry[EncoderFactory] = Registry("model")
+_FAMILIES: Registry[EncoderFactory] = Registry("model")
 FAMILY_SEPARATOR = ":"
 
 
@@ -40,13 +41,9 @@ def register_model(name: str, family: bool = False) -> Callable[[EncoderFactory]
     if not name or FAMILY_SEPARATOR in name:
         raise ValueError(f"model name must be non-empty and without {FAMILY_SEPARATOR!r}: {name!r}")
 
-    def decorate(factory: EncoderFactory) -> EncoderFactory:
-        if name in _MODELS or name in _FAMILIES:
-            raise ValueError(f"model {name!r} registered twice")
-        (_FAMILIES if family else _MODELS)[name] = factory
-        return factory
-
-    return decorate
+    if name in (_MODELS if family else _FAMILIES):  # one name space for both kinds
+        raise ValueError(f"model {name!r} registered twice")
+    return (_FAMILIES if family else _MODELS).register(name)
 
 
 def list_models() -> list[str]:

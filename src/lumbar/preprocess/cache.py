@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from lumbar.atomic import write_json
 from lumbar.constants import CONDITIONS, LEVELS, row_id
 from lumbar.data.tables import COORDINATE_COLUMNS, load_coordinates, write_csv, write_parquet
 from lumbar.paths import data_root, images_dir
@@ -40,14 +41,23 @@ FORMAT_VERSION = 1
 _IDENTITY_KEYS = ("format_version", "config", "split", "coordinates_sha1")
 
 
-def cache_name(config: RoiConfig) -> str:
-    """The thesis's folder name plus the filter.
+_NAMED_FIELDS = ("mode", "size", "depth", "before", "after", "filter")
 
-    E.g. `target_window_128x128_5D_B2A2_none`, `full_series_96x96_15D_clahe`.
+
+def cache_name(config: RoiConfig) -> str:
+    """The thesis's folder name plus the filter, and a digest of any other setting changed from its default.
+
+    E.g. `target_window_128x128_5D_B2A2_none`, `full_series_96x96_15D_clahe`; with other margins or padding
+    `target_window_32x32_5D_B2A2_none_3f9a1c2e`, so two caches that differ only there never share a folder.
     """
     size = f"{config.size}x{config.size}_{config.out_depth}D"
     window = f"_B{config.before}A{config.after}" if config.mode == "target_window" else ""
-    return f"{config.mode}_{size}{window}_{config.filter}"
+    name = f"{config.mode}_{size}{window}_{config.filter}"
+    defaults, values = RoiConfig().to_dict(), config.to_dict()
+    changed = {k: v for k, v in values.items() if k not in _NAMED_FIELDS and v != defaults[k]}
+    if changed:
+        name += "_" + hashlib.sha1(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:8]
+    return name
 
 
 def coordinates_digest(coords: pd.DataFrame) -> str:
@@ -93,10 +103,7 @@ def prepare_cache_dir(root: str | os.PathLike, params: dict) -> Path:
                 "choose another --out or delete that folder"
             )
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".params.json.tmp")
-    tmp.write_text(json.dumps(params, indent=2) + "\n")
-    tmp.replace(path)
+    write_json(params, path)
     return folder
 
 

@@ -12,13 +12,12 @@ disc and vertebral body in front of the canal); axial columns run patient right 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from lumbar.constants import CONDITION_GROUP, CONDITIONS
+from lumbar.overrides import cast_overrides
 
 MODES: tuple[str, ...] = ("target_window", "full_series")
 MARGIN_MODES: tuple[str, ...] = ("mm", "thesis_px")
@@ -142,40 +141,4 @@ class RoiConfig:
             KeyError: an unknown parameter name (the message suggests the closest one).
             ValueError: a value that cannot be cast, or a combination `__post_init__` rejects.
         """
-        merged = {**(overrides or {}), **kwargs}
-        hints = typing.get_type_hints(cls)
-        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-        values = {}
-        for name, value in merged.items():
-            if name not in defaults:
-                close = difflib.get_close_matches(name, defaults, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise KeyError(f"unknown RoiConfig parameter {name!r}{hint}")
-            values[name] = _cast(name, value, defaults[name], hints[name])
-        return cls(**values)
-
-
-def _cast(name: str, value: Any, default: Any, hint: Any) -> Any:
-    """`value` converted to the type of `default` (bool from yes/no words, tuples from "a,b,c")."""
-    try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                word = value.strip().lower()
-                if word not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(f"not a boolean: {value!r}")
-                return word in ("true", "1", "yes")
-            return bool(value)
-        if isinstance(default, tuple):
-            items = value.split(",") if isinstance(value, str) else list(value)
-            item_type = typing.get_args(hint)[0] if typing.get_args(hint) else type(default[0])
-            cast = tuple(item_type(v) for v in items)
-            if len(cast) != len(default):
-                raise ValueError(f"expected {len(default)} values, got {len(cast)}")
-            return cast
-        if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"not an integer: {value!r}")
-        return type(default)(value)
-    except (TypeError, ValueError) as e:
-        raise ValueError(
-            f"RoiConfig.{name}: cannot use {value!r} as {type(default).__name__} ({e})"
-        ) from None
+        return cls(**cast_overrides(cls, {**(overrides or {}), **kwargs}))

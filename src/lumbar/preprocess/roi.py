@@ -18,13 +18,13 @@ its coordinate row and the reason.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from lumbar.atomic import atomic_path
 from lumbar.constants import row_id
 from lumbar.data.dicom import (
     DicomReadError,
@@ -79,11 +79,8 @@ def sample_file(study_id: int, condition: str, level: str) -> str:
 
 def save_atomic(array: np.ndarray, path: Path) -> None:
     """Write a .npy through a temporary file and a rename, so a killed run leaves no partial sample."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-    os.replace(tmp, path)
 
 
 @dataclass

@@ -14,18 +14,17 @@ from typing import Any
 
 import torch
 
+from lumbar.atomic import atomic_path
+
 BEST = "best.pt"
 LAST = "last.pt"
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """`torch.save` atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lumbar.train.config import load_yaml_overrides, make_config, parse_assignments
+from lumbar.overrides import parse_assignments
+from lumbar.train.config import load_yaml_overrides, make_config
 
 #: Flags that map one-to-one onto config fields (None = not given).
 FLAG_FIELDS = ("data_dir", "cache", "arch", "mode", "folds", "epochs", "out", "batch_size", "lr", "device",

@@ -9,15 +9,16 @@ The resolved config is written as `config.json` into the run folder and read bac
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from lumbar.atomic import write_json
+from lumbar.overrides import cast_overrides
 
 
 @dataclass
@@ -114,77 +115,12 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> Path:
         """Write the resolved config as JSON (atomically)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        tmp.replace(path)
-        return path
+        return write_json(self.to_dict(), path, indent=1)
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
         """Read a config written by `save` (unknown keys are errors, as for any override)."""
         return make_config(json.loads(Path(path).read_text()), source=str(path))
-
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def _field_types() -> dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
-
-
-def _cast_scalar(value: Any, kind: type, key: str) -> Any:
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        text = str(value).strip().lower()
-        if text in _TRUE or text in _FALSE:
-            return text in _TRUE
-        raise ValueError(f"config {key!r}: expected a boolean (true/false), got {value!r}")
-    if kind is str:
-        return "" if value is None else str(value)
-    try:
-        if kind is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(str(value).strip()) if isinstance(value, str) else int(value)
-        return kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"config {key!r}: expected {kind.__name__}, got {value!r}") from None
-
-
-def cast_value(key: str, value: Any) -> Any:
-    """Cast one override to the type of the field `key` (see the module docstring).
-
-    Raises:
-        KeyError: for an unknown key (naming the closest field).
-        ValueError: for a value that does not cast.
-    """
-    types = _field_types()
-    if key not in types:
-        close = difflib.get_close_matches(key, list(types), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise KeyError(f"unknown config key {key!r}{hint}")
-    kind = types[key]
-    origin = typing.get_origin(kind)
-    if origin is tuple:
-        item = typing.get_args(kind)[0]
-        if isinstance(value, str):
-            value = [v for v in (p.strip() for p in value.split(",")) if v]
-        elif not isinstance(value, (list, tuple)):
-            value = [value]
-        return tuple(_cast_scalar(v, item, key) for v in value)
-    if origin is dict:
-        if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip() else {}
-        if not isinstance(value, Mapping):
-            raise ValueError(f"config {key!r}: expected a mapping, got {value!r}")
-        return dict(value)
-    return _cast_scalar(value, kind, key)
 
 
 def make_config(overrides: Mapping[str, Any] | None = None, base: TrainConfig | None = None,
@@ -199,13 +135,10 @@ def make_config(overrides: Mapping[str, Any] | None = None, base: TrainConfig | 
     Raises:
         KeyError: an unknown key; ValueError: a value of the wrong type.
     """
-    values = {}
-    for key, value in (overrides or {}).items():
-        name = str(key).replace("-", "_")
-        try:
-            values[name] = cast_value(name, value)
-        except (KeyError, ValueError) as e:
-            raise type(e)(f"{source}: {e.args[0]}") from None
+    try:
+        values = cast_overrides(TrainConfig, overrides or {})
+    except ValueError as e:  # UnknownSettingError is one too
+        raise type(e)(f"{source}: {e}") from None
     return dataclasses.replace(base or TrainConfig(), **values)
 
 
@@ -218,14 +151,3 @@ def load_yaml_overrides(path: str | Path) -> dict[str, Any]:
     if not isinstance(document, Mapping):
         raise TypeError(f"{path}: expected a mapping of config keys, got {type(document).__name__}")
     return dict(document)
-
-
-def parse_assignments(items: list[str] | None) -> dict[str, str]:
-    """`["lr=1e-3", "augment=none"]` (CLI `--set`) -> a dict of string overrides."""
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        out[key.strip()] = value
-    return out

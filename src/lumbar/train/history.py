@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from lumbar.atomic import atomic_path
 from lumbar.data.tables import write_csv
 
 HISTORY_CSV = "history.csv"
@@ -36,7 +37,6 @@ def plot_history(rows: list[dict[str, Any]], fold_dir: str | Path) -> Path:
     ax_metric.plot(table["epoch"], table["val_metric"], marker="o", color="tab:green")
     ax_metric.set(xlabel="epoch", ylabel=metric, title=f"validation {metric}")
     png = fold_dir / CURVES_PNG
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    tmp.replace(png)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=90)
     return png

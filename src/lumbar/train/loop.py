@@ -38,9 +38,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from lumbar.atomic import write_json
 from lumbar.constants import GRADES
 from lumbar.data.tables import load_labels, write_csv
-from lumbar.manifest import update_manifest, write_json
+from lumbar.manifest import update_manifest
 from lumbar.paths import data_root
 from lumbar.train.augment import StackAugment, resolve_augmentations
 from lumbar.train.checkpoint import BEST, LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state

@@ -20,8 +20,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from lumbar.constants import CONDITIONS, GRADES, LEVELS
+from lumbar.constants import GRADES
 from lumbar.data.tables import SUBMISSION_COLUMNS, split_row_ids, submission_row_ids
+from lumbar.evaluate.baselines import class_priors
 from lumbar.train.checkpoint import load_checkpoint
 from lumbar.train.runtime import Runtime, setup_runtime, teardown_runtime
 
@@ -114,13 +115,7 @@ def eval_loader(dataset, batch_size: int, workers: int, runtime: Runtime) -> Dat
 
 def grade_prior(labels: pd.DataFrame) -> pd.DataFrame:
     """Grade frequencies per condition x level, add-one smoothed so every cell exists (fallback predictions)."""
-    graded = labels[labels["grade"].notna()]
-    counts = (pd.crosstab([graded["condition"], graded["level"]], graded["grade"].astype(int))
-              .reindex(pd.MultiIndex.from_product([CONDITIONS, LEVELS], names=["condition", "level"]))
-              .reindex(columns=range(len(GRADES))).fillna(0.0).to_numpy() + 1.0)
-    freq = counts / counts.sum(axis=1, keepdims=True)
-    index = pd.MultiIndex.from_product([CONDITIONS, LEVELS], names=["condition", "level"])
-    return pd.DataFrame(freq, index=index, columns=list(GRADES)).reset_index()
+    return class_priors(labels, smoothing=1.0)
 
 
 def to_submission(table: pd.DataFrame, study_ids: Iterable[int] | None = None,

@@ -9,7 +9,6 @@ generator's parameters, so a run can tell synthetic data apart) and, on request,
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from lumbar.atomic import write_json
 from lumbar.constants import CONDITIONS, GRADES, LEVELS, SERIES_DESCRIPTIONS, condition_title, level_title
 from lumbar.data.synthetic.labels import FACTOR_WEIGHTS, THRESHOLDS, LabelModel
 from lumbar.data.synthetic.study import QUIRK_RATES, StudyResult, make_study, study_id_for
@@ -204,9 +204,7 @@ def generate(out: str | Path, config: SynthConfig, oracle: str | Path | None = N
         "files": files,
         "bytes": size,
     }
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(out / MANIFEST)
+    write_json(manifest, out / MANIFEST)
     return Summary(out, len(train), len(test), files, size, time.perf_counter() - start)
 
 

@@ -1,0 +1,82 @@
+"""`lumbar demo` on a tiny config: every numbered notebook executed by papermill, the last line, the files."""
+
+from __future__ import annotations
+
+import re
+
+import nbformat
+import pandas as pd
+import pytest
+import yaml
+
+from lumbar.cli import main
+from lumbar.data.tables import load_submission, submission_row_ids
+from lumbar.manifest import read_manifest
+
+pytestmark = pytest.mark.slow
+
+LINE = re.compile(
+    r"^demo: oof_score=(?P<oof>[\d.]+) prior=(?P<prior>[\d.]+) oracle=(?P<oracle>[\d.]+) "
+    r"gap_closed=(?P<gap>-?[\d.]+) test_score=(?P<test>[\d.]+) submission=(?P<sub>\S+) run=(?P<run>\S+) "
+    r"seconds=(?P<seconds>\d+)$"
+)
+
+
+def _tiny_config(tmp_path):
+    threads = {"THREADS": 1, "N_FOLDS": 2, "EPOCHS": 1, "BATCH_SIZE": 8, "DEVICE": "cpu"}
+    return {
+        "name": "tiny",
+        "run_dir": str(tmp_path / "run"),
+        "data_dir": str(tmp_path / "data"),
+        "synthetic": {"studies": 6, "test_studies": 2, "seed": 5, "image_size": 96},
+        "jobs": 2,
+        "notebooks": [
+            {"notebook": "00_eda", "parameters": {"MAX_EXAMPLE_STUDIES": 1, "MAX_SCATTER_STUDIES": 2}},
+            {"notebook": "01_preprocess", "parameters": {"SIZE": 16, "BEFORE": 1, "AFTER": 1,
+                                                         "EXTRA": {"pad_px": 2}}},
+            {"parallel": [
+                {"notebook": "02_train_localizer",
+                 "parameters": {"BACKBONE": "test_resnet", "SIZE": 32, "EPOCHS": 1, "HOLDOUT": 0.34, "DEVICE": "cpu",
+                                "EXTRA": {"slices": 4, "axial_epochs": 1, "refine_tasks": "", "batch_size": 4,
+                                          "decoder_channels": 8, "threads": 1}}},
+                {"notebook": "03_train", "output": "03_train_cnn3d", "parameters": {"ARCH": "cnn3d", **threads}},
+                {"notebook": "03_train", "output": "03_train_timm25d_test_resnet",
+                 "parameters": {"ARCH": "timm25d:test_resnet", **threads}},
+            ]},
+            {"notebook": "04_ensemble"},
+            {"notebook": "05_submission", "parameters": {"SPLIT": "test", "OUT": str(tmp_path / "submission.csv"),
+                                                         "DEVICE": "cpu"}},
+        ],
+    }  # fmt: skip
+
+
+def test_demo_runs_every_notebook_and_ends_with_the_summary_line(tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(_tiny_config(tmp_path)))
+    assert main(["demo", "--config", str(config)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    match = LINE.match(out[-1])
+    assert match, out[-3:]
+    assert "out-of-fold candidates (* chosen)" in "\n".join(out) and "test set of 2 studies" in "\n".join(out)
+    values = {k: float(match[k]) for k in ("oof", "prior", "oracle", "test")}
+    assert 0 < values["oracle"] < values["prior"] and values["oof"] > 0 and values["test"] > 0
+    assert float(match["gap"]) == pytest.approx((values["prior"] - values["oof"]) / (values["prior"] - values["oracle"]),
+                                                abs=2e-3)  # fmt: skip
+
+    run = tmp_path / "run"
+    manifest = read_manifest(run)
+    outputs = ["00_eda", "01_preprocess", "02_train_localizer", "03_train_cnn3d", "03_train_timm25d_test_resnet",
+               "04_ensemble", "05_submission"]  # fmt: skip
+    assert {k: v["status"] for k, v in manifest["notebooks"].items()} == dict.fromkeys(outputs, "ok")
+    for name in outputs:  # executed copies, every code cell run
+        nb = nbformat.read(run / f"{name}.ipynb", as_version=4)
+        assert all(c.execution_count for c in nb.cells if c.cell_type == "code" and c.source.strip()), name
+    assert set(manifest["classifiers"]) == {"cnn3d", "timm25d_test_resnet"}
+    assert manifest["ensemble"]["chosen"] in set(manifest["classifiers"]) | {
+        "mean of models", "blend (out-of-fold)", "blend + calibration (out-of-fold)"}
+    assert list(run.glob("eda/*.png")) and (run / "ensemble" / "scores.png").is_file()
+
+    submission = load_submission(tmp_path / "submission.csv")
+    test_ids = sorted(pd.read_csv(tmp_path / "data" / "test_series_descriptions.csv")["study_id"].unique())
+    assert manifest["submission"]["studies"] == len(test_ids) == 2
+    assert sorted(submission["row_id"]) == sorted(submission_row_ids(test_ids))
