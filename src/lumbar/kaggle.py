@@ -123,6 +123,20 @@ def collect_dependency_wheels(
     return sorted(out.glob("*.whl"))
 
 
+def inference_manifest(run_dir: Path, manifest: dict) -> dict:
+    """The manifest without the classifiers the ensemble does not use (their weights stay home).
+
+    The ensemble's parameters name the models inference runs; when `04_ensemble` kept a single model, the
+    other architectures' checkpoints would only make the upload larger.
+    """
+    ensemble = manifest.get("ensemble") or {}
+    if not ensemble.get("params"):
+        return manifest
+    used = json.loads((run_dir / ensemble["params"]).read_text())["models"]
+    classifiers = {k: v for k, v in manifest.get("classifiers", {}).items() if k in used}
+    return {**manifest, "classifiers": classifiers, "ensemble": {**ensemble, "models": list(used)}}
+
+
 def _dataset_metadata(user: str, slug: str, title: str) -> dict:
     return {"title": title, "id": f"{user}/{slug}", "licenses": [{"name": "CC0-1.0"}]}
 
@@ -220,6 +234,7 @@ def build_bundle(run_dir: str | os.PathLike, out: str | os.PathLike, user: str |
     manifest = read_manifest(run_dir)
     if not manifest:
         raise FileNotFoundError(f"{run_dir}: no manifest.json: train a run first (the pipeline writes it)")
+    manifest = inference_manifest(run_dir, manifest)
     user = user or os.environ.get("KAGGLE_USERNAME") or "your-kaggle-username"
     code_slug, weights_slug, kernel_slug = f"{slug}-code", f"{slug}-weights", f"{slug}-submission"
     if out.exists():
