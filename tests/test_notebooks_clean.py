@@ -33,3 +33,14 @@ def test_first_code_cell_is_the_only_parameters_cell(path):
     assert {"RUN_DIR", "DATA_DIR"} <= set(assignments), f"{path.name}: parameters lack RUN_DIR / DATA_DIR"
     lower = [name for name in assignments if not name.isupper()]
     assert not lower, f"{path.name}: parameters must be UPPER_CASE constants, found {lower}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_papermill_reads_every_parameter(path):
+    """papermill's parser skips a line it cannot read (a quote in a comment, a multi-line value): that
+    parameter then vanishes from `papermill --help-notebook` and from the pipeline's documentation."""
+    from papermill.translators import PythonTranslator
+
+    cell = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    assignments = re.findall(r"^(\w+)\s*=", cell.source, flags=re.MULTILINE)
+    assert [p.name for p in PythonTranslator.inspect(cell)] == assignments

@@ -163,3 +163,12 @@ def test_concurrent_manifest_updates_keep_every_entry(tmp_path):
     assert [proc.exitcode for proc in procs] == [0, 0, 0]
     assert len(read_manifest(tmp_path)["items"]) == 75
     assert not list(tmp_path.glob(".*.tmp*"))
+
+
+def test_command_line_parameters_win_over_the_config(project):
+    tmp_path, nbdir = project
+    path = _config(tmp_path, nbdir, [{"notebook": "00_ok", "parameters": {"VALUE": 5}}])
+    assert load_config(path).steps[0].parameters["VALUE"] == 5
+    assert load_config(path, {"VALUE": 9}).steps[0].parameters["VALUE"] == 9
+    assert main(["pipeline", "--config", str(path), "--set", "VALUE=9"]) == 0
+    assert (tmp_path / "run" / "value_9.json").is_file() and not (tmp_path / "run" / "value_5.json").exists()

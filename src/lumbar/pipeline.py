@@ -85,7 +85,8 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
 
     Args:
         path: the YAML file.
-        overrides: parameters set on every notebook after the config's own (e.g. from the command line).
+        overrides: parameters set on every notebook, over the config's common and per-notebook ones (the
+            command line's `--set`).
     """
     path = Path(path)
     try:
@@ -102,7 +103,7 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     run_dir = run_dir if run_dir.is_absolute() else PROJECT_ROOT / run_dir
     data_dir = data_root(raw.get("data_dir") and _project_path(raw["data_dir"]))
     notebook_dir = _project_path(raw["notebook_dir"]) if raw.get("notebook_dir") else NOTEBOOK_DIR
-    common = {**(raw.get("parameters") or {}), **(overrides or {})}
+    common, overrides = raw.get("parameters") or {}, overrides or {}
     steps = []
     for i, entry in enumerate(raw["notebooks"]):
         parallel = isinstance(entry, dict) and "parallel" in entry
@@ -111,7 +112,7 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
             raise ValueError(f"{path}: notebooks[{i}]: a `parallel:` entry holds only a non-empty list of steps")
         for j, member in enumerate(members):
             where = f"{path}: notebooks[{i}]" + (f".parallel[{j}]" if parallel else "")
-            steps.append(_step(member, i, common, notebook_dir, where))
+            steps.append(_step(member, i, common, overrides, notebook_dir, where))
     outputs = [s.output for s in steps]
     if len(set(outputs)) != len(outputs):
         raise ValueError(f"{path}: two steps write the same output name; give each an `output:`")
@@ -121,7 +122,9 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     return PipelineConfig(name, run_dir, data_dir, steps, path, notebook_dir, jobs)
 
 
-def _step(entry: Any, group: int, common: dict[str, Any], notebook_dir: Path, where: str) -> Step:
+def _step(entry: Any, group: int, common: dict[str, Any], overrides: dict[str, Any], notebook_dir: Path,
+          where: str) -> Step:  # fmt: skip
+    """One notebook run: the config's common parameters, then the step's own, then the command line's."""
     entry = {"notebook": entry} if isinstance(entry, str) else dict(entry)
     bad = set(entry) - _STEP_KEYS
     if bad or "notebook" not in entry:
@@ -129,7 +132,7 @@ def _step(entry: Any, group: int, common: dict[str, Any], notebook_dir: Path, wh
     nb = entry["notebook"].removesuffix(".ipynb")
     if not (notebook_dir / f"{nb}.ipynb").is_file():
         raise ValueError(f"{where}: {notebook_dir / nb}.ipynb does not exist")
-    return Step(nb, entry.get("output", nb), {**common, **(entry.get("parameters") or {})}, group)
+    return Step(nb, entry.get("output", nb), {**common, **(entry.get("parameters") or {}), **overrides}, group)
 
 
 def _project_path(p: str) -> Path:
