@@ -141,3 +141,15 @@ def test_synthetic_train_then_localize_the_unlabelled_test_split(synthetic_dir, 
         expected = 5 * ("Sagittal T2/STIR" in kinds) + 10 * ("Sagittal T1" in kinds) + 10 * (
             {"Sagittal T2/STIR", "Axial T2"} <= kinds)  # fmt: skip
         assert report.rows_per_study[study] == expected == (coords["study_id"] == study).sum()
+
+
+def test_training_twice_gives_the_same_weights(synthetic_dir, tmp_path):
+    """Initial weights are seeded too (the process's own torch seed differs from run to run)."""
+    coords = load_coordinates(synthetic_dir / "train_label_coordinates.csv")
+    config = LocalizerConfig().with_overrides({**TINY, "tasks": "sag_t2", "refine_tasks": "", "device": "cpu"})
+    states = []
+    for name in ("a", "b"):
+        train_localizer(config, synthetic_dir, coords, tmp_path / name, progress=False)
+        states.append(torch.load(tmp_path / name / "localizer" / "sag_t2.pt", weights_only=True))
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -39,7 +39,7 @@ from lumbar.localize.volumes import axial_input, cached_array, normalize_intensi
 from lumbar.manifest import manifest_path, update_manifest
 from lumbar.overrides import parse_assignments
 from lumbar.paths import data_root, series_dir
-from lumbar.train.runtime import Runtime, setup_runtime, teardown_runtime
+from lumbar.train.runtime import Runtime, seed_everything, setup_runtime, teardown_runtime
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +293,7 @@ def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: P
             manifest["skipped"][name] = "no training samples"
             log.warning("localizer model %s: no training samples, skipped", name)
             continue
+        seed_everything(config.seed, deterministic=device.type == "cpu")  # initial weights too: reruns agree
         model = build_model(task, config, pretrained).to(device)
         batch = _heatmap_batches(task, inputs, targets, config, device)
         history = fit(model, len(inputs), batch, partial(_heatmap_loss, config=config), config.epochs_of(task.plane), config, runtime,
@@ -310,6 +311,7 @@ def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: P
         if not crops:
             manifest["skipped"][scorer_name] = "no training samples"
             continue
+        seed_everything(config.seed, deterministic=device.type == "cpu")
         model = build_scorer(config, pretrained).to(device)
         batch = _scorer_batches(crops, truth, config, device)
         history = fit(model, len(crops), batch, scorer_loss, config.refine_epochs or config.epochs, config, runtime,
