@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from lumbar.data.tables import load_labels, load_submission
+from lumbar.data.tables import load_labels, load_submission, row_study_ids, rows_of_studies
 from lumbar.evaluate.baselines import prior_submission
 from lumbar.evaluate.metric import competition_score
 from lumbar.manifest import read_manifest
@@ -50,10 +50,6 @@ def out_of_fold_prior(labels: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame
     return pd.concat(parts, ignore_index=True)
 
 
-def _studies_of(sub: pd.DataFrame) -> set[int]:
-    return set(sub["row_id"].astype(str).str.split("_", n=1).str[0].astype(int))
-
-
 def demo_summary(run_dir: Path, data_dir: Path) -> dict:
     """The demo's figures from the run manifest and the data folder."""
     manifest = read_manifest(run_dir)
@@ -62,17 +58,15 @@ def demo_summary(run_dir: Path, data_dir: Path) -> dict:
         raise RuntimeError(f"{run_dir}/manifest.json has no ensemble record: did 04_ensemble run?")
     oof = pd.read_csv(run_dir / ensemble["oof"])
     labels = load_labels(data_dir / "train.csv")
-    studies = _studies_of(oof)
+    studies = set(row_study_ids(oof["row_id"]))
     scored = labels[labels["study_id"].isin(studies)]
     folds = pd.read_csv(run_dir / ensemble["folds"])
     folds = folds[folds["study_id"].isin(studies)]
     out = {"oof_score": competition_score(scored, oof, "oof").score}
     out["prior"] = competition_score(scored, out_of_fold_prior(labels, folds), "prior").score
-    oracle_path = data_dir / "oracle.csv"
-    if oracle_path.is_file():
-        oracle = load_submission(oracle_path)
-        oracle = oracle[oracle["row_id"].map(lambda r: int(r.split("_", 1)[0]) in studies)]
-        out["oracle"] = competition_score(scored, oracle, "oracle").score
+    oracle = load_submission(data_dir / "oracle.csv") if (data_dir / "oracle.csv").is_file() else None
+    if oracle is not None:
+        out["oracle"] = competition_score(scored, rows_of_studies(oracle, studies), "oracle").score
         out["gap_closed"] = (out["prior"] - out["oof_score"]) / (out["prior"] - out["oracle"])
     if ensemble.get("scores"):
         out["candidates"] = pd.read_csv(run_dir / ensemble["scores"]).set_index("model")["score"].to_dict()
@@ -87,11 +81,9 @@ def demo_summary(run_dir: Path, data_dir: Path) -> dict:
         out["test_prior"] = competition_score(
             test_labels, prior_submission(labels, test_studies, smoothing=1.0), "prior"
         ).score
-        if oracle_path.is_file():
-            oracle = load_submission(oracle_path)
-            oracle = oracle[oracle["row_id"].map(lambda r: int(r.split("_", 1)[0]) in set(test_studies))]
-            if len(oracle):
-                out["test_oracle"] = competition_score(test_labels, oracle, "oracle").score
+        test_oracle = rows_of_studies(oracle, test_studies) if oracle is not None else []
+        if len(test_oracle):
+            out["test_oracle"] = competition_score(test_labels, test_oracle, "oracle").score
     out["submission"] = _project_relative(run_dir / submission) if submission else ""
     return out
 

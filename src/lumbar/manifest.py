@@ -2,8 +2,9 @@
 
 Every stage records what it produced under its own key (localizer, classifiers, ensemble, notebooks, ...),
 with paths relative to the run folder, so `predict` and `kaggle-bundle` need only the run's path and the
-folder can be moved or uploaded as a whole. Updates are read-modify-write under a file lock, with an atomic replace, so notebooks running side by side
-(a parallel group of the pipeline) never lose each other's entries.
+folder can be moved or uploaded as a whole. Updates are read-modify-write under a file lock, with an
+atomic replace, so notebooks running side by side (a parallel group of the pipeline) never lose each
+other's entries.
 """
 
 from __future__ import annotations

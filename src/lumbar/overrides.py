@@ -51,10 +51,12 @@ def _scalar(value: Any, kind: type, where: str) -> Any:
         if kind is int:
             if isinstance(value, bool):
                 raise ValueError
-            number = float(str(value).strip()) if isinstance(value, str) else value
-            if isinstance(number, float) and not number.is_integer():
+            if isinstance(value, str):
+                text = value.strip()
+                return int(text) if text.lstrip("+-").isdigit() else _scalar(float(text), int, where)
+            if isinstance(value, float) and not value.is_integer():
                 raise ValueError
-            return int(number)
+            return int(value)
         return kind(value)
     except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{where}: expected {kind.__name__}, got {value!r}") from None

@@ -229,6 +229,17 @@ def split_row_ids(row_ids: Iterable[str]) -> pd.DataFrame:
     return parts.astype({"study_id": "int64"})
 
 
+def row_study_ids(row_ids: Iterable[str]) -> np.ndarray:
+    """The study id of each row_id (its leading digits), as int64."""
+    return pd.Series(list(row_ids), dtype=str).str.split("_", n=1).str[0].astype("int64").to_numpy()
+
+
+def rows_of_studies(table: pd.DataFrame, studies: Iterable[int]) -> pd.DataFrame:
+    """The rows of a submission-format table whose row_id belongs to one of `studies` (index reset)."""
+    keep = np.isin(row_study_ids(table["row_id"]), np.fromiter(studies, dtype="int64"))
+    return table[keep].reset_index(drop=True)
+
+
 def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
     """Write atomically (temp file then rename), so a killed run never leaves half a CSV."""
     return _write_atomic(df.to_csv, path)

@@ -30,6 +30,7 @@ import pandas as pd
 from scipy.optimize import minimize
 
 from lumbar.constants import CONDITION_GROUP, CONDITIONS, GRADES, GROUPS
+from lumbar.data.tables import row_study_ids, rows_of_studies
 from lumbar.evaluate.metric import MetricResult, align_predictions, score_aligned
 
 _EPS = 1e-7
@@ -121,7 +122,7 @@ class _Scorer:
 
     def __init__(self, labels: pd.DataFrame, rows: pd.DataFrame, probs: np.ndarray):
         first = rows.assign(**{g: probs[0][:, i] for i, g in enumerate(GRADES)})
-        studies = rows["row_id"].str.split("_", n=1).str[0].astype("int64").unique()
+        studies = np.unique(row_study_ids(rows["row_id"]))
         table = align_predictions(labels[labels["study_id"].isin(studies)], first, name="oof")
         self.position = pd.Index(rows["row_id"]).get_indexer(table["row_id"])
         self.table = table
@@ -173,11 +174,6 @@ def fit_params(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, per_group: 
     return params
 
 
-def _rows_of_studies(df: pd.DataFrame, studies: set[int]) -> pd.DataFrame:
-    study = df["row_id"].astype(str).str.split("_", n=1).str[0].astype("int64")
-    return df[study.isin(studies).to_numpy()].reset_index(drop=True)
-
-
 @dataclass
 class EnsembleResult:
     """The chosen ensemble: its out-of-fold predictions, its parameters for test time, every candidate's score."""
@@ -202,11 +198,11 @@ def _fold_wise(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, folds: pd.D
     for fold in sorted(folds["fold"].unique()):
         train_studies = set(fold_of.index[fold_of != fold])
         test_studies = set(fold_of.index[fold_of == fold])
-        fit_on = {m: _rows_of_studies(p, train_studies) for m, p in preds.items()}
+        fit_on = {m: rows_of_studies(p, train_studies) for m, p in preds.items()}
         if not len(next(iter(fit_on.values()))):
             continue
         fold_params[int(fold)] = p = fit_params(fit_on, labels, per_group, calibrate)
-        held_out.append(apply_ensemble({m: _rows_of_studies(v, test_studies) for m, v in preds.items()}, p))
+        held_out.append(apply_ensemble({m: rows_of_studies(v, test_studies) for m, v in preds.items()}, p))
     return pd.concat(held_out, ignore_index=True), fold_params
 
 
@@ -244,5 +240,5 @@ def fit_ensemble(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, folds: pd
 
 
 def _score(labels: pd.DataFrame, sub: pd.DataFrame) -> MetricResult:
-    studies = set(sub["row_id"].astype(str).str.split("_", n=1).str[0].astype("int64"))
+    studies = set(row_study_ids(sub["row_id"]))
     return score_aligned(align_predictions(labels[labels["study_id"].isin(studies)], sub, name="predictions"))

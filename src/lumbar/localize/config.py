@@ -1,8 +1,8 @@
 """The localizer's settings: one typed dataclass with defaults, overridden by name.
 
 Overrides (CLI `--set key=value`, papermill, YAML) arrive as strings or numbers; each is cast to the type
-of the field (`lumbar.overrides`), and an unknown name is an error naming the closest one, so a typo never trains a
-model silently with a default.
+of the field (`lumbar.overrides`), and an unknown name is an error naming the closest one, so a typo never
+trains a model silently with a default.
 """
 
 from __future__ import annotations

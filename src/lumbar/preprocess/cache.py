@@ -48,7 +48,8 @@ def cache_name(config: RoiConfig) -> str:
     """The thesis's folder name plus the filter, and a digest of any other setting changed from its default.
 
     E.g. `target_window_128x128_5D_B2A2_none`, `full_series_96x96_15D_clahe`; with other margins or padding
-    `target_window_32x32_5D_B2A2_none_3f9a1c2e`, so two caches that differ only there never share a folder.
+    `target_window_32x32_5D_B2A2_none_aea50889` (the demo's), so two caches that differ only there never
+    share a folder.
     """
     size = f"{config.size}x{config.size}_{config.out_depth}D"
     window = f"_B{config.before}A{config.after}" if config.mode == "target_window" else ""
