@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# wheels of the packages the Kaggle bundle carries, for this Python: the offline kernel test installs them
+WHEELS := $(VENV)/kaggle-wheels/.done
 RUN ?= runs/demo
 CONFIG ?= configs/demo.yaml
 
@@ -15,9 +17,13 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-setup: $(STAMP)
+$(WHEELS): $(STAMP)
+	$(PY) -m lumbar kaggle-wheels --out $(VENV)/kaggle-wheels --python-version $$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+	touch $@
 
-test: $(STAMP)
+setup: $(STAMP) $(WHEELS)
+
+test: $(STAMP) $(WHEELS)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)

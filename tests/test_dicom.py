@@ -95,6 +95,34 @@ def test_truncated_pixel_data_names_file(sample_dir, tmp_path):
         series.load(si, [k])
 
 
+def test_corrupt_rle_data_names_file_and_memory_errors_propagate(sample_dir, tmp_path, monkeypatch):
+    folder = _copy_series(sample_dir, tmp_path)
+    bad = folder / "4.dcm"
+    data = bytearray(bad.read_bytes())
+    for i in range(len(data) - 2000, len(data) - 10):  # garbled RLE segments: the Rust decoder panics
+        data[i] = (data[i] * 7 + 3) % 256
+    bad.write_bytes(bytes(data))
+    series = read_series(folder)
+    si, k = series.stack_of_instance(4)
+    with pytest.raises(DicomReadError, match=r"4\.dcm: corrupt pixel data, the decoder panicked"):
+        series.load(si, [k])
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", out_of_memory)
+    with pytest.raises(MemoryError):
+        series.load(si, [k])
+
+
+def test_missing_instance_or_stack_is_a_read_error_naming_the_folder(sample_dir, tmp_path):
+    series = read_series(_copy_series(sample_dir, tmp_path))
+    with pytest.raises(DicomReadError, match=r"no readable file with instance 999"):
+        series.stack_of_instance(999)
+    with pytest.raises(DicomReadError, match=r"stack 3 asked for, but the readable files form 1 stack"):
+        series.stack(3)
+
+
 def test_empty_series_folder(tmp_path):
     folder = tmp_path / "train_images" / "1" / "2"
     folder.mkdir(parents=True)

@@ -1,5 +1,6 @@
 """A whole tiny run (crops, localizer, two classifiers, ensemble), then `predict` and the Kaggle bundle on it."""
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -12,14 +13,16 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+from _readonly import readonly_argv, require_mount_namespace
 
 from lumbar.cli import main
 from lumbar.constants import COMPETITION_SLUG, GRADES
 from lumbar.data.tables import load_coordinates, load_labels, load_submission, submission_row_ids
 from lumbar.ensemble.runs import fit_run_ensemble
 from lumbar.evaluate.metric import competition_score
+from lumbar.fallback import FallbackLimitError
 from lumbar.inference.predict import predict
-from lumbar.kaggle import build_bundle
+from lumbar.kaggle import KAGGLE_EXTRA_PACKAGES, build_bundle
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.train import train_localizer
 from lumbar.manifest import read_manifest, update_manifest
@@ -92,23 +95,45 @@ def test_predict_with_test_files_only_and_a_missing_series(tiny_run, synthetic_d
     assert main(["validate-submission", str(out), "--data-dir", str(data), "--split", "test"]) == 0
 
 
-def _kaggle_python(tmp_path: Path) -> Path:
-    """A fresh venv that sees this environment's packages (as Kaggle's image has torch and co.) but not lumbar."""
+def _wheelhouse() -> Path:
+    """Wheels of the packages the bundle carries (`make setup` downloads them into the venv)."""
+    folder = Path(os.environ.get("LUMBAR_WHEELHOUSE", Path(sys.prefix) / "kaggle-wheels"))
+    if not any(folder.glob("*.whl")):
+        message = f"no dependency wheels in {folder}: run `make setup` (or set LUMBAR_WHEELHOUSE)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return folder
+
+
+def _top_level_entries(distribution: str) -> set[str]:
+    """site-packages entries (packages, modules, .dist-info) an installed distribution owns."""
+    files = importlib.metadata.distribution(distribution).files or []
+    return {f.parts[0] for f in files if f.parts[0] != ".."}
+
+
+def _kaggle_python(tmp_path: Path, image_lacks=KAGGLE_EXTRA_PACKAGES) -> Path:
+    """A fresh venv that sees this environment's packages as Kaggle's image would: all but lumbar and the ones
+    the bundle brings (`image_lacks`), which the kernel must install from the code dataset."""
     env = tmp_path / "kenv"
     venv.EnvBuilder(with_pip=False).create(env)
     image = tmp_path / "image_site"
     image.mkdir()
     site = Path(next(p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()))
+    left_out = set().union(*(_top_level_entries(d) for d in image_lacks))
     for entry in site.iterdir():
-        if not entry.name.lower().startswith(("lumbar", "__editable__")) and not entry.name.endswith(".pth"):
+        if entry.name.lower().startswith(("lumbar", "__editable__")) or entry.name.endswith(".pth"):
+            continue
+        if entry.name not in left_out:
             (image / entry.name).symlink_to(entry)
     env_site = next((env / "lib").glob("python*/site-packages"))
     (env_site / "kaggle_image.pth").write_text(str(image) + "\n")
     return env / "bin" / "python"
 
 
-def test_kaggle_bundle_runs_offline_in_a_fresh_environment(tiny_run, synthetic_dir, tmp_path):
-    parts = build_bundle(tiny_run, tmp_path / "bundle", user="tester", dependencies=False)
+def test_kaggle_bundle_runs_offline_on_read_only_inputs(tiny_run, synthetic_dir, tmp_path):
+    require_mount_namespace()
+    parts = build_bundle(tiny_run, tmp_path / "bundle", user="tester", wheelhouse=_wheelhouse())
     assert min(p.name for p in parts["code"].glob("*.whl")).startswith("lumbar-")
     meta = json.loads((parts["kernel"] / "kernel-metadata.json").read_text())
     assert meta["enable_internet"] is False and meta["enable_gpu"] is True
@@ -124,15 +149,99 @@ def test_kaggle_bundle_runs_offline_in_a_fresh_environment(tiny_run, synthetic_d
     shutil.copytree(parts["weights"], kaggle / "input" / "lumbar-weights")
     (kaggle / "working").mkdir()
     python = _kaggle_python(tmp_path)
+    assert subprocess.run([str(python), "-c", "import timm"], capture_output=True, check=False).returncode != 0  # not in the image
     env = {**os.environ, "LUMBAR_KAGGLE_ROOT": str(kaggle), "PIP_NO_INDEX": "1", "PYTHONPATH": ""}
-    done = subprocess.run(
-        [str(python), "-m", "papermill", str(parts["kernel"] / "submission.ipynb"), str(tmp_path / "executed.ipynb"),
-         "-p", "DEVICE", "cpu", "--cwd", str(kaggle / "working")],
-        env=env, capture_output=True, text=True, timeout=900, check=False,
-    )  # fmt: skip
+    argv = [str(python), "-m", "papermill", str(parts["kernel"] / "submission.ipynb"), str(tmp_path / "executed.ipynb"),
+            "-p", "DEVICE", "cpu", "--cwd", str(kaggle / "working")]  # fmt: skip
+    done = subprocess.run(readonly_argv(argv, [kaggle / "input"]), env=env, capture_output=True, text=True,
+                          timeout=900, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     executed = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
     text = "\n".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
-    assert str(tmp_path / "kenv") in text  # lumbar was imported from the fresh environment's wheel install
+    for package in ("lumbar", *KAGGLE_EXTRA_PACKAGES):  # each imported from the fresh environment's install
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"{package} "))
+        assert str(tmp_path / "kenv") in line, line
     sub = load_submission(kaggle / "working" / "submission.csv")
     assert list(sub["row_id"]) == list(load_submission(synthetic_dir / "sample_submission.csv")["row_id"])
+    record = json.loads((kaggle / "working" / "submission.json").read_text())
+    assert record["studies"] == sub["row_id"].str.split("_").str[0].nunique()
+
+
+def test_predict_on_read_only_data_and_run_folders(tiny_run, synthetic_dir, tmp_path):
+    require_mount_namespace()
+    data, run = tmp_path / "data", tmp_path / "run"
+    _test_only_copy(synthetic_dir, data)
+    shutil.copytree(tiny_run, run)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    out = tmp_path / "out" / "submission.csv"
+    argv = [sys.executable, "-m", "lumbar", "predict", "--data-dir", str(data), "--split", "test", "--run", str(run),
+            "--out", str(out), "--device", "cpu"]  # fmt: skip
+    done = subprocess.run(readonly_argv(argv, [data, run]), capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(["validate-submission", str(out), "--data-dir", str(data), "--split", "test"]) == 0
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert sorted(set(after) - set(before)) == [Path("out"), Path("out/submission.csv"), Path("out/submission.json")]
+
+
+def _train_split_copy(synthetic_dir: Path, dst: Path) -> Path:
+    """The train split as a folder to predict (3 studies), so fallbacks can be counted against a limit."""
+    dst.mkdir(parents=True)
+    shutil.copytree(synthetic_dir / "train_images", dst / "train_images")
+    shutil.copy2(synthetic_dir / "train_series_descriptions.csv", dst / "train_series_descriptions.csv")
+    return dst
+
+
+def _drop_series(data: Path, split: str, study: int, description: str) -> None:
+    series = pd.read_csv(data / f"{split}_series_descriptions.csv")
+    chosen = series[(series["study_id"] == study) & (series["series_description"] == description)]
+    for sid in chosen["series_id"]:
+        shutil.rmtree(data / f"{split}_images" / str(study) / str(sid))
+
+
+def test_a_programming_error_in_the_crop_code_fails_the_run(tiny_run, synthetic_dir, tmp_path, monkeypatch):
+    from lumbar.preprocess import roi
+
+    def broken(*args, **kwargs):
+        raise TypeError("injected fault")
+
+    monkeypatch.setattr(roi, "render_sample", broken)
+    with pytest.raises(TypeError, match="injected fault"):
+        predict(synthetic_dir, "test", tiny_run, tmp_path / "sub.csv", device="cpu", progress=False)
+    assert not (tmp_path / "sub.csv").exists()
+
+
+def test_more_fallback_studies_than_the_limit_fail_naming_them(tiny_run, synthetic_dir, tmp_path):
+    data = _train_split_copy(synthetic_dir, tmp_path / "data")
+    studies = sorted(int(p.name) for p in (data / "train_images").iterdir())
+    for study in studies[:2]:
+        _drop_series(data, "train", study, "Sagittal T2/STIR")
+    with pytest.raises(FallbackLimitError, match=r"2 of 3 studies fell back, more than the 1 allowed") as info:
+        predict(data, "train", tiny_run, tmp_path / "sub.csv", device="cpu", progress=False)
+    for study in studies[:2]:
+        assert f"{study}: no Sagittal T2/STIR series" in str(info.value)
+    assert not (tmp_path / "sub.csv").exists()
+    sub, report = predict(data, "train", tiny_run, tmp_path / "sub.csv", device="cpu", progress=False,
+                          max_fallback_share=1.0)  # fmt: skip
+    assert sorted(report.fallback_rows) == studies[:2] and len(sub) == 75
+    record = json.loads((tmp_path / "sub.json").read_text())
+    assert record["fallback_rows"] == 30 and set(record["fallback_studies"]) == {str(s) for s in studies[:2]}
+
+
+def test_a_chunk_whose_crops_all_fail_gets_the_prior(tiny_run, synthetic_dir, tmp_path, monkeypatch):
+    from lumbar.inference.predict import _prior_rows, ensemble_members
+    from lumbar.preprocess import roi
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(roi, "save_atomic", disk_full)
+    data = _train_split_copy(synthetic_dir, tmp_path / "data")
+    sub, report = predict(data, "train", tiny_run, tmp_path / "sub.csv", device="cpu", progress=False,
+                          chunk_studies=2, max_fallback_share=1.0)  # fmt: skip
+    studies = sorted(int(p.name) for p in (data / "train_images").iterdir())
+    assert sorted(sub["row_id"]) == submission_row_ids(studies)
+    assert sorted(report.fallback_rows) == studies and sum(map(len, report.fallback_rows.values())) == 75
+    assert all("No space left on device" in report.why(s) for s in studies)
+    _, _, prior = ensemble_members(tiny_run, read_manifest(tiny_run))
+    expected = _prior_rows(prior, list(sub["row_id"]))
+    np.testing.assert_allclose(sub[list(GRADES)].to_numpy(), expected[list(GRADES)].to_numpy())

@@ -1,8 +1,16 @@
-"""The Kaggle weights dataset carries only the classifiers the ensemble uses."""
+"""The Kaggle bundle: the weights dataset carries only the classifiers the ensemble uses; the kernel checks the image."""
 
+import ast
 import json
+import sys
+from pathlib import Path
 
-from lumbar.kaggle import _referenced_files, inference_manifest
+import numpy as np
+import pytest
+import yaml
+
+import lumbar
+from lumbar.kaggle import IMAGE_MODULES, _referenced_files, check_environment, inference_manifest
 
 
 def test_unused_classifiers_stay_out_of_the_bundle(tmp_path):
@@ -19,3 +27,32 @@ def test_unused_classifiers_stay_out_of_the_bundle(tmp_path):
     assert "cnn3d/spinal/fold0/best.pt" in files and not any(f.startswith("timm25d") for f in files)
     assert list(manifest["classifiers"]) == ["cnn3d", "timm25d_resnet18"]  # the run's own manifest is untouched
     assert inference_manifest(tmp_path, {"classifiers": manifest["classifiers"]}) == {"classifiers": manifest["classifiers"]}
+
+
+def test_the_kernel_names_what_the_image_lacks_or_has_at_another_version(tmp_path, capsys):
+    (tmp_path / "image.json").write_text(json.dumps({"numpy": "0.1.0", "yaml": yaml.__version__}))
+    found = check_environment(tmp_path)
+    printed = capsys.readouterr().out
+    assert f"image has numpy {np.__version__}; the bundle was built and tested with 0.1.0" in printed
+    assert "yaml" not in printed and found["yaml"] == yaml.__version__
+    assert "lumbar 0.1.0 in " in printed  # where each package the bundle brings was installed
+    (tmp_path / "image.json").write_text(json.dumps({"numpy": np.__version__, "no_such_module_xyz": "1.0"}))
+    with pytest.raises(ImportError, match=r"Kaggle's image lacks \['no_such_module_xyz'\]"):
+        check_environment(tmp_path)
+
+
+def _third_party_imports(root: Path) -> set[str]:
+    names = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {"lumbar", "__future__"}
+
+
+def test_every_module_the_package_imports_comes_from_the_image_or_the_bundle():
+    bundled = {"pydicom", "pylibjpeg", "monai", "timm"}  # pylibjpeg-rle is a decoder plugin, not imported
+    build_time = {"nbformat", "papermill"}  # bundle and pipeline only: the kernel is a Jupyter notebook already
+    assert _third_party_imports(Path(lumbar.__file__).parent) <= set(IMAGE_MODULES) | bundled | build_time

@@ -7,6 +7,7 @@ import pytest
 
 from lumbar.cli import main
 from lumbar.data.tables import load_coordinates, write_coordinates
+from lumbar.fallback import FallbackLimitError
 from lumbar.preprocess.cache import build_cache, cache_name, load_cache, load_sample
 from lumbar.preprocess.config import RoiConfig
 
@@ -75,7 +76,9 @@ def test_failing_series_and_files_fail_only_their_rows(sample_dir, tmp_path):
     coords = _coords(sample_dir, STUDY_A, STUDY_B)  # study A has no images in this data folder
     coords = pd.concat([coords, coords[coords["study_id"] == STUDY_B].head(1)], ignore_index=True)
 
-    report = build_cache(coords, data, "train", tmp_path / "cache", RoiConfig(), progress=False)
+    with pytest.raises(FallbackLimitError, match=r"41 of 51 coordinate rows \(samples\) of .* fell back, more than the 2"):
+        build_cache(coords, data, "train", tmp_path / "cache", RoiConfig(), progress=False)  # default: 5 % may fail
+    report = build_cache(coords, data, "train", tmp_path / "cache", RoiConfig(), progress=False, max_failed_share=1.0)
     failures = pd.read_csv(report.cache_dir / "failures.csv")
     assert len(failures) == len(report.failures) == 25 + 10 + 5 + 1
     assert len(report.samples) + len(failures) == len(coords)  # nothing dropped silently
@@ -166,9 +169,20 @@ def test_an_unexpected_data_error_fails_only_its_sample(sample_dir, tmp_path, mo
         return real(slices, positions, point_mm, condition, config, value_range)
 
     monkeypatch.setattr(roi, "render_sample", flaky)
-    report = build_cache(
-        _coords(sample_dir, STUDY_A), sample_dir, "train", tmp_path, RoiConfig(), progress=False
-    )
+    report = build_cache(_coords(sample_dir, STUDY_A), sample_dir, "train", tmp_path, RoiConfig(), progress=False,
+                         max_failed_share=0.2)  # fmt: skip
     assert len(report.samples) == 20 and len(report.failures) == 5
     assert report.failures["error"].str.endswith("ValueError: odd geometry").all()
     assert set(report.failures["condition"]) == {"left_subarticular_stenosis"}
+
+
+def test_a_programming_error_in_the_crop_code_stops_the_build(sample_dir, tmp_path, monkeypatch):
+    from lumbar.preprocess import roi
+
+    def broken(*args, **kwargs):
+        raise TypeError("injected fault")
+
+    monkeypatch.setattr(roi, "render_sample", broken)
+    with pytest.raises(TypeError, match="injected fault"):
+        build_cache(_coords(sample_dir, STUDY_A), sample_dir, "train", tmp_path, RoiConfig(), progress=False,
+                    max_failed_share=1.0)  # fmt: skip

@@ -194,6 +194,14 @@ def _kaggle_bundle(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-dependencies", action="store_true", help="bundle only the lumbar wheel")
 
 
+@command("kaggle-wheels", "lumbar.kaggle:cli_kaggle_wheels",
+         "download the dependency wheels the Kaggle bundle carries, once, for offline bundling")
+def _kaggle_wheels(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="wheelhouse folder (then: kaggle-bundle --wheelhouse OUT)")
+    p.add_argument("--python-version", action="append", default=None,
+                   help="Python version of the wheels, e.g. 3.11; repeatable (default: 3.10, 3.11 and 3.12)")
+
+
 @command(
     "preprocess",
     "lumbar.preprocess.cache:cli_preprocess",
@@ -244,10 +252,12 @@ def _predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=["train", "test"], default="test")
     p.add_argument("--run", required=True, help="run folder (manifest with localizer, classifiers, ensemble)")
     p.add_argument("--out", required=True, help="submission CSV")
-    p.add_argument("--work-dir", default=None, help="scratch folder for crops (default: RUN/predict_<split>)")
+    p.add_argument("--work-dir", default=None, help="scratch folder for crops (default: a temporary folder)")
     p.add_argument("--device", default="auto")
     p.add_argument("--chunk-studies", type=int, default=16, help="studies per chunk (bounds memory)")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--max-fallback-share", type=float, default=0.05,
+                   help="share of studies that may get rows from the class prior before the run fails (0.05)")
 
 
 @command("validate-submission", "lumbar.inference.submission:cli_validate_submission", "check a submission")

@@ -25,7 +25,8 @@ from lumbar.evaluate.baselines import prior_submission
 from lumbar.evaluate.metric import competition_score
 from lumbar.manifest import read_manifest
 from lumbar.paths import PROJECT_ROOT
-from lumbar.pipeline import PipelineError, load_config, run_pipeline
+from lumbar.kaggle import SUBMISSION_NOTEBOOK
+from lumbar.pipeline import PipelineConfig, PipelineError, load_config, run_pipeline
 
 
 def ensure_data(data_dir: Path, synthetic: dict, workers: int = 2) -> bool:
@@ -50,8 +51,14 @@ def out_of_fold_prior(labels: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame
     return pd.concat(parts, ignore_index=True)
 
 
-def demo_summary(run_dir: Path, data_dir: Path) -> dict:
-    """The demo's figures from the run manifest and the data folder."""
+def submission_of(config: PipelineConfig) -> Path | None:
+    """The submission the config's `05_submission` step writes (its OUT, relative to the notebooks' folder)."""
+    steps = [s for s in config.steps if s.notebook == SUBMISSION_NOTEBOOK and "OUT" in s.parameters]
+    return config.notebook_dir / steps[-1].parameters["OUT"] if steps else None
+
+
+def demo_summary(run_dir: Path, data_dir: Path, submission: Path | None = None) -> dict:
+    """The demo's figures from the run manifest, the data folder and the submission (when written)."""
     manifest = read_manifest(run_dir)
     ensemble = manifest.get("ensemble") or {}
     if "oof" not in ensemble:
@@ -71,9 +78,9 @@ def demo_summary(run_dir: Path, data_dir: Path) -> dict:
     if ensemble.get("scores"):
         out["candidates"] = pd.read_csv(run_dir / ensemble["scores"]).set_index("model")["score"].to_dict()
         out["chosen"] = ensemble.get("chosen", "")
-    submission = manifest.get("submission", {}).get("path")
+    submission = submission if submission is not None and submission.is_file() else None
     if submission and (data_dir / "test_labels.csv").is_file():
-        sub = load_submission(run_dir / submission)
+        sub = load_submission(submission)
         test_labels = load_labels(data_dir / "test_labels.csv")
         out["test_score"] = competition_score(test_labels, sub, "submission").score
         test_studies = sorted(test_labels["study_id"].unique())
@@ -84,7 +91,7 @@ def demo_summary(run_dir: Path, data_dir: Path) -> dict:
         test_oracle = rows_of_studies(oracle, test_studies) if oracle is not None else []
         if len(test_oracle):
             out["test_oracle"] = competition_score(test_labels, test_oracle, "oracle").score
-    out["submission"] = _project_relative(run_dir / submission) if submission else ""
+    out["submission"] = _project_relative(submission) if submission else ""
     return out
 
 
@@ -104,7 +111,7 @@ def run_demo(config_path: str | Path, workers: int = 2) -> dict:
     raw = yaml.safe_load(Path(config_path).read_text())
     ensure_data(config.data_dir, raw.get("synthetic") or {}, workers=workers)
     run_pipeline(config)
-    summary = demo_summary(config.run_dir, config.data_dir)
+    summary = demo_summary(config.run_dir, config.data_dir, submission_of(config))
     summary["run"] = _project_relative(config.run_dir)
     summary["seconds"] = round(time.perf_counter() - t0)
     return summary

@@ -5,20 +5,26 @@
 writes
     code/     the `lumbar` wheel, wheels of the dependencies Kaggle's image may lack (`KAGGLE_EXTRA_PACKAGES`,
               pinned as in requirements.txt; fetched from the package registry at bundle time, or taken from
-              `--wheelhouse DIR`), dataset-metadata.json
+              `--wheelhouse DIR`, which `python -m lumbar kaggle-wheels` fills), requirements.txt (what the
+              kernel installs from this folder), image.json (the versions of the modules the kernel takes
+              from Kaggle's image, `IMAGE_MODULES`, as the bundle was built and tested with),
+              dataset-metadata.json
     weights/  the run folder's manifest and every file it references (checkpoints of the ensemble's models and
               the localizer, ensemble parameters, priors), a model card (README.md), dataset-metadata.json
     kernel/   submission.ipynb (notebooks/05_submission.ipynb with an install cell first and Kaggle paths as
               parameters) and kernel-metadata.json (internet off, GPU on, the competition and both datasets as
               sources)
 
-The kernel reads `/kaggle/input/<competition>` and writes `/kaggle/working/submission.csv`; setting
-`LUMBAR_KAGGLE_ROOT` stands another folder in for `/kaggle` (the tests do).
+The kernel reads `/kaggle/input/<competition>` and the two datasets, all mounted read-only, and writes only
+under `/kaggle/working` (`submission.csv`, its record `submission.json`, scratch crops); setting
+`LUMBAR_KAGGLE_ROOT` stands another folder in for `/kaggle` (the tests do, with `input/` truly read-only).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.metadata
 import json
 import os
 import re
@@ -29,7 +35,8 @@ from pathlib import Path
 
 import nbformat
 
-from lumbar.atomic import write_json
+from lumbar import __version__
+from lumbar.atomic import write_json, write_text
 from lumbar.constants import COMPETITION_SLUG
 from lumbar.manifest import read_manifest
 from lumbar.paths import PROJECT_ROOT
@@ -38,6 +45,10 @@ from lumbar.paths import PROJECT_ROOT
 #: The competition's files are RLE Lossless: pylibjpeg + pylibjpeg-rle decode them fast; the JPEG plugins are
 #: left out (pydicom still decodes other transfer syntaxes with what the image has).
 KAGGLE_EXTRA_PACKAGES = ("pydicom", "pylibjpeg", "pylibjpeg-rle", "monai", "timm")
+#: The third-party modules `lumbar` imports (pyarrow: pandas' parquet engine) that the kernel takes from Kaggle's
+#: image, not from the bundle. Their versions at bundle time go into code/image.json; the kernel compares.
+IMAGE_MODULES = ("torch", "torchvision", "numpy", "pandas", "pyarrow", "scipy", "sklearn", "cv2", "albumentations",
+                 "matplotlib", "yaml", "tqdm", "filelock")  # fmt: skip
 #: Python versions whose binary wheels are fetched (Kaggle's image has moved between these).
 KAGGLE_PYTHON_VERSIONS = ("3.10", "3.11", "3.12")
 SUBMISSION_NOTEBOOK = "05_submission"
@@ -81,24 +92,29 @@ def build_lumbar_wheel(out: Path) -> Path:
     return wheels[-1]
 
 
-def collect_dependency_wheels(
-    out: Path, packages=KAGGLE_EXTRA_PACKAGES, wheelhouse: Path | None = None
-) -> list[Path]:
+def pinned_specs(packages=KAGGLE_EXTRA_PACKAGES) -> list[str]:
+    """`name==version` of each package, pinned as in requirements.txt (bare name when it has no pin)."""
+    pins = pinned_versions()
+    return [f"{p}=={pins[p.lower()]}" if p.lower() in pins else p for p in packages]
+
+
+def collect_dependency_wheels(out: Path, packages=KAGGLE_EXTRA_PACKAGES, wheelhouse: Path | None = None,
+                              python_versions=KAGGLE_PYTHON_VERSIONS) -> list[Path]:  # fmt: skip
     """Put wheels of `packages` (pinned versions) into `out`.
 
-    From `wheelhouse` when given (offline), else `pip download` from the package registry for each Python
-    version in `KAGGLE_PYTHON_VERSIONS` (binary wheels for manylinux x86-64, as Kaggle runs).
+    From `wheelhouse` when given (offline; only the pinned version's wheels), else `pip download` from the
+    package registry for each of `python_versions` (binary wheels for manylinux x86-64, as Kaggle runs).
     """
-    pins = pinned_versions()
     out.mkdir(parents=True, exist_ok=True)
-    specs = [f"{p}=={pins[p.lower()]}" if p.lower() in pins else p for p in packages]
+    specs = pinned_specs(packages)
     if wheelhouse is not None:
         found = []
-        for p in packages:
-            key = p.lower().replace("-", "_")
-            hits = [w for w in Path(wheelhouse).glob("*.whl") if w.name.lower().startswith(key + "-")]
+        for spec in specs:
+            name, _, version = spec.partition("==")
+            prefix = name.lower().replace("-", "_") + "-" + (f"{version}-" if version else "")
+            hits = [w for w in Path(wheelhouse).glob("*.whl") if w.name.lower().startswith(prefix)]
             if not hits:
-                raise FileNotFoundError(f"{wheelhouse}: no wheel for {p}")
+                raise FileNotFoundError(f"{wheelhouse}: no wheel of {spec} (fill it with `python -m lumbar kaggle-wheels`)")
             for w in hits:
                 shutil.copy2(w, out / w.name)
                 found.append(out / w.name)
@@ -106,7 +122,7 @@ def collect_dependency_wheels(
     missing = []
     for spec in specs:
         got = 0
-        for version in KAGGLE_PYTHON_VERSIONS:
+        for version in python_versions:
             done = subprocess.run(
                 [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(out),
                  "--python-version", version, "--implementation", "cp", "--platform", "manylinux_2_17_x86_64",
@@ -117,10 +133,48 @@ def collect_dependency_wheels(
             if done.returncode:
                 missing.append(f"{spec} for Python {version}")
         if not got:
-            raise RuntimeError(f"no wheel of {spec} for any of Python {KAGGLE_PYTHON_VERSIONS}: {done.stderr[-500:]}")
+            raise RuntimeError(f"no wheel of {spec} for any of Python {python_versions}: {done.stderr[-500:]}")
     if missing:
         print(f"kaggle-bundle: no wheel of {', '.join(missing)} (that Python then needs it in its image)")
     return sorted(out.glob("*.whl"))
+
+
+def module_versions(modules=IMAGE_MODULES) -> dict[str, str]:
+    """module -> its `__version__` in this environment (the one the bundle is built and tested in)."""
+    return {m: str(getattr(importlib.import_module(m), "__version__", "unknown")) for m in modules}
+
+
+def check_environment(code_dir: str | os.PathLike) -> dict[str, str]:
+    """In the kernel, after the install: where the bundled packages came from, and the image's modules
+    against the versions the bundle was built with (`code/image.json`).
+
+    Prints one line per bundled distribution (`name version in folder`) and one per image module whose
+    major.minor differs. A missing module is an ImportError naming every missing one.
+
+    Returns:
+        module -> version in this image.
+    """
+    importlib.invalidate_caches()  # the install just added distributions to site-packages
+    for name in ("lumbar", *KAGGLE_EXTRA_PACKAGES):
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            print(f"{name} not installed (not in the bundle)")
+            continue
+        print(f"{name} {dist.version} in {dist.locate_file('')}")
+    built = json.loads((Path(code_dir) / "image.json").read_text())
+    missing, found = [], {}
+    for module in built:
+        try:
+            found[module] = str(getattr(importlib.import_module(module), "__version__", "unknown"))
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise ImportError(f"Kaggle's image lacks {missing}; the bundle assumes it has them ({built})")
+    for module, version in found.items():
+        if version.split(".")[:2] != built[module].split(".")[:2]:
+            print(f"image has {module} {version}; the bundle was built and tested with {built[module]}")
+    return found
 
 
 def inference_manifest(run_dir: Path, manifest: dict) -> dict:
@@ -187,18 +241,23 @@ def model_card(manifest: dict) -> str:
 
 
 def kernel_notebook(code_slug: str, weights_slug: str, source: Path | None = None) -> nbformat.NotebookNode:
-    """The submission notebook for Kaggle: an install cell, then Kaggle paths as its parameters."""
+    """The submission notebook for Kaggle: an install cell, then Kaggle paths as its parameters.
+
+    The install takes exactly the code dataset's requirements.txt (`--no-deps`: everything else comes from
+    Kaggle's image, whose distribution names need not match ours, e.g. opencv-python for cv2), then
+    `check_environment` says where each package came from and which image modules differ from the bundle's.
+    """
     source = source or PROJECT_ROOT / "notebooks" / f"{SUBMISSION_NOTEBOOK}.ipynb"
     nb = nbformat.read(source, as_version=4)
     install = nbformat.v4.new_code_cell(
-        "# Offline install from the attached code dataset (internet is off on Kaggle).\n"
+        "# Offline install from the attached code dataset (internet is off on Kaggle; /kaggle/input is read-only).\n"
         "import os, subprocess, sys\n"
         "KAGGLE = os.environ.get('LUMBAR_KAGGLE_ROOT', '/kaggle')\n"
         f"CODE = os.path.join(KAGGLE, 'input', {code_slug!r})\n"
-        "subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-index', '--find-links', CODE, 'lumbar'],\n"
-        "               check=True)\n"
-        "import lumbar\n"
-        "print('lumbar', lumbar.__version__, 'from', lumbar.__file__)"
+        "subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-index', '--no-deps', '--find-links', CODE,\n"
+        "                '-r', os.path.join(CODE, 'requirements.txt')], check=True)\n"
+        "from lumbar.kaggle import check_environment\n"
+        "check_environment(CODE);"
     )
     params = nbformat.v4.new_code_cell(
         "# Kaggle paths (override the defaults of the notebook's parameters cell below)\n"
@@ -242,8 +301,12 @@ def build_bundle(run_dir: str | os.PathLike, out: str | os.PathLike, user: str |
     code, weights, kernel = out / "code", out / "weights", out / "kernel"
 
     build_lumbar_wheel(code)
+    requirements = [f"lumbar=={__version__}"]
     if dependencies:
         collect_dependency_wheels(code, wheelhouse=wheelhouse)
+        requirements += pinned_specs()
+    write_text("\n".join(requirements) + "\n", code / "requirements.txt")
+    write_json(module_versions(), code / "image.json")
     write_json(_dataset_metadata(user, code_slug, "lumbar code"), code / "dataset-metadata.json")
 
     weights.mkdir(parents=True)
@@ -276,6 +339,13 @@ def build_bundle(run_dir: str | os.PathLike, out: str | os.PathLike, user: str |
         kernel / "kernel-metadata.json",
     )
     return {"code": code, "weights": weights, "kernel": kernel}
+
+
+def cli_kaggle_wheels(args: argparse.Namespace) -> int:
+    """`python -m lumbar kaggle-wheels`: the dependency wheels of the bundle, once, for offline bundling."""
+    wheels = collect_dependency_wheels(Path(args.out), python_versions=tuple(args.python_version or KAGGLE_PYTHON_VERSIONS))
+    print(f"kaggle-wheels: {len(wheels)} wheels in {args.out}: {', '.join(w.name for w in wheels)}")
+    return 0
 
 
 def _size(folder: Path) -> int:

@@ -53,6 +53,12 @@ HEADER_TAGS = [
 ORIENTATION_TOLERANCE = 1e-3
 
 
+#: What pydicom's decoders raise on bad pixel data: every plugin failed (RuntimeError; NotImplementedError for
+#: an unsupported transfer syntax), no pixel data element (AttributeError), a frame that does not fit the
+#: header's size (ValueError), a short file (EOFError, OSError). Anything else, MemoryError included, propagates.
+DECODE_ERRORS = (RuntimeError, ValueError, AttributeError, EOFError, OSError)
+
+
 class DicomReadError(ValueError):
     """A DICOM file or series folder that cannot be read; the message names the path."""
 
@@ -160,8 +166,13 @@ def read_pixels(header: SliceHeader, dataset: pydicom.Dataset | None = None) -> 
     """
     try:
         arr = pydicom.pixels.pixel_array(header.path if dataset is None else dataset)
-    except Exception as e:  # decoders raise many types; name the file whatever went wrong
+    except DECODE_ERRORS as e:
         raise DicomReadError(header.path, f"cannot decode pixel data ({type(e).__name__}: {e})") from e
+    except BaseException as e:
+        if type(e).__name__ != "PanicException":
+            raise
+        # a Rust decoder (pylibjpeg-rle) panics on corrupt data, a BaseException that is not an Exception
+        raise DicomReadError(header.path, f"corrupt pixel data, the decoder panicked ({e})") from None
     if arr.ndim != 2:
         raise DicomReadError(header.path, f"expected a single 2D frame, got an array of shape {arr.shape}")
     if header.rescale_slope != 1.0 or header.rescale_intercept != 0.0:
@@ -332,16 +343,28 @@ class Series:
         return [h for s in self.stacks for h in s.headers]
 
     def stack_of_instance(self, instance_number: int) -> tuple[int, int]:
-        """(stack index, slice index) of an instance number."""
+        """(stack index, slice index) of an instance number.
+
+        Raises:
+            DicomReadError: no readable file of the series has that instance (missing or unreadable file).
+        """
         for si, stack in enumerate(self.stacks):
             hits = np.flatnonzero(stack.instance_numbers == int(instance_number))
             if len(hits):
                 return si, int(hits[0])
-        raise KeyError(f"{self.folder}: no instance {instance_number}")
+        raise DicomReadError(self.folder, f"no readable file with instance {instance_number}")
+
+    def stack(self, index: int) -> Stack:
+        """One stack by index; an index the series as read does not have (unreadable files left out of it,
+        or a stale header index) is a `DicomReadError` naming the folder."""
+        if not 0 <= index < len(self.stacks):
+            raise DicomReadError(self.folder, f"stack {index} asked for, but the readable files form "
+                                              f"{len(self.stacks)} stack(s)")
+        return self.stacks[index]
 
     def load(self, stack: int = 0, indices: Sequence[int] | None = None) -> Volume:
         """Decode slices of one stack (the first by default)."""
-        return self.stacks[stack].load(indices)
+        return self.stack(stack).load(indices)
 
 
 def group_stacks(headers: Sequence[SliceHeader], decoded: dict[str, np.ndarray] | None = None) -> list[Stack]:

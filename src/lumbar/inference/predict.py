@@ -1,12 +1,18 @@
 """The whole inference: study folders in, a validated submission out (`python -m lumbar predict`).
 
 index (headers) -> localize (level points) -> ROI crops -> every classifier x fold -> blend + calibration
--> fallback rows -> validation -> CSV.
+-> fallback rows -> validation -> CSV, and the run's record beside it (`<out>.json`).
 
 Studies stream through in chunks (`chunk_studies`): each chunk's crops are built, predicted and deleted
 before the next, so memory and disk do not grow with the size of the test set. Every study of the split
 gets its 25 rows: a target that could not be localised or cropped (missing or unreadable series) gets the
-class prior of the training labels, and the report names the study, the rows and why.
+class prior of the training labels, and the report names the study, the rows and why. Only the errors bad
+data raises are survived (`lumbar.fallback.DATA_ERRORS`), and when more than `max_fallback_share` of the
+studies fall back the run fails, naming them.
+
+Inference only reads the run folder and the data folder (on Kaggle both are read-only datasets under
+`/kaggle/input`): crops go to `work_dir` (a temporary folder unless given), the submission and its record
+to `out`.
 """
 
 from __future__ import annotations
@@ -15,22 +21,27 @@ import argparse
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from tqdm.auto import tqdm
 
+from lumbar.atomic import write_json
 from lumbar.constants import GRADES
 from lumbar.data.index import build_index
-from lumbar.data.tables import load_submission, submission_row_ids
+from lumbar.data.tables import load_submission, row_study_ids, split_row_ids, submission_row_ids
 from lumbar.ensemble.blend import EnsembleParams, apply_ensemble
+from lumbar.fallback import DATA_ERRORS, MAX_FALLBACK_SHARE, check_fallbacks
 from lumbar.inference.submission import split_studies, validate_submission, write_submission
 from lumbar.manifest import read_manifest
 from lumbar.paths import data_root
-from lumbar.preprocess.cache import build_cache, load_cache
+from lumbar.preprocess.cache import build_cache
 from lumbar.preprocess.config import RoiConfig
 
 STAGES = ("index", "localize", "crop", "classify", "blend")
@@ -49,6 +60,10 @@ class PredictReport:
     def total_seconds(self) -> float:
         return sum(self.seconds.values())
 
+    def why(self, study: int) -> str:
+        """Why a study has fallback rows (its notes), for messages."""
+        return "; ".join(self.notes.get(study, [])) or "no crop"
+
     def summary(self) -> str:
         n = max(len(self.studies), 1)
         lines = [
@@ -62,9 +77,25 @@ class PredictReport:
                 f"predict: {rows} rows of {len(self.fallback_rows)} studies from the class prior (fallback):"
             )
             for study, ids in sorted(self.fallback_rows.items()):
-                why = "; ".join(self.notes.get(study, [])) or "no crop"
-                lines.append(f"  study {study}: {len(ids)} rows ({why})")
+                lines.append(f"  study {study}: {len(ids)} rows ({self.why(study)})")
         return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """The record written beside the submission (JSON-ready)."""
+        n = max(len(self.studies), 1)
+        return {
+            "studies": len(self.studies),
+            "fallback_studies": {str(s): {"rows": len(r), "why": self.why(s)} for s, r in sorted(self.fallback_rows.items())},
+            "fallback_rows": sum(len(r) for r in self.fallback_rows.values()),
+            "notes": {str(s): v for s, v in sorted(self.notes.items()) if v},
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "seconds_per_study": round(self.total_seconds / n, 3),
+        }
+
+
+def record_path(out: str | os.PathLike) -> Path:
+    """Where `predict` records a submission's run: beside it, `<name>.json`."""
+    return Path(out).with_suffix(".json")
 
 
 @dataclass
@@ -101,35 +132,46 @@ def ensemble_members(run_dir: Path, manifest: dict) -> tuple[list[Classifier], E
 
 def _prior_rows(prior: pd.DataFrame, row_ids: list[str]) -> pd.DataFrame:
     """Class-prior rows (prior table: condition, level, normal_mild, moderate, severe) for row_ids."""
-    keyed = prior.assign(key=prior["condition"] + "_" + prior["level"]).set_index("key")[list(GRADES)]
-    keys = [r.split("_", 1)[1] for r in row_ids]
-    return pd.DataFrame({"row_id": row_ids, **{g: keyed.loc[keys, g].to_numpy() for g in GRADES}})
+    keys = split_row_ids(row_ids)[["condition", "level"]]
+    rows = keys.merge(prior, on=["condition", "level"], how="left", validate="many_to_one")
+    return pd.DataFrame({"row_id": row_ids, **{g: rows[g].to_numpy() for g in GRADES}})
+
+
+@contextmanager
+def scratch_folder(work_dir: str | os.PathLike | None) -> Iterator[Path]:
+    """`work_dir` (created), or a temporary folder removed afterwards: never the run or data folder."""
+    if work_dir:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+        yield Path(work_dir)
+        return
+    with tempfile.TemporaryDirectory(prefix="lumbar-predict-") as tmp:
+        yield Path(tmp)
 
 
 def predict(data_dir, split: str, run_dir, out=None, work_dir=None, device: str = "auto",
-            chunk_studies: int = 16, workers: int = 1, progress: bool = True) -> tuple[pd.DataFrame, PredictReport]:  # fmt: skip
+            chunk_studies: int = 16, workers: int = 1, progress: bool = True,
+            max_fallback_share: float = MAX_FALLBACK_SHARE) -> tuple[pd.DataFrame, PredictReport]:  # fmt: skip
     """Predict every study of a split with a run's localizer and ensemble.
 
     Args:
         data_dir: competition-layout data folder (only `<split>_images/` and, when present,
             `<split>_series_descriptions.csv` and `sample_submission.csv` are read).
         split: "test" (or "train", to predict labelled studies).
-        run_dir: the run folder (manifest with localizer, classifiers and ensemble).
-        out: write the submission CSV here (in sample_submission order when the data has one).
-        work_dir: scratch folder for crops (default: `<run_dir>/predict_<split>`); must be writable.
+        run_dir: the run folder (manifest with localizer, classifiers and ensemble); only read.
+        out: write the submission CSV here (in sample_submission order when the data has one), and the
+            run's record (`PredictReport.to_dict`, the run and data folders) beside it (`record_path`).
+        work_dir: scratch folder for crops (default: a temporary folder, removed at the end).
         device: "auto", "cpu" or "cuda".
         chunk_studies: studies per chunk (memory and scratch space are bounded by one chunk).
         workers: processes for the header index and the crops.
         progress: tqdm bars.
+        max_fallback_share: the share of studies that may have rows from the prior (always at least one
+            study); more fail the run (`lumbar.fallback.FallbackLimitError`) naming each and why.
     """
-    from lumbar.localize.predict import Localizer
-    from lumbar.train.predict import predict_cache
-
     root, run_dir = data_root(data_dir, must_exist=True), Path(run_dir)
-    work_dir = Path(work_dir) if work_dir else run_dir / f"predict_{split}"
-    manifest = read_manifest(run_dir)
-    members, params, prior = ensemble_members(run_dir, manifest)
     report = PredictReport(studies=split_studies(root, split))
+    members, params, prior = ensemble_members(run_dir, read_manifest(run_dir))
+    from lumbar.localize.predict import Localizer
 
     t = time.perf_counter()
     index, index_report = build_index(root, split, workers=workers, studies=report.studies, progress=False)
@@ -142,57 +184,23 @@ def predict(data_dir, split: str, run_dir, out=None, work_dir=None, device: str 
     by_study = dict(tuple(index.groupby("study_id")))
     parts = []
     chunks = [report.studies[i : i + chunk_studies] for i in range(0, len(report.studies), chunk_studies)]
-    for chunk in tqdm(chunks, desc="predict", unit="chunk", disable=not progress):
-        t = time.perf_counter()
-        coords = []
-        for study in chunk:
-            if study not in by_study:
-                report.notes[study].append("no readable images")
-                continue
-            table, notes, _ = localizer.localize_study(root, split, study, by_study[study])
-            coords.append(table)
-            report.notes[study] += notes
-        coords = (
-            pd.concat([c for c in coords if len(c)], ignore_index=True)
-            if any(len(c) for c in coords)
-            else None
-        )
-        report.seconds["localize"] += time.perf_counter() - t
-        expected = submission_row_ids(chunk)
-        covered = set()
-        preds = {}
-        if coords is not None:
+    with scratch_folder(work_dir) as scratch:
+        for chunk in tqdm(chunks, desc="predict", unit="chunk", disable=not progress):
+            coords = _localize_chunk(localizer, root, split, chunk, by_study, report)
+            preds, covered = _classify_chunk(members, coords, root, split, chunk, scratch / "crops", device, workers,
+                                             report)  # fmt: skip
             t = time.perf_counter()
-            caches = {}
-            for m in members:
-                key = json.dumps(m.roi.to_dict(), sort_keys=True)
-                if key not in caches:
-                    rep = build_cache(
-                        coords, root, split, work_dir / "crops", m.roi, workers=workers, progress=False
-                    )
-                    caches[key] = rep.cache_dir
-                    for f in rep.failures.itertuples():
-                        report.notes[int(f.study_id)].append(f"{f.condition} {f.level}: {f.error}")
-            sample_sets = [set(load_cache(c)[1]["sample_id"]) for c in caches.values()]
-            covered = set.intersection(*sample_sets) if sample_sets else set()
-            report.seconds["crop"] += time.perf_counter() - t
-            t = time.perf_counter()
-            for m in members:
-                cache = caches[json.dumps(m.roi.to_dict(), sort_keys=True)]
-                preds[m.name] = predict_cache(m.run_dir, cache, device=device, study_ids=chunk)
-            report.seconds["classify"] += time.perf_counter() - t
-            shutil.rmtree(work_dir / "crops", ignore_errors=True)
-        t = time.perf_counter()
-        fallback = [r for r in expected if r not in covered]
-        if preds:
-            blended = apply_ensemble(preds, params)
-            blended = blended[~blended["row_id"].isin(fallback)]
-        else:
-            blended = pd.DataFrame(columns=["row_id", *GRADES])
-        parts += [blended, _prior_rows(prior, fallback)] if fallback else [blended]
-        for r in fallback:
-            report.fallback_rows[int(r.split("_", 1)[0])].append(r)
-        report.seconds["blend"] += time.perf_counter() - t
+            fallback = [r for r in submission_row_ids(chunk) if r not in covered]
+            if preds:
+                blended = apply_ensemble(preds, params)
+                parts.append(blended[blended["row_id"].isin(covered)])
+            if fallback:
+                parts.append(_prior_rows(prior, fallback))
+            for study, r in zip(row_study_ids(fallback), fallback):
+                report.fallback_rows[int(study)].append(r)
+            report.seconds["blend"] += time.perf_counter() - t
+    check_fallbacks({s: report.why(s) for s in report.fallback_rows}, len(report.studies), max_fallback_share,
+                    "studies")  # fmt: skip
     submission = pd.concat(parts, ignore_index=True)
     validate_submission(submission, expected_row_ids=submission_row_ids(report.studies), name="prediction")
     order = None
@@ -201,15 +209,76 @@ def predict(data_dir, split: str, run_dir, out=None, work_dir=None, device: str 
         order = sample if set(sample) == set(submission["row_id"]) else None
     if out is not None:
         write_submission(submission, out, order=order)
+        write_json({"submission": Path(out).name, "run_dir": str(run_dir.resolve()), "data_dir": str(root.resolve()),
+                    "split": split, **report.to_dict()}, record_path(out))  # fmt: skip
     if order is not None:
         submission = submission.set_index("row_id").loc[order].reset_index()
     return submission.reset_index(drop=True), report
 
 
+def _localize_chunk(localizer, root: Path, split: str, chunk: list[int], by_study: dict, report: PredictReport):
+    """Predicted coordinates of a chunk's studies (None when none could be localised); notes go to the report.
+
+    A study whose data breaks the localizer (`DATA_ERRORS`) is noted and gets no points; its rows fall back.
+    """
+    t = time.perf_counter()
+    coords = []
+    for study in chunk:
+        if study not in by_study:
+            report.notes[study].append("no readable images")
+            continue
+        try:
+            table, notes, _ = localizer.localize_study(root, split, study, by_study[study])
+        except DATA_ERRORS as e:
+            report.notes[study].append(f"localisation failed ({type(e).__name__}: {e})")
+            continue
+        coords.append(table)
+        report.notes[study] += notes
+    report.seconds["localize"] += time.perf_counter() - t
+    coords = [c for c in coords if len(c)]
+    return pd.concat(coords, ignore_index=True) if coords else None
+
+
+def _classify_chunk(members: list[Classifier], coords, root: Path, split: str, chunk: list[int], crops: Path,
+                    device: str, workers: int, report: PredictReport) -> tuple[dict[str, pd.DataFrame], set[str]]:  # fmt: skip
+    """Each member's predictions of a chunk, and the row_ids whose crop every member could build (the rest
+    fall back; no predictions at all when no crop could be built).
+
+    Crops are built once per distinct ROI configuration, predicted, and deleted with the chunk. A failed crop
+    is noted in the report; its target falls back to the prior (the limit of `predict` counts it).
+    """
+    from lumbar.train.predict import predict_cache
+
+    if coords is None:
+        return {}, set()
+    t = time.perf_counter()
+    caches = {}
+    for m in members:
+        key = json.dumps(m.roi.to_dict(), sort_keys=True)
+        if key not in caches:
+            rep = build_cache(coords, root, split, crops, m.roi, workers=workers, progress=False, max_failed_share=1.0)
+            caches[key] = rep
+            for f in rep.failures.itertuples():
+                report.notes[int(f.study_id)].append(f"{f.condition} {f.level}: {f.error}")
+    covered = set.intersection(*(set(rep.samples["sample_id"]) for rep in caches.values()))
+    report.seconds["crop"] += time.perf_counter() - t
+    preds = {}
+    if covered:
+        t = time.perf_counter()
+        for m in members:
+            cache = caches[json.dumps(m.roi.to_dict(), sort_keys=True)].cache_dir
+            preds[m.name] = predict_cache(m.run_dir, cache, device=device, study_ids=chunk)
+        report.seconds["classify"] += time.perf_counter() - t
+    shutil.rmtree(crops, ignore_errors=True)
+    return preds, covered
+
+
 def cli_predict(args: argparse.Namespace) -> int:
     """`python -m lumbar predict`."""
     sub, report = predict(args.data_dir, args.split, args.run, args.out, work_dir=args.work_dir, device=args.device,
-                          chunk_studies=args.chunk_studies, workers=args.workers)  # fmt: skip
+                          chunk_studies=args.chunk_studies, workers=args.workers,
+                          max_fallback_share=args.max_fallback_share)  # fmt: skip
     print(report.summary())
-    print(f"predict: wrote {os.fspath(args.out)} ({len(sub)} rows, {len(report.studies)} studies)")
+    print(f"predict: wrote {os.fspath(args.out)} ({len(sub)} rows, {len(report.studies)} studies) and "
+          f"{record_path(args.out)}")
     return 0

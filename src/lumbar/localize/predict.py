@@ -151,7 +151,7 @@ class Localizer:
         for r in mapped.itertuples():
             s = series[int(r.axial_series_id)]
             stack_i, slice_i = s.stack_of_instance(int(r.instance_number))
-            stack = s.stacks[stack_i]
+            stack = s.stack(stack_i)
             window = axial_input(stack, slice_i, n + shift, self.config.size)[shift : shift + 2 * n + 1]
             inputs.append(window)
             places.append((r.level, int(r.axial_series_id), stack.headers[slice_i]))
@@ -189,9 +189,9 @@ class Localizer:
                 continue
             series_id, stack_index = choice
             try:
-                stack = read_series(series_dir(root, split, study_id, series_id), skip_unreadable=True).stacks[stack_index]
+                stack = read_series(series_dir(root, split, study_id, series_id), skip_unreadable=True).stack(stack_index)
                 rows = self.sagittal_points(task, study_id, series_id, stack)
-            except (DicomReadError, IndexError) as e:
+            except DicomReadError as e:
                 notes.append(f"{description} series {series_id} unreadable ({e}) -> no {what} points")
                 continue
             parts.append(rows)
@@ -211,7 +211,7 @@ class Localizer:
                 for sid in found["axial_series_id"].unique():
                     series[int(sid)] = read_series(series_dir(root, split, study_id, int(sid)), skip_unreadable=True)
                 parts.append(self.axial_points(study_id, found, series))
-            except (DicomReadError, KeyError) as e:
+            except DicomReadError as e:
                 notes.append(f"axial series unreadable ({e}) -> no subarticular points")
         parts = [p for p in parts if len(p)]
         table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COORDINATE_COLUMNS)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from lumbar.data.dicom import DicomReadError, Series, Stack, read_series
 from lumbar.data.index import load_or_build_index
 from lumbar.data.tables import load_coordinates
+from lumbar.fallback import MAX_FALLBACK_SHARE, check_fallbacks
 from lumbar.localize.augment import random_affine, random_depth_affine, random_intensity, random_mirror
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.fit import fit, save_state
@@ -111,7 +112,7 @@ class _StackReader:
         key = (study_id, series_id)
         if self._series is None or self._series[0] != key:
             self._series = (key, read_series(series_dir(self.root, "train", *key), skip_unreadable=True))
-        return self._series[1].stacks[stack_index]
+        return self._series[1].stack(stack_index)
 
     def normalized(self, study_id: int, series_id: int, stack_index: int) -> tuple[np.ndarray, tuple[float, float]]:
         """The whole stack, intensity-normalised, and its pixel spacing (rows, columns) in mm."""
@@ -124,18 +125,18 @@ class _StackReader:
 
 
 def prepare_inputs(task: Task, placed: pd.DataFrame, root: Path, run: Path, config: LocalizerConfig,
-                   progress: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:  # fmt: skip
+                   progress: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:  # fmt: skip
     """Heatmap-model inputs and targets of every training sample of a task (decoded once, then cached).
 
     Returns:
-        inputs (N, C, S, S) float16, targets (N, K, 3) float32 (NaN = unlabelled), and one line per
-        series that could not be read (those samples are left out).
+        inputs (N, C, S, S) float16, targets (N, K, 3) float32 (NaN = unlabelled), and each sample whose
+        series could not be read (left out) -> why.
     """
     samples = sagittal_samples(task, placed) if task.plane == "sagittal" else axial_samples(task, placed)
     folder = cache_dir(run, task, config)
     radius = config.axial_neighbors + config.axial_slice_shift
     reader = _StackReader(root)
-    inputs, targets, problems = [], [], []
+    inputs, targets, problems = [], [], {}
     for s in tqdm(samples, desc=f"inputs {task.name}", unit="sample", disable=not progress):
         try:
             if task.plane == "sagittal":
@@ -144,8 +145,8 @@ def prepare_inputs(task: Task, placed: pd.DataFrame, root: Path, run: Path, conf
             else:
                 arr = cached_array(folder / f"{s.key}.npy", lambda s=s: axial_input(
                     reader.stack(s.study_id, s.series_id, s.stack_index), s.slice_index, radius, config.size))
-        except (DicomReadError, IndexError) as e:
-            problems.append(f"study {s.study_id} series {s.series_id}: {e}")
+        except DicomReadError as e:
+            problems[f"study {s.study_id} series {s.series_id}"] = str(e)
             continue
         inputs.append(arr)
         targets.append(s.points)
@@ -155,13 +156,13 @@ def prepare_inputs(task: Task, placed: pd.DataFrame, root: Path, run: Path, conf
 
 
 def prepare_slice_crops(task: Task, placed: pd.DataFrame, root: Path, run: Path, config: LocalizerConfig,
-                        progress: bool = True) -> tuple[list[np.ndarray], np.ndarray, list[str]]:  # fmt: skip
+                        progress: bool = True) -> tuple[list[np.ndarray], np.ndarray, dict[str, str]]:  # fmt: skip
     """Slice-scorer training data of a sagittal task: per labelled point, crops of every slice of its stack
     around the true point (with jitter margin), and the true slice index. Cached like the inputs."""
     folder = cache_dir(run, task, config, "slices")
     geometry = crop_geometry(config)
     reader = _StackReader(root)
-    crops, truth, problems = [], [], []
+    crops, truth, problems = [], [], {}
     for s in tqdm(sagittal_samples(task, placed), desc=f"crops {task.name}", unit="stack", disable=not progress):
         labelled = [k for k in range(len(task.points)) if not np.isnan(s.points[k, 0])]
         try:
@@ -177,8 +178,8 @@ def prepare_slice_crops(task: Task, placed: pd.DataFrame, root: Path, run: Path,
 
                 crops.append(cached_array(folder / f"{s.key}_{k}.npy", build))
                 truth.append(round(float(z) * (n - 1)) if n > 1 else 0)
-        except (DicomReadError, IndexError) as e:
-            problems.append(f"study {s.study_id} series {s.series_id}: {e}")
+        except DicomReadError as e:
+            problems[f"study {s.study_id} series {s.series_id}"] = str(e)
     return crops, np.asarray(truth, dtype=int), problems
 
 
@@ -288,7 +289,7 @@ def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: P
     for name in config.task_names:
         task, started = get_task(name), time.perf_counter()
         inputs, targets, problems = prepare_inputs(task, placed, root, run, config, progress)
-        manifest["problems"] += problems
+        _record_problems(manifest, problems, len(inputs), f"{name} samples")
         if len(inputs) == 0:
             manifest["skipped"][name] = "no training samples"
             log.warning("localizer model %s: no training samples, skipped", name)
@@ -306,7 +307,7 @@ def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: P
         if task.plane != "sagittal":
             raise ValueError(f"refine_tasks: slice refinement is for sagittal tasks, not {name!r}")
         crops, truth, problems = prepare_slice_crops(task, placed, root, run, config, progress)
-        manifest["problems"] += problems
+        _record_problems(manifest, problems, len(crops), f"{name} slice-scorer stacks")
         scorer_name = f"{name}_slices"
         if not crops:
             manifest["skipped"][scorer_name] = "no training samples"
@@ -321,6 +322,12 @@ def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: P
     manifest["seconds"] = round(time.perf_counter() - t0, 1)
     update_manifest(run, MANIFEST_KEY, manifest)
     return manifest
+
+
+def _record_problems(manifest: dict, problems: dict[str, str], kept: int, what: str) -> None:
+    """Note the samples left out in the manifest; too many (`MAX_FALLBACK_SHARE`) fail the training."""
+    manifest["problems"] += [f"{key}: {why}" for key, why in problems.items()]
+    check_fallbacks(problems, kept + len(problems), MAX_FALLBACK_SHARE, what)
 
 
 def cli_train_localizer(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from lumbar.atomic import write_json
 from lumbar.constants import CONDITIONS, LEVELS, row_id
 from lumbar.data.tables import COORDINATE_COLUMNS, load_coordinates, write_csv, write_parquet
+from lumbar.fallback import MAX_FALLBACK_SHARE, check_fallbacks
 from lumbar.paths import data_root, images_dir
 from lumbar.preprocess.config import RoiConfig
 from lumbar.preprocess.roi import FAILURE_COLUMNS, SAMPLE_COLUMNS, StudyResult, build_study
@@ -196,6 +197,7 @@ def build_cache(
     workers: int = 1,
     progress: bool = True,
     coords_source: str = "DataFrame",
+    max_failed_share: float = MAX_FALLBACK_SHARE,
 ) -> CacheReport:
     """Build (or complete) the ROI cache of a coordinates table.
 
@@ -208,6 +210,9 @@ def build_cache(
         workers: processes, each building whole studies.
         progress: show a tqdm bar over studies.
         coords_source: where the coordinates came from, recorded in params.json.
+        max_failed_share: the share of coordinate rows that may fail (always at least one); more fail the
+            build (`lumbar.fallback.FallbackLimitError`, after samples.parquet and failures.csv are written),
+            because so many failures mean a broken data folder or decoder, not a few odd files.
 
     Returns:
         The report; samples and failures are also written to the cache folder. Studies without images,
@@ -271,6 +276,8 @@ def build_cache(
     report.failures = _ordered(pd.DataFrame(failures, columns=FAILURE_COLUMNS))
     write_parquet(report.samples, folder / "samples.parquet")
     write_csv(report.failures, folder / "failures.csv")
+    check_fallbacks(dict(zip(report.failures["sample_id"], report.failures["error"])), len(coords) + int(dup.sum()),
+                    max_failed_share, f"coordinate rows (samples) of {folder}")  # fmt: skip
     report.seconds = time.perf_counter() - t0
     return report
 

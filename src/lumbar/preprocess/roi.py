@@ -13,7 +13,8 @@ slices are stacked or interpolated along depth, the filter runs on the resampled
 the result is stored as float16.
 
 A series or file that cannot be read fails only the samples that need it; each failure is returned with
-its coordinate row and the reason.
+its coordinate row and the reason. Only the errors bad data raises are caught (`lumbar.fallback.DATA_ERRORS`);
+a programming error or running out of memory stops the build.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from lumbar.atomic import atomic_path
@@ -35,6 +35,7 @@ from lumbar.data.dicom import (
     read_series,
     series_files,
 )
+from lumbar.fallback import DATA_ERRORS
 from lumbar.paths import series_dir
 from lumbar.preprocess.config import RoiConfig
 from lumbar.preprocess.filters import apply_filter
@@ -56,8 +57,6 @@ SAMPLE_COLUMNS = [
     "depth", "height", "width", "pad_slices", "pad_px",
     "stack_index", "slice_index", "n_slices", "edge_slices", "point_d", "point_y", "point_x",
 ]  # fmt: skip
-#: What odd data raises while a sample is built: caught per sample (or series) and reported as a failure.
-DATA_ERRORS = (ValueError, TypeError, IndexError, KeyError, ArithmeticError, OSError, cv2.error)
 #: Columns of failures.csv.
 FAILURE_COLUMNS = [
     "sample_id",
@@ -228,10 +227,8 @@ def _build_series(
     for row in group:
         try:
             stack_index, slice_index = series.stack_of_instance(int(row["instance_number"]))
-        except KeyError:
-            result.failures.append(
-                _failure(row, f"{series.folder}: no readable file with instance {row['instance_number']}")
-            )
+        except DicomReadError as e:
+            result.failures.append(_failure(row, str(e)))
             continue
         plans.append(_plan(row, stack_index, slice_index, len(series.stacks[stack_index]), config))
     missing = [p for p in plans if not (cache / p.file).is_file()]
@@ -250,7 +247,7 @@ def _build_series(
                 continue
             try:
                 _write_sample(series, plan, good, ranges, cache, config)
-            except DATA_ERRORS as e:  # one odd file must not stop a 2,000-study run; it is reported
+            except DATA_ERRORS as e:  # one odd file must not stop a 2,000-study run; it is reported, and counted
                 result.failures.append(_failure(plan.row, f"{series.folder}: {type(e).__name__}: {e}"))
                 continue
             result.built += 1
@@ -284,7 +281,7 @@ def build_study(
         except DicomReadError as e:
             result.failures += [_failure(r, str(e)) for r in group]
             continue
-        except DATA_ERRORS as e:  # malformed geometry and the like: reported, not fatal
+        except DATA_ERRORS as e:  # malformed geometry and the like: reported and counted, not fatal
             result.failures += [_failure(r, f"{folder}: {type(e).__name__}: {e}") for r in group]
             continue
         unreadable = len(series_files(folder)) - len(series.headers)
