@@ -1,17 +1,27 @@
 import json
 import os
+import shlex
 
 import nbformat
 import pytest
 
-from lumbar.cli import main
+from lumbar.cli import build_parser, main
 from lumbar.manifest import read_manifest
-from lumbar.pipeline import PipelineError, load_config, run_pipeline
+from lumbar.paths import PROJECT_ROOT, SYNTHETIC_MARKER, data_root, default_input_dir
+from lumbar.pipeline import (
+    PipelineError,
+    _parse_overrides,
+    check_data_kind,
+    load_config,
+    plan_steps,
+    run_pipeline,
+    spread_parameters,
+)
 
 
-def _notebook(path, body):
+def _notebook(path, body, params="VALUE = 1"):
     nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell("RUN_DIR = ''\nDATA_DIR = ''\nVALUE = 1")
+    params = nbformat.v4.new_code_cell(f"RUN_DIR = ''\nDATA_DIR = ''\n{params}")
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(body)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -30,9 +40,9 @@ def project(tmp_path):
     return tmp_path, nbdir
 
 
-def _config(tmp_path, nbdir, steps):
+def _config(tmp_path, nbdir, steps, **keys):
     cfg = {"name": "t", "run_dir": str(tmp_path / "run"), "data_dir": str(tmp_path), "notebook_dir": str(nbdir),
-           "parameters": {"VALUE": 2}, "notebooks": steps}  # fmt: skip
+           "parameters": {"VALUE": 2}, "notebooks": steps, **keys}  # fmt: skip
     path = tmp_path / "cfg.yaml"
     path.write_text(json.dumps(cfg))  # JSON is YAML
     return path
@@ -60,7 +70,9 @@ def test_failing_notebook_stops_and_names_cell(project, capsys):
     assert not (tmp_path / "run" / "value_2.json").exists()  # stopped before the next notebook
     assert read_manifest(tmp_path / "run")["notebooks"]["01_fail"]["status"] == "failed"
     assert main(["pipeline", "--config", str(path)]) == 1
-    assert "FAILED: notebook 01_fail" in capsys.readouterr().out
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("lumbar pipeline: error: notebook 01_fail (01_fail.ipynb) failed")
+    assert "broken on purpose 2; executed copy:" in err[0]
 
 
 def test_from_and_only_select_steps(project):
@@ -82,17 +94,158 @@ def test_config_errors_are_named(project):
 
 
 @pytest.mark.parametrize("name", ["demo", "full"])
-def test_shipped_configs_name_real_notebook_parameters(name):
-    """Every parameter a config passes must be one its notebook declares (a typo would be silently ignored)."""
-    from lumbar.paths import PROJECT_ROOT
-
+def test_shipped_configs_pass_the_parameter_check(name):
+    """load_config checks every parameter against the real notebooks; it raises on a typo or a wrong type."""
     config = load_config(PROJECT_ROOT / "configs" / f"{name}.yaml")
-    for step in config.steps:
-        nb = nbformat.read(config.notebook_dir / f"{step.notebook}.ipynb", as_version=4)
-        params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-        declared = {line.split("=")[0].strip() for line in params.source.splitlines() if "=" in line}
-        assert set(step.parameters) <= declared, (step.output, set(step.parameters) - declared)
-        assert {"RUN_DIR", "DATA_DIR"} <= declared
+    assert all(set(s.parameters) <= set(s.declared) for s in config.steps)
+    assert all({"RUN_DIR", "DATA_DIR"} <= set(s.declared) for s in config.steps)
+    assert any(s.parameters for s in config.steps)
+
+
+def _readme_dry_run() -> list[str]:
+    """The README's CPU dry run of configs/full.yaml, as arguments of `lumbar.cli.main`."""
+    text = (PROJECT_ROOT / "README.md").read_text().replace("\\\n", " ")
+    line = next(ln for ln in text.splitlines() if "configs/full.yaml" in ln and "--allow-synthetic" in ln)
+    return shlex.split(line.split("-m lumbar", 1)[1])
+
+
+def test_readme_dry_run_passes_the_checks_and_reads_the_demo_data():
+    args = build_parser().parse_args(_readme_dry_run())
+    demo = load_config(PROJECT_ROOT / "configs" / "demo.yaml")
+    assert args.allow_synthetic and PROJECT_ROOT / args.data_dir == demo.data_dir
+    steps = plan_steps(load_config(PROJECT_ROOT / args.config), args.start, args.only, _parse_overrides(args.set))
+    params = {s.output: s.parameters for s in steps}
+    assert params["03_train_resnet3d_18"]["EPOCHS"] == params["02_train_localizer"]["EPOCHS"] == 1
+    assert params["05_submission"]["DEVICE"] == "cpu" and "EPOCHS" not in params["00_eda"]
+    assert "DEVICE" not in params["04_ensemble"] and params["05_submission"]["OUT"] == "../runs/full/submission.csv"
+
+
+def test_demo_data_folder_is_not_the_real_data_folder():
+    demo = load_config(PROJECT_ROOT / "configs" / "demo.yaml")
+    full = load_config(PROJECT_ROOT / "configs" / "full.yaml")
+    assert demo.synthetic is not None and full.synthetic is None
+    assert demo.data_dir not in (default_input_dir(), data_root(), full.data_dir)
+    assert demo.data_dir.is_relative_to(PROJECT_ROOT / "input")  # git-ignored
+
+
+def _data_folder(path, synthetic):
+    path.mkdir()
+    (path / "train.csv").write_text("study_id\n")
+    if synthetic:
+        (path / SYNTHETIC_MARKER).write_text("{}")
+    return path
+
+
+def test_a_real_data_config_refuses_synthetic_data_unless_allowed(project, capsys):
+    tmp_path, nbdir = project
+    path = _config(tmp_path, nbdir, ["00_ok"])
+    data = _data_folder(tmp_path / "synthetic", synthetic=True)
+    args = ["pipeline", "--config", str(path), "--data-dir", str(data)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"lumbar pipeline: error: {path} is meant for the real data")
+    assert f"{data} holds synthetic data" in err[0] and "--allow-synthetic" in err[0]
+    assert not (tmp_path / "run").exists()  # no notebook ran, no manifest was written
+    assert main([*args, "--allow-synthetic"]) == 0
+    assert (tmp_path / "run" / "value_2.json").is_file()
+    assert read_manifest(tmp_path / "run")["pipeline"]["data_dir"] == str(data)
+    check_data_kind(load_config(path, data_dir=_data_folder(tmp_path / "real", synthetic=False)))
+
+
+def test_a_synthetic_config_refuses_the_competition_data(project):
+    tmp_path, nbdir = project
+    path = _config(tmp_path, nbdir, ["00_ok"], synthetic={"studies": 2})
+    real = load_config(path, data_dir=_data_folder(tmp_path / "real", synthetic=False))
+    with pytest.raises(ValueError, match=r"is a synthetic-data config .* holds competition data \(train.csv, no"):
+        run_pipeline(real, allow_synthetic=True)  # the flag opens synthetic data to real configs, not the reverse
+    assert not (tmp_path / "run").exists()
+    check_data_kind(load_config(path, data_dir=_data_folder(tmp_path / "synthetic", synthetic=True)))
+    check_data_kind(load_config(path, data_dir=tmp_path / "empty"))  # nothing there yet: the demo writes it
+
+
+def test_the_demo_never_writes_into_real_data(project, capsys):
+    tmp_path, nbdir = project
+    real = _data_folder(tmp_path / "real", synthetic=False)
+    for keys, message in [({"synthetic": {"studies": 2}, "data_dir": str(real)}, "holds competition data"),
+                          ({"data_dir": str(tmp_path / "empty")}, "runs only a synthetic-data config")]:
+        assert main(["demo", "--config", str(_config(tmp_path, nbdir, ["00_ok"], **keys))]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith("lumbar demo: error: ") and message in err[0]
+    assert sorted(p.name for p in real.iterdir()) == ["train.csv"] and not (tmp_path / "empty").exists()
+
+
+TYPES = "I = 20\nF = 0.5\nB = True\nS = 'x'\nL = [1]\nD = {}\nN = None\nX = len('ab')\nA: float = 1"
+
+
+@pytest.fixture()
+def typed(project):
+    tmp_path, nbdir = project
+    _notebook(nbdir / "02_types.ipynb", "pass", params=TYPES)
+    return load_config(_config(tmp_path, nbdir, ["00_ok", "02_types"]))
+
+
+@pytest.mark.parametrize("key, value, passed", [
+    ("I", 3, 3), ("F", 3, 3.0), ("F", "1e-3", 0.001), ("B", False, False), ("S", 3, "3"), ("S", None, ""),
+    ("S", True, "True"), ("L", [2], [2]), ("D", {"a": 1}, {"a": 1}), ("N", [1], [1]), ("X", "y", "y"),
+    ("A", 2, 2.0),  # the annotation (float), not the default literal (int)
+])  # fmt: skip
+def test_set_values_that_fit_the_declared_default(typed, key, value, passed):
+    steps = plan_steps(typed, overrides={key: value})
+    assert steps[1].parameters == {key: passed} and type(steps[1].parameters[key]) is type(passed)
+    assert steps[0].parameters == {"VALUE": 2}  # 00_ok does not declare it: not passed there
+
+
+@pytest.mark.parametrize("key, value, kind", [
+    ("I", "abc", "int"), ("I", 2.5, "int"), ("I", True, "int"), ("F", "abc", "float"), ("F", True, "float"),
+    ("B", 1, "bool"), ("B", "yes", "bool"), ("S", [1], "str"), ("L", "x", "list"), ("D", [1], "dict"),
+    ("A", "x", "float"),
+])  # fmt: skip
+def test_set_values_that_do_not_fit_name_notebook_and_type(typed, key, value, kind):
+    with pytest.raises(ValueError, match=rf"^--set: {key}=.* does not fit the {kind} default of 02_types.ipynb$"):
+        plan_steps(typed, overrides={key: value})
+
+
+def test_set_goes_only_to_the_selected_notebooks_that_declare_it(typed):
+    steps = plan_steps(typed, overrides={"VALUE": 9, "I": 4})
+    assert [s.parameters for s in steps] == [{"VALUE": 9}, {"I": 4}]
+    with pytest.raises(ValueError, match=r"^--set \(02_types.ipynb\): unknown setting 'VALUE'$"):
+        plan_steps(typed, only="02_types", overrides={"VALUE": 9})
+    with pytest.raises(ValueError, match=r"unknown setting 'VALU'; did you mean 'VALUE'\?"):
+        plan_steps(typed, overrides={"VALU": 9})
+    with pytest.raises(ValueError, match=r"the pipeline sets DATA_DIR; use --data-dir"):
+        plan_steps(typed, overrides={"DATA_DIR": "x"})
+    with pytest.raises(ValueError, match=r"the pipeline sets RUN_DIR; use the config's `run_dir`"):
+        spread_parameters(typed.steps, {"RUN_DIR": "x"}, "--set")
+
+
+def test_a_bad_set_stops_before_any_notebook_with_one_line(project, capsys):
+    tmp_path, nbdir = project
+    path = _config(tmp_path, nbdir, ["00_ok"])
+    for value, message in [("VALUE=abc", "--set: VALUE='abc' does not fit the int default of 00_ok.ipynb"),
+                           ("VALU=3", "did you mean 'VALUE'?"), ("DATA_DIR=/x", "use --data-dir")]:
+        assert main(["pipeline", "--config", str(path), "--set", value]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith("lumbar pipeline: error: --set") and message in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("keys, match", [
+    ({"notebooks": ["00_ok", {"notebook": "00_ok", "output": "b", "parameters": {"VALU": 5}}]},
+     r"cfg.yaml: notebooks\[1\] \(00_ok.ipynb\): unknown setting 'VALU'; did you mean 'VALUE'\?"),
+    ({"notebooks": [{"parallel": [{"notebook": "00_ok", "parameters": {"VALUE": "five"}}]}]},
+     r"cfg.yaml: notebooks\[0\].parallel\[0\]: VALUE='five' does not fit the int default of 00_ok.ipynb"),
+    ({"parameters": {"NOPE": 1}}, r"cfg.yaml: parameters \(00_ok.ipynb\): unknown setting 'NOPE'"),
+    ({"parameters": {"DATA_DIR": "x"}}, r"cfg.yaml: parameters: the pipeline sets DATA_DIR"),
+    ({"synthetic": [1]}, r"`synthetic` must map generator settings"),
+])  # fmt: skip
+def test_config_parameters_are_checked_against_the_notebooks(project, keys, match):
+    tmp_path, nbdir = project
+    with pytest.raises(ValueError, match=match):
+        load_config(_config(tmp_path, nbdir, keys.pop("notebooks", ["00_ok"]), **keys))
+
+
+def test_top_level_parameters_yield_to_the_steps_own(typed):
+    assert [s.parameters for s in typed.steps] == [{"VALUE": 2}, {}]  # 02_types does not declare VALUE
 
 
 RENDEZVOUS = """import json, os, pathlib, time
@@ -169,6 +322,6 @@ def test_command_line_parameters_win_over_the_config(project):
     tmp_path, nbdir = project
     path = _config(tmp_path, nbdir, [{"notebook": "00_ok", "parameters": {"VALUE": 5}}])
     assert load_config(path).steps[0].parameters["VALUE"] == 5
-    assert load_config(path, {"VALUE": 9}).steps[0].parameters["VALUE"] == 9
+    assert plan_steps(load_config(path), overrides={"VALUE": 9})[0].parameters["VALUE"] == 9
     assert main(["pipeline", "--config", str(path), "--set", "VALUE=9"]) == 0
     assert (tmp_path / "run" / "value_9.json").is_file() and not (tmp_path / "run" / "value_5.json").exists()

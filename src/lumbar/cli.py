@@ -3,17 +3,29 @@
 Command functions live next to the code they drive and are imported only when their command runs,
 so `python -m lumbar --help` stays fast and a command never pays for torch unless it needs it.
 Each takes the parsed `argparse.Namespace` and returns an exit code.
+
+Bad input (a missing file, a malformed table, an unknown or mistyped setting: OSError, ValueError and its
+subclasses) ends a command with one line, `lumbar <command>: error: <message>`, on stderr and exit code 2;
+a failed notebook (`lumbar.pipeline.PipelineError`) the same way with exit code 1. `LUMBAR_DEBUG=1`
+re-raises instead, for the full traceback. `--set KEY=VALUE` is read the same way wherever a command has
+it (`add_set_argument`, `lumbar.overrides.parse_assignments`): repeatable, the last of one key wins.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 Register = Callable[[argparse.ArgumentParser], None]
 _COMMANDS: dict[str, tuple[str, str, Register]] = {}
+
+
+def add_set_argument(p: argparse.ArgumentParser, what: str) -> None:
+    """The `--set KEY=VALUE` option of every command that has one; `what` says which settings it takes."""
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"{what}; repeatable")
 
 
 def command(name: str, target: str, help: str) -> Callable[[Register], Register]:
@@ -108,7 +120,7 @@ def _train_localizer(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="processes reading headers for the index")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is faster on a busy machine)")
     p.add_argument("--index", default=None, help="header index parquet of the train split to reuse")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any other LocalizerConfig field")
+    add_set_argument(p, "any other LocalizerConfig field")
 
 
 @command("localize", "lumbar.localize.predict:cli_localize", "predicted label coordinates for a split")
@@ -157,10 +169,11 @@ def _pipeline(p: argparse.ArgumentParser) -> None:
         "--from", dest="start", default=None, help="start at this notebook (output name or prefix)"
     )
     p.add_argument("--only", default=None, help="run just this notebook (output name or prefix)")
-    p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="parameter for every notebook (YAML value)"
-    )
+    add_set_argument(p, "notebook parameter (YAML value) for the selected notebooks that declare it")
     p.add_argument("--jobs", type=int, default=None, help="notebooks of a parallel group run at once (default: config)")
+    p.add_argument("--data-dir", default=None, help="data folder, over the config's data_dir")
+    p.add_argument("--allow-synthetic", action="store_true",
+                   help="let a config meant for the real data run on synthetic data (a dry run)")
 
 
 @command("train", "lumbar.train.command:cli_train", "train one architecture on one task mode (also under torchrun)")
@@ -181,7 +194,7 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", default=None, help="DataLoader worker processes")
     p.add_argument("--seed", default=None)
     p.add_argument("--config", default=None, help="YAML of config overrides (top level or under `train:`)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any TrainConfig field, e.g. ema_decay=0.99")
+    add_set_argument(p, "any TrainConfig field, e.g. ema_decay=0.99")
 
 
 @command("kaggle-bundle", "lumbar.kaggle:cli_kaggle_bundle", "offline upload bundle: code/, weights/, kernel/")
@@ -229,12 +242,7 @@ def _preprocess(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--pad-px", type=int, default=None, help="jitter context stored per side, px (8)")
     p.add_argument("--pad-slices", type=int, default=None, help="jitter context stored per side, slices (1)")
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="any other RoiConfig field, e.g. spinal_mm=48,24,24,24",
-    )
+    add_set_argument(p, "any other RoiConfig field, e.g. spinal_mm=48,24,24,24")
     p.add_argument("--workers", type=int, default=1, help="processes, each building whole studies")
 
 
@@ -279,11 +287,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse `argv`, run the command, return its exit code."""
+    """Parse `argv`, run the command, return its exit code (bad input: one line on stderr, module docstring)."""
     args = build_parser().parse_args(argv)
+    from lumbar.pipeline import PipelineError
+
     module_name, func_name = args._target.split(":")
-    func = getattr(importlib.import_module(module_name), func_name)
-    return int(func(args) or 0)
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+        return int(func(args) or 0)
+    except (OSError, ValueError, PipelineError) as e:
+        if os.environ.get("LUMBAR_DEBUG") == "1":
+            raise
+        message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+        print(f"lumbar {args.command}: error: {message}", file=sys.stderr)
+        return 1 if isinstance(e, PipelineError) else 2
 
 
 if __name__ == "__main__":

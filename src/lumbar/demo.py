@@ -1,5 +1,8 @@
 """`make demo`: synthetic data (unless data is already there), the whole pipeline, one line of results.
 
+The data folder is the config's own (`configs/demo.yaml`: `input/synthetic-demo/`), never the real data's:
+`lumbar.pipeline.check_data_kind` stops the demo before it writes into a folder holding competition data.
+
 The last line is meant for scripts:
 
     demo: oof_score=<v> prior=<v> oracle=<v> gap_closed=<f> test_score=<v> submission=<path> run=<path> seconds=<n>
@@ -18,15 +21,14 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from lumbar.data.tables import load_labels, load_submission, row_study_ids, rows_of_studies
 from lumbar.evaluate.baselines import prior_submission
 from lumbar.evaluate.metric import competition_score
+from lumbar.kaggle import SUBMISSION_NOTEBOOK
 from lumbar.manifest import read_manifest
 from lumbar.paths import PROJECT_ROOT
-from lumbar.kaggle import SUBMISSION_NOTEBOOK
-from lumbar.pipeline import PipelineConfig, PipelineError, load_config, run_pipeline
+from lumbar.pipeline import PipelineConfig, PipelineError, check_data_kind, load_config, run_pipeline
 
 
 def ensure_data(data_dir: Path, synthetic: dict, workers: int = 2) -> bool:
@@ -105,11 +107,17 @@ def _fmt(v) -> str:
 
 
 def run_demo(config_path: str | Path, workers: int = 2) -> dict:
-    """Data, pipeline, summary; returns the figures of the last line."""
+    """Data, pipeline, summary; returns the figures of the last line.
+
+    Raises:
+        ValueError: the config is not a synthetic-data one, or its data folder holds the real data.
+    """
     t0 = time.perf_counter()
     config = load_config(config_path)
-    raw = yaml.safe_load(Path(config_path).read_text())
-    ensure_data(config.data_dir, raw.get("synthetic") or {}, workers=workers)
+    if config.synthetic is None:
+        raise ValueError(f"{config_path}: the demo runs only a synthetic-data config (one with a `synthetic:` block)")
+    check_data_kind(config)  # before writing: the demo never writes into the real data
+    ensure_data(config.data_dir, config.synthetic, workers=workers)
     run_pipeline(config)
     summary = demo_summary(config.run_dir, config.data_dir, submission_of(config))
     summary["run"] = _project_relative(config.run_dir)

@@ -116,6 +116,6 @@ def parse_assignments(items: Iterable[str] | None) -> dict[str, str]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         out[key.strip()] = value.strip()
     return out

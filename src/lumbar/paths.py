@@ -14,6 +14,9 @@ from lumbar.constants import COMPETITION_SLUG
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
+#: Every synthetic data folder holds this file (`lumbar.data.synthetic`); the competition's never does.
+SYNTHETIC_MARKER = "synthetic.json"
+
 
 def kaggle_root() -> Path:
     """Kaggle's root folder; tests stand a temporary folder in for it with `LUMBAR_KAGGLE_ROOT`."""
@@ -47,6 +50,11 @@ def data_root(path: str | os.PathLike | None = None, must_exist: bool = False) -
     if must_exist and not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist")
     return root
+
+
+def is_synthetic(root: str | os.PathLike) -> bool:
+    """True when `root` is a synthetic data folder (it holds `SYNTHETIC_MARKER`)."""
+    return (Path(root) / SYNTHETIC_MARKER).is_file()
 
 
 def images_dir(root: Path, split: str) -> Path:

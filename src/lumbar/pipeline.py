@@ -4,8 +4,9 @@ Config (`configs/NAME.yaml`)::
 
     name: demo                    # run folder: runs/<name>/ (or `run_dir:`)
     notebook_dir: notebooks       # default
-    data_dir: null                # null: lumbar.paths.data_root() decides
-    parameters: {DEVICE: auto}    # passed to every notebook (UPPER_CASE, the notebooks' parameter names)
+    data_dir: null                # null: lumbar.paths.data_root() decides; `pipeline --data-dir` overrides
+    synthetic: {studies: 60}      # only in a synthetic-data config: the generator's settings (`lumbar demo`)
+    parameters: {DEVICE: auto}    # for every notebook that declares the parameter
     jobs: 2                       # notebooks of a `parallel:` group run at most this many at once
     notebooks:
       - notebook: 00_eda          # notebooks/00_eda.ipynb
@@ -15,30 +16,49 @@ Config (`configs/NAME.yaml`)::
             output: 03_train_cnn3d  # each under its own name
             parameters: {ARCH: cnn3d}
 
-Every notebook also receives `RUN_DIR` and `DATA_DIR`. Each notebook of a parallel group runs in its own
+Every notebook also receives `RUN_DIR` and `DATA_DIR` (from `run_dir` and `data_dir`/`--data-dir`; a
+parameter or `--set` of either name is refused). Each notebook of a parallel group runs in its own
 process and kernel with `OMP_NUM_THREADS` = CPU cores // jobs (unless the environment sets it), so the
 group shares the cores instead of fighting over them; the manifest is updated under a file lock. Executed copies are saved as
 `runs/<name>/<output>.ipynb`; the manifest's `notebooks` entry records status and seconds of each. On a
 failing cell the pipeline stops and names the notebook, the cell and the error.
+
+Parameters are checked before the first notebook runs, against the `parameters` cell of each notebook
+(papermill's `inspect_notebook`). A name must be declared by the step's notebook (a step's `parameters:`),
+by some notebook of the config (top-level `parameters:`) or by some selected notebook (`--set`); otherwise
+the error names the closest declared name. Top-level parameters and `--set` go only to the notebooks that
+declare them, with precedence top-level < step < `--set`. A value must fit the type of the declared
+default (or of the annotation, `LR: float = 1e-3`): int takes an int; float an int or a float (or a string
+float() reads: PyYAML reads `1e-3` as a string); bool only true/false; str any scalar, passed as its
+string (null as ""); list and dict their own kind; a default of None, or one that is no literal, anything.
+
+Data kind: a config with a `synthetic:` block is meant for synthetic data, any other for the real data.
+Before anything runs, `check_data_kind` stops a real-data config whose data folder holds `synthetic.json`
+(unless `--allow-synthetic`, for a dry run of a real config on synthetic data) and a synthetic config whose
+folder holds competition data (`train.csv` without `synthetic.json`), so the demo never runs on, or writes
+into, the real data.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import itertools
 import multiprocessing
 import os
 import time
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from lumbar.manifest import read_manifest, update_manifest
-from lumbar.overrides import parse_assignments
-from lumbar.paths import PROJECT_ROOT, data_root
+from lumbar.overrides import parse_assignments, unknown_setting
+from lumbar.paths import PROJECT_ROOT, SYNTHETIC_MARKER, data_root, is_synthetic
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 
@@ -53,6 +73,7 @@ class Step:
     output: str
     parameters: dict[str, Any] = field(default_factory=dict)
     group: int = 0  # steps with the same group number form one `parallel:` block
+    declared: dict[str, type | None] = field(default_factory=dict, repr=False)  # notebook_parameters()
 
 
 @dataclass
@@ -64,6 +85,7 @@ class PipelineConfig:
     source: Path | None = None
     notebook_dir: Path = NOTEBOOK_DIR
     jobs: int = 1
+    synthetic: dict[str, Any] | None = None  # the `synthetic:` block; None: a config for the real data
 
 
 _TOP_KEYS = {
@@ -80,13 +102,15 @@ _TOP_KEYS = {
 _STEP_KEYS = {"notebook", "output", "parameters"}
 
 
-def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+def load_config(path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> PipelineConfig:
     """Read and check a pipeline config; paths are relative to the project root.
 
     Args:
         path: the YAML file.
-        overrides: parameters set on every notebook, over the config's common and per-notebook ones (the
-            command line's `--set`).
+        data_dir: the data folder, over the config's `data_dir` (the command line's `--data-dir`).
+
+    Raises:
+        ValueError: naming the entry of the config that is wrong (an unknown parameter, a value of the wrong type).
     """
     path = Path(path)
     try:
@@ -98,12 +122,15 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
         raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; expected some of {sorted(_TOP_KEYS)}")
     if not raw.get("notebooks"):
         raise ValueError(f"{path}: `notebooks` must list at least one notebook")
+    synthetic = (raw["synthetic"] or {}) if "synthetic" in raw else None
+    if synthetic is not None and not isinstance(synthetic, dict):
+        raise ValueError(f"{path}: `synthetic` must map generator settings to values, got {synthetic!r}")
     name = raw.get("name") or path.stem
     run_dir = Path(raw.get("run_dir") or f"runs/{name}")
     run_dir = run_dir if run_dir.is_absolute() else PROJECT_ROOT / run_dir
-    data_dir = data_root(raw.get("data_dir") and _project_path(raw["data_dir"]))
+    data_dir = data_root(data_dir or (raw.get("data_dir") and _project_path(raw["data_dir"]))).absolute()
     notebook_dir = _project_path(raw["notebook_dir"]) if raw.get("notebook_dir") else NOTEBOOK_DIR
-    common, overrides = raw.get("parameters") or {}, overrides or {}
+    declared: dict[str, dict[str, type | None]] = {}
     steps = []
     for i, entry in enumerate(raw["notebooks"]):
         parallel = isinstance(entry, dict) and "parallel" in entry
@@ -112,19 +139,19 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
             raise ValueError(f"{path}: notebooks[{i}]: a `parallel:` entry holds only a non-empty list of steps")
         for j, member in enumerate(members):
             where = f"{path}: notebooks[{i}]" + (f".parallel[{j}]" if parallel else "")
-            steps.append(_step(member, i, common, overrides, notebook_dir, where))
+            steps.append(_step(member, i, notebook_dir, where, declared))
+    steps = spread_parameters(steps, raw.get("parameters") or {}, f"{path}: parameters", win=False)
     outputs = [s.output for s in steps]
     if len(set(outputs)) != len(outputs):
         raise ValueError(f"{path}: two steps write the same output name; give each an `output:`")
     jobs = raw.get("jobs", 1)
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"{path}: jobs must be a whole number >= 1, got {jobs!r}")
-    return PipelineConfig(name, run_dir, data_dir, steps, path, notebook_dir, jobs)
+    return PipelineConfig(name, run_dir, data_dir, steps, path, notebook_dir, jobs, synthetic)
 
 
-def _step(entry: Any, group: int, common: dict[str, Any], overrides: dict[str, Any], notebook_dir: Path,
-          where: str) -> Step:  # fmt: skip
-    """One notebook run: the config's common parameters, then the step's own, then the command line's."""
+def _step(entry: Any, group: int, notebook_dir: Path, where: str, declared: dict[str, dict]) -> Step:
+    """One notebook run with its own parameters, checked against the notebook's (`declared` caches them)."""
     entry = {"notebook": entry} if isinstance(entry, str) else dict(entry)
     bad = set(entry) - _STEP_KEYS
     if bad or "notebook" not in entry:
@@ -132,7 +159,85 @@ def _step(entry: Any, group: int, common: dict[str, Any], overrides: dict[str, A
     nb = entry["notebook"].removesuffix(".ipynb")
     if not (notebook_dir / f"{nb}.ipynb").is_file():
         raise ValueError(f"{where}: {notebook_dir / nb}.ipynb does not exist")
-    return Step(nb, entry.get("output", nb), {**common, **(entry.get("parameters") or {}), **overrides}, group)
+    if nb not in declared:
+        declared[nb] = notebook_parameters(notebook_dir / f"{nb}.ipynb")
+    step = Step(nb, entry.get("output", nb), group=group, declared=declared[nb])
+    return spread_parameters([step], entry.get("parameters") or {}, where)[0]
+
+
+_KINDS = {kind.__name__: kind for kind in (bool, int, float, str, list, dict)}
+
+#: Parameters the pipeline sets itself, and where a user sets them instead.
+_RESERVED = {"RUN_DIR": "the config's `run_dir`", "DATA_DIR": "--data-dir (or the config's `data_dir`)"}
+
+
+def notebook_parameters(path: Path) -> dict[str, type | None]:
+    """The parameters a notebook declares, each with the type a value must fit (None: any).
+
+    From papermill's inspection of the `parameters` cell: the annotation's type where it names one,
+    else the type of the default literal.
+    """
+    import papermill as pm
+
+    declared = {}
+    for name, p in pm.inspect_notebook(str(path)).items():
+        kind = _KINDS.get(p["inferred_type_name"])
+        if kind is None:
+            try:
+                kind = type(ast.literal_eval(p["default"]))
+            except (ValueError, SyntaxError, TypeError):
+                kind = None  # an expression: nothing to check against
+        declared[name] = kind if kind in _KINDS.values() else None
+    return declared
+
+
+def _fit(value: Any, kind: type | None) -> Any:
+    """`value` as a parameter whose default has type `kind` (rules: module docstring); TypeError if it does not fit."""
+    if kind is None:
+        return value
+    if kind is float and isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value)
+    if kind is str and not isinstance(value, (list, dict)):
+        return "" if value is None else str(value)
+    if isinstance(value, (int, float) if kind is float else kind) and (kind is bool or not isinstance(value, bool)):
+        return float(value) if kind is float else value
+    raise TypeError(f"{value!r} is no {kind.__name__}")
+
+
+def spread_parameters(steps: list[Step], values: Mapping[str, Any], owner: str, win: bool = True) -> list[Step]:
+    """`steps` with `values` added to each step whose notebook declares the name, cast by `_fit`.
+
+    Args:
+        owner: where the values come from, for errors ("--set", "configs/demo.yaml: notebooks[2]").
+        win: the values replace the steps' own (`--set`); otherwise the steps' own win (top-level parameters).
+
+    Raises:
+        ValueError: `RUN_DIR` or `DATA_DIR`; a name no step declares (`UnknownSettingError`, suggesting the
+            closest declared one); a value that does not fit the type of a declared default.
+    """
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{owner}: parameters must map names to values, got {values!r}")  # noqa: TRY004 - bad input
+    added: list[dict[str, Any]] = [{} for _ in steps]
+    for key, value in values.items():
+        if key in _RESERVED:
+            raise ValueError(f"{owner}: the pipeline sets {key}; use {_RESERVED[key]}")
+        declaring = [i for i, step in enumerate(steps) if key in step.declared]
+        if not declaring:
+            notebooks = ", ".join(dict.fromkeys(f"{step.notebook}.ipynb" for step in steps))
+            raise unknown_setting(f"{owner} ({notebooks})", key, sorted({n for s in steps for n in s.declared}))
+        misfits: dict[str, dict[str, None]] = {}
+        for i in declaring:
+            kind = steps[i].declared[key]
+            try:
+                added[i][key] = _fit(value, kind)
+            except TypeError:
+                misfits.setdefault(kind.__name__, {})[f"{steps[i].notebook}.ipynb"] = None
+        if misfits:
+            expected = "; ".join(f"the {kind} default of {', '.join(nbs)}" for kind, nbs in misfits.items())
+            raise ValueError(f"{owner}: {key}={value!r} does not fit {expected}")
+    return [replace(step, parameters={**step.parameters, **new} if win else {**new, **step.parameters})
+            for step, new in zip(steps, added)]  # fmt: skip
 
 
 def _project_path(p: str) -> Path:
@@ -172,7 +277,7 @@ def run_step(step: Step, config: PipelineConfig, log_output: bool = False, threa
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # inherited by the kernel this process starts
     config.run_dir.mkdir(parents=True, exist_ok=True)
     out = config.run_dir / f"{step.output}.ipynb"
-    params = {"RUN_DIR": str(config.run_dir), "DATA_DIR": str(config.data_dir), **step.parameters}
+    params = {**step.parameters, "RUN_DIR": str(config.run_dir), "DATA_DIR": str(config.data_dir)}
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(
@@ -198,23 +303,63 @@ def run_step(step: Step, config: PipelineConfig, log_output: bool = False, threa
     return seconds
 
 
+def check_data_kind(config: PipelineConfig, allow_synthetic: bool = False) -> None:
+    """Stop a config before it runs on the other kind of data (module docstring: Data kind).
+
+    Args:
+        allow_synthetic: let a real-data config run on synthetic data (a dry run).
+
+    Raises:
+        ValueError: naming the config, the data folder and the way out.
+    """
+    folder, synthetic = config.data_dir, is_synthetic(config.data_dir)
+    if config.synthetic is None and synthetic and not allow_synthetic:
+        raise ValueError(
+            f"{config.source} is meant for the real data, but {folder} holds synthetic data ({SYNTHETIC_MARKER}); "
+            "give the competition data's folder (--data-dir, LUMBAR_DATA_DIR or the config's data_dir), or pass "
+            "--allow-synthetic for a dry run on synthetic data"
+        )
+    if config.synthetic is not None and not synthetic and (folder / "train.csv").is_file():
+        raise ValueError(
+            f"{config.source} is a synthetic-data config (it has a `synthetic:` block), but {folder} holds "
+            f"competition data (train.csv, no {SYNTHETIC_MARKER}); give the config a data_dir of its own"
+        )
+
+
+def plan_steps(
+    config: PipelineConfig, start: str | None = None, only: str | None = None, overrides: Mapping[str, Any] | None = None
+) -> list[Step]:
+    """The steps `run_pipeline` runs: `select_steps`, then the `--set` values spread over them."""
+    return spread_parameters(select_steps(config.steps, start, only), overrides or {}, "--set")
+
+
 def run_pipeline(
-    config: PipelineConfig, start: str | None = None, only: str | None = None, jobs: int | None = None
+    config: PipelineConfig,
+    start: str | None = None,
+    only: str | None = None,
+    jobs: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    allow_synthetic: bool = False,
 ) -> dict[str, float]:
     """Run the chosen steps in order, a `parallel:` group side by side; stop at the first failure.
 
     Args:
         jobs: notebooks run at once inside a parallel group (default: the config's `jobs`).
+        overrides: parameters over the config's (the command line's `--set`), for the notebooks declaring them.
+        allow_synthetic: see `check_data_kind`.
 
     Raises:
+        ValueError: a parameter or the data folder is wrong (before any notebook runs).
         PipelineError: a notebook failed (in a parallel group: after the group's running notebooks ended).
     """
+    steps = plan_steps(config, start, only, overrides)
+    check_data_kind(config, allow_synthetic)
     jobs = jobs or config.jobs
     update_manifest(
         config.run_dir, "pipeline", {"config": str(config.source), "data_dir": str(config.data_dir), "jobs": jobs}
     )
     seconds: dict[str, float] = {}
-    for _, group in itertools.groupby(select_steps(config.steps, start, only), key=lambda s: s.group):
+    for _, group in itertools.groupby(steps, key=lambda s: s.group):
         group = list(group)
         if len(group) > 1 and jobs > 1:
             seconds.update(_run_parallel(group, config, jobs))
@@ -255,19 +400,22 @@ def _run_parallel(group: list[Step], config: PipelineConfig, jobs: int) -> dict[
     return seconds
 
 
-def _parse_overrides(items: list[str]) -> dict[str, Any]:
+def _parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """`--set EPOCHS=3` -> {"EPOCHS": 3}: values read as YAML, so numbers and lists keep their types."""
-    return {key: yaml.safe_load(value) for key, value in parse_assignments(items).items()}
+    out = {}
+    for key, value in parse_assignments(items).items():
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--set {key}={value}: not a YAML value ({getattr(e, 'problem', e)})") from None
+    return out
 
 
 def cli_pipeline(args: argparse.Namespace) -> int:
-    """`python -m lumbar pipeline`."""
-    config = load_config(args.config, _parse_overrides(args.set or []))
-    try:
-        seconds = run_pipeline(config, args.start, args.only, args.jobs)
-    except PipelineError as e:
-        print(f"pipeline: FAILED: {e}")
-        return 1
+    """`python -m lumbar pipeline`; a failed notebook raises PipelineError (exit 1, see lumbar.cli)."""
+    config = load_config(args.config, data_dir=args.data_dir)
+    seconds = run_pipeline(config, args.start, args.only, args.jobs, overrides=_parse_overrides(args.set),
+                           allow_synthetic=args.allow_synthetic)  # fmt: skip
     print(f"pipeline: {len(seconds)} notebooks, {sum(seconds.values()):.1f} notebook-seconds; "
           f"run folder {config.run_dir}")
     print(

@@ -24,7 +24,6 @@ Decisions:
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -33,7 +32,6 @@ import pandas as pd
 from lumbar.constants import CONDITION_GROUP, GRADE_WEIGHTS, GRADES, GROUPS
 from lumbar.data.tables import (
     LABEL_TABLE_COLUMNS,
-    DataFormatError,
     load_labels,
     load_submission,
     split_row_ids,
@@ -191,38 +189,34 @@ def format_table(result: MetricResult) -> str:
 
 
 def cli_score(args: argparse.Namespace) -> int:
-    """`python -m lumbar score`: print the terms, then the one-line summary last."""
+    """`python -m lumbar score`: print the terms, then the one-line summary last (bad input: exit 2)."""
     from lumbar.evaluate.baselines import prior_submission, uniform_submission
 
-    try:
-        labels = load_labels(args.labels)
-        if args.submission:
-            name = str(args.submission)
-            submission = load_submission(args.submission)
-            validate_submission(submission, name=name)
-            studies = _submitted_studies(submission, name)
-            validate_submission(submission, expected_row_ids=submission_row_ids(studies), name=name)
-            scored = submitted_labels(labels, submission, name=name)
-            not_submitted = labels["study_id"].nunique() - scored["study_id"].nunique()
-            print(f"submission: {name} ({len(studies)} studies)")
-            if not_submitted:
-                print(f"note: {not_submitted} labelled studies are not in the submission and are not scored")
+    labels = load_labels(args.labels)
+    if args.submission:
+        name = str(args.submission)
+        submission = load_submission(args.submission)
+        validate_submission(submission, name=name)
+        studies = _submitted_studies(submission, name)
+        validate_submission(submission, expected_row_ids=submission_row_ids(studies), name=name)
+        scored = submitted_labels(labels, submission, name=name)
+        not_submitted = labels["study_id"].nunique() - scored["study_id"].nunique()
+        print(f"submission: {name} ({len(studies)} studies)")
+        if not_submitted:
+            print(f"note: {not_submitted} labelled studies are not in the submission and are not scored")
+    else:
+        name = f"baseline {args.baseline}"
+        scored = labels
+        studies = labels["study_id"].unique()
+        if args.baseline == "uniform":
+            submission = uniform_submission(studies)
         else:
-            name = f"baseline {args.baseline}"
-            scored = labels
-            studies = labels["study_id"].unique()
-            if args.baseline == "uniform":
-                submission = uniform_submission(studies)
-            else:
-                prior_labels = load_labels(args.prior_labels) if args.prior_labels else labels
-                by = "condition" if args.baseline == "prior_condition" else "condition_level"
-                submission = prior_submission(prior_labels, studies, by=by)
-            print(f"submission: {name}" + (f" (priors from {args.prior_labels})" if args.prior_labels else ""))
-        print(f"labels: {args.labels}")
-        result = competition_score(scored, submission, name=name)
-    except (SubmissionError, DataFormatError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            prior_labels = load_labels(args.prior_labels) if args.prior_labels else labels
+            by = "condition" if args.baseline == "prior_condition" else "condition_level"
+            submission = prior_submission(prior_labels, studies, by=by)
+        print(f"submission: {name}" + (f" (priors from {args.prior_labels})" if args.prior_labels else ""))
+    print(f"labels: {args.labels}")
+    result = competition_score(scored, submission, name=name)
     print(format_table(result))
     print(result.line())
     return 0

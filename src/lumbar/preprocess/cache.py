@@ -33,6 +33,7 @@ from lumbar.atomic import write_json
 from lumbar.constants import CONDITIONS, LEVELS, row_id
 from lumbar.data.tables import COORDINATE_COLUMNS, load_coordinates, write_csv, write_parquet
 from lumbar.fallback import MAX_FALLBACK_SHARE, check_fallbacks
+from lumbar.overrides import parse_assignments
 from lumbar.paths import data_root, images_dir
 from lumbar.preprocess.config import RoiConfig
 from lumbar.preprocess.roi import FAILURE_COLUMNS, SAMPLE_COLUMNS, StudyResult, build_study
@@ -292,15 +293,7 @@ _CLI_FIELDS = {
 def cli_preprocess(args: argparse.Namespace) -> int:
     """`python -m lumbar preprocess`: prints the summary (samples/s, studies/s) and the cache path."""
     overrides = {f: getattr(args, a) for a, f in _CLI_FIELDS.items() if getattr(args, a, None) is not None}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = value.strip()
-    try:
-        config = RoiConfig.from_overrides(overrides)
-    except (KeyError, ValueError) as e:
-        raise SystemExit(f"preprocess: {e.args[0] if isinstance(e, KeyError) else e}") from None
+    config = RoiConfig.from_overrides({**overrides, **parse_assignments(args.set)})
     coords = load_coordinates(args.coords)
     report = build_cache(
         coords, args.data_dir, args.split, args.out, config, workers=args.workers,

@@ -7,7 +7,6 @@ Precedence of settings: the `TrainConfig` defaults, then `--config FILE.yaml`, t
 from __future__ import annotations
 
 import argparse
-import sys
 
 from lumbar.overrides import parse_assignments
 from lumbar.train.config import load_yaml_overrides, make_config
@@ -28,20 +27,11 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cli_train(args: argparse.Namespace) -> int:
-    """Train, print the epoch lines and the OOF score; exit code 2 on a configuration or data error."""
+    """Train, print the epoch lines and the OOF score (a configuration or data error: exit 2, lumbar.cli)."""
     from lumbar.train.loggers import PrintLogger
     from lumbar.train.loop import train
 
-    try:
-        config = config_from_args(args)
-    except (KeyError, ValueError) as e:
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
-    try:
-        result = train(config, logger=PrintLogger())
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = train(config_from_args(args), logger=PrintLogger())
     print(f"run: {result.run_dir}  oof: {result.oof_path}")
     if result.oof_score:
         print(" ".join(f"{k}={v:.6f}" for k, v in result.oof_score.items() if isinstance(v, float)))

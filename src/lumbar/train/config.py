@@ -149,5 +149,5 @@ def load_yaml_overrides(path: str | Path) -> dict[str, Any]:
     if isinstance(document, Mapping) and isinstance(document.get("train"), Mapping):
         document = document["train"]
     if not isinstance(document, Mapping):
-        raise TypeError(f"{path}: expected a mapping of config keys, got {type(document).__name__}")
+        raise ValueError(f"{path}: expected a mapping of config keys, got {type(document).__name__}")  # noqa: TRY004
     return dict(document)

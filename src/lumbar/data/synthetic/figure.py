@@ -16,7 +16,7 @@ import pandas as pd
 from lumbar.constants import AXIAL_T2, GRADE_LABELS, SAGITTAL_T1, SAGITTAL_T2, level_title
 from lumbar.data.dicom import read_series
 from lumbar.data.tables import load_coordinates, load_labels, load_series_descriptions
-from lumbar.paths import series_dir
+from lumbar.paths import is_synthetic, series_dir
 
 GRADE_COLOURS = ("#33cc33", "#ffaa00", "#ff2222")
 
@@ -103,7 +103,7 @@ def study_figure(data_dir: str | Path, out: str | Path, study_id: int | None = N
     handles = [plt.Line2D([], [], ls="", marker="o", mfc="none", mec=c, label=g)
                for c, g in zip(GRADE_COLOURS, GRADE_LABELS)]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    kind = "Synthetic study" if (data_dir / "synthetic.json").is_file() else "Study"
+    kind = "Synthetic study" if is_synthetic(data_dir) else "Study"
     fig.suptitle(f"{kind} {study_id}", fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     out = Path(out)

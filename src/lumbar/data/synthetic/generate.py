@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -32,9 +31,10 @@ from lumbar.data.tables import (
     write_coordinates,
     write_csv,
 )
+from lumbar.paths import SYNTHETIC_MARKER
 
-#: Name of the parameter file written next to the data.
-MANIFEST = "synthetic.json"
+#: Name of the parameter file written next to the data; it also marks the folder as synthetic.
+MANIFEST = SYNTHETIC_MARKER
 
 
 @dataclass(frozen=True)
@@ -209,14 +209,10 @@ def generate(out: str | Path, config: SynthConfig, oracle: str | Path | None = N
 
 
 def cli_synth(args: argparse.Namespace) -> int:
-    """`python -m lumbar synth`: write the folder, print one summary line (exit 2 on bad arguments)."""
-    try:
-        config = SynthConfig(studies=args.studies, test_studies=args.test_studies, seed=args.seed,
-                             image_size=args.image_size, label_noise=args.label_noise)
-        LabelModel(reader_sd=config.reader_sd, label_noise=config.label_noise)  # validate before any work
-        summary = generate(args.out, config, oracle=args.oracle, workers=args.workers, overwrite=args.overwrite)
-    except (FileExistsError, ValueError) as e:
-        print(f"synth: error: {e}", file=sys.stderr)
-        return 2
+    """`python -m lumbar synth`: write the folder, print one summary line (bad arguments: exit 2, lumbar.cli)."""
+    config = SynthConfig(studies=args.studies, test_studies=args.test_studies, seed=args.seed,
+                         image_size=args.image_size, label_noise=args.label_noise)
+    LabelModel(reader_sd=config.reader_sd, label_noise=config.label_noise)  # validate before any work
+    summary = generate(args.out, config, oracle=args.oracle, workers=args.workers, overwrite=args.overwrite)
     print(summary.line())
     return 0
