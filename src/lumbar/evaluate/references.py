@@ -39,8 +39,10 @@ METRIC_KEYS = {
     "f1_macro": "f1_macro",
     "f1_weighted": "f1_weighted",
 }
-REFERENCE_COLUMNS = ["source", "model", "task_mode", "classes", "condition", "level", "metric", "value", "setting",
-                     "where", "citation"]
+REFERENCE_COLUMNS = [
+    "source", "model", "task_mode", "classes", "condition", "level", "metric", "value", "setting", "where",
+    "citation",
+]
 
 
 def load_references(path: str | Path | None = None) -> pd.DataFrame:
@@ -61,7 +63,7 @@ def load_references(path: str | Path | None = None) -> pd.DataFrame:
         )
     ]
     problems += [
-        (column, "is empty: every figure says where it comes from", refs[column].astype(str).str.strip().eq(""))
+        (column, "is empty: every figure says where it comes from", refs[column].str.strip().eq(""))
         for column in ("where", "citation")
     ]
     problems.append(("value", "is not a number", pd.to_numeric(refs["value"], errors="coerce").isna()))
