@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lumbar.constants import LEVELS
+from lumbar.constants import LEVELS, row_id
 from lumbar.data.tables import labels_to_wide, write_csv
 
 CONDITION = "spinal_canal_stenosis"
@@ -46,7 +46,7 @@ def write_cache(root: Path, n_studies: int, depth: int, size: int, pad_slices: i
             arr = rng.random((depth + 2 * pad_slices, size + 2 * pad_px, size + 2 * pad_px), dtype=np.float32)
             file = f"{study}/{CONDITION}_{lv}.npy"
             np.save(cache / file, arr.astype(np.float16))
-            samples.append({"sample_id": f"{study}_{CONDITION}_{lv}", "study_id": study, "condition": CONDITION,
+            samples.append({"sample_id": row_id(study, CONDITION, lv), "study_id": study, "condition": CONDITION,
                             "level": lv, "file": file, "depth": depth, "height": size, "width": size,
                             "pad_slices": pad_slices, "pad_px": pad_px})
             labels.append((study, CONDITION, lv, int(rng.integers(3))))

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lumbar.constants import CONDITION_SIDE, CONDITIONS, LEVELS
+from lumbar.constants import CONDITION_SIDE, CONDITIONS, LEVELS, row_id
 from lumbar.data.tables import labels_to_wide, write_csv
 
 DEPTH, SIZE, PAD_SLICES, PAD_PX = 8, 32, 1, 4
@@ -50,7 +50,7 @@ def make_tiny_data(root: Path, n_studies: int = 12, seed: int = 0, conditions=CO
                 file = f"{s}/{c}_{lv}.npy"
                 (cache_dir / str(s)).mkdir(parents=True, exist_ok=True)
                 np.save(cache_dir / file, np.clip(arr, 0, 1).astype(np.float16))
-                samples.append({"sample_id": f"{s}_{c}_{lv}", "study_id": s, "condition": c, "level": lv,
+                samples.append({"sample_id": row_id(s, c, lv), "study_id": s, "condition": c, "level": lv,
                                 "series_id": s * 10, "instance_number": 5, "x": 100.0, "y": 120.0,
                                 "file": file, "depth": DEPTH, "height": SIZE, "width": SIZE,
                                 "pad_slices": PAD_SLICES, "pad_px": PAD_PX})

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from lumbar.cli import main
+from lumbar.constants import row_id
 from lumbar.data.tables import load_coordinates, write_coordinates
 from lumbar.fallback import FallbackLimitError
 from lumbar.preprocess.cache import build_cache, cache_name, load_cache, load_sample
@@ -37,9 +38,7 @@ def test_cache_holds_every_condition_and_level_and_resumes(sample_dir, tmp_path)
     assert params["config"]["pad_px"] == 8 and params["coordinates_rows"] == 25 and params["split"] == "train"
     assert list(samples.columns[: len(CONTRACT_COLUMNS)]) == CONTRACT_COLUMNS
     assert samples.groupby("condition")["level"].nunique().eq(5).all() and samples["condition"].nunique() == 5
-    assert set(samples["sample_id"]) == {
-        f"{STUDY_A}_{c}_{lv}" for c, lv in zip(coords["condition"], coords["level"])
-    }
+    assert set(samples["sample_id"]) == {row_id(STUDY_A, c, lv) for c, lv in zip(coords["condition"], coords["level"])}
     for row in samples.itertuples():
         arr = load_sample(folder, row._asdict())
         assert arr.dtype == np.float16 and arr.shape == (7, 144, 144)

@@ -15,9 +15,9 @@ from sklearn.metrics import (
 
 from lumbar.constants import GRADES
 from lumbar.evaluate.references import compare_with_references, load_references
-from lumbar.evaluate.reports import evaluate_predictions, write_reports
+from lumbar.evaluate.reports import TASK_MODES, evaluate_predictions, write_reports
 
-SCS, LNFN = "spinal_canal_stenosis", "left_neural_foraminal_narrowing"
+SCS, LNFN, NFN = "spinal_canal_stenosis", "left_neural_foraminal_narrowing", "neural_foraminal_narrowing"
 
 
 @pytest.fixture
@@ -91,20 +91,56 @@ def test_write_reports_files(table, tmp_path):
 
 
 def test_references_hold_the_published_numbers():
-    refs = load_references().set_index(["source", "task_mode", "condition", "level"])
-    assert refs.loc[("thesis", "single_multiclass", SCS, "l4_l5"), "value"] == 0.874
-    assert refs.loc[("thesis", "multi_binary", "right_neural_foraminal_narrowing", "l4_l5"), "value"] == 0.788
-    assert refs.loc[("DeepSPINE", "", "neural_foraminal_narrowing", "l5_s1"), "value"] == 0.912
-    assert len(refs) == 20 and refs["citation"].str.len().gt(0).all()
+    refs = load_references()
+    key = ["source", "model", "task_mode", "classes", "condition", "level", "metric"]
+    assert not refs.duplicated(key).any()
+    figures = refs.set_index(key)["value"]
+    lstm, r18 = "3D CNN + LSTM + Attention", "ResNet-18"
+    assert figures[("thesis", lstm, "single_multiclass", "multiclass", SCS, "l4_l5", "accuracy")] == 0.8737
+    assert figures[("thesis", lstm, "single_binary", "binary", SCS, "l4_l5", "f1_macro")] == 0.92
+    assert figures[("thesis", r18, "multi_binary", "binary", "right_neural_foraminal_narrowing", "l4_l5",
+                    "class_average_accuracy")] == 0.77
+    r12 = ("thesis", "Custom ResNet-12", "multi_multiclass", "multiclass", LNFN, "l4_l5", "accuracy")
+    assert figures[r12] == 0.6878
+    deepspine = refs[(refs["source"] == "DeepSPINE") & (refs["level"] == "l5_s1")]
+    assert deepspine.set_index("condition")["value"].to_dict() == {SCS: 0.991, NFN: 0.912}
+    # every thesis model, mode and condition carries the four metrics its classification report prints
+    thesis = refs[(refs["source"] == "thesis") & ~refs["setting"].str.contains("96x96x5")]
+    assert (thesis.groupby(["model", "task_mode", "condition"])["metric"].nunique() == 4).all()
+    assert len(thesis) == 60 and set(refs["task_mode"]) == {"", *TASK_MODES}
+    assert refs["citation"].str.contains("Skwierczyński").all()
+
+
+def test_references_refuse_a_figure_without_its_origin(tmp_path):
+    rows = load_references().head(2)
+    path = tmp_path / "refs.csv"
+    rows.assign(where=["slide 'x'", " "]).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"refs\.csv, line 3: where is empty"):
+        load_references(path)
+    rows.assign(task_mode="single_ternary").to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"line 2: task_mode must be one of"):
+        load_references(path)
+    rows.drop(columns="citation").to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['citation'\]"):
+        load_references(path)
 
 
 def test_comparison_sets_run_beside_reference(table):
     out = compare_with_references(table)
     rows = table[(table["condition"] == SCS) & (table["level"] == "l4_l5")]
-    acc = accuracy_score(rows["grade"], rows[list(GRADES)].to_numpy().argmax(axis=1))
-    thesis = out[(out["task_mode"] == "single_multiclass") & (out["condition"] == SCS)].iloc[0]
-    assert thesis["run"] == pytest.approx(acc) and thesis["difference"] == pytest.approx(acc - 0.874)
-    foramina = out[(out["condition"] == "neural_foraminal_narrowing") & (out["level"] == "all")].iloc[0]
+    y, pred = rows["grade"], rows[list(GRADES)].to_numpy().argmax(axis=1)
+    thesis = out[(out["task_mode"] == "single_multiclass") & (out["condition"] == SCS)].set_index("metric")
+    acc = accuracy_score(y, pred)
+    assert thesis.loc["accuracy", "run"] == pytest.approx(acc)
+    assert thesis.loc["accuracy", "difference"] == pytest.approx(acc - 0.8737)
+    assert thesis.loc["class_average_accuracy", "run"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert thesis.loc["f1_macro", "run"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert thesis.loc["f1_weighted", "run"] == pytest.approx(f1_score(y, pred, average="weighted"))
+    assert thesis["where"].str.startswith("slide 'Single Multiclass - SCS'").all()
+    binary = out[(out["task_mode"] == "single_binary") & (out["condition"] == SCS)].set_index("metric")
+    collapsed = rows[["moderate", "severe"]].sum(axis=1).to_numpy() > rows["normal_mild"].to_numpy()
+    assert binary.loc["accuracy", "run"] == pytest.approx(accuracy_score(y >= 1, collapsed))
+    foramina = out[(out["condition"] == NFN) & (out["level"] == "all")].iloc[0]
     assert foramina["run_n"] == 80  # left only here (right absent), all levels
     assert out[out["condition"] == "right_neural_foraminal_narrowing"]["run"].isna().all()
     assert set(compare_with_references(table, classes="binary")["classes"]) == {"binary"}

@@ -28,6 +28,7 @@ from lumbar.data.tables import (
     load_series_descriptions,
     load_submission,
     submission_row_ids,
+    table_row_ids,
 )
 from lumbar.evaluate.baselines import prior_submission
 from lumbar.evaluate.metric import competition_score
@@ -237,7 +238,7 @@ def test_oracle_score_is_in_the_intended_range():
     labels = pd.DataFrame({"study_id": np.repeat(np.arange(n), 25),
                            "condition": np.tile(np.repeat(CONDITIONS, 5), n), "level": np.tile(LEVELS, 5 * n),
                            "grade": grades.reshape(-1)})
-    row_ids = labels["study_id"].astype(str) + "_" + labels["condition"] + "_" + labels["level"]
+    row_ids = table_row_ids(labels)
     oracle = pd.DataFrame(model.oracle(severity).reshape(-1, 3), columns=list(GRADES)).assign(row_id=row_ids)
     prior = pd.DataFrame(np.tile(model.prior, (n, 1)), columns=list(GRADES)).assign(row_id=row_ids)
     assert 0.2 < competition_score(labels, oracle).score < 0.35

@@ -9,8 +9,10 @@ from lumbar.data.tables import (
     load_labels,
     load_series_descriptions,
     load_submission,
+    row_study_ids,
     split_row_ids,
     submission_row_ids,
+    table_row_ids,
     write_coordinates,
 )
 
@@ -54,6 +56,11 @@ def test_row_id_round_trip():
     ids = [row_id(7, c, lv) for c in CONDITIONS for lv in LEVELS]
     parts = split_row_ids(ids)
     assert parts["study_id"].eq(7).all() and list(parts["condition"].unique()) == list(CONDITIONS)
+    table = parts.set_index(pd.RangeIndex(100, 125))
+    assert table_row_ids(table).tolist() == ids and table_row_ids(table).index.equals(table.index)
+    assert row_study_ids(ids).tolist() == [7] * 25
+    with pytest.raises(ValueError, match="malformed row_id '7_spinal_canal_stenosis'"):
+        split_row_ids(["7_spinal_canal_stenosis"])
 
 
 def _wide(tmp_path, **changes):

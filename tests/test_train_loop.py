@@ -12,6 +12,7 @@ from _train_data import make_tiny_data, tiny_build_model
 
 from lumbar.cli import main
 from lumbar.constants import GRADES
+from lumbar.data.tables import split_row_ids
 from lumbar.train.checkpoint import load_checkpoint
 from lumbar.train.loop import train
 from lumbar.train.predict import predict_cache
@@ -119,7 +120,7 @@ def test_predict_cache_reproduces_the_held_out_predictions(tiny, tmp_path):
     assert len(sub) == 25 * 8 and np.allclose(sub[list(GRADES)].sum(axis=1), 1.0)
     assert sub.attrs["fallback_rows"] == 20 * 8
     oof = pd.read_csv(result.oof_path)
-    spinal = oof[oof["row_id"].str.contains("spinal")]
+    spinal = oof[split_row_ids(oof["row_id"])["condition"].eq("spinal_canal_stenosis").to_numpy()]
     merged = spinal.merge(sub, on="row_id", suffixes=("_oof", "_pred"))
     assert len(merged) == len(spinal)
     for g in GRADES:

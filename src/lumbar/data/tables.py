@@ -219,6 +219,12 @@ def submission_row_ids(study_ids: Iterable[int]) -> list[str]:
     return sorted(row_id(s, c, lv) for s in study_ids for c in CONDITIONS for lv in LEVELS)
 
 
+def table_row_ids(table: pd.DataFrame) -> pd.Series:
+    """The row_id (`constants.row_id`) of each row of a table with `study_id, condition, level` columns."""
+    ids = [row_id(s, c, lv) for s, c, lv in zip(table["study_id"], table["condition"], table["level"])]
+    return pd.Series(ids, index=table.index, dtype=str)
+
+
 def split_row_ids(row_ids: Iterable[str]) -> pd.DataFrame:
     """row_id -> study_id, condition, level (the inverse of `constants.row_id`)."""
     row_ids = pd.Series(list(row_ids), dtype=str)

@@ -30,7 +30,7 @@ import pandas as pd
 from scipy.optimize import minimize
 
 from lumbar.constants import CONDITION_GROUP, CONDITIONS, GRADES, GROUPS
-from lumbar.data.tables import row_study_ids, rows_of_studies
+from lumbar.data.tables import row_study_ids, rows_of_studies, split_row_ids
 from lumbar.evaluate.metric import MetricResult, align_predictions, score_aligned
 
 _EPS = 1e-7
@@ -69,13 +69,12 @@ def _stack(preds: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, np.ndarray]:
     return pd.DataFrame({"row_id": base.to_numpy()}), np.stack(arrays)
 
 
-def _groups(row_ids: pd.Series) -> np.ndarray:
-    condition = row_ids.str.extract(r"^\d+_(.+)_l\d_[ls]\d$")[0]
-    return condition.map(CONDITION_GROUP).to_numpy()
-
-
 def _conditions(row_ids: pd.Series) -> np.ndarray:
-    return row_ids.str.extract(r"^\d+_(.+)_l\d_[ls]\d$")[0].to_numpy()
+    return split_row_ids(row_ids)["condition"].to_numpy()
+
+
+def _groups(conditions: np.ndarray) -> np.ndarray:
+    return pd.Series(conditions).map(CONDITION_GROUP).to_numpy()
 
 
 def blend_arrays(probs: np.ndarray, groups: np.ndarray, weights: dict[str, list[float]]) -> np.ndarray:
@@ -110,10 +109,9 @@ def apply_ensemble(preds: dict[str, pd.DataFrame], params: EnsembleParams) -> pd
     if missing:
         raise ValueError(f"ensemble needs predictions of {missing}; got {sorted(preds)}")
     rows, probs = _stack({m: preds[m] for m in params.models})
-    blended = blend_arrays(probs, _groups(rows["row_id"]), params.weights)
-    out = calibrate_arrays(
-        blended, _conditions(rows["row_id"]), params.temperatures, params.spinal_severe_scale
-    )
+    conditions = _conditions(rows["row_id"])
+    blended = blend_arrays(probs, _groups(conditions), params.weights)
+    out = calibrate_arrays(blended, conditions, params.temperatures, params.spinal_severe_scale)
     return rows.assign(**{g: out[:, i] for i, g in enumerate(GRADES)})
 
 
@@ -143,7 +141,8 @@ def fit_params(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, per_group: 
     """Fit blend weights, then calibration, on the labelled rows the predictions cover."""
     names = list(preds)
     rows, probs = _stack(preds)
-    groups, conditions = _groups(rows["row_id"]), _conditions(rows["row_id"])
+    conditions = _conditions(rows["row_id"])
+    groups = _groups(conditions)
     scorer = _Scorer(labels, rows, probs)
     keys = list(GROUPS) if per_group else ["all"]
     m = len(names)

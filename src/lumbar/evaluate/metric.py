@@ -36,6 +36,7 @@ from lumbar.data.tables import (
     load_submission,
     split_row_ids,
     submission_row_ids,
+    table_row_ids,
 )
 from lumbar.inference.submission import SubmissionError, first_of, validate_submission
 
@@ -80,11 +81,6 @@ def _check_labels(labels: pd.DataFrame) -> pd.DataFrame:
     return labels.assign(grade=labels["grade"].astype("int64")).reset_index(drop=True)
 
 
-def label_row_ids(labels: pd.DataFrame) -> pd.Series:
-    """The submission row_id of each label row."""
-    return labels["study_id"].astype(str) + "_" + labels["condition"].astype(str) + "_" + labels["level"].astype(str)
-
-
 def align_predictions(labels: pd.DataFrame, submission: pd.DataFrame, name: str = "submission") -> pd.DataFrame:
     """Join predictions onto the labelled rows.
 
@@ -101,7 +97,7 @@ def align_predictions(labels: pd.DataFrame, submission: pd.DataFrame, name: str 
     """
     labels = _check_labels(labels)
     validate_submission(submission, name=name)
-    ids = label_row_ids(labels)
+    ids = table_row_ids(labels)
     position = pd.Index(submission["row_id"].astype(str)).get_indexer(ids)
     missing = position < 0
     if missing.any():

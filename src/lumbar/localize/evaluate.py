@@ -27,7 +27,6 @@ from lumbar.data.tables import load_coordinates
 from lumbar.paths import data_root
 
 KEYS = ["study_id", "condition", "level"]
-ERROR_COLUMNS = KEYS + ["missing", "error_mm", "error_3d_mm", "slice_error"]
 
 
 def _geometry(coords: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
@@ -48,7 +47,9 @@ def _geometry(coords: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
 
 
 def localization_errors(pred: pd.DataFrame, truth: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
-    """One row per evaluable truth point: `ERROR_COLUMNS`.
+    """One row per evaluable truth point.
+
+    Columns: `study_id, condition, level, missing, error_mm, error_3d_mm, slice_error`.
 
     Args:
         pred, truth: coordinate tables (snake-case names, `lumbar.data.tables.load_coordinates`).

@@ -22,15 +22,12 @@ from scipy import ndimage
 
 from lumbar.atomic import atomic_path
 from lumbar.data.dicom import Stack
+from lumbar.preprocess.intensity import percentile_range, rescale
 
 
 def normalize_intensity(pixels: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
-    """Clip to the [low, high] percentiles of the whole array, scale to [0, 1], float32."""
-    arr = np.asarray(pixels, dtype=np.float32)
-    lo, hi = np.percentile(arr, [low, high])
-    if hi <= lo:
-        return np.zeros_like(arr)
-    return np.clip((arr - lo) / (hi - lo), 0.0, 1.0)
+    """Clip a (n, H, W) stack to the [low, high] percentiles of all its pixels, scale to [0, 1], float32."""
+    return rescale(pixels, *percentile_range(pixels, low, high, stride=1))
 
 
 def resize_slices(pixels: np.ndarray, size: int) -> np.ndarray:

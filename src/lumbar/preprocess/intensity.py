@@ -29,8 +29,3 @@ def rescale(volume: np.ndarray, lo: float, hi: float) -> np.ndarray:
         return np.zeros_like(volume)
     out = (volume - np.float32(lo)) * np.float32(1.0 / (hi - lo))
     return np.clip(out, 0.0, 1.0, out=out)
-
-
-def percentile_normalize(volume: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
-    """Clip a (D, H, W) volume to its own `low`-`high` percentiles and scale to [0, 1] (float32)."""
-    return rescale(volume, *percentile_range(volume, low, high))

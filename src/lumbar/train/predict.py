@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lumbar.constants import GRADES
-from lumbar.data.tables import SUBMISSION_COLUMNS, split_row_ids, submission_row_ids
+from lumbar.data.tables import SUBMISSION_COLUMNS, split_row_ids, submission_row_ids, table_row_ids
 from lumbar.evaluate.baselines import class_priors
 from lumbar.train.checkpoint import load_checkpoint
 from lumbar.train.runtime import Runtime, setup_runtime, teardown_runtime
@@ -131,8 +131,7 @@ def to_submission(table: pd.DataFrame, study_ids: Iterable[int] | None = None,
     Returns:
         (submission table in sample_submission order, number of rows filled from the prior).
     """
-    ids = table["study_id"].astype(str) + "_" + table["condition"] + "_" + table["level"]
-    sub = pd.DataFrame({"row_id": ids.to_numpy()})
+    sub = pd.DataFrame({"row_id": table_row_ids(table).to_numpy()})
     probs = table[list(GRADES)].to_numpy(dtype=np.float64)
     sub[list(GRADES)] = probs / probs.sum(axis=1, keepdims=True)
     filled = 0

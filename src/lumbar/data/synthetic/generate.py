@@ -20,7 +20,15 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lumbar.atomic import write_json
-from lumbar.constants import CONDITIONS, GRADES, LEVELS, SERIES_DESCRIPTIONS, condition_title, level_title
+from lumbar.constants import (
+    CONDITIONS,
+    GRADES,
+    LEVELS,
+    SERIES_DESCRIPTIONS,
+    condition_title,
+    level_title,
+    row_id,
+)
 from lumbar.data.synthetic.labels import FACTOR_WEIGHTS, THRESHOLDS, LabelModel
 from lumbar.data.synthetic.study import QUIRK_RATES, StudyResult, make_study, study_id_for
 from lumbar.data.tables import (
@@ -124,7 +132,7 @@ def _series_table(results: list[StudyResult]) -> pd.DataFrame:
 
 
 def _oracle_table(results: list[StudyResult]) -> pd.DataFrame:
-    ids = [f"{r.study_id}_{c}_{lv}" for r in results for c in CONDITIONS for lv in LEVELS]
+    ids = [row_id(r.study_id, c, lv) for r in results for c in CONDITIONS for lv in LEVELS]
     probs = np.concatenate([r.oracle for r in results])
     table = pd.DataFrame(probs, columns=list(GRADES)).assign(row_id=ids)[SUBMISSION_COLUMNS]
     order = submission_row_ids(r.study_id for r in results)
