@@ -152,6 +152,15 @@ def test_a_real_data_config_refuses_synthetic_data_unless_allowed(project, capsy
     check_data_kind(load_config(path, data_dir=_data_folder(tmp_path / "real", synthetic=False)))
 
 
+def test_a_real_data_config_without_its_data_folder_stops_at_once(project, capsys):
+    tmp_path, nbdir = project
+    path = _config(tmp_path, nbdir, ["00_ok"])
+    assert main(["pipeline", "--config", str(path), "--data-dir", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and f"its data folder {tmp_path / 'nowhere'} does not exist" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_synthetic_config_refuses_the_competition_data(project):
     tmp_path, nbdir = project
     path = _config(tmp_path, nbdir, ["00_ok"], synthetic={"studies": 2})

@@ -313,6 +313,11 @@ def check_data_kind(config: PipelineConfig, allow_synthetic: bool = False) -> No
         ValueError: naming the config, the data folder and the way out.
     """
     folder, synthetic = config.data_dir, is_synthetic(config.data_dir)
+    if config.synthetic is None and not folder.is_dir():
+        raise ValueError(
+            f"{config.source} is meant for the real data, but its data folder {folder} does not exist; put the "
+            "competition data there (README: Using the real competition data) or give --data-dir / LUMBAR_DATA_DIR"
+        )
     if config.synthetic is None and synthetic and not allow_synthetic:
         raise ValueError(
             f"{config.source} is meant for the real data, but {folder} holds synthetic data ({SYNTHETIC_MARKER}); "
