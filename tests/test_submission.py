@@ -5,7 +5,7 @@ import pytest
 from lumbar.constants import GRADES
 from lumbar.data.tables import load_submission, submission_row_ids
 from lumbar.evaluate.baselines import uniform_submission
-from lumbar.inference.submission import SubmissionError, normalize_rows, validate_submission, write_submission
+from lumbar.inference.submission import SubmissionError, validate_submission, write_submission
 
 
 @pytest.fixture
@@ -74,15 +74,6 @@ def test_error_names_first_five_and_count(sub):
     bad = sub.assign(severe=sub["severe"] * 2)
     with pytest.raises(SubmissionError, match=r"\.\.\. \(50 in all\)"):
         validate_submission(bad)
-
-
-def test_normalize_rows(sub):
-    scaled = sub.assign(**{g: sub[g] * 3 for g in GRADES})
-    out = normalize_rows(scaled)
-    np.testing.assert_allclose(out[list(GRADES)], sub[list(GRADES)])
-    validate_submission(out)
-    with pytest.raises(SubmissionError, match=sub["row_id"].iloc[1]):
-        normalize_rows(scaled.assign(normal_mild=np.where(np.arange(len(sub)) == 1, -1.0, 0.5)))
 
 
 def test_write_submission_in_given_order(sub, tmp_path):

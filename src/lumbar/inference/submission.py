@@ -114,26 +114,6 @@ def validate_submission(
         )
 
 
-def normalize_rows(df: pd.DataFrame, columns: Iterable[str] = GRADES) -> pd.DataFrame:
-    """Return a copy whose probability columns are divided by their row sum (e.g. after blending).
-
-    Raises:
-        SubmissionError: for a row with a NaN, a negative value or a zero sum, which no scaling can fix.
-    """
-    columns = list(columns)
-    values = df[columns].to_numpy(dtype=float)
-    sums = values.sum(axis=1)
-    bad = ~np.isfinite(values).all(axis=1) | (values < 0).any(axis=1) | ~(sums > 0)
-    if bad.any():
-        ids = df["row_id"].astype(str).to_numpy() if "row_id" in df else np.arange(len(df)).astype(str)
-        raise SubmissionError(
-            f"cannot normalise rows with NaN, negative or all-zero values: {first_of(ids[bad])}"
-        )
-    out = df.copy()
-    out[columns] = values / sums[:, None]
-    return out
-
-
 def write_submission(df: pd.DataFrame, path: str | Path, order: Iterable[str] | None = None) -> Path:
     """Validate and write a submission atomically.
 
