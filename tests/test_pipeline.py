@@ -260,9 +260,9 @@ def test_top_level_parameters_yield_to_the_steps_own(typed):
 RENDEZVOUS = """import json, os, pathlib, time
 run = pathlib.Path(RUN_DIR)
 (run / f"here_{VALUE}").write_text(os.environ.get("OMP_NUM_THREADS", ""))
-deadline = time.time() + 120
+deadline = time.time() + 300  # a hang guard, not a speed claim: sequential runs would wait here forever
 while not (run / f"here_{3 - VALUE}").exists():  # the other notebook of the group (VALUE 1 <-> 2)
-    assert time.time() < deadline, "the other notebook never ran beside this one"
+    assert time.time() < deadline, "the other notebook never ran beside this one (hang guard, 300 s)"
     time.sleep(0.2)
 """
 
