@@ -18,28 +18,30 @@ pytestmark = pytest.mark.slow
 
 LINE = re.compile(
     r"^demo: oof_score=(?P<oof>[\d.]+) prior=(?P<prior>[\d.]+) oracle=(?P<oracle>[\d.]+) "
-    r"gap_closed=(?P<gap>-?[\d.]+) test_score=(?P<test>[\d.]+) submission=(?P<sub>\S+) run=(?P<run>\S+) "
+    r"gap_closed=(?P<gap>-?[\d.]+) test_score=(?P<test>[\d.]+) test_score_gt=(?P<test_gt>[\d.]+) "
+    r"submission=(?P<sub>\S+) run=(?P<run>\S+) "
     r"seconds=(?P<seconds>\d+)$"
 )
 
 
 def _tiny_config(tmp_path):
-    threads = {"THREADS": 1, "N_FOLDS": 2, "EPOCHS": 1, "BATCH_SIZE": 8, "DEVICE": "cpu"}
+    threads = {"THREADS": 1, "EPOCHS": 1, "BATCH_SIZE": 8, "DEVICE": "cpu"}
     return {
         "name": "tiny",
         "run_dir": str(tmp_path / "run"),
         "data_dir": str(tmp_path / "data"),
         "synthetic": {"studies": 6, "test_studies": 2, "seed": 5, "image_size": 96},
         "jobs": 2,
+        "parameters": {"N_FOLDS": 2},
         "notebooks": [
             {"notebook": "00_eda", "parameters": {"MAX_EXAMPLE_STUDIES": 1, "MAX_SCATTER_STUDIES": 2}},
             {"notebook": "01_preprocess", "parameters": {"SIZE": 16, "BEFORE": 1, "AFTER": 1,
                                                          "EXTRA": {"pad_px": 2}}},
+            {"notebook": "02_train_localizer",
+             "parameters": {"BACKBONE": "test_resnet", "SIZE": 32, "EPOCHS": 1, "JOBS": 2, "DEVICE": "cpu",
+                            "EXTRA": {"slices": 4, "axial_epochs": 1, "refine_tasks": "", "batch_size": 4,
+                                      "decoder_channels": 8, "threads": 1}}},
             {"parallel": [
-                {"notebook": "02_train_localizer",
-                 "parameters": {"BACKBONE": "test_resnet", "SIZE": 32, "EPOCHS": 1, "HOLDOUT": 0.34, "DEVICE": "cpu",
-                                "EXTRA": {"slices": 4, "axial_epochs": 1, "refine_tasks": "", "batch_size": 4,
-                                          "decoder_channels": 8, "threads": 1}}},
                 {"notebook": "03_train", "output": "03_train_cnn3d", "parameters": {"ARCH": "cnn3d", **threads}},
                 {"notebook": "03_train", "output": "03_train_timm25d_test_resnet",
                  "parameters": {"ARCH": "timm25d:test_resnet", **threads}},
@@ -59,7 +61,7 @@ def test_demo_runs_every_notebook_and_ends_with_the_summary_line(tmp_path, capsy
     match = LINE.match(out[-1])
     assert match, out[-3:]
     assert "out-of-fold candidates (* chosen)" in "\n".join(out) and "test set of 2 studies" in "\n".join(out)
-    values = {k: float(match[k]) for k in ("oof", "prior", "oracle", "test")}
+    values = {k: float(match[k]) for k in ("oof", "prior", "oracle", "test", "test_gt")}
     assert 0 < values["oracle"] < values["prior"] and values["oof"] > 0 and values["test"] > 0
     assert float(match["gap"]) == pytest.approx((values["prior"] - values["oof"]) / (values["prior"] - values["oracle"]),
                                                 abs=2e-3)  # fmt: skip

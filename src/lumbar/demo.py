@@ -5,13 +5,16 @@ The data folder is the config's own (`configs/demo.yaml`: `input/synthetic-demo/
 
 The last line is meant for scripts:
 
-    demo: oof_score=<v> prior=<v> oracle=<v> gap_closed=<f> test_score=<v> submission=<path> run=<path> seconds=<n>
+    demo: oof_score=<v> prior=<v> oracle=<v> gap_closed=<f> test_score=<v> test_score_gt=<v> submission=<path> run=<path> seconds=<n>
 
-- oof_score: the blended, calibrated out-of-fold score the ensemble notebook recorded in the manifest;
+- oof_score: the out-of-fold score of the ensemble `04_ensemble` chose, on the crops the test predictions use
+  (around the out-of-fold localizer's points, when the run has them);
 - prior: the condition x level class-prior baseline on the same studies, priors fitted out-of-fold;
 - oracle: the generator's best possible prediction on the same studies (synthetic data only);
 - gap_closed: (prior - oof_score) / (prior - oracle), the share of the reachable improvement achieved;
-- test_score: the submission scored against the synthetic test studies' generated labels.
+- test_score: the submission scored against the synthetic test studies' generated labels;
+- test_score_gt: the same models and ensemble on crops around the test studies' true label points
+  (`test_label_coordinates.csv`): `test_score - test_score_gt` is what localisation costs.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lumbar.data.tables import load_labels, load_submission, row_study_ids, rows_of_studies
+from lumbar.data.tables import load_coordinates, load_labels, load_submission, row_study_ids, rows_of_studies
 from lumbar.evaluate.baselines import prior_submission
 from lumbar.evaluate.metric import competition_score
 from lumbar.kaggle import SUBMISSION_NOTEBOOK
@@ -93,8 +96,19 @@ def demo_summary(run_dir: Path, data_dir: Path, submission: Path | None = None) 
         test_oracle = rows_of_studies(oracle, test_studies) if oracle is not None else []
         if len(test_oracle):
             out["test_oracle"] = competition_score(test_labels, test_oracle, "oracle").score
+        if (data_dir / "test_label_coordinates.csv").is_file():
+            out["test_score_gt"] = competition_score(test_labels, on_true_points(run_dir, data_dir), "gt crops").score
     out["submission"] = _project_relative(submission) if submission else ""
     return out
+
+
+def on_true_points(run_dir: Path, data_dir: Path) -> pd.DataFrame:
+    """The run's test predictions on crops around the synthetic test studies' label points."""
+    from lumbar.inference.predict import predict
+
+    coords = load_coordinates(data_dir / "test_label_coordinates.csv")
+    submission, _ = predict(data_dir, "test", run_dir, progress=False, max_fallback_share=1.0, coords=coords)
+    return submission
 
 
 def _project_relative(path: Path) -> str:
@@ -138,6 +152,7 @@ def cli_demo(args: argparse.Namespace) -> int:
     if "test_prior" in s:
         print(f"demo: test set of {s['test_studies']} studies: submission={_fmt(s['test_score'])} "
               f"prior={_fmt(s['test_prior'])} oracle={_fmt(s.get('test_oracle', 'n/a'))}")
-    keys = ("oof_score", "prior", "oracle", "gap_closed", "test_score", "submission", "run", "seconds")
+    keys = ("oof_score", "prior", "oracle", "gap_closed", "test_score", "test_score_gt", "submission", "run",
+            "seconds")
     print("demo: " + " ".join(f"{k}={_fmt(s.get(k, 'n/a'))}" for k in keys))
     return 0

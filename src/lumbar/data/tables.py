@@ -35,6 +35,8 @@ from lumbar.constants import (
 )
 
 COORDINATE_COLUMNS = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y"]
+#: Optional integer columns of a coordinates table: the fold whose localizer predicted a point (out-of-fold).
+COORDINATE_EXTRA = ["fold"]
 SERIES_COLUMNS = ["study_id", "series_id", "series_description"]
 SUBMISSION_COLUMNS = ["row_id", *GRADES]
 LABEL_TABLE_COLUMNS = ["study_id", "condition", "level", "grade"]
@@ -152,11 +154,13 @@ def labels_to_wide(labels: pd.DataFrame) -> pd.DataFrame:
 def load_coordinates(path: str | Path) -> pd.DataFrame:
     """Load `train_label_coordinates.csv` (or predicted coordinates in the same format).
 
-    Conditions and levels are normalised to snake case; either spelling is accepted.
+    Conditions and levels are normalised to snake case; either spelling is accepted. Out-of-fold predicted
+    coordinates keep their `fold` column.
     """
     path = Path(path)
-    df = _read_csv(path, COORDINATE_COLUMNS)[COORDINATE_COLUMNS].copy()
-    for col in ("study_id", "series_id", "instance_number"):
+    df = _read_csv(path, COORDINATE_COLUMNS)
+    df = df[COORDINATE_COLUMNS + [c for c in COORDINATE_EXTRA if c in df]].copy()
+    for col in ("study_id", "series_id", "instance_number", *(c for c in COORDINATE_EXTRA if c in df)):
         df[col] = _integer_column(df, col, path)
     df["condition"] = _normalize_names(df, "condition", normalize_condition, path)
     df["level"] = _normalize_names(df, "level", normalize_level, path)
@@ -172,8 +176,9 @@ def load_coordinates(path: str | Path) -> pd.DataFrame:
 
 
 def write_coordinates(coords: pd.DataFrame, path: str | Path) -> Path:
-    """Write coordinates exactly as `train_label_coordinates.csv` spells them ("Spinal Canal Stenosis", "L1/L2")."""
-    out = coords[COORDINATE_COLUMNS].copy()
+    """Write coordinates exactly as `train_label_coordinates.csv` spells them ("Spinal Canal Stenosis", "L1/L2"),
+    plus `fold` for out-of-fold predictions."""
+    out = coords[COORDINATE_COLUMNS + [c for c in COORDINATE_EXTRA if c in coords]].copy()
     out["condition"] = out["condition"].map(lambda c: condition_title(normalize_condition(c)))
     out["level"] = out["level"].map(lambda lv: level_title(normalize_level(lv)))
     return write_csv(out, path)

@@ -150,7 +150,8 @@ def scratch_folder(work_dir: str | os.PathLike | None) -> Iterator[Path]:
 
 def predict(data_dir, split: str, run_dir, out=None, work_dir=None, device: str = "auto",
             chunk_studies: int = 16, workers: int = 1, progress: bool = True,
-            max_fallback_share: float = MAX_FALLBACK_SHARE) -> tuple[pd.DataFrame, PredictReport]:  # fmt: skip
+            max_fallback_share: float = MAX_FALLBACK_SHARE,
+            coords: pd.DataFrame | None = None) -> tuple[pd.DataFrame, PredictReport]:  # fmt: skip
     """Predict every study of a split with a run's localizer and ensemble.
 
     Args:
@@ -167,6 +168,8 @@ def predict(data_dir, split: str, run_dir, out=None, work_dir=None, device: str 
         progress: tqdm bars.
         max_fallback_share: the share of studies that may have rows from the prior (always at least one
             study); more fail the run (`lumbar.fallback.FallbackLimitError`) naming each and why.
+        coords: crop around these points instead of the localizer's (e.g. the synthetic test studies' label
+            points: the same models on ground-truth crops show what localisation costs).
     """
     root, run_dir = data_root(data_dir, must_exist=True), Path(run_dir)
     report = PredictReport(studies=split_studies(root, split))
@@ -180,14 +183,18 @@ def predict(data_dir, split: str, run_dir, out=None, work_dir=None, device: str 
         if study.isdigit():
             report.notes[int(study)].append(f"unreadable file {Path(path).name}: {problem}")
     report.seconds["index"] += time.perf_counter() - t
-    localizer = Localizer(run_dir, device)
+    localizer = Localizer(run_dir, device) if coords is None else None
     by_study = dict(tuple(index.groupby("study_id")))
     parts = []
     chunks = [report.studies[i : i + chunk_studies] for i in range(0, len(report.studies), chunk_studies)]
     with scratch_folder(work_dir) as scratch:
         for chunk in tqdm(chunks, desc="predict", unit="chunk", disable=not progress):
-            coords = _localize_chunk(localizer, root, split, chunk, by_study, report)
-            preds, covered = _classify_chunk(members, coords, root, split, chunk, scratch / "crops", device, workers,
+            if coords is None:
+                points = _localize_chunk(localizer, root, split, chunk, by_study, report)
+            else:
+                points = coords[coords["study_id"].isin(chunk)]
+                points = points if len(points) else None
+            preds, covered = _classify_chunk(members, points, root, split, chunk, scratch / "crops", device, workers,
                                              report)  # fmt: skip
             t = time.perf_counter()
             fallback = [r for r in submission_row_ids(chunk) if r not in covered]

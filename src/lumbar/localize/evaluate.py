@@ -6,7 +6,10 @@ For each ground-truth point (study, condition, level) of a study that has images
   error measures the point on the image and does not double-count a slice miss, which `slice_error`
   reports. `error_3d_mm` is the full distance, slice offset included.
 - `slice_error`: |slice index difference| within the truth's stack; a prediction on another series or
-  stack has no slice error (it counts as neither exact nor within +-1).
+  stack has no slice error (it counts as neither exact nor within +-1). `slice_shift` is the signed
+  difference, predicted minus true slice index in the stack's geometric order.
+- `dx_mm`, `dy_mm`: the in-plane error along the truth slice's columns and rows (predicted minus true), the
+  shift that moves a crop around the true point onto the predicted one (`lumbar.preprocess.jitter`).
 - missing: a truth point without a prediction (or with a prediction whose instance is not in the data).
 
 Summaries: per condition and over all points, fractions over every truth point (a missing point counts
@@ -43,20 +46,24 @@ def _geometry(coords: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
     out = merged[KEYS + ["series_id", "stack_index", "slice_index"]].copy()
     out[["px", "py", "pz"]] = mm
     out[["nx", "ny", "nz"]] = normal
+    out[["rx", "ry", "rz", "cx", "cy", "cz"]] = g["orientations"]  # along the columns, along the rows
+    if "fold" in coords:
+        out["fold"] = merged["fold"].to_numpy()
     return out
 
 
 def localization_errors(pred: pd.DataFrame, truth: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
     """One row per evaluable truth point.
 
-    Columns: `study_id, condition, level, missing, error_mm, error_3d_mm, slice_error`.
+    Columns: `study_id, condition, level, missing, error_mm, error_3d_mm, slice_error, slice_shift, dx_mm,
+    dy_mm`, and `fold` when the predictions have one (out-of-fold coordinates).
 
     Args:
         pred, truth: coordinate tables (snake-case names, `lumbar.data.tables.load_coordinates`).
         index: header index of the studies' images; truth points whose instance is not in it (no images
             here) are not evaluated.
     """
-    truth = truth.drop_duplicates(KEYS)
+    truth = truth.drop(columns="fold", errors="ignore").drop_duplicates(KEYS)
     truth = truth[truth["study_id"].isin(index["study_id"].unique())]
     t = _geometry(truth, index)
     t = t[t[["px", "py", "pz"]].notna().all(axis=1)]
@@ -68,12 +75,17 @@ def localization_errors(pred: pd.DataFrame, truth: pd.DataFrame, index: pd.DataF
     n = m[["nx", "ny", "nz"]].to_numpy(float)
     in_plane = d - (d * n).sum(1, keepdims=True) * n
     same_stack = (m["series_id"] == m["series_id_p"]) & (m["stack_index"] == m["stack_index_p"])
-    slice_error = np.where(same_stack, (m["slice_index"] - m["slice_index_p"]).abs(), np.nan)
+    shift = np.where(same_stack, m["slice_index_p"] - m["slice_index"], np.nan)
     out = m[KEYS].copy()
+    if "fold" in p:
+        out["fold"] = m["fold"].to_numpy()
     out["missing"] = missing
     out["error_mm"] = np.linalg.norm(in_plane, axis=1)
     out["error_3d_mm"] = np.linalg.norm(d, axis=1)
-    out["slice_error"] = slice_error
+    out["slice_error"] = np.abs(shift)
+    out["slice_shift"] = shift
+    out["dx_mm"] = (d * m[["rx", "ry", "rz"]].to_numpy(float)).sum(1)
+    out["dy_mm"] = (d * m[["cx", "cy", "cz"]].to_numpy(float)).sum(1)
     return out.reset_index(drop=True)
 
 
@@ -103,6 +115,30 @@ def summarize(errors: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("condition")
 
 
+def summarize_folds(errors: pd.DataFrame) -> pd.DataFrame:
+    """`summarize` of each fold's points (out-of-fold coordinates), then of all: a (fold, condition) index."""
+    parts = {f"fold{int(f)}": summarize(e) for f, e in errors.groupby("fold", sort=True)}
+    parts["all"] = summarize(errors)
+    return pd.concat(parts, names=["fold"])
+
+
+#: Columns of `slice_histogram`: signed slice shifts, beyond, another stack, no prediction.
+HISTOGRAM_COLUMNS = ["<=-3", "-2", "-1", "0", "+1", "+2", ">=3", "other stack", "missing"]
+
+
+def slice_histogram(errors: pd.DataFrame) -> pd.DataFrame:
+    """Per condition (and "all"): how many points the prediction put how many slices off (signed)."""
+
+    def row(e: pd.DataFrame) -> list[int]:
+        s = e["slice_shift"]
+        counts = [int((s <= -3).sum())] + [int((s == k).sum()) for k in (-2, -1, 0, 1, 2)] + [int((s >= 3).sum())]
+        return counts + [int((s.isna() & ~e["missing"]).sum()), int(e["missing"].sum())]
+
+    rows = {c: row(errors[errors["condition"] == c]) for c in CONDITIONS if (errors["condition"] == c).any()}
+    rows["all"] = row(errors)
+    return pd.DataFrame.from_dict(rows, orient="index", columns=HISTOGRAM_COLUMNS).rename_axis("condition")
+
+
 def summary_line(summary: pd.DataFrame) -> str:
     """The last line of `localize-eval` (over all points)."""
     a = summary.loc["all"]
@@ -121,9 +157,11 @@ def cli_localize_eval(args: argparse.Namespace) -> int:
     if errors.empty:
         print(f"localize-eval: no truth point of {args.truth} has images in {root} ({args.split})")
         return 1
-    table = summarize(errors)
+    table = summarize_folds(errors) if "fold" in errors else summarize(errors)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.to_string(float_format=lambda v: f"{v:.3f}"))
-    print(summary_line(table))
+        print("slice shift (predicted - true) per condition:")
+        print(slice_histogram(errors).to_string())
+    print(summary_line(table.loc["all"] if "fold" in errors else table))
     return 0
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from lumbar.constants import AXIAL_T2, CONDITIONS, LEVELS, SAGITTAL_T1, SAGITTAL_T2
@@ -34,8 +36,8 @@ from lumbar.data.index import load_or_build_index, series_geometry
 from lumbar.data.tables import COORDINATE_COLUMNS, write_coordinates
 from lumbar.localize.axial import AXIAL_MAP_COLUMNS, map_axial, sagittal_points_mm
 from lumbar.localize.config import LocalizerConfig
-from lumbar.localize.heatmap import HeatmapNet, decode_columns, decode_heatmaps
-from lumbar.localize.slice_refine import SliceScorer, refine_slices
+from lumbar.localize.heatmap import decode_columns, decode_heatmaps
+from lumbar.localize.slice_refine import refine_slices
 from lumbar.localize.tasks import TASKS, Task
 from lumbar.localize.train import MANIFEST_KEY, build_model, build_scorer, crop_geometry
 from lumbar.localize.volumes import axial_input, normalize_intensity, sagittal_input
@@ -71,36 +73,75 @@ class LocalizeReport:
         return "\n".join(lines)
 
 
+class ProbabilityMean(nn.Module):
+    """Several models as one: their softmax distributions averaged, returned as log-probabilities.
+
+    The log of a distribution is a valid logit vector for it, so every decoder that applies a softmax over
+    dimensions `start_dim`... (the heatmaps' joint (slice, row, column) distribution, the slice scorer's
+    candidates) reads the mean of the members' distributions. One member passes through unchanged.
+    """
+
+    def __init__(self, members: list[nn.Module], start_dim: int):
+        super().__init__()
+        self.members, self.start_dim = nn.ModuleList(members), start_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [m(x) for m in self.members]
+        if len(outs) == 1:
+            return outs[0]
+        logp = torch.stack([F.log_softmax(o.float().flatten(self.start_dim), dim=-1) for o in outs])
+        return (torch.logsumexp(logp, 0) - math.log(len(outs))).view(outs[0].shape)
+
+
+def localizer_members(run: str | os.PathLike) -> dict[str, dict]:
+    """The trained localizers of a run's manifest by name: one (`all`) from `train_localizer`, or one per fold
+    (`fold0`, ...) from `lumbar.localize.folds`, each an entry with its models and checkpoints."""
+    manifest = read_manifest(run)
+    if MANIFEST_KEY not in manifest:
+        raise FileNotFoundError(
+            f"{manifest_path(run)}: no trained localizer in this run (train one with `lumbar train-localizer`)"
+        )
+    entry = manifest[MANIFEST_KEY]
+    return dict(entry["folds"]) if "folds" in entry else {"all": entry}
+
+
 class Localizer:
     """The trained models of a run, ready to predict.
 
-    Inference runs in float32 (a few forward passes per study; no mixed precision needed).
+    With one localizer per fold, every model of a task is the mean of the folds' models (`ProbabilityMean`:
+    their heatmap distributions averaged); `members` restricts it, e.g. to the fold that did not see a study
+    for out-of-fold coordinates. Inference runs in float32 (a few forward passes per study).
 
     Args:
-        run: run folder whose manifest has a "localizer" entry (written by `lumbar.localize.train`).
+        run: run folder whose manifest has a "localizer" entry (`lumbar.localize.train` or `.folds`).
         device: "auto", "cpu" or "cuda".
+        members: names of the localizers to use (default: all of them).
     """
 
-    def __init__(self, run: str | os.PathLike, device: str = "auto"):
+    def __init__(self, run: str | os.PathLike, device: str = "auto", members: list[str] | None = None):
         self.run = Path(run)
-        manifest = read_manifest(self.run)
-        if MANIFEST_KEY not in manifest:
-            raise FileNotFoundError(
-                f"{manifest_path(self.run)}: no trained localizer in this run (train one with `lumbar train-localizer`)"
-            )
-        self.manifest = manifest[MANIFEST_KEY]
-        self.config = LocalizerConfig.from_dict(self.manifest["config"])
+        available = localizer_members(self.run)
+        names = list(available) if members is None else list(members)
+        unknown = [n for n in names if n not in available]
+        if unknown or not names:
+            raise ValueError(f"{manifest_path(self.run)}: localizer(s) {unknown or names} asked for; the run has "
+                             f"{sorted(available)}")
+        chosen = [available[n] for n in names]
+        self.config = LocalizerConfig.from_dict(chosen[0]["config"])
         self.device = resolve_device(device)
-        self.models: dict[str, HeatmapNet] = {}
-        self.scorers: dict[str, SliceScorer] = {}  # by the task whose slices they refine
-        for name, entry in self.manifest["models"].items():
-            if entry.get("kind") == "slice_scorer":
-                model, into, key = build_scorer(self.config), self.scorers, entry["refines"]
-            else:
-                model, into, key = build_model(TASKS[name], self.config), self.models, name
-            state = torch.load(self.run / entry["checkpoint"], map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
-            into[key] = model.to(self.device).eval()
+        heatmaps: dict[str, list[nn.Module]] = {}
+        scorers: dict[str, list[nn.Module]] = {}  # by the task whose slices they refine
+        for entry in chosen:
+            for name, model_entry in entry["models"].items():
+                if model_entry.get("kind") == "slice_scorer":
+                    model, into, key = build_scorer(self.config), scorers, model_entry["refines"]
+                else:
+                    model, into, key = build_model(TASKS[name], self.config), heatmaps, name
+                state = torch.load(self.run / model_entry["checkpoint"], map_location="cpu", weights_only=True)
+                model.load_state_dict(state)
+                into.setdefault(key, []).append(model)
+        self.models = {k: ProbabilityMean(v, start_dim=2).to(self.device).eval() for k, v in heatmaps.items()}
+        self.scorers = {k: ProbabilityMean(v, start_dim=1).to(self.device).eval() for k, v in scorers.items()}
 
     @torch.no_grad()
     def predict(self, task: str, inputs: np.ndarray) -> np.ndarray:
@@ -273,7 +314,7 @@ def sort_coordinates(coords: pd.DataFrame) -> pd.DataFrame:
 
 def localize(data_dir: str | os.PathLike | None, split: str, run: str | os.PathLike, studies: list[int] | None = None,
              index: pd.DataFrame | None = None, device: str = "auto", axial_max_distance_mm: float = math.inf,
-             progress: bool = True) -> tuple[pd.DataFrame, LocalizeReport]:  # fmt: skip
+             progress: bool = True, members: list[str] | None = None) -> tuple[pd.DataFrame, LocalizeReport]:  # fmt: skip
     """Predicted coordinates (the `train_label_coordinates.csv` format) for the studies of a split.
 
     Args:
@@ -286,10 +327,11 @@ def localize(data_dir: str | os.PathLike | None, split: str, run: str | os.PathL
         axial_max_distance_mm: a level whose nearest axial slice is farther gets no subarticular rows
             (default: always take the nearest slice; distances over 10 mm are reported).
         progress: tqdm bar.
+        members: the run's localizers to use (`Localizer`; default all, averaged).
     """
     t0 = time.perf_counter()
     root = data_root(data_dir, must_exist=True)
-    localizer = Localizer(run, device)
+    localizer = Localizer(run, device, members)
     if index is None:
         index = load_or_build_index(root, split, studies=studies)
     elif studies is not None:

@@ -120,12 +120,12 @@ def draw_batch(crops: list[np.ndarray], truth: np.ndarray, idx: np.ndarray, wind
 
 
 @torch.no_grad()
-def refine_slices(model: SliceScorer, pixels: np.ndarray, spacing: tuple[float, float], xy: np.ndarray,
+def refine_slices(model: nn.Module, pixels: np.ndarray, spacing: tuple[float, float], xy: np.ndarray,
                   slices: np.ndarray, window: int, geometry: CropGeometry, device: torch.device) -> np.ndarray:  # fmt: skip
     """The refined slice of each point.
 
     Args:
-        model: the trained scorer.
+        model: the trained scorer (or several averaged, `lumbar.localize.predict.ProbabilityMean`).
         pixels: the normalised stack (n, H, W).
         spacing: (between rows, between columns), mm.
         xy: (K, 2) points in stack pixels (column, row).

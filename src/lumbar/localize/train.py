@@ -225,7 +225,8 @@ def _heatmap_loss(out: torch.Tensor, y: torch.Tensor, config: LocalizerConfig) -
 
 
 def train_localizer(config: LocalizerConfig, data_dir: str | os.PathLike | None, coords: str | os.PathLike | pd.DataFrame,
-                    run: str | os.PathLike, index: pd.DataFrame | None = None, progress: bool = True) -> dict:  # fmt: skip
+                    run: str | os.PathLike, index: pd.DataFrame | None = None, progress: bool = True,
+                    member: str | None = None) -> dict:  # fmt: skip
     """Train every model of the config and write checkpoints and the manifest into `run`.
 
     Args:
@@ -235,10 +236,12 @@ def train_localizer(config: LocalizerConfig, data_dir: str | os.PathLike | None,
         run: run folder (created).
         index: header index of the train split; built (headers only) when not given.
         progress: tqdm bars.
+        member: one of several localizers of the run (`lumbar.localize.folds`: "fold0", ...): its checkpoints
+            go to `localizer/<member>/` and the caller records the entry; the input caches are shared.
 
     Returns:
-        The localizer's manifest entry (also written to RUN/manifest.json under "localizer"). A model
-        without any training sample is skipped and listed under "skipped".
+        The localizer's manifest entry (written to RUN/manifest.json under "localizer" unless `member`). A
+        model without any training sample is skipped and listed under "skipped".
     """
     t0 = time.perf_counter()
     run = Path(run)
@@ -255,13 +258,30 @@ def train_localizer(config: LocalizerConfig, data_dir: str | os.PathLike | None,
     placed = placed_coordinates(table[table["study_id"].isin(studies)], index)
     runtime = setup_runtime(config.device, amp=config.amp, channels_last=False, threads=config.threads)
     try:
-        return _train_all(config, placed, root, run, runtime, progress, t0)
+        manifest = _train_all(config, placed, root, run, runtime, progress, t0, member)
     finally:
         teardown_runtime(runtime)
+    if member is None:
+        update_manifest(run, MANIFEST_KEY, manifest)
+    return manifest
+
+
+def prepare_all(config: LocalizerConfig, data_dir: str | os.PathLike | None, coords: pd.DataFrame, run: str | os.PathLike,
+                index: pd.DataFrame, progress: bool = True) -> None:  # fmt: skip
+    """Decode and cache the inputs of every model of the config for all of `coords`' studies, once, so that
+    several localizers of one run (the folds) read them instead of decoding them each (or racing to)."""
+    root, run = data_root(data_dir, must_exist=True), Path(run)
+    placed = placed_coordinates(coords, index[index["study_id"].isin(coords["study_id"].unique())])
+    for name in config.task_names:
+        inputs, _, problems = prepare_inputs(get_task(name), placed, root, run, config, progress)
+        check_fallbacks(problems, len(inputs) + len(problems), MAX_FALLBACK_SHARE, f"{name} samples")
+    for name in config.refine_task_names:
+        crops, _, problems = prepare_slice_crops(get_task(name), placed, root, run, config, progress)
+        check_fallbacks(problems, len(crops) + len(problems), MAX_FALLBACK_SHARE, f"{name} slice-scorer stacks")
 
 
 def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: Path, runtime: Runtime,
-               progress: bool, t0: float) -> dict:  # fmt: skip
+               progress: bool, t0: float, member: str | None) -> dict:  # fmt: skip
     """Train the heatmap models, then the slice scorers; write checkpoints and the manifest entry."""
     device = runtime.device
     pretrained = config.pretrained_path or None
@@ -280,7 +300,7 @@ def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: P
     }
 
     def record(name: str, model: torch.nn.Module, entry: dict, history: list[float], started: float) -> None:
-        checkpoint = Path(MODEL_DIR) / f"{name}.pt"
+        checkpoint = Path(MODEL_DIR, *([member] if member else []), f"{name}.pt")
         save_state(model, run / checkpoint)
         manifest["models"][name] = {"checkpoint": checkpoint.as_posix(), **entry,
                                     "loss_per_epoch": [round(v, 5) for v in history],
@@ -320,7 +340,6 @@ def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: P
         record(scorer_name, model, {"kind": "slice_scorer", "refines": name, "samples": len(crops)}, history, started)
 
     manifest["seconds"] = round(time.perf_counter() - t0, 1)
-    update_manifest(run, MANIFEST_KEY, manifest)
     return manifest
 
 

@@ -2,8 +2,10 @@
 
 Files: train.csv, train_label_coordinates.csv, train_series_descriptions.csv, test_series_descriptions.csv,
 sample_submission.csv, train_images/, test_images/ (as the competition), plus test_labels.csv (the test
-studies' grades in train.csv's format, to score a synthetic test submission), synthetic.json (the
-generator's parameters, so a run can tell synthetic data apart) and, on request, the oracle submission.
+studies' grades in train.csv's format, to score a synthetic test submission), test_label_coordinates.csv
+(their label points, to measure what localisation costs: the same models on ground-truth crops),
+synthetic.json (the generator's parameters, so a run can tell synthetic data apart) and, on request, the
+oracle submission.
 """
 
 from __future__ import annotations
@@ -198,6 +200,7 @@ def generate(out: str | Path, config: SynthConfig, oracle: str | Path | None = N
         sample[grade] = 1.0 / len(GRADES)
     write_csv(sample, out / "sample_submission.csv")
     write_csv(_wide(test) if test else pd.DataFrame(columns=_wide(train).columns), out / "test_labels.csv")
+    write_coordinates(_coordinates(test), out / "test_label_coordinates.csv")
     if oracle is not None:
         write_csv(_oracle_table(results), oracle)
 

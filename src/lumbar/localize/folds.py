@@ -1,0 +1,143 @@
+"""One localizer per fold of the experiment's folds, and the out-of-fold coordinates they give.
+
+The classifiers meet the localizer's crops at test time, so they should be trained and, above all, scored on
+such crops. For that every training study needs coordinates predicted by a localizer that never saw it:
+`train_localizer_folds` trains one localizer per fold of the shared `folds.csv` (the classifiers' folds, so
+a classifier's held-out fold is also its localizer's), and predicts each fold's studies with that fold's
+localizer. At test time all folds' localizers are used together (`lumbar.localize.predict.Localizer`
+averages their heatmap distributions).
+
+Writes into the run folder, beside the checkpoints under `localizer/fold<k>/`:
+
+    localizer_oof.csv          predicted coordinates of every train study (train_label_coordinates format
+                               plus `fold`)
+    localizer_oof_errors.csv   one row per ground-truth point: mm and signed slice errors, fold
+    localizer_errors.json      the errors per condition as `lumbar.preprocess.jitter` reads them (training-time
+                               jitter that matches the localizer)
+
+and records them in the manifest under "localizer" (`folds`: each fold's entry; `oof`, `errors`, summaries).
+`build_oof_crops` then builds the classifiers' crop cache around the out-of-fold points (`cache_oof/`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+
+from lumbar.data.tables import load_coordinates, write_coordinates, write_csv
+from lumbar.localize.config import LocalizerConfig
+from lumbar.localize.evaluate import localization_errors, slice_histogram, summarize_folds, summary_line
+from lumbar.localize.predict import localize
+from lumbar.localize.train import MANIFEST_KEY, prepare_all, train_localizer
+from lumbar.manifest import read_manifest, update_manifest
+from lumbar.paths import data_root
+from lumbar.preprocess.cache import CacheReport, build_cache, load_cache
+from lumbar.preprocess.config import RoiConfig
+from lumbar.preprocess.jitter import write_localizer_errors
+
+OOF_CSV = "localizer_oof.csv"
+ERRORS_CSV = "localizer_oof_errors.csv"
+ERRORS_JSON = "localizer_errors.json"
+#: Root of the crop cache around the out-of-fold points (the ground-truth crops are under `cache/`).
+OOF_CACHE_ROOT = "cache_oof"
+
+
+def fold_member(fold: int) -> str:
+    """The name of a fold's localizer in the manifest and under `localizer/`."""
+    return f"fold{int(fold)}"
+
+
+def train_localizer_folds(config: LocalizerConfig, data_dir: str | os.PathLike | None, coords: pd.DataFrame,
+                          run: str | os.PathLike, folds: pd.DataFrame, index: pd.DataFrame, jobs: int = 1,
+                          device: str = "auto", progress: bool = True) -> dict:  # fmt: skip
+    """Train a localizer per fold, predict each fold's studies out of fold, evaluate and record them.
+
+    Args:
+        config: the localizer settings (each fold's localizer gets the same).
+        data_dir: competition data folder (train split).
+        coords: ground-truth coordinates (`load_coordinates`).
+        run: the run folder.
+        folds: `study_id, fold` (the experiment's `folds.csv`); studies without a fold are not used.
+        index: header index of the train split.
+        jobs: folds trained side by side, each in its own process with cores // jobs torch threads.
+        device: for the out-of-fold prediction.
+        progress: tqdm bars.
+
+    Returns:
+        The manifest's "localizer" entry.
+    """
+    t0 = time.perf_counter()
+    run, root = Path(run), data_root(data_dir, must_exist=True)
+    fold_of = folds.set_index("study_id")["fold"]
+    coords = coords[coords["study_id"].isin(fold_of.index)]
+    if coords.empty:
+        raise ValueError("no ground-truth coordinates of a study with a fold: is folds.csv made for this data?")
+    fold_ids = sorted(int(f) for f in fold_of[coords["study_id"].unique()].unique())
+    if len(fold_ids) < 2:
+        raise ValueError(f"a localizer per fold needs at least 2 folds with labelled studies, got {fold_ids}")
+    prepare_all(config, root, coords, run, index, progress)  # decoded once, read by every fold
+    threads = config.threads or max(1, (os.cpu_count() or 1) // max(1, jobs))
+    fold_config = dataclasses.replace(config, threads=threads) if jobs > 1 else config
+    tasks = [(fold_config, str(root), coords[coords["study_id"].map(fold_of) != k], str(run),
+              index[~index["study_id"].map(fold_of).eq(k)], False, fold_member(k)) for k in fold_ids]  # fmt: skip
+    if jobs > 1:
+        with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            entries = list(pool.map(_train_one, tasks))
+    else:
+        entries = [_train_one(t) for t in tasks]
+    members = {fold_member(k): {**e, "fold": k} for k, e in zip(fold_ids, entries)}
+    entry = {"kind": "lumbar-localizer-folds", "config": config.to_dict(), "folds": members}
+    update_manifest(run, MANIFEST_KEY, entry)
+
+    parts = []
+    for k in fold_ids:
+        studies = sorted(int(s) for s in coords["study_id"].unique() if fold_of[s] == k)
+        predicted, _ = localize(root, "train", run, studies=studies, index=index, device=device, progress=False,
+                                members=[fold_member(k)])  # fmt: skip
+        parts.append(predicted.assign(fold=k))
+    oof = pd.concat(parts, ignore_index=True)
+    write_coordinates(oof, run / OOF_CSV)
+    errors = localization_errors(oof, coords, index)
+    write_csv(errors, run / ERRORS_CSV)
+    measured = errors.dropna(subset=["slice_shift"])[["condition", "slice_shift", "dx_mm", "dy_mm"]]
+    write_localizer_errors(measured.rename(columns={"slice_shift": "slice_error"}), run / ERRORS_JSON)
+    table = summarize_folds(errors)
+    entry.update(oof=OOF_CSV, errors=ERRORS_JSON, errors_table=ERRORS_CSV, oof_points=len(oof),
+                 summary=summary_line(table.loc["all"]), per_fold={f: summary_line(table.loc[f]) for f in
+                 table.index.get_level_values(0).unique()}, slice_histogram=slice_histogram(errors).to_dict("index"),
+                 seconds=round(time.perf_counter() - t0, 1))  # fmt: skip
+    update_manifest(run, MANIFEST_KEY, entry)
+    return entry
+
+
+def _train_one(task: tuple) -> dict:
+    """One fold's localizer (a process-pool task)."""
+    config, root, coords, run, index, progress, member = task
+    return train_localizer(config, root, coords, run, index=index, progress=progress, member=member)
+
+
+def build_oof_crops(run: str | os.PathLike, data_dir: str | os.PathLike | None, workers: int = 1,
+                    progress: bool = True) -> CacheReport:  # fmt: skip
+    """The classifiers' crop cache around the out-of-fold points, with the ground-truth cache's parameters.
+
+    Written under `RUN/OOF_CACHE_ROOT/` and recorded in the manifest under "oof_crops", where
+    `03_train` finds it: the classifiers validate (and may train) on it, as the test predictions will be made.
+    """
+    run = Path(run)
+    manifest = read_manifest(run)
+    if "cache" not in manifest.get("preprocess", {}) or "oof" not in manifest.get(MANIFEST_KEY, {}):
+        raise FileNotFoundError(f"{run}: out-of-fold crops need the ground-truth cache (01_preprocess) and "
+                                "out-of-fold coordinates (a localizer per fold, 02_train_localizer)")
+    params, _ = load_cache(run / manifest["preprocess"]["cache"])
+    oof = load_coordinates(run / manifest[MANIFEST_KEY]["oof"])
+    report = build_cache(oof, data_dir, "train", run / OOF_CACHE_ROOT, RoiConfig.from_overrides(params["config"]),
+                         workers=workers, progress=progress, coords_source=OOF_CSV)  # fmt: skip
+    update_manifest(run, "oof_crops", {"cache": report.cache_dir.relative_to(run).as_posix(), "coords": OOF_CSV,
+                                       "samples": len(report.samples), "failed": len(report.failures)})  # fmt: skip
+    return report
