@@ -21,7 +21,8 @@ class LocalizerConfig:
 
     Attributes:
         backbone: timm encoder name (`features_only` must be supported, e.g. resnet18, resnet10t).
-        pretrained_path: local weights file for the encoder ("" = random init); never downloaded.
+        pretrained: weights of the encoder and the slice scorer's: "none" (random init), "imagenet" (timm's,
+            through its hub cache) or a local weights file or folder (`lumbar.pretrained`); training only.
         size: slices are resized to size x size pixels.
         slices: sagittal stacks are resampled to this many slices (the encoder's input channels).
         axial_neighbors: slices on each side of the axial slice given as extra channels.
@@ -61,7 +62,7 @@ class LocalizerConfig:
     """
 
     backbone: str = "resnet18"
-    pretrained_path: str = ""
+    pretrained: str = "none"
     size: int = 128
     slices: int = 20
     axial_neighbors: int = 1
