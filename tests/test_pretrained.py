@@ -301,3 +301,23 @@ def test_docs_table_names_every_encoder_of_full_yaml():
     encoders = config_encoders(PROJECT_ROOT / "configs" / "full.yaml")
     assert all(e.weights for e in encoders)  # every encoder of the real recipe has ImageNet weights
     assert all(f"| `{e.weights}` |" in table for e in encoders)
+
+
+def test_runs_saved_before_the_setting_was_renamed_still_load(tmp_path):
+    from lumbar.localize.config import LocalizerConfig
+    from lumbar.train.config import TrainConfig, make_config
+
+    saved = make_config({}).to_dict()
+    saved["pretrained_path"] = saved.pop("pretrained") and ""
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert TrainConfig.load(tmp_path / "config.json").pretrained == "none"
+    old = LocalizerConfig.from_dict({"pretrained_path": "/w/resnet18.pth", "backbone": "test_resnet"})
+    assert old.pretrained == "/w/resnet18.pth" and not old.normalize_inputs  # trained without normalisation
+    assert LocalizerConfig.from_dict({"backbone": "test_resnet"}).normalize_inputs
+    from lumbar.localize.tasks import TASKS
+    from lumbar.localize.train import build_model
+
+    raw = build_model(TASKS["sag_t2"], old)
+    assert (raw.mean, raw.std) == (0.0, 1.0) and build_model(TASKS["sag_t2"], LocalizerConfig()).std != 1.0
+    with pytest.raises(ValueError, match="did you mean 'pretrained'"):
+        make_config({"pretrained_path": "/w/resnet18.pth"})  # a user's override is not upgraded

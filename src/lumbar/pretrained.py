@@ -67,6 +67,15 @@ DATASET_SLUG = "lumbar-encoders"
 PretrainedLike = str | os.PathLike
 
 
+def upgrade_saved_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A config saved before `pretrained` replaced `pretrained_path` (a run's config.json or localizer entry),
+    read as today's: "" was random init (`none`), a path stays that path. User overrides are not upgraded:
+    there the old name is an error that suggests the new one."""
+    values = dict(values)
+    if "pretrained_path" in values and "pretrained" not in values:
+        values["pretrained"] = values.pop("pretrained_path") or "none"
+    return values
+
 def check_setting(pretrained: PretrainedLike) -> str:
     """The setting as a string; an empty one is an error (say `none`)."""
     value = str(pretrained).strip() if pretrained is not None else ""

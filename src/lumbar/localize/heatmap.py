@@ -48,14 +48,16 @@ class HeatmapNet(nn.Module):
             adapts the first convolution to `in_chans`.
 
     Inputs in [0, 1] are normalised by the encoder's pretraining statistics (`gray_stats`) in `forward`, so
-    training and inference see the same values.
+    training and inference see the same values (`normalize=False`: as runs saved before this did).
     """
 
     def __init__(self, backbone: str, in_chans: int, num_points: int, depth_bins: int = 1,
-                 decoder_channels: int = 64, out_stride: int = 2, pretrained: str = NONE):  # fmt: skip
+                 decoder_channels: int = 64, out_stride: int = 2, pretrained: str = NONE,
+                 normalize: bool = True):  # fmt: skip
         super().__init__()
         self.encoder = create_timm_model(backbone, pretrained, features_only=True, in_chans=in_chans)
-        self.mean, self.std = gray_stats(self.encoder.pretrained_cfg["mean"], self.encoder.pretrained_cfg["std"])
+        stats = self.encoder.pretrained_cfg
+        self.mean, self.std = gray_stats(stats["mean"], stats["std"]) if normalize else (0.0, 1.0)
         self.num_points, self.depth_bins, self.out_stride = num_points, depth_bins, out_stride
         channels = self.encoder.feature_info.channels()
         self.lateral = nn.ModuleList(nn.Conv2d(c, decoder_channels, 1) for c in channels)

@@ -35,14 +35,15 @@ class SliceScorer(nn.Module):
         backbone: timm model name (global-pooled features, `num_classes=0`).
         pretrained: encoder weights, none, imagenet or a local file or folder (`lumbar.pretrained`).
         hidden: channels of the 1D convolution across candidates.
-
-    Crops in [0, 1] are normalised by the encoder's pretraining statistics (`gray_stats`) in `forward`.
+        normalize: crops in [0, 1] are normalised by the encoder's pretraining statistics (`gray_stats`) in
+            `forward` (off: as runs saved before this did).
     """
 
-    def __init__(self, backbone: str, pretrained: str = NONE, hidden: int = 64):
+    def __init__(self, backbone: str, pretrained: str = NONE, hidden: int = 64, normalize: bool = True):
         super().__init__()
         self.encoder = create_timm_model(backbone, pretrained, in_chans=1, num_classes=0)
-        self.mean, self.std = gray_stats(self.encoder.pretrained_cfg["mean"], self.encoder.pretrained_cfg["std"])
+        stats = self.encoder.pretrained_cfg
+        self.mean, self.std = gray_stats(stats["mean"], stats["std"]) if normalize else (0.0, 1.0)
         features = getattr(self.encoder, "head_hidden_size", None) or self.encoder.num_features
         self.mix = nn.Sequential(nn.Conv1d(features, hidden, 3, padding=1), nn.ReLU(inplace=True))
         self.score = nn.Conv1d(hidden, 1, 1)

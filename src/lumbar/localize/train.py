@@ -80,12 +80,13 @@ def build_model(task: Task, config: LocalizerConfig, pretrained: str = NONE) -> 
     else:
         in_chans, depth_bins = 2 * config.axial_neighbors + 1, 1
     return HeatmapNet(config.backbone, in_chans, len(task.points), depth_bins, config.decoder_channels,
-                      config.out_stride, pretrained=pretrained)  # fmt: skip
+                      config.out_stride, pretrained=pretrained, normalize=config.normalize_inputs)  # fmt: skip
 
 
 def build_scorer(config: LocalizerConfig, pretrained: str = NONE) -> SliceScorer:
     """The slice scorer under a config (`pretrained` as for `build_model`)."""
-    return SliceScorer(config.refine_backbone or config.backbone, pretrained=pretrained)
+    return SliceScorer(config.refine_backbone or config.backbone, pretrained=pretrained,
+                       normalize=config.normalize_inputs)
 
 
 def crop_geometry(config: LocalizerConfig) -> CropGeometry:

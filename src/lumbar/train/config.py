@@ -121,8 +121,11 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        """Read a config written by `save` (unknown keys are errors, as for any override)."""
-        return make_config(json.loads(Path(path).read_text()), source=str(path))
+        """Read a config written by `save` (unknown keys are errors, as for any override; older runs' settings are
+        upgraded, `lumbar.pretrained.upgrade_saved_settings`)."""
+        from lumbar.pretrained import upgrade_saved_settings
+
+        return make_config(upgrade_saved_settings(json.loads(Path(path).read_text())), source=str(path))
 
 
 def make_config(overrides: Mapping[str, Any] | None = None, base: TrainConfig | None = None,
