@@ -79,7 +79,7 @@ class TinyNet(nn.Module):
         return self.head(f)
 
 
-def tiny_build_model(name, in_channels, num_outputs, depth, pretrained_path=None, num_meta=0, drop_rate=0.0,
+def tiny_build_model(name, in_channels, num_outputs, depth, pretrained="none", num_meta=0, drop_rate=0.0,
                      **kwargs):
     """Stand-in for `lumbar.models.build_model` in tests that must not depend on the registry."""
     return TinyNet(in_channels, num_outputs, num_meta)

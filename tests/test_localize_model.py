@@ -86,7 +86,7 @@ def test_network_shape_and_backward():
 def test_pretrained_weights_come_from_a_local_file(tmp_path):
     source = timm.create_model(BACKBONE, pretrained=False)
     torch.save(source.state_dict(), tmp_path / "weights.pth")
-    net = HeatmapNet(BACKBONE, in_chans=5, num_points=2, pretrained_path=str(tmp_path / "weights.pth"))
+    net = HeatmapNet(BACKBONE, in_chans=5, num_points=2, pretrained=str(tmp_path / "weights.pth"))
     np.testing.assert_array_equal(
         net.encoder.state_dict()["layer3.0.conv1.weight"].numpy(), source.state_dict()["layer3.0.conv1.weight"].numpy()
     )

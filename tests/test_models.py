@@ -163,7 +163,7 @@ def test_duplicate_name_is_an_error_and_new_models_plug_in(monkeypatch):
         def forward(self, x):
             return x.mean(dim=(1, 2, 3, 4))[:, None]
 
-    register_model("mean_only")(lambda in_channels, depth, pretrained_path: MeanEncoder())
+    register_model("mean_only")(lambda in_channels, depth, pretrained: MeanEncoder())
     assert "mean_only" in list_models()
     assert build_model("mean_only", 1, 2, depth=1)(torch.randn(4, 1, 1, 8, 8)).shape == (4, 2)
     with pytest.raises(ValueError, match="registered twice"):
@@ -193,13 +193,13 @@ def test_medicalnet_checkpoint_loads(name, tmp_path):
     path = tmp_path / "resnet.pth"
     torch.save(_as_medicalnet_checkpoint(reference.state_dict()), path)
 
-    model = build_model(name, 1, 3, depth=5, pretrained_path=path, widen_factor=0.25)
+    model = build_model(name, 1, 3, depth=5, pretrained=path, widen_factor=0.25)
     loaded = model.encoder.state_dict()
     for key, value in reference.state_dict().items():
         if not key.endswith("num_batches_tracked"):
             torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
 
-    two = build_model(name, 2, 3, depth=5, pretrained_path=path, widen_factor=0.25).encoder
+    two = build_model(name, 2, 3, depth=5, pretrained=path, widen_factor=0.25).encoder
     torch.testing.assert_close(two.conv1.weight.sum(dim=1), reference.conv1.weight[:, 0])
 
 
@@ -214,9 +214,9 @@ def test_medicalnet_key_map_and_mismatch_errors(tmp_path):
     path = tmp_path / "wrong.pth"
     torch.save({"state_dict": {"module.conv1.weight": torch.ones(16, 1, 7, 7, 7)}}, path)
     with pytest.raises(ValueError, match=r"wrong\.pth.*missing"):
-        build_model("medicalnet_resnet3d_10", 1, 3, depth=5, pretrained_path=path, widen_factor=0.25)
-    with pytest.raises(FileNotFoundError, match="local file"):
-        build_model("medicalnet_resnet3d_10", 1, 3, depth=5, pretrained_path=tmp_path / "absent.pth")
+        build_model("medicalnet_resnet3d_10", 1, 3, depth=5, pretrained=path, widen_factor=0.25)
+    with pytest.raises(FileNotFoundError, match="absent.pth does not exist"):
+        build_model("medicalnet_resnet3d_10", 1, 3, depth=5, pretrained=tmp_path / "absent.pth")
 
 
 def test_timm_weights_come_from_a_local_file(tmp_path):
@@ -224,11 +224,11 @@ def test_timm_weights_come_from_a_local_file(tmp_path):
     path = tmp_path / "resnet18.pth"
     torch.save(source.state_dict(), path)
 
-    rgb = build_model("timm25d:resnet18", 1, 3, depth=3, pretrained_path=path)  # 3 slices = 3 channels
+    rgb = build_model("timm25d:resnet18", 1, 3, depth=3, pretrained=path)  # 3 slices = 3 channels
     torch.testing.assert_close(rgb.encoder.backbone.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
     torch.testing.assert_close(rgb.encoder.backbone.conv1.weight, source.conv1.weight)
 
-    gray = build_model("timmseq:resnet18", 1, 3, depth=5, pretrained_path=path, pool="attn")
+    gray = build_model("timmseq:resnet18", 1, 3, depth=5, pretrained=path, pool="attn")
     torch.testing.assert_close(
         gray.encoder.backbone.conv1.weight, source.conv1.weight.sum(dim=1, keepdim=True)
     )
@@ -237,15 +237,15 @@ def test_timm_weights_come_from_a_local_file(tmp_path):
     )
     assert gray.memory_format == torch.channels_last
 
-    with pytest.raises(FileNotFoundError, match="local file"):
-        build_model("timm25d:resnet18", 1, 3, depth=3, pretrained_path=tmp_path / "absent.pth")
+    with pytest.raises(FileNotFoundError, match="absent.pth does not exist"):
+        build_model("timm25d:resnet18", 1, 3, depth=3, pretrained=tmp_path / "absent.pth")
 
 
 def test_own_weights_round_trip(tmp_path):
     model = build_model("cnn3d", 1, 3, depth=5, channels=(8, 16))
     path = tmp_path / "encoder.pth"
     torch.save({"model": {f"module.{k}": v for k, v in model.encoder.state_dict().items()}}, path)
-    again = build_model("cnn3d", 1, 3, depth=5, channels=(8, 16), pretrained_path=path)
+    again = build_model("cnn3d", 1, 3, depth=5, channels=(8, 16), pretrained=path)
     for key, value in model.encoder.state_dict().items():
         torch.testing.assert_close(again.encoder.state_dict()[key], value)
     assert again.config == {

@@ -115,7 +115,12 @@ def test_readme_dry_run_passes_the_checks_and_reads_the_demo_data():
     assert args.allow_synthetic and PROJECT_ROOT / args.data_dir == demo.data_dir
     steps = plan_steps(load_config(PROJECT_ROOT / args.config), args.start, args.only, _parse_overrides(args.set))
     params = {s.output: s.parameters for s in steps}
-    assert params["03_train_resnet3d_18"]["EPOCHS"] == params["02_train_localizer"]["EPOCHS"] == 1
+    assert params["03_train_timmseq_hgnetv2_b5"]["EPOCHS"] == params["02_train_localizer"]["EPOCHS"] == 1
+    trained = [p for name, p in params.items() if name.startswith(("02", "03"))]
+    assert len(trained) == 5 and all(p["PRETRAINED"] == "none" for p in trained)  # random init: no download
+    assert all("PRETRAINED" not in p for name, p in params.items() if not name.startswith(("02", "03")))
+    full = {s.output: s.parameters for s in load_config(PROJECT_ROOT / args.config).steps}
+    assert {p["PRETRAINED"] for name, p in full.items() if name.startswith(("02", "03"))} == {"imagenet"}
     assert params["05_submission"]["DEVICE"] == "cpu" and "EPOCHS" not in params["00_eda"]
     assert "DEVICE" not in params["04_ensemble"] and params["05_submission"]["OUT"] == "../runs/full/submission.csv"
 

@@ -113,7 +113,8 @@ def _train_localizer(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--device", default=None, help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--pretrained", default=None, help="local encoder weights file (never downloaded)")
+    p.add_argument("--pretrained", default=None,
+                   help="encoder weights: none, imagenet (timm's hub cache) or a weights file or folder")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--tasks", default=None, help="comma-separated: sag_t2,sag_t1,axial")
     p.add_argument("--max-studies", type=int, default=None, help="train on the first N studies only")
@@ -195,6 +196,16 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", default=None)
     p.add_argument("--config", default=None, help="YAML of config overrides (top level or under `train:`)")
     add_set_argument(p, "any TrainConfig field, e.g. ema_decay=0.99")
+
+
+@command("weights", "lumbar.pretrained:cli_weights",
+         "fetch every pretrained encoder a pipeline config names, once, into a folder (a Kaggle dataset)")
+def _weights(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="pipeline config, e.g. configs/full.yaml")
+    p.add_argument("--out", required=True, help="weights folder (then: pretrained / PRETRAINED = this folder)")
+    p.add_argument("--dry-run", action="store_true", help="list every encoder, its weight tag and source; fetch nothing")
+    p.add_argument("--user", default=None, help="Kaggle user name for dataset-metadata.json (default: $KAGGLE_USERNAME)")
+    p.add_argument("--slug", default=None, help="Kaggle dataset slug, mounted at /kaggle/input/SLUG (lumbar-encoders)")
 
 
 @command("kaggle-bundle", "lumbar.kaggle:cli_kaggle_bundle", "offline upload bundle: code/, weights/, kernel/")

@@ -191,8 +191,14 @@ def inference_manifest(run_dir: Path, manifest: dict) -> dict:
     return {**manifest, "classifiers": classifiers, "ensemble": {**ensemble, "models": list(used)}}
 
 
-def _dataset_metadata(user: str, slug: str, title: str) -> dict:
-    return {"title": title, "id": f"{user}/{slug}", "licenses": [{"name": "CC0-1.0"}]}
+def kaggle_user(user: str | None = None) -> str:
+    """The Kaggle user name for dataset and kernel ids: `user`, else $KAGGLE_USERNAME, else a placeholder."""
+    return user or os.environ.get("KAGGLE_USERNAME") or "your-kaggle-username"
+
+
+def dataset_metadata(user: str, slug: str, title: str, license: str = "CC0-1.0") -> dict:
+    """The `dataset-metadata.json` that `kaggle datasets create -p FOLDER` reads."""
+    return {"title": title, "id": f"{user}/{slug}", "licenses": [{"name": license}]}
 
 
 def _referenced_files(manifest: dict) -> list[str]:
@@ -294,7 +300,7 @@ def build_bundle(run_dir: str | os.PathLike, out: str | os.PathLike, user: str |
     if not manifest:
         raise FileNotFoundError(f"{run_dir}: no manifest.json: train a run first (the pipeline writes it)")
     manifest = inference_manifest(run_dir, manifest)
-    user = user or os.environ.get("KAGGLE_USERNAME") or "your-kaggle-username"
+    user = kaggle_user(user)
     code_slug, weights_slug, kernel_slug = f"{slug}-code", f"{slug}-weights", f"{slug}-submission"
     if out.exists():
         shutil.rmtree(out)
@@ -307,7 +313,7 @@ def build_bundle(run_dir: str | os.PathLike, out: str | os.PathLike, user: str |
         requirements += pinned_specs()
     write_text("\n".join(requirements) + "\n", code / "requirements.txt")
     write_json(module_versions(), code / "image.json")
-    write_json(_dataset_metadata(user, code_slug, "lumbar code"), code / "dataset-metadata.json")
+    write_json(dataset_metadata(user, code_slug, "lumbar code"), code / "dataset-metadata.json")
 
     weights.mkdir(parents=True)
     for rel in _referenced_files(manifest):
@@ -318,7 +324,7 @@ def build_bundle(run_dir: str | os.PathLike, out: str | os.PathLike, user: str |
         shutil.copy2(src, weights / rel)
     write_json(manifest, weights / "manifest.json")
     (weights / "README.md").write_text(model_card(manifest))
-    write_json(_dataset_metadata(user, weights_slug, "lumbar weights"), weights / "dataset-metadata.json")
+    write_json(dataset_metadata(user, weights_slug, "lumbar weights"), weights / "dataset-metadata.json")
 
     kernel.mkdir(parents=True)
     nbformat.write(kernel_notebook(code_slug, weights_slug), kernel / "submission.ipynb")

@@ -21,7 +21,10 @@ class LocalizerConfig:
 
     Attributes:
         backbone: timm encoder name (`features_only` must be supported, e.g. resnet18, resnet10t).
-        pretrained_path: local weights file for the encoder ("" = random init); never downloaded.
+        pretrained: weights of the encoder and the slice scorer's: "none" (random init), "imagenet" (timm's,
+            through its hub cache) or a local weights file or folder (`lumbar.pretrained`); training only.
+        normalize_inputs: the encoders subtract their pretraining mean and divide by its std in every forward
+            pass; runs saved before this setting existed were trained without it and load with it off.
         size: slices are resized to size x size pixels.
         slices: sagittal stacks are resampled to this many slices (the encoder's input channels).
         axial_neighbors: slices on each side of the axial slice given as extra channels.
@@ -61,7 +64,7 @@ class LocalizerConfig:
     """
 
     backbone: str = "resnet18"
-    pretrained_path: str = ""
+    pretrained: str = "none"
     size: int = 128
     slices: int = 20
     axial_neighbors: int = 1
@@ -75,6 +78,7 @@ class LocalizerConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     augment: bool = True
+    normalize_inputs: bool = True
     max_scale: float = 0.15
     max_rotate_deg: float = 10.0
     max_shift: float = 0.08
@@ -142,5 +146,11 @@ class LocalizerConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> LocalizerConfig:
-        """Rebuild from `to_dict` output (a run's manifest), casting and checking every key."""
-        return cls().with_overrides(values)
+        """Rebuild from `to_dict` output (a run's manifest), casting and checking every key (an older run's
+        settings upgraded: `lumbar.pretrained.upgrade_saved_settings`)."""
+        from lumbar.pretrained import upgrade_saved_settings
+
+        upgraded = upgrade_saved_settings(values)
+        if "pretrained_path" in values:  # saved before the encoders normalised their inputs
+            upgraded.setdefault("normalize_inputs", False)
+        return cls().with_overrides(upgraded)

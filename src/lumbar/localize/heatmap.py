@@ -23,10 +23,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lumbar.pretrained import NONE, create_timm_model, gray_stats
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -43,17 +44,20 @@ class HeatmapNet(nn.Module):
         depth_bins: D, the slice bins of each point's heatmap (1 for a 2D heatmap).
         decoder_channels: width of the decoder.
         out_stride: heatmap stride relative to the input.
-        pretrained_path: a local weights file for the encoder; timm loads it (adapting the first
-            convolution to `in_chans`); nothing is downloaded. None or "" = random init.
+        pretrained: encoder weights, none, imagenet or a local file or folder (`lumbar.pretrained`); timm
+            adapts the first convolution to `in_chans`.
+
+    Inputs in [0, 1] are normalised by the encoder's pretraining statistics (`gray_stats`) in `forward`, so
+    training and inference see the same values (`normalize=False`: as runs saved before this did).
     """
 
     def __init__(self, backbone: str, in_chans: int, num_points: int, depth_bins: int = 1,
-                 decoder_channels: int = 64, out_stride: int = 2, pretrained_path: str | None = None):  # fmt: skip
+                 decoder_channels: int = 64, out_stride: int = 2, pretrained: str = NONE,
+                 normalize: bool = True):  # fmt: skip
         super().__init__()
-        kwargs = {"features_only": True, "in_chans": in_chans}
-        if pretrained_path:
-            kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_path)}
-        self.encoder = timm.create_model(backbone, pretrained=bool(pretrained_path), **kwargs)
+        self.encoder = create_timm_model(backbone, pretrained, features_only=True, in_chans=in_chans)
+        stats = self.encoder.pretrained_cfg
+        self.mean, self.std = gray_stats(stats["mean"], stats["std"]) if normalize else (0.0, 1.0)
         self.num_points, self.depth_bins, self.out_stride = num_points, depth_bins, out_stride
         channels = self.encoder.feature_info.channels()
         self.lateral = nn.ModuleList(nn.Conv2d(c, decoder_channels, 1) for c in channels)
@@ -65,7 +69,7 @@ class HeatmapNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, S, S) -> logits (B, K, D, S / out_stride, S / out_stride)."""
-        feats = self.encoder(x)
+        feats = self.encoder((x - self.mean) / self.std)
         y = self.smooth[-1](self.lateral[-1](feats[-1]))
         for i in range(len(feats) - 2, -1, -1):
             lat = self.lateral[i](feats[i])

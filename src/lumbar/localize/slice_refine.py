@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lumbar.localize.volumes import point_crops
+from lumbar.pretrained import NONE, create_timm_model, gray_stats
 
 
 class SliceScorer(nn.Module):
@@ -33,23 +33,25 @@ class SliceScorer(nn.Module):
 
     Args:
         backbone: timm model name (global-pooled features, `num_classes=0`).
-        pretrained_path: local encoder weights ("" or None = random init); never downloaded.
+        pretrained: encoder weights, none, imagenet or a local file or folder (`lumbar.pretrained`).
         hidden: channels of the 1D convolution across candidates.
+        normalize: crops in [0, 1] are normalised by the encoder's pretraining statistics (`gray_stats`) in
+            `forward` (off: as runs saved before this did).
     """
 
-    def __init__(self, backbone: str, pretrained_path: str | None = None, hidden: int = 64):
+    def __init__(self, backbone: str, pretrained: str = NONE, hidden: int = 64, normalize: bool = True):
         super().__init__()
-        kwargs = {"in_chans": 1, "num_classes": 0}
-        if pretrained_path:
-            kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_path)}
-        self.encoder = timm.create_model(backbone, pretrained=bool(pretrained_path), **kwargs)
+        self.encoder = create_timm_model(backbone, pretrained, in_chans=1, num_classes=0)
+        stats = self.encoder.pretrained_cfg
+        self.mean, self.std = gray_stats(stats["mean"], stats["std"]) if normalize else (0.0, 1.0)
         features = getattr(self.encoder, "head_hidden_size", None) or self.encoder.num_features
         self.mix = nn.Sequential(nn.Conv1d(features, hidden, 3, padding=1), nn.ReLU(inplace=True))
         self.score = nn.Conv1d(hidden, 1, 1)
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         b, w, p, q = crops.shape
-        feats = self.encoder(crops.reshape(b * w, 1, p, q)).view(b, w, -1).transpose(1, 2)
+        x = (crops.reshape(b * w, 1, p, q) - self.mean) / self.std
+        feats = self.encoder(x).view(b, w, -1).transpose(1, 2)
         return self.score(self.mix(feats))[:, 0]
 
 

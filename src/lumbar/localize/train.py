@@ -40,6 +40,7 @@ from lumbar.localize.volumes import axial_input, cached_array, normalize_intensi
 from lumbar.manifest import manifest_path, update_manifest
 from lumbar.overrides import parse_assignments
 from lumbar.paths import data_root, series_dir
+from lumbar.pretrained import NONE
 from lumbar.train.runtime import Runtime, seed_everything, setup_runtime, teardown_runtime
 
 log = logging.getLogger(__name__)
@@ -69,19 +70,23 @@ def holdout_split(study_ids, fraction: float, seed: int = 0) -> tuple[np.ndarray
     return np.setdiff1d(ids, out), np.sort(out)
 
 
-def build_model(task: Task, config: LocalizerConfig, pretrained_path: str | None = None) -> HeatmapNet:
-    """The heatmap network of a task under a config (the same call at training and at inference)."""
+def build_model(task: Task, config: LocalizerConfig, pretrained: str = NONE) -> HeatmapNet:
+    """The heatmap network of a task under a config: the same call at training and at inference.
+
+    Inference keeps `pretrained` none: the run's checkpoint replaces the weights.
+    """
     if task.plane == "sagittal":
         in_chans, depth_bins = config.slices, config.slices
     else:
         in_chans, depth_bins = 2 * config.axial_neighbors + 1, 1
     return HeatmapNet(config.backbone, in_chans, len(task.points), depth_bins, config.decoder_channels,
-                      config.out_stride, pretrained_path=pretrained_path)  # fmt: skip
+                      config.out_stride, pretrained=pretrained, normalize=config.normalize_inputs)  # fmt: skip
 
 
-def build_scorer(config: LocalizerConfig, pretrained_path: str | None = None) -> SliceScorer:
-    """The slice scorer under a config."""
-    return SliceScorer(config.refine_backbone or config.backbone, pretrained_path=pretrained_path)
+def build_scorer(config: LocalizerConfig, pretrained: str = NONE) -> SliceScorer:
+    """The slice scorer under a config (`pretrained` as for `build_model`)."""
+    return SliceScorer(config.refine_backbone or config.backbone, pretrained=pretrained,
+                       normalize=config.normalize_inputs)
 
 
 def crop_geometry(config: LocalizerConfig) -> CropGeometry:
@@ -284,7 +289,6 @@ def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: P
                progress: bool, t0: float, member: str | None) -> dict:  # fmt: skip
     """Train the heatmap models, then the slice scorers; write checkpoints and the manifest entry."""
     device = runtime.device
-    pretrained = config.pretrained_path or None
     manifest = {
         "kind": "lumbar-localizer",
         "backbone": config.backbone,
@@ -315,7 +319,7 @@ def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: P
             log.warning("localizer model %s: no training samples, skipped", name)
             continue
         seed_everything(config.seed, deterministic=device.type == "cpu")  # initial weights too: reruns agree
-        model = build_model(task, config, pretrained).to(device)
+        model = build_model(task, config, config.pretrained).to(device)
         batch = _heatmap_batches(task, inputs, targets, config, device)
         history = fit(model, len(inputs), batch, partial(_heatmap_loss, config=config), config.epochs_of(task.plane), config, runtime,
                       f"train {name}", progress)  # fmt: skip
@@ -333,7 +337,7 @@ def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: P
             manifest["skipped"][scorer_name] = "no training samples"
             continue
         seed_everything(config.seed, deterministic=device.type == "cpu")
-        model = build_scorer(config, pretrained).to(device)
+        model = build_scorer(config, config.pretrained).to(device)
         batch = _scorer_batches(crops, truth, config, device)
         history = fit(model, len(crops), batch, scorer_loss, config.refine_epochs or config.epochs, config, runtime,
                       f"train {scorer_name}", progress)  # fmt: skip
@@ -356,7 +360,7 @@ def cli_train_localizer(args: argparse.Namespace) -> int:
                  "tasks", "max_studies", "workers", "threads"):  # fmt: skip
         value = getattr(args, name, None)
         if value is not None:
-            overrides["pretrained_path" if name == "pretrained" else name] = value
+            overrides[name] = value
     config = LocalizerConfig().with_overrides(overrides)
     index = pd.read_parquet(args.index) if args.index else None
     manifest = train_localizer(config, args.data_dir, args.coords, args.run, index=index)

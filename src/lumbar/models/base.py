@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lumbar.pretrained import IMAGENET, NONE, check_setting, weights_file
+
 StateDict = dict[str, torch.Tensor]
 
 
@@ -98,12 +100,12 @@ def read_state_dict(path: str | os.PathLike) -> StateDict:
     """Read a state dict from a local file, unwrapping a {"state_dict": ...} or {"model": ...} checkpoint.
 
     Raises:
-        FileNotFoundError: when the file does not exist (weights are never downloaded).
+        FileNotFoundError: when the file does not exist.
         ValueError: when the file holds no state dict.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights not found: {path} (weights load only from a local file)")
+        raise FileNotFoundError(f"pretrained weights not found: {path}")
     obj = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
@@ -146,3 +148,25 @@ def load_weights(
             f"missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})"
         )
     module.load_state_dict(state, strict=False)
+
+
+def load_pretrained(module: nn.Module, pretrained: str | os.PathLike, arch: str, why_no_imagenet: str,
+                    key_map: Callable[[StateDict], StateDict] = strip_prefix) -> nn.Module:  # fmt: skip
+    """Weights for a network timm has none for (`lumbar.pretrained`): none leaves it, a local file loads.
+
+    Args:
+        module: the network to fill.
+        pretrained: none, or a weights file, or a weights folder whose index has an entry named `arch`.
+        arch: its registered name.
+        why_no_imagenet: why `imagenet` cannot work and what does, for the error.
+        key_map: maps the file's state dict onto the module (`load_weights`).
+
+    Raises:
+        ValueError: `imagenet`; weights that do not fit (`load_weights`).
+    """
+    source = check_setting(pretrained)
+    if source == IMAGENET:
+        raise ValueError(f"{arch}: no ImageNet weights ({why_no_imagenet}); use pretrained: none")
+    if source != NONE:
+        load_weights(module, weights_file(source, arch), key_map)
+    return module

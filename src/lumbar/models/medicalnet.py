@@ -15,7 +15,7 @@ import os
 from monai.networks.nets.resnet import resnet_params
 from torch import nn
 
-from lumbar.models.base import StateDict, load_weights, strip_prefix
+from lumbar.models.base import StateDict, load_pretrained, strip_prefix
 from lumbar.models.monai3d import build_resnet
 from lumbar.models.registry import register_model
 
@@ -39,11 +39,11 @@ def medicalnet_key_map(state_dict: StateDict, in_channels: int = 1) -> StateDict
     return state
 
 
-def _medicalnet_factory(arch: str):
+def _medicalnet_factory(name: str, arch: str):
     def factory(
         in_channels: int,
         depth: int,
-        pretrained_path: str | os.PathLike | None = None,
+        pretrained: str | os.PathLike = "none",
         widen_factor: float = 1.0,
     ) -> nn.Module:
         _, _, shortcut_type, bias_downsample, _ = resnet_params[arch]
@@ -55,13 +55,12 @@ def _medicalnet_factory(arch: str):
             bias_downsample=bias_downsample,
             widen_factor=widen_factor,
         )
-        if pretrained_path is not None:
-            load_weights(net, pretrained_path, key_map=lambda sd: medicalnet_key_map(sd, in_channels))
-        return net
+        why = f"MedicalNet's own checkpoint, resnet_{arch.removeprefix('resnet')}.pth, loads as a local file"
+        return load_pretrained(net, pretrained, name, why, key_map=lambda sd: medicalnet_key_map(sd, in_channels))
 
     factory.__doc__ = f"MONAI {arch} laid out as MedicalNet's, loading its checkpoint from a local file."
     return factory
 
 
 for _name, _arch in MEDICALNET_VARIANTS.items():
-    register_model(_name)(_medicalnet_factory(_arch))
+    register_model(_name)(_medicalnet_factory(_name, _arch))

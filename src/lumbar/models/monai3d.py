@@ -19,7 +19,7 @@ from monai.networks.nets import DenseNet121, EfficientNetBN, ResNet, SEResNext50
 from monai.networks.nets.resnet import get_inplanes, resnet_params
 from torch import nn
 
-from lumbar.models.base import load_weights
+from lumbar.models.base import load_pretrained
 from lumbar.models.depth import depth_strides, keep_depth
 from lumbar.models.registry import register_model
 
@@ -131,14 +131,12 @@ def build_efficientnet(model_name: str, in_channels: int, depth: int) -> nn.Modu
     return net
 
 
-def _monai_factory(builder, **options):
+def _monai_factory(name: str, builder, **options):
     """A registry factory around a builder: adds in_channels/depth, local weights and user options."""
 
-    def factory(in_channels: int, depth: int, pretrained_path: PathLike | None = None, **kwargs) -> nn.Module:
+    def factory(in_channels: int, depth: int, pretrained: PathLike = "none", **kwargs) -> nn.Module:
         net = builder(in_channels=in_channels, depth=depth, **{**options, **kwargs})
-        if pretrained_path is not None:
-            load_weights(net, pretrained_path)
-        return net
+        return load_pretrained(net, pretrained, name, "MONAI 3D nets are not timm models; a local weights file loads")
 
     factory.__doc__ = builder.__doc__
     return factory
@@ -157,4 +155,4 @@ MONAI_VARIANTS = {
 }
 
 for _name, (_builder, _options) in MONAI_VARIANTS.items():
-    register_model(_name)(_monai_factory(_builder, **_options))
+    register_model(_name)(_monai_factory(_name, _builder, **_options))

@@ -5,8 +5,10 @@ Two kinds of entries:
     family  a prefix taking a variant after a colon, e.g. "timm25d:convnext_tiny": the family factory
             receives "convnext_tiny" as its first argument
 
-A factory takes `in_channels`, `depth`, `pretrained_path` and its own keyword arguments and returns an
-encoder (see `lumbar.models.base`); `build_model` wraps it in `LumbarModel` with the shared head.
+A factory takes `in_channels`, `depth`, `pretrained` (none, imagenet or a local file/folder:
+`lumbar.pretrained`) and its own keyword arguments and returns an encoder (see `lumbar.models.base`);
+`build_model` wraps it in `LumbarModel` with the shared head. A family registered with `timm=True` takes a
+timm model name as its variant, so `timm_encoder` can name the weights an architecture needs.
 """
 
 from __future__ import annotations
@@ -24,26 +26,37 @@ EncoderFactory = Callable[..., nn.Module]
 
 _MODELS: Registry[EncoderFactory] = Registry("model")
 _FAMILIES: Registry[EncoderFactory] = Registry("model")
+_TIMM_FAMILIES: set[str] = set()
 FAMILY_SEPARATOR = ":"
 
 
-def register_model(name: str, family: bool = False) -> Callable[[EncoderFactory], EncoderFactory]:
+def register_model(name: str, family: bool = False, timm: bool = False) -> Callable[[EncoderFactory], EncoderFactory]:
     """Decorator registering an encoder factory under `name`.
 
     Args:
         name: the registry name (no colon).
         family: register a family: `build_model("<name>:<variant>")` calls the factory with the variant
             as its first argument.
+        timm: (families) the variant is a timm model name, whose pretrained weights the encoder takes.
 
     Raises:
         ValueError: when the name is taken or contains the family separator.
     """
     if not name or FAMILY_SEPARATOR in name:
         raise ValueError(f"model name must be non-empty and without {FAMILY_SEPARATOR!r}: {name!r}")
-
+    if timm and not family:
+        raise ValueError(f"model {name!r}: timm=True is for families (the variant names the timm model)")
     if name in (_MODELS if family else _FAMILIES):  # one name space for both kinds
         raise ValueError(f"model {name!r} registered twice")
-    return (_FAMILIES if family else _MODELS).register(name)
+    register = (_FAMILIES if family else _MODELS).register(name)
+
+    def decorate(factory: EncoderFactory) -> EncoderFactory:
+        register(factory)
+        if timm:
+            _TIMM_FAMILIES.add(name)
+        return factory
+
+    return decorate
 
 
 def list_models() -> list[str]:
@@ -65,12 +78,23 @@ def _resolve(name: str) -> tuple[EncoderFactory, tuple[str, ...]]:
     return factory, ((variant,) if sep else ())
 
 
+def timm_encoder(name: str) -> str | None:
+    """The timm model an architecture's encoder is (`timm25d:resnet34` -> `resnet34`); None for other nets.
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    _resolve(name)
+    prefix, sep, variant = name.partition(FAMILY_SEPARATOR)
+    return variant if sep and prefix in _TIMM_FAMILIES else None
+
+
 def build_model(
     name: str,
     in_channels: int,
     num_outputs: int,
     depth: int,
-    pretrained_path: str | os.PathLike | None = None,
+    pretrained: str | os.PathLike = "none",
     num_meta: int = 0,
     drop_rate: float = 0.0,
     **kwargs: Any,
@@ -83,7 +107,8 @@ def build_model(
         num_outputs: number of logits (e.g. 3 grades, or 15 for 5 levels x 3 grades).
         depth: slices D the model is built for; 3D nets plan their depth downsampling on it, 2.5D
             nets stack exactly this many slices as channels.
-        pretrained_path: local weight file for the encoder (never downloaded); None for random init.
+        pretrained: the encoder's weights: none (random init), imagenet (timm's, for timm encoders) or a
+            local weights file or folder (`lumbar.pretrained`).
         num_meta: width of the metadata vector given to `forward` (0: none).
         drop_rate: dropout before the linear head.
         **kwargs: the architecture's own options (e.g. `pool="attn"` for timmseq); a typo is an error.
@@ -102,7 +127,7 @@ def build_model(
     if num_meta < 0:
         raise ValueError(f"num_meta must be >= 0, got {num_meta}")
     encoder = factory(
-        *variant, in_channels=in_channels, depth=depth, pretrained_path=pretrained_path, **kwargs
+        *variant, in_channels=in_channels, depth=depth, pretrained=pretrained, **kwargs
     )
     config = dict(name=name, **sizes, num_meta=num_meta, drop_rate=drop_rate, **kwargs)
     return LumbarModel(

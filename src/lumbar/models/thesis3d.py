@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lumbar.models.base import load_weights
+from lumbar.models.base import load_pretrained
 from lumbar.models.depth import depth_strides
 from lumbar.models.pooling import AttentionPool
 from lumbar.models.registry import register_model
@@ -110,41 +110,40 @@ class ResNet12_3D(nn.Module):
         return self.pool(self.stages(x)).flatten(1)
 
 
-def _with_weights(encoder: nn.Module, pretrained_path: str | os.PathLike | None) -> nn.Module:
-    if pretrained_path is not None:
-        load_weights(encoder, pretrained_path)
-    return encoder
+def _with_weights(encoder: nn.Module, pretrained: str | os.PathLike, name: str) -> nn.Module:
+    return load_pretrained(encoder, pretrained, name, "the thesis nets have no public weights; a local file of "
+                                                      "their own weights loads")  # fmt: skip
 
 
 @register_model("cnn3d")
 def cnn3d(
     in_channels: int,
     depth: int,
-    pretrained_path: str | os.PathLike | None = None,
+    pretrained: str | os.PathLike = "none",
     channels: Sequence[int] = (32, 64, 128, 256),
 ) -> nn.Module:
     """Plain 3D CNN (thesis baseline)."""
-    return _with_weights(CNN3D(in_channels, depth, tuple(channels)), pretrained_path)
+    return _with_weights(CNN3D(in_channels, depth, tuple(channels)), pretrained, "cnn3d")
 
 
 @register_model("cnn3d_lstm_attn")
 def cnn3d_lstm_attn(
     in_channels: int,
     depth: int,
-    pretrained_path: str | os.PathLike | None = None,
+    pretrained: str | os.PathLike = "none",
     channels: Sequence[int] = (32, 64, 128),
     hidden: int = 128,
 ) -> nn.Module:
     """3D CNN, BiLSTM over slices, attention pooling (thesis); `depth` is free since slices are kept."""
-    return _with_weights(CNN3DLSTMAttention(in_channels, tuple(channels), hidden), pretrained_path)
+    return _with_weights(CNN3DLSTMAttention(in_channels, tuple(channels), hidden), pretrained, "cnn3d_lstm_attn")
 
 
 @register_model("resnet12_3d")
 def resnet12_3d(
     in_channels: int,
     depth: int,
-    pretrained_path: str | os.PathLike | None = None,
+    pretrained: str | os.PathLike = "none",
     channels: Sequence[int] = (32, 64, 128),
 ) -> nn.Module:
     """The thesis's 12-convolution 3D ResNet."""
-    return _with_weights(ResNet12_3D(in_channels, depth, tuple(channels)), pretrained_path)
+    return _with_weights(ResNet12_3D(in_channels, depth, tuple(channels)), pretrained, "resnet12_3d")

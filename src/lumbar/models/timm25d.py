@@ -6,46 +6,30 @@
                          pass a BiGRU (pool="gru") or go straight (pool="attn") to attention pooling
                          over the slices; any D works
 
-The backbone is `timm.create_model(name, pretrained=False, in_chans=..., num_classes=0)`. Pretrained
-weights come only from a local `pretrained_path`, given to timm as `pretrained_cfg_overlay=dict(file=...)`,
-so timm adapts the stem to `in_chans` and drops the classifier as it does for its own weights; nothing
-is downloaded. The backbone's normalisation (`mean`, `std` of its pretrained_cfg, per RGB channel) is
-exposed for data pipelines; timm sums or cycles the RGB stem filters for other channel counts.
+The backbone is `timm.create_model(name, in_chans=..., num_classes=0)` with the weights `pretrained` names
+(none, imagenet, or a local file or weights folder: `lumbar.pretrained.create_timm_model`); either way timm
+adapts the stem to `in_chans` (summing the RGB filters for one channel, repeating them for more) and drops
+the classifier. The backbone's normalisation (`mean`, `std` of its pretrained config, per RGB channel) is
+exposed for the data pipeline, which applies it to the one-channel crops (`lumbar.pretrained.gray_stats`).
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
 from lumbar.models.pooling import AttentionPool
 from lumbar.models.registry import register_model
+from lumbar.pretrained import NONE, create_timm_model
 
 PathLike = str | os.PathLike
 
 
-def create_backbone(name: str, in_chans: int, pretrained_path: PathLike | None = None) -> nn.Module:
-    """A timm backbone returning pooled features, with weights from a local file only.
-
-    Raises:
-        ValueError: for a name timm does not know.
-        FileNotFoundError: for a missing weight file.
-    """
-    if not timm.is_model(name):
-        raise ValueError(f"unknown timm model {name!r} (see timm.list_models())")
-    kwargs: dict = {"pretrained": False, "in_chans": in_chans, "num_classes": 0}
-    if pretrained_path is not None:
-        path = Path(pretrained_path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"pretrained weights not found: {path} (weights load only from a local file)"
-            )
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
-    return timm.create_model(name, **kwargs)
+def create_backbone(name: str, in_chans: int, pretrained: PathLike = NONE) -> nn.Module:
+    """A timm backbone returning pooled features, weights as `pretrained` says (`create_timm_model`)."""
+    return create_timm_model(name, pretrained, in_chans=in_chans, num_classes=0)
 
 
 def feature_width(backbone: nn.Module) -> int:
@@ -68,11 +52,11 @@ class Timm25DEncoder(_TimmEncoder):
     """Slices as channels: (B, C, D, H, W) -> (B, C*D, H, W) -> one 2D backbone."""
 
     def __init__(
-        self, name: str, in_channels: int, depth: int, pretrained_path: PathLike | None = None
+        self, name: str, in_channels: int, depth: int, pretrained: PathLike = NONE
     ) -> None:
         super().__init__()
         self.depth = depth
-        self.backbone = create_backbone(name, in_channels * depth, pretrained_path)
+        self.backbone = create_backbone(name, in_channels * depth, pretrained)
         self.num_features = feature_width(self.backbone)
         self._expose(self.backbone)
 
@@ -88,7 +72,7 @@ class TimmSequenceEncoder(_TimmEncoder):
     Args:
         name: timm model name.
         in_channels: channels C per slice.
-        pretrained_path: local backbone weights.
+        pretrained: backbone weights (none, imagenet, or a local file or folder).
         pool: "gru" (BiGRU over slices, then attention pooling) or "attn" (attention pooling only).
         hidden: GRU width per direction.
     """
@@ -97,14 +81,14 @@ class TimmSequenceEncoder(_TimmEncoder):
         self,
         name: str,
         in_channels: int,
-        pretrained_path: PathLike | None = None,
+        pretrained: PathLike = NONE,
         pool: str = "gru",
         hidden: int = 256,
     ) -> None:
         super().__init__()
         if pool not in ("gru", "attn"):
             raise ValueError(f"pool must be 'gru' or 'attn', got {pool!r}")
-        self.backbone = create_backbone(name, in_channels, pretrained_path)
+        self.backbone = create_backbone(name, in_channels, pretrained)
         width = feature_width(self.backbone)
         self.gru = nn.GRU(width, hidden, batch_first=True, bidirectional=True) if pool == "gru" else None
         self.num_features = 2 * hidden if self.gru is not None else width
@@ -119,20 +103,20 @@ class TimmSequenceEncoder(_TimmEncoder):
         return self.attention(slices)
 
 
-@register_model("timm25d", family=True)
-def timm25d(name: str, in_channels: int, depth: int, pretrained_path: PathLike | None = None) -> nn.Module:
+@register_model("timm25d", family=True, timm=True)
+def timm25d(name: str, in_channels: int, depth: int, pretrained: PathLike = NONE) -> nn.Module:
     """timm backbone with the stack's slices as image channels."""
-    return Timm25DEncoder(name, in_channels, depth, pretrained_path)
+    return Timm25DEncoder(name, in_channels, depth, pretrained)
 
 
-@register_model("timmseq", family=True)
+@register_model("timmseq", family=True, timm=True)
 def timmseq(
     name: str,
     in_channels: int,
     depth: int,
-    pretrained_path: PathLike | None = None,
+    pretrained: PathLike = NONE,
     pool: str = "gru",
     hidden: int = 256,
 ) -> nn.Module:
     """timm backbone per slice, pooled across slices; `depth` is free."""
-    return TimmSequenceEncoder(name, in_channels, pretrained_path, pool=pool, hidden=hidden)
+    return TimmSequenceEncoder(name, in_channels, pretrained, pool=pool, hidden=hidden)

@@ -59,7 +59,9 @@ class TrainConfig:
         device: "auto" (CUDA when present), "cpu" or "cuda".
         fast_dev_run: when > 0: 1 epoch of that many train and validation batches (smoke test).
         overfit_batches: when > 0: train and validate on the same first batches, without augmentation.
-        pretrained_path: local encoder weights (never downloaded).
+        pretrained: encoder weights: "none" (random init), "imagenet" (timm's, through its hub cache) or a local
+            weights file or folder (`python -m lumbar weights`); see `lumbar.pretrained`. Training only:
+            inference loads the run's own checkpoints.
         drop_rate: dropout before the head.
         model_kwargs: the architecture's own options (passed to `build_model`).
         mirror_right: competition mode: mirror right-side crops onto the left (flip + side flag), pooling sides.
@@ -101,7 +103,7 @@ class TrainConfig:
     device: str = "auto"
     fast_dev_run: int = 0
     overfit_batches: int = 0
-    pretrained_path: str = ""
+    pretrained: str = "none"
     drop_rate: float = 0.0
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     mirror_right: bool = True
@@ -119,8 +121,11 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        """Read a config written by `save` (unknown keys are errors, as for any override)."""
-        return make_config(json.loads(Path(path).read_text()), source=str(path))
+        """Read a config written by `save` (unknown keys are errors, as for any override; older runs' settings are
+        upgraded, `lumbar.pretrained.upgrade_saved_settings`)."""
+        from lumbar.pretrained import upgrade_saved_settings
+
+        return make_config(upgrade_saved_settings(json.loads(Path(path).read_text())), source=str(path))
 
 
 def make_config(overrides: Mapping[str, Any] | None = None, base: TrainConfig | None = None,

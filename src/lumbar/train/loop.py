@@ -226,11 +226,11 @@ def _loader(dataset: RoiDataset, sampler, config: TrainConfig, runtime: Runtime,
 
 
 def build_unit_model(config: TrainConfig, task: Task, cache: RoiCache) -> nn.Module:
-    """The registered architecture sized for a task unit and a cache (random init or local weights)."""
+    """The registered architecture sized for a task unit and a cache, its encoder's weights from `pretrained`."""
     from lumbar.models import build_model
 
     return build_model(config.arch, in_channels=task.in_channels, num_outputs=task.num_outputs, depth=cache.depth,
-                       pretrained_path=config.pretrained_path or None, num_meta=task.num_meta,
+                       pretrained=config.pretrained, num_meta=task.num_meta,
                        drop_rate=config.drop_rate, **config.model_kwargs)
 
 

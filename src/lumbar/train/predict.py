@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from lumbar.constants import GRADES
 from lumbar.data.tables import SUBMISSION_COLUMNS, split_row_ids, submission_row_ids, table_row_ids
 from lumbar.evaluate.baselines import class_priors
+from lumbar.pretrained import gray_stats
 from lumbar.train.checkpoint import load_checkpoint
 from lumbar.train.runtime import Runtime, setup_runtime, teardown_runtime
 
@@ -40,13 +41,14 @@ def unwrap(model: nn.Module) -> nn.Module:
 def input_normalization(model: nn.Module) -> tuple[float, float] | None:
     """Scalar (mean, std) from a backbone's pretrained config (timm), averaged over its RGB channels; None if absent.
 
-    Crops are single-channel intensities in [0, 1]; a pretrained 2D stem expects its own normalisation.
+    Crops are single-channel intensities in [0, 1]; a pretrained 2D stem expects its own normalisation
+    (`lumbar.pretrained.gray_stats`). Training and prediction both go through `batch_to_device`.
     """
     inner = unwrap(model)
     mean, std = getattr(inner, "mean", None), getattr(inner, "std", None)
     if mean is None or std is None:
         return None
-    return float(np.mean(mean)), float(np.mean(std))
+    return gray_stats(mean, std)
 
 
 def batch_to_device(batch: dict[str, Any], runtime: Runtime, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

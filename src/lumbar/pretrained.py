@@ -1,0 +1,346 @@
+"""Pretrained encoder weights: one setting, `pretrained`, three sources; and the weights folder.
+
+    none       random initialisation (the demo and the tests)
+    imagenet   timm's pretrained weights for the model name and tag (`convnext_small.fb_in22k`; a name
+               without a tag means timm's default tag), through timm's own hub loading: downloaded once into
+               the Hugging Face cache where there is internet, read from that cache afterwards
+    PATH       a local weights file, or a weights folder written by `python -m lumbar weights`, whose index
+               (`encoders.json`) maps each timm name with tag to its file; e.g. that folder attached to a
+               Kaggle notebook as a dataset
+
+Every timm encoder (classifier backbones, the localizer's encoder, its slice scorer) is built by
+`create_timm_model`. A local file goes to timm as `pretrained_cfg_overlay=dict(file=...)`, so for both
+sources timm does the same adaptation: the first convolution is fitted to the input channels (the RGB
+filters summed for one channel; repeated and scaled by 3 / C for C channels) and the classifier is
+dropped. Networks timm has no weights for (the MONAI, MedicalNet and thesis 3D nets) load only local files
+(`lumbar.models.base.load_pretrained`); `imagenet` is an error that says so.
+
+Input statistics: crops and localizer inputs are single-channel intensities in [0, 1]. Every timm model
+carries the mean and std of its pretraining (per RGB channel) in its pretrained config, also when built
+without weights; `gray_stats` averages them into one scalar pair, and the models subtract and divide by
+it in every forward pass of training and inference alike (classifiers: `lumbar.train.predict.
+batch_to_device`; localizer: inside `HeatmapNet` and `SliceScorer`).
+
+Inference never loads pretrained weights: it builds every model with `none` and loads the run's own
+checkpoints, so the Kaggle kernel needs neither the hub nor the weights folder. timm is imported only by
+the functions that build models, so `gray_stats` and the setting's checks stay cheap to import.
+
+The weights folder (`python -m lumbar weights --config configs/full.yaml --out DIR [--dry-run]`, run where
+there is internet) holds every timm encoder a pipeline config names, each downloaded once through timm's
+own hub loading and written in timm's layout; it is a Kaggle dataset as it is (`kaggle datasets create -p
+DIR`):
+
+    dataset-metadata.json       the dataset's id (<user>/lumbar-encoders) and title
+    encoders.json               the index: timm name with tag -> file, bytes, parameters, source, license
+    <name>.<tag>.safetensors    one state dict per encoder, classifier included (timm drops it on loading)
+
+An encoder already in the folder is not fetched again. Which encoders a config names: the `ARCH` of each
+`03_train` step (the timm families `timm25d:` and `timmseq:`; other nets are listed as having no timm
+weights) and the `BACKBONE` of `02_train_localizer`, with its slice scorer's (`EXTRA.refine_backbone`) when
+refine tasks are on; each from the step's parameters, else the notebook's default (`NOTEBOOK_ENCODERS`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lumbar.atomic import atomic_path, write_json
+
+if TYPE_CHECKING:
+    from torch import nn
+
+NONE, IMAGENET = "none", "imagenet"
+#: The index of a weights folder: {"encoders": {timm name with tag: {"file", "bytes", ...}}, "timm": version}.
+INDEX_JSON = "encoders.json"
+#: The weights folder as a Kaggle dataset: /kaggle/input/<slug> once attached.
+DATASET_SLUG = "lumbar-encoders"
+PretrainedLike = str | os.PathLike
+
+
+def upgrade_saved_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A config saved before `pretrained` replaced `pretrained_path` (a run's config.json or localizer entry),
+    read as today's: "" was random init (`none`), a path stays that path. User overrides are not upgraded:
+    there the old name is an error that suggests the new one."""
+    values = dict(values)
+    if "pretrained_path" in values and "pretrained" not in values:
+        values["pretrained"] = values.pop("pretrained_path") or "none"
+    return values
+
+def check_setting(pretrained: PretrainedLike) -> str:
+    """The setting as a string; an empty one is an error (say `none`)."""
+    value = str(pretrained).strip() if pretrained is not None else ""
+    if not value:
+        raise ValueError("pretrained is empty: use none (random init), imagenet, or a weights file or folder")
+    return value
+
+
+def _timm_model(name: str) -> str:
+    """`name`, checked to be a timm model (ValueError otherwise)."""
+    import timm
+
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model {name!r} (see timm.list_models())")
+    return name
+
+
+def timm_weights_name(name: str) -> str:
+    """The timm model name with its pretrained tag (`resnet34` -> `resnet34.a1_in1k`, timm's default tag).
+
+    Raises:
+        ValueError: an unknown model or tag, or a tag timm has no weights for.
+    """
+    from timm.models import get_pretrained_cfg
+
+    _timm_model(name)
+    try:
+        cfg = get_pretrained_cfg(name, allow_unregistered=False)
+    except RuntimeError as e:
+        raise ValueError(f"timm model {name!r}: {e}") from None
+    if not (cfg.hf_hub_id or cfg.url):
+        raise ValueError(f"timm has no pretrained weights for {name!r} (tag {cfg.tag!r}); use pretrained: none")
+    return f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
+
+
+def read_index(folder: str | os.PathLike) -> dict[str, Any]:
+    """The index of a weights folder (`encoders.json`)."""
+    path = Path(folder) / INDEX_JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no {INDEX_JSON}; a weights folder is written by `python -m lumbar weights`")
+    return json.loads(path.read_text())
+
+
+def weights_file(pretrained: PretrainedLike, key: str) -> Path:
+    """The local file holding the weights of `key` (a timm name with tag, or a registered architecture).
+
+    `pretrained` is that file itself, or a weights folder whose index names the file.
+
+    Raises:
+        FileNotFoundError: the path does not exist, or the index names a file that is gone.
+        ValueError: the folder holds no weights for `key`.
+    """
+    path = Path(check_setting(pretrained)).expanduser()
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"pretrained: {str(pretrained)!r} is not none, imagenet, a weights file or a "
+                                f"weights folder ({path.absolute()} does not exist)")  # fmt: skip
+    encoders = read_index(path).get("encoders", {})
+    if key not in encoders:
+        held = ", ".join(sorted(encoders)) or "none"
+        raise ValueError(f"{path / INDEX_JSON}: no weights for {key!r} (it holds {held}); "
+                         f"run `python -m lumbar weights` for a config that names it")  # fmt: skip
+    file = path / encoders[key]["file"]
+    if not file.is_file():
+        raise FileNotFoundError(f"{path / INDEX_JSON} names {file.name} for {key!r}, but the file is missing")
+    return file
+
+
+def no_hub_message(name: str, error: BaseException) -> str:
+    """What to do when timm's hub loading fails (no internet and nothing in the cache, or a hub error)."""
+    from huggingface_hub import constants
+
+    return (f"ImageNet weights of timm model {name!r} are not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
+            f"and could not be downloaded ({type(error).__name__}): run `python -m lumbar weights --config CONFIG "
+            f"--out DIR` where there is internet and set pretrained to DIR (on Kaggle: attach DIR as a dataset), "
+            f"or set pretrained to none")  # fmt: skip
+
+
+@contextlib.contextmanager
+def hub_errors(name: str) -> Iterator[None]:
+    """A failed hub download (an OSError: offline and not cached, HTTP errors) -> one line saying what to do."""
+    try:
+        yield
+    except OSError as e:
+        raise OSError(no_hub_message(name, e)) from e
+
+
+def create_timm_model(name: str, pretrained: PretrainedLike = NONE, **kwargs: Any) -> nn.Module:
+    """`timm.create_model(name, **kwargs)` with weights from `pretrained` (module docstring).
+
+    Raises:
+        ValueError: an unknown model, an empty setting, or a folder without this model's weights.
+        OSError: `imagenet` without internet and without the weights in the hub cache (one line: what to do);
+            a missing local file.
+    """
+    import timm
+
+    source = check_setting(pretrained)
+    if source == NONE:
+        return timm.create_model(_timm_model(name), pretrained=False, **kwargs)
+    key = timm_weights_name(name)
+    if source == IMAGENET:
+        with hub_errors(key):
+            return timm.create_model(key, pretrained=True, **kwargs)
+    file = weights_file(source, key)
+    return timm.create_model(key, pretrained=True, pretrained_cfg_overlay={"file": str(file)}, **kwargs)
+
+
+def gray_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[float, float]:
+    """One (mean, std) for single-channel intensities: the pretraining's per-channel values, averaged."""
+    return float(np.mean(mean)), float(np.mean(std))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The weights folder: `python -m lumbar weights`
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """One encoder a pipeline config names.
+
+    Attributes:
+        step: the pipeline step (its output name).
+        role: classifier, localizer or slice scorer.
+        arch: the architecture or backbone as the config names it.
+        weights: the timm name with tag whose weights it takes; None for a network timm has none for.
+    """
+
+    step: str
+    role: str
+    arch: str
+    weights: str | None
+
+
+def _localizer_encoders(params: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
+    from lumbar.localize.config import LocalizerConfig
+
+    config = LocalizerConfig.from_dict({"backbone": params["BACKBONE"], **(params.get("EXTRA") or {})})
+    found = [("localizer", config.backbone)]
+    if config.refine_task_names:
+        found.append(("slice scorer", config.refine_backbone or config.backbone))
+    return [(role, name, name) for role, name in found]
+
+
+def _classifier_encoders(params: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
+    from lumbar.models import registry
+    from lumbar.train.config import make_config
+
+    arch = make_config({"arch": params["ARCH"], **(params.get("EXTRA") or {})}).arch
+    return [("classifier", arch, registry.timm_encoder(arch))]
+
+
+#: Notebooks that train encoders -> (role, architecture, timm model or None) from the step's parameters.
+NOTEBOOK_ENCODERS: dict[str, Callable[[Mapping[str, Any]], list[tuple[str, str, str | None]]]] = {
+    "02_train_localizer": _localizer_encoders,
+    "03_train": _classifier_encoders,
+}
+
+
+def notebook_defaults(path: str | os.PathLike) -> dict[str, Any]:
+    """The literal defaults of a notebook's `parameters` cell (papermill's inspection)."""
+    import papermill as pm
+
+    defaults = {}
+    for name, p in pm.inspect_notebook(str(path)).items():
+        with contextlib.suppress(ValueError, SyntaxError, TypeError):
+            defaults[name] = ast.literal_eval(p["default"])
+    return defaults
+
+
+def config_encoders(config_path: str | os.PathLike) -> list[Encoder]:
+    """Every encoder the training notebooks of a pipeline config build, in the config's order.
+
+    Raises:
+        ValueError: a bad config (`lumbar.pipeline.load_config`), an unknown architecture, or a timm model
+            without pretrained weights.
+    """
+    from lumbar.pipeline import load_config
+
+    config = load_config(config_path)
+    defaults: dict[str, dict[str, Any]] = {}
+    found = []
+    for step in config.steps:
+        encoders_of = NOTEBOOK_ENCODERS.get(step.notebook)
+        if encoders_of is None:
+            continue
+        if step.notebook not in defaults:
+            defaults[step.notebook] = notebook_defaults(config.notebook_dir / f"{step.notebook}.ipynb")
+        for role, arch, timm_name in encoders_of({**defaults[step.notebook], **step.parameters}):
+            found.append(Encoder(step.output, role, arch, timm_weights_name(timm_name) if timm_name else None))
+    return found
+
+
+def weights_source(weights: str) -> str:
+    """Where timm downloads a model's weights from: its Hugging Face hub repository, else its URL."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(weights)
+    return f"hf-hub:{cfg.hf_hub_id}" if cfg.hf_hub_id else str(cfg.url)
+
+
+def fetch_encoder(weights: str) -> nn.Module:
+    """timm's model with its pretrained weights, through timm's hub loading (the download, or the hub cache)."""
+    import timm
+
+    with hub_errors(weights):
+        return timm.create_model(weights, pretrained=True)
+
+
+def write_weights_folder(weights: Sequence[str], out: str | os.PathLike, user: str | None = None,
+                         slug: str = DATASET_SLUG, log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+    """Fetch each encoder not yet in `out` and write the folder (module docstring); returns the index.
+
+    The index is rewritten after every encoder, so an interrupted run keeps what it fetched.
+    """
+    import timm
+    from safetensors.torch import save_file
+
+    from lumbar.kaggle import dataset_metadata, kaggle_user
+
+    out = Path(out)
+    index = read_index(out) if (out / INDEX_JSON).is_file() else {"encoders": {}}
+    for name in dict.fromkeys(weights):
+        entry = index["encoders"].get(name)
+        if entry and (out / entry["file"]).is_file():
+            log(f"weights: {name}: already in {out}")
+            continue
+        model = fetch_encoder(name)
+        file = out / f"{name}.safetensors"
+        with atomic_path(file) as tmp:
+            save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        index["encoders"][name] = {
+            "file": file.name, "bytes": file.stat().st_size, "params": sum(p.numel() for p in model.parameters()),
+            "source": weights_source(name), "license": model.pretrained_cfg.get("license"),
+        }  # fmt: skip
+        index["timm"] = timm.__version__
+        write_json(index, out / INDEX_JSON)
+        log(f"weights: {name}: {file.stat().st_size / 2**20:.1f} MiB -> {file}")
+    write_json(dataset_metadata(kaggle_user(user), slug, "lumbar encoders", license="other"),
+               out / "dataset-metadata.json")  # fmt: skip
+    return index
+
+
+def cli_weights(args: argparse.Namespace) -> int:
+    """`python -m lumbar weights`: list (`--dry-run`) or fetch every pretrained encoder of a config."""
+    encoders = config_encoders(args.config)
+    fetch = list(dict.fromkeys(e.weights for e in encoders if e.weights))
+    out = Path(args.out)
+    held = read_index(out).get("encoders", {}) if (out / INDEX_JSON).is_file() else {}
+    print(f"weights: {args.config} names {len(encoders)} encoders, {len(fetch)} distinct timm weights:")
+    for e in encoders:
+        if e.weights is None:
+            what, where = e.arch, "no timm weights: pretrained none (or a local weights file)"
+        else:
+            what = e.weights
+            where = "in the folder" if e.weights in held else f"{weights_source(e.weights)} -> {e.weights}.safetensors"
+        print(f"  {e.step:<36} {e.role:<12} {what:<40} {where}")
+    if args.dry_run:
+        print(f"weights: dry run: nothing fetched, nothing written to {out}")
+        return 0
+    slug = args.slug or DATASET_SLUG
+    index = write_weights_folder(fetch, out, user=args.user, slug=slug)
+    size = sum(index["encoders"][name]["bytes"] for name in fetch)
+    print(f"weights: {len(fetch)} encoders ({size / 2**20:.0f} MiB) in {out}: set pretrained (the notebooks' "
+          f"PRETRAINED) to {out.absolute()}, or upload it with `kaggle datasets create -p {out}` and attach it "
+          f"(/kaggle/input/{slug})")  # fmt: skip
+    return 0
