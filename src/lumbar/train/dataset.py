@@ -9,9 +9,9 @@ points, "oof" crops around the localizer's out-of-fold points; `check_same_crops
 
 Training draws, per sample, one generator from (seed, epoch, index): the crop jitter window (uniform,
 `preprocess.jitter.random_window`, or one of the localizer's recorded errors, `LocalizerJitter`), the
-left-right mirror where the task allows it, and the seed of the in-plane augmentations. So a sample's augmentation does not depend on the worker that loads it, and a run
-resumed at epoch k sees exactly what an uninterrupted run saw. Evaluation takes the centre window, no
-augmentation.
+left-right mirror where the task allows it, and the seed of the in-plane augmentations. So a sample's
+augmentation does not depend on the worker that loads it, and a run resumed at epoch k sees exactly what an
+uninterrupted run saw. Evaluation takes the centre window, no augmentation.
 """
 
 from __future__ import annotations
@@ -138,8 +138,9 @@ class RoiDataset(Dataset):
         self.caches = dict(cache) if isinstance(cache, Mapping) else {None: cache}
         self.task, self.train = task, train
         self.items = items.reset_index(drop=True)
-        self.sources = (self.items["source"].tolist() if isinstance(cache, Mapping)
-                        else [None] * len(self.items))
+        if isinstance(cache, Mapping) and "source" not in self.items:
+            raise ValueError(f"items need a `source` column to choose among the caches {sorted(self.caches)}")
+        self.sources = self.items["source"].tolist() if isinstance(cache, Mapping) else [None] * len(self.items)
         unknown = set(self.sources) - set(self.caches)
         if unknown:
             raise ValueError(f"items from sources {sorted(unknown)} without a cache (have {sorted(self.caches)})")

@@ -153,7 +153,7 @@ def _train(config: TrainConfig, runtime: Runtime, logger) -> TrainResult:
     out = Path(config.out)
     run_root = out.parent
     all_labels = load_labels(data_root(config.data_dir or None, must_exist=True) / "train.csv")
-    caches = open_caches(config)
+    caches = _open_caches(config)
     jitter = LocalizerJitter.from_file(config.jitter) if config.jitter else None
     valid_source = LOCALIZED if LOCALIZED in caches else GROUND_TRUTH
     conditions = resolve_conditions(config.mode, config.conditions)
@@ -207,16 +207,11 @@ def _train(config: TrainConfig, runtime: Runtime, logger) -> TrainResult:
     return result
 
 
-def open_caches(config: TrainConfig) -> dict[str, RoiCache]:
-    """The configured crop caches by source ("gt", "oof"), checked to hold crops of one geometry.
-
-    Raises:
-        ValueError: no cache at all, or two caches of different shapes or RoiConfigs.
-    """
+def _open_caches(config: TrainConfig) -> dict[str, RoiCache]:
+    """The configured crop caches by source ("gt", "oof"; `config.check` made sure the training source is
+    there), checked to hold crops of one geometry."""
     paths = {GROUND_TRUTH: config.cache, LOCALIZED: config.oof_cache}
     caches = {source: read_cache(path) for source, path in paths.items() if path}
-    if not caches:
-        raise ValueError("config.cache: the ROI cache folder is required (or oof_cache with train_crops=oof)")
     if len(caches) == 2:
         check_same_crops(caches[GROUND_TRUTH], caches[LOCALIZED])
     return caches
