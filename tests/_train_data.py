@@ -3,6 +3,8 @@
 The crops carry their grade: a bright square in the centre whose intensity grows with the grade, on noise,
 so a small network learns something in one or two epochs. Right-side crops also get a bright first slice
 and left-side crops a bright last slice, so a mirror (slice reversal) is visible in tests.
+`make_oof_cache` writes a second cache of the same crops moved off centre, as crops around a localizer's
+points would be.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from torch import nn
 
 from lumbar.constants import CONDITION_SIDE, CONDITIONS, LEVELS, row_id
 from lumbar.data.tables import labels_to_wide, write_csv
+from lumbar.preprocess import RoiConfig
 
 DEPTH, SIZE, PAD_SLICES, PAD_PX = 8, 32, 1, 4
+#: The RoiConfig the tiny caches claim (params.json "config"): 8 x 32 x 32 crops, pads 1 and 4.
+TINY_ROI = RoiConfig(size=SIZE, before=3, after=4, pad_slices=PAD_SLICES, pad_px=PAD_PX)
 
 
 def make_tiny_data(root: Path, n_studies: int = 12, seed: int = 0, conditions=CONDITIONS) -> tuple[Path, Path]:
@@ -57,9 +62,22 @@ def make_tiny_data(root: Path, n_studies: int = 12, seed: int = 0, conditions=CO
     labels = pd.DataFrame(rows, columns=["study_id", "condition", "level", "grade"])
     write_csv(labels_to_wide(labels), data_dir / "train.csv")
     pd.DataFrame(samples).to_parquet(cache_dir / "samples.parquet", index=False)
-    (cache_dir / "params.json").write_text(json.dumps({"mode": "target_window", "size": SIZE, "before": 3,
-                                                       "after": 4, "pad_slices": PAD_SLICES, "pad_px": PAD_PX}))
+    (cache_dir / "params.json").write_text(json.dumps({"config": TINY_ROI.to_dict()}))
     return data_dir, cache_dir
+
+
+def make_oof_cache(cache_dir: Path, out: Path, drop: tuple[str, ...] = (), shift=(1, 2, -2)) -> Path:
+    """A copy of a tiny cache with every crop rolled by `shift` (slices, rows, columns), like crops around a
+    localizer's slightly wrong points, and without the samples `drop` (sample ids: the localizer found none).
+    """
+    samples = pd.read_parquet(cache_dir / "samples.parquet")
+    samples = samples[~samples["sample_id"].isin(drop)].reset_index(drop=True)
+    for file in samples["file"]:
+        (out / file).parent.mkdir(parents=True, exist_ok=True)
+        np.save(out / file, np.roll(np.load(cache_dir / file), shift, axis=(0, 1, 2)))
+    samples.to_parquet(out / "samples.parquet", index=False)
+    (out / "params.json").write_text((cache_dir / "params.json").read_text())
+    return out
 
 
 class TinyNet(nn.Module):

@@ -1,8 +1,18 @@
+import json
+from collections import Counter
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from lumbar.preprocess.config import RoiConfig
-from lumbar.preprocess.jitter import center_window, random_window, window_at
+from lumbar.preprocess.jitter import (
+    LocalizerJitter,
+    center_window,
+    random_window,
+    window_at,
+    write_localizer_errors,
+)
 from lumbar.preprocess.windows import label_position, point_in_output
 
 
@@ -56,3 +66,69 @@ def test_shifts_beyond_the_pads_are_errors():
         window_at(arr, 1, 4, (2, 0, 0))
     with pytest.raises(ValueError, match="do not fit"):
         center_window(arr, 4, 4)
+
+
+# The localizer's measured errors as window shifts: 2 px/mm across and 1 px/mm down for the spinal canal
+# (32 px over 16 mm and over 32 mm), 1 px/mm both ways for the left foramen; pads 1 slice and 4 px.
+ERRORS_ROI = RoiConfig(size=32, before=1, after=1, pad_slices=1, pad_px=4, spinal_mm=(8.0, 8.0, 16.0, 16.0),
+                       foraminal_mm=(16.0, 16.0, 16.0, 16.0))
+ERRORS = pd.DataFrame([  # condition, slice_error, dx_mm, dy_mm -> expected shift (slices, rows, columns)
+    ("spinal_canal_stenosis", 0, 0.0, 0.0),  # (0, 0, 0)
+    ("spinal_canal_stenosis", 1, 1.2, -2.6),  # (1, -3, 2): dx 2.4 -> 2, dy -2.6 -> -3
+    ("spinal_canal_stenosis", -3, -4.0, 9.0),  # (-1, 4, -4): every part clipped at the pads
+    ("spinal_canal_stenosis", 0, 0.0, 0.0),  # a repeated error is twice as likely
+    ("Left Neural Foraminal Narrowing", 2, 3.4, 0.6),  # (1, 1, 3)
+    ("Left Neural Foraminal Narrowing", -1, -0.4, -1.5),  # (-1, -2, 0): -1.5 rounds to even
+], columns=["condition", "slice_error", "dx_mm", "dy_mm"])
+EXPECTED = {
+    "spinal_canal_stenosis": {(0, 0, 0): 0.5, (1, -3, 2): 0.25, (-1, 4, -4): 0.25},
+    "left_neural_foraminal_narrowing": {(1, 1, 3): 0.5, (-1, -2, 0): 0.5},
+}
+
+
+def test_localizer_jitter_reproduces_the_error_histogram_per_condition(tmp_path):
+    path = write_localizer_errors(ERRORS, tmp_path / "errors.json")
+    document = json.loads(path.read_text())
+    assert document["kind"] == "lumbar-localizer-errors" and document["version"] == 1
+    assert document["conditions"]["spinal_canal_stenosis"]["slice"] == [0, 1, -3, 0]
+    jitter = LocalizerJitter.from_file(path)
+    assert "right_neural_foraminal_narrowing" not in jitter  # absent: the dataset keeps the uniform jitter
+    rng = np.random.default_rng(0)
+    for condition, expected in EXPECTED.items():
+        draws = Counter(jitter.draw(condition, rng, ERRORS_ROI) for _ in range(4000))
+        assert set(draws) == set(expected)
+        for shift, p in expected.items():
+            assert abs(draws[shift] / 4000 - p) < 0.03, (condition, shift, draws)
+        arr = np.arange(5 * 40 * 40, dtype=np.float32).reshape(5, 40, 40)
+        for shift in draws:  # every draw is a valid window of the stored array
+            assert window_at(arr, 1, 4, shift).shape == (3, 32, 32)
+
+
+def test_localizer_jitter_in_thesis_px_and_full_series_caches():
+    jitter = LocalizerJitter({"spinal_canal_stenosis": {"slice": [1], "dx_mm": [100.0], "dy_mm": [-100.0]}})
+    thesis = RoiConfig(size=32, before=1, after=1, pad_slices=1, pad_px=4, margin_mode="thesis_px")
+    rng = np.random.default_rng(1)
+    draws = [jitter.draw("spinal_canal_stenosis", rng, thesis, uniform_px=2) for _ in range(500)]
+    assert {d[0] for d in draws} == {1}  # the slice follows the errors
+    assert {d[1] for d in draws} == {d[2] for d in draws} == {-2, -1, 0, 1, 2}  # in-plane stays uniform
+    full = RoiConfig(mode="full_series", depth=5, size=32, pad_slices=1, pad_px=4)
+    assert jitter.draw("spinal_canal_stenosis", rng, full) == (0, -4, 4)  # the whole stack: no slice shift
+
+
+def test_localizer_errors_files_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="missing column"):
+        write_localizer_errors(ERRORS.drop(columns="dx_mm"), tmp_path / "a.json")
+    with pytest.raises(ValueError, match="whole slices"):
+        write_localizer_errors(ERRORS.assign(slice_error=0.5), tmp_path / "a.json")
+    with pytest.raises(ValueError, match="missing values"):
+        write_localizer_errors(ERRORS.assign(dy_mm=np.nan), tmp_path / "a.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"kind": "lumbar-localizer-errors", "version": 1,
+                               "conditions": {"spinal_canal_stenosis": {"slice": [0, 1], "dx_mm": [0.0]}}}))
+    with pytest.raises(ValueError, match=f"{bad}: condition 'spinal_canal_stenosis' needs lists"):
+        LocalizerJitter.from_file(bad)
+    bad.write_text(json.dumps({"kind": "something else"}))
+    with pytest.raises(ValueError, match="not a localizer errors file"):
+        LocalizerJitter.from_file(bad)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        LocalizerJitter.from_file(tmp_path / "missing.json")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
-from _train_data import DEPTH, SIZE, make_tiny_data
+from _train_data import DEPTH, SIZE, make_oof_cache, make_tiny_data
 
 from lumbar.constants import LEVELS
 from lumbar.data.tables import load_labels
+from lumbar.preprocess import LocalizerJitter, center_window
+from lumbar.preprocess.jitter import window_at
 from lumbar.train.augment import StackAugment, list_augmentations, resolve_augmentations
 from lumbar.train.dataset import RoiDataset, read_cache
 from lumbar.train.tasks import build_tasks
@@ -116,3 +119,27 @@ def test_unknown_augmentation_is_an_error():
     with pytest.raises(ValueError, match="registered"):
         resolve_augmentations("affine,flipp")
     assert resolve_augmentations("default", ["left_subarticular_stenosis"])[0] == "affine_wide"
+
+
+def test_localizer_jitter_shifts_ground_truth_crops_and_leaves_oof_crops(tiny, tmp_path):
+    cache, labels = tiny
+    oof = read_cache(make_oof_cache(cache.root, tmp_path / "oof"))
+    task = _task("single_multiclass", ["scs"])
+    items = pd.concat([task.items(cache.samples, labels).assign(source="gt"),
+                       task.items(oof.samples, labels).assign(source="oof")], ignore_index=True)
+    # the tiny crops span 64 x 48 mm in 32 px: 2 mm across -> 1 px, -1 mm down -> -0.67 -> -1 px
+    jitter = LocalizerJitter({"scs": {"slice": [1], "dx_mm": [2.0], "dy_mm": [-1.0]}})
+    ds = RoiDataset({"gt": cache, "oof": oof}, task, items, train=True, mirror_p=0.0, max_shift_px=0, jitter=jitter)
+    gt_i, oof_i = 0, len(items) // 2
+    stored = {s: np.load(c.root / items.iloc[i]["files"][0]) for s, c, i in (("gt", cache, gt_i), ("oof", oof, oof_i))}
+    np.testing.assert_array_equal(ds[gt_i]["image"][0].numpy(), window_at(stored["gt"], 1, 4, (1, -1, 1)))
+    np.testing.assert_array_equal(ds[oof_i]["image"][0].numpy(), center_window(stored["oof"], 1, 4))
+    other = LocalizerJitter({"lnfn": {"slice": [1], "dx_mm": [2.0], "dy_mm": [-1.0]}})  # none for scs: uniform
+    uniform = RoiDataset({"gt": cache, "oof": oof}, task, items, train=True, mirror_p=0.0, jitter=other)
+    seen = set()
+    for epoch in range(6):
+        uniform.set_epoch(epoch)
+        seen.add(uniform[gt_i]["image"].numpy().tobytes())
+    assert len(seen) > 1
+    with pytest.raises(ValueError, match=r"sources \['oof'\] without a cache"):
+        RoiDataset({"gt": cache}, task, items)

@@ -65,11 +65,13 @@ def test_competition_oof_in_submission_format(tiny, tmp_path):
     run = tmp_path / "exp" / "tiny"
     history = pd.read_csv(run / "spinal" / "fold0" / "history.csv")
     assert list(history["epoch"]) == [1, 2] and (run / "spinal" / "fold0" / "curves.png").stat().st_size > 0
-    best = load_checkpoint(run / "spinal" / "fold0" / "best.pt")  # weights_only=True
-    assert all(isinstance(v, torch.Tensor) for v in best.values())
+    final = load_checkpoint(run / "spinal" / "fold0" / "final.pt")  # weights_only=True; select=last by default
+    assert all(isinstance(v, torch.Tensor) for v in final.values())
+    assert not (run / "spinal" / "fold0" / "best.pt").exists()
     manifest = json.loads((tmp_path / "exp" / "manifest.json").read_text())
     entry = manifest["classifiers"]["tiny"]
-    assert entry["checkpoints"] == {"spinal": {"0": "tiny/spinal/fold0/best.pt"}}
+    assert entry["checkpoints"] == {"spinal": {"0": "tiny/spinal/fold0/final.pt"}}
+    assert "oof_gt" not in entry and result.oof_gt_path is None  # one cache: no ground-truth comparison
     assert entry["oof_score"] == pytest.approx(result.oof_score["score"], nan_ok=True)
     assert json.loads((run / "config.json").read_text())["ema_decay"] == 0.9
 
@@ -94,6 +96,8 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tiny, tmp_path):
     assert final_b["epoch"] == 2 and len(final_b["history"]) == 2
     for key, value in final_a["model"].items():
         assert torch.equal(value, final_b["model"][key]), key
+    weights_a, weights_b = (load_checkpoint(r / "spinal" / "fold0" / "final.pt") for r in (whole.run_dir, last.parents[2]))
+    assert all(torch.equal(v, weights_b[k]) for k, v in weights_a.items())  # what predict loads (select=last)
     pd.testing.assert_frame_equal(pd.read_csv(whole.oof_path), pd.read_csv(resumed.oof_path), check_exact=True)
 
 
@@ -114,8 +118,10 @@ def test_thesis_modes_write_reports_and_confusion_matrices(tiny, tmp_path, mode)
         assert (reports / "confusion_all.png").is_file()
 
 
-def test_predict_cache_reproduces_the_held_out_predictions(tiny, tmp_path):
-    result = train(_config(tiny, tmp_path / "exp" / "run", epochs=1))
+@pytest.mark.parametrize("select, checkpoint", [("last", "final.pt"), ("best", "best.pt")])
+def test_predict_cache_reproduces_the_held_out_predictions(tiny, tmp_path, select, checkpoint):
+    result = train(_config(tiny, tmp_path / "exp" / "run", epochs=2, select=select))
+    assert result.summary["units"]["spinal"]["checkpoints"] == {"0": f"spinal/fold0/{checkpoint}"}
     sub = predict_cache(result.run_dir, tiny[1], device="cpu")
     assert len(sub) == 25 * 8 and np.allclose(sub[list(GRADES)].sum(axis=1), 1.0)
     assert sub.attrs["fallback_rows"] == 20 * 8

@@ -1,6 +1,8 @@
 """Checkpoints as plain state dicts, loadable with `torch.load(..., weights_only=True)`.
 
-`best.pt` holds only the model's state dict (the EMA weights when EMA is on): what inference loads.
+`final.pt` (select="last", the default) and `best.pt` (select="best") hold only the model's state dict (the
+EMA weights when EMA is on): the weights after the last epoch, or of the epoch with the best validation score.
+`result.json` names the one inference loads.
 `last.pt` holds everything a killed run needs to continue exactly: model, optimizer, scheduler, grad scaler,
 EMA, the epoch just finished, early-stopping state, the epoch history and torch's RNG state (the only global
 random state the loop consumes: dropout; sampling and augmentation derive from (seed, epoch, sample)).
@@ -17,6 +19,7 @@ import torch
 from lumbar.atomic import atomic_path
 
 BEST = "best.pt"
+FINAL = "final.pt"
 LAST = "last.pt"
 
 

@@ -20,6 +20,10 @@ import yaml
 from lumbar.atomic import write_json
 from lumbar.overrides import cast_overrides
 
+#: Values of `TrainConfig.train_crops` and `TrainConfig.select`.
+TRAIN_CROPS: tuple[str, ...] = ("gt", "oof", "both")
+SELECT: tuple[str, ...] = ("last", "best")
+
 
 @dataclass
 class TrainConfig:
@@ -27,7 +31,15 @@ class TrainConfig:
 
     Attributes:
         data_dir: competition data folder (holds `train.csv`); None resolves through `lumbar.paths`.
-        cache: the ROI tensor cache folder (`samples.parquet`, `params.json`, the .npy crops).
+        cache: the ROI tensor cache folder (`samples.parquet`, `params.json`, the .npy crops) built around the
+            ground-truth label points; may be empty when only `oof_cache` crops are used.
+        oof_cache: a cache of the same `RoiConfig` built around the localizer's out-of-fold points (each train
+            study localised by the localizer of the fold that did not see it). When given, validation (the
+            per-epoch metric, `oof.csv`, `oof_score`) runs on it, as test predictions are made; with `cache`
+            too, `oof_gt.csv` and `oof_score_gt` give the same fold models on the ground-truth crops (what
+            localisation costs, out of fold).
+        train_crops: where the training items come from: "gt" (`cache`), "oof" (`oof_cache`) or "both" (each
+            item twice, once per source; an item without an oof crop once).
         out: the run folder (checkpoints, logs, OOF predictions, reports, manifest).
         arch: registered model name (`lumbar.models.list_models()`, or `family:variant`).
         mode: task mode (`lumbar.train.tasks.TASK_MODES`).
@@ -45,13 +57,23 @@ class TrainConfig:
         balanced_sampling: draw training samples with probability inverse to their grade's frequency.
         augment: "default" (the task's preset), "none", or comma-separated registered augmentation names.
         mirror_p: probability of a left-right mirror with label swap, where the task allows it.
-        max_shift_slices, max_shift_px: crop jitter in training (`preprocess.jitter.random_window`); capped by
-            the context the cache stores.
+        max_shift_slices, max_shift_px: uniform crop jitter in training (`preprocess.jitter.random_window`);
+            capped by the context the cache stores.
+        jitter: "" = the uniform jitter above for every training crop; else a localizer errors file
+            (`preprocess.jitter.write_localizer_errors`): ground-truth crops are shifted by one recorded
+            out-of-fold error of their condition (slice and in-plane together, clipped to the stored pads;
+            `LocalizerJitter`), oof crops are not shifted (they carry the localizer's real error); a condition
+            absent from the file keeps the uniform jitter, and so does the in-plane part with
+            `margin_mode="thesis_px"` caches.
         ema_decay: exponential moving average of the weights (0 = off); evaluation and checkpoints use it.
         amp: mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler); ignored on CPU.
         channels_last: channels-last memory format on CUDA.
         grad_clip: max gradient norm (0 = off).
-        patience: epochs without improvement of the validation metric before stopping (0 = never stop).
+        select: which weights make the OOF predictions and the inference checkpoint: "last" (after the last
+            epoch, the EMA weights when EMA is on: `final.pt`) or "best" (the epoch with the best validation
+            score: `best.pt`; chosen on the fold it is then scored on, so its OOF score is optimistic).
+        patience: epochs without improvement of the validation metric before stopping (0 = never stop); it
+            chooses the stopping epoch on the scored fold too, so only with select="best".
         seed: seeds weights, sampling order and augmentation (deterministic on CPU).
         workers: DataLoader worker processes.
         threads: torch CPU threads of this process (0 = torch's default); 1 is much faster than 2 on a machine
@@ -72,6 +94,8 @@ class TrainConfig:
 
     data_dir: str = ""
     cache: str = ""
+    oof_cache: str = ""
+    train_crops: str = "gt"
     out: str = "runs/train"
     arch: str = "cnn3d"
     mode: str = "competition"
@@ -92,10 +116,12 @@ class TrainConfig:
     mirror_p: float = 0.5
     max_shift_slices: int = 1
     max_shift_px: int = 8
+    jitter: str = ""
     ema_decay: float = 0.0
     amp: bool = True
     channels_last: bool = True
     grad_clip: float = 1.0
+    select: str = "last"
     patience: int = 0
     seed: int = 42
     workers: int = 0
@@ -110,6 +136,28 @@ class TrainConfig:
     resume: bool = True
     progress: bool = True
     record_samples: bool = False
+
+    def check(self) -> None:
+        """The combinations a run needs (a layered override may pass through others, so `train` checks here).
+
+        Raises:
+            ValueError: an unknown `train_crops` or `select`, a crop source without its cache, a jitter file
+                without ground-truth training crops, or patience with select="last".
+        """
+        if self.train_crops not in TRAIN_CROPS:
+            raise ValueError(f"train_crops={self.train_crops!r}: expected one of {list(TRAIN_CROPS)}")
+        if self.select not in SELECT:
+            raise ValueError(f"select={self.select!r}: expected one of {list(SELECT)}")
+        if self.train_crops in ("gt", "both") and not self.cache:
+            raise ValueError(f"train_crops={self.train_crops!r} needs `cache` (the ground-truth crops)")
+        if self.train_crops in ("oof", "both") and not self.oof_cache:
+            raise ValueError(f"train_crops={self.train_crops!r} needs `oof_cache` (the localizer's out-of-fold crops)")
+        if self.jitter and self.train_crops == "oof":
+            raise ValueError("jitter shifts the ground-truth training crops, and train_crops='oof' has none; "
+                             "set jitter='' or train on gt or both")
+        if self.patience > 0 and self.select != "best":
+            raise ValueError(f"patience={self.patience} chooses the stopping epoch on the fold that is then scored "
+                             "out of fold; use it with select=best, or set patience=0")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""

@@ -4,15 +4,19 @@ A sample is the dict `image` (C, D, H, W) float32 in [0, 1], `meta` (level one-h
 `target` (T,) int64 class targets (-1 = no label), `grade` (T,) int64 true grades (-1 = none; the loss
 weights by grade), `index` (position in the items table, to map predictions back).
 
-Training draws, per sample, one generator from (seed, epoch, index): the crop jitter window
-(`preprocess.jitter.random_window`), the left-right mirror where the task allows it, and the seed of the
-in-plane augmentations. So a sample's augmentation does not depend on the worker that loads it, and a run
-resumed at epoch k sees exactly what an uninterrupted run saw. Evaluation takes the centre window, no
-augmentation.
+Items may come from several caches of one crop geometry (a `source` column: "gt" crops around the label
+points, "oof" crops around the localizer's out-of-fold points; `check_same_crops`).
+
+Training draws, per sample, one generator from (seed, epoch, index): the crop jitter window (uniform,
+`preprocess.jitter.random_window`, or one of the localizer's recorded errors, `LocalizerJitter`), the
+left-right mirror where the task allows it, and the seed of the in-plane augmentations. So a sample's
+augmentation does not depend on the worker that loads it, and a run resumed at epoch k sees exactly what an
+uninterrupted run saw. Evaluation takes the centre window, no augmentation.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +27,16 @@ import torch
 from torch.utils.data import Dataset
 
 from lumbar.constants import CONDITION_SIDE, LEVELS
-from lumbar.preprocess import center_window, load_cache, random_window
+from lumbar.preprocess import LocalizerJitter, RoiConfig, center_window, load_cache, random_window
+from lumbar.preprocess.jitter import window_at
 from lumbar.train.augment import StackAugment
 from lumbar.train.tasks import MIRROR_AXIS, MIRROR_CONDITION, Task
 
 CACHE_COLUMNS = ["sample_id", "study_id", "condition", "level", "file", "depth", "height", "width",
                  "pad_slices", "pad_px"]
 _SHAPE_COLUMNS = ["depth", "height", "width", "pad_slices", "pad_px"]
+#: The crop source whose crops sit around the localizer's (out-of-fold) points: never shifted by `jitter`.
+LOCALIZED = "oof"
 
 
 @dataclass
@@ -78,31 +85,74 @@ def read_cache(cache_dir: str | Path) -> RoiCache:
     return RoiCache(root, samples, params, **shape)
 
 
+def check_same_crops(a: RoiCache, b: RoiCache) -> None:
+    """Two caches whose crops can stand in for each other: one tensor shape, pads and `RoiConfig`.
+
+    Raises:
+        ValueError: naming both folders and what differs.
+    """
+    shape_a, shape_b = ({k: getattr(c, k) for k in _SHAPE_COLUMNS} for c in (a, b))
+    if shape_a != shape_b:
+        raise ValueError(f"{a.root} and {b.root}: crops of different shapes ({shape_a} vs {shape_b}); "
+                         "build both caches with one RoiConfig")
+    config_a, config_b = a.params.get("config"), b.params.get("config")
+    if config_a != config_b:
+        differ = sorted(k for k in {**(config_a or {}), **(config_b or {})}
+                        if (config_a or {}).get(k) != (config_b or {}).get(k))
+        raise ValueError(f"{a.root} and {b.root}: params.json configs differ ({', '.join(differ)}); "
+                         "build both caches with one RoiConfig")
+
+
+def roi_config(cache: RoiCache) -> RoiConfig:
+    """The `RoiConfig` a cache was built with (params.json "config").
+
+    Raises:
+        ValueError: params.json has no config (the crop geometry is unknown).
+    """
+    config = cache.params.get("config")
+    if not config:
+        raise ValueError(f"{cache.root / 'params.json'}: no 'config' (RoiConfig); the crop geometry is unknown")
+    return RoiConfig.from_overrides(config)
+
+
 class RoiDataset(Dataset):
-    """Items of one task unit read from an ROI cache.
+    """Items of one task unit read from an ROI cache, or from several caches of one crop geometry.
 
     Args:
-        cache: the opened cache.
+        cache: the opened cache; or source name -> cache, each item's `source` column naming its cache.
         task: the task unit (layout, mirror rules, meta).
-        items: its items table (`Task.items`), possibly one fold's subset.
-        train: random window, mirror and augmentation (else the centre window as stored).
+        items: its items table (`Task.items`), possibly one fold's subset (plus `source` with several caches).
+        train: shifted window, mirror and augmentation (else the centre window as stored).
         augment: in-plane augmentation (train only); None for none.
         mirror_p: probability of a random left-right mirror when `task.can_mirror`.
-        max_shift_slices, max_shift_px: jitter bounds, capped by the cache's stored context.
+        max_shift_slices, max_shift_px: uniform jitter bounds, capped by the cache's stored context.
         seed: base seed of the per-sample generators.
+        jitter: the localizer's recorded errors: crops of the source `LOCALIZED` are not shifted, the others by
+            one error of their condition (uniform where the file has no errors for it); None: all uniform.
     """
 
-    def __init__(self, cache: RoiCache, task: Task, items: pd.DataFrame, train: bool = False,
-                 augment: StackAugment | None = None, mirror_p: float = 0.5, max_shift_slices: int = 1,
-                 max_shift_px: int = 8, seed: int = 0) -> None:
-        self.cache, self.task, self.train = cache, task, train
+    def __init__(self, cache: RoiCache | Mapping[str, RoiCache], task: Task, items: pd.DataFrame,
+                 train: bool = False, augment: StackAugment | None = None, mirror_p: float = 0.5,
+                 max_shift_slices: int = 1, max_shift_px: int = 8, seed: int = 0,
+                 jitter: LocalizerJitter | None = None) -> None:
+        self.caches = dict(cache) if isinstance(cache, Mapping) else {None: cache}
+        self.task, self.train = task, train
         self.items = items.reset_index(drop=True)
+        if isinstance(cache, Mapping) and "source" not in self.items:
+            raise ValueError(f"items need a `source` column to choose among the caches {sorted(self.caches)}")
+        self.sources = self.items["source"].tolist() if isinstance(cache, Mapping) else [None] * len(self.items)
+        unknown = set(self.sources) - set(self.caches)
+        if unknown:
+            raise ValueError(f"items from sources {sorted(unknown)} without a cache (have {sorted(self.caches)})")
+        self.cache = next(iter(self.caches.values()))  # the shape and pads of all of them
         self.augment = augment if train else None
         self.mirror_p = mirror_p if (train and task.can_mirror) else 0.0
-        self.max_shift_slices = max(0, min(max_shift_slices, cache.pad_slices))
-        self.max_shift_px = max(0, min(max_shift_px, cache.pad_px))
+        self.max_shift_slices = max(0, min(max_shift_slices, self.cache.pad_slices))
+        self.max_shift_px = max(0, min(max_shift_px, self.cache.pad_px))
         self.seed = seed
         self.epoch = 0
+        self.jitter = jitter if train else None
+        self.roi = roi_config(self.cache) if self.jitter is not None else None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's random draws (call before each training epoch)."""
@@ -114,8 +164,9 @@ class RoiDataset(Dataset):
     def sample_ids(self, indices) -> list[str]:
         return self.items["item_id"].iloc[list(indices)].tolist()
 
-    def _load(self, file: str | None, rng: np.random.Generator | None) -> np.ndarray:
-        c = self.cache
+    def _load(self, file: str | None, source: str | None, condition: str,
+              rng: np.random.Generator | None) -> np.ndarray:
+        c = self.caches[source]
         if file is None:
             return np.zeros((c.depth, c.height, c.width), dtype=np.float32)
         path = c.root / file
@@ -123,8 +174,11 @@ class RoiDataset(Dataset):
             arr = np.load(path)
         except (OSError, ValueError) as e:
             raise OSError(f"{path}: cannot read cached sample ({e})") from e
-        if rng is None:
+        if rng is None or (self.jitter is not None and source == LOCALIZED):
             window = center_window(arr, c.pad_slices, c.pad_px)
+        elif self.jitter is not None and condition in self.jitter:
+            window = window_at(arr, c.pad_slices, c.pad_px,
+                               self.jitter.draw(condition, rng, self.roi, uniform_px=self.max_shift_px))
         else:
             window = random_window(arr, c.pad_slices, c.pad_px, rng, self.max_shift_slices, self.max_shift_px)
         return window.astype(np.float32)
@@ -135,7 +189,7 @@ class RoiDataset(Dataset):
         conditions = list(item["conditions"])
         grades = list(item["grades"])
         side = int(item["side"])
-        arrays = [self._load(f, rng) for f in item["files"]]
+        arrays = [self._load(f, self.sources[index], c, rng) for f, c in zip(item["files"], conditions)]
         if item["mirror"]:  # canonical orientation: right-side crops shown as left ones
             arrays = [np.flip(a, MIRROR_AXIS[c]) for a, c in zip(arrays, conditions)]
         if self.mirror_p and rng.random() < self.mirror_p:

@@ -4,17 +4,23 @@ For each unit of the task mode (`lumbar.train.tasks`) and each requested fold: b
 train it with AdamW and a per-step cosine schedule after a linear warm-up, the weighted loss
 (`lumbar.train.losses`), gradient clipping, optional EMA, AMP and channels-last on CUDA; validate every epoch
 on the held-out fold (the competition metric in competition mode, balanced accuracy in thesis modes); keep
-`best.pt` and `last.pt`; stop early after `patience` epochs without improvement; then predict the held-out
-fold with the best weights. A run killed at any point resumes from `last.pt` (finished folds are not
-retrained). Under `torchrun` the model is wrapped in DistributedDataParallel and the data sharded; only rank
-0 writes files and logs.
+`last.pt`; then predict the held-out fold with the selected weights: those after the last epoch (`final.pt`,
+select="last") or of the best validation epoch (`best.pt`, select="best", optionally stopping early after
+`patience` epochs without improvement). A run killed at any point resumes from `last.pt` (finished folds are
+not retrained). Under `torchrun` the model is wrapped in DistributedDataParallel and the data sharded; only
+rank 0 writes files and logs.
+
+Crop sources ("train as you infer"): training items come from the ground-truth crops (`cache`), the
+localizer's out-of-fold crops (`oof_cache`) or both (`train_crops`); validation and the OOF predictions use
+the oof crops whenever they are given, so the OOF score is measured on crops made as test crops are.
 
 Run folder (`config.out`):
     config.json                       the resolved config
-    <unit>/fold<k>/best.pt, last.pt   checkpoints (state dicts)
+    <unit>/fold<k>/final.pt or best.pt, last.pt   checkpoints (state dicts)
     <unit>/fold<k>/history.csv, curves.png
     predictions.csv                   every held-out prediction: study_id, condition, level, grade, fold, probs
     oof.csv                           the same in the submission format (competition mode: 25 rows per study)
+    oof_gt.csv                        with both caches: the same models on the held-out ground-truth crops
     reports/                          thesis modes: `lumbar.evaluate.reports` tables and confusion matrices
     result.json                       units, checkpoints, model arguments, scores, timings
 and an entry under `classifiers` in the experiment's manifest (`<out>/../manifest.json`).
@@ -43,10 +49,19 @@ from lumbar.constants import GRADES
 from lumbar.data.tables import load_labels, write_csv
 from lumbar.manifest import update_manifest
 from lumbar.paths import data_root
+from lumbar.preprocess import LocalizerJitter
 from lumbar.train.augment import StackAugment, resolve_augmentations
-from lumbar.train.checkpoint import BEST, LAST, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from lumbar.train.checkpoint import (
+    BEST,
+    FINAL,
+    LAST,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from lumbar.train.config import TrainConfig, make_config
-from lumbar.train.dataset import RoiCache, RoiDataset, read_cache
+from lumbar.train.dataset import LOCALIZED, RoiCache, RoiDataset, check_same_crops, read_cache
 from lumbar.train.folds import load_or_make_folds, read_folds
 from lumbar.train.history import plot_history, write_history
 from lumbar.train.loggers import NullLogger
@@ -67,6 +82,13 @@ from lumbar.train.tasks import Task, build_tasks, resolve_conditions, validation
 
 PREDICTIONS_CSV = "predictions.csv"
 OOF_CSV = "oof.csv"
+OOF_GT_CSV = "oof_gt.csv"
+GROUND_TRUTH = "gt"
+#: The crop sources of each `train_crops` value.
+TRAIN_SOURCES: dict[str, tuple[str, ...]] = {"gt": (GROUND_TRUTH,), "oof": (LOCALIZED,),
+                                             "both": (GROUND_TRUTH, LOCALIZED)}
+#: The checkpoint each `select` value predicts with and records for inference.
+SELECTED_CHECKPOINT: dict[str, str] = {"last": FINAL, "best": BEST}
 
 
 @dataclass
@@ -80,6 +102,9 @@ class TrainResult:
         oof_score: the competition metric's terms on the OOF rows (competition mode), else None.
         reports: thesis modes: report kind -> path.
         summary: the content of `result.json`.
+        oof_gt_path: `oof_gt.csv` (the same models on the held-out ground-truth crops) when both caches were
+            given, else None.
+        oof_score_gt: its competition metric terms (competition mode), else None.
     """
 
     run_dir: Path
@@ -88,14 +113,18 @@ class TrainResult:
     oof_score: dict[str, float] | None
     reports: dict[str, Path] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+    oof_gt_path: Path | None = None
+    oof_score_gt: dict[str, float] | None = None
 
 
 @dataclass
 class FoldData:
-    """The items of one unit and fold."""
+    """The items of one unit and fold: training items (column `source`), the held-out items validation
+    predicts, and the held-out ground-truth items when validation runs on oof crops (else None)."""
 
     train: pd.DataFrame
     valid: pd.DataFrame
+    valid_gt: pd.DataFrame | None = None
 
 
 def train(config: TrainConfig | Mapping[str, Any], logger=None) -> TrainResult:
@@ -120,12 +149,13 @@ def train(config: TrainConfig | Mapping[str, Any], logger=None) -> TrainResult:
 
 def _train(config: TrainConfig, runtime: Runtime, logger) -> TrainResult:
     started = time.perf_counter()
-    if not config.cache:
-        raise ValueError("config.cache: the ROI cache folder is required")
+    config.check()
     out = Path(config.out)
     run_root = out.parent
     all_labels = load_labels(data_root(config.data_dir or None, must_exist=True) / "train.csv")
-    cache = read_cache(config.cache)
+    caches = _open_caches(config)
+    jitter = LocalizerJitter.from_file(config.jitter) if config.jitter else None
+    valid_source = LOCALIZED if LOCALIZED in caches else GROUND_TRUTH
     conditions = resolve_conditions(config.mode, config.conditions)
     labels = all_labels[all_labels["condition"].isin(conditions)].reset_index(drop=True)
     folds_path = Path(config.folds_csv) if config.folds_csv else run_root / "folds.csv"
@@ -141,65 +171,94 @@ def _train(config: TrainConfig, runtime: Runtime, logger) -> TrainResult:
 
     fold_of = folds.set_index("study_id")["fold"]
     tasks = build_tasks(config.mode, conditions, config.mirror_right)
-    tables, units, timings = [], {}, {}
+    tables, tables_gt, units, timings = [], [], {}, {}
     for task in tasks:
-        items = task.items(cache.samples, labels)
-        items = items[[max(g) >= 0 for g in items["grades"]]]
-        item_fold = items["study_id"].map(fold_of)
+        items = {}
+        for source, cache in caches.items():
+            table = task.items(cache.samples, labels)
+            table = table[[max(g) >= 0 for g in table["grades"]]].assign(source=source)
+            items[source] = table.assign(fold=table["study_id"].map(fold_of))
+        pool = pd.concat([items[s] for s in TRAIN_SOURCES[config.train_crops]], ignore_index=True)
         checkpoints = {}
         for fold in fold_ids:
-            data = FoldData(items[item_fold.notna() & (item_fold != fold)], items[item_fold == fold])
+            data = FoldData(pool[pool["fold"].notna() & (pool["fold"] != fold)],
+                            items[valid_source][items[valid_source]["fold"] == fold])
+            if len(caches) == 2:
+                data.valid_gt = items[GROUND_TRUTH][items[GROUND_TRUTH]["fold"] == fold]
             if data.train.empty or data.valid.empty:
-                raise ValueError(f"unit {task.name} fold {fold}: {len(data.train)} training and "
-                                 f"{len(data.valid)} validation samples in cache {config.cache}")
+                raise ValueError(f"unit {task.name} fold {fold}: {len(data.train)} training samples "
+                                 f"({config.train_crops} crops) and {len(data.valid)} validation samples "
+                                 f"(in {caches[valid_source].root})")
             fold_dir = out / task.name / f"fold{fold}"
-            table, timing = fit_fold(config, runtime, cache, task, fold, data, fold_dir, logger)
+            table, table_gt, timing = fit_fold(config, runtime, caches, jitter, task, fold, data, fold_dir, logger)
             tables.append(table.assign(fold=fold))
-            checkpoints[str(fold)] = str((fold_dir / BEST).relative_to(out))
+            if table_gt is not None:
+                tables_gt.append(table_gt.assign(fold=fold))
+            checkpoints[str(fold)] = str((fold_dir / SELECTED_CHECKPOINT[config.select]).relative_to(out))
             timings[f"{task.name}/fold{fold}"] = timing
         units[task.name] = {"conditions": list(task.conditions), "checkpoints": checkpoints,
                             "layout": task.layout, "num_classes": task.num_classes}
     predictions = pd.concat(tables, ignore_index=True)
-    result = _finish(config, runtime, out, run_root, cache, labels, folds, fold_ids, predictions, units,
-                     timings, time.perf_counter() - started)
+    predictions_gt = pd.concat(tables_gt, ignore_index=True) if tables_gt else None
+    result = _finish(config, runtime, out, run_root, caches, labels, folds, fold_ids, predictions,
+                     predictions_gt, units, timings, time.perf_counter() - started)
     if runtime.is_main:
         logger.log_result(result.summary)
     return result
 
 
-def _finish(config, runtime, out, run_root, cache, labels, folds, fold_ids, predictions, units, timings,
-            seconds) -> TrainResult:
-    """Write predictions, OOF, scores or reports, result.json and the manifest entry (rank 0)."""
+def _open_caches(config: TrainConfig) -> dict[str, RoiCache]:
+    """The configured crop caches by source ("gt", "oof"; `config.check` made sure the training source is
+    there), checked to hold crops of one geometry."""
+    paths = {GROUND_TRUTH: config.cache, LOCALIZED: config.oof_cache}
+    caches = {source: read_cache(path) for source, path in paths.items() if path}
+    if len(caches) == 2:
+        check_same_crops(caches[GROUND_TRUTH], caches[LOCALIZED])
+    return caches
+
+
+def _oof_table(config: TrainConfig, predictions: pd.DataFrame, labels: pd.DataFrame, folds: pd.DataFrame,
+               fold_ids: list[int]) -> tuple[pd.DataFrame, int]:
+    """Held-out prediction rows -> the submission table; in competition mode every held-out study gets its
+    25 rows, a missing crop its fold's training prior. Returns (table, rows filled from a prior)."""
+    if config.mode != "competition":
+        return to_submission(predictions)
+    parts, filled = [], 0
+    for fold in fold_ids:
+        studies = folds.loc[folds["fold"] == fold, "study_id"]
+        part, n = to_submission(predictions[predictions["fold"] == fold], studies,
+                                grade_prior(labels[~labels["study_id"].isin(studies)]))
+        parts.append(part)
+        filled += n
+    return pd.concat(parts).sort_values("row_id", kind="stable").reset_index(drop=True), filled
+
+
+def _finish(config, runtime, out, run_root, caches, labels, folds, fold_ids, predictions, predictions_gt, units,
+            timings, seconds) -> TrainResult:
+    """Write predictions, OOF (and OOF on ground-truth crops), scores or reports, result.json and the
+    manifest entry (rank 0)."""
     held_out = folds.loc[folds["fold"].isin(fold_ids), "study_id"]
+    oof_labels = labels[labels["study_id"].isin(held_out)]
     prior = grade_prior(labels)
-    if config.mode == "competition":  # every held-out study gets 25 rows; a missing crop gets its fold's prior
-        parts, filled = [], 0
-        for fold in fold_ids:
-            studies = folds.loc[folds["fold"] == fold, "study_id"]
-            part, n = to_submission(predictions[predictions["fold"] == fold], studies,
-                                    grade_prior(labels[~labels["study_id"].isin(studies)]))
-            parts.append(part)
-            filled += n
-        oof = pd.concat(parts).sort_values("row_id", kind="stable").reset_index(drop=True)
-    else:
-        oof, filled = to_submission(predictions)
-    oof_score, reports = None, {}
+    cache = next(iter(caches.values()))  # the crop geometry (the same in both caches)
+    oof, filled = _oof_table(config, predictions, labels, folds, fold_ids)
+    oof_score, oof_score_gt, oof_gt_path, reports = None, None, None, {}
     scored = predictions[predictions["grade"] >= 0]
     summary = {
         "arch": config.arch, "mode": config.mode, "conditions": list(resolve_conditions(config.mode, config.conditions)),
         "folds": list(fold_ids), "input_shape": [cache.depth, cache.height, cache.width],
-        "cache": str(config.cache), "cache_params": cache.params,
+        "cache": str(config.cache), "oof_cache": str(config.oof_cache), "train_crops": config.train_crops,
+        "jitter": str(config.jitter), "select": config.select, "cache_params": cache.params,
         "model": {"name": config.arch, "depth": cache.depth, "drop_rate": config.drop_rate, **config.model_kwargs},
         "units": units, "oof_rows": len(oof), "fallback_rows": filled, "seconds": round(seconds, 1),
         "timings": timings, "prior": prior.to_dict(orient="list"),
     }
     if runtime.is_main:
+        from lumbar.evaluate.metric import competition_score
+
         write_csv(predictions, out / PREDICTIONS_CSV)
         oof_path = write_csv(oof, out / OOF_CSV)
         if config.mode == "competition":
-            from lumbar.evaluate.metric import competition_score
-
-            oof_labels = labels[labels["study_id"].isin(held_out)]
             oof_score = competition_score(oof_labels, oof, name=str(oof_path)).as_dict()
             summary["oof_score"] = oof_score
         elif not scored.empty:
@@ -207,6 +266,12 @@ def _finish(config, runtime, out, run_root, cache, labels, folds, fold_ids, pred
 
             reports = write_reports(scored.drop(columns="fold"), out / "reports", config.mode)
             summary["reports"] = {k: str(p.relative_to(out)) for k, p in reports.items()}
+        if predictions_gt is not None:
+            oof_gt, summary["fallback_rows_gt"] = _oof_table(config, predictions_gt, labels, folds, fold_ids)
+            oof_gt_path = write_csv(oof_gt, out / OOF_GT_CSV)
+            if config.mode == "competition":
+                oof_score_gt = competition_score(oof_labels, oof_gt, name=str(oof_gt_path)).as_dict()
+                summary["oof_score_gt"] = oof_score_gt
         write_json(summary, out / RESULT_JSON)
         entry = {"path": str(out.relative_to(run_root)), "arch": config.arch, "mode": config.mode,
                  "conditions": summary["conditions"], "folds": list(fold_ids),
@@ -215,9 +280,12 @@ def _finish(config, runtime, out, run_root, cache, labels, folds, fold_ids, pred
                  "model": summary["model"], "input_shape": summary["input_shape"], "oof": str(Path(out.name) / OOF_CSV),
                  "config": str(Path(out.name) / CONFIG_JSON), "result": str(Path(out.name) / RESULT_JSON),
                  "oof_score": (oof_score or {}).get("score")}
+        if oof_gt_path is not None:
+            entry.update(oof_gt=str(Path(out.name) / OOF_GT_CSV), oof_score_gt=(oof_score_gt or {}).get("score"))
         update_manifest(run_root, "classifiers", entry, item=out.name)
     runtime.barrier()
-    return TrainResult(out, out / OOF_CSV, out / PREDICTIONS_CSV, oof_score, reports, summary)
+    return TrainResult(out, out / OOF_CSV, out / PREDICTIONS_CSV, oof_score, reports, summary,
+                       out / OOF_GT_CSV if predictions_gt is not None else None, oof_score_gt)
 
 
 def _loader(dataset: RoiDataset, sampler, config: TrainConfig, runtime: Runtime, drop_last: bool) -> DataLoader:
@@ -234,12 +302,15 @@ def build_unit_model(config: TrainConfig, task: Task, cache: RoiCache) -> nn.Mod
                        drop_rate=config.drop_rate, **config.model_kwargs)
 
 
-def fit_fold(config: TrainConfig, runtime: Runtime, cache: RoiCache, task: Task, fold: int, data: FoldData,
-             fold_dir: Path, logger) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Train (or resume, or skip when finished) one unit on one fold; predict its held-out items.
+def fit_fold(config: TrainConfig, runtime: Runtime, caches: dict[str, RoiCache], jitter: LocalizerJitter | None,
+             task: Task, fold: int, data: FoldData, fold_dir: Path,
+             logger) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, float]]:
+    """Train (or resume, or skip when finished) one unit on one fold; predict its held-out items with the
+    selected weights (`config.select`).
 
     Returns:
-        (held-out prediction rows with grades, timing summary: loader and model seconds per batch).
+        (held-out prediction rows with grades, the same on the held-out ground-truth crops when
+        `data.valid_gt` is given (else None), timing summary: loader and model seconds per batch).
     """
     seed = config.seed + 1000 * fold
     seed_everything(seed, deterministic=runtime.device.type == "cpu")
@@ -249,9 +320,10 @@ def fit_fold(config: TrainConfig, runtime: Runtime, cache: RoiCache, task: Task,
         train_items = train_items.iloc[: config.overfit_batches * config.batch_size]
         valid_items, augment = train_items, StackAugment(())
     common = {"max_shift_slices": config.max_shift_slices, "max_shift_px": config.max_shift_px, "seed": seed}
-    train_ds = RoiDataset(cache, task, train_items, train=not config.overfit_batches, augment=augment,
-                          mirror_p=config.mirror_p, **common)
-    valid_ds = RoiDataset(cache, task, valid_items, train=False, **common)
+    train_ds = RoiDataset(caches, task, train_items, train=not config.overfit_batches, augment=augment,
+                          mirror_p=config.mirror_p, jitter=jitter, **common)
+    valid_ds = RoiDataset(caches, task, valid_items, train=False, **common)
+    cache = train_ds.cache  # the crop geometry, one for every source
     worst = np.array([max(g) for g in train_ds.items["grades"]])
     sampler = make_train_sampler(train_ds, config.balanced_sampling, worst, runtime.world_size, runtime.rank, seed)
     if config.overfit_batches:
@@ -318,7 +390,7 @@ def fit_fold(config: TrainConfig, runtime: Runtime, cache: RoiCache, task: Task,
         state["epoch"] = epoch
         state["finished"] = epoch == epochs or (config.patience > 0 and state["bad_epochs"] >= config.patience)
         if runtime.is_main:
-            if improved:
+            if improved and config.select == "best":
                 save_checkpoint(unwrap(evaluator).state_dict(), fold_dir / BEST)
             save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
@@ -329,19 +401,33 @@ def fit_fold(config: TrainConfig, runtime: Runtime, cache: RoiCache, task: Task,
             logger.log_epoch(task.name, fold, row)
         runtime.barrier()
 
-    if runtime.is_main and state["history"]:
-        plot_history(state["history"], fold_dir)
+    if runtime.is_main:
+        if state["history"]:
+            plot_history(state["history"], fold_dir)
+        if config.select == "last":  # after the last epoch; also after a resume that found the fold finished
+            save_checkpoint(unwrap(evaluator).state_dict(), fold_dir / FINAL)
     runtime.barrier()
-    unwrap(evaluator).load_state_dict(load_checkpoint(fold_dir / BEST, map_location=runtime.device))
-    idx, probs, _ = predict_probs(evaluator, valid_loader, runtime, task.num_targets, task.num_classes,
-                                  max_batches=max_batches)
+    if config.select == "best":
+        unwrap(evaluator).load_state_dict(load_checkpoint(fold_dir / BEST, map_location=runtime.device))
+    table = _predict_rows(evaluator, valid_ds, task, config, runtime, max_batches)
+    table_gt = (None if data.valid_gt is None else
+                _predict_rows(evaluator, RoiDataset(caches, task, data.valid_gt, **common), task, config, runtime,
+                              max_batches))
     history = state["history"]
     batches = sum(r["batches"] for r in history) or 1
     timing = {"epochs": state["epoch"], "best_epoch": state["best_epoch"],
               "data_s_per_batch": sum(r["data_s"] for r in history) / batches,
               "model_s_per_batch": sum(r["model_s"] for r in history) / batches,
               "train_seconds": sum(r["seconds"] for r in history)}
-    return task.prediction_rows(valid_ds.items.iloc[idx], probs), timing
+    return table, table_gt, timing
+
+
+def _predict_rows(model: nn.Module, dataset: RoiDataset, task: Task, config: TrainConfig, runtime: Runtime,
+                  max_batches: int) -> pd.DataFrame:
+    """Prediction rows (with grades) of every item of an evaluation dataset."""
+    loader = eval_loader(dataset, config.batch_size, config.workers, runtime)
+    idx, probs, _ = predict_probs(model, loader, runtime, task.num_targets, task.num_classes, max_batches=max_batches)
+    return task.prediction_rows(dataset.items.iloc[idx], probs)
 
 
 def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int):

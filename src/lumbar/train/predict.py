@@ -1,10 +1,11 @@
 """Running trained models over a cache: batched prediction (validation, OOF, inference) and the submission table.
 
 `predict_cache(run_dir, cache_dir)` is the inference entry point of later stages: it reads a training run's
-`config.json` and `result.json`, builds every unit's model once per fold from its `best.pt`, averages the
-folds' probabilities and returns the submission table. In competition mode every study of the cache gets all
-25 rows: a target without a crop (no coordinate, unreadable series) gets the class prior of the training
-labels, and `predict_cache` says how many rows that was.
+`config.json` and `result.json`, builds every unit's model once per fold from the checkpoint `result.json`
+names (`final.pt` or `best.pt`, by the run's `select`), averages the folds' probabilities and returns the
+submission table. In competition mode every study of the cache gets all 25 rows: a target without a crop
+(no coordinate, unreadable series) gets the class prior of the training labels, and `predict_cache` says how
+many rows that was.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ def read_run(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
 
 def predict_cache(run_dir: str | Path, cache_dir: str | Path, device: str = "auto", batch_size: int = 0,
                   workers: int = 0, study_ids: Iterable[int] | None = None, threads: int = 0) -> pd.DataFrame:
-    """Predict every sample of an ROI cache with a run's models, averaging the folds' best checkpoints.
+    """Predict every sample of an ROI cache with a run's models, averaging the folds' selected checkpoints.
 
     Args:
         run_dir: a training run folder (`train(...).run_dir`).
