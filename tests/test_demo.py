@@ -75,6 +75,13 @@ def test_demo_runs_every_notebook_and_ends_with_the_summary_line(tmp_path, capsy
         nb = nbformat.read(run / f"{name}.ipynb", as_version=4)
         assert all(c.execution_count for c in nb.cells if c.cell_type == "code" and c.source.strip()), name
     assert set(manifest["classifiers"]) == {"cnn3d", "timm25d_test_resnet"}
+    # train as you infer: a localizer per fold, crops around its out-of-fold points, classifiers scored on them
+    assert set(manifest["localizer"]["folds"]) == {"fold0", "fold1"} and (run / "localizer_oof.csv").is_file()
+    assert manifest["oof_crops"]["samples"] > 0 and (run / manifest["localizer"]["errors"]).is_file()
+    assert all(c["oof_gt"] and c["checkpoints"] for c in manifest["classifiers"].values())
+    result = json.loads((run / "cnn3d" / "result.json").read_text())
+    assert result["train_crops"] == "oof" and result["oof_cache"] == str(run / manifest["oof_crops"]["cache"])
+    assert result["oof_score"]["score"] != result["oof_score_gt"]["score"]  # scored on both crop sources
     assert manifest["ensemble"]["chosen"] in set(manifest["classifiers"]) | {
         "mean of models", "blend (out-of-fold)", "blend + calibration (out-of-fold)"}
     assert list(run.glob("eda/*.png")) and (run / "ensemble" / "scores.png").is_file()
