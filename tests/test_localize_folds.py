@@ -70,6 +70,8 @@ def test_every_point_is_predicted_by_the_localizer_that_never_saw_its_study(kfol
     manifest = read_manifest(run)["localizer"]
     assert manifest["oof"] == "localizer_oof.csv" and manifest["summary"].startswith("localize: within5mm=")
     assert set(manifest["per_fold"]) == {"fold0", "fold1", "fold2", "all"}
+    errors = pd.read_csv(run / entry["errors_table"])
+    assert (errors["fold"] == errors["study_id"].map(fold_of)).all()  # missed points too
     for member in entry["folds"].values():  # each fold's checkpoints in its own folder
         assert all(m["checkpoint"].startswith(f"localizer/fold{member['fold']}/") for m in member["models"].values())
 

@@ -104,6 +104,7 @@ def train_localizer_folds(config: LocalizerConfig, data_dir: str | os.PathLike |
     oof = pd.concat(parts, ignore_index=True)
     write_coordinates(oof, run / OOF_CSV)
     errors = localization_errors(oof, coords, index)
+    errors["fold"] = errors["study_id"].map(fold_of)  # a point the localizer missed still counts in its fold
     write_csv(errors, run / ERRORS_CSV)
     measured = errors.dropna(subset=["slice_shift"])[["condition", "slice_shift", "dx_mm", "dy_mm"]]
     write_localizer_errors(measured.rename(columns={"slice_shift": "slice_error"}), run / ERRORS_JSON)
