@@ -80,7 +80,7 @@ def test_demo_runs_every_notebook_and_ends_with_the_summary_line(tmp_path, capsy
     assert manifest["oof_crops"]["samples"] > 0 and (run / manifest["localizer"]["errors"]).is_file()
     assert all(c["oof_gt"] and c["checkpoints"] for c in manifest["classifiers"].values())
     result = json.loads((run / "cnn3d" / "result.json").read_text())
-    assert result["train_crops"] == "oof" and result["oof_cache"] == str(run / manifest["oof_crops"]["cache"])
+    assert result["train_crops"] == "both" and result["oof_cache"] == str(run / manifest["oof_crops"]["cache"])
     assert result["oof_score"]["score"] != result["oof_score_gt"]["score"]  # scored on both crop sources
     assert manifest["ensemble"]["chosen"] in set(manifest["classifiers"]) | {
         "mean of models", "blend (out-of-fold)", "blend + calibration (out-of-fold)"}
