@@ -281,8 +281,8 @@ def test_training_starts_from_the_folder_and_inference_never_needs_it(hub, folde
                     "arch": f"timm25d:{CLASSIFIER}", "conditions": "scs", "n_folds": 2, "folds": "0", "epochs": 1,
                     "batch_size": 4, "fast_dev_run": 1, "lr": 0.0, "pretrained": str(copy), "progress": False,
                     "threads": 1})  # fmt: skip
-    best = load_checkpoint(next(result.run_dir.glob("*/fold0/best.pt")))
-    assert_starts_from(best, "encoder.backbone.", saved[CLASSIFIER], "conv1.0")
+    final = load_checkpoint(next(result.run_dir.glob("*/fold0/final.pt")))  # select="last"
+    assert_starts_from(final, "encoder.backbone.", saved[CLASSIFIER], "conv1.0")
 
     shutil.rmtree(copy)  # inference: no weights folder, and any pretrained loading fails
 
