@@ -9,6 +9,10 @@ Definition (the host's `score` function, restated):
       over the same rows; the term is the weighted binary log loss over studies.
     * Score = the plain mean of the four terms. Probabilities are clipped to [1e-15, 1 - 1e-15].
 
+Where the score comes from: `metric_parts` gives each labelled row's and each study's share of its term
+(`w_i * loss_i / sum of the term's weights`) and of the score (that share / 4); `score_aligned` adds up these
+very shares, so the error analysis (`lumbar.evaluate.errors`) and the score cannot disagree.
+
 Decisions:
     * Submission rows without a label are ignored (unlabelled targets are not scored, as on Kaggle).
     * A labelled row missing from the submission is an error, never a silent skip.
@@ -110,18 +114,43 @@ def align_predictions(labels: pd.DataFrame, submission: pd.DataFrame, name: str 
     return out
 
 
-def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
-    return float(np.sum(values * weights) / np.sum(weights)) if len(values) else float("nan")
+def _shares(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Each item's share of a weighted mean: `w_i * v_i / sum(w)`; the shares sum to the mean."""
+    return values * weights / np.sum(weights) if len(values) else values
 
 
-def score_aligned(table: pd.DataFrame) -> MetricResult:
-    """The metric on labelled rows already joined with their probabilities (see `align_predictions`)."""
+@dataclass(frozen=True)
+class MetricParts:
+    """Where the score comes from: each labelled row's and each study's share of its term.
+
+    A term is the sum of its items' `share` (spinal, foraminal, subarticular: rows; any_severe_spinal:
+    studies), the score the mean of the four terms, so `contribution = share / 4` sums to the score over
+    rows and studies together. `score_aligned` adds these very shares up: the parts and the score cannot
+    disagree.
+
+    Attributes:
+        rows: the aligned table plus `term` (the row's group), `weight`, `nll` (-log p(true grade)),
+            `share`, `contribution`.
+        studies: one row per study with a labelled spinal row: `study_id`, `level` (the spinal level with
+            the largest severe probability, the one the term reads), `label` (1: some level is Severe),
+            `weight`, `pred`, `nll` (binary log loss), `term` ("any_severe_spinal"), `share`, `contribution`.
+    """
+
+    rows: pd.DataFrame
+    studies: pd.DataFrame
+
+
+def _parts(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, pd.DataFrame]:
+    """The metric's pieces as arrays: (group, weight, nll, share) per row, and the per-study any-severe frame."""
     grade = table["grade"].to_numpy(dtype=np.int64)
     probs = np.clip(table[list(GRADES)].to_numpy(dtype=float), EPS, 1 - EPS)
     weight = np.asarray(GRADE_WEIGHTS)[grade]
     nll = -np.log(probs[np.arange(len(grade)), grade])
     group = table["condition"].map(CONDITION_GROUP).to_numpy()
-    terms = {g: _weighted_mean(nll[group == g], weight[group == g]) for g in GROUPS}
+    share = np.zeros(len(grade))
+    for g in GROUPS:
+        rows = group == g
+        share[rows] = _shares(nll[rows], weight[rows])
 
     spinal = group == "spinal"
     per_study = (
@@ -139,9 +168,40 @@ def score_aligned(table: pd.DataFrame) -> MetricResult:
     y = per_study["label"].to_numpy()
     p = np.clip(per_study["pred"].to_numpy(), EPS, 1 - EPS)
     bce = -(y * np.log(p) + (1 - y) * np.log(1 - p))
-    terms["any_severe_spinal"] = _weighted_mean(bce, per_study["weight"].to_numpy())
+    per_study["nll"] = bce
+    per_study["share"] = _shares(bce, per_study["weight"].to_numpy())
+    return group, weight, nll, share, per_study
+
+
+def _term(share: np.ndarray) -> float:
+    """A term from its items' shares; NaN when it has no item (the competition score is then undefined)."""
+    return float(np.sum(share)) if len(share) else float("nan")
+
+
+def score_aligned(table: pd.DataFrame) -> MetricResult:
+    """The metric on labelled rows already joined with their probabilities (see `align_predictions`)."""
+    group, _, _, share, per_study = _parts(table)
+    terms = {g: _term(share[group == g]) for g in GROUPS}
+    terms["any_severe_spinal"] = _term(per_study["share"].to_numpy())
     score = float(np.mean([terms[t] for t in TERMS]))
     return MetricResult(score=score, **terms, n_rows=len(table), n_studies=int(table["study_id"].nunique()))
+
+
+def metric_parts(table: pd.DataFrame) -> MetricParts:
+    """Each row's and study's share of the score, from the same arrays `score_aligned` sums (`MetricParts`).
+
+    Args:
+        table: labelled rows joined with their probabilities (`align_predictions`).
+    """
+    group, weight, nll, share, per_study = _parts(table)
+    rows = table.reset_index(drop=True).assign(term=group, weight=weight, nll=nll, share=share,
+                                               contribution=share / len(TERMS))  # fmt: skip
+    spinal = rows[rows["term"] == "spinal"]
+    argmax = spinal.loc[spinal.groupby("study_id", sort=False)["severe"].idxmax(), ["study_id", "level"]]
+    studies = per_study.reset_index().merge(argmax, on="study_id", how="left", validate="one_to_one")
+    studies = studies.assign(term="any_severe_spinal", contribution=studies["share"] / len(TERMS))
+    columns = ["study_id", "level", "label", "weight", "pred", "nll", "term", "share", "contribution"]
+    return MetricParts(rows, studies[columns])
 
 
 def competition_score(labels: pd.DataFrame, submission: pd.DataFrame, name: str = "submission") -> MetricResult:
