@@ -134,3 +134,29 @@ def test_a_single_model_wins_over_a_blend_that_only_adds_noise(data):
         assert result.fold_params == {}
     else:
         assert set(result.fold_params) == {0, 1, 2}
+
+
+def test_the_run_ensemble_records_every_candidate_for_the_error_analysis(data, tmp_path):
+    """04_ensemble writes each candidate's out-of-fold predictions and lists them in the manifest; rescored,
+    each file gives its line of scores.csv, and the pair before / after calibration is found among them."""
+    from lumbar.data.tables import labels_to_wide, write_csv
+    from lumbar.ensemble.runs import calibration_pair, fit_run_ensemble, run_oof_predictions
+    from lumbar.manifest import read_manifest, update_manifest
+
+    labels, folds, preds = data
+    run, data_dir = tmp_path / "run", tmp_path / "data"
+    write_csv(labels_to_wide(labels), data_dir / "train.csv")
+    write_csv(folds, run / "folds.csv")
+    for name, p in preds.items():
+        write_csv(p, run / name / "oof.csv")
+        update_manifest(run, "classifiers", {"oof": f"{name}/oof.csv", "mode": "competition"}, item=name)
+    fit_run_ensemble(run, data_dir)
+    files = read_manifest(run)["ensemble"]["candidates"]
+    assert files[CALIBRATED] == "ensemble/candidates/blend_calibration_out_of_fold.csv"
+    oof = run_oof_predictions(run)
+    scores = pd.read_csv(run / "ensemble" / "scores.csv").set_index("model")["score"]
+    assert set(oof) == set(files) == set(scores.index)
+    assert {n: competition_score(labels, p).score for n, p in oof.items()} == pytest.approx(scores.to_dict())
+    assert calibration_pair(list(oof)) == (BLEND, CALIBRATED)
+    assert calibration_pair(["good", CALIBRATED]) == ("good", CALIBRATED)  # one model: it is the blend
+    assert calibration_pair(["good", "ok", "mean of models"]) == (None, None)

@@ -29,6 +29,19 @@ def test_unused_classifiers_stay_out_of_the_bundle(tmp_path):
     assert inference_manifest(tmp_path, {"classifiers": manifest["classifiers"]}) == {"classifiers": manifest["classifiers"]}
 
 
+def test_what_only_the_error_analysis_reads_stays_out_of_the_bundle(tmp_path):
+    (tmp_path / "ensemble").mkdir()
+    (tmp_path / "ensemble" / "params.json").write_text(json.dumps({"models": ["cnn3d"], "weights": {"all": [1.0]}}))
+    manifest = {
+        "classifiers": {"cnn3d": {"path": "cnn3d", "checkpoints": {"spinal": {"0": "cnn3d/spinal/fold0/final.pt"}}}},
+        "ensemble": {"models": ["cnn3d"], "params": "ensemble/params.json",
+                     "candidates": {"cnn3d": "ensemble/candidates/cnn3d.csv"}},
+        "error_analysis": {"figures": ["error_analysis/reliability.png"], "summary": "error_analysis/x.json"},
+    }  # fmt: skip
+    files = _referenced_files(inference_manifest(tmp_path, manifest))
+    assert files == ["cnn3d/spinal/fold0/final.pt", "ensemble/params.json"]
+
+
 def test_the_kernel_names_what_the_image_lacks_or_has_at_another_version(tmp_path, capsys):
     (tmp_path / "image.json").write_text(json.dumps({"numpy": "0.1.0", "yaml": yaml.__version__}))
     found = check_environment(tmp_path)

@@ -178,12 +178,14 @@ def check_environment(code_dir: str | os.PathLike) -> dict[str, str]:
 
 
 def inference_manifest(run_dir: Path, manifest: dict) -> dict:
-    """The manifest without the classifiers the ensemble does not use (their weights stay home).
+    """The manifest without the classifiers the ensemble does not use (their weights stay home), nor what only
+    the analysis reads (the error analysis, every ensemble candidate's out-of-fold predictions).
 
     The ensemble's parameters name the models inference runs; when `04_ensemble` kept a single model, the
     other architectures' checkpoints would only make the upload larger.
     """
-    ensemble = manifest.get("ensemble") or {}
+    manifest = {k: v for k, v in manifest.items() if k != "error_analysis"}
+    ensemble = {k: v for k, v in (manifest.get("ensemble") or {}).items() if k != "candidates"}
     if not ensemble.get("params"):
         return manifest
     used = json.loads((run_dir / ensemble["params"]).read_text())["models"]

@@ -182,6 +182,7 @@ class EnsembleResult:
     fold_params: dict[int, EnsembleParams]  # the chosen candidate's fold-wise fits (empty when nothing is fitted)
     scores: pd.DataFrame  # one row per candidate (`model`, scores, `chosen`)
     chosen: str = ""
+    candidates: dict[str, pd.DataFrame] = field(default_factory=dict)  # every candidate's out-of-fold predictions
 
 
 BLEND = "blend (out-of-fold)"
@@ -235,7 +236,7 @@ def fit_ensemble(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, folds: pd
     oof, params, fold_params = candidates[chosen]
     if params is None:
         params = fit_params(preds, labels, per_group, calibrate=chosen == CALIBRATED)
-    return EnsembleResult(oof, params, fold_params, scores, chosen)
+    return EnsembleResult(oof, params, fold_params, scores, chosen, {n: c[0] for n, c in candidates.items()})
 
 
 def _score(labels: pd.DataFrame, sub: pd.DataFrame) -> MetricResult:

@@ -1,24 +1,28 @@
 """Fit the ensemble of a run folder's classifiers and record it in the manifest (the 04_ensemble notebook).
 
 Writes `<run>/ensemble/`: params.json (the chosen candidate, used at test time), fold_params.json, oof.csv
-(its out-of-fold predictions) and scores.csv (every candidate: each model, the plain mean, the blend, the
-calibrated blend, with `chosen`), and the manifest's `ensemble` entry that `predict` and `kaggle-bundle` read.
+(its out-of-fold predictions), scores.csv (every candidate: each model, the plain mean, the blend, the
+calibrated blend, with `chosen`) and `candidates/<n>.csv` (every candidate's out-of-fold predictions, so the
+error analysis can compare the blend before and after calibration), and the manifest's `ensemble` entry that
+`predict` and `kaggle-bundle` read (`candidates`: candidate name -> its file).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from lumbar.atomic import write_json
 from lumbar.data.tables import load_labels, load_submission, write_csv
-from lumbar.ensemble.blend import EnsembleResult, fit_ensemble
+from lumbar.ensemble.blend import BLEND, CALIBRATED, MEAN, EnsembleResult, fit_ensemble
 from lumbar.manifest import read_manifest, update_manifest
 from lumbar.paths import data_root
 
 ENSEMBLE_DIR = "ensemble"
+CANDIDATES_DIR = "candidates"
 
 
 def competition_classifiers(manifest: dict) -> list[str]:
@@ -60,6 +64,13 @@ def fit_run_ensemble(run_dir: str | os.PathLike, data_dir: str | os.PathLike | N
     write_json({k: v.to_dict() for k, v in result.fold_params.items()}, out / "fold_params.json")
     write_csv(result.oof, out / "oof.csv")
     write_csv(result.scores, out / "scores.csv")
+    candidates = {}
+    for name, oof in result.candidates.items():
+        slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")  # "blend + calibration (out-of-fold)"
+        while f"{ENSEMBLE_DIR}/{CANDIDATES_DIR}/{slug}.csv" in candidates.values():
+            slug += "_"
+        candidates[name] = f"{ENSEMBLE_DIR}/{CANDIDATES_DIR}/{slug}.csv"
+        write_csv(oof, run_dir / candidates[name])
     chosen = result.scores.set_index("model").loc[result.chosen]
     update_manifest(
         run_dir,
@@ -74,6 +85,33 @@ def fit_run_ensemble(run_dir: str | os.PathLike, data_dir: str | os.PathLike | N
             "calibrate": calibrate,
             "chosen": result.chosen,
             "oof_score": float(chosen["score"]),
+            "candidates": candidates,
         },
     )
     return result
+
+
+def run_oof_predictions(run_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
+    """Out-of-fold predictions of a run by name: every ensemble candidate `04_ensemble` recorded.
+
+    A run whose ensemble predates the candidate files gets each classifier's and the chosen candidate's.
+
+    Raises:
+        FileNotFoundError: the manifest has no ensemble (run 04_ensemble first).
+    """
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    ensemble = manifest.get("ensemble")
+    if not ensemble:
+        raise FileNotFoundError(f"{run_dir}/manifest.json has no ensemble: run 04_ensemble (or the pipeline) first")
+    files = ensemble.get("candidates") or {
+        **{n: manifest["classifiers"][n]["oof"] for n in ensemble["models"]}, ensemble["chosen"]: ensemble["oof"]}
+    return {name: load_submission(run_dir / path) for name, path in files.items()}
+
+
+def calibration_pair(names: list[str]) -> tuple[str | None, str | None]:
+    """The candidates before and after the ensemble's calibration, among a run's out-of-fold prediction names:
+    the blend (with one model, that model) and the calibrated blend; None where the run has no such candidate."""
+    models = [n for n in names if n not in (BLEND, CALIBRATED, MEAN)]
+    before = BLEND if BLEND in names else (models[0] if len(models) == 1 else None)
+    return before, CALIBRATED if CALIBRATED in names else None
