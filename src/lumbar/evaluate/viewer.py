@@ -494,8 +494,10 @@ def plot_study(view: StudyView, offset: int = 0) -> Figure:
         _draw_probabilities(where["probabilities"], view)
     elif view.labels is not None:
         _draw_labels(where["probabilities"], view)
-    legend = ", ".join(f"{label} ({'circle' if m == 'o' else 'cross'})" for m, _, label in POINT_STYLE.values())
-    title = f"study {view.study_id} ({view.split}): {legend}; hollow/faded: off the shown slice"
+    sources = {s for p in view.panels for s in p.points["source"]}
+    legend = ", ".join(f"{label} ({'circle' if marker == 'o' else 'cross'})"
+                       for s, (marker, _, label) in POINT_STYLE.items() if s in sources)  # fmt: skip
+    title = f"study {view.study_id} ({view.split}): {legend or 'no points'}; hollow/faded: off the shown slice"
     if view.notes:
         title += "\n" + "; ".join(view.notes[:4])
     fig.suptitle(title, fontsize=10)
