@@ -233,7 +233,8 @@ def _middle_slices(cache_dir: Path, study_id: int) -> dict[tuple[str, str], np.n
     return out
 
 
-def _train_pieces(view: StudyView, run_dir: Path, manifest: dict) -> pd.DataFrame | None:
+def _train_pieces(view: StudyView, run_dir: Path, manifest: dict,
+                  everything: dict[str, pd.DataFrame] | None) -> pd.DataFrame | None:  # fmt: skip
     """Out-of-fold points, crops and predictions of a train study from the run folder; returns the points."""
     from lumbar.ensemble.runs import run_oof_predictions
 
@@ -248,7 +249,7 @@ def _train_pieces(view: StudyView, run_dir: Path, manifest: dict) -> pd.DataFram
         if entry.get("cache"):
             view.crops[source] = _middle_slices(run_dir / entry["cache"], view.study_id)
     if manifest.get("ensemble"):
-        everything = run_oof_predictions(run_dir)
+        everything = everything if everything is not None else run_oof_predictions(run_dir)
         ensemble = manifest["ensemble"]
         names = [ensemble["chosen"], *(m for m in ensemble["models"] if m != ensemble["chosen"])]
         for name in names:
@@ -293,7 +294,8 @@ def _test_pieces(view: StudyView, root: Path, run_dir: Path, manifest: dict, ind
 
 
 def load_study_view(study_id: int, run_dir: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
-                    split: str = "train", device: str = "cpu") -> StudyView:  # fmt: skip
+                    split: str = "train", device: str = "cpu",
+                    predictions: dict[str, pd.DataFrame] | None = None) -> StudyView:  # fmt: skip
     """Gather one study's slices, points, crops, labels and predictions (module docstring: where from).
 
     Args:
@@ -302,6 +304,8 @@ def load_study_view(study_id: int, run_dir: str | os.PathLike | None = None, dat
         data_dir: the competition-layout data folder (`lumbar.paths.data_root` decides when None).
         split: "train" (labels, label points, out-of-fold predictions) or "test" (the run predicts it now).
         device: for a test study's localizer and classifiers.
+        predictions: the run's out-of-fold predictions by name (`run_oof_predictions`), when the caller has
+            them already (read from the run otherwise).
 
     Raises:
         FileNotFoundError: the study has no images in the split, or `split="test"` without a run.
@@ -325,7 +329,7 @@ def load_study_view(study_id: int, run_dir: str | os.PathLike | None = None, dat
             truth = coords[coords["study_id"] == view.study_id]
     predicted = None
     if run is not None:
-        predicted = (_train_pieces(view, run, manifest) if split == "train"
+        predicted = (_train_pieces(view, run, manifest, predictions) if split == "train"
                      else _test_pieces(view, root, run, manifest, index, device))  # fmt: skip
     if truth is not None and predicted is not None and len(truth) and len(predicted):
         view.errors = localization_errors(predicted, truth, index)
