@@ -49,6 +49,7 @@ def _tiny_config(tmp_path):
             {"notebook": "04_ensemble"},
             {"notebook": "05_submission", "parameters": {"SPLIT": "test", "OUT": str(tmp_path / "submission.csv"),
                                                          "DEVICE": "cpu"}},
+            {"notebook": "06_error_analysis", "parameters": {"WORST_STUDIES": 1, "TEST_STUDIES": 1, "DEVICE": "cpu"}},
         ],
     }  # fmt: skip
 
@@ -69,7 +70,7 @@ def test_demo_runs_every_notebook_and_ends_with_the_summary_line(tmp_path, capsy
     run = tmp_path / "run"
     manifest = read_manifest(run)
     outputs = ["00_eda", "01_preprocess", "02_train_localizer", "03_train_cnn3d", "03_train_timm25d_test_resnet",
-               "04_ensemble", "05_submission"]  # fmt: skip
+               "04_ensemble", "05_submission", "06_error_analysis"]  # fmt: skip
     assert {k: v["status"] for k, v in manifest["notebooks"].items()} == dict.fromkeys(outputs, "ok")
     for name in outputs:  # executed copies, every code cell run
         nb = nbformat.read(run / f"{name}.ipynb", as_version=4)
@@ -85,6 +86,12 @@ def test_demo_runs_every_notebook_and_ends_with_the_summary_line(tmp_path, capsy
     assert manifest["ensemble"]["chosen"] in set(manifest["classifiers"]) | {
         "mean of models", "blend (out-of-fold)", "blend + calibration (out-of-fold)"}
     assert list(run.glob("eda/*.png")) and (run / "ensemble" / "scores.png").is_file()
+    analysis = manifest["error_analysis"]  # 06: its figures under the run, listed in the manifest
+    assert analysis["score"] == pytest.approx(manifest["ensemble"]["oof_score"], abs=1e-6)
+    assert {"error_analysis/contributions.png", "error_analysis/reliability.png",
+            f"error_analysis/study_{analysis['worst_studies'][0]}.png"} <= set(analysis["figures"])
+    assert any(f.startswith("error_analysis/test_study_") for f in analysis["figures"])
+    assert all((run / f).is_file() for f in analysis["figures"])
 
     submission = load_submission(tmp_path / "submission.csv")
     test_ids = sorted(pd.read_csv(tmp_path / "data" / "test_series_descriptions.csv")["study_id"].unique())

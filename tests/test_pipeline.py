@@ -123,6 +123,14 @@ def test_readme_dry_run_passes_the_checks_and_reads_the_demo_data():
     assert {p["PRETRAINED"] for name, p in full.items() if name.startswith(("02", "03"))} == {"imagenet"}
     assert params["05_submission"]["DEVICE"] == "cpu" and "EPOCHS" not in params["00_eda"]
     assert "DEVICE" not in params["04_ensemble"] and params["05_submission"]["OUT"] == "../runs/full/submission.csv"
+    assert params["06_error_analysis"]["DEVICE"] == "cpu"  # --set reaches the error analysis's test-study viewer
+
+
+@pytest.mark.parametrize("name", ["demo", "full"])
+def test_shipped_configs_analyse_errors_after_the_submission(name):
+    """06 reads only the run; placed after 05, an analysis that fails never costs the submission."""
+    outputs = [s.output for s in load_config(PROJECT_ROOT / "configs" / f"{name}.yaml").steps]
+    assert outputs[-2:] == ["05_submission", "06_error_analysis"]
 
 
 def test_demo_data_folder_is_not_the_real_data_folder():
