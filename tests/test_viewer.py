@@ -8,11 +8,12 @@ from matplotlib.figure import Figure
 
 from lumbar.constants import CONDITIONS, GRADES, LEVELS
 from lumbar.data.tables import load_coordinates, write_coordinates
+from lumbar.ensemble.blend import CALIBRATED
 from lumbar.ensemble.runs import fit_run_ensemble
 from lumbar.evaluate.viewer import LOCALIZER, TRUTH, interactive_viewer, load_study_view, plot_study
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.train import train_localizer
-from lumbar.manifest import update_manifest
+from lumbar.manifest import read_manifest, update_manifest
 from lumbar.preprocess.cache import build_cache
 from lumbar.preprocess.config import RoiConfig
 from lumbar.train import train
@@ -77,6 +78,9 @@ def test_a_train_study_shows_truth_beside_the_out_of_fold_points_crops_and_predi
     assert len(view.labels) == 25 and set(view.labels["condition"]) == set(CONDITIONS)
     fig = plot_study(view)
     assert isinstance(fig, Figure) and len(fig.axes) >= 8 + 5 * 10 + 5  # images, crops (2 per target), bars
+    calibrated = load_study_view(study, run, synthetic_dir, candidate=CALIBRATED)  # drawn first, then each model
+    chosen = read_manifest(run)["ensemble"]["chosen"]
+    assert list(calibrated.predictions) == [n + " (chosen)" * (n == chosen) for n in (CALIBRATED, "cnn3d")]
 
 
 def test_a_test_study_without_labels_is_localized_cropped_and_predicted(run, synthetic_dir):

@@ -234,8 +234,8 @@ def _middle_slices(cache_dir: Path, study_id: int) -> dict[tuple[str, str], np.n
     return out
 
 
-def _train_pieces(view: StudyView, run_dir: Path, manifest: dict,
-                  everything: dict[str, pd.DataFrame] | None) -> pd.DataFrame | None:  # fmt: skip
+def _train_pieces(view: StudyView, run_dir: Path, manifest: dict, everything: dict[str, pd.DataFrame] | None,
+                  candidate: str | None) -> pd.DataFrame | None:  # fmt: skip
     """Out-of-fold points, crops and predictions of a train study from the run folder; returns the points."""
     from lumbar.ensemble.runs import run_oof_predictions
 
@@ -252,7 +252,8 @@ def _train_pieces(view: StudyView, run_dir: Path, manifest: dict,
     if manifest.get("ensemble"):
         everything = everything if everything is not None else run_oof_predictions(run_dir)
         ensemble = manifest["ensemble"]
-        names = [ensemble["chosen"], *(m for m in ensemble["models"] if m != ensemble["chosen"])]
+        first = candidate or ensemble["chosen"]
+        names = [first, *(m for m in ensemble["models"] if m != first)]
         for name in names:
             if name in everything:
                 rows = _long(everything[name], view.study_id)
@@ -310,7 +311,7 @@ def _test_pieces(view: StudyView, root: Path, run_dir: Path, manifest: dict, ind
 
 def load_study_view(study_id: int, run_dir: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
                     split: str = "train", device: str = "cpu", predictions: dict[str, pd.DataFrame] | None = None,
-                    threads: int = 0) -> StudyView:  # fmt: skip
+                    candidate: str | None = None, threads: int = 0) -> StudyView:  # fmt: skip
     """Gather one study's slices, points, crops, labels and predictions (module docstring: where from).
 
     Args:
@@ -321,6 +322,7 @@ def load_study_view(study_id: int, run_dir: str | os.PathLike | None = None, dat
         device: for a test study's localizer and classifiers.
         predictions: the run's out-of-fold predictions by name (`run_oof_predictions`), when the caller has
             them already (read from the run otherwise).
+        candidate: the out-of-fold candidate drawn first, before each model (default: the one 04 chose).
         threads: torch CPU threads for a test study's models (0: torch's default); 1 is faster than 2 on a
             machine whose cores are busy with other work.
 
@@ -347,7 +349,7 @@ def load_study_view(study_id: int, run_dir: str | os.PathLike | None = None, dat
     predicted = None
     if run is not None:
         if split == "train":
-            predicted = _train_pieces(view, run, manifest, predictions)
+            predicted = _train_pieces(view, run, manifest, predictions, candidate)
         else:
             with _torch_threads(threads):
                 predicted = _test_pieces(view, root, run, manifest, index, device)
