@@ -114,13 +114,20 @@ def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
     return float(np.sum(values * weights) / np.sum(weights)) if len(values) else float("nan")
 
 
+def row_losses(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per labelled row of an aligned table: -log p(true grade) (clipped as the metric does), its weight
+    `2 ** grade` and its metric group."""
+    grade = table["grade"].to_numpy(dtype=np.int64)
+    probs = np.clip(table[list(GRADES)].to_numpy(dtype=float), EPS, 1 - EPS)
+    nll = -np.log(probs[np.arange(len(grade)), grade])
+    return nll, np.asarray(GRADE_WEIGHTS)[grade], table["condition"].map(CONDITION_GROUP).to_numpy()
+
+
 def score_aligned(table: pd.DataFrame) -> MetricResult:
     """The metric on labelled rows already joined with their probabilities (see `align_predictions`)."""
     grade = table["grade"].to_numpy(dtype=np.int64)
     probs = np.clip(table[list(GRADES)].to_numpy(dtype=float), EPS, 1 - EPS)
-    weight = np.asarray(GRADE_WEIGHTS)[grade]
-    nll = -np.log(probs[np.arange(len(grade)), grade])
-    group = table["condition"].map(CONDITION_GROUP).to_numpy()
+    nll, weight, group = row_losses(table)
     terms = {g: _weighted_mean(nll[group == g], weight[group == g]) for g in GROUPS}
 
     spinal = group == "spinal"
