@@ -245,3 +245,20 @@ def test_a_chunk_whose_crops_all_fail_gets_the_prior(tiny_run, synthetic_dir, tm
     _, _, prior = ensemble_members(tiny_run, read_manifest(tiny_run))
     expected = _prior_rows(prior, list(sub["row_id"]))
     np.testing.assert_allclose(sub[list(GRADES)].to_numpy(), expected[list(GRADES)].to_numpy())
+
+
+def test_fresh_eval_scores_a_new_synthetic_set_and_names_the_worst_studies(tiny_run, tmp_path):
+    from lumbar.evaluate.fresh import fresh_eval, result_line
+
+    result = fresh_eval(tiny_run, tmp_path, seed=5, test_studies=2, image_size=64, device="cpu", workers=1,
+                        progress=False)  # fmt: skip
+    folder = tmp_path / "seed5_64px_stir0.25"
+    assert {"submission.csv", "studies.csv", "targets.csv", "fresh_eval.json", "coordinates.csv"} <= {
+        p.name for p in folder.iterdir()}  # fmt: skip
+    assert result["test_studies"] == 2 and len(result["worst_studies"]) == 2
+    assert result["oracle"] < result["prior"] and np.isfinite(result["test_score"])
+    targets = pd.read_csv(folder / "targets.csv")
+    assert result["target_max"] == targets["loss"].max()
+    coords = load_coordinates(folder / "coordinates.csv")
+    assert {"confidence", "plausible"} <= set(coords.columns) and coords["confidence"].between(0, 1).all()
+    assert "study_max=" in result_line(result) and "localize" in result

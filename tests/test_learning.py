@@ -20,9 +20,8 @@ from _train_data import make_tiny_data
 from lumbar.data.index import build_index
 from lumbar.data.synthetic import SynthConfig, generate
 from lumbar.data.tables import load_coordinates, load_labels, load_submission
-from lumbar.demo import out_of_fold_prior
 from lumbar.ensemble.runs import ENSEMBLE_DIR, fit_run_ensemble
-from lumbar.evaluate.baselines import uniform_submission
+from lumbar.evaluate.baselines import out_of_fold_prior, uniform_submission
 from lumbar.evaluate.metric import competition_score
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.evaluate import localization_errors, summarize, summary_line

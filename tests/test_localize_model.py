@@ -3,7 +3,7 @@ import pytest
 import timm
 import torch
 
-from lumbar.localize.augment import random_affine, random_depth_affine, random_mirror
+from lumbar.localize.augment import random_affine, random_depth_affine, random_intensity, random_mirror
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.heatmap import (
     HeatmapNet,
@@ -155,3 +155,15 @@ def test_depth_resampling_and_windows():
     np.testing.assert_allclose(out[:, 0, 0], np.linspace(0, 4, 9))
     assert resample_depth(stack, 5) is not None and resample_depth(stack, 5).shape == (5, 2, 2)
     assert window_indices(0, 2, 10) == [0, 0, 0, 1, 2] and window_indices(9, 1, 10) == [8, 9, 9]
+
+
+def test_wide_intensity_augmentation_stays_in_range_and_sometimes_inverts():
+    ramp = torch.linspace(0, 1, 32).view(1, 1, 1, 32).expand(400, 1, 32, 32).contiguous()
+    out = random_intensity(ramp, torch.Generator().manual_seed(0), wide=True)
+    assert out.min() >= 0 and out.max() <= 1 and out.shape == ramp.shape
+    falling = (out[:, 0, 16, -4] < out[:, 0, 16, 3]).float().mean()  # an inverted ramp falls left to right
+    assert 0.04 < falling < 0.2
+    again = random_intensity(ramp, torch.Generator().manual_seed(0), wide=True)
+    assert torch.equal(out, again)
+    standard = random_intensity(ramp, torch.Generator().manual_seed(0))
+    assert (standard[:, 0, 16, -4] >= standard[:, 0, 16, 3]).all()  # the standard draw never inverts

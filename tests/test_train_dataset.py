@@ -143,3 +143,12 @@ def test_localizer_jitter_shifts_ground_truth_crops_and_leaves_oof_crops(tiny, t
     assert len(seen) > 1
     with pytest.raises(ValueError, match=r"sources \['oof'\] without a cache"):
         RoiDataset({"gt": cache}, task, items)
+
+
+def test_contrast_adds_the_protocol_augmentations_to_the_task_preset():
+    axial = resolve_augmentations("contrast", ["left_subarticular_stenosis"])
+    assert axial[: len(resolve_augmentations("axial"))] == resolve_augmentations("axial")
+    assert {"gamma", "coil_bias"} <= set(axial) and "gamma" not in resolve_augmentations("default")
+    stack = np.random.default_rng(0).random((5, 24, 24)).astype(np.float32)
+    out = StackAugment(axial)(stack, seed=3)
+    assert out.shape == stack.shape and out.min() >= 0 and out.max() <= 1

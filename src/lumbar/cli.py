@@ -54,6 +54,8 @@ def _synth(p: argparse.ArgumentParser) -> None:
         "--image-size", type=int, default=160, help="nominal image width in pixels (real files: 320-512)"
     )
     p.add_argument("--label-noise", type=float, default=0.05, help="share of grades written without looking")
+    p.add_argument("--stir-rate", type=float, default=0.25,
+                   help="share of Sagittal T2/STIR series rendered as fat-suppressed STIR")
     p.add_argument(
         "--workers", type=int, default=1, help="processes drawing studies (output does not depend on it)"
     )
@@ -134,6 +136,19 @@ def _localize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", default=None, help="header index parquet of the split to reuse")
     p.add_argument("--axial-max-distance-mm", type=float, default=float("inf"),
                    help="levels whose nearest axial slice is farther get no subarticular rows (default: none)")
+
+
+@command("fresh-eval", "lumbar.evaluate.fresh:cli_fresh_eval",
+         "a run's test score and worst studies on fresh synthetic sets (new seeds, other image sizes)")
+def _fresh_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run folder with localizer, classifiers and ensemble")
+    p.add_argument("--out", required=True, help="folder for the sets and the reports (a subfolder per set)")
+    p.add_argument("--seeds", type=int, nargs="+", required=True, help="one fresh set per seed")
+    p.add_argument("--test-studies", type=int, default=100)
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--stir-rate", type=float, default=0.25)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=2)
 
 
 @command("localize-eval", "lumbar.localize.evaluate:cli_localize_eval",

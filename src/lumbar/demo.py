@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from lumbar.data.tables import load_coordinates, load_labels, load_submission, row_study_ids, rows_of_studies
-from lumbar.evaluate.baselines import prior_submission
+from lumbar.evaluate.baselines import out_of_fold_prior, prior_submission
 from lumbar.evaluate.metric import competition_score
 from lumbar.kaggle import SUBMISSION_NOTEBOOK
 from lumbar.manifest import read_manifest
@@ -44,16 +44,6 @@ def ensure_data(data_dir: Path, synthetic: dict, workers: int = 2) -> bool:
     print(f"demo: wrote synthetic data {data_dir} ({summary.studies} train + {summary.test_studies} test studies, "
           f"{summary.seconds:.0f} s)")  # fmt: skip
     return True
-
-
-def out_of_fold_prior(labels: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
-    """Condition x level priors for each fold's studies, fitted on the other folds (Laplace-smoothed: a grade
-    the other folds never show must not get probability 0)."""
-    parts = []
-    for fold, group in folds.groupby("fold"):
-        train = labels[~labels["study_id"].isin(group["study_id"])]
-        parts.append(prior_submission(train, group["study_id"].tolist(), smoothing=1.0))
-    return pd.concat(parts, ignore_index=True)
 
 
 def submission_of(config: PipelineConfig) -> Path | None:

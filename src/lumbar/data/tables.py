@@ -35,8 +35,10 @@ from lumbar.constants import (
 )
 
 COORDINATE_COLUMNS = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y"]
-#: Optional integer columns of a coordinates table: the fold whose localizer predicted a point (out-of-fold).
-COORDINATE_EXTRA = ["fold"]
+#: Optional columns of a coordinates table: the fold whose localizer predicted a point (out-of-fold), the
+#: localizer's confidence in it and whether its study's level set is plausible (`lumbar.localize.plausibility`).
+COORDINATE_EXTRA = ["fold", "confidence", "plausible"]  # out-of-fold fold; the localizer's confidence
+_FLOAT_EXTRA = ("confidence",)
 SERIES_COLUMNS = ["study_id", "series_id", "series_description"]
 SUBMISSION_COLUMNS = ["row_id", *GRADES]
 LABEL_TABLE_COLUMNS = ["study_id", "condition", "level", "grade"]
@@ -155,13 +157,17 @@ def load_coordinates(path: str | Path) -> pd.DataFrame:
     """Load `train_label_coordinates.csv` (or predicted coordinates in the same format).
 
     Conditions and levels are normalised to snake case; either spelling is accepted. Out-of-fold predicted
-    coordinates keep their `fold` column.
+    coordinates keep their `fold` column, predicted ones their `confidence` (the heatmap's probability mass
+    at the point) and `plausible` (1 when the study's level set passed `lumbar.localize.plausibility`).
     """
     path = Path(path)
     df = _read_csv(path, COORDINATE_COLUMNS)
     df = df[COORDINATE_COLUMNS + [c for c in COORDINATE_EXTRA if c in df]].copy()
     for col in ("study_id", "series_id", "instance_number", *(c for c in COORDINATE_EXTRA if c in df)):
-        df[col] = _integer_column(df, col, path)
+        if col in _FLOAT_EXTRA:
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+        else:
+            df[col] = _integer_column(df, col, path)
     df["condition"] = _normalize_names(df, "condition", normalize_condition, path)
     df["level"] = _normalize_names(df, "level", normalize_level, path)
     for col in ("x", "y"):
@@ -177,7 +183,7 @@ def load_coordinates(path: str | Path) -> pd.DataFrame:
 
 def write_coordinates(coords: pd.DataFrame, path: str | Path) -> Path:
     """Write coordinates exactly as `train_label_coordinates.csv` spells them ("Spinal Canal Stenosis", "L1/L2"),
-    plus `fold` for out-of-fold predictions."""
+    plus `fold`, `confidence` and `plausible` where the table has them."""
     out = coords[COORDINATE_COLUMNS + [c for c in COORDINATE_EXTRA if c in coords]].copy()
     out["condition"] = out["condition"].map(lambda c: condition_title(normalize_condition(c)))
     out["level"] = out["level"].map(lambda lv: level_title(normalize_level(lv)))

@@ -31,6 +31,7 @@ from scipy.optimize import minimize
 
 from lumbar.constants import CONDITION_GROUP, CONDITIONS, GRADES, GROUPS
 from lumbar.data.tables import row_study_ids, rows_of_studies, split_row_ids
+from lumbar.ensemble.widen import aligned_inputs, fit_widening, widen_arrays
 from lumbar.evaluate.metric import MetricResult, align_predictions, score_aligned
 
 _EPS = 1e-7
@@ -45,6 +46,7 @@ class EnsembleParams:
     weights: dict[str, list[float]]  # group (or "all") -> one weight per model
     temperatures: dict[str, float] = field(default_factory=lambda: {c: 1.0 for c in CONDITIONS})
     spinal_severe_scale: float = 1.0
+    widening: dict[str, list[float]] | None = None  # group -> (a, b) of `lumbar.ensemble.widen`; None: off
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,8 +105,11 @@ def calibrate_arrays(
     return p
 
 
-def apply_ensemble(preds: dict[str, pd.DataFrame], params: EnsembleParams) -> pd.DataFrame:
-    """Blend and calibrate the models' predictions (submission tables) into one submission table."""
+def apply_ensemble(preds: dict[str, pd.DataFrame], params: EnsembleParams, confidence: pd.DataFrame | None = None,
+                   prior: pd.DataFrame | None = None) -> pd.DataFrame:  # fmt: skip
+    """Blend and calibrate the models' predictions (submission tables) into one submission table; with
+    `params.widening`, move each row towards `prior` (a submission table covering the rows) by its
+    localisation `confidence` (`row_id, confidence`; rows without one count as sure)."""
     missing = [m for m in params.models if m not in preds]
     if missing:
         raise ValueError(f"ensemble needs predictions of {missing}; got {sorted(preds)}")
@@ -112,6 +117,11 @@ def apply_ensemble(preds: dict[str, pd.DataFrame], params: EnsembleParams) -> pd
     conditions = _conditions(rows["row_id"])
     blended = blend_arrays(probs, _groups(conditions), params.weights)
     out = calibrate_arrays(blended, conditions, params.temperatures, params.spinal_severe_scale)
+    if params.widening:
+        if prior is None:
+            raise ValueError("this ensemble widens doubtful rows towards the prior: pass the prior")
+        conf, prior_probs = aligned_inputs(rows, confidence, prior)
+        out = widen_arrays(out, prior_probs, conf, _groups(conditions), params.widening)
     return rows.assign(**{g: out[:, i] for i, g in enumerate(GRADES)})
 
 
@@ -207,11 +217,14 @@ def _fold_wise(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, folds: pd.D
 
 
 def fit_ensemble(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, folds: pd.DataFrame,
-                 per_group: bool = True, calibrate: bool = True) -> EnsembleResult:  # fmt: skip
+                 per_group: bool = True, calibrate: bool = True, confidence: pd.DataFrame | None = None,
+                 prior: pd.DataFrame | None = None) -> EnsembleResult:  # fmt: skip
     """Score every candidate out-of-fold, keep the best, fit it on everything (parameters for the test set).
 
     Candidates: each model alone, the plain mean, the fitted blend and (with `calibrate`) the calibrated
-    blend; the fitted ones are fitted fold-wise, so every candidate's score is out-of-fold.
+    blend; the fitted ones are fitted fold-wise, so every candidate's score is out-of-fold. With the rows'
+    localisation `confidence` and out-of-fold `prior`, the best of them widened by confidence
+    (`lumbar.ensemble.widen`, fitted fold-wise too) is one more candidate.
 
     Args:
         preds: model name -> OOF predictions (submission format), all covering the same rows.
@@ -219,6 +232,8 @@ def fit_ensemble(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, folds: pd
         folds: `study_id, fold`.
         per_group: one weight vector per metric group instead of one overall.
         calibrate: make the calibrated blend a candidate.
+        confidence: `row_id, confidence` of the OOF rows (the out-of-fold localizer's points).
+        prior: class-prior rows (submission format) for the OOF studies, each fitted without its fold.
     """
     names = list(preds)
     fixed = {n: EnsembleParams([n], {"all": [1.0]}) for n in names}  # test time then runs only that model
@@ -229,14 +244,54 @@ def fit_ensemble(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, folds: pd
     for name in fitted:
         oof, fold_params = _fold_wise(preds, labels, folds, per_group, calibrate=name == CALIBRATED)
         candidates[name] = (oof, None, fold_params)
-    rows = [{"model": n, **_score(labels, oof).as_dict()} for n, (oof, _, _) in candidates.items()]
-    scores = pd.DataFrame(rows)
-    chosen = str(scores.loc[scores["score"].idxmin(), "model"])
-    scores["chosen"] = scores["model"] == chosen
-    oof, params, fold_params = candidates[chosen]
+    scores = {n: _score(labels, oof) for n, (oof, _, _) in candidates.items()}
+    best = min(scores, key=lambda n: scores[n].score)
+    oof, params, fold_params = candidates[best]
     if params is None:
-        params = fit_params(preds, labels, per_group, calibrate=chosen == CALIBRATED)
-    return EnsembleResult(oof, params, fold_params, scores, chosen, {n: c[0] for n, c in candidates.items()})
+        params = fit_params(preds, labels, per_group, calibrate=best == CALIBRATED)
+    chosen = best
+    if confidence is not None and prior is not None:
+        widened, widen_folds = _widen_fold_wise(oof, labels, folds, confidence, prior)
+        name = f"{best} + widening (out-of-fold)"
+        scores[name] = _score(labels, widened)
+        if scores[name].score < scores[best].score:
+            params = EnsembleParams(**{**params.to_dict(), "widening": _fit_widening(oof, labels, confidence, prior)})
+            fold_params = {k: EnsembleParams(**{**fold_params.get(k, params).to_dict(), "widening": w})
+                           for k, w in widen_folds.items()}  # fmt: skip
+            oof, chosen = widened, name
+    table = pd.DataFrame([{"model": n, **r.as_dict()} for n, r in scores.items()])
+    table["chosen"] = table["model"] == chosen
+    outs = {n: c[0] for n, c in candidates.items()}
+    if chosen != best:
+        outs[chosen] = oof
+    return EnsembleResult(oof, params, fold_params, table, chosen, outs)
+
+
+def _fit_widening(oof: pd.DataFrame, labels: pd.DataFrame, confidence: pd.DataFrame,
+                  prior: pd.DataFrame) -> dict[str, list[float]]:  # fmt: skip
+    rows = oof[["row_id"]].reset_index(drop=True)
+    probs = oof[list(GRADES)].to_numpy(float)
+    conf, prior_probs = aligned_inputs(rows, confidence, prior)
+    scorer = _Scorer(labels, rows, probs[None])
+    return fit_widening(probs, prior_probs, conf, _groups(_conditions(rows["row_id"])), lambda p: scorer(p).score)
+
+
+def _widen_fold_wise(oof: pd.DataFrame, labels: pd.DataFrame, folds: pd.DataFrame, confidence: pd.DataFrame,
+                     prior: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, dict[str, list[float]]]]:  # fmt: skip
+    """Widening fitted on the other folds' OOF rows, applied to each held-out fold's."""
+    fold_of = folds.set_index("study_id")["fold"]
+    parts, fitted = [], {}
+    for fold in sorted(folds["fold"].unique()):
+        fit_rows = rows_of_studies(oof, set(fold_of.index[fold_of != fold]))
+        held = rows_of_studies(oof, set(fold_of.index[fold_of == fold]))
+        if not len(fit_rows) or not len(held):
+            continue
+        fitted[int(fold)] = w = _fit_widening(fit_rows, labels, confidence, prior)
+        conf, prior_probs = aligned_inputs(held[["row_id"]], confidence, prior)
+        out = widen_arrays(held[list(GRADES)].to_numpy(float), prior_probs, conf,
+                           _groups(_conditions(held["row_id"])), w)  # fmt: skip
+        parts.append(held[["row_id"]].assign(**{g: out[:, i] for i, g in enumerate(GRADES)}))
+    return pd.concat(parts, ignore_index=True), fitted
 
 
 def _score(labels: pd.DataFrame, sub: pd.DataFrame) -> MetricResult:

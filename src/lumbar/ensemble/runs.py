@@ -16,13 +16,16 @@ from pathlib import Path
 import pandas as pd
 
 from lumbar.atomic import write_json
-from lumbar.data.tables import load_labels, load_submission, write_csv
+from lumbar.data.tables import load_coordinates, load_labels, load_submission, write_csv
 from lumbar.ensemble.blend import BLEND, CALIBRATED, MEAN, EnsembleResult, fit_ensemble
+from lumbar.evaluate.baselines import out_of_fold_prior
+from lumbar.localize.confidence import row_confidence
 from lumbar.manifest import read_manifest, update_manifest
 from lumbar.paths import data_root
 
 ENSEMBLE_DIR = "ensemble"
 CANDIDATES_DIR = "candidates"
+LOCALIZER_KEY = "localizer"  # the manifest entry of `lumbar.localize.folds` (its `oof` coordinates)
 
 
 def competition_classifiers(manifest: dict) -> list[str]:
@@ -30,9 +33,19 @@ def competition_classifiers(manifest: dict) -> list[str]:
     return [name for name, c in manifest.get("classifiers", {}).items() if c.get("mode") == "competition"]
 
 
+def oof_confidence(run_dir: Path, manifest: dict) -> pd.DataFrame | None:
+    """`row_id, confidence` of the rows the classifiers were validated on: the out-of-fold localizer's points
+    (`cache_oof/`), when the run has them with confidences (runs before confidences were recorded: None)."""
+    entry = manifest.get(LOCALIZER_KEY, {})
+    if "oof_crops" not in manifest or "oof" not in entry:
+        return None
+    coords = load_coordinates(run_dir / entry["oof"])
+    return row_confidence(coords) if "confidence" in coords else None
+
+
 def fit_run_ensemble(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
                      models: list[str] | None = None, per_group: bool = True, calibrate: bool = True,
-                     folds_csv: str = "folds.csv") -> EnsembleResult:  # fmt: skip
+                     folds_csv: str = "folds.csv", widen: bool = True) -> EnsembleResult:  # fmt: skip
     """Fit fold-wise blend + calibration on the classifiers' OOF predictions and record it.
 
     Args:
@@ -42,6 +55,8 @@ def fit_run_ensemble(run_dir: str | os.PathLike, data_dir: str | os.PathLike | N
         per_group: blend weights per metric group, else one vector.
         calibrate: fit temperatures and the spinal severe scale.
         folds_csv: the run's folds file, relative to the run folder.
+        widen: make "the best candidate widened by localisation confidence" a candidate, when the
+            classifiers were validated on the out-of-fold localizer's crops and its points have confidences.
     """
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
@@ -57,7 +72,10 @@ def fit_run_ensemble(run_dir: str | os.PathLike, data_dir: str | os.PathLike | N
     preds = {n: load_submission(run_dir / classifiers[n]["oof"]) for n in names}
     labels = load_labels(data_root(data_dir) / "train.csv")
     folds = pd.read_csv(run_dir / folds_csv)
-    result = fit_ensemble(preds, labels, folds, per_group=per_group, calibrate=calibrate)
+    confidence = oof_confidence(run_dir, manifest) if widen else None
+    prior = out_of_fold_prior(labels, folds) if confidence is not None else None
+    result = fit_ensemble(preds, labels, folds, per_group=per_group, calibrate=calibrate, confidence=confidence,
+                          prior=prior)  # fmt: skip
 
     out = run_dir / ENSEMBLE_DIR
     write_json(result.params.to_dict(), out / "params.json")
@@ -84,6 +102,7 @@ def fit_run_ensemble(run_dir: str | os.PathLike, data_dir: str | os.PathLike | N
             "per_group": per_group,
             "calibrate": calibrate,
             "chosen": result.chosen,
+            "widening": result.params.widening is not None,
             "oof_score": float(chosen["score"]),
             "candidates": candidates,
         },

@@ -77,3 +77,13 @@ def prior_submission(labels: pd.DataFrame, study_ids: Iterable[int], by: str = "
     sub = _skeleton(study_ids).merge(priors, on=PRIOR_KEYS[by], how="left", validate="many_to_one")
     assert not sub[list(GRADES)].isna().any().any()
     return sub[SUBMISSION_COLUMNS]
+
+
+def out_of_fold_prior(labels: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
+    """Condition x level priors for each fold's studies, fitted on the other folds (Laplace-smoothed: a grade
+    the other folds never show must not get probability 0)."""
+    parts = []
+    for fold, group in folds.groupby("fold"):
+        train = labels[~labels["study_id"].isin(group["study_id"])]
+        parts.append(prior_submission(train, group["study_id"].tolist(), smoothing=1.0))
+    return pd.concat(parts, ignore_index=True)

@@ -39,6 +39,7 @@ from lumbar.data.tables import load_submission, row_study_ids, split_row_ids, su
 from lumbar.ensemble.blend import EnsembleParams, apply_ensemble
 from lumbar.fallback import DATA_ERRORS, MAX_FALLBACK_SHARE, check_fallbacks
 from lumbar.inference.submission import split_studies, validate_submission, write_submission
+from lumbar.localize.confidence import row_confidence
 from lumbar.manifest import read_manifest
 from lumbar.paths import data_root
 from lumbar.preprocess.cache import build_cache
@@ -55,6 +56,7 @@ class PredictReport:
     fallback_rows: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
     notes: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    coordinates: pd.DataFrame | None = field(default=None, repr=False)  # the points the crops came from
 
     @property
     def total_seconds(self) -> float:
@@ -194,12 +196,16 @@ def predict(data_dir, split: str, run_dir, out=None, work_dir=None, device: str 
             else:
                 points = coords[coords["study_id"].isin(chunk)]
                 points = points if len(points) else None
+            if points is not None:
+                report.coordinates = pd.concat([report.coordinates, points], ignore_index=True)
             preds, covered = _classify_chunk(members, points, root, split, chunk, scratch / "crops", device, workers,
                                              report)  # fmt: skip
             t = time.perf_counter()
             fallback = [r for r in submission_row_ids(chunk) if r not in covered]
             if preds:
-                blended = apply_ensemble(preds, params)
+                ids = next(iter(preds.values()))["row_id"].astype(str).tolist()
+                confidence = row_confidence(points) if points is not None else None
+                blended = apply_ensemble(preds, params, confidence, _prior_rows(prior, ids))
                 parts.append(blended[blended["row_id"].isin(covered)])
             if fallback:
                 parts.append(_prior_rows(prior, fallback))

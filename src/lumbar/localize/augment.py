@@ -97,13 +97,28 @@ def random_mirror(images: torch.Tensor, points: torch.Tensor, generator: torch.G
     return images, points
 
 
-def random_intensity(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Per-sample contrast (x0.8-1.2), brightness (+-0.1) and gamma (0.7-1.4), clipped to [0, 1]."""
-    b = images.shape[0]
+def random_intensity(images: torch.Tensor, generator: torch.Generator, wide: bool = False) -> torch.Tensor:
+    """Per-sample contrast (x0.8-1.2), brightness (+-0.1) and gamma (0.7-1.4), clipped to [0, 1].
+
+    `wide` (LocalizerConfig.contrast = "wide") draws the contrasts real series show: contrast x0.4-1.2 (low-
+    contrast series too), a coil-bias ramp (a gain of up to +-30 % across the image in a random direction),
+    gamma 0.6-1.6 and, for one sample in ten, inverted intensities (the localizer must find the anatomy, not a
+    grey level).
+    """
+    b, h, w = images.shape[0], images.shape[-2], images.shape[-1]
     shape = (b,) + (1,) * (images.dim() - 1)
 
     def draw(lo: float, hi: float) -> torch.Tensor:
         return (lo + (hi - lo) * torch.rand(b, generator=generator)).to(images.device).view(shape)
 
-    out = (images * draw(0.8, 1.2) + draw(-0.1, 0.1)).clamp(0, 1)
-    return out ** draw(0.7, 1.4)
+    if not wide:
+        out = (images * draw(0.8, 1.2) + draw(-0.1, 0.1)).clamp(0, 1)
+        return out ** draw(0.7, 1.4)
+    angle, strength = draw(0.0, 2 * math.pi), draw(-0.3, 0.3)
+    ys = torch.linspace(-0.5, 0.5, h, device=images.device).view(h, 1)
+    xs = torch.linspace(-0.5, 0.5, w, device=images.device).view(1, w)
+    ramp = 1.0 + strength * (torch.cos(angle) * xs + torch.sin(angle) * ys)
+    out = ((images * draw(0.4, 1.2) + draw(-0.1, 0.1)) * ramp).clamp(0, 1)
+    out = out ** draw(0.6, 1.6)
+    invert = draw(0.0, 1.0) < 0.1
+    return torch.where(invert, 1.0 - out, out)

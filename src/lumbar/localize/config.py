@@ -39,6 +39,8 @@ class LocalizerConfig:
         lr: AdamW peak learning rate (one-cycle schedule).
         weight_decay: AdamW weight decay.
         augment: random affine, mirror and intensity augmentation during training.
+        contrast: the intensity augmentation's range: "standard", or "wide" (low contrast, coil bias, inverted
+            series: the contrasts real studies show; `augment.random_intensity`).
         max_scale: augmentation zoom range (+-).
         max_rotate_deg: augmentation rotation range (+-).
         max_shift: augmentation translation range, as a fraction of the image (+-).
@@ -78,6 +80,7 @@ class LocalizerConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     augment: bool = True
+    contrast: str = "standard"
     normalize_inputs: bool = True
     max_scale: float = 0.15
     max_rotate_deg: float = 10.0
@@ -107,6 +110,8 @@ class LocalizerConfig:
             raise ValueError("slices must be >= 1, axial_neighbors and axial_slice_shift >= 0")
         if self.out_stride not in (1, 2, 4, 8):
             raise ValueError(f"out_stride must be 1, 2, 4 or 8, got {self.out_stride}")
+        if self.contrast not in ("standard", "wide"):
+            raise ValueError(f"contrast must be 'standard' or 'wide', got {self.contrast!r}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         if self.epochs < 1 or self.batch_size < 1 or self.axial_epochs < 0 or self.refine_epochs < 0:

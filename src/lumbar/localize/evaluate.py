@@ -147,6 +147,23 @@ def summary_line(summary: pd.DataFrame) -> str:
             f"median_mm={a['median_mm']:.3f} missing={int(a['missing'])}")  # fmt: skip
 
 
+def implausible_studies(coords: pd.DataFrame) -> list[int]:
+    """Studies with at least one point that failed the level-set check (`lumbar.localize.confidence`)."""
+    if "plausible" not in coords:
+        return []
+    return sorted(int(s) for s in coords.loc[coords["plausible"] == 0, "study_id"].unique())
+
+
+def robustness_line(pred: pd.DataFrame, errors: pd.DataFrame, worst: int = 5) -> str:
+    """Share of studies with an implausible level set, and the studies with the largest median error."""
+    studies = pred["study_id"].nunique()
+    bad = implausible_studies(pred)
+    per_study = errors.groupby("study_id")["error_3d_mm"].median().sort_values(ascending=False)
+    return (f"robustness: implausible level sets in {len(bad)}/{studies} studies ({len(bad) / max(studies, 1):.1%})"
+            f"{' ' + str(bad[:10]) if bad else ''}; worst studies by median 3D error: "
+            + ", ".join(f"{s} {v:.1f} mm" for s, v in per_study.head(worst).items()))  # fmt: skip
+
+
 def cli_localize_eval(args: argparse.Namespace) -> int:
     """`python -m lumbar localize-eval`: the per-condition table, then the summary line."""
     root = data_root(args.data_dir, must_exist=True)
@@ -162,6 +179,7 @@ def cli_localize_eval(args: argparse.Namespace) -> int:
         print(table.to_string(float_format=lambda v: f"{v:.3f}"))
         print("slice shift (predicted - true) per condition:")
         print(slice_histogram(errors).to_string())
+    print(robustness_line(pred, errors))
     print(summary_line(table.loc["all"] if "fold" in errors else table))
     return 0
 

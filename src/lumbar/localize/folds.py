@@ -32,7 +32,13 @@ import pandas as pd
 
 from lumbar.data.tables import load_coordinates, write_coordinates, write_csv
 from lumbar.localize.config import LocalizerConfig
-from lumbar.localize.evaluate import localization_errors, slice_histogram, summarize_folds, summary_line
+from lumbar.localize.evaluate import (
+    implausible_studies,
+    localization_errors,
+    slice_histogram,
+    summarize_folds,
+    summary_line,
+)
 from lumbar.localize.predict import localize
 from lumbar.localize.train import MANIFEST_KEY, prepare_all, train_localizer
 from lumbar.manifest import read_manifest, update_manifest
@@ -94,12 +100,32 @@ def train_localizer_folds(config: LocalizerConfig, data_dir: str | os.PathLike |
     members = {fold_member(k): {**e, "fold": k} for k, e in zip(fold_ids, entries)}
     entry = {"kind": "lumbar-localizer-folds", "config": config.to_dict(), "folds": members}
     update_manifest(run, MANIFEST_KEY, entry)
+    entry = predict_out_of_fold(run, root, coords, folds, index, device)
+    entry["seconds"] = round(time.perf_counter() - t0, 1)
+    update_manifest(run, MANIFEST_KEY, entry)
+    return entry
 
+
+def predict_out_of_fold(run: str | os.PathLike, data_dir: str | os.PathLike | None, coords: pd.DataFrame,
+                        folds: pd.DataFrame, index: pd.DataFrame, device: str = "auto") -> dict:  # fmt: skip
+    """Each fold's studies predicted by that fold's localizer, evaluated against `coords`, written and recorded.
+
+    Called by `train_localizer_folds`; on its own it re-predicts a trained run's out-of-fold points (e.g. to
+    add confidences to a run trained before they were recorded: same points, the crops are reused).
+
+    Returns:
+        The manifest's "localizer" entry with `oof`, `errors`, the summaries and `implausible_studies`.
+    """
+    run, root = Path(run), data_root(data_dir, must_exist=True)
+    entry = read_manifest(run)[MANIFEST_KEY]
+    fold_of = folds.set_index("study_id")["fold"]
+    coords = coords[coords["study_id"].isin(fold_of.index)]
     parts = []
-    for k in fold_ids:
+    for name, member in entry["folds"].items():
+        k = int(member["fold"])
         studies = sorted(int(s) for s in coords["study_id"].unique() if fold_of[s] == k)
         predicted, _ = localize(root, "train", run, studies=studies, index=index, device=device, progress=False,
-                                members=[fold_member(k)])  # fmt: skip
+                                members=[name])  # fmt: skip
         parts.append(predicted.assign(fold=k))
     oof = pd.concat(parts, ignore_index=True)
     write_coordinates(oof, run / OOF_CSV)
@@ -112,7 +138,7 @@ def train_localizer_folds(config: LocalizerConfig, data_dir: str | os.PathLike |
     entry.update(oof=OOF_CSV, errors=ERRORS_JSON, errors_table=ERRORS_CSV, oof_points=len(oof),
                  summary=summary_line(table.loc["all"]), per_fold={f: summary_line(table.loc[f]) for f in
                  table.index.get_level_values(0).unique()}, slice_histogram=slice_histogram(errors).to_dict("index"),
-                 seconds=round(time.perf_counter() - t0, 1))  # fmt: skip
+                 implausible_studies=implausible_studies(oof))  # fmt: skip
     update_manifest(run, MANIFEST_KEY, entry)
     return entry
 

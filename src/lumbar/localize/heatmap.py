@@ -253,3 +253,28 @@ def _monotone_assignment(score: np.ndarray) -> list[int]:
         j = int(back[lv, j])
         assigned.append(j)
     return assigned[::-1]
+
+
+def point_confidence(logits: torch.Tensor, points: torch.Tensor, radius_px: int, radius_slices: int) -> torch.Tensor:
+    """Each point's own probability mass near where it was placed: (B, K) in [0, 1].
+
+    The mass of point k's joint (slice, row, column) distribution within +-radius_px heatmap pixels and
+    +-radius_slices slice bins of its decoded position. A sure, well-placed point keeps most of its mass
+    there; a point on a noise image, a point whose heatmap has two rival peaks (the neighbouring disc), or
+    one decoded away from its own peak (`decode_columns` placing levels jointly) gets little. With several
+    fold models averaged (`ProbabilityMean`), their disagreement spreads the mass and lowers it too.
+
+    Args:
+        logits: (B, K, D, h, w), as the decoders take them.
+        points: (B, K, 3) normalised (u, v, z), as the decoders return them.
+    """
+    b, k, d, h, w = logits.shape
+    prob = F.softmax(logits.float().flatten(2), dim=-1).view(b, k, d, h, w)
+    centre = [points[..., 0] * w - 0.5, points[..., 1] * h - 0.5, points[..., 2] * max(d - 1, 0)]
+
+    def window(n: int, c: torch.Tensor, r: int) -> torch.Tensor:
+        grid = torch.arange(n, device=logits.device, dtype=torch.float32)
+        return ((grid - torch.round(c.float())[..., None]).abs() <= r).float()
+
+    mx, my, mz = window(w, centre[0], radius_px), window(h, centre[1], radius_px), window(d, centre[2], radius_slices)
+    return torch.einsum("bkdhw,bkd,bkh,bkw->bk", prob, mz, my, mx).clamp(0.0, 1.0)

@@ -35,8 +35,9 @@ from lumbar.data.dicom import DicomReadError, Series, Stack, patient_to_pixel, r
 from lumbar.data.index import load_or_build_index, series_geometry
 from lumbar.data.tables import COORDINATE_COLUMNS, write_coordinates
 from lumbar.localize.axial import AXIAL_MAP_COLUMNS, map_axial, sagittal_points_mm
+from lumbar.localize.confidence import check_level_set
 from lumbar.localize.config import LocalizerConfig
-from lumbar.localize.heatmap import decode_columns, decode_heatmaps
+from lumbar.localize.heatmap import decode_columns, decode_heatmaps, point_confidence
 from lumbar.localize.slice_refine import refine_slices
 from lumbar.localize.tasks import TASKS, Task
 from lumbar.localize.train import MANIFEST_KEY, build_model, build_scorer, crop_geometry
@@ -44,6 +45,9 @@ from lumbar.localize.volumes import axial_input, normalize_intensity, sagittal_i
 from lumbar.manifest import manifest_path, read_manifest
 from lumbar.paths import data_root, series_dir
 from lumbar.train.runtime import resolve_device
+
+#: Predicted coordinates: the label format plus each point's confidence (`Localizer.predict`).
+PREDICTED_COLUMNS = [*COORDINATE_COLUMNS, "confidence"]
 
 
 @dataclass
@@ -144,8 +148,9 @@ class Localizer:
         self.scorers = {k: ProbabilityMean(v, start_dim=1).to(self.device).eval() for k, v in scorers.items()}
 
     @torch.no_grad()
-    def predict(self, task: str, inputs: np.ndarray) -> np.ndarray:
-        """Normalised points (B, K, 3) = (u, v, z) for model inputs (B, C, S, S).
+    def predict(self, task: str, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised points (B, K, 3) = (u, v, z) for model inputs (B, C, S, S), and each point's confidence
+        (B, K): its heatmap's probability mass within about two target spreads of it (`point_confidence`).
 
         Sagittal tasks decode each column of 5 levels jointly (`decode_columns`), in head-to-foot order.
         """
@@ -154,8 +159,12 @@ class Localizer:
         if TASKS[task].plane == "sagittal":
             n = len(LEVELS)
             columns = [range(i, i + n) for i in range(0, len(TASKS[task].points), n)]
-            return decode_columns(logits, columns).cpu().numpy()
-        return decode_heatmaps(logits)[0].cpu().numpy()
+            points = decode_columns(logits, columns)
+        else:
+            points = decode_heatmaps(logits)[0]
+        radius_px, radius_slices = (max(1, math.ceil(2 * s)) for s in (self.config.sigma_px, self.config.sigma_slices))
+        confidence = point_confidence(logits, points, radius_px, radius_slices)
+        return points.cpu().numpy(), confidence.cpu().numpy()
 
     def sagittal_points(self, task: Task, study_id: int, series_id: int, stack: Stack) -> pd.DataFrame:
         """Coordinate rows of one sagittal task on a stack, each column of 5 levels ordered head to foot.
@@ -165,10 +174,11 @@ class Localizer:
         """
         volume = stack.load()
         pixels = normalize_intensity(volume.pixels)
-        pts = self.predict(task.name, sagittal_input(pixels, self.config.size, self.config.slices)[None])[0]
+        pts, conf = self.predict(task.name, sagittal_input(pixels, self.config.size, self.config.slices)[None])
+        pts, conf = pts[0], conf[0]
         for start in range(0, len(task.points), len(LEVELS)):
-            block = pts[start : start + len(LEVELS)]
-            pts[start : start + len(LEVELS)] = block[np.argsort(block[:, 1], kind="stable")]
+            order = start + np.argsort(pts[start : start + len(LEVELS), 1], kind="stable")
+            pts[start : start + len(LEVELS)], conf[start : start + len(LEVELS)] = pts[order], conf[order]
         n = len(stack)
         slices = np.clip(np.rint(pts[:, 2] * (n - 1)), 0, n - 1).astype(int)
         if task.name in self.scorers:
@@ -178,11 +188,11 @@ class Localizer:
             slices = refine_slices(self.scorers[task.name], pixels, spacing, xy, slices, self.config.refine_window,
                                    crop_geometry(self.config), self.device)  # fmt: skip
         rows = []
-        for (condition, level), (u, v, _), k in zip(task.points, pts, slices):
+        for (condition, level), (u, v, _), k, c in zip(task.points, pts, slices, conf):
             h = stack.headers[k]
             rows.append((study_id, series_id, h.instance_number, condition, level,
-                         u * h.columns - 0.5, v * h.rows - 0.5))  # fmt: skip
-        return pd.DataFrame(rows, columns=COORDINATE_COLUMNS)
+                         u * h.columns - 0.5, v * h.rows - 0.5, float(c)))  # fmt: skip
+        return pd.DataFrame(rows, columns=PREDICTED_COLUMNS)
 
     def axial_points(self, study_id: int, mapped: pd.DataFrame, series: dict[int, Series]) -> pd.DataFrame:
         """Subarticular rows for the mapped levels (`map_axial` output rows with an instance)."""
@@ -197,14 +207,14 @@ class Localizer:
             inputs.append(window)
             places.append((r.level, int(r.axial_series_id), stack.headers[slice_i]))
         if not inputs:
-            return pd.DataFrame(columns=COORDINATE_COLUMNS)
-        pts = self.predict(task.name, np.stack(inputs))
+            return pd.DataFrame(columns=PREDICTED_COLUMNS)
+        pts, conf = self.predict(task.name, np.stack(inputs))
         rows = []
-        for (level, series_id, h), p in zip(places, pts):
-            for (condition, _), (u, v, _) in zip(task.points, p):
+        for (level, series_id, h), p, pc in zip(places, pts, conf):
+            for (condition, _), (u, v, _), c in zip(task.points, p, pc):
                 rows.append((study_id, series_id, h.instance_number, condition, level,
-                             u * h.columns - 0.5, v * h.rows - 0.5))  # fmt: skip
-        return pd.DataFrame(rows, columns=COORDINATE_COLUMNS)
+                             u * h.columns - 0.5, v * h.rows - 0.5, float(c)))  # fmt: skip
+        return pd.DataFrame(rows, columns=PREDICTED_COLUMNS)
 
     def localize_study(self, root: Path, split: str, study_id: int, index: pd.DataFrame,
                        axial_max_distance_mm: float = math.inf) -> tuple[pd.DataFrame, list[str], list]:  # fmt: skip
@@ -238,7 +248,7 @@ class Localizer:
             parts.append(rows)
             if name == "sag_t2":
                 spinal = rows
-        far = []
+        far, axial_distance = [], {}
         if "axial" not in self.models:
             notes.append("no axial model in the run -> no subarticular points")
         elif spinal is None:
@@ -247,6 +257,7 @@ class Localizer:
             found, axial_notes = axial_slices(spinal, index, axial_max_distance_mm)
             notes += axial_notes
             far = [(study_id, r.level, float(r.distance_mm)) for r in found.itertuples() if r.distance_mm > 10.0]
+            axial_distance = dict(zip(found["level"], found["distance_mm"].astype(float)))
             series = {}
             try:
                 for sid in found["axial_series_id"].unique():
@@ -255,7 +266,9 @@ class Localizer:
             except DicomReadError as e:
                 notes.append(f"axial series unreadable ({e}) -> no subarticular points")
         parts = [p for p in parts if len(p)]
-        table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COORDINATE_COLUMNS)
+        table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=PREDICTED_COLUMNS)
+        table, doubts = check_level_set(table, index, axial_distance)
+        notes += [f"implausible level set: {d}" for d in doubts]
         return table, notes, far
 
 

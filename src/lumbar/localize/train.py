@@ -205,7 +205,7 @@ def _heatmap_batches(task: Task, inputs: np.ndarray, targets: np.ndarray, config
             x, y = random_affine(x, y, gen, config.max_scale, config.max_rotate_deg, config.max_shift)
             if task.plane == "sagittal":
                 x, y = random_depth_affine(x, y, gen, config.max_depth_scale, config.max_depth_shift)
-            x = random_intensity(x, gen)
+            x = random_intensity(x, gen, config.contrast == "wide")
         return x, y
 
     return batch
@@ -219,7 +219,7 @@ def _scorer_batches(crops: list[np.ndarray], truth: np.ndarray, config: Localize
         x, y = draw_batch(crops, truth, idx, config.refine_window, geometry, rng, config.augment)
         x = torch.from_numpy(x).to(device)
         if config.augment:
-            x = random_intensity(x, gen)
+            x = random_intensity(x, gen, config.contrast == "wide")
         return x, torch.from_numpy(y).to(device)
 
     return batch

@@ -53,6 +53,18 @@ def _brightness_contrast() -> A.BasicTransform:
     return A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.75)
 
 
+@register_augmentation("gamma")
+def _gamma() -> A.BasicTransform:
+    """Gamma 0.7-1.5: T2 against fat-suppressed STIR, and vendors' contrast curves, differ in mid-tones."""
+    return A.RandomGamma(gamma_limit=(70, 150), p=0.5)
+
+
+@register_augmentation("coil_bias")
+def _coil_bias() -> A.BasicTransform:
+    """A smooth brightness ramp across the crop: the receive coil's sensitivity falls off with distance."""
+    return A.Illumination(mode="linear", intensity_range=(0.05, 0.2), p=0.5)
+
+
 @register_augmentation("blur")
 def _blur() -> A.BasicTransform:
     """Gaussian or motion blur: resolution and patient motion differ."""
@@ -81,6 +93,11 @@ PRESETS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Added to the task's preset by `augment: contrast` (configs/full.yaml): the real data mixes T2 and STIR,
+#: vendors and coils.
+CONTRAST: tuple[str, ...] = ("gamma", "coil_bias")
+
+
 def task_preset(conditions: Sequence[str]) -> str:
     """The default preset of a task: "axial" when all its conditions are read on Axial T2, else "sagittal"."""
     axial = [CONDITION_SERIES[c] == AXIAL_T2 for c in conditions]
@@ -91,13 +108,16 @@ def resolve_augmentations(spec: str, conditions: Sequence[str] = ()) -> tuple[st
     """The augmentation names a config's `augment` string means.
 
     Args:
-        spec: "default" (the task's preset, see `task_preset`), a preset name, or comma-separated names.
+        spec: "default" (the task's preset, see `task_preset`), "contrast" (that preset plus `CONTRAST`), a
+            preset name, or comma-separated names.
         conditions: the task's conditions, for "default".
 
     Raises:
         ValueError: for an unknown name (listing the registered ones).
     """
     spec = spec.strip()
+    if spec == "contrast":  # the task's preset plus the contrasts of other protocols
+        return PRESETS[task_preset(conditions)] + CONTRAST
     if spec == "default":
         spec = task_preset(conditions)
     if spec in PRESETS:

@@ -59,6 +59,8 @@ class SynthConfig:
         label_noise: share of grades written without looking (drawn from the real frequencies).
         reader_sd: the reader's error on the severity scale (grade thresholds are 1 apart).
         depth_samples: samples across each slice's thickness (partial volume).
+        stir_rate: share of Sagittal T2/STIR series that are fat-suppressed STIR (other contrasts than
+            training: a robustness check).
     """
 
     studies: int = 60
@@ -68,11 +70,14 @@ class SynthConfig:
     label_noise: float = 0.05
     reader_sd: float = 0.25
     depth_samples: int = 2
+    stir_rate: float = QUIRK_RATES["stir"]
 
     def __post_init__(self):
         if self.studies < 1 or self.test_studies < 0:
             raise ValueError(f"need at least 1 training study and >= 0 test studies, got {self.studies}, "
                              f"{self.test_studies}")
+        if not 0.0 <= self.stir_rate <= 1.0:
+            raise ValueError(f"stir_rate must be within [0, 1], got {self.stir_rate}")
         if self.image_size < 32:
             raise ValueError(f"image_size must be >= 32 pixels, got {self.image_size}")
 
@@ -109,7 +114,8 @@ def _study_ids(config: SynthConfig) -> list[tuple[str, int, int]]:
 def _run_task(args: tuple) -> StudyResult:
     out, split, index, study_id, config = args
     labels = LabelModel(reader_sd=config.reader_sd, label_noise=config.label_noise)
-    return make_study(out, split, index, study_id, config.seed, config.image_size, labels, config.depth_samples)
+    return make_study(out, split, index, study_id, config.seed, config.image_size, labels, config.depth_samples,
+                      config.stir_rate)
 
 
 def _long_labels(results: list[StudyResult]) -> pd.DataFrame:
@@ -222,7 +228,7 @@ def generate(out: str | Path, config: SynthConfig, oracle: str | Path | None = N
 def cli_synth(args: argparse.Namespace) -> int:
     """`python -m lumbar synth`: write the folder, print one summary line (bad arguments: exit 2, lumbar.cli)."""
     config = SynthConfig(studies=args.studies, test_studies=args.test_studies, seed=args.seed,
-                         image_size=args.image_size, label_noise=args.label_noise)
+                         image_size=args.image_size, label_noise=args.label_noise, stir_rate=args.stir_rate)
     LabelModel(reader_sd=config.reader_sd, label_noise=config.label_noise)  # validate before any work
     summary = generate(args.out, config, oracle=args.oracle, workers=args.workers, overwrite=args.overwrite)
     print(summary.line())

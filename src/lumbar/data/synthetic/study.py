@@ -119,7 +119,7 @@ def _tags(rng: np.random.Generator, study_id: int, series_id: int, description: 
 
 
 def plan_series(phantom: Phantom, rng: np.random.Generator, study_id: int, image_size: int, axial_gap: int,
-                split: str) -> list[SeriesPlan]:
+                split: str, stir_rate: float = QUIRK_RATES["stir"]) -> list[SeriesPlan]:
     """Every series of a study: Sagittal T1, Sagittal T2/STIR and one or two Axial T2 (one may be missing).
 
     Args:
@@ -129,6 +129,7 @@ def plan_series(phantom: Phantom, rng: np.random.Generator, study_id: int, image
         image_size: nominal image width in pixels; each series varies around it, its field of view stays real.
         axial_gap: how many top discs the axial series miss (their subarticular labels are blank).
         split: "train" or "test" (test files may lack thickness tags).
+        stir_rate: share of Sagittal T2/STIR series rendered as fat-suppressed STIR.
     """
     ids = _series_ids(rng, 4)
     reversed_sagittal = rng.random() < QUIRK_RATES["reversed_sagittal"]
@@ -136,7 +137,7 @@ def plan_series(phantom: Phantom, rng: np.random.Generator, study_id: int, image
     if rng.random() < QUIRK_RATES["missing_series"]:
         missing = SAGITTAL_T1 if rng.random() < 2 / 3 else SAGITTAL_T2
     plans = []
-    for description, sequence in ((SAGITTAL_T1, "T1"), (SAGITTAL_T2, "STIR" if rng.random() < QUIRK_RATES["stir"]
+    for description, sequence in ((SAGITTAL_T1, "T1"), (SAGITTAL_T2, "STIR" if rng.random() < stir_rate
                                                           else "T2")):
         stack = sagittal_stack(phantom, rng, image_size, FOV[description])
         order = np.argsort(stack.positions @ phantom.rotation[:, 0])  # patient right to left
@@ -254,7 +255,7 @@ def study_id_for(seed: int, split: str, index: int) -> int:
 
 
 def make_study(out: Path, split: str, index: int, study_id: int, seed: int, image_size: int,
-               labels: LabelModel, depth_samples: int = 2) -> StudyResult:
+               labels: LabelModel, depth_samples: int = 2, stir_rate: float = QUIRK_RATES["stir"]) -> StudyResult:
     """Draw and write one study under `out/<split>_images/<study_id>/`.
 
     Args:
@@ -266,6 +267,7 @@ def make_study(out: Path, split: str, index: int, study_id: int, seed: int, imag
         image_size: nominal image width in pixels.
         labels: the label model (noise settings).
         depth_samples: samples across each slice's thickness.
+        stir_rate: share of Sagittal T2/STIR series rendered as STIR.
     """
     r_labels, r_anatomy, r_scan, r_pixels = study_streams(seed, split, index)
     severity = labels.draw_latent(r_labels)
@@ -273,7 +275,7 @@ def make_study(out: Path, split: str, index: int, study_id: int, seed: int, imag
     axial_gap = labels.draw_axial_gap(r_labels)
     blank = labels.draw_blanks(r_labels, axial_gap)
     phantom = draw_phantom(r_anatomy, severity)
-    plans = plan_series(phantom, r_scan, study_id, image_size, axial_gap, split)
+    plans = plan_series(phantom, r_scan, study_id, image_size, axial_gap, split, stir_rate)
     present = {p.description for p in plans}
     for condition in CONDITIONS:  # a series that was not acquired cannot be read
         if CONDITION_SERIES[condition] not in present:

@@ -1,0 +1,47 @@
+"""Per-target and per-study losses, and a run judged on a fresh synthetic set."""
+
+import numpy as np
+
+from lumbar.constants import CONDITION_GROUP, GRADES
+from lumbar.data.tables import load_labels, load_submission
+from lumbar.evaluate.metric import TERMS, competition_score
+from lumbar.evaluate.robustness import loss_summary, robustness_report, study_losses, target_losses
+
+
+def _noisy_oracle(synthetic_dir, seed=0):
+    oracle = load_submission(synthetic_dir / "oracle.csv")
+    rng = np.random.default_rng(seed)
+    p = oracle[list(GRADES)].to_numpy() + rng.uniform(0, 0.3, (len(oracle), 3))
+    return oracle.assign(**{g: p[:, i] / p.sum(1) for i, g in enumerate(GRADES)})
+
+
+def test_target_losses_rebuild_the_metric_groups_and_study_losses_score_each_study(synthetic_dir):
+    labels = load_labels(synthetic_dir / "train.csv")
+    sub = _noisy_oracle(synthetic_dir)
+    sub = sub[sub["row_id"].str.split("_").str[0].astype(int).isin(labels["study_id"])]
+    result = competition_score(labels, sub)
+    targets = target_losses(labels, sub)
+    group = targets["condition"].map(CONDITION_GROUP)
+    for g in ("spinal", "foraminal", "subarticular"):
+        rows = targets[group == g]
+        assert abs(rows["loss"].sum() / rows["weight"].sum() - getattr(result, g)) < 1e-9
+    np.testing.assert_allclose(targets["loss"], targets["weight"] * -np.log(targets["p_true"]))
+    studies = study_losses(labels, sub)
+    for r in studies.itertuples():
+        alone = competition_score(labels[labels["study_id"] == r.study_id], sub).as_dict()
+        assert abs(np.nanmean([alone[t] for t in TERMS]) - r.score) < 1e-12
+    assert list(studies["score"]) == sorted(studies["score"], reverse=True)
+    summary = loss_summary(targets, studies)
+    assert summary["study_max"] == studies["score"].max() and summary["target_max"] == targets["loss"].max()
+    assert summary["targets_over_8"] == int((targets["loss"] > 8).sum())
+
+
+def test_one_confidently_wrong_target_is_the_worst_and_is_counted(synthetic_dir):
+    labels = load_labels(synthetic_dir / "train.csv")
+    sub = _noisy_oracle(synthetic_dir, seed=1)
+    target = labels[labels["grade"] == 0].iloc[0]
+    row = f"{target.study_id}_{target.condition}_{target.level}"
+    sub.loc[sub["row_id"] == row, list(GRADES)] = [0.0001, 0.0001, 0.9998]
+    summary, studies, targets = robustness_report(labels, sub)
+    assert targets.iloc[0]["row_id"] == row and summary["targets_over_8"] >= 1
+    assert summary["worst_studies"][0] == target.study_id == studies.iloc[0]["study_id"]
