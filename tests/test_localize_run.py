@@ -83,7 +83,8 @@ def test_localize_cli_writes_the_coordinates_format(trained, sample_dir, tmp_pat
     rc = main(["localize", "--data-dir", str(sample_dir), "--split", "train", "--run", str(moved), "--out", str(out)])
     assert rc == 0 and "2 studies, 50 rows" in capsys.readouterr().out
     raw = pd.read_csv(out)
-    assert list(raw.columns) == COORDINATE_COLUMNS
+    assert list(raw.columns) == [*COORDINATE_COLUMNS, "confidence", "plausible"]  # the label format, then the extras
+    assert raw["confidence"].between(0, 1).all() and set(raw["plausible"]) <= {0, 1}
     assert set(raw["condition"]) == {condition_title(c) for c in CONDITIONS}
     assert set(raw["level"]) == {level_title(lv) for lv in LEVELS}
     pred = load_coordinates(out)
