@@ -277,6 +277,12 @@ def _predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--max-fallback-share", type=float, default=0.05,
                    help="share of studies that may get rows from the class prior before the run fails (0.05)")
+    p.add_argument("--max-folds", type=int, default=0, help="use the first K folds of every classifier (0 = all)")
+    p.add_argument("--max-members", type=int, default=0,
+                   help="use the M ensemble members with the largest blend weights (0 = all)")
+    p.add_argument("--time-budget", type=float, default=0.0, metavar="SECONDS",
+                   help="seconds the whole predict may take: after timing the first chunk, fewer folds (then "
+                        "members) for the rest when the full ensemble would not fit (0 = no limit)")
 
 
 @command("validate-submission", "lumbar.inference.submission:cli_validate_submission", "check a submission")
