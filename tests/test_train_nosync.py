@@ -202,3 +202,11 @@ def test_channels_last_on_cpu_only_for_models_that_ask_for_it():
     finally:
         teardown_runtime(off)
         teardown_runtime(runtime)
+
+
+def test_the_allocator_keeps_freed_blocks_on_linux():
+    import sys
+
+    from lumbar.train.runtime import keep_freed_memory
+
+    assert keep_freed_memory() is sys.platform.startswith("linux")  # glibc's mallopt accepted both settings

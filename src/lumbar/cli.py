@@ -171,7 +171,8 @@ def _pipeline(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--only", default=None, help="run just this notebook (output name or prefix)")
     add_set_argument(p, "notebook parameter (YAML value) for the selected notebooks that declare it")
-    p.add_argument("--jobs", type=int, default=None, help="notebooks of a parallel group run at once (default: config)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="notebooks of a parallel group run at once (default: the config's; 0 = one per core)")
     p.add_argument("--data-dir", default=None, help="data folder, over the config's data_dir")
     p.add_argument("--allow-synthetic", action="store_true",
                    help="let a config meant for the real data run on synthetic data (a dry run)")
@@ -260,7 +261,7 @@ def _preprocess(p: argparse.ArgumentParser) -> None:
 @command("demo", "lumbar.demo:cli_demo", "synthetic data + the whole pipeline + one line of results")
 def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="configs/demo.yaml")
-    p.add_argument("--workers", type=int, default=2, help="processes for data generation")
+    p.add_argument("--workers", type=int, default=0, help="processes for data generation (0 = one per core)")
 
 
 @command(

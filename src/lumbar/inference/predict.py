@@ -53,13 +53,19 @@ STAGES = ("index", "localize", "crop", "classify", "blend")
 
 @dataclass
 class PredictReport:
-    """What `predict` did: per-stage seconds, studies, and every row that fell back to the prior."""
+    """What `predict` did: per-stage seconds, studies, and every row that fell back to the prior.
+
+    `forward_seconds` is the part of the localize and classify stages spent in the models (the rest is reading
+    DICOM files, resampling and cropping): what a faster device shortens; `member_seconds` the classify
+    stage per ensemble member; `ensemble` the members and folds used and their weights' size.
+    """
 
     studies: list[int] = field(default_factory=list)
     fallback_rows: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
     notes: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     member_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    forward_seconds: dict[str, float] = field(default_factory=lambda: {"localize": 0.0, "classify": 0.0})
     ensemble: dict = field(default_factory=dict)
 
     @property
@@ -101,6 +107,7 @@ class PredictReport:
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "seconds_per_study": round(self.total_seconds / n, 3),
             "member_seconds": {k: round(v, 3) for k, v in self.member_seconds.items()},
+            "forward_seconds": {k: round(v, 3) for k, v in self.forward_seconds.items()},
             "ensemble": self.ensemble,
         }
 
@@ -238,6 +245,9 @@ def predict(data_dir, split: str, run_dir, out=None, work_dir=None, device: str 
                                         {m: report.member_seconds[m] / (done * plan.folds[m]) for m in plan.members},
                                         plan, params)  # fmt: skip
                 members, params = _apply_plan(budget, members, params, predictors, report, available)
+        report.forward_seconds["classify"] = sum(p.forward_seconds for p in predictors.values())
+    if localizer is not None:
+        report.forward_seconds["localize"] = localizer.forward_seconds
     check_fallbacks({s: report.why(s) for s in report.fallback_rows}, len(report.studies), max_fallback_share,
                     "studies")  # fmt: skip
     submission = pd.concat(parts, ignore_index=True)

@@ -142,6 +142,7 @@ class Localizer:
                 into.setdefault(key, []).append(model)
         self.models = {k: ProbabilityMean(v, start_dim=2).to(self.device).eval() for k, v in heatmaps.items()}
         self.scorers = {k: ProbabilityMean(v, start_dim=1).to(self.device).eval() for k, v in scorers.items()}
+        self.forward_seconds = 0.0  # inside the heatmap models (the rest of localisation is reading and resampling)
 
     @torch.no_grad()
     def predict(self, task: str, inputs: np.ndarray) -> np.ndarray:
@@ -149,13 +150,17 @@ class Localizer:
 
         Sagittal tasks decode each column of 5 levels jointly (`decode_columns`), in head-to-foot order.
         """
+        t = time.perf_counter()
         x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device)
         logits = self.models[task](x)
         if TASKS[task].plane == "sagittal":
             n = len(LEVELS)
             columns = [range(i, i + n) for i in range(0, len(TASKS[task].points), n)]
-            return decode_columns(logits, columns).cpu().numpy()
-        return decode_heatmaps(logits)[0].cpu().numpy()
+            points = decode_columns(logits, columns).cpu().numpy()
+        else:
+            points = decode_heatmaps(logits)[0].cpu().numpy()
+        self.forward_seconds += time.perf_counter() - t
+        return points
 
     def sagittal_points(self, task: Task, study_id: int, series_id: int, stack: Stack) -> pd.DataFrame:
         """Coordinate rows of one sagittal task on a stack, each column of 5 levels ordered head to foot.

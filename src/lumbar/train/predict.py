@@ -11,6 +11,7 @@ many rows that was.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Self
@@ -64,14 +65,15 @@ def batch_to_device(batch: dict[str, Any], runtime: Runtime, model: nn.Module) -
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, loader: DataLoader, runtime: Runtime, num_targets: int, num_classes: int,
+def predict_probs(model: nn.Module, loader: Iterable[dict[str, Any]], runtime: Runtime, num_targets: int, num_classes: int,
                   loss_fn=None, class_weights: Iterable[float] | None = None,
                   max_batches: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
     """Class probabilities of every item of a loader, gathered over DDP ranks.
 
     Args:
         model: the model (evaluated in eval mode).
-        loader: yields dataset samples (with `index`); under DDP each rank holds a shard.
+        loader: yields batches of dataset samples (with `index`), a DataLoader or a list of its batches; under
+            DDP each rank holds a shard.
         runtime: device, AMP and ranks.
         num_targets, num_classes: the task's output shape.
         loss_fn, class_weights: when given, also the weighted loss over labelled targets.
@@ -191,6 +193,7 @@ class RunPredictor:
         self.runtime = setup_runtime(device, amp=self.config.amp, channels_last=self.config.channels_last,
                                      threads=threads)
         self.units: list[tuple[Any, list[nn.Module]]] = []
+        self.forward_seconds = 0.0  # in the model passes (the crops are read before, once per unit)
         try:
             for task in build_tasks(self.config.mode, self.config.conditions, self.config.mirror_right):
                 unit = self.result["units"].get(task.name)
@@ -239,10 +242,13 @@ class RunPredictor:
             items = task.items(cache.samples)
             if items.empty:
                 continue
-            loader = eval_loader(RoiDataset(cache, task, items), self.batch_size, self.workers, self.runtime)
+            # read once, for every fold model (a chunk's crops of one unit are tens of MiB at most)
+            batches = list(eval_loader(RoiDataset(cache, task, items), self.batch_size, self.workers, self.runtime))
             total = np.zeros((len(items), task.num_targets, task.num_classes))
             for model in models:
-                idx, probs, _ = predict_probs(model, loader, self.runtime, task.num_targets, task.num_classes)
+                t = time.perf_counter()
+                idx, probs, _ = predict_probs(model, batches, self.runtime, task.num_targets, task.num_classes)
+                self.forward_seconds += time.perf_counter() - t
                 total[idx] += probs
             tables.append(task.prediction_rows(items, total / len(models)))
         if not tables:
