@@ -12,8 +12,13 @@ the first included as in the engine. The ratios say what the engine's data pipel
 gradient clipping, scheduler, AMP bookkeeping) cost over the bare model. The last lines (`summary: {json}`)
 are the headline rows `run_all.py` collects.
 
-    python benchmarks/bench_train.py [--arch cnn3d --arch timmseq:resnet18] [--batches 4] [--batch-size 16]
-        [--epoch --studies 64] [--workers 0] [--threads 1] [--device auto] [--no-plain]
+With `--config configs/full.yaml` the architectures are that config's classifiers (03 steps), each at its own
+batch size and options (`model_kwargs`), as the GPU check runs them. On CUDA the loader's wait per batch is the
+time the device could starve (the step itself does not synchronise; the engine reads the loss once per epoch).
+
+    python benchmarks/bench_train.py [--arch cnn3d --arch timmseq:resnet18 | --config configs/full.yaml]
+        [--batches 4] [--batch-size 16] [--epoch --studies 64] [--workers 0] [--threads 1] [--device auto]
+        [--no-plain]
 """
 
 from __future__ import annotations
@@ -57,6 +62,22 @@ def write_cache(root: Path, n_studies: int, depth: int, size: int, pad_slices: i
     return root
 
 
+def config_archs(path: str) -> list[dict]:
+    """The classifiers of a pipeline config (its 03_train steps): arch, batch size, model options."""
+    import yaml
+
+    steps = []
+    for entry in yaml.safe_load(Path(path).read_text())["notebooks"]:
+        steps += entry["parallel"] if isinstance(entry, dict) and "parallel" in entry else [entry]
+    out = []
+    for step in steps:
+        if isinstance(step, dict) and step.get("notebook") == "03_train":
+            params = step.get("parameters") or {}
+            out.append({"arch": params["ARCH"], "batch_size": params.get("BATCH_SIZE"),
+                        "model_kwargs": (params.get("EXTRA") or {}).get("model_kwargs", {})})
+    return out
+
+
 def plain_samples_per_s(arch: str, args: argparse.Namespace) -> float:
     """Samples/s of a bare training loop on the engine's model (same architecture, shape, threads, device)."""
     import torch
@@ -91,15 +112,16 @@ def plain_samples_per_s(arch: str, args: argparse.Namespace) -> float:
 
 def markdown(rows: list[dict], plain: bool) -> str:
     """One row per architecture: the engine's rates, the plain loop's, and their ratio."""
-    head = "| arch | engine samples/s (model) | engine samples/s (loader + model) | loader share |"
+    head = ("| arch | batch | step ms | loader wait ms | engine samples/s (model) | engine samples/s (loader + model) "
+            "| loader share |")
     head += " plain loop samples/s | engine vs plain (model) | engine vs plain (with loader) |" if plain else ""
     lines = [head, "|---|" + "---:|" * (head.count("|") - 2)]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['arch']} | {r['error']} |")
             continue
-        line = (f"| {r['arch']} | {r['samples_per_s']:.1f} | {r['wall_samples_per_s']:.1f} "
-                f"| {r['loader_share']:.0%} |")  # fmt: skip
+        line = (f"| {r['arch']} | {r['batch_size']} | {1000 * r['step_s']:.0f} | {1000 * r['loader_s']:.0f} "
+                f"| {r['samples_per_s']:.1f} | {r['wall_samples_per_s']:.1f} | {r['loader_share']:.0%} |")  # fmt: skip
         if plain:
             line += (f" {r['plain_samples_per_s']:.1f} | {r['samples_per_s'] / r['plain_samples_per_s']:.2f}x "
                      f"| {r['wall_samples_per_s'] / r['plain_samples_per_s']:.2f}x |")  # fmt: skip
@@ -113,6 +135,7 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", action="append", default=None, help="architectures (default: every registered one)")
+    p.add_argument("--config", default=None, help="the classifiers of this pipeline config, at their batch sizes")
     p.add_argument("--batches", type=int, default=4, help="batches per architecture (engine and plain loop)")
     p.add_argument("--epoch", action="store_true", help="train one whole epoch instead of --batches batches")
     p.add_argument("--studies", type=int, default=0, help="studies in the cache (0 = enough for --batches)")
@@ -125,32 +148,40 @@ def main() -> None:
     p.add_argument("--no-amp", dest="amp", action="store_false", help="AMP off (it is on by default, on CUDA)")
     p.add_argument("--no-plain", dest="plain", action="store_false", help="skip the plain-loop comparison")
     args = p.parse_args()
-    archs = args.arch or [*list_models(), *DEFAULT_FAMILIES]
-    n_studies = args.studies or max(4, 2 * args.batches * args.batch_size // len(LEVELS) + 2)
+    if args.config:
+        specs = config_archs(args.config)
+    else:
+        specs = [{"arch": a, "batch_size": None, "model_kwargs": {}} for a in args.arch or [*list_models(),
+                                                                                           *DEFAULT_FAMILIES]]
+    batch_sizes = [s["batch_size"] or args.batch_size for s in specs]
+    n_studies = args.studies or max(4, 2 * args.batches * max(batch_sizes) // len(LEVELS) + 2)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = write_cache(Path(tmp), n_studies, args.depth, args.size)
-        for arch in archs:
+        for spec, batch_size in zip(specs, batch_sizes):
+            arch = spec["arch"]
             started = time.perf_counter()
             try:
                 result = train({"data_dir": str(root / "data"), "cache": str(root / "cache"),
                                 "out": str(root / "runs" / arch.replace(":", "_")), "arch": arch,
                                 "mode": "competition", "conditions": "scs", "n_folds": 2, "folds": "0",
-                                "batch_size": args.batch_size, "epochs": 1,
+                                "batch_size": batch_size, "epochs": 1, "model_kwargs": spec["model_kwargs"],
                                 "fast_dev_run": 0 if args.epoch else args.batches, "amp": args.amp,
                                 "workers": args.workers, "threads": args.threads, "device": args.device,
                                 "progress": False})  # fmt: skip
                 timing = result.summary["timings"]["spinal/fold0"]
                 model_s, data_s = timing["model_s_per_batch"], timing["data_s_per_batch"]
-                row = {"arch": arch, "samples_per_s": args.batch_size / model_s,
-                       "wall_samples_per_s": args.batch_size / (model_s + data_s),
-                       "loader_share": data_s / (data_s + model_s), "wall_s": time.perf_counter() - started}  # fmt: skip
+                row = {"arch": arch, "batch_size": batch_size, "samples_per_s": batch_size / model_s,
+                       "wall_samples_per_s": batch_size / (model_s + data_s), "loader_s": data_s,
+                       "step_s": model_s, "loader_share": data_s / (data_s + model_s),
+                       "wall_s": time.perf_counter() - started}  # fmt: skip
                 if args.plain:
                     row["plain_samples_per_s"] = plain_samples_per_s(arch, args)
             except Exception as e:  # noqa: BLE001  (one broken architecture must not hide the others)
                 row = {"arch": arch, "error": f"{type(e).__name__}: {e}"[:80]}
             rows.append(row)
-    print(f"training through lumbar.train, {args.depth}x{args.size}x{args.size} crops, batch {args.batch_size}, "
+    batch = args.config and "each config step's batch" or f"batch {args.batch_size}"
+    print(f"training through lumbar.train, {args.depth}x{args.size}x{args.size} crops, {batch}, "
           f"{f'one epoch (fold 0 of 2 of {n_studies} studies)' if args.epoch else f'{args.batches} batches'}"
           f", loader workers {args.workers}, threads {args.threads or 'default'}, device {args.device}, "
           f"AMP {'on (CUDA only)' if args.amp else 'off'}\n")  # fmt: skip

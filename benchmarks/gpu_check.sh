@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# One prepared check for a lent GPU machine (at most 8 minutes): the environment, one epoch with AMP per main
-# architecture on synthetic crops (samples/s), and `predict` seconds per study. Writes gpu_check.md (the
-# tables for benchmarks/results.md) and the logs into $OUT (the device tool's folder) or runs/gpu_check/.
+# One prepared check for a lent GPU machine (under 8 minutes on one H100): a slice of configs/full.yaml on a
+# synthetic subset this script writes itself (`python -m lumbar synth`; or DATA=DIR, a folder with train and test
+# splits):
+#   1. the environment: GPU, versions, packages missing from the image;
+#   2. training steps per architecture of configs/full.yaml at its batch sizes, AMP and channels-last, loader workers
+#      on the cores: the step time beside the loader's wait (benchmarks/bench_train.py --config configs/full.yaml);
+#   3. the localizer and the whole ensemble: full.yaml's localizer and four classifiers built for every fold (a batch
+#      each: speed, not accuracy), then `predict` seconds per study by stage on synthetic test studies at real image
+#      sizes, the models' time apart, peak GPU memory (benchmarks/bench_kaggle.py --device cuda --folds 5).
+# It writes gpu_check.md (the tables) and gpu_check.log into $OUT (the device tool's folder) or runs/gpu_check/;
+# on a GPU also benchmarks/gpu_check.md, which `make bench` (benchmarks/run_all.py) puts into benchmarks/results.md.
 #
-#   bash benchmarks/gpu_check.sh          # on the GPU machine (device cuda, AMP on)
-#   bash benchmarks/gpu_check.sh --cpu    # smoke test on a CPU machine (same steps, tiny sizes; DEVICE=cpu too)
+#   bash benchmarks/gpu_check.sh          # on the GPU machine (device cuda)
+#   bash benchmarks/gpu_check.sh --cpu    # dry run on a CPU machine: every step at tiny sizes (DEVICE=cpu too)
+#   DATA=input/my-set bash benchmarks/gpu_check.sh   # an existing data folder instead of the synthetic subset
 #   PYTHON=path/to/python bash benchmarks/gpu_check.sh ...   # another interpreter
 #
 # The GPU image lacks some of lumbar's packages (pydicom, pylibjpeg, monai, ...): carry them as wheels in .whl/
@@ -20,22 +29,28 @@ DEST=${OUT:-runs/gpu_check}
 mkdir -p "$DEST"
 REPORT=$DEST/gpu_check.md
 LOG=$DEST/gpu_check.log
+: >"$LOG"
 export PYTHONPATH="$PWD/src:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if compgen -G ".whl/*.whl" >/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/lumbar-site .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/lumbar-site"
 fi
 START=$(date +%s)
-if [[ $DEVICE == cpu ]]; then  # smoke sizes: every step runs, in a few minutes on 2 cores
-  EPOCH_ARGS=(--studies 8 --batch-size 8 --workers 0 --threads 1)
-  PREDICT_ARGS=(--studies 2 3 --chunk 2 --train-studies 4 --image-size 96 --real-copies 0 --threads 1)
-else  # 1,920 crops (960 a training epoch), loader workers on the 16 cores, AMP (TrainConfig.amp is on by default)
-  EPOCH_ARGS=(--studies 384 --batch-size 32 --workers 8 --threads 0)
-  PREDICT_ARGS=(--studies 5 20 --chunk 8 --train-studies 12 --threads 0 --real-copies 0)
+CORES=$(nproc)
+WORK=$(mktemp -d /tmp/lumbar-gpu-check.XXXX)
+trap 'rm -rf "$WORK"' EXIT
+if [[ $DEVICE == cpu ]]; then  # dry-run sizes: every step runs, in minutes on 2 cores
+  SYNTH=(--studies 6 --test-studies 2 --image-size 96)
+  TRAIN_ARGS=(--config configs/full.yaml --batches 1 --size 32 --studies 8 --workers 0 --threads 1)
+  SLICE_ARGS=(--tiny --folds 1 --threads 1)
+else  # competition image sizes; 5 folds of every model; loader workers on the cores
+  SYNTH=(--studies 24 --test-studies 8 --image-size 384)
+  TRAIN_ARGS=(--config configs/full.yaml --epoch --studies 400 --workers $((CORES < 8 ? CORES : 8)) --threads 0)
+  SLICE_ARGS=(--folds 5 --threads 0 --no-flops)
 fi
 
 {
-  echo "## GPU check ($(date -u '+%Y-%m-%d %H:%M UTC'), device $DEVICE)"
+  echo "## GPU check ($(date -u '+%Y-%m-%d %H:%M UTC'), device $DEVICE, commit $(git describe --always --dirty 2>/dev/null || echo unknown))"
   echo
   echo '```'
   (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "nvidia-smi: not available")
@@ -48,7 +63,7 @@ if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     print(f"gpu {p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs, bf16 {torch.cuda.is_bf16_supported()}")
 missing = []
-for name in ("timm", "monai", "pydicom", "pylibjpeg", "cv2", "pandas", "pyarrow", "sklearn", "scipy", "yaml"):
+for name in ("timm", "monai", "pydicom", "pylibjpeg", "cv2", "pandas", "pyarrow", "sklearn", "scipy", "yaml", "albumentations"):
     try:
         importlib.import_module(name)
     except ImportError:
@@ -61,27 +76,42 @@ if ! grep -q "^missing packages: none$" "$REPORT"; then
   echo "gpu_check: carry the missing packages as wheels in .whl/ and run again" | tee -a "$REPORT"
   exit 2
 fi
+if [[ $DEVICE != cpu ]] && ! grep -q "cuda available True" "$REPORT"; then
+  echo "gpu_check: no CUDA device; for a dry run on this machine: bash benchmarks/gpu_check.sh --cpu" | tee -a "$REPORT"
+  exit 2
+fi
 
 status=0
-{
-  echo
-  echo "### One epoch per main architecture, synthetic 5x128x128 crops, AMP on CUDA (lumbar.train engine)"
-  echo
-  echo "\`$PY benchmarks/bench_train.py --epoch ${EPOCH_ARGS[*]} --device $DEVICE\`"
-  echo
-} | tee -a "$REPORT"
-timeout 200 "$PY" benchmarks/bench_train.py --epoch "${EPOCH_ARGS[@]}" --device "$DEVICE" --no-plain \
-  --arch cnn3d --arch resnet3d_18 --arch timm25d:resnet18 --arch timmseq:resnet18 \
-  2>>"$LOG" | tee -a "$REPORT" || status=1
+DATA=${DATA:-}
+if [[ -z $DATA ]]; then
+  DATA=$WORK/synth
+  t=$(date +%s)
+  "$PY" -m lumbar synth --out "$DATA" "${SYNTH[@]}" --seed 0 --workers "$CORES" >>"$LOG" 2>&1 || status=1
+  echo -e "\nSynthetic subset: \`python -m lumbar synth ${SYNTH[*]} --seed 0 --workers $CORES\` ($(($(date +%s) - t)) s)" \
+    | tee -a "$REPORT"
+fi
 
 {
   echo
-  echo "### predict seconds per study (demo ensemble trained here)"
+  echo "### Training steps per architecture of configs/full.yaml (synthetic crops, AMP and channels-last on CUDA)"
   echo
-  echo "\`$PY benchmarks/bench_predict.py ${PREDICT_ARGS[*]} --device $DEVICE\`"
+  echo "\`$PY benchmarks/bench_train.py ${TRAIN_ARGS[*]} --device $DEVICE --no-plain\`"
   echo
 } | tee -a "$REPORT"
-timeout 240 "$PY" benchmarks/bench_predict.py "${PREDICT_ARGS[@]}" --device "$DEVICE" 2>>"$LOG" \
-  | grep -v "^summary: " | tee -a "$REPORT" || status=1
+timeout 150 "$PY" benchmarks/bench_train.py "${TRAIN_ARGS[@]}" --device "$DEVICE" --no-plain 2>>"$LOG" \
+  | tee -a "$REPORT" || status=1
+
+{
+  echo
+  echo "### The localizer and the whole ensemble: predict seconds per study (configs/full.yaml slice)"
+  echo
+  echo "\`$PY benchmarks/bench_kaggle.py --data <subset> --real-copies 0 ${SLICE_ARGS[*]} --device $DEVICE\`"
+  echo
+} | tee -a "$REPORT"
+timeout 270 "$PY" benchmarks/bench_kaggle.py --data "$DATA" --real-copies 0 "${SLICE_ARGS[@]}" --device "$DEVICE" \
+  2>>"$LOG" | grep -v "^summary: " | tee -a "$REPORT" || status=1
 echo -e "\n(gpu_check: $(($(date +%s) - START)) s, exit $status; log $LOG)" | tee -a "$REPORT"
+if [[ $DEVICE != cpu && $status == 0 ]]; then
+  cp "$REPORT" benchmarks/gpu_check.md  # what `make bench` merges into benchmarks/results.md
+fi
 exit $status

@@ -54,6 +54,12 @@ BENCHES = (
           "Training through the engine vs the plain loop (main architectures, CPU)",
           "Batch 16 of 5 x 128 x 128 crops read from a cache by `lumbar.train` (2 batches, first included) vs the "
           "same model in a bare loop in the same process (2 steps, the first included too)."),
+    Bench("bench_kaggle.py", ("--real-copies", "1", "--folds", "1", "--threads", "1"),
+          "Kaggle time budget: configs/full.yaml's ensemble, projected",
+          "A slice of configs/full.yaml (its crops, localizer and four classifiers, one fold each, a batch of "
+          "training: speed only) predicts the real sample's 2 studies at their real sizes on this CPU; the model "
+          "forwards' FLOPs are counted, scaled to 5 folds and divided by an assumed GPU throughput (in the table's "
+          "text); the rest of each stage is measured CPU time."),
     Bench("bench_predict.py", ("--threads", "1"), "Inference: `predict` seconds per study and peak memory",
           "A demo ensemble (cnn3d + timm25d:resnet18, 3 folds each, localizer resnet18) trained for one epoch on "
           "8 synthetic studies, then each row one `predict` in a fresh process. Plain alternative: the same 20 "
@@ -168,7 +174,9 @@ def main() -> None:
     p.add_argument("--out", default=str(HERE / "results.md"))
     p.add_argument("--only", nargs="+", choices=[b.script.removesuffix(".py") for b in BENCHES],
                    help="run only these benchmarks")  # fmt: skip
-    p.add_argument("--gpu-report", default=None, help="gpu_check.md written by gpu_check.sh on a GPU machine")
+    p.add_argument("--gpu-report", default=str(HERE / "gpu_check.md"),
+                   help="gpu_check.md written by gpu_check.sh on a GPU machine (default: benchmarks/gpu_check.md, "
+                        "merged when it exists)")
     args = p.parse_args()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])),
            "PYTHONUNBUFFERED": "1"}  # fmt: skip

@@ -262,3 +262,67 @@ def test_fresh_eval_scores_a_new_synthetic_set_and_names_the_worst_studies(tiny_
     coords = load_coordinates(folder / "coordinates.csv")
     assert {"confidence", "plausible"} <= set(coords.columns) and coords["confidence"].between(0, 1).all()
     assert "study_max=" in result_line(result) and "localize" in result
+
+
+def _two_member_run(tiny_run: Path, dst: Path, weights: list[float]) -> tuple[Path, list[str]]:
+    """The tiny run (files linked) with an ensemble of both classifiers at the given blend weights."""
+    from lumbar.ensemble.blend import EnsembleParams
+
+    shutil.copytree(tiny_run, dst, copy_function=os.symlink)
+    manifest = read_manifest(dst)
+    names = list(manifest["classifiers"])
+    params = dst / manifest["ensemble"]["params"]
+    params.unlink()
+    params.write_text(json.dumps(EnsembleParams(names, {"all": weights}).to_dict()))
+    return dst, names
+
+
+def test_predict_builds_every_model_once_however_many_chunks(tiny_run, synthetic_dir, tmp_path, monkeypatch):
+    import lumbar.models
+
+    data = _train_split_copy(synthetic_dir, tmp_path / "data")
+    run, _ = _two_member_run(tiny_run, tmp_path / "run", [0.5, 0.5])
+    one_chunk, _ = predict(data, "train", run, device="cpu", progress=False, chunk_studies=3)
+    builds = []
+    real = lumbar.models.build_model
+    monkeypatch.setattr(lumbar.models, "build_model", lambda **k: builds.append(k["name"]) or real(**k))
+    per_study, report = predict(data, "train", run, device="cpu", progress=False, chunk_studies=1)
+    assert sorted(builds) == sorted(a for a in ARCHS for _ in range(3 * 2))  # 3 units x 2 folds, not x 3 chunks
+    assert report.ensemble["models"] == 12 and report.ensemble["model_mib"] > 0
+    by_row = [t.sort_values("row_id").reset_index(drop=True) for t in (one_chunk, per_study)]
+    pd.testing.assert_frame_equal(*by_row, check_exact=False, rtol=1e-6)
+
+
+def test_predict_caps_folds_and_members(tiny_run, synthetic_dir, tmp_path, monkeypatch, capsys):
+    import lumbar.train.predict as train_predict
+
+    run, names = _two_member_run(tiny_run, tmp_path / "run", [0.25, 0.75])  # the second weighs more
+    loaded = []
+    real = train_predict.load_checkpoint
+    monkeypatch.setattr(train_predict, "load_checkpoint", lambda p, **k: loaded.append(Path(p)) or real(p, **k))
+    out = tmp_path / "sub.csv"
+    rc = main(["predict", "--data-dir", str(synthetic_dir), "--split", "test", "--run", str(run), "--out", str(out),
+               "--device", "cpu", "--max-folds", "1", "--max-members", "1"])  # fmt: skip
+    assert rc == 0 and f"ensemble {names[1]} 1/2 folds; dropped {names[0]}" in capsys.readouterr().out
+    assert len(loaded) == 3 and {p.parent.name for p in loaded} == {"fold0"}  # one fold of each unit
+    assert all(p.relative_to(run).parts[0] == names[1] for p in loaded)
+    assert json.loads(out.with_suffix(".json").read_text())["ensemble"]["models"] == 3
+
+
+def test_a_time_budget_cuts_the_ensemble_after_the_first_chunk(tiny_run, synthetic_dir, tmp_path, monkeypatch):
+    from lumbar.train.predict import RunPredictor
+
+    data = _train_split_copy(synthetic_dir, tmp_path / "data")
+    run, names = _two_member_run(tiny_run, tmp_path / "run", [0.25, 0.75])
+    calls = []
+    real = RunPredictor.predict
+    monkeypatch.setattr(RunPredictor, "predict",
+                        lambda self, *a, **k: calls.append((self.run_dir.name, self.n_models)) or real(self, *a, **k))
+    sub, report = predict(data, "train", run, device="cpu", progress=False, chunk_studies=1, time_budget_s=1e-3)
+    full = [(names[0], 6), (names[1], 6)]
+    assert calls == [*full, (names[1], 3), (names[1], 3)]  # after the timed first study: 1 fold of the heaviest
+    assert "time budget" in report.ensemble["plan"] and "over the budget" in report.ensemble["plan"]
+    assert len(sub) == 75
+    calls.clear()
+    predict(data, "train", run, device="cpu", progress=False, chunk_studies=1, time_budget_s=1e6)
+    assert calls == full * 3

@@ -155,3 +155,57 @@ def test_cli_train_and_config_errors(tiny, tmp_path, capsys):
     assert main([*args, "--set", "learning_rate=1"]) == 2
     assert "unknown setting 'learning_rate'" in capsys.readouterr().err
     assert main([*args, "--mode", "triple"]) == 2
+
+
+def _predict_as_before(run_dir, cache_dir):
+    """The inference of main before models were kept: build and load every fold's model for this one cache."""
+    from lumbar.models import build_model
+    from lumbar.train.dataset import RoiDataset, read_cache
+    from lumbar.train.predict import eval_loader, predict_probs, read_run, to_submission
+    from lumbar.train.runtime import setup_runtime, teardown_runtime
+    from lumbar.train.tasks import build_tasks
+
+    config, result = read_run(run_dir)
+    cache, runtime, tables = read_cache(cache_dir), setup_runtime("cpu", amp=False, channels_last=False), []
+    for task in build_tasks(config.mode, config.conditions, config.mirror_right):
+        items = task.items(cache.samples)
+        loader = eval_loader(RoiDataset(cache, task, items), config.batch_size, 0, runtime)
+        total = np.zeros((len(items), task.num_targets, task.num_classes))
+        for path in result["units"][task.name]["checkpoints"].values():
+            model = build_model(**result["model"], in_channels=task.in_channels, num_outputs=task.num_outputs,
+                                num_meta=task.num_meta)
+            model.load_state_dict(load_checkpoint(run_dir / path))
+            idx, probs, _ = predict_probs(model, loader, runtime, task.num_targets, task.num_classes)
+            total[idx] += probs
+        tables.append(task.prediction_rows(items, total / len(result["units"][task.name]["checkpoints"])))
+    teardown_runtime(runtime)
+    return to_submission(pd.concat(tables), cache.samples["study_id"].unique(), pd.DataFrame(result["prior"]))[0]
+
+
+def test_run_predictor_builds_each_model_once_and_predicts_as_before(tiny, tmp_path, monkeypatch):
+    import lumbar.models
+    from lumbar.train.predict import RunPredictor
+
+    result = train(_config(tiny, tmp_path / "exp" / "run", folds="0,1"))
+    halves = []  # two caches ("chunks") of 4 studies each
+    samples = pd.read_parquet(tiny[1] / "samples.parquet")
+    for i, studies in enumerate(np.array_split(sorted(samples["study_id"].unique()), 2)):
+        part = tmp_path / f"chunk{i}"
+        part.mkdir()
+        samples[samples["study_id"].isin(studies)].to_parquet(part / "samples.parquet")
+        (part / "params.json").write_text((tiny[1] / "params.json").read_text())
+        for study in studies:
+            (part / str(study)).symlink_to(tiny[1] / str(study))
+        halves.append(part)
+    before = [_predict_as_before(result.run_dir, part) for part in halves]
+    builds = []
+    real = lumbar.models.build_model
+    monkeypatch.setattr(lumbar.models, "build_model", lambda *a, **k: builds.append(a) or real(*a, **k))
+    with RunPredictor(result.run_dir, device="cpu") as predictor:
+        after = [predictor.predict(part) for part in halves]
+        assert predictor.n_models == 2 and predictor.parameter_bytes > 0
+    assert len(builds) == 2  # one per fold, not per fold and chunk
+    for a, b in zip(before, after):
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    with RunPredictor(result.run_dir, device="cpu", max_folds=1) as first_fold:
+        assert first_fold.n_models == 1

@@ -186,7 +186,8 @@ def _pipeline(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--only", default=None, help="run just this notebook (output name or prefix)")
     add_set_argument(p, "notebook parameter (YAML value) for the selected notebooks that declare it")
-    p.add_argument("--jobs", type=int, default=None, help="notebooks of a parallel group run at once (default: config)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="notebooks of a parallel group run at once (default: the config's; 0 = one per core)")
     p.add_argument("--data-dir", default=None, help="data folder, over the config's data_dir")
     p.add_argument("--allow-synthetic", action="store_true",
                    help="let a config meant for the real data run on synthetic data (a dry run)")
@@ -275,7 +276,7 @@ def _preprocess(p: argparse.ArgumentParser) -> None:
 @command("demo", "lumbar.demo:cli_demo", "synthetic data + the whole pipeline + one line of results")
 def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="configs/demo.yaml")
-    p.add_argument("--workers", type=int, default=2, help="processes for data generation")
+    p.add_argument("--workers", type=int, default=0, help="processes for data generation (0 = one per core)")
 
 
 @command(
@@ -292,6 +293,12 @@ def _predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--max-fallback-share", type=float, default=0.05,
                    help="share of studies that may get rows from the class prior before the run fails (0.05)")
+    p.add_argument("--max-folds", type=int, default=0, help="use the first K folds of every classifier (0 = all)")
+    p.add_argument("--max-members", type=int, default=0,
+                   help="use the M ensemble members with the largest blend weights (0 = all)")
+    p.add_argument("--time-budget", type=float, default=0.0, metavar="SECONDS",
+                   help="seconds the whole predict may take: after timing the first chunk, fewer folds (then "
+                        "members) for the rest when the full ensemble would not fit (0 = no limit)")
 
 
 @command("validate-submission", "lumbar.inference.submission:cli_validate_submission", "check a submission")

@@ -34,11 +34,15 @@ from lumbar.paths import PROJECT_ROOT
 from lumbar.pipeline import PipelineConfig, PipelineError, check_data_kind, load_config, run_pipeline
 
 
-def ensure_data(data_dir: Path, synthetic: dict, workers: int = 2) -> bool:
-    """Write the synthetic set into `data_dir` unless it already holds a train.csv; True when written."""
+def ensure_data(data_dir: Path, synthetic: dict, workers: int = 0) -> bool:
+    """Write the synthetic set into `data_dir` unless it already holds a train.csv (`workers` processes, 0 = one
+    per core); True when written."""
     if (data_dir / "train.csv").is_file():
         return False
+    from lumbar.cores import available_cores
     from lumbar.data.synthetic import SynthConfig, generate
+
+    workers = workers or available_cores()
 
     summary = generate(data_dir, SynthConfig(**synthetic), oracle=data_dir / "oracle.csv", workers=workers)
     print(f"demo: wrote synthetic data {data_dir} ({summary.studies} train + {summary.test_studies} test studies, "
@@ -110,7 +114,7 @@ def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def run_demo(config_path: str | Path, workers: int = 2) -> dict:
+def run_demo(config_path: str | Path, workers: int = 0) -> dict:
     """Data, pipeline, summary; returns the figures of the last line.
 
     Raises:

@@ -7,7 +7,7 @@ Config (`configs/NAME.yaml`)::
     data_dir: null                # null: lumbar.paths.data_root() decides; `pipeline --data-dir` overrides
     synthetic: {studies: 60}      # only in a synthetic-data config: the generator's settings (`lumbar demo`)
     parameters: {DEVICE: auto}    # for every notebook that declares the parameter
-    jobs: 2                       # notebooks of a `parallel:` group run at most this many at once
+    jobs: auto                    # notebooks of a `parallel:` group run at most this many at once
     notebooks:
       - notebook: 00_eda          # notebooks/00_eda.ipynb
       - parallel:                 # independent notebooks: side by side when jobs > 1, else in order
@@ -17,9 +17,11 @@ Config (`configs/NAME.yaml`)::
             parameters: {ARCH: cnn3d}
 
 Every notebook also receives `RUN_DIR` and `DATA_DIR` (from `run_dir` and `data_dir`/`--data-dir`; a
-parameter or `--set` of either name is refused). Each notebook of a parallel group runs in its own
-process and kernel with `OMP_NUM_THREADS` = CPU cores // jobs (unless the environment sets it), so the
-group shares the cores instead of fighting over them; the manifest is updated under a file lock. Executed copies are saved as
+parameter or `--set` of either name is refused). `jobs` (default `auto`) follows the machine: a parallel
+group runs one notebook per core at most (`lumbar.cores.split_cores`); a number pins it. Each notebook of a
+parallel group runs in its own process and kernel with `OMP_NUM_THREADS` = CPU cores // jobs (unless the
+environment sets it), which is also torch's thread count there when the notebook's own thread setting is 0,
+so the group shares the cores instead of fighting over them; the manifest is updated under a file lock. Executed copies are saved as
 `runs/<name>/<output>.ipynb`; the manifest's `notebooks` entry records status and seconds of each. On a
 failing cell the pipeline stops and names the notebook, the cell and the error.
 
@@ -56,6 +58,7 @@ from typing import Any
 
 import yaml
 
+from lumbar.cores import split_cores
 from lumbar.manifest import read_manifest, update_manifest
 from lumbar.overrides import parse_assignments, unknown_setting
 from lumbar.paths import PROJECT_ROOT, SYNTHETIC_MARKER, data_root, is_synthetic
@@ -84,7 +87,7 @@ class PipelineConfig:
     steps: list[Step]
     source: Path | None = None
     notebook_dir: Path = NOTEBOOK_DIR
-    jobs: int = 1
+    jobs: int = 0  # 0: auto (`split_cores`)
     synthetic: dict[str, Any] | None = None  # the `synthetic:` block; None: a config for the real data
 
 
@@ -144,9 +147,10 @@ def load_config(path: str | os.PathLike, data_dir: str | os.PathLike | None = No
     outputs = [s.output for s in steps]
     if len(set(outputs)) != len(outputs):
         raise ValueError(f"{path}: two steps write the same output name; give each an `output:`")
-    jobs = raw.get("jobs", 1)
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"{path}: jobs must be a whole number >= 1, got {jobs!r}")
+    jobs = raw.get("jobs", "auto")
+    jobs = 0 if jobs == "auto" else jobs
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 0:
+        raise ValueError(f"{path}: jobs must be `auto` or a whole number >= 1, got {jobs!r}")
     return PipelineConfig(name, run_dir, data_dir, steps, path, notebook_dir, jobs, synthetic)
 
 
@@ -349,7 +353,7 @@ def run_pipeline(
     """Run the chosen steps in order, a `parallel:` group side by side; stop at the first failure.
 
     Args:
-        jobs: notebooks run at once inside a parallel group (default: the config's `jobs`).
+        jobs: notebooks run at once inside a parallel group (default: the config's `jobs`; 0 = auto).
         overrides: parameters over the config's (the command line's `--set`), for the notebooks declaring them.
         allow_synthetic: see `check_data_kind`.
 
@@ -359,15 +363,15 @@ def run_pipeline(
     """
     steps = plan_steps(config, start, only, overrides)
     check_data_kind(config, allow_synthetic)
-    jobs = jobs or config.jobs
-    update_manifest(
-        config.run_dir, "pipeline", {"config": str(config.source), "data_dir": str(config.data_dir), "jobs": jobs}
-    )
+    jobs = config.jobs if jobs is None else jobs
+    update_manifest(config.run_dir, "pipeline", {"config": str(config.source), "data_dir": str(config.data_dir),
+                                                 "jobs": jobs or "auto"})  # fmt: skip
     seconds: dict[str, float] = {}
     for _, group in itertools.groupby(steps, key=lambda s: s.group):
         group = list(group)
-        if len(group) > 1 and jobs > 1:
-            seconds.update(_run_parallel(group, config, jobs))
+        workers, threads = split_cores(len(group), jobs)
+        if workers > 1:
+            seconds.update(_run_parallel(group, config, workers, threads))
             continue
         for step in group:
             print(f"[pipeline] {step.output} ...", flush=True)
@@ -376,10 +380,9 @@ def run_pipeline(
     return seconds
 
 
-def _run_parallel(group: list[Step], config: PipelineConfig, jobs: int) -> dict[str, float]:
-    """One parallel group: each notebook in its own process; the first failure is raised once all ended."""
-    workers = min(jobs, len(group))
-    threads = max(1, (os.cpu_count() or 1) // workers)
+def _run_parallel(group: list[Step], config: PipelineConfig, workers: int, threads: int) -> dict[str, float]:
+    """One parallel group, `workers` notebooks at once, each in its own process (`threads` CPU threads); the first
+    failure is raised once all ended."""
     print(f"[pipeline] {', '.join(s.output for s in group)}: {workers} at once, {threads} CPU thread(s) each",
           flush=True)  # fmt: skip
     seconds, errors = {}, []

@@ -4,7 +4,10 @@ index (headers) -> localize (level points) -> ROI crops -> every classifier x fo
 -> fallback rows -> validation -> CSV, and the run's record beside it (`<out>.json`).
 
 Studies stream through in chunks (`chunk_studies`): each chunk's crops are built, predicted and deleted
-before the next, so memory and disk do not grow with the size of the test set. Every study of the split
+before the next, so memory and disk do not grow with the size of the test set. The localizer and every
+classifier's fold models are built and loaded once (`lumbar.train.predict.RunPredictor`) and stay on the
+device for all chunks. The ensemble can be capped (`max_folds`, `max_members`, or a `time_budget_s` that
+`lumbar.inference.budget` turns into a cap after timing the first chunk). Every study of the split
 gets its 25 rows: a target that could not be localised or cropped (missing or unreadable series) gets the
 class prior of the training labels, and the report names the study, the rows and why. Only the errors bad
 data raises are survived (`lumbar.fallback.DATA_ERRORS`), and when more than `max_fallback_share` of the
@@ -25,7 +28,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +41,7 @@ from lumbar.data.index import build_index
 from lumbar.data.tables import load_submission, row_study_ids, split_row_ids, submission_row_ids
 from lumbar.ensemble.blend import EnsembleParams, apply_ensemble
 from lumbar.fallback import DATA_ERRORS, MAX_FALLBACK_SHARE, check_fallbacks
+from lumbar.inference.budget import EnsemblePlan, plan_to_budget, restrict_params, static_plan
 from lumbar.inference.submission import split_studies, validate_submission, write_submission
 from lumbar.localize.confidence import row_confidence
 from lumbar.manifest import read_manifest
@@ -50,12 +54,20 @@ STAGES = ("index", "localize", "crop", "classify", "blend")
 
 @dataclass
 class PredictReport:
-    """What `predict` did: per-stage seconds, studies, and every row that fell back to the prior."""
+    """What `predict` did: per-stage seconds, studies, and every row that fell back to the prior.
+
+    `forward_seconds` is the part of the localize and classify stages spent in the models (the rest is reading
+    DICOM files, resampling and cropping): what a faster device shortens; `member_seconds` the classify
+    stage per ensemble member; `ensemble` the members and folds used and their weights' size.
+    """
 
     studies: list[int] = field(default_factory=list)
     fallback_rows: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
     notes: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    member_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    forward_seconds: dict[str, float] = field(default_factory=lambda: {"localize": 0.0, "classify": 0.0})
+    ensemble: dict = field(default_factory=dict)
     coordinates: pd.DataFrame | None = field(default=None, repr=False)  # the points the crops came from
 
     @property
@@ -73,6 +85,10 @@ class PredictReport:
             + ", ".join(f"{k} {v / n:.2f}" for k, v in self.seconds.items())
             + ")"
         ]
+        if self.ensemble:
+            lines.append(f"predict: ensemble {self.ensemble['used']} ({self.ensemble['models']} models loaded once, "
+                         f"{self.ensemble['model_mib']:.0f} MiB of weights)"
+                         + (f"; {self.ensemble['plan']}" if self.ensemble.get("plan") else ""))
         if self.fallback_rows:
             rows = sum(len(v) for v in self.fallback_rows.values())
             lines.append(
@@ -92,6 +108,9 @@ class PredictReport:
             "notes": {str(s): v for s, v in sorted(self.notes.items()) if v},
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "seconds_per_study": round(self.total_seconds / n, 3),
+            "member_seconds": {k: round(v, 3) for k, v in self.member_seconds.items()},
+            "forward_seconds": {k: round(v, 3) for k, v in self.forward_seconds.items()},
+            "ensemble": self.ensemble,
         }
 
 
@@ -153,7 +172,8 @@ def scratch_folder(work_dir: str | os.PathLike | None) -> Iterator[Path]:
 def predict(data_dir, split: str, run_dir, out=None, work_dir=None, device: str = "auto",
             chunk_studies: int = 16, workers: int = 1, progress: bool = True,
             max_fallback_share: float = MAX_FALLBACK_SHARE,
-            coords: pd.DataFrame | None = None) -> tuple[pd.DataFrame, PredictReport]:  # fmt: skip
+            coords: pd.DataFrame | None = None, max_folds: int = 0, max_members: int = 0,
+            time_budget_s: float = 0.0) -> tuple[pd.DataFrame, PredictReport]:  # fmt: skip
     """Predict every study of a split with a run's localizer and ensemble.
 
     Args:
@@ -172,10 +192,20 @@ def predict(data_dir, split: str, run_dir, out=None, work_dir=None, device: str 
             study); more fail the run (`lumbar.fallback.FallbackLimitError`) naming each and why.
         coords: crop around these points instead of the localizer's (e.g. the synthetic test studies' label
             points: the same models on ground-truth crops show what localisation costs).
+        max_folds: use the first this many folds of every classifier (0 = all).
+        max_members: use the this many members of the ensemble with the largest blend weights (0 = all; the
+            kept weights renormalised).
+        time_budget_s: seconds this call may take (0 = no limit): the first chunk runs the ensemble as capped
+            above and is timed; the later chunks use the largest cap projected to fit
+            (`lumbar.inference.budget.plan_to_budget`); the record says what was used.
     """
+    started = time.perf_counter()
     root, run_dir = data_root(data_dir, must_exist=True), Path(run_dir)
     report = PredictReport(studies=split_studies(root, split))
     members, params, prior = ensemble_members(run_dir, read_manifest(run_dir))
+    available = {m.name: member_folds(m.run_dir) for m in members}
+    plan = static_plan(params, available, max_folds, max_members)
+    members, params = [m for m in members if m.name in plan.members], restrict_params(params, plan.members)
     from lumbar.localize.predict import Localizer
 
     t = time.perf_counter()
@@ -189,8 +219,9 @@ def predict(data_dir, split: str, run_dir, out=None, work_dir=None, device: str 
     by_study = dict(tuple(index.groupby("study_id")))
     parts = []
     chunks = [report.studies[i : i + chunk_studies] for i in range(0, len(report.studies), chunk_studies)]
-    with scratch_folder(work_dir) as scratch:
-        for chunk in tqdm(chunks, desc="predict", unit="chunk", disable=not progress):
+    with scratch_folder(work_dir) as scratch, ExitStack() as stack:
+        predictors = _load_members(members, plan, available, device, stack, report)
+        for i, chunk in enumerate(tqdm(chunks, desc="predict", unit="chunk", disable=not progress)):
             if coords is None:
                 points = _localize_chunk(localizer, root, split, chunk, by_study, report)
             else:
@@ -198,8 +229,8 @@ def predict(data_dir, split: str, run_dir, out=None, work_dir=None, device: str 
                 points = points if len(points) else None
             if points is not None:
                 report.coordinates = pd.concat([report.coordinates, points], ignore_index=True)
-            preds, covered = _classify_chunk(members, points, root, split, chunk, scratch / "crops", device, workers,
-                                             report)  # fmt: skip
+            preds, covered = _classify_chunk(members, predictors, points, root, split, chunk, scratch / "crops",
+                                             workers, report)  # fmt: skip
             t = time.perf_counter()
             fallback = [r for r in submission_row_ids(chunk) if r not in covered]
             if preds:
@@ -212,6 +243,17 @@ def predict(data_dir, split: str, run_dir, out=None, work_dir=None, device: str 
             for study, r in zip(row_study_ids(fallback), fallback):
                 report.fallback_rows[int(study)].append(r)
             report.seconds["blend"] += time.perf_counter() - t
+            if time_budget_s and i == 0 and len(chunks) > 1 and report.member_seconds:
+                done = len(chunk)
+                budget = plan_to_budget(time_budget_s, time.perf_counter() - started, len(report.studies) - done,
+                                        (report.total_seconds - report.seconds["index"] - report.seconds["classify"])
+                                        / done,
+                                        {m: report.member_seconds[m] / (done * plan.folds[m]) for m in plan.members},
+                                        plan, params)  # fmt: skip
+                members, params = _apply_plan(budget, members, params, predictors, report, available)
+        report.forward_seconds["classify"] = sum(p.forward_seconds for p in predictors.values())
+    if localizer is not None:
+        report.forward_seconds["localize"] = localizer.forward_seconds
     check_fallbacks({s: report.why(s) for s in report.fallback_rows}, len(report.studies), max_fallback_share,
                     "studies")  # fmt: skip
     submission = pd.concat(parts, ignore_index=True)
@@ -252,16 +294,45 @@ def _localize_chunk(localizer, root: Path, split: str, chunk: list[int], by_stud
     return pd.concat(coords, ignore_index=True) if coords else None
 
 
-def _classify_chunk(members: list[Classifier], coords, root: Path, split: str, chunk: list[int], crops: Path,
-                    device: str, workers: int, report: PredictReport) -> tuple[dict[str, pd.DataFrame], set[str]]:  # fmt: skip
+def member_folds(run_dir: Path) -> int:
+    """The most folds any unit of a classifier run has (what `max_folds` caps)."""
+    from lumbar.train.predict import read_run
+
+    _, result = read_run(run_dir)
+    return max((len(u["checkpoints"]) for u in result["units"].values()), default=0)
+
+
+def _load_members(members: list[Classifier], plan: EnsemblePlan, available: dict[str, int], device: str,
+                  stack: ExitStack, report: PredictReport) -> dict:
+    """One `RunPredictor` per member, its fold models built and loaded once, closed with `stack`."""
+    from lumbar.train.predict import RunPredictor
+
+    predictors = {m.name: stack.enter_context(RunPredictor(m.run_dir, device, max_folds=plan.folds[m.name]))
+                  for m in members}
+    report.ensemble = {"used": plan.describe(available), "models": sum(p.n_models for p in predictors.values()),
+                       "model_mib": round(sum(p.parameter_bytes for p in predictors.values()) / 2**20, 1)}
+    return predictors
+
+
+def _apply_plan(plan: EnsemblePlan, members: list[Classifier], params, predictors: dict, report: PredictReport,
+                available: dict[str, int]):
+    """Cut the loaded ensemble to a budget plan (for the chunks after the timed first one)."""
+    for name, predictor in predictors.items():
+        predictor.limit_folds(plan.folds.get(name, 0))
+    report.ensemble["plan"] = (f"time budget: after the first chunk, {plan.describe(available)}; projected "
+                               f"{plan.projected_s:.0f} s" + ("" if plan.fits else " (over the budget even so)"))
+    return [m for m in members if m.name in plan.members], restrict_params(params, plan.members)
+
+
+def _classify_chunk(members: list[Classifier], predictors: dict, coords, root: Path, split: str, chunk: list[int],
+                    crops: Path, workers: int, report: PredictReport) -> tuple[dict[str, pd.DataFrame], set[str]]:  # fmt: skip
     """Each member's predictions of a chunk, and the row_ids whose crop every member could build (the rest
     fall back; no predictions at all when no crop could be built).
 
-    Crops are built once per distinct ROI configuration, predicted, and deleted with the chunk. A failed crop
-    is noted in the report; its target falls back to the prior (the limit of `predict` counts it).
+    Crops are built once per distinct ROI configuration, predicted by the members' loaded models, and deleted
+    with the chunk. A failed crop is noted in the report; its target falls back to the prior (the limit of
+    `predict` counts it).
     """
-    from lumbar.train.predict import predict_cache
-
     if coords is None:
         return {}, set()
     t = time.perf_counter()
@@ -277,11 +348,13 @@ def _classify_chunk(members: list[Classifier], coords, root: Path, split: str, c
     report.seconds["crop"] += time.perf_counter() - t
     preds = {}
     if covered:
-        t = time.perf_counter()
         for m in members:
+            t = time.perf_counter()
             cache = caches[json.dumps(m.roi.to_dict(), sort_keys=True)].cache_dir
-            preds[m.name] = predict_cache(m.run_dir, cache, device=device, study_ids=chunk)
-        report.seconds["classify"] += time.perf_counter() - t
+            preds[m.name] = predictors[m.name].predict(cache, study_ids=chunk)
+            seconds = time.perf_counter() - t
+            report.seconds["classify"] += seconds
+            report.member_seconds[m.name] += seconds
     shutil.rmtree(crops, ignore_errors=True)
     return preds, covered
 
@@ -290,7 +363,8 @@ def cli_predict(args: argparse.Namespace) -> int:
     """`python -m lumbar predict`."""
     sub, report = predict(args.data_dir, args.split, args.run, args.out, work_dir=args.work_dir, device=args.device,
                           chunk_studies=args.chunk_studies, workers=args.workers,
-                          max_fallback_share=args.max_fallback_share)  # fmt: skip
+                          max_fallback_share=args.max_fallback_share, max_folds=args.max_folds,
+                          max_members=args.max_members, time_budget_s=args.time_budget)  # fmt: skip
     print(report.summary())
     print(f"predict: wrote {os.fspath(args.out)} ({len(sub)} rows, {len(report.studies)} studies) and "
           f"{record_path(args.out)}")

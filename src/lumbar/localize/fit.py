@@ -1,9 +1,11 @@
-"""The localizer's one training loop: AdamW, one-cycle schedule, AMP on CUDA, a tqdm bar.
+"""The localizer's one training loop: AdamW (fused), one-cycle schedule, AMP on CUDA, a tqdm bar.
 
 Each model supplies how to draw a batch (inputs and targets, augmented) and its loss; the loop does the
 rest, so the heatmap models and the slice scorer train the same way. Device, AMP dtype and CPU threads
 come from the engine's `lumbar.train.runtime` (decided once, in one place). The localizer trains in one
 process (its data is a few hundred samples); distributed training is the classifiers' business.
+A step does not wait for the device: the losses stay there until the end of the epoch (and, for the bar,
+every `LOG_EVERY` steps).
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from tqdm.auto import tqdm
 
 from lumbar.atomic import atomic_path
 from lumbar.localize.config import LocalizerConfig
-from lumbar.train.runtime import Runtime
+from lumbar.train.runtime import Runtime, make_adamw
 
 #: (sample indices, numpy rng, torch generator) -> (inputs, targets) on the device.
 BatchFn = Callable[[np.ndarray, np.random.Generator, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 #: (model output, targets) -> scalar loss.
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: Steps between reads of the running loss for the progress bar (each read waits for the device).
+LOG_EVERY = 50
 
 
 def fit(model: torch.nn.Module, n_samples: int, batch: BatchFn, loss_fn: LossFn, epochs: int,
@@ -42,7 +46,7 @@ def fit(model: torch.nn.Module, n_samples: int, batch: BatchFn, loss_fn: LossFn,
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt = make_adamw(model.parameters(), config.lr, config.weight_decay, runtime.device)
     steps = int(np.ceil(n_samples / config.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps * epochs, pct_start=0.15)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_scaler)
@@ -62,13 +66,19 @@ def fit(model: torch.nn.Module, n_samples: int, batch: BatchFn, loss_fn: LossFn,
             scaler.step(opt)
             scaler.update()
             sched.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss.detach())
             bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.3f}")
-        history.append(float(np.mean(losses)))
+            if not bar.disable and len(losses) % LOG_EVERY == 0:
+                bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(_floats(losses)):.3f}")
+        history.append(float(np.mean(_floats(losses))))
     bar.close()
     model.eval()
     return history
+
+
+def _floats(losses: list[torch.Tensor]) -> np.ndarray:
+    """Per-step losses as the float64 values `float(loss)` gives, in one device read."""
+    return torch.stack(losses).to("cpu", torch.float64).numpy()
 
 
 def save_state(model: torch.nn.Module, path) -> None:

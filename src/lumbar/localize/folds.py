@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lumbar.cores import split_cores
 from lumbar.data.tables import load_coordinates, write_coordinates, write_csv
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.evaluate import (
@@ -71,7 +72,8 @@ def train_localizer_folds(config: LocalizerConfig, data_dir: str | os.PathLike |
         run: the run folder.
         folds: `study_id, fold` (the experiment's `folds.csv`); studies without a fold are not used.
         index: header index of the train split.
-        jobs: folds trained side by side, each in its own process with cores // jobs torch threads.
+        jobs: folds trained side by side, each in its own process with cores // jobs torch threads (unless
+            `config.threads` pins them); 0 = one per fold, at most one per core (`lumbar.cores.split_cores`).
         device: for the out-of-fold prediction.
         progress: tqdm bars.
 
@@ -88,7 +90,7 @@ def train_localizer_folds(config: LocalizerConfig, data_dir: str | os.PathLike |
     if len(fold_ids) < 2:
         raise ValueError(f"a localizer per fold needs at least 2 folds with labelled studies, got {fold_ids}")
     prepare_all(config, root, coords, run, index, progress)  # decoded once, read by every fold
-    threads = config.threads or max(1, (os.cpu_count() or 1) // max(1, jobs))
+    jobs, threads = split_cores(len(fold_ids), jobs, config.threads)
     fold_config = dataclasses.replace(config, threads=threads) if jobs > 1 else config
     tasks = [(fold_config, str(root), coords[coords["study_id"].map(fold_of) != k], str(run),
               index[~index["study_id"].map(fold_of).eq(k)], False, fold_member(k)) for k in fold_ids]  # fmt: skip

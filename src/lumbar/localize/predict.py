@@ -146,6 +146,7 @@ class Localizer:
                 into.setdefault(key, []).append(model)
         self.models = {k: ProbabilityMean(v, start_dim=2).to(self.device).eval() for k, v in heatmaps.items()}
         self.scorers = {k: ProbabilityMean(v, start_dim=1).to(self.device).eval() for k, v in scorers.items()}
+        self.forward_seconds = 0.0  # inside the heatmap models (the rest of localisation is reading and resampling)
 
     @torch.no_grad()
     def predict(self, task: str, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -154,6 +155,7 @@ class Localizer:
 
         Sagittal tasks decode each column of 5 levels jointly (`decode_columns`), in head-to-foot order.
         """
+        t = time.perf_counter()
         x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device)
         logits = self.models[task](x)
         if TASKS[task].plane == "sagittal":
@@ -164,7 +166,9 @@ class Localizer:
             points = decode_heatmaps(logits)[0]
         radius_px, radius_slices = (max(1, math.ceil(2 * s)) for s in (self.config.sigma_px, self.config.sigma_slices))
         confidence = point_confidence(logits, points, radius_px, radius_slices)
-        return points.cpu().numpy(), confidence.cpu().numpy()
+        points, confidence = points.cpu().numpy(), confidence.cpu().numpy()
+        self.forward_seconds += time.perf_counter() - t
+        return points, confidence
 
     def sagittal_points(self, task: Task, study_id: int, series_id: int, stack: Stack) -> pd.DataFrame:
         """Coordinate rows of one sagittal task on a stack, each column of 5 levels ordered head to foot.

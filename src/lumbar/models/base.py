@@ -11,6 +11,9 @@ Encoders carry three optional attributes the wrapper passes on:
     memory_format  `torch.channels_last_3d` for 3D convolutions (default), `torch.channels_last` for 2D
                    backbones (whose 4D weights cannot take the 3D format)
     mean, std      per-channel normalisation the backbone was pretrained with (timm), else None
+    cpu_channels_last  True where that memory format is also faster on CPU (measured per architecture by
+                   `benchmarks/profile_step.py`: cnn3d's forward took 20 ms instead of 39 ms at the demo's size;
+                   MONAI's resnet3d_18 and the timm families were slower), so the runtime uses it there too
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class LumbarModel(nn.Module):
         self.num_outputs = num_outputs
         self.num_meta = num_meta
         self.memory_format: torch.memory_format = getattr(encoder, "memory_format", torch.channels_last_3d)
+        self.cpu_channels_last: bool = bool(getattr(encoder, "cpu_channels_last", False))
         self.mean: tuple[float, ...] | None = getattr(encoder, "mean", None)
         self.std: tuple[float, ...] | None = getattr(encoder, "std", None)
         self.config: dict[str, Any] = dict(config or {})

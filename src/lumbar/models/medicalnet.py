@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 
-from monai.networks.nets.resnet import resnet_params
 from torch import nn
 
 from lumbar.models.base import StateDict, load_pretrained, strip_prefix
@@ -46,6 +45,8 @@ def _medicalnet_factory(name: str, arch: str):
         pretrained: str | os.PathLike = "none",
         widen_factor: float = 1.0,
     ) -> nn.Module:
+        from monai.networks.nets.resnet import resnet_params  # imported on use (see lumbar.models.monai3d)
+
         _, _, shortcut_type, bias_downsample, _ = resnet_params[arch]
         net = build_resnet(
             arch,

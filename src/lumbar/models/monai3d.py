@@ -6,6 +6,9 @@ only, and the later downsampling stages listed per family are rewritten to strid
 `depth_strides` says depth cannot be halved (see `lumbar.models.depth`). Keeping depth in the 7x7x7 stems
 also steers clear of a oneDNN fault: on CPU, torch 2.14's backward of a 7x7x7 stride-2 convolution over
 5 slices corrupts the heap. Variants are rows of the table below, not classes.
+
+MONAI is imported when one of these nets is built, not when the registry is: importing it takes about 7 CPU
+seconds, which every notebook kernel and `predict` process paid even when it trains only timm or thesis nets.
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ import math
 import os
 from collections.abc import Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
-from monai.networks.nets import DenseNet121, EfficientNetBN, ResNet, SEResNext50
-from monai.networks.nets.resnet import get_inplanes, resnet_params
 from torch import nn
 
 from lumbar.models.base import load_pretrained
 from lumbar.models.depth import depth_strides, keep_depth
 from lumbar.models.registry import register_model
+
+if TYPE_CHECKING:
+    from monai.networks.nets import ResNet
 
 PathLike = str | os.PathLike
 
@@ -46,6 +51,9 @@ def build_resnet(
     The stem keeps MedicalNet's 7x7x7 kernel with stride (1, 2, 2); depth strides follow the plan over
     the max pool and layers 2-4.
     """
+    from monai.networks.nets import ResNet
+    from monai.networks.nets.resnet import get_inplanes, resnet_params
+
     block, layers = resnet_params[arch][:2]
     net = ResNet(
         block,
@@ -78,6 +86,8 @@ def build_densenet121(
     in_channels: int, depth: int, init_features: int = 64, growth_rate: int = 32
 ) -> nn.Module:
     """MONAI DenseNet-121 without classifier; stem keeps depth, plan over the pool and 3 transitions."""
+    from monai.networks.nets import DenseNet121
+
     net = DenseNet121(
         spatial_dims=3,
         in_channels=in_channels,
@@ -98,6 +108,8 @@ def build_seresnext50(in_channels: int, depth: int, layers: Sequence[int] = (3, 
 
     `layers` (blocks per stage) can shrink the net for smoke tests.
     """
+    from monai.networks.nets import SEResNext50
+
     net = SEResNext50(spatial_dims=3, in_channels=in_channels, num_classes=1, layers=tuple(layers))
     net.num_features = net.last_linear.in_features
     net.last_linear = nn.Identity()
@@ -113,6 +125,8 @@ def build_efficientnet(model_name: str, in_channels: int, depth: int) -> nn.Modu
     depth padding is recomputed here for the planned depths: the stem keeps depth, the 4 strided block
     stacks halve it as planned.
     """
+    from monai.networks.nets import EfficientNetBN
+
     net = EfficientNetBN(model_name, pretrained=False, spatial_dims=3, in_channels=in_channels, num_classes=1)
     net.num_features = net._fc.in_features
     net._fc, net._dropout = nn.Identity(), nn.Identity()

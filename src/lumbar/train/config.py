@@ -74,6 +74,14 @@ class TrainConfig:
             score: `best.pt`; chosen on the fold it is then scored on, so its OOF score is optimistic).
         patience: epochs without improvement of the validation metric before stopping (0 = never stop); it
             chooses the stopping epoch on the scored fold too, so only with select="best".
+        val_every: validate every this many epochs, and always after the last one (select="best" validates every
+            epoch). With select="last" validation only draws the learning curves, so fewer points cost nothing
+            in the predictions.
+        checkpoint_every: write `last.pt` (the state a killed run resumes from) every this many epochs, and
+            always after the last one; a resnet18's `last.pt` (weights, EMA, AdamW moments) takes a third of
+            a second to write on the demo machine.
+        log_every: steps between reads of the running training loss for the progress bar (each read waits for
+            the device; nothing else in a step does).
         seed: seeds weights, sampling order and augmentation (deterministic on CPU).
         workers: DataLoader worker processes.
         threads: torch CPU threads of this process (0 = torch's default); 1 is much faster than 2 on a machine
@@ -123,6 +131,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     select: str = "last"
     patience: int = 0
+    val_every: int = 1
+    checkpoint_every: int = 1
+    log_every: int = 50
     seed: int = 42
     workers: int = 0
     threads: int = 0
@@ -142,7 +153,7 @@ class TrainConfig:
 
         Raises:
             ValueError: an unknown `train_crops` or `select`, a crop source without its cache, a jitter file
-                without ground-truth training crops, or patience with select="last".
+                without ground-truth training crops, an interval below 1, or patience with select="last".
         """
         if self.train_crops not in TRAIN_CROPS:
             raise ValueError(f"train_crops={self.train_crops!r}: expected one of {list(TRAIN_CROPS)}")
@@ -155,6 +166,9 @@ class TrainConfig:
         if self.jitter and self.train_crops == "oof":
             raise ValueError("jitter shifts the ground-truth training crops, and train_crops='oof' has none; "
                              "set jitter='' or train on gt or both")
+        for name in ("val_every", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: expected a whole number >= 1")
         if self.patience > 0 and self.select != "best":
             raise ValueError(f"patience={self.patience} chooses the stopping epoch on the fold that is then scored "
                              "out of fold; use it with select=best, or set patience=0")

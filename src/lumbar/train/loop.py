@@ -1,14 +1,21 @@
 """The one training loop for every architecture and task mode: `train(config) -> TrainResult`.
 
 For each unit of the task mode (`lumbar.train.tasks`) and each requested fold: build the registered model,
-train it with AdamW and a per-step cosine schedule after a linear warm-up, the weighted loss
-(`lumbar.train.losses`), gradient clipping, optional EMA, AMP and channels-last on CUDA; validate every epoch
-on the held-out fold (the competition metric in competition mode, balanced accuracy in thesis modes); keep
-`last.pt`; then predict the held-out fold with the selected weights: those after the last epoch (`final.pt`,
+train it with AdamW (fused) and a per-step cosine schedule after a linear warm-up, the weighted loss
+(`lumbar.train.losses`), gradient clipping, optional EMA, AMP and channels-last on CUDA; validate every
+`val_every` epochs and after the last on the held-out fold (the competition metric in competition mode,
+balanced accuracy in thesis modes); keep `last.pt` (every `checkpoint_every` epochs and after the last); then
+predict the held-out fold with the selected weights: those after the last epoch (`final.pt`,
 select="last") or of the best validation epoch (`best.pt`, select="best", optionally stopping early after
 `patience` epochs without improvement). A run killed at any point resumes from `last.pt` (finished folds are
 not retrained). Under `torchrun` the model is wrapped in DistributedDataParallel and the data sharded; only
 rank 0 writes files and logs.
+
+A training step does not wait for the device: the loss is summed on the device (`RunningMean`) and read once
+per `log_every` steps and at the end of the epoch, the EMA keeps its step count on the host (`ModelEma`), batches
+arrive from pinned memory with non-blocking copies. So on CUDA `data_s` (time waiting for the loader) is the
+time the device may have starved, and `model_s` the host's time in the steps (including any wait for a busy
+device when its queue is full).
 
 Crop sources ("train as you infer"): training items come from the ground-truth crops (`cache`), the
 localizer's out-of-fold crops (`oof_cache`) or both (`train_crops`); validation and the OOF predictions use
@@ -40,7 +47,6 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -62,6 +68,7 @@ from lumbar.train.checkpoint import (
 )
 from lumbar.train.config import TrainConfig, make_config
 from lumbar.train.dataset import LOCALIZED, RoiCache, RoiDataset, check_same_crops, read_cache
+from lumbar.train.ema import ModelEma
 from lumbar.train.folds import load_or_make_folds, read_folds
 from lumbar.train.history import plot_history, write_history
 from lumbar.train.loggers import NullLogger
@@ -76,7 +83,14 @@ from lumbar.train.predict import (
     to_submission,
     unwrap,
 )
-from lumbar.train.runtime import Runtime, seed_everything, setup_runtime, teardown_runtime
+from lumbar.train.runtime import (
+    RunningMean,
+    Runtime,
+    make_adamw,
+    seed_everything,
+    setup_runtime,
+    teardown_runtime,
+)
 from lumbar.train.sampling import make_train_sampler
 from lumbar.train.tasks import Task, build_tasks, resolve_conditions, validation_score
 
@@ -336,13 +350,13 @@ def fit_fold(config: TrainConfig, runtime: Runtime, caches: dict[str, RoiCache],
     steps_per_epoch = min(len(train_loader), max_batches) if max_batches else len(train_loader)
 
     model = build_unit_model(config, task, cache).to(runtime.device)
-    if runtime.channels_last:
-        model = model.to(memory_format=getattr(model, "memory_format", torch.channels_last_3d))
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
-           if config.ema_decay > 0 else None)
+    memory_format = runtime.memory_format(model)
+    if memory_format is not None:
+        model = model.to(memory_format=memory_format)
+    ema = ModelEma(model, config.ema_decay) if config.ema_decay > 0 else None
     net = (DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
            if runtime.distributed else model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_adamw(model.parameters(), config.lr, config.weight_decay, runtime.device)
     scheduler = _schedule(optimizer, steps_per_epoch * epochs, round(config.warmup_epochs * steps_per_epoch))
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_scaler)
     loss_fn = build_loss(config.loss, gamma=config.focal_gamma)
@@ -373,15 +387,18 @@ def fit_fold(config: TrainConfig, runtime: Runtime, caches: dict[str, RoiCache],
         train_ds.set_epoch(epoch)
         stats = _train_epoch(net, model, ema, train_loader, optimizer, scheduler, scaler, loss_fn, weights, config,
                              runtime, task, max_batches, f"{task.name} f{fold} e{epoch}")
-        idx, probs, val_loss = predict_probs(evaluator, valid_loader, runtime, task.num_targets, task.num_classes,
-                                             loss_fn, config.class_weights, max_batches)
-        score = validation_score(task, task.prediction_rows(valid_ds.items.iloc[idx], probs))
-        improved = state["best_score"] is None or (not math.isnan(score) and (
-            math.isnan(state["best_score"]) or sign * (score - state["best_score"]) > 0))
-        if improved:
-            state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
+        validate = epoch == epochs or config.select == "best" or epoch % config.val_every == 0
+        score, val_loss, improved = math.nan, math.nan, False
+        if validate:
+            idx, probs, val_loss = predict_probs(evaluator, valid_loader, runtime, task.num_targets,
+                                                 task.num_classes, loss_fn, config.class_weights, max_batches)
+            score = validation_score(task, task.prediction_rows(valid_ds.items.iloc[idx], probs))
+            improved = state["best_score"] is None or (not math.isnan(score) and (
+                math.isnan(state["best_score"]) or sign * (score - state["best_score"]) > 0))
+            if improved:
+                state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+            else:
+                state["bad_epochs"] += 1
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": stats["loss"],
                "val_loss": val_loss, "metric": task.metric, "val_metric": score, "best_epoch": state["best_epoch"],
                "samples": stats["samples"], "data_s": stats["data_s"], "model_s": stats["model_s"],
@@ -392,9 +409,11 @@ def fit_fold(config: TrainConfig, runtime: Runtime, caches: dict[str, RoiCache],
         if runtime.is_main:
             if improved and config.select == "best":
                 save_checkpoint(unwrap(evaluator).state_dict(), fold_dir / BEST)
-            save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                             "ema": ema.state_dict() if ema is not None else {}, "rng": rng_state(), **state}, last)
+            if state["finished"] or epoch % config.checkpoint_every == 0:
+                save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                 "ema": ema.state_dict() if ema is not None else {}, "rng": rng_state(), **state},
+                                last)
             write_history(state["history"], fold_dir)
             if config.record_samples:
                 _record_samples(fold_dir, epoch, stats["seen"])
@@ -443,9 +462,14 @@ def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: 
 
 def _train_epoch(net, model, ema, loader, optimizer, scheduler, scaler, loss_fn, weights, config, runtime, task,
                  max_batches, desc) -> dict[str, Any]:
-    """One pass over the training loader; returns mean loss, sample count, loader and model seconds."""
+    """One pass over the training loader; returns mean loss, sample count, loader and model seconds.
+
+    Nothing in a step waits for the device (module docstring): the loss is read every `config.log_every` steps
+    for the progress bar (only when it is shown) and once at the end.
+    """
     net.train()
-    total, count, data_s, model_s, batches, seen = 0.0, 0, 0.0, 0.0, 0, []
+    data_s, model_s, batches, seen = 0.0, 0.0, 0, []
+    running = RunningMean(runtime.device)
     bar = tqdm(total=max_batches or len(loader), desc=desc, leave=False,
                disable=not (config.progress and runtime.is_main))
     tick = time.perf_counter()
@@ -455,7 +479,8 @@ def _train_epoch(net, model, ema, loader, optimizer, scheduler, scaler, loss_fn,
         fetched = time.perf_counter()
         data_s += fetched - tick
         x, meta = batch_to_device(batch, runtime, model)
-        target, grade = batch["target"].to(runtime.device), batch["grade"].to(runtime.device)
+        target = batch["target"].to(runtime.device, non_blocking=True)
+        grade = batch["grade"].to(runtime.device, non_blocking=True)
         w = weights[grade.clamp_min(0)] * (target >= 0)
         with runtime.autocast():
             logits = net(x, meta).float().reshape(len(x), task.num_targets, task.num_classes)
@@ -470,19 +495,17 @@ def _train_epoch(net, model, ema, loader, optimizer, scheduler, scaler, loss_fn,
         scheduler.step()
         if ema is not None:
             ema.update_parameters(model)
-        if runtime.device.type == "cuda":
-            torch.cuda.synchronize(runtime.device)
-        total += float(loss.detach()) * len(x)
-        count += len(x)
+        running.add(loss, len(x))
         batches += 1
         if config.record_samples:
             seen.extend(loader.dataset.sample_ids(batch["index"].tolist()))
         tick = time.perf_counter()
         model_s += tick - fetched
         bar.update()
-        bar.set_postfix(loss=f"{total / count:.4f}")
+        if not bar.disable and batches % config.log_every == 0:
+            bar.set_postfix(loss=f"{running.value():.4f}")
     bar.close()
-    stats = runtime.all_gather((total, count, seen))
+    stats = runtime.all_gather((running.sum(), running.count, seen))
     n = sum(s[1] for s in stats)
     return {"loss": sum(s[0] for s in stats) / max(n, 1), "samples": n, "data_s": data_s, "model_s": model_s,
             "batches": batches, "seen": [s[2] for s in stats]}

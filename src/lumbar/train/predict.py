@@ -1,9 +1,9 @@
 """Running trained models over a cache: batched prediction (validation, OOF, inference) and the submission table.
 
-`predict_cache(run_dir, cache_dir)` is the inference entry point of later stages: it reads a training run's
-`config.json` and `result.json`, builds every unit's model once per fold from the checkpoint `result.json`
-names (`final.pt` or `best.pt`, by the run's `select`), averages the folds' probabilities and returns the
-submission table. In competition mode every study of the cache gets all 25 rows: a target without a crop
+`RunPredictor(run_dir)` is the inference entry point of later stages: it reads a training run's `config.json`
+and `result.json`, builds every unit's model once per fold from the checkpoint `result.json` names (`final.pt`
+or `best.pt`, by the run's `select`) and keeps them; `predict(cache_dir)` averages the folds' probabilities
+and returns the submission table (`predict_cache` does both for one cache). In competition mode every study of the cache gets all 25 rows: a target without a crop
 (no coordinate, unreadable series) gets the class prior of the training labels, and `predict_cache` says how
 many rows that was.
 """
@@ -11,9 +11,10 @@ many rows that was.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ from lumbar.data.tables import SUBMISSION_COLUMNS, split_row_ids, submission_row
 from lumbar.evaluate.baselines import class_priors
 from lumbar.pretrained import gray_stats
 from lumbar.train.checkpoint import load_checkpoint
-from lumbar.train.runtime import Runtime, setup_runtime, teardown_runtime
+from lumbar.train.runtime import RunningMean, Runtime, setup_runtime, teardown_runtime
 
 RESULT_JSON = "result.json"
 CONFIG_JSON = "config.json"
@@ -53,25 +54,26 @@ def input_normalization(model: nn.Module) -> tuple[float, float] | None:
 
 
 def batch_to_device(batch: dict[str, Any], runtime: Runtime, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image (normalised, channels-last where the model is 3D and the runtime asks for it) and meta on the device."""
+    """Image (normalised, channels-last where the model is 3D and runs channels-last here) and meta on the device."""
     x = batch["image"].to(runtime.device, non_blocking=True)
     norm = input_normalization(model)
     if norm is not None:
         x = (x - norm[0]) / norm[1]
-    if runtime.channels_last and getattr(unwrap(model), "memory_format", None) == torch.channels_last_3d:
+    if runtime.memory_format(model) == torch.channels_last_3d:
         x = x.contiguous(memory_format=torch.channels_last_3d)
     return x, batch["meta"].to(runtime.device, non_blocking=True)
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, loader: DataLoader, runtime: Runtime, num_targets: int, num_classes: int,
+def predict_probs(model: nn.Module, loader: Iterable[dict[str, Any]], runtime: Runtime, num_targets: int, num_classes: int,
                   loss_fn=None, class_weights: Iterable[float] | None = None,
                   max_batches: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
     """Class probabilities of every item of a loader, gathered over DDP ranks.
 
     Args:
         model: the model (evaluated in eval mode).
-        loader: yields dataset samples (with `index`); under DDP each rank holds a shard.
+        loader: yields batches of dataset samples (with `index`), a DataLoader or a list of its batches; under
+            DDP each rank holds a shard.
         runtime: device, AMP and ranks.
         num_targets, num_classes: the task's output shape.
         loss_fn, class_weights: when given, also the weighted loss over labelled targets.
@@ -82,7 +84,8 @@ def predict_probs(model: nn.Module, loader: DataLoader, runtime: Runtime, num_ta
     """
     model.eval()
     weights = torch.as_tensor(list(class_weights or (1.0, 2.0, 4.0)), device=runtime.device)
-    indices, probs, loss_sum, weight_sum = [], [], 0.0, 0.0
+    indices, probs = [], []
+    loss_sum, weight_sum = RunningMean(runtime.device), RunningMean(runtime.device)  # read once, at the end
     for b, batch in enumerate(loader):
         if max_batches and b >= max_batches:
             break
@@ -90,15 +93,17 @@ def predict_probs(model: nn.Module, loader: DataLoader, runtime: Runtime, num_ta
         with runtime.autocast():
             logits = model(x, meta).float().reshape(len(x), num_targets, num_classes)
         if loss_fn is not None:
-            target, grade = batch["target"].to(runtime.device), batch["grade"].to(runtime.device)
+            target = batch["target"].to(runtime.device, non_blocking=True)
+            grade = batch["grade"].to(runtime.device, non_blocking=True)
             w = weights[grade.clamp_min(0)] * (target >= 0)
-            loss_sum += float(loss_fn(logits, target, w)) * float(w.sum())
-            weight_sum += float(w.sum())
-        probs.append(torch.softmax(logits, dim=-1).cpu().numpy())
+            w_sum = w.sum().to(loss_sum.dtype)
+            loss_sum.add(loss_fn(logits, target, w).to(loss_sum.dtype) * w_sum, 1)
+            weight_sum.add(w_sum, 1)
+        probs.append(torch.softmax(logits, dim=-1))  # stays on the device until the loop ends
         indices.append(batch["index"].numpy())
     shard = (np.concatenate(indices) if indices else np.zeros(0, np.int64),
-             np.concatenate(probs) if probs else np.zeros((0, num_targets, num_classes), np.float32),
-             loss_sum, weight_sum)
+             torch.cat(probs).cpu().numpy() if probs else np.zeros((0, num_targets, num_classes), np.float32),
+             loss_sum.sum(), weight_sum.sum())
     parts = runtime.all_gather(shard)
     idx = np.concatenate([p[0] for p in parts])
     prob = np.concatenate([p[1] for p in parts])
@@ -109,11 +114,12 @@ def predict_probs(model: nn.Module, loader: DataLoader, runtime: Runtime, num_ta
 
 
 def eval_loader(dataset, batch_size: int, workers: int, runtime: Runtime) -> DataLoader:
-    """In-order loader; sharded over ranks under DDP."""
+    """In-order loader; sharded over ranks under DDP. It draws its workers' seed from a generator of its own, not
+    from torch's global one, so validating (or not, `val_every`) leaves the training that follows as it was."""
     sampler = (DistributedSampler(dataset, runtime.world_size, runtime.rank, shuffle=False)
                if runtime.distributed else None)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
-                      pin_memory=runtime.device.type == "cuda")
+                      pin_memory=runtime.device.type == "cuda", generator=torch.Generator().manual_seed(0))
 
 
 def grade_prior(labels: pd.DataFrame) -> pd.DataFrame:
@@ -161,9 +167,120 @@ def read_run(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     return TrainConfig.load(run_dir / CONFIG_JSON), json.loads((run_dir / RESULT_JSON).read_text())
 
 
+class RunPredictor:
+    """A training run's fold models, each built and loaded once, predicting any number of ROI caches.
+
+    Building a model and reading its checkpoint cost as much as predicting a chunk of studies, so inference
+    (`lumbar.inference.predict`) keeps one `RunPredictor` per classifier for the whole run and streams its chunks
+    through it: the models stay on the device between chunks (`parameter_bytes` says how much they hold).
+
+    Args:
+        run_dir: a training run folder (`train(...).run_dir`).
+        device: "auto", "cpu" or "cuda".
+        batch_size: 0 = the run's batch size.
+        workers: DataLoader workers.
+        threads: torch CPU threads while the predictor is open (0 = torch's default; restored by `close`).
+        max_folds: use only the first this many folds of each unit, in fold order (0 = all): the ensemble cap.
+    """
+
+    def __init__(self, run_dir: str | Path, device: str = "auto", batch_size: int = 0, workers: int = 0,
+                 threads: int = 0, max_folds: int = 0) -> None:
+        from lumbar.train.tasks import build_tasks
+
+        self.run_dir = Path(run_dir)
+        self.config, self.result = read_run(self.run_dir)
+        self.batch_size, self.workers = batch_size or self.config.batch_size, workers
+        self.runtime = setup_runtime(device, amp=self.config.amp, channels_last=self.config.channels_last,
+                                     threads=threads)
+        self.units: list[tuple[Any, list[nn.Module]]] = []
+        self.forward_seconds = 0.0  # in the model passes (the crops are read before, once per unit)
+        try:
+            for task in build_tasks(self.config.mode, self.config.conditions, self.config.mirror_right):
+                unit = self.result["units"].get(task.name)
+                if unit is None or not unit["checkpoints"]:
+                    continue
+                folds = sorted(unit["checkpoints"], key=int)[: max_folds or None]
+                self.units.append((task, [self._load(task, unit["checkpoints"][f]) for f in folds]))
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, task, path: str) -> nn.Module:
+        from lumbar.models import build_model
+
+        model = build_model(**self.result["model"], **_unit_sizes(task))
+        model.load_state_dict(load_checkpoint(self.run_dir / path))
+        model.to(self.runtime.device)
+        memory_format = self.runtime.memory_format(model)
+        return model.to(memory_format=memory_format) if memory_format is not None else model
+
+    def limit_folds(self, k: int) -> None:
+        """Keep only the first `k` fold models of every unit (0: none), releasing the others."""
+        self.units = [(task, models[:k]) for task, models in self.units if k > 0]
+
+    @property
+    def n_models(self) -> int:
+        return sum(len(models) for _, models in self.units)
+
+    @property
+    def parameter_bytes(self) -> int:
+        """Bytes of every loaded model's parameters and buffers (what stays on the device)."""
+        return sum(t.numel() * t.element_size() for _, models in self.units for m in models
+                   for t in [*m.parameters(), *m.buffers()])
+
+    def predict(self, cache_dir: str | Path, study_ids: Iterable[int] | None = None) -> pd.DataFrame:
+        """The fold-averaged submission table of every sample of an ROI cache (see `predict_cache`)."""
+        from lumbar.train.dataset import RoiDataset, read_cache
+
+        cache = read_cache(cache_dir)
+        shape = [cache.depth, cache.height, cache.width]
+        if shape != list(self.result["input_shape"]):
+            raise ValueError(f"{cache_dir}: tensors of shape {shape}, but run {self.run_dir} was trained on "
+                             f"{self.result['input_shape']}; build the cache with the run's preprocessing parameters")
+        tables = []
+        for task, models in self.units:
+            items = task.items(cache.samples)
+            if items.empty:
+                continue
+            # read once, for every fold model (a chunk's crops of one unit are tens of MiB at most)
+            batches = list(eval_loader(RoiDataset(cache, task, items), self.batch_size, self.workers, self.runtime))
+            total = np.zeros((len(items), task.num_targets, task.num_classes))
+            for model in models:
+                t = time.perf_counter()
+                idx, probs, _ = predict_probs(model, batches, self.runtime, task.num_targets, task.num_classes)
+                self.forward_seconds += time.perf_counter() - t
+                total[idx] += probs
+            tables.append(task.prediction_rows(items, total / len(models)))
+        if not tables:
+            raise ValueError(f"{cache_dir}: no sample of the run's conditions {list(self.config.conditions)}")
+        table = pd.concat(tables, ignore_index=True)
+        if self.config.mode != "competition":
+            sub, filled = to_submission(table)
+        else:
+            studies = cache.samples["study_id"].unique() if study_ids is None else study_ids
+            sub, filled = to_submission(table, studies, pd.DataFrame(self.result["prior"]))
+        sub.attrs["fallback_rows"] = filled
+        return sub
+
+    def close(self) -> None:
+        """Restore the thread count (the models go with the object)."""
+        if self.runtime is not None:
+            teardown_runtime(self.runtime)
+            self.runtime = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def predict_cache(run_dir: str | Path, cache_dir: str | Path, device: str = "auto", batch_size: int = 0,
                   workers: int = 0, study_ids: Iterable[int] | None = None, threads: int = 0) -> pd.DataFrame:
     """Predict every sample of an ROI cache with a run's models, averaging the folds' selected checkpoints.
+
+    One cache, so the models are built for it and dropped after; to predict many caches with one run, keep a
+    `RunPredictor`.
 
     Args:
         run_dir: a training run folder (`train(...).run_dir`).
@@ -181,58 +298,10 @@ def predict_cache(run_dir: str | Path, cache_dir: str | Path, device: str = "aut
     """
     from lumbar.train.dataset import read_cache
 
-    run_dir = Path(run_dir)
-    config, result = read_run(run_dir)
-    cache = read_cache(cache_dir)
-    shape = [cache.depth, cache.height, cache.width]
-    if shape != list(result["input_shape"]):
-        raise ValueError(f"{cache_dir}: tensors of shape {shape}, but run {run_dir} was trained on "
-                         f"{result['input_shape']}; build the cache with the run's preprocessing parameters")
-    runtime = setup_runtime(device, amp=config.amp, channels_last=config.channels_last, threads=threads)
-    try:
-        tables = _predict_units(run_dir, config, result, cache, runtime, batch_size, workers)
-    finally:
-        teardown_runtime(runtime)
-    if not tables:
-        raise ValueError(f"{cache_dir}: no sample of the run's conditions {list(config.conditions)}")
-    table = pd.concat(tables, ignore_index=True)
-    if config.mode != "competition":
-        sub, filled = to_submission(table)
-    else:
-        studies = cache.samples["study_id"].unique() if study_ids is None else study_ids
-        prior = pd.DataFrame(result["prior"])
-        sub, filled = to_submission(table, studies, prior)
-    sub.attrs["fallback_rows"] = filled
-    return sub
-
-
-def _predict_units(run_dir: Path, config, result: dict[str, Any], cache, runtime: Runtime, batch_size: int,
-                   workers: int) -> list[pd.DataFrame]:
-    """Per unit: the fold-averaged prediction rows of every cache sample of its conditions."""
-    from lumbar.models import build_model
-    from lumbar.train.dataset import RoiDataset
-    from lumbar.train.tasks import build_tasks
-
-    tables = []
-    for task in build_tasks(config.mode, config.conditions, config.mirror_right):
-        unit = result["units"].get(task.name)
-        if unit is None or not unit["checkpoints"]:
-            continue
-        items = task.items(cache.samples)
-        if items.empty:
-            continue
-        loader = eval_loader(RoiDataset(cache, task, items), batch_size or config.batch_size, workers, runtime)
-        total = np.zeros((len(items), task.num_targets, task.num_classes))
-        for path in unit["checkpoints"].values():
-            model = build_model(**result["model"], **_unit_sizes(task))
-            model.load_state_dict(load_checkpoint(run_dir / path))
-            model.to(runtime.device)
-            idx, probs, _ = predict_probs(model, loader, runtime, task.num_targets, task.num_classes)
-            total[idx] += probs
-        tables.append(task.prediction_rows(items, total / len(unit["checkpoints"])))
-    return tables
+    read_cache(cache_dir)  # a missing or broken cache fails before any model is built
+    with RunPredictor(run_dir, device, batch_size, workers, threads) as predictor:
+        return predictor.predict(cache_dir, study_ids)
 
 
 def _unit_sizes(task) -> dict[str, int]:
     return {"in_channels": task.in_channels, "num_outputs": task.num_outputs, "num_meta": task.num_meta}
-
