@@ -40,3 +40,11 @@ lint: $(STAMP)
 
 clean:
 	rm -rf runs cache .pytest_cache
+
+# Competition scale (issue 17): every data stage at 100, 500 and 1,975 studies, then one training epoch on the
+# largest crop cache; writes benchmarks/scale.md and its section of benchmarks/results.md. Hours on 2 cores;
+# it writes the synthetic set (input/synthetic-scale, ~3 GB) when missing and a ~14 GB crop cache (runs/scale).
+SCALE_ARGS ?= --train-arch timm25d:convnext_atto
+.PHONY: bench-scale
+bench-scale: $(STAMP)
+	$(PY) benchmarks/bench_scale.py $(SCALE_ARGS)

@@ -156,6 +156,9 @@ def render(results: list[dict], info: dict[str, str], started: str, total_s: flo
                  f"after {r['load_after']}"), "", r["text"] or "(no output)"]  # fmt: skip
         if r["returncode"] != 0:
             out += ["", "```", r["stderr"][-2000:], "```"]
+    scale = HERE / "scale.md"  # `make bench-scale` (hours): kept from its last run
+    if scale.is_file():
+        out += ["", scale.read_text().strip()]
     out += ["", "## GPU", ""]
     if gpu is not None and gpu.is_file():
         out += [f"From `bash benchmarks/gpu_check.sh` on a lent GPU machine ({gpu.name}):", "",

@@ -57,7 +57,8 @@ def _synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stir-rate", type=float, default=0.25,
                    help="share of Sagittal T2/STIR series rendered as fat-suppressed STIR")
     p.add_argument(
-        "--workers", type=int, default=1, help="processes drawing studies (output does not depend on it)"
+        "--workers", type=int, default=0,
+        help="processes drawing studies (default 0 = one per core; the output does not depend on it)",
     )
     p.add_argument(
         "--oracle", default=None, help="also write the oracle submission for every study to this CSV"

@@ -11,6 +11,7 @@ oracle submission.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -98,6 +99,14 @@ class Summary:
                 f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s -> {self.out}")
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS reports it, else the core count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _study_ids(config: SynthConfig) -> list[tuple[str, int, int]]:
     """(split, index, study_id) of every study; a clash moves the later study's id up by one."""
     tasks, seen = [], set()
@@ -171,7 +180,8 @@ def generate(out: str | Path, config: SynthConfig, oracle: str | Path | None = N
         out: the data folder to write.
         config: what to generate.
         oracle: also write the oracle submission (every train and test study) to this file.
-        workers: processes drawing studies (the output does not depend on it).
+        workers: processes drawing studies (the output does not depend on it); 0 = one per core
+            (`available_cores`).
         overwrite: replace existing train_images/ and test_images/ in `out`.
         progress: show a progress bar.
 
@@ -180,6 +190,7 @@ def generate(out: str | Path, config: SynthConfig, oracle: str | Path | None = N
     """
     start = time.perf_counter()
     out = Path(out)
+    workers = workers if workers > 0 else available_cores()
     _prepare(out, overwrite)
     tasks = [(out, split, index, study_id, config) for split, index, study_id in _study_ids(config)]
     bar = tqdm(total=len(tasks), desc="synth", unit="study", disable=not progress)
