@@ -54,6 +54,10 @@ BENCHES = (
           "Training through the engine vs the plain loop (main architectures, CPU)",
           "Batch 16 of 5 x 128 x 128 crops read from a cache by `lumbar.train` (2 batches, first included) vs the "
           "same model in a bare loop in the same process (2 steps, the first included too)."),
+    Bench("profile_step.py", (), "The CPU training step of the demo's classifiers, phase by phase",
+          "One step of `lumbar.train`'s loop at the demo's shape (16 x 1 x 5 x 32 x 32, one thread), CPU ms per "
+          "phase, before (the loop at d87a623) and after the engine's changes, and each change alone. Plain "
+          "alternative: the loop as it was (the `before` rows)."),
     Bench("bench_kaggle.py", ("--real-copies", "1", "--folds", "1", "--threads", "1"),
           "Kaggle time budget: configs/full.yaml's ensemble, projected",
           "A slice of configs/full.yaml (its crops, localizer and four classifiers, one fold each, a batch of "

@@ -1,11 +1,11 @@
 import json
-import os
 import shlex
 
 import nbformat
 import pytest
 
 from lumbar.cli import build_parser, main
+from lumbar.cores import available_cores
 from lumbar.manifest import read_manifest
 from lumbar.paths import PROJECT_ROOT, SYNTHETIC_MARKER, data_root, default_input_dir
 from lumbar.pipeline import (
@@ -292,11 +292,30 @@ def test_parallel_group_runs_side_by_side_with_shared_cores(project, monkeypatch
     seconds = run_pipeline(config, jobs=2)  # sequentially the first notebook would wait for the second forever
     assert set(seconds) == {"00_ok", "meet_1", "meet_2"}
     run = tmp_path / "run"
-    threads = str(max(1, (os.cpu_count() or 1) // 2))
+    threads = str(max(1, available_cores() // 2))
     assert (run / "here_1").read_text() == (run / "here_2").read_text() == threads
     manifest = read_manifest(run)
     assert {k: v["status"] for k, v in manifest["notebooks"].items()} == {"00_ok": "ok", "meet_1": "ok", "meet_2": "ok"}
     assert manifest["pipeline"]["jobs"] == 2
+
+
+def test_jobs_follow_the_cores_unless_the_config_pins_them(project, monkeypatch):
+    import lumbar.cores
+
+    tmp_path, nbdir = project
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(lumbar.cores, "available_cores", lambda: 8)  # an 8-core laptop
+    _notebook(nbdir / "02_meet.ipynb", RENDEZVOUS)
+    group = {"parallel": [{"notebook": "02_meet", "output": "meet_1", "parameters": {"VALUE": 1}},
+                          {"notebook": "02_meet", "output": "meet_2", "parameters": {"VALUE": 2}}]}
+    config = load_config(_config(tmp_path, nbdir, [group]))  # no `jobs`: auto
+    assert config.jobs == 0 and load_config(_config(tmp_path, nbdir, [group], jobs="auto")).jobs == 0
+    run_pipeline(config)  # both at once (else the rendezvous would wait forever), 8 // 2 threads each
+    assert (tmp_path / "run" / "here_1").read_text() == (tmp_path / "run" / "here_2").read_text() == "4"
+    assert read_manifest(tmp_path / "run")["pipeline"]["jobs"] == "auto"
+    assert load_config(_config(tmp_path, nbdir, [group], jobs=3)).jobs == 3
+    with pytest.raises(ValueError, match="jobs must be `auto` or a whole number"):
+        load_config(_config(tmp_path, nbdir, [group], jobs="many"))
 
 
 def test_failure_in_a_parallel_group_is_raised_after_the_group(project):

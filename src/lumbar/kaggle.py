@@ -272,7 +272,8 @@ def kernel_notebook(code_slug: str, weights_slug: str, source: Path | None = Non
         f"DATA_DIR = os.path.join(KAGGLE, 'input', {COMPETITION_SLUG!r})\n"
         f"RUN_DIR = os.path.join(KAGGLE, 'input', {weights_slug!r})\n"
         "WORK_DIR = os.path.join(KAGGLE, 'working', 'lumbar')\n"
-        "OUT = os.path.join(KAGGLE, 'working', 'submission.csv')"
+        "OUT = os.path.join(KAGGLE, 'working', 'submission.csv')\n"
+        "TIME_BUDGET_S = 8 * 3600  # Kaggle stops the notebook at 9 h: predict fits the ensemble into 8 (start-up, slack)"
     )
     tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
     if not tagged:
