@@ -101,3 +101,12 @@ def tiny_build_model(name, in_channels, num_outputs, depth, pretrained="none", n
                      **kwargs):
     """Stand-in for `lumbar.models.build_model` in tests that must not depend on the registry."""
     return TinyNet(in_channels, num_outputs, num_meta)
+
+
+def engine_config(tiny: tuple[Path, Path], out, **overrides) -> dict:
+    """A `train` config on the tiny data (`make_tiny_data`): spinal only, 2 folds, fold 0, 2 epochs."""
+    data_dir, cache_dir = tiny
+    base = {"data_dir": str(data_dir), "cache": str(cache_dir), "out": str(out), "mode": "competition",
+            "conditions": "scs", "n_folds": 2, "folds": "0", "epochs": 2, "batch_size": 8, "lr": 3e-3,
+            "warmup_epochs": 0.5, "progress": False, "threads": 1}
+    return {**base, **overrides}

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _train_data import make_tiny_data, tiny_build_model
+from _train_data import engine_config, make_tiny_data, tiny_build_model
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -37,11 +37,7 @@ def tiny(tmp_path_factory):
 
 
 def _config(tiny, out, **overrides):
-    data_dir, cache_dir = tiny
-    base = {"data_dir": str(data_dir), "cache": str(cache_dir), "out": str(out), "mode": "competition",
-            "conditions": "scs", "n_folds": 2, "folds": "0", "epochs": 2, "batch_size": 8, "lr": 3e-3,
-            "warmup_epochs": 0.5, "progress": False, "threads": 1, "ema_decay": 0.9}
-    return {**base, **overrides}
+    return engine_config(tiny, out, **{"ema_decay": 0.9, **overrides})
 
 
 def test_running_mean_is_the_python_sum_of_float_losses():
