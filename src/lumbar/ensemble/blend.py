@@ -23,7 +23,7 @@ reported score slightly; `scores` lists every candidate so the margin is visible
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,7 @@ from scipy.optimize import minimize
 
 from lumbar.constants import CONDITION_GROUP, CONDITIONS, GRADES, GROUPS
 from lumbar.data.tables import row_study_ids, rows_of_studies, split_row_ids
+from lumbar.ensemble.stack import apply_stack, fit_stack
 from lumbar.ensemble.widen import aligned_inputs, fit_widening, widen_arrays
 from lumbar.evaluate.metric import MetricResult, align_predictions, score_aligned
 
@@ -47,6 +48,7 @@ class EnsembleParams:
     temperatures: dict[str, float] = field(default_factory=lambda: {c: 1.0 for c in CONDITIONS})
     spinal_severe_scale: float = 1.0
     widening: dict[str, list[float]] | None = None  # group -> (a, b) of `lumbar.ensemble.widen`; None: off
+    stack: dict | None = None  # group -> second-stage parameters of `lumbar.ensemble.stack`; None: off
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,8 +110,9 @@ def calibrate_arrays(
 def apply_ensemble(preds: dict[str, pd.DataFrame], params: EnsembleParams, confidence: pd.DataFrame | None = None,
                    prior: pd.DataFrame | None = None) -> pd.DataFrame:  # fmt: skip
     """Blend and calibrate the models' predictions (submission tables) into one submission table; with
-    `params.widening`, move each row towards `prior` (a submission table covering the rows) by its
-    localisation `confidence` (`row_id, confidence`; rows without one count as sure)."""
+    `params.stack`, correct each row by the other rows of its study (`lumbar.ensemble.stack`: pass whole
+    studies); with `params.widening`, move each row towards `prior` (a submission table covering the rows)
+    by its localisation `confidence` (`row_id, confidence`; rows without one count as sure)."""
     missing = [m for m in params.models if m not in preds]
     if missing:
         raise ValueError(f"ensemble needs predictions of {missing}; got {sorted(preds)}")
@@ -117,6 +120,8 @@ def apply_ensemble(preds: dict[str, pd.DataFrame], params: EnsembleParams, confi
     conditions = _conditions(rows["row_id"])
     blended = blend_arrays(probs, _groups(conditions), params.weights)
     out = calibrate_arrays(blended, conditions, params.temperatures, params.spinal_severe_scale)
+    if params.stack:
+        out = apply_stack(rows, out, params.stack)
     if params.widening:
         if prior is None:
             raise ValueError("this ensemble widens doubtful rows towards the prior: pass the prior")
@@ -218,13 +223,14 @@ def _fold_wise(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, folds: pd.D
 
 def fit_ensemble(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, folds: pd.DataFrame,
                  per_group: bool = True, calibrate: bool = True, confidence: pd.DataFrame | None = None,
-                 prior: pd.DataFrame | None = None) -> EnsembleResult:  # fmt: skip
+                 prior: pd.DataFrame | None = None, stack: bool = False) -> EnsembleResult:  # fmt: skip
     """Score every candidate out-of-fold, keep the best, fit it on everything (parameters for the test set).
 
     Candidates: each model alone, the plain mean, the fitted blend and (with `calibrate`) the calibrated
-    blend; the fitted ones are fitted fold-wise, so every candidate's score is out-of-fold. With the rows'
-    localisation `confidence` and out-of-fold `prior`, the best of them widened by confidence
-    (`lumbar.ensemble.widen`, fitted fold-wise too) is one more candidate.
+    blend; the fitted ones are fitted fold-wise, so every candidate's score is out-of-fold. On top of the
+    best of them, each step below is one more candidate, fitted fold-wise too and kept only when it wins:
+    with `stack`, the study-level second stage (`lumbar.ensemble.stack`); with the rows' localisation
+    `confidence` and out-of-fold `prior`, widening by confidence (`lumbar.ensemble.widen`).
 
     Args:
         preds: model name -> OOF predictions (submission format), all covering the same rows.
@@ -234,6 +240,7 @@ def fit_ensemble(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, folds: pd
         calibrate: make the calibrated blend a candidate.
         confidence: `row_id, confidence` of the OOF rows (the out-of-fold localizer's points).
         prior: class-prior rows (submission format) for the OOF studies, each fitted without its fold.
+        stack: make the second stage a candidate.
     """
     names = list(preds)
     fixed = {n: EnsembleParams([n], {"all": [1.0]}) for n in names}  # test time then runs only that model
@@ -249,22 +256,44 @@ def fit_ensemble(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, folds: pd
     oof, params, fold_params = candidates[best]
     if params is None:
         params = fit_params(preds, labels, per_group, calibrate=best == CALIBRATED)
+    outs = {n: c[0] for n, c in candidates.items()}
     chosen = best
+    if stack:
+        stacked, stack_folds = _stack_fold_wise(oof, labels, folds)
+        name = f"{chosen} + second stage (out-of-fold)"
+        scores[name], outs[name] = _score(labels, stacked), stacked
+        if scores[name].score < scores[chosen].score:
+            params = replace(params, stack=fit_stack(oof[["row_id"]], oof[list(GRADES)].to_numpy(float), labels))
+            fold_params = {k: replace(fold_params.get(k, params), stack=s) for k, s in stack_folds.items()}
+            oof, chosen = stacked, name
     if confidence is not None and prior is not None:
         widened, widen_folds = _widen_fold_wise(oof, labels, folds, confidence, prior)
-        name = f"{best} + widening (out-of-fold)"
+        name = f"{chosen} + widening (out-of-fold)"
         scores[name] = _score(labels, widened)
-        if scores[name].score < scores[best].score:
-            params = EnsembleParams(**{**params.to_dict(), "widening": _fit_widening(oof, labels, confidence, prior)})
-            fold_params = {k: EnsembleParams(**{**fold_params.get(k, params).to_dict(), "widening": w})
-                           for k, w in widen_folds.items()}  # fmt: skip
+        if scores[name].score < scores[chosen].score:
+            params = replace(params, widening=_fit_widening(oof, labels, confidence, prior))
+            fold_params = {k: replace(fold_params.get(k, params), widening=w) for k, w in widen_folds.items()}
             oof, chosen = widened, name
+            outs[chosen] = oof
     table = pd.DataFrame([{"model": n, **r.as_dict()} for n, r in scores.items()])
     table["chosen"] = table["model"] == chosen
-    outs = {n: c[0] for n, c in candidates.items()}
-    if chosen != best:
-        outs[chosen] = oof
     return EnsembleResult(oof, params, fold_params, table, chosen, outs)
+
+
+def _stack_fold_wise(oof: pd.DataFrame, labels: pd.DataFrame,
+                     folds: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, dict]]:  # fmt: skip
+    """The second stage fitted on the other folds' OOF rows, applied to each held-out fold's."""
+    fold_of = folds.set_index("study_id")["fold"]
+    parts, fitted = [], {}
+    for fold in sorted(folds["fold"].unique()):
+        fit_rows = rows_of_studies(oof, set(fold_of.index[fold_of != fold]))
+        held = rows_of_studies(oof, set(fold_of.index[fold_of == fold]))
+        if not len(fit_rows) or not len(held):
+            continue
+        fitted[int(fold)] = s = fit_stack(fit_rows[["row_id"]], fit_rows[list(GRADES)].to_numpy(float), labels)
+        out = apply_stack(held[["row_id"]], held[list(GRADES)].to_numpy(float), s)
+        parts.append(held[["row_id"]].assign(**{g: out[:, i] for i, g in enumerate(GRADES)}))
+    return pd.concat(parts, ignore_index=True), fitted
 
 
 def _fit_widening(oof: pd.DataFrame, labels: pd.DataFrame, confidence: pd.DataFrame,

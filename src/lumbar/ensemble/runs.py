@@ -2,7 +2,7 @@
 
 Writes `<run>/ensemble/`: params.json (the chosen candidate, used at test time), fold_params.json, oof.csv
 (its out-of-fold predictions), scores.csv (every candidate: each model, the plain mean, the blend, the
-calibrated blend, with `chosen`) and `candidates/<n>.csv` (every candidate's out-of-fold predictions, so the
+calibrated blend, the second stage and the widening on the best of them, with `chosen`) and `candidates/<n>.csv` (every candidate's out-of-fold predictions, so the
 error analysis can compare the blend before and after calibration), and the manifest's `ensemble` entry that
 `predict` and `kaggle-bundle` read (`candidates`: candidate name -> its file).
 """
@@ -45,7 +45,7 @@ def oof_confidence(run_dir: Path, manifest: dict) -> pd.DataFrame | None:
 
 def fit_run_ensemble(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
                      models: list[str] | None = None, per_group: bool = True, calibrate: bool = True,
-                     folds_csv: str = "folds.csv", widen: bool = True) -> EnsembleResult:  # fmt: skip
+                     folds_csv: str = "folds.csv", widen: bool = True, stack: bool = True) -> EnsembleResult:  # fmt: skip
     """Fit fold-wise blend + calibration on the classifiers' OOF predictions and record it.
 
     Args:
@@ -57,6 +57,7 @@ def fit_run_ensemble(run_dir: str | os.PathLike, data_dir: str | os.PathLike | N
         folds_csv: the run's folds file, relative to the run folder.
         widen: make "the best candidate widened by localisation confidence" a candidate, when the
             classifiers were validated on the out-of-fold localizer's crops and its points have confidences.
+        stack: make the study-level second stage (`lumbar.ensemble.stack`) on the best candidate a candidate.
     """
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
@@ -75,7 +76,7 @@ def fit_run_ensemble(run_dir: str | os.PathLike, data_dir: str | os.PathLike | N
     confidence = oof_confidence(run_dir, manifest) if widen else None
     prior = out_of_fold_prior(labels, folds) if confidence is not None else None
     result = fit_ensemble(preds, labels, folds, per_group=per_group, calibrate=calibrate, confidence=confidence,
-                          prior=prior)  # fmt: skip
+                          prior=prior, stack=stack)  # fmt: skip
 
     out = run_dir / ENSEMBLE_DIR
     write_json(result.params.to_dict(), out / "params.json")
@@ -103,6 +104,7 @@ def fit_run_ensemble(run_dir: str | os.PathLike, data_dir: str | os.PathLike | N
             "calibrate": calibrate,
             "chosen": result.chosen,
             "widening": result.params.widening is not None,
+            "stack": result.params.stack is not None,
             "oof_score": float(chosen["score"]),
             "candidates": candidates,
         },

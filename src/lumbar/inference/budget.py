@@ -15,7 +15,7 @@ its first chunk of studies (every fold of every member) and applies the plan to 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -36,8 +36,8 @@ def ranked_members(params: EnsembleParams) -> list[str]:
 
 def restrict_params(params: EnsembleParams, keep: list[str]) -> EnsembleParams:
     """The ensemble over the members `keep` only: their weights renormalised to sum to one in every group
-    (equal weights where the kept members had none); temperatures, the severe scale and the widening
-    unchanged. Keeping every member returns `params` itself.
+    (equal weights where the kept members had none); temperatures, the severe scale, the second stage and the
+    widening unchanged. Keeping every member returns `params` itself.
 
     Raises:
         ValueError: `keep` is empty or names a model outside the ensemble.
@@ -53,7 +53,7 @@ def restrict_params(params: EnsembleParams, keep: list[str]) -> EnsembleParams:
     for group, w in params.weights.items():
         sub = np.asarray(w, dtype=np.float64)[index]
         weights[group] = (sub / sub.sum() if sub.sum() > 0 else np.full(len(sub), 1 / len(sub))).tolist()
-    return EnsembleParams(kept, weights, dict(params.temperatures), params.spinal_severe_scale, params.widening)
+    return replace(params, models=kept, weights=weights, temperatures=dict(params.temperatures))
 
 
 @dataclass
