@@ -179,6 +179,15 @@ def _score(p: argparse.ArgumentParser) -> None:
     )
 
 
+@command("label-noise", "lumbar.evaluate.label_noise:cli_label_noise",
+         "flag training grades the run's out-of-fold ensemble finds unlikely (the list a retrain excludes)")
+def _label_noise(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run folder with an ensemble (04_ensemble)")
+    p.add_argument("--data-dir", default=None, help="data folder with train.csv (default: lumbar.paths)")
+    p.add_argument("--threshold", type=float, default=0.2,
+                   help="flag when the out-of-fold probability of the written grade is at most this (0.2)")
+
+
 @command("pipeline", "lumbar.pipeline:cli_pipeline", "run the numbered notebooks with papermill")
 def _pipeline(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="configs/NAME.yaml")

@@ -65,6 +65,10 @@ class TrainConfig:
             `LocalizerJitter`), oof crops are not shifted (they carry the localizer's real error); a condition
             absent from the file keeps the uniform jitter, and so does the in-plane part with
             `margin_mode="thesis_px"` caches.
+        exclude: "" = train on every labelled item; else an exclusion list (a CSV with a `row_id` column, e.g.
+            `label_noise/flags.csv` of a first round, `lumbar.evaluate.label_noise`): the grades it names are
+            left out of the *training* items (an item with no grade left is dropped); validation, the OOF
+            predictions and their scores keep every item, so rounds stay comparable.
         ema_decay: exponential moving average of the weights (0 = off); evaluation and checkpoints use it.
         amp: mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler); ignored on CPU.
         channels_last: channels-last memory format on CUDA.
@@ -125,6 +129,7 @@ class TrainConfig:
     max_shift_slices: int = 1
     max_shift_px: int = 8
     jitter: str = ""
+    exclude: str = ""
     ema_decay: float = 0.0
     amp: bool = True
     channels_last: bool = True

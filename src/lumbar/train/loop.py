@@ -21,6 +21,9 @@ Crop sources ("train as you infer"): training items come from the ground-truth c
 localizer's out-of-fold crops (`oof_cache`) or both (`train_crops`); validation and the OOF predictions use
 the oof crops whenever they are given, so the OOF score is measured on crops made as test crops are.
 
+Label-noise cleanup: `exclude` names grades (row_ids, `lumbar.evaluate.label_noise`) to leave out of the
+training items; validation and the OOF predictions keep them, so a cleaned round is scored on the same rows.
+
 Run folder (`config.out`):
     config.json                       the resolved config
     <unit>/fold<k>/final.pt or best.pt, last.pt   checkpoints (state dicts)
@@ -51,8 +54,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lumbar.atomic import write_json
-from lumbar.constants import GRADES
-from lumbar.data.tables import load_labels, write_csv
+from lumbar.constants import GRADES, row_id
+from lumbar.data.tables import load_labels, table_row_ids, write_csv
 from lumbar.manifest import update_manifest
 from lumbar.paths import data_root
 from lumbar.preprocess import LocalizerJitter
@@ -169,6 +172,7 @@ def _train(config: TrainConfig, runtime: Runtime, logger) -> TrainResult:
     all_labels = load_labels(data_root(config.data_dir or None, must_exist=True) / "train.csv")
     caches = _open_caches(config)
     jitter = LocalizerJitter.from_file(config.jitter) if config.jitter else None
+    excluded = _read_excluded(config.exclude)
     valid_source = LOCALIZED if LOCALIZED in caches else GROUND_TRUTH
     conditions = resolve_conditions(config.mode, config.conditions)
     labels = all_labels[all_labels["condition"].isin(conditions)].reset_index(drop=True)
@@ -192,7 +196,8 @@ def _train(config: TrainConfig, runtime: Runtime, logger) -> TrainResult:
             table = task.items(cache.samples, labels)
             table = table[[max(g) >= 0 for g in table["grades"]]].assign(source=source)
             items[source] = table.assign(fold=table["study_id"].map(fold_of))
-        pool = pd.concat([items[s] for s in TRAIN_SOURCES[config.train_crops]], ignore_index=True)
+        pool = _drop_excluded(pd.concat([items[s] for s in TRAIN_SOURCES[config.train_crops]], ignore_index=True),
+                              excluded)
         checkpoints = {}
         for fold in fold_ids:
             data = FoldData(pool[pool["fold"].notna() & (pool["fold"] != fold)],
@@ -214,11 +219,33 @@ def _train(config: TrainConfig, runtime: Runtime, logger) -> TrainResult:
                             "layout": task.layout, "num_classes": task.num_classes}
     predictions = pd.concat(tables, ignore_index=True)
     predictions_gt = pd.concat(tables_gt, ignore_index=True) if tables_gt else None
+    n_excluded = int(table_row_ids(labels[labels["grade"].notna()]).isin(excluded).sum())
     result = _finish(config, runtime, out, run_root, caches, labels, folds, fold_ids, predictions,
-                     predictions_gt, units, timings, time.perf_counter() - started)
+                     predictions_gt, units, timings, time.perf_counter() - started, n_excluded)
     if runtime.is_main:
         logger.log_result(result.summary)
     return result
+
+
+def _read_excluded(path: str) -> set[str]:
+    """The row_ids of the exclusion list (empty without one); a missing file or column is an error naming it."""
+    if not path:
+        return set()
+    from lumbar.evaluate.label_noise import read_flagged_ids
+
+    return read_flagged_ids(path)
+
+
+def _drop_excluded(items: pd.DataFrame, excluded: set[str]) -> pd.DataFrame:
+    """Training items with the excluded grades set to -1 (no label, masked in the loss); items left with no
+    grade are dropped."""
+    if not excluded or items.empty:
+        return items
+    grades = [tuple(-1 if row_id(study, c, level) in excluded else g for c, g in zip(conditions, item_grades))
+              for study, level, conditions, item_grades in
+              zip(items["study_id"], items["level"], items["conditions"], items["grades"])]
+    items = items.assign(grades=grades)
+    return items[[max(g) >= 0 for g in grades]].reset_index(drop=True)
 
 
 def _open_caches(config: TrainConfig) -> dict[str, RoiCache]:
@@ -248,9 +275,9 @@ def _oof_table(config: TrainConfig, predictions: pd.DataFrame, labels: pd.DataFr
 
 
 def _finish(config, runtime, out, run_root, caches, labels, folds, fold_ids, predictions, predictions_gt, units,
-            timings, seconds) -> TrainResult:
+            timings, seconds, n_excluded=0) -> TrainResult:
     """Write predictions, OOF (and OOF on ground-truth crops), scores or reports, result.json and the
-    manifest entry (rank 0)."""
+    manifest entry (rank 0); `n_excluded`: labelled rows the exclusion list kept out of training."""
     held_out = folds.loc[folds["fold"].isin(fold_ids), "study_id"]
     oof_labels = labels[labels["study_id"].isin(held_out)]
     prior = grade_prior(labels)
@@ -262,7 +289,8 @@ def _finish(config, runtime, out, run_root, caches, labels, folds, fold_ids, pre
         "arch": config.arch, "mode": config.mode, "conditions": list(resolve_conditions(config.mode, config.conditions)),
         "folds": list(fold_ids), "input_shape": [cache.depth, cache.height, cache.width],
         "cache": str(config.cache), "oof_cache": str(config.oof_cache), "train_crops": config.train_crops,
-        "jitter": str(config.jitter), "select": config.select, "cache_params": cache.params,
+        "jitter": str(config.jitter), "exclude": str(config.exclude), "excluded_rows": n_excluded,
+        "select": config.select, "cache_params": cache.params,
         "model": {"name": config.arch, "depth": cache.depth, "drop_rate": config.drop_rate, **config.model_kwargs},
         "units": units, "oof_rows": len(oof), "fallback_rows": filled, "seconds": round(seconds, 1),
         "timings": timings, "prior": prior.to_dict(orient="list"),

@@ -6,7 +6,7 @@ read like the real one. Modules: `labels` (grades, label noise, the oracle), `an
 (the folder), `figure` (the documentation picture).
 """
 
-from lumbar.data.synthetic.generate import MANIFEST, Summary, SynthConfig, generate
+from lumbar.data.synthetic.generate import LABEL_NOISE_CSV, MANIFEST, Summary, SynthConfig, generate
 from lumbar.data.synthetic.labels import LabelModel
 
-__all__ = ["MANIFEST", "LabelModel", "Summary", "SynthConfig", "generate"]
+__all__ = ["LABEL_NOISE_CSV", "MANIFEST", "LabelModel", "Summary", "SynthConfig", "generate"]

@@ -4,8 +4,9 @@ Files: train.csv, train_label_coordinates.csv, train_series_descriptions.csv, te
 sample_submission.csv, train_images/, test_images/ (as the competition), plus test_labels.csv (the test
 studies' grades in train.csv's format, to score a synthetic test submission), test_label_coordinates.csv
 (their label points, to measure what localisation costs: the same models on ground-truth crops),
-synthetic.json (the generator's parameters, so a run can tell synthetic data apart) and, on request, the
-oracle submission.
+train_label_noise.csv (per labelled train target: row_id, grade, p_noise = the exact probability that the
+written grade was a noise draw, `LabelModel.noise_posterior`), synthetic.json (the generator's parameters,
+so a run can tell synthetic data apart) and, on request, the oracle submission.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ from lumbar.paths import SYNTHETIC_MARKER
 
 #: Name of the parameter file written next to the data; it also marks the folder as synthetic.
 MANIFEST = SYNTHETIC_MARKER
+#: Per labelled train target, the probability that its written grade was a noise draw (not a competition file).
+LABEL_NOISE_CSV = "train_label_noise.csv"
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,16 @@ def _oracle_table(results: list[StudyResult]) -> pd.DataFrame:
     return table.set_index("row_id").loc[order].reset_index()
 
 
+def _label_noise_table(results: list[StudyResult], model: LabelModel) -> pd.DataFrame:
+    """row_id, grade, p_noise of every labelled target, in train.csv's study order."""
+    results = sorted(results, key=lambda r: r.study_id)
+    ids = [row_id(r.study_id, c, lv) for r in results for c in CONDITIONS for lv in LEVELS]
+    grades = np.concatenate([r.grades for r in results])
+    p_noise = np.concatenate([model.noise_posterior(r.oracle, r.grades) for r in results])
+    table = pd.DataFrame({"row_id": ids, "grade": grades, "p_noise": p_noise})
+    return table[table["grade"].notna()].astype({"grade": "int64"}).reset_index(drop=True)
+
+
 def _coordinates(results: list[StudyResult]) -> pd.DataFrame:
     table = pd.DataFrame([row for r in results for row in r.coordinates], columns=COORDINATE_COLUMNS)
     key = table["condition"].map(condition_title), table["level"].map(level_title)
@@ -218,6 +231,8 @@ def generate(out: str | Path, config: SynthConfig, oracle: str | Path | None = N
     write_csv(sample, out / "sample_submission.csv")
     write_csv(_wide(test) if test else pd.DataFrame(columns=_wide(train).columns), out / "test_labels.csv")
     write_coordinates(_coordinates(test), out / "test_label_coordinates.csv")
+    model = LabelModel(reader_sd=config.reader_sd, label_noise=config.label_noise)
+    write_csv(_label_noise_table(train, model), out / LABEL_NOISE_CSV)
     if oracle is not None:
         write_csv(_oracle_table(results), oracle)
 
@@ -226,6 +241,7 @@ def generate(out: str | Path, config: SynthConfig, oracle: str | Path | None = N
         "generator": "lumbar.data.synthetic",
         "config": asdict(config),
         "oracle": None if oracle is None else str(oracle),
+        "label_noise_file": LABEL_NOISE_CSV,
         "label_model": {"thresholds": THRESHOLDS, "factor_weights": FACTOR_WEIGHTS},
         "quirk_rates": QUIRK_RATES,
         "series_descriptions": list(SERIES_DESCRIPTIONS),

@@ -10,6 +10,9 @@ Model, per study and per target (condition x level, the 25 columns of train.csv)
    (Normal/Mild below the first, Severe above the second).
 3. The oracle is exactly P(written grade | s) under that model: the best any predictor that sees the
    anatomy perfectly can do.
+4. Given s and the written grade g, the chance that g was a noise draw is known exactly too:
+   label_noise * prior[g] / oracle[g] (`noise_posterior`), the truth a label-noise filter is measured
+   against (`lumbar.evaluate.label_noise`).
 
 The means and spreads are solved so that the written grades have the real per-target frequencies
 (`grade_counts.csv`, counted from the competition's train.csv), whatever `reader_sd` is; the mixing with
@@ -139,6 +142,25 @@ class LabelModel:
         cdf = ndtr((np.asarray(THRESHOLDS)[None, :] - s[..., None]) / self.reader_sd)  # P(s + e < t)
         read = np.diff(np.concatenate([np.zeros_like(cdf[..., :1]), cdf, np.ones_like(cdf[..., :1])], -1), axis=-1)
         return (1.0 - self.label_noise) * read + self.label_noise * self.prior
+
+    def noise_posterior(self, oracle: np.ndarray, grades: np.ndarray) -> np.ndarray:
+        """P(the written grade was a noise draw | grade, severity) = eps * prior / oracle, per target.
+
+        Computed from what `draw_grades` drew from, so it costs no random draws (the generator's streams, and
+        with them every written file, stay as they were).
+
+        Args:
+            oracle: (..., 25, 3) `oracle(severity)`.
+            grades: (..., 25) written grades (NaN or negative = blank: NaN out).
+        """
+        grades = np.asarray(grades, float)
+        blank = ~(grades >= 0)
+        g = np.where(blank, 0, grades).astype(np.int64)
+        prior = np.broadcast_to(self.prior, np.shape(oracle))
+        noise = self.label_noise * np.take_along_axis(prior, g[..., None], -1)[..., 0]
+        written = np.take_along_axis(np.asarray(oracle, float), g[..., None], -1)[..., 0]  # >= noise
+        p = np.divide(noise, written, out=np.zeros_like(written), where=written > 0)
+        return np.where(blank, np.nan, np.clip(p, 0.0, 1.0))
 
     def draw_grades(self, rng: np.random.Generator, severity: np.ndarray) -> np.ndarray:
         """Written grades (int8, 0/1/2) for (..., 25) severities, drawn from `oracle`."""
