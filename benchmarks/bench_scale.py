@@ -52,7 +52,7 @@ RUN_STUDIES = 8
 #: or its memory not flat (peak at the largest size vs the smallest).
 LINEAR_TOLERANCE, FLAT_TOLERANCE = 1.25, 1.2
 #: The command-line settings a rendered table states (kept in rows.json with the measurements).
-SETTINGS = ("argv", "sizes", "data_dir", "config", "workers", "predict_workers", "loader_workers")
+SETTINGS = ("argv", "sizes", "predict_sizes", "data_dir", "config", "workers", "predict_workers", "loader_workers")
 #: Stages whose peak memory should not depend on the number of studies (they stream).
 STREAMING = ("crop cache", "loader", "predict")
 #: The GPU step rates the loader has to feed: training images/s of configs/full.yaml's encoders in timm's
@@ -227,12 +227,19 @@ def run_size(n: int, data: Path, studies: list[int], run: Path, args, roi: dict,
         rows.append(Row("loader" if w == args.loader_workers else f"loader, workers={w}", n, r["samples"], "samples",
                         m, b, a, {"workers": w, "loop_s": r["seconds"]}))  # fmt: skip
 
+    if n not in args.predict_sizes:
+        return _drop_cache(n, cache_root, args, rows)
     out = work / f"predict-{n}.csv"
     m, b, a = measure([sys.executable, "-m", "lumbar", "predict", "--data-dir", str(view), "--split", "train",
                        "--run", str(run), "--out", str(out), "--work-dir", str(work / f"predict-scratch-{n}"),
                        "--workers", str(args.predict_workers), "--device", "cpu"], f"predict {n}")  # fmt: skip
     record = json.loads(out.with_suffix(".json").read_text())
     rows.append(Row("predict", n, record["studies"], "studies", m, b, a, {"seconds": record["seconds"]}))
+    return _drop_cache(n, cache_root, args, rows)
+
+
+def _drop_cache(n: int, cache_root: Path, args, rows: list[Row]) -> list[Row]:
+    """The rows of size n, after deleting its crop cache unless it is the largest (trained on) or --keep."""
     if n != max(args.sizes) and not args.keep:
         shutil.rmtree(cache_root, ignore_errors=True)
     return rows
@@ -267,7 +274,6 @@ def render(rows: list[Row], args, roi: dict, batch: int, info: dict, manifest: d
     """The markdown section and the list of stages that are not linear or not flat."""
     per_sample = cache_bytes_per_sample(roi)
     n_max, sizes = max(args.sizes), args.sizes
-    steps = [f"{a:,} -> {b:,}" for a, b in itertools.pairwise(sizes)] + ["", ""]
     cfg = manifest["config"]
     lines = [
         "## Competition scale: every data stage at 100, 500 and 1,975 studies",
@@ -280,7 +286,9 @@ def render(rows: list[Row], args, roi: dict, batch: int, info: dict, manifest: d
          f"{cfg['image_size']} px (seed {cfg['seed']}), {manifest['files']:,} DICOM files, "
          f"{manifest['bytes'] / 2**30:.2f} GiB; each size is its first N training studies. Crop geometry and batch "
          f"size of `{args.config}`: {roi}, batch {batch}; a stored crop is {per_sample:,} bytes. Index and crop cache "
-         f"use {args.workers} worker process(es), predict {args.predict_workers}, the loader {args.loader_workers}. "
+         f"use {args.workers} worker process(es), predict {args.predict_workers} (at "
+         f"{', '.join(f'{n:,}' for n in getattr(args, 'predict_sizes', None) or sizes)} studies), the loader "
+         f"{args.loader_workers}. "
          "Torch and OpenMP: one "
          "thread per process. CPU s = user + system of the stage's process tree. Memory, sampled every 0.5 s: the "
          "peak of the tree's summed RSS (a page shared by the tree's processes counted once per process: an upper "
@@ -301,18 +309,18 @@ def render(rows: list[Row], args, roi: dict, batch: int, info: dict, manifest: d
             f"| {_fmt(r.m.peak_mib, 0)} | {disk} "
             f"| {r.load_before} -> {r.load_after} |")  # fmt: skip
     lines += ["", ("Growth: the marginal CPU seconds per study between sizes (the fixed start-up cancels), linear "
-                   f"when the later slope is within {LINEAR_TOLERANCE}x of the earlier; memory flat for a streaming "
+                   f"when the last step's slope is within {LINEAR_TOLERANCE}x of the first's; memory flat for a streaming "
                    f"stage when its peak tree RSS at {n_max:,} studies is within {FLAT_TOLERANCE}x of its peak at "
                    f"{min(args.sizes)}."),
-              "", (f"| stage | CPU s/study, {steps[0]} | {steps[1]} | slope ratio "
-                   "| peak tree RSS, smallest -> largest | verdict |"), "|---|---:|---:|---:|---|---|"]  # fmt: skip
+              "", ("| stage | sizes | CPU s/study, first step | last step | slope ratio "
+                   "| peak tree RSS, smallest -> largest | verdict |"), "|---|---|---:|---:|---:|---|---|"]  # fmt: skip
     problems = []
     for stage in dict.fromkeys(r.stage for r in rows if r.stage in ("header index", "crop cache", "loader", "predict")):
         by = sorted((r for r in rows if r.stage == stage), key=lambda r: r.studies)
         if len(by) < 3:
             continue
         slopes = [(b.m.cpu_s - a.m.cpu_s) / (b.studies - a.studies) for a, b in itertools.pairwise(by)]
-        ratio = slopes[1] / slopes[0] if slopes[0] > 0 else float("inf")
+        ratio = slopes[-1] / slopes[0] if slopes[0] > 0 else float("inf")
         growth = by[-1].m.tree_rss_mib / max(by[0].m.tree_rss_mib, 1e-9)
         linear = ratio <= LINEAR_TOLERANCE
         flat = growth <= FLAT_TOLERANCE or stage not in STREAMING
@@ -321,7 +329,8 @@ def render(rows: list[Row], args, roi: dict, batch: int, info: dict, manifest: d
             f", memory grows with the table ({(by[-1].m.tree_rss_mib - by[0].m.tree_rss_mib) / (by[-1].units - by[0].units) * 1024:.1f} KiB per {by[0].unit[:-1]})")  # fmt: skip
         if not (linear and flat):
             problems.append(f"{stage}: {verdict}")
-        lines.append(f"| {stage} | {slopes[0]:.3f} | {slopes[1]:.3f} | {ratio:.2f} | "
+        lines.append(f"| {stage} | {' -> '.join(f'{r.studies:,}' for r in by)} | {slopes[0]:.3f} | {slopes[-1]:.3f} "
+                     f"| {ratio:.2f} | "
                      f"{by[0].m.tree_rss_mib:,.0f} -> {by[-1].m.tree_rss_mib:,.0f} MiB ({growth:.2f}x) | {verdict} |")
     lines += ["", gpu_feed(rows, roi)]
     pred = [r for r in rows if r.stage == "predict"]
@@ -407,6 +416,9 @@ def main() -> None:
     p.add_argument("--loader-workers", type=int, default=2, help="DataLoader workers of the loader and training")
     p.add_argument("--loader-sweep", type=int, nargs="*", default=[0, 1],
                    help="more loader worker counts, at the smallest size only")
+    p.add_argument("--predict-sizes", type=int, nargs="*", default=None,
+                   help="the sizes at which predict runs (default: every size; predict costs about a CPU second "
+                        "per study, the longest stage)")
     p.add_argument("--predict-workers", type=int, default=1,
                    help="predict's processes (1: its crop pool is started per chunk of 16 studies, which costs "
                         "more than it saves here)")
@@ -441,6 +453,9 @@ def main() -> None:
     args.argv = sys.argv[1:]
     args.workers = args.workers or available_cores()
     args.sizes = sorted(args.sizes)
+    args.predict_sizes = sorted(args.sizes if args.predict_sizes is None else args.predict_sizes)
+    if not set(args.predict_sizes) <= set(args.sizes):
+        p.error(f"--predict-sizes {args.predict_sizes} must be among --sizes {args.sizes}")
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     t0 = time.perf_counter()
     roi, batch = full_recipe(ROOT / args.config)
