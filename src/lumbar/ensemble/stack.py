@@ -9,7 +9,7 @@ level's out-of-fold predictions, whose offset is the row's own log-probabilities
 
     log p'(g) = log p(g) + x . W[:, g] + b[g] - log Z,       W[:, 0] = 0, b[0] = 0
 
-so with W = 0 it returns the first level unchanged, and the L2 penalty on W shrinks towards it. The features
+so with W = 0 and b = 0 it returns the first level unchanged, and the L2 penalty on W and b shrinks towards it. The features
 `x` of a row (condition c, level l) are two logits of each of 20 first-level predictions of its study (any
 abnormal: log(p_moderate + p_severe) - log p_normal; severe: log p_severe - log(p_normal + p_moderate)):
 - the five conditions at level l, ordered relative to c (c itself, its other side, spinal, then the other
@@ -33,8 +33,9 @@ from scipy.optimize import minimize
 from lumbar.constants import CONDITION_GROUP, CONDITIONS, GRADE_WEIGHTS, GRADES, GROUPS, LEVELS
 from lumbar.data.tables import split_row_ids
 
-#: Candidate L2 penalties on W (standardised features); the inner split picks one per group.
-PENALTIES: tuple[float, ...] = (0.003, 0.03, 0.3)
+#: Candidate L2 penalties on W and b (standardised features); the inner split picks one per group. The largest
+#: leaves the first level almost unchanged, the choice when the data are too few to learn from.
+PENALTIES: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
 #: Inner folds (by study) that choose the penalty.
 INNER_FOLDS = 3
 _EPS = 1e-7
@@ -92,7 +93,8 @@ def _predict(x: np.ndarray, offset: np.ndarray, w: np.ndarray, b: np.ndarray) ->
 
 
 def _fit_one(x: np.ndarray, offset: np.ndarray, grade: np.ndarray, penalty: float) -> tuple[np.ndarray, np.ndarray]:
-    """W (F, 2), b (2) minimising the class-weighted log loss + penalty * |W|^2 (L-BFGS, exact gradient)."""
+    """W (F, 2), b (2) minimising the class-weighted log loss + penalty * (|W|^2 + |b|^2) (L-BFGS, exact
+    gradient): a large penalty returns the first level itself."""
     f = x.shape[1]
     weight = np.asarray(GRADE_WEIGHTS)[grade]
     weight = weight / weight.sum()
@@ -104,7 +106,8 @@ def _fit_one(x: np.ndarray, offset: np.ndarray, grade: np.ndarray, penalty: floa
         nll = -np.sum(weight * np.log(np.clip(p[np.arange(len(grade)), grade], 1e-15, 1.0)))
         d = (p - onehot)[:, 1:] * weight[:, None]  # d loss / d z for grades 1, 2
         grad_w = x.T @ d + 2 * penalty * w
-        return nll + penalty * float(np.sum(w * w)), np.concatenate([grad_w.ravel(), d.sum(axis=0)])
+        grad_b = d.sum(axis=0) + 2 * penalty * b
+        return nll + penalty * float(np.sum(w * w) + np.sum(b * b)), np.concatenate([grad_w.ravel(), grad_b])
 
     res = minimize(loss, np.zeros(2 * f + 2), jac=True, method="L-BFGS-B", options={"maxiter": 500})
     return res.x[: 2 * f].reshape(f, 2), res.x[2 * f :]
