@@ -136,3 +136,25 @@ def test_the_real_sample_studies_are_drawn_on_the_slices_of_their_label_points(s
         right = view.panels[2]
         if study == 100206310:
             assert right.stack.headers[right.slice_index].instance_number == 5
+
+
+def test_a_test_study_of_a_widening_ensemble_is_blended_as_the_submission_blends_it(run, synthetic_dir, tmp_path):
+    """A run whose ensemble widens doubtful rows towards the prior (04 chose widening) draws a test study too:
+    the viewer blends through the submission's own function, prior and confidences included. With the widening
+    at its most doubtful setting every row is the training prior."""
+    import json
+    import shutil
+
+    from lumbar.inference.predict import ensemble_members
+
+    widened = tmp_path / "run"
+    shutil.copytree(run, widened)
+    params_file = widened / read_manifest(widened)["ensemble"]["params"]
+    params = json.loads(params_file.read_text())
+    params["widening"] = {g: [-50.0, 0.0] for g in ("spinal", "foraminal", "subarticular")}
+    params_file.write_text(json.dumps(params))
+    view = load_study_view(_study(synthetic_dir, "test"), widened, synthetic_dir, split="test", device="cpu")
+    prior = ensemble_members(widened, read_manifest(widened))[2].set_index(["condition", "level"])[list(GRADES)]
+    pred = view.predictions["ensemble"].set_index(["condition", "level"])[list(GRADES)]
+    assert len(pred) == 25
+    assert pred.to_numpy() == pytest.approx(prior.loc[pred.index].to_numpy(), abs=1e-6)

@@ -281,8 +281,7 @@ def _torch_threads(threads: int) -> Iterator[None]:
 def _test_pieces(view: StudyView, root: Path, run_dir: Path, manifest: dict, index: pd.DataFrame,
                  device: str) -> pd.DataFrame:  # fmt: skip
     """Localize, crop and predict one test study with the run, as `predict` does; returns the points."""
-    from lumbar.ensemble.blend import apply_ensemble
-    from lumbar.inference.predict import ensemble_members
+    from lumbar.inference.predict import blend_members, ensemble_members
     from lumbar.localize.predict import Localizer
     from lumbar.preprocess.cache import build_cache
     from lumbar.train.predict import predict_cache
@@ -292,7 +291,7 @@ def _test_pieces(view: StudyView, root: Path, run_dir: Path, manifest: dict, ind
     if predicted.empty:
         view.notes.append("the localizer found no point: no crops, no predictions")
         return predicted
-    members, params, _ = ensemble_members(run_dir, manifest)
+    members, params, prior = ensemble_members(run_dir, manifest)
     preds = {}
     with tempfile.TemporaryDirectory(prefix="lumbar-view-") as tmp:
         caches = {}
@@ -303,7 +302,7 @@ def _test_pieces(view: StudyView, root: Path, run_dir: Path, manifest: dict, ind
                                           max_failed_share=1.0).cache_dir  # fmt: skip
             preds[m.name] = predict_cache(m.run_dir, caches[key], device=device, study_ids=[view.study_id])
         view.crops[LOCALIZER] = _middle_slices(next(iter(caches.values())), view.study_id)
-    view.predictions["ensemble"] = _long(apply_ensemble(preds, params), view.study_id)
+    view.predictions["ensemble"] = _long(blend_members(preds, params, prior, predicted), view.study_id)
     if len(members) > 1:
         view.predictions.update({name: _long(p, view.study_id) for name, p in preds.items()})
     return predicted

@@ -158,6 +158,16 @@ def _prior_rows(prior: pd.DataFrame, row_ids: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"row_id": row_ids, **{g: rows[g].to_numpy() for g in GRADES}})
 
 
+def blend_members(preds: dict[str, pd.DataFrame], params: EnsembleParams, prior: pd.DataFrame,
+                  points: pd.DataFrame | None) -> pd.DataFrame:  # fmt: skip
+    """The ensemble of the members' predictions of some studies, as the submission makes it: the predicted
+    `points` give each row its localisation confidence and `prior` (condition x level table) the rows a
+    widening ensemble moves doubtful rows towards."""
+    ids = next(iter(preds.values()))["row_id"].astype(str).tolist()
+    confidence = row_confidence(points) if points is not None else None
+    return apply_ensemble(preds, params, confidence, _prior_rows(prior, ids))
+
+
 @contextmanager
 def scratch_folder(work_dir: str | os.PathLike | None) -> Iterator[Path]:
     """`work_dir` (created), or a temporary folder removed afterwards: never the run or data folder."""
@@ -234,9 +244,7 @@ def predict(data_dir, split: str, run_dir, out=None, work_dir=None, device: str 
             t = time.perf_counter()
             fallback = [r for r in submission_row_ids(chunk) if r not in covered]
             if preds:
-                ids = next(iter(preds.values()))["row_id"].astype(str).tolist()
-                confidence = row_confidence(points) if points is not None else None
-                blended = apply_ensemble(preds, params, confidence, _prior_rows(prior, ids))
+                blended = blend_members(preds, params, prior, points)
                 parts.append(blended[blended["row_id"].isin(covered)])
             if fallback:
                 parts.append(_prior_rows(prior, fallback))
