@@ -83,8 +83,10 @@ def test_demo_runs_every_notebook_and_ends_with_the_summary_line(tmp_path, capsy
     result = json.loads((run / "cnn3d" / "result.json").read_text())
     assert result["train_crops"] == "both" and result["oof_cache"] == str(run / manifest["oof_crops"]["cache"])
     assert result["oof_score"]["score"] != result["oof_score_gt"]["score"]  # scored on both crop sources
-    assert manifest["ensemble"]["chosen"] in set(manifest["classifiers"]) | {
-        "mean of models", "blend (out-of-fold)", "blend + calibration (out-of-fold)"}
+    chosen = manifest["ensemble"]["chosen"]  # a first-level candidate, maybe + the second stage, + widening
+    assert chosen.split(" + second stage (out-of-fold)")[0].split(" + widening (out-of-fold)")[0] in set(
+        manifest["classifiers"]) | {"mean of models", "blend (out-of-fold)", "blend + calibration (out-of-fold)"}
+    assert chosen in manifest["ensemble"]["candidates"]
     assert list(run.glob("eda/*.png")) and (run / "ensemble" / "scores.png").is_file()
     analysis = manifest["error_analysis"]  # 06: its figures under the run, listed in the manifest
     assert analysis["score"] == pytest.approx(manifest["ensemble"]["oof_score"], abs=1e-6)
