@@ -280,9 +280,9 @@ def fit_ensemble(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, folds: pd
     return EnsembleResult(oof, params, fold_params, table, chosen, outs)
 
 
-def _stack_fold_wise(oof: pd.DataFrame, labels: pd.DataFrame,
-                     folds: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, dict]]:  # fmt: skip
-    """The second stage fitted on the other folds' OOF rows, applied to each held-out fold's."""
+def _refit_fold_wise(oof: pd.DataFrame, folds: pd.DataFrame, fit, apply) -> tuple[pd.DataFrame, dict[int, object]]:
+    """A step on top of OOF predictions, fitted on the other folds' rows (`fit(rows) -> params`) and applied to
+    each held-out fold's (`apply(rows, params) -> (rows, 3) probabilities`): its own out-of-fold predictions."""
     fold_of = folds.set_index("study_id")["fold"]
     parts, fitted = [], {}
     for fold in sorted(folds["fold"].unique()):
@@ -290,10 +290,18 @@ def _stack_fold_wise(oof: pd.DataFrame, labels: pd.DataFrame,
         held = rows_of_studies(oof, set(fold_of.index[fold_of == fold]))
         if not len(fit_rows) or not len(held):
             continue
-        fitted[int(fold)] = s = fit_stack(fit_rows[["row_id"]], fit_rows[list(GRADES)].to_numpy(float), labels)
-        out = apply_stack(held[["row_id"]], held[list(GRADES)].to_numpy(float), s)
+        fitted[int(fold)] = params = fit(fit_rows)
+        out = apply(held, params)
         parts.append(held[["row_id"]].assign(**{g: out[:, i] for i, g in enumerate(GRADES)}))
     return pd.concat(parts, ignore_index=True), fitted
+
+
+def _stack_fold_wise(oof: pd.DataFrame, labels: pd.DataFrame,
+                     folds: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, dict]]:  # fmt: skip
+    """The second stage fitted on the other folds' OOF rows, applied to each held-out fold's."""
+    return _refit_fold_wise(
+        oof, folds, lambda rows: fit_stack(rows[["row_id"]], rows[list(GRADES)].to_numpy(float), labels),
+        lambda rows, s: apply_stack(rows[["row_id"]], rows[list(GRADES)].to_numpy(float), s))
 
 
 def _fit_widening(oof: pd.DataFrame, labels: pd.DataFrame, confidence: pd.DataFrame,
@@ -308,19 +316,12 @@ def _fit_widening(oof: pd.DataFrame, labels: pd.DataFrame, confidence: pd.DataFr
 def _widen_fold_wise(oof: pd.DataFrame, labels: pd.DataFrame, folds: pd.DataFrame, confidence: pd.DataFrame,
                      prior: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, dict[str, list[float]]]]:  # fmt: skip
     """Widening fitted on the other folds' OOF rows, applied to each held-out fold's."""
-    fold_of = folds.set_index("study_id")["fold"]
-    parts, fitted = [], {}
-    for fold in sorted(folds["fold"].unique()):
-        fit_rows = rows_of_studies(oof, set(fold_of.index[fold_of != fold]))
-        held = rows_of_studies(oof, set(fold_of.index[fold_of == fold]))
-        if not len(fit_rows) or not len(held):
-            continue
-        fitted[int(fold)] = w = _fit_widening(fit_rows, labels, confidence, prior)
-        conf, prior_probs = aligned_inputs(held[["row_id"]], confidence, prior)
-        out = widen_arrays(held[list(GRADES)].to_numpy(float), prior_probs, conf,
-                           _groups(_conditions(held["row_id"])), w)  # fmt: skip
-        parts.append(held[["row_id"]].assign(**{g: out[:, i] for i, g in enumerate(GRADES)}))
-    return pd.concat(parts, ignore_index=True), fitted
+
+    def apply(rows: pd.DataFrame, w: dict[str, list[float]]) -> np.ndarray:
+        conf, prior_probs = aligned_inputs(rows[["row_id"]], confidence, prior)
+        return widen_arrays(rows[list(GRADES)].to_numpy(float), prior_probs, conf, _groups(_conditions(rows["row_id"])), w)
+
+    return _refit_fold_wise(oof, folds, lambda rows: _fit_widening(rows, labels, confidence, prior), apply)
 
 
 def _score(labels: pd.DataFrame, sub: pd.DataFrame) -> MetricResult:
