@@ -13,8 +13,9 @@ from lumbar.data.tables import load_coordinates, load_labels
 from lumbar.localize import folds as folds_module
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.evaluate import HISTOGRAM_COLUMNS, localization_errors, slice_histogram
-from lumbar.localize.folds import build_oof_crops, fold_member, train_localizer_folds
+from lumbar.localize.folds import build_oof_crops, fold_member, merge_parts, model_parts, train_localizer_folds
 from lumbar.localize.predict import Localizer, ProbabilityMean, localize
+from lumbar.localize.train import train_localizer
 from lumbar.manifest import read_manifest, update_manifest
 from lumbar.preprocess.cache import build_cache, load_cache
 from lumbar.preprocess.config import RoiConfig
@@ -74,6 +75,34 @@ def test_every_point_is_predicted_by_the_localizer_that_never_saw_its_study(kfol
     assert (errors["fold"] == errors["study_id"].map(fold_of)).all()  # missed points too
     for member in entry["folds"].values():  # each fold's checkpoints in its own folder
         assert all(m["checkpoint"].startswith(f"localizer/fold{member['fold']}/") for m in member["models"].values())
+
+
+def test_a_localizer_trained_in_parts_is_the_whole_localizer(synthetic_dir, tmp_path):
+    """The pool trains folds x models tasks (`model_parts`): the same weights and manifest entry as one
+    localizer trained whole, the slice scorer included."""
+    config = LocalizerConfig.from_dict({**TINY, "refine_tasks": "sag_t1", "refine_epochs": 1})
+    coords = load_coordinates(synthetic_dir / "train_label_coordinates.csv")
+    index, _ = build_index(synthetic_dir, "train", progress=False)
+    parts = model_parts(config)
+    assert [p.task_names + p.refine_task_names for p in parts] == [("sag_t2",), ("sag_t1",), ("axial",), ("sag_t1",)]
+
+    def trained(cfg, folder):
+        return train_localizer(cfg, synthetic_dir, coords, tmp_path / folder, index=index, progress=False, member="f")
+
+    whole = trained(config, "whole")
+    part_entries = [trained(p, "parts") for p in parts]
+    merged = merge_parts(part_entries, config)
+    assert list(merged["models"]) == list(whole["models"]) == ["sag_t2", "sag_t1", "axial", "sag_t1_slices"]
+    for name, model in whole["models"].items():
+        a = torch.load(tmp_path / "whole" / model["checkpoint"], weights_only=True)
+        b = torch.load(tmp_path / "parts" / merged["models"][name]["checkpoint"], weights_only=True)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+    def timeless(entry):
+        return {**entry, "seconds": None, "models": {n: {**m, "seconds": None} for n, m in entry["models"].items()}}
+
+    assert timeless(merged) == timeless(whole) and merged["config"]["tasks"] == "sag_t2,sag_t1,axial"
+    assert merged["seconds"] == pytest.approx(sum(e["seconds"] for e in part_entries), abs=0.2)
 
 
 def test_the_errors_file_holds_every_measured_point_signed(kfold_run):

@@ -72,8 +72,9 @@ def train_localizer_folds(config: LocalizerConfig, data_dir: str | os.PathLike |
         run: the run folder.
         folds: `study_id, fold` (the experiment's `folds.csv`); studies without a fold are not used.
         index: header index of the train split.
-        jobs: folds trained side by side, each in its own process with cores // jobs torch threads (unless
-            `config.threads` pins them); 0 = one per fold, at most one per core (`lumbar.cores.split_cores`).
+        jobs: models of the folds (`model_parts`) trained side by side, each in its own process with
+            cores // jobs torch threads (unless `config.threads` pins them); 0 = one per model, at most one
+            per core (`lumbar.cores.split_cores`).
         device: for the out-of-fold prediction.
         progress: tqdm bars.
 
@@ -90,16 +91,21 @@ def train_localizer_folds(config: LocalizerConfig, data_dir: str | os.PathLike |
     if len(fold_ids) < 2:
         raise ValueError(f"a localizer per fold needs at least 2 folds with labelled studies, got {fold_ids}")
     prepare_all(config, root, coords, run, index, progress)  # decoded once, read by every fold
-    jobs, threads = split_cores(len(fold_ids), jobs, config.threads)
-    fold_config = dataclasses.replace(config, threads=threads) if jobs > 1 else config
-    tasks = [(fold_config, str(root), coords[coords["study_id"].map(fold_of) != k], str(run),
-              index[~index["study_id"].map(fold_of).eq(k)], False, fold_member(k)) for k in fold_ids]  # fmt: skip
+    parts = model_parts(config)
+    jobs, threads = split_cores(len(fold_ids) * len(parts), jobs, config.threads)
+    if jobs > 1:
+        parts = [dataclasses.replace(part, threads=threads) for part in parts]
+    tasks = [(part, str(root), coords[coords["study_id"].map(fold_of) != k], str(run),
+              index[~index["study_id"].map(fold_of).eq(k)], False, fold_member(k)) for k in fold_ids
+             for part in parts]  # fmt: skip
     if jobs > 1:
         with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn")) as pool:
             entries = list(pool.map(_train_one, tasks))
     else:
         entries = [_train_one(t) for t in tasks]
-    members = {fold_member(k): {**e, "fold": k} for k, e in zip(fold_ids, entries)}
+    n = len(parts)
+    members = {fold_member(k): {**merge_parts(entries[i * n:(i + 1) * n], config), "fold": k}
+               for i, k in enumerate(fold_ids)}
     entry = {"kind": "lumbar-localizer-folds", "config": config.to_dict(), "folds": members}
     update_manifest(run, MANIFEST_KEY, entry)
     entry = predict_out_of_fold(run, root, coords, folds, index, device)
@@ -145,8 +151,29 @@ def predict_out_of_fold(run: str | os.PathLike, data_dir: str | os.PathLike | No
     return entry
 
 
+def model_parts(config: LocalizerConfig) -> list[LocalizerConfig]:
+    """A localizer's models, one config each (a heatmap model or a slice scorer), so that the process pool gets
+    folds x models tasks instead of one per fold: on 2 cores, 3 folds trained whole ran as two at once and
+    then one alone, a core idle for a third of the time; 9 model tasks keep both busy. Each model seeds
+    itself before it is built, so the parts train exactly the weights the whole localizer would."""
+    parts = [dataclasses.replace(config, tasks=name, refine_tasks="") for name in config.task_names]
+    return parts + [dataclasses.replace(config, tasks="", refine_tasks=name) for name in config.refine_task_names]
+
+
+def merge_parts(entries: list[dict], config: LocalizerConfig) -> dict:
+    """One fold's manifest entry from its parts' entries (`model_parts`, in that order): models, skipped
+    models and problems of all parts, the whole config, `seconds` the sum of the parts' training times."""
+    merged = {**entries[0], "config": config.to_dict(), "models": {}, "skipped": {}, "problems": []}
+    for entry in entries:
+        merged["models"].update(entry["models"])
+        merged["skipped"].update(entry["skipped"])
+        merged["problems"] += entry["problems"]
+    merged["seconds"] = round(sum(entry["seconds"] for entry in entries), 1)
+    return merged
+
+
 def _train_one(task: tuple) -> dict:
-    """One fold's localizer (a process-pool task)."""
+    """One model of one fold's localizer (a process-pool task)."""
     config, root, coords, run, index, progress, member = task
     return train_localizer(config, root, coords, run, index=index, progress=progress, member=member)
 
