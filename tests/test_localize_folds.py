@@ -13,7 +13,13 @@ from lumbar.data.tables import load_coordinates, load_labels
 from lumbar.localize import folds as folds_module
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.evaluate import HISTOGRAM_COLUMNS, localization_errors, slice_histogram
-from lumbar.localize.folds import build_oof_crops, fold_member, merge_parts, model_parts, train_localizer_folds
+from lumbar.localize.folds import (
+    build_oof_crops,
+    fold_member,
+    merge_parts,
+    model_parts,
+    train_localizer_folds,
+)
 from lumbar.localize.predict import Localizer, ProbabilityMean, localize
 from lumbar.localize.train import train_localizer
 from lumbar.manifest import read_manifest, update_manifest
