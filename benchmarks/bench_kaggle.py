@@ -15,7 +15,9 @@ Projection of the submission notebook's `predict` on a Kaggle GPU, per study:
   measured folds scaled to `--full-folds`), as FLOPs / an ASSUMED effective GPU throughput (`--gpu-tflops`);
   run on a GPU (`--device cuda`), the measured forward seconds instead;
 then hours for 500, 1,000 and 2,000 studies against Kaggle's 9-hour limit, and the `--max-folds` that fits a
-budget. There is no test-time augmentation in `lumbar.inference` (none to count).
+budget. Test-time augmentation is counted at its worst case: every unit of a classifier whose config lists TTA
+candidates predicts with all of them (`lumbar.train.tta`: the identity, the slice reversal and two shifts
+make 4 forwards per model instead of 1); a trained run may choose fewer.
 
     python benchmarks/bench_kaggle.py [--device cpu] [--folds 1] [--real-copies 1 | --test-studies 4]
         [--data DIR] [--image-size 256] [--gpu-tflops 5] [--tiny] [--keep DIR]
@@ -112,6 +114,11 @@ def build_full_slice(data: Path, run: Path, folds: int, device: str, tiny: bool,
                         "workers": 0 if tiny else min(extra.get("workers", 0), os.cpu_count() or 1)})  # fmt: skip
         names.append(name)
         timings[name] = result.summary["timings"]
+        if extra.get("tta"):  # the worst case of the fold-wise choice: every unit predicts with every candidate
+            record = json.loads((run / name / "result.json").read_text())
+            for unit in record["units"].values():
+                unit["tta"] = list(extra["tta"])
+            (run / name / "result.json").write_text(json.dumps(record))
         for last in (run / name).glob("*/fold*/last.pt"):  # resume state (weights, AdamW, EMA): predict reads final.pt
             last.unlink()
     params = EnsembleParams(names, {"all": [1.0 / len(names)] * len(names)})

@@ -110,3 +110,4 @@ def engine_config(tiny: tuple[Path, Path], out, **overrides) -> dict:
             "conditions": "scs", "n_folds": 2, "folds": "0", "epochs": 2, "batch_size": 8, "lr": 3e-3,
             "warmup_epochs": 0.5, "progress": False, "threads": 1}
     return {**base, **overrides}
+

@@ -38,3 +38,22 @@ def synthetic_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     generate(root, SynthConfig(**SYNTHETIC_SMALL), oracle=root / "oracle.csv", progress=False)
     return root
+
+
+@pytest.fixture
+def tiny_model(monkeypatch):
+    """Engine tests exercise the loop, not the architectures: a tiny stand-in model keeps them at seconds
+    (`pytestmark = pytest.mark.usefixtures("tiny_model")` in such a module)."""
+    from _train_data import tiny_build_model
+
+    import lumbar.models
+
+    monkeypatch.setattr(lumbar.models, "build_model", tiny_build_model, raising=False)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny training data of `_train_data.make_tiny_data` (8 studies), once per test module."""
+    from _train_data import make_tiny_data
+
+    return make_tiny_data(tmp_path_factory.mktemp("tiny"), n_studies=8)

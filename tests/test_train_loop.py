@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _train_data import engine_config, make_tiny_data, tiny_build_model
+from _train_data import engine_config
 
 from lumbar.cli import main
 from lumbar.constants import GRADES
@@ -17,18 +17,7 @@ from lumbar.train.checkpoint import load_checkpoint
 from lumbar.train.loop import train
 from lumbar.train.predict import predict_cache
 
-
-@pytest.fixture(autouse=True)
-def tiny_model(monkeypatch):
-    """These tests exercise the engine, not the architectures: a tiny stand-in model keeps them at seconds."""
-    import lumbar.models
-
-    monkeypatch.setattr(lumbar.models, "build_model", tiny_build_model, raising=False)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_data(tmp_path_factory.mktemp("tiny"), n_studies=8)
+pytestmark = pytest.mark.usefixtures("tiny_model")
 
 
 def _config(tiny, out, **overrides):

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _train_data import engine_config, make_tiny_data, tiny_build_model
+from _train_data import engine_config
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -23,17 +23,7 @@ from lumbar.train.ema import ModelEma
 from lumbar.train.loop import train
 from lumbar.train.runtime import RunningMean, make_adamw, setup_runtime, teardown_runtime
 
-
-@pytest.fixture(autouse=True)
-def tiny_model(monkeypatch):
-    import lumbar.models
-
-    monkeypatch.setattr(lumbar.models, "build_model", tiny_build_model, raising=False)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_data(tmp_path_factory.mktemp("tiny"), n_studies=8)
+pytestmark = pytest.mark.usefixtures("tiny_model")
 
 
 def _config(tiny, out, **overrides):

@@ -57,6 +57,13 @@ class TrainConfig:
         balanced_sampling: draw training samples with probability inverse to their grade's frequency.
         augment: "default" (the task's preset), "none", or comma-separated registered augmentation names.
         mirror_p: probability of a left-right mirror with label swap, where the task allows it.
+        mix: batch augmentations mixing two samples (`lumbar.train.mixing`: "mixup", "cutmix"; one drawn per
+            batch); empty = none.
+        mix_alpha: the kept share lam ~ Beta(mix_alpha, mix_alpha); <= 0 turns mixing off.
+        mix_p: probability that a batch is mixed.
+        tta: candidate test-time augmentations (`lumbar.train.tta`: "reverse_slices", "shifts"); after
+            training each unit chooses a subset of them fold-wise by out-of-fold score, for its OOF rows and
+            its test predictions (recorded in result.json); empty = none.
         max_shift_slices, max_shift_px: uniform crop jitter in training (`preprocess.jitter.random_window`);
             capped by the context the cache stores.
         jitter: "" = the uniform jitter above for every training crop; else a localizer errors file
@@ -126,6 +133,10 @@ class TrainConfig:
     balanced_sampling: bool = False
     augment: str = "default"
     mirror_p: float = 0.5
+    mix: tuple[str, ...] = ()
+    mix_alpha: float = 0.4
+    mix_p: float = 0.5
+    tta: tuple[str, ...] = ()
     max_shift_slices: int = 1
     max_shift_px: int = 8
     jitter: str = ""
@@ -157,8 +168,9 @@ class TrainConfig:
         """The combinations a run needs (a layered override may pass through others, so `train` checks here).
 
         Raises:
-            ValueError: an unknown `train_crops` or `select`, a crop source without its cache, a jitter file
-                without ground-truth training crops, an interval below 1, or patience with select="last".
+            ValueError: an unknown `train_crops`, `select`, `mix` or `tta` name, a crop source without its cache,
+                a jitter file without ground-truth training crops, an interval below 1, or patience with
+                select="last".
         """
         if self.train_crops not in TRAIN_CROPS:
             raise ValueError(f"train_crops={self.train_crops!r}: expected one of {list(TRAIN_CROPS)}")
@@ -171,6 +183,13 @@ class TrainConfig:
         if self.jitter and self.train_crops == "oof":
             raise ValueError("jitter shifts the ground-truth training crops, and train_crops='oof' has none; "
                              "set jitter='' or train on gt or both")
+        from lumbar.train.mixing import list_mixes
+        from lumbar.train.tta import list_tta
+
+        for kind, names, registered in (("mix", self.mix, list_mixes()), ("tta", self.tta, list_tta())):
+            unknown = [n for n in names if n not in registered]
+            if unknown:
+                raise ValueError(f"{kind}={list(names)}: unknown {unknown}; registered: {registered}")
         for name in ("val_every", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected a whole number >= 1")

@@ -2,12 +2,13 @@
 
 For each unit of the task mode (`lumbar.train.tasks`) and each requested fold: build the registered model,
 train it with AdamW (fused) and a per-step cosine schedule after a linear warm-up, the weighted loss
-(`lumbar.train.losses`), gradient clipping, optional EMA, AMP and channels-last on CUDA; validate every
+(`lumbar.train.losses`) on batches optionally mixed (`lumbar.train.mixing`), gradient clipping, optional EMA, AMP and channels-last on CUDA; validate every
 `val_every` epochs and after the last on the held-out fold (the competition metric in competition mode,
 balanced accuracy in thesis modes); keep `last.pt` (every `checkpoint_every` epochs and after the last); then
 predict the held-out fold with the selected weights: those after the last epoch (`final.pt`,
 select="last") or of the best validation epoch (`best.pt`, select="best", optionally stopping early after
-`patience` epochs without improvement). A run killed at any point resumes from `last.pt` (finished folds are
+`patience` epochs without improvement), as it is or with test-time augmentation chosen fold-wise per unit
+(`lumbar.train.tta`). A run killed at any point resumes from `last.pt` (finished folds are
 not retrained). Under `torchrun` the model is wrapped in DistributedDataParallel and the data sharded; only
 rank 0 writes files and logs.
 
@@ -76,6 +77,7 @@ from lumbar.train.folds import load_or_make_folds, read_folds
 from lumbar.train.history import plot_history, write_history
 from lumbar.train.loggers import NullLogger
 from lumbar.train.losses import build_loss
+from lumbar.train.mixing import BatchMix, mixed_loss
 from lumbar.train.predict import (
     CONFIG_JSON,
     RESULT_JSON,
@@ -96,6 +98,7 @@ from lumbar.train.runtime import (
 )
 from lumbar.train.sampling import make_train_sampler
 from lumbar.train.tasks import Task, build_tasks, resolve_conditions, validation_score
+from lumbar.train.tta import IDENTITY, candidate_sets, choose_fold_wise, combine, usable, views
 
 PREDICTIONS_CSV = "predictions.csv"
 OOF_CSV = "oof.csv"
@@ -189,7 +192,7 @@ def _train(config: TrainConfig, runtime: Runtime, logger) -> TrainResult:
 
     fold_of = folds.set_index("study_id")["fold"]
     tasks = build_tasks(config.mode, conditions, config.mirror_right)
-    tables, tables_gt, units, timings = [], [], {}, {}
+    tables, tables_gt, plain, units, timings = [], [], [], {}, {}
     for task in tasks:
         items = {}
         for source, cache in caches.items():
@@ -198,7 +201,7 @@ def _train(config: TrainConfig, runtime: Runtime, logger) -> TrainResult:
             items[source] = table.assign(fold=table["study_id"].map(fold_of))
         pool = _drop_excluded(pd.concat([items[s] for s in TRAIN_SOURCES[config.train_crops]], ignore_index=True),
                               excluded)
-        checkpoints = {}
+        checkpoints, per_fold, per_fold_gt = {}, {}, {}
         for fold in fold_ids:
             data = FoldData(pool[pool["fold"].notna() & (pool["fold"] != fold)],
                             items[valid_source][items[valid_source]["fold"] == fold])
@@ -209,22 +212,55 @@ def _train(config: TrainConfig, runtime: Runtime, logger) -> TrainResult:
                                  f"({config.train_crops} crops) and {len(data.valid)} validation samples "
                                  f"(in {caches[valid_source].root})")
             fold_dir = out / task.name / f"fold{fold}"
-            table, table_gt, timing = fit_fold(config, runtime, caches, jitter, task, fold, data, fold_dir, logger)
-            tables.append(table.assign(fold=fold))
-            if table_gt is not None:
-                tables_gt.append(table_gt.assign(fold=fold))
+            per_fold[fold], per_fold_gt[fold], timing = fit_fold(config, runtime, caches, jitter, task, fold, data,
+                                                                 fold_dir, logger)
             checkpoints[str(fold)] = str((fold_dir / SELECTED_CHECKPOINT[config.select]).relative_to(out))
             timings[f"{task.name}/fold{fold}"] = timing
+        chosen, tta_record = _choose_tta(config, task, per_fold)
+        for fold in fold_ids:
+            tables.append(tta_table(per_fold[fold], chosen[fold]).assign(fold=fold))
+            plain.append(per_fold[fold][IDENTITY].assign(fold=fold))
+            if per_fold_gt[fold] is not None:
+                tables_gt.append(tta_table(per_fold_gt[fold], chosen[fold]).assign(fold=fold))
         units[task.name] = {"conditions": list(task.conditions), "checkpoints": checkpoints,
-                            "layout": task.layout, "num_classes": task.num_classes}
+                            "layout": task.layout, "num_classes": task.num_classes, **tta_record}
     predictions = pd.concat(tables, ignore_index=True)
     predictions_gt = pd.concat(tables_gt, ignore_index=True) if tables_gt else None
     n_excluded = int(table_row_ids(labels[labels["grade"].notna()]).isin(excluded).sum())
     result = _finish(config, runtime, out, run_root, caches, labels, folds, fold_ids, predictions,
-                     predictions_gt, units, timings, time.perf_counter() - started, n_excluded)
+                     predictions_gt, units, timings, time.perf_counter() - started, n_excluded,
+                     pd.concat(plain, ignore_index=True) if config.tta else None)
     if runtime.is_main:
         logger.log_result(result.summary)
     return result
+
+
+def tta_table(entries: dict[str, pd.DataFrame], subset: tuple[str, ...]) -> pd.DataFrame:
+    """The prediction rows of a TTA set from the rows each entry predicted (same items, same order)."""
+    table = entries[IDENTITY].copy()
+    table[list(GRADES)] = combine({k: v[list(GRADES)].to_numpy() for k, v in entries.items()}, subset)
+    return table
+
+
+def _choose_tta(config: TrainConfig, task: Task,
+                per_fold: dict[int, dict[str, pd.DataFrame]]) -> tuple[dict[int, tuple[str, ...]], dict[str, Any]]:
+    """The TTA set of each fold's held-out rows and of the test predictions, chosen fold-wise on the unit's
+    validation score among the candidates usable on its series (`lumbar.train.tta`); none: the plain
+    prediction everywhere.
+
+    Returns:
+        (fold -> set, the unit's record for result.json: "tta" (the test set), "tta_folds", "tta_scores").
+    """
+    candidates = usable(config.tta, task.conditions)
+    if not candidates:
+        return dict.fromkeys(per_fold, ()), {"tta": []} if config.tta else {}
+    scores = {s: {f: validation_score(task, tta_table(entries, s)) for f, entries in per_fold.items()}
+              for s in candidate_sets(candidates)}
+    chosen, for_test = choose_fold_wise(scores, task.higher_is_better)
+    record = {"tta": list(for_test), "tta_folds": {str(f): list(s) for f, s in chosen.items()},
+              "tta_scores": {"+".join(s) or IDENTITY: {str(f): v for f, v in by_fold.items()}
+                             for s, by_fold in scores.items()}}
+    return chosen, record
 
 
 def _read_excluded(path: str) -> set[str]:
@@ -275,9 +311,10 @@ def _oof_table(config: TrainConfig, predictions: pd.DataFrame, labels: pd.DataFr
 
 
 def _finish(config, runtime, out, run_root, caches, labels, folds, fold_ids, predictions, predictions_gt, units,
-            timings, seconds, n_excluded=0) -> TrainResult:
+            timings, seconds, n_excluded=0, predictions_plain=None) -> TrainResult:
     """Write predictions, OOF (and OOF on ground-truth crops), scores or reports, result.json and the
-    manifest entry (rank 0); `n_excluded`: labelled rows the exclusion list kept out of training."""
+    manifest entry (rank 0); `n_excluded`: labelled rows the exclusion list kept out of training;
+    `predictions_plain`: with TTA candidates, the rows without TTA (scored as `oof_score_plain`)."""
     held_out = folds.loc[folds["fold"].isin(fold_ids), "study_id"]
     oof_labels = labels[labels["study_id"].isin(held_out)]
     prior = grade_prior(labels)
@@ -303,6 +340,9 @@ def _finish(config, runtime, out, run_root, caches, labels, folds, fold_ids, pre
         if config.mode == "competition":
             oof_score = competition_score(oof_labels, oof, name=str(oof_path)).as_dict()
             summary["oof_score"] = oof_score
+            if predictions_plain is not None:
+                summary["oof_score_plain"] = competition_score(
+                    oof_labels, _oof_table(config, predictions_plain, labels, folds, fold_ids)[0]).as_dict()
         elif not scored.empty:
             from lumbar.evaluate.reports import write_reports
 
@@ -346,13 +386,14 @@ def build_unit_model(config: TrainConfig, task: Task, cache: RoiCache) -> nn.Mod
 
 def fit_fold(config: TrainConfig, runtime: Runtime, caches: dict[str, RoiCache], jitter: LocalizerJitter | None,
              task: Task, fold: int, data: FoldData, fold_dir: Path,
-             logger) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, float]]:
+             logger) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame] | None, dict[str, float]]:
     """Train (or resume, or skip when finished) one unit on one fold; predict its held-out items with the
     selected weights (`config.select`).
 
     Returns:
-        (held-out prediction rows with grades, the same on the held-out ground-truth crops when
-        `data.valid_gt` is given (else None), timing summary: loader and model seconds per batch).
+        (held-out prediction rows with grades by TTA entry (`_predict_rows`), the same on the held-out
+        ground-truth crops when `data.valid_gt` is given (else None), timing summary: loader and model seconds
+        per batch).
     """
     seed = config.seed + 1000 * fold
     seed_everything(seed, deterministic=runtime.device.type == "cpu")
@@ -388,6 +429,7 @@ def fit_fold(config: TrainConfig, runtime: Runtime, caches: dict[str, RoiCache],
     scheduler = _schedule(optimizer, steps_per_epoch * epochs, round(config.warmup_epochs * steps_per_epoch))
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_scaler)
     loss_fn = build_loss(config.loss, gamma=config.focal_gamma)
+    mix = BatchMix(() if config.overfit_batches else config.mix, config.mix_alpha, config.mix_p, seed)
     weights = torch.as_tensor(config.class_weights, dtype=torch.float32, device=runtime.device)
     if len(config.class_weights) != len(GRADES):
         raise ValueError(f"class_weights needs one weight per grade ({len(GRADES)}), got {config.class_weights}")
@@ -413,8 +455,9 @@ def fit_fold(config: TrainConfig, runtime: Runtime, caches: dict[str, RoiCache],
         tick = time.perf_counter()
         sampler.set_epoch(epoch)
         train_ds.set_epoch(epoch)
+        mix.set_epoch(epoch)
         stats = _train_epoch(net, model, ema, train_loader, optimizer, scheduler, scaler, loss_fn, weights, config,
-                             runtime, task, max_batches, f"{task.name} f{fold} e{epoch}")
+                             runtime, task, max_batches, f"{task.name} f{fold} e{epoch}", mix)
         validate = epoch == epochs or config.select == "best" or epoch % config.val_every == 0
         score, val_loss, improved = math.nan, math.nan, False
         if validate:
@@ -470,11 +513,17 @@ def fit_fold(config: TrainConfig, runtime: Runtime, caches: dict[str, RoiCache],
 
 
 def _predict_rows(model: nn.Module, dataset: RoiDataset, task: Task, config: TrainConfig, runtime: Runtime,
-                  max_batches: int) -> pd.DataFrame:
-    """Prediction rows (with grades) of every item of an evaluation dataset."""
+                  max_batches: int) -> dict[str, pd.DataFrame]:
+    """Prediction rows (with grades) of every item of an evaluation dataset: the plain prediction (`IDENTITY`)
+    and, per TTA candidate (`config.tta`), the mean over that entry's own views."""
     loader = eval_loader(dataset, config.batch_size, config.workers, runtime)
-    idx, probs, _ = predict_probs(model, loader, runtime, task.num_targets, task.num_classes, max_batches=max_batches)
-    return task.prediction_rows(dataset.items.iloc[idx], probs)
+    batches = list(loader) if usable(config.tta, task.conditions) else loader  # read once for every entry
+    tables = {}
+    for entry in (IDENTITY, *(c for c in usable(config.tta, task.conditions) if c != IDENTITY)):
+        idx, probs, _ = predict_probs(model, batches, runtime, task.num_targets, task.num_classes,
+                                      max_batches=max_batches, views=views([entry], identity=False))
+        tables[entry] = task.prediction_rows(dataset.items.iloc[idx], probs)
+    return tables
 
 
 def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int):
@@ -489,8 +538,9 @@ def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: 
 
 
 def _train_epoch(net, model, ema, loader, optimizer, scheduler, scaler, loss_fn, weights, config, runtime, task,
-                 max_batches, desc) -> dict[str, Any]:
-    """One pass over the training loader; returns mean loss, sample count, loader and model seconds.
+                 max_batches, desc, mix: BatchMix) -> dict[str, Any]:
+    """One pass over the training loader, its batches mixed by `mix`; returns mean loss, sample count, loader and
+    model seconds.
 
     Nothing in a step waits for the device (module docstring): the loss is read every `config.log_every` steps
     for the progress bar (only when it is shown) and once at the end.
@@ -510,9 +560,10 @@ def _train_epoch(net, model, ema, loader, optimizer, scheduler, scaler, loss_fn,
         target = batch["target"].to(runtime.device, non_blocking=True)
         grade = batch["grade"].to(runtime.device, non_blocking=True)
         w = weights[grade.clamp_min(0)] * (target >= 0)
+        mixed = mix(x, meta)
         with runtime.autocast():
-            logits = net(x, meta).float().reshape(len(x), task.num_targets, task.num_classes)
-        loss = loss_fn(logits, target, w)
+            logits = net(mixed.x, mixed.meta).float().reshape(len(x), task.num_targets, task.num_classes)
+        loss = mixed_loss(loss_fn, logits, target, w, mixed)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if config.grad_clip > 0:

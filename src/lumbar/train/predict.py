@@ -3,16 +3,17 @@
 `RunPredictor(run_dir)` is the inference entry point of later stages: it reads a training run's `config.json`
 and `result.json`, builds every unit's model once per fold from the checkpoint `result.json` names (`final.pt`
 or `best.pt`, by the run's `select`) and keeps them; `predict(cache_dir)` averages the folds' probabilities
-and returns the submission table (`predict_cache` does both for one cache). In competition mode every study of the cache gets all 25 rows: a target without a crop
-(no coordinate, unreadable series) gets the class prior of the training labels, and `predict_cache` says how
-many rows that was.
+and returns the submission table (`predict_cache` does both for one cache); each unit predicts with the
+test-time augmentation its out-of-fold rows chose (`result.json`, `lumbar.train.tta`). In competition mode
+every study of the cache gets all 25 rows: a target without a crop (no coordinate, unreadable series) gets the
+class prior of the training labels, and `predict_cache` says how many rows that was.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -66,8 +67,8 @@ def batch_to_device(batch: dict[str, Any], runtime: Runtime, model: nn.Module) -
 
 @torch.no_grad()
 def predict_probs(model: nn.Module, loader: Iterable[dict[str, Any]], runtime: Runtime, num_targets: int, num_classes: int,
-                  loss_fn=None, class_weights: Iterable[float] | None = None,
-                  max_batches: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
+                  loss_fn=None, class_weights: Iterable[float] | None = None, max_batches: int = 0,
+                  views: Sequence[Callable[[torch.Tensor], torch.Tensor]] = ()) -> tuple[np.ndarray, np.ndarray, float]:
     """Class probabilities of every item of a loader, gathered over DDP ranks.
 
     Args:
@@ -78,6 +79,8 @@ def predict_probs(model: nn.Module, loader: Iterable[dict[str, Any]], runtime: R
         num_targets, num_classes: the task's output shape.
         loss_fn, class_weights: when given, also the weighted loss over labelled targets.
         max_batches: stop after this many batches (0 = all).
+        views: test-time views of the image batch (`lumbar.train.tta.views`); the probabilities are the mean
+            of their softmax (the loss is of that mean). Empty or one view: one pass, as without TTA.
 
     Returns:
         (indices (N,), probabilities (N, num_targets, num_classes), weighted loss or NaN), sorted by index.
@@ -91,7 +94,13 @@ def predict_probs(model: nn.Module, loader: Iterable[dict[str, Any]], runtime: R
             break
         x, meta = batch_to_device(batch, runtime, model)
         with runtime.autocast():
-            logits = model(x, meta).float().reshape(len(x), num_targets, num_classes)
+            if len(views) > 1:
+                p = sum(torch.softmax(model(v(x), meta).float().reshape(len(x), num_targets, num_classes), dim=-1)
+                        for v in views) / len(views)
+                logits = torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))  # softmax(log p) = p
+            else:
+                x = views[0](x) if views else x
+                logits = model(x, meta).float().reshape(len(x), num_targets, num_classes)
         if loss_fn is not None:
             target = batch["target"].to(runtime.device, non_blocking=True)
             grade = batch["grade"].to(runtime.device, non_blocking=True)
@@ -193,6 +202,7 @@ class RunPredictor:
         self.runtime = setup_runtime(device, amp=self.config.amp, channels_last=self.config.channels_last,
                                      threads=threads)
         self.units: list[tuple[Any, list[nn.Module]]] = []
+        self.tta: dict[str, tuple[str, ...]] = {}  # unit -> the TTA set its OOF rows chose (`lumbar.train.tta`)
         self.forward_seconds = 0.0  # in the model passes (the crops are read before, once per unit)
         try:
             for task in build_tasks(self.config.mode, self.config.conditions, self.config.mirror_right):
@@ -201,6 +211,7 @@ class RunPredictor:
                     continue
                 folds = sorted(unit["checkpoints"], key=int)[: max_folds or None]
                 self.units.append((task, [self._load(task, unit["checkpoints"][f]) for f in folds]))
+                self.tta[task.name] = tuple(unit.get("tta", ()))
         except BaseException:
             self.close()
             raise
@@ -231,6 +242,7 @@ class RunPredictor:
     def predict(self, cache_dir: str | Path, study_ids: Iterable[int] | None = None) -> pd.DataFrame:
         """The fold-averaged submission table of every sample of an ROI cache (see `predict_cache`)."""
         from lumbar.train.dataset import RoiDataset, read_cache
+        from lumbar.train.tta import views
 
         cache = read_cache(cache_dir)
         shape = [cache.depth, cache.height, cache.width]
@@ -245,9 +257,11 @@ class RunPredictor:
             # read once, for every fold model (a chunk's crops of one unit are tens of MiB at most)
             batches = list(eval_loader(RoiDataset(cache, task, items), self.batch_size, self.workers, self.runtime))
             total = np.zeros((len(items), task.num_targets, task.num_classes))
+            unit_views = views(self.tta[task.name])
             for model in models:
                 t = time.perf_counter()
-                idx, probs, _ = predict_probs(model, batches, self.runtime, task.num_targets, task.num_classes)
+                idx, probs, _ = predict_probs(model, batches, self.runtime, task.num_targets, task.num_classes,
+                                              views=unit_views)
                 self.forward_seconds += time.perf_counter() - t
                 total[idx] += probs
             tables.append(task.prediction_rows(items, total / len(models)))
