@@ -2,15 +2,15 @@
 
 For each unit of the task mode (`lumbar.train.tasks`) and each requested fold: build the registered model,
 train it with AdamW (fused) and a per-step cosine schedule after a linear warm-up, the weighted loss
-(`lumbar.train.losses`) on batches optionally mixed (`lumbar.train.mixing`), gradient clipping, optional EMA, AMP and channels-last on CUDA; validate every
-`val_every` epochs and after the last on the held-out fold (the competition metric in competition mode,
-balanced accuracy in thesis modes); keep `last.pt` (every `checkpoint_every` epochs and after the last); then
-predict the held-out fold with the selected weights: those after the last epoch (`final.pt`,
-select="last") or of the best validation epoch (`best.pt`, select="best", optionally stopping early after
-`patience` epochs without improvement), as it is or with test-time augmentation chosen fold-wise per unit
-(`lumbar.train.tta`). A run killed at any point resumes from `last.pt` (finished folds are
-not retrained). Under `torchrun` the model is wrapped in DistributedDataParallel and the data sharded; only
-rank 0 writes files and logs.
+(`lumbar.train.losses`) on batches optionally mixed (`lumbar.train.mixing`), gradient clipping, optional EMA,
+AMP and channels-last on CUDA; validate every `val_every` epochs and after the last on the held-out fold (the
+competition metric in competition mode, balanced accuracy in thesis modes); keep `last.pt` (every
+`checkpoint_every` epochs and after the last); then predict the held-out fold with the selected weights: those
+after the last epoch (`final.pt`, select="last") or of the best validation epoch (`best.pt`, select="best",
+optionally stopping early after `patience` epochs without improvement), as it is or with test-time
+augmentation chosen fold-wise per unit (`lumbar.train.tta`). A run killed at any point resumes from `last.pt`
+(finished folds are not retrained). Under `torchrun` the model is wrapped in DistributedDataParallel and the
+data sharded; only rank 0 writes files and logs.
 
 A training step does not wait for the device: the loss is summed on the device (`RunningMean`) and read once
 per `log_every` steps and at the end of the epoch, the EMA keeps its step count on the host (`ModelEma`), batches
@@ -516,11 +516,11 @@ def _predict_rows(model: nn.Module, dataset: RoiDataset, task: Task, config: Tra
                   max_batches: int) -> dict[str, pd.DataFrame]:
     """Prediction rows (with grades) of every item of an evaluation dataset: the plain prediction (`IDENTITY`)
     and, per TTA candidate (`config.tta`), the mean over that entry's own views."""
-    loader = eval_loader(dataset, config.batch_size, config.workers, runtime)
-    batches = list(loader) if usable(config.tta, task.conditions) else loader  # read once for every entry
+    loader = eval_loader(dataset, config.batch_size, config.workers, runtime)  # the same batches on every pass
     tables = {}
     for entry in (IDENTITY, *(c for c in usable(config.tta, task.conditions) if c != IDENTITY)):
-        idx, probs, _ = predict_probs(model, batches, runtime, task.num_targets, task.num_classes,
+        # one pass per entry: a fold's crops at the competition's size are GBs, too many to hold for all passes
+        idx, probs, _ = predict_probs(model, loader, runtime, task.num_targets, task.num_classes,
                                       max_batches=max_batches, views=views([entry], identity=False))
         tables[entry] = task.prediction_rows(dataset.items.iloc[idx], probs)
     return tables
