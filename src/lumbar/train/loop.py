@@ -219,7 +219,8 @@ def _train(config: TrainConfig, runtime: Runtime, logger) -> TrainResult:
         chosen, tta_record = _choose_tta(config, task, per_fold)
         for fold in fold_ids:
             tables.append(tta_table(per_fold[fold], chosen[fold]).assign(fold=fold))
-            plain.append(per_fold[fold][IDENTITY].assign(fold=fold))
+            if config.tta:
+                plain.append(per_fold[fold][IDENTITY].assign(fold=fold))
             if per_fold_gt[fold] is not None:
                 tables_gt.append(tta_table(per_fold_gt[fold], chosen[fold]).assign(fold=fold))
         units[task.name] = {"conditions": list(task.conditions), "checkpoints": checkpoints,
@@ -229,7 +230,7 @@ def _train(config: TrainConfig, runtime: Runtime, logger) -> TrainResult:
     n_excluded = int(table_row_ids(labels[labels["grade"].notna()]).isin(excluded).sum())
     result = _finish(config, runtime, out, run_root, caches, labels, folds, fold_ids, predictions,
                      predictions_gt, units, timings, time.perf_counter() - started, n_excluded,
-                     pd.concat(plain, ignore_index=True) if config.tta else None)
+                     pd.concat(plain, ignore_index=True) if plain else None)
     if runtime.is_main:
         logger.log_result(result.summary)
     return result

@@ -10,9 +10,9 @@ identity and every view of its entries (`views`).
 
 Which set helps is measured, not assumed: `TrainConfig.tta` lists the candidate entries; after training
 every unit (condition group) predicts its held-out items once per entry `usable` on its series, and each
-subset of those is then a weighted mean of the entries' predictions (`combine`). `choose_fold_wise` gives the rows of fold k the subset
-that scores best on the other folds' rows (no choice is fitted on the rows it scores) and the test set the
-subset that scores best on all of them.
+subset of those is then a weighted mean of the entries' predictions (`combine`). `choose_fold_wise` gives the
+rows of fold k the subset that scores best on the other folds' rows (no choice is fitted on the rows it
+scores) and the test set the subset that scores best on all of them.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -30,18 +31,30 @@ from lumbar.constants import AXIAL_T2, CONDITION_SERIES, SAGITTAL_T1, SAGITTAL_T
 from lumbar.registry import Registry
 
 ViewFn = Callable[[torch.Tensor], torch.Tensor]
-_TTA: Registry[Callable[[], list[ViewFn]]] = Registry("test-time augmentation")
-#: The series whose crops each entry keeps the meaning of.
-_SERIES: dict[str, frozenset[str]] = {}
 ALL_SERIES = frozenset({SAGITTAL_T1, SAGITTAL_T2, AXIAL_T2})
 IDENTITY = "identity"
+
+
+@dataclass(frozen=True)
+class TtaEntry:
+    """A registered TTA entry: its view functions' factory and the series whose crops it keeps the meaning of."""
+
+    make_views: Callable[[], list[ViewFn]]
+    series: frozenset[str]
+
+
+_TTA: Registry[TtaEntry] = Registry("test-time augmentation")
 
 
 def register_tta(name: str, series: Sequence[str] = tuple(ALL_SERIES)) -> Callable:
     """Register a factory of view functions under `name`, valid on crops of `series` (a duplicate name is an
     error)."""
-    _SERIES[name] = frozenset(series)
-    return _TTA.register(name)
+
+    def decorate(factory: Callable[[], list[ViewFn]]) -> Callable[[], list[ViewFn]]:
+        _TTA.register(name)(TtaEntry(factory, frozenset(series)))
+        return factory
+
+    return decorate
 
 
 def list_tta() -> list[str]:
@@ -93,20 +106,18 @@ def views(names: Sequence[str], identity: bool = True) -> list[ViewFn]:
     unknown = [n for n in names if n not in _TTA]
     if unknown:
         raise ValueError(f"unknown test-time augmentation(s) {unknown}; registered: {list_tta()}")
-    fns = _TTA[IDENTITY]() if identity else []
-    for name in names:
-        if name != IDENTITY or not identity:
-            fns += _TTA[name]()
-    return fns
+    if identity:  # the identity first, and once
+        names = [IDENTITY, *(n for n in names if n != IDENTITY)]
+    return [fn for name in names for fn in _TTA[name].make_views()]
 
 
 def usable(candidates: Sequence[str], conditions: Sequence[str]) -> tuple[str, ...]:
     """The candidate entries that keep the meaning of every condition's crops (by its series)."""
-    return tuple(c for c in candidates if all(CONDITION_SERIES[k] in _SERIES[c] for k in conditions))
+    return tuple(c for c in candidates if all(CONDITION_SERIES[k] in _TTA[c].series for k in conditions))
 
 
 def n_views(name: str) -> int:
-    return len(_TTA[name]())
+    return len(_TTA[name].make_views())
 
 
 def candidate_sets(candidates: Sequence[str]) -> list[tuple[str, ...]]:
