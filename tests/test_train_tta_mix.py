@@ -15,6 +15,7 @@ from lumbar.train.losses import build_loss
 from lumbar.train.mixing import BatchMix, Mixed, cutmix, mixed_loss, mixup
 from lumbar.train.predict import predict_cache, predict_probs
 from lumbar.train.runtime import setup_runtime, teardown_runtime
+from lumbar.train.tasks import build_tasks
 from lumbar.train.tta import candidate_sets, choose_fold_wise, combine, shift, tta_report, usable, views
 
 pytestmark = pytest.mark.usefixtures("tiny_model")
@@ -48,8 +49,12 @@ def test_views_reverse_the_slices_and_shift_in_plane():
     with pytest.raises(ValueError, match="unknown test-time augmentation"):
         views(["flip_upside_down"])
     both = ["reverse_slices", "shifts"]  # a foramen's slices run outwards from the canal: no reversal there
-    assert usable(both, ["spinal_canal_stenosis"]) == usable(both, ["left_subarticular_stenosis"]) == tuple(both)
-    assert usable(both, ["left_neural_foraminal_narrowing", "right_neural_foraminal_narrowing"]) == ("shifts",)
+    spinal, foraminal, subarticular = build_tasks("competition")
+    assert usable(both, spinal.crop_kinds) == usable(both, subarticular.crop_kinds) == tuple(both)
+    assert usable(both, foraminal.crop_kinds) == ("shifts",)
+    # nor for a recess seen on the Sagittal T2 slice through it; the axial view of the canal keeps both
+    spinal, _, subarticular = build_tasks("competition", views=["axial_canal", "parasagittal_recess"])
+    assert usable(both, spinal.crop_kinds) == tuple(both) and usable(both, subarticular.crop_kinds) == ("shifts",)
 
 
 class _Linear(torch.nn.Module):

@@ -20,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from lumbar.models.base import LumbarModel
+from lumbar.models.fusion import ViewStreams
 from lumbar.registry import Registry
 
 EncoderFactory = Callable[..., nn.Module]
@@ -97,6 +98,7 @@ def build_model(
     pretrained: str | os.PathLike = "none",
     num_meta: int = 0,
     drop_rate: float = 0.0,
+    streams: int = 1,
     **kwargs: Any,
 ) -> LumbarModel:
     """Build a registered architecture behind the common contract.
@@ -111,6 +113,8 @@ def build_model(
             local weights file or folder (`lumbar.pretrained`).
         num_meta: width of the metadata vector given to `forward` (0: none).
         drop_rate: dropout before the linear head.
+        streams: 1 = one encoder over all input channels; k > 1 = late fusion of k views
+            (`lumbar.models.fusion.ViewStreams`): one encoder per group of in_channels / k channels.
         **kwargs: the architecture's own options (e.g. `pool="attn"` for timmseq); a typo is an error.
 
     Returns:
@@ -126,10 +130,14 @@ def build_model(
             raise ValueError(f"{key} must be a positive int, got {value!r}")
     if num_meta < 0:
         raise ValueError(f"num_meta must be >= 0, got {num_meta}")
-    encoder = factory(
-        *variant, in_channels=in_channels, depth=depth, pretrained=pretrained, **kwargs
-    )
+    if streams < 1 or in_channels % streams:
+        raise ValueError(f"streams={streams} must be >= 1 and divide in_channels={in_channels}")
+    encoders = [factory(*variant, in_channels=in_channels // streams, depth=depth, pretrained=pretrained, **kwargs)
+                for _ in range(streams)]
+    encoder = encoders[0] if streams == 1 else ViewStreams(encoders)
     config = dict(name=name, **sizes, num_meta=num_meta, drop_rate=drop_rate, **kwargs)
+    if streams > 1:
+        config["streams"] = streams
     return LumbarModel(
         encoder, in_channels, num_outputs, num_meta=num_meta, drop_rate=drop_rate, config=config
     )

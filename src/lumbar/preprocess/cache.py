@@ -6,6 +6,9 @@ Layout of `<root>/<cache_name>/` (CONTRACTS.md):
     samples.parquet   one row per built sample (`roi.SAMPLE_COLUMNS`), sorted by study, condition, level
     failures.csv      coordinate rows that produced no sample and why (header only when none failed)
     <study_id>/<condition>_<level>.npy   float16 (depth + 2 pad_slices, size + 2 pad_px, size + 2 pad_px)
+    views.parquet, view_failures.csv, <study_id>/<condition>_<level>@<view>.npy
+                      with `RoiConfig.views`: the second views' samples (`roi.VIEW_COLUMNS`), the target rows
+                      that have none (a missing view is a zero channel, not a failed build), their arrays
 
 Resumable: a sample whose .npy exists is not rebuilt; a study whose samples all exist and are listed in
 samples.parquet is not even opened. Samples are written atomically (temp file then rename), so a killed
@@ -36,7 +39,15 @@ from lumbar.fallback import MAX_FALLBACK_SHARE, check_fallbacks
 from lumbar.overrides import parse_assignments
 from lumbar.paths import data_root, images_dir
 from lumbar.preprocess.config import RoiConfig
-from lumbar.preprocess.roi import FAILURE_COLUMNS, SAMPLE_COLUMNS, StudyResult, build_study
+from lumbar.preprocess.roi import (
+    FAILURE_COLUMNS,
+    SAMPLE_COLUMNS,
+    VIEW_COLUMNS,
+    VIEW_FAILURE_COLUMNS,
+    StudyResult,
+    build_study,
+)
+from lumbar.preprocess.views import expected_ids
 
 FORMAT_VERSION = 1
 #: params.json keys that must match for a folder to be reused.
@@ -57,7 +68,7 @@ def cache_name(config: RoiConfig) -> str:
     window = f"_B{config.before}A{config.after}" if config.mode == "target_window" else ""
     name = f"{config.mode}_{size}{window}_{config.filter}"
     defaults, values = RoiConfig().to_dict(), config.to_dict()
-    changed = {k: v for k, v in values.items() if k not in _NAMED_FIELDS and v != defaults[k]}
+    changed = {k: v for k, v in values.items() if k not in _NAMED_FIELDS and v != defaults.get(k)}
     if changed:
         name += "_" + hashlib.sha1(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:8]
     return name
@@ -110,6 +121,12 @@ def prepare_cache_dir(root: str | os.PathLike, params: dict) -> Path:
     return folder
 
 
+def load_views(cache_dir: str | os.PathLike) -> pd.DataFrame:
+    """The second views' samples of a cache (`views.parquet`); empty for a cache built without views."""
+    path = Path(cache_dir) / "views.parquet"
+    return pd.read_parquet(path) if path.is_file() else pd.DataFrame(columns=VIEW_COLUMNS)
+
+
 def load_cache(cache_dir: str | os.PathLike) -> tuple[dict, pd.DataFrame]:
     """(params, samples) of a cache folder, for training and inference."""
     cache_dir = Path(cache_dir)
@@ -131,6 +148,8 @@ class CacheReport:
     cache_dir: Path
     samples: pd.DataFrame
     failures: pd.DataFrame
+    views: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=VIEW_COLUMNS))
+    view_failures: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=VIEW_FAILURE_COLUMNS))
     built: int = 0
     skipped: int = 0
     studies: int = 0
@@ -159,6 +178,11 @@ class CacheReport:
             for reason, n in reasons.most_common(8):
                 lines.append(f"  failed {n} x {reason} (e.g. {example[reason]})")
             lines.append(f"  all failed rows: {self.cache_dir / 'failures.csv'}")
+        for view in sorted(set(self.views["view"]) | set(self.view_failures["view"])):
+            n, missing = int((self.views["view"] == view).sum()), self.view_failures[self.view_failures["view"] == view]
+            reasons = Counter(_reason(e) for e in missing["error"]).most_common(3)
+            lines.append(f"  view {view}: {n} samples, {len(missing)} target rows without one"
+                         + (f" ({'; '.join(f'{k} x {r}' for r, k in reasons)})" if reasons else ""))
         lines += [f"  note: {n}" for n in self.notes[:5]]
         lines.append(f"cache: {self.cache_dir}")
         return "\n".join(lines)
@@ -233,7 +257,9 @@ def build_cache(
     coords = coords[~dup]
     old = pd.read_parquet(folder / "samples.parquet") if (folder / "samples.parquet").is_file() else None
     known = {} if old is None else {r["sample_id"]: r for r in old.to_dict("records")}
+    known_views = {r["sample_id"]: r for r in load_views(folder).to_dict("records")}
     samples: list[dict] = []
+    view_samples: list[dict] = []
     tasks = []
     report = CacheReport(folder, pd.DataFrame(), pd.DataFrame())
     base = images_dir(root, split)
@@ -244,9 +270,12 @@ def build_cache(
             failures += [_failure_row(r, f"{base / str(study_id)}: study folder not found") for r in rows]
             continue
         report.studies += 1
-        if all(i in known and (folder / known[i]["file"]).is_file() for i in ids):
+        view_ids = expected_ids(config.views, rows)
+        if all(i in known and (folder / known[i]["file"]).is_file() for i in ids) and all(
+                i in known_views and (folder / known_views[i]["file"]).is_file() for i in view_ids):
             samples += [known[i] for i in ids]
-            report.skipped += len(ids)
+            view_samples += [known_views[i] for i in view_ids]
+            report.skipped += len(ids) + len(view_ids)
             continue
         tasks.append((int(study_id), rows))
     report.studies_opened = len(tasks)
@@ -267,9 +296,12 @@ def build_cache(
             results.append(build_study(study_id, rows, str(root), split, str(folder), config))
             bar.update()
     bar.close()
+    view_failures: list[dict] = []
     for r in results:
         samples += r.samples
         failures += r.failures
+        view_samples += r.view_samples
+        view_failures += r.view_failures
         report.built += r.built
         report.skipped += r.skipped
         report.notes += r.notes
@@ -277,6 +309,11 @@ def build_cache(
     report.failures = _ordered(pd.DataFrame(failures, columns=FAILURE_COLUMNS))
     write_parquet(report.samples, folder / "samples.parquet")
     write_csv(report.failures, folder / "failures.csv")
+    if config.views:
+        report.views = _ordered(pd.DataFrame(view_samples, columns=VIEW_COLUMNS))
+        report.view_failures = _ordered(pd.DataFrame(view_failures, columns=VIEW_FAILURE_COLUMNS))
+        write_parquet(report.views, folder / "views.parquet")
+        write_csv(report.view_failures, folder / "view_failures.csv")
     check_fallbacks(dict(zip(report.failures["sample_id"], report.failures["error"])), len(coords) + int(dup.sum()),
                     max_failed_share, f"coordinate rows (samples) of {folder}")  # fmt: skip
     report.seconds = time.perf_counter() - t0

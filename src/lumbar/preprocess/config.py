@@ -50,6 +50,8 @@ class RoiConfig:
         pad_px: extra pixels (output scale) stored on each side of height and width for centre jitter.
         low_percentile: intensity clipped below this percentile of the sample's volume, mapped to 0.
         high_percentile: intensity clipped above this percentile, mapped to 1.
+        views: second views built beside the primary crops (`lumbar.preprocess.views`: "axial_canal",
+            "parasagittal_recess"); empty = none.
     """
 
     mode: str = "target_window"
@@ -68,9 +70,11 @@ class RoiConfig:
     pad_px: int = 8
     low_percentile: float = 1.0
     high_percentile: float = 99.0
+    views: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from lumbar.preprocess.filters import list_filters
+        from lumbar.preprocess.views import get_view
 
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
@@ -95,6 +99,8 @@ class RoiConfig:
                 "percentiles must satisfy 0 <= low < high <= 100, "
                 f"got {self.low_percentile}, {self.high_percentile}"
             )
+        for view in self.views:
+            get_view(view)
         self._check_jitter_keeps_point()
 
     def _check_jitter_keeps_point(self) -> None:
@@ -130,8 +136,12 @@ class RoiConfig:
         return getattr(self, f"{CONDITION_GROUP[condition]}_mm")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready values (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """Plain JSON-ready values (tuples become lists); `views` only when set, so a cache built before views
+        existed keeps its parameters (and its folder name)."""
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        if not self.views:
+            del values["views"]
+        return values
 
     @classmethod
     def from_overrides(cls, overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> RoiConfig:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from lumbar.atomic import atomic_path
-from lumbar.constants import row_id
+from lumbar.constants import CONDITION_GROUP, CONDITIONS, row_id
 from lumbar.data.dicom import (
     DicomReadError,
     Series,
@@ -40,6 +40,7 @@ from lumbar.paths import series_dir
 from lumbar.preprocess.config import RoiConfig
 from lumbar.preprocess.filters import apply_filter
 from lumbar.preprocess.intensity import percentile_range, rescale
+from lumbar.preprocess.views import derive_rows
 from lumbar.preprocess.windows import (
     crop_box,
     interpolate_depth,
@@ -57,6 +58,8 @@ SAMPLE_COLUMNS = [
     "depth", "height", "width", "pad_slices", "pad_px",
     "stack_index", "slice_index", "n_slices", "edge_slices", "point_d", "point_y", "point_x",
 ]  # fmt: skip
+#: Columns of views.parquet: a second view's samples (`lumbar.preprocess.views`), joined to the primary ones.
+VIEW_COLUMNS = [*SAMPLE_COLUMNS, "view"]
 #: Columns of failures.csv.
 FAILURE_COLUMNS = [
     "sample_id",
@@ -69,11 +72,25 @@ FAILURE_COLUMNS = [
     "y",
     "error",
 ]
+#: Columns of view_failures.csv: target rows without a second view, and why.
+VIEW_FAILURE_COLUMNS = [*FAILURE_COLUMNS, "view"]
 
 
-def sample_file(study_id: int, condition: str, level: str) -> str:
-    """Path of a sample's array relative to the cache folder."""
-    return f"{int(study_id)}/{condition}_{level}.npy"
+def sample_file(study_id: int, condition: str, level: str, view: str = "") -> str:
+    """Path of a sample's array relative to the cache folder (a second view's: `..._<level>@<view>.npy`)."""
+    return f"{int(study_id)}/{condition}_{level}{'@' + view if view else ''}.npy"
+
+
+def _sample_id(row: dict) -> str:
+    """The row's sample id: its row id, tagged `@<view>` for a second view (`lumbar.preprocess.views`)."""
+    view = row.get("view") or ""
+    return row_id(row["study_id"], row["condition"], row["level"]) + (f"@{view}" if view else "")
+
+
+def _crop_condition(row: dict) -> str:
+    """The condition whose margins frame the row's crop: its own, or a second view's `crop_as` group's."""
+    group = row.get("crop_as")
+    return row["condition"] if not group else next(c for c in CONDITIONS if CONDITION_GROUP[c] == group)
 
 
 def save_atomic(array: np.ndarray, path: Path) -> None:
@@ -89,6 +106,8 @@ class StudyResult:
     study_id: int
     samples: list[dict] = field(default_factory=list)
     failures: list[dict] = field(default_factory=list)
+    view_samples: list[dict] = field(default_factory=list)
+    view_failures: list[dict] = field(default_factory=list)
     built: int = 0
     skipped: int = 0
     notes: list[str] = field(default_factory=list)
@@ -96,7 +115,7 @@ class StudyResult:
 
 def _failure(row: dict, error: str) -> dict:
     return {
-        "sample_id": row_id(row["study_id"], row["condition"], row["level"]),
+        "sample_id": _sample_id(row),
         **{k: row[k] for k in ("study_id", "condition", "level", "series_id", "instance_number", "x", "y")},
         "error": error,
     }
@@ -184,20 +203,21 @@ def _plan(row: dict, stack_index: int, slice_index: int, n_slices: int, config: 
     positions, edge = slice_positions(
         config.mode, n_slices, slice_index, config.before, config.after, config.depth, config.pad_slices
     )
-    file = sample_file(row["study_id"], row["condition"], row["level"])
+    file = sample_file(row["study_id"], row["condition"], row["level"], row.get("view") or "")
     return _Plan(row, stack_index, slice_index, n_slices, positions, edge, file)
 
 
 def _sample_row(plan: _Plan, config: RoiConfig) -> dict:
     """The samples.parquet row of a planned sample (a function of its coordinates, stack and config)."""
     row = plan.row
-    point_y, point_x = point_in_output(config.margins(row["condition"]), (config.size,) * 2, config.pad_px)
+    point_y, point_x = point_in_output(config.margins(_crop_condition(row)), (config.size,) * 2, config.pad_px)
     point_d = label_position(
         config.mode, plan.n_slices, plan.slice_index, config.before, config.depth, config.pad_slices
     )
     return {
-        "sample_id": row_id(row["study_id"], row["condition"], row["level"]),
+        "sample_id": _sample_id(row),
         **{k: row[k] for k in ("study_id", "condition", "level", "series_id", "instance_number", "x", "y")},
+        **({"view": row["view"]} if row.get("view") else {}),
         "file": plan.file, "depth": config.out_depth, "height": config.size, "width": config.size,
         "pad_slices": config.pad_slices, "pad_px": config.pad_px,
         "stack_index": plan.stack_index, "slice_index": plan.slice_index, "n_slices": plan.n_slices,
@@ -215,7 +235,7 @@ def _write_sample(
     if key not in ranges:  # e.g. the five spinal levels on one slice share one window
         raw = np.concatenate([good[i].pixels for i in key[1]])
         ranges[key] = percentile_range(raw, config.low_percentile, config.high_percentile)
-    array = render_sample(good, plan.positions, point_mm, plan.row["condition"], config, ranges[key])
+    array = render_sample(good, plan.positions, point_mm, _crop_condition(plan.row), config, ranges[key])
     save_atomic(array, cache / plan.file)
 
 
@@ -259,7 +279,8 @@ def _build_series(
 def build_study(
     study_id: int, rows: list[dict], data_dir: str, split: str, cache_dir: str, config: RoiConfig
 ) -> StudyResult:
-    """Build the missing samples of one study and describe all of them.
+    """Build the missing samples of one study and describe all of them; then its second views
+    (`RoiConfig.views`), from the same rows through the series already opened.
 
     Args:
         study_id: the study.
@@ -271,21 +292,42 @@ def build_study(
         config: the cache parameters.
     """
     result = StudyResult(int(study_id))
+    opened = _build_rows(rows, {}, data_dir, split, Path(cache_dir), config, result)
+    if config.views:  # second views: their points derived from these rows through the opened series' geometry
+        derived, failed = derive_rows(config.views, rows, opened)
+        views = StudyResult(int(study_id))
+        _build_rows(derived, opened, data_dir, split, Path(cache_dir), config, views)
+        result.view_samples = views.samples
+        result.view_failures = [_failure(r, r["error"]) | {"view": r["view"]} for r in failed]
+        result.view_failures += [f | {"view": f["sample_id"].rsplit("@", 1)[-1]} for f in views.failures]
+        result.built += views.built
+        result.skipped += views.skipped
+        result.notes += views.notes
+    return result
+
+
+def _build_rows(rows: list[dict], opened: dict[int, Series], data_dir: str, split: str, cache: Path,
+                config: RoiConfig, result: StudyResult) -> dict[int, Series]:
+    """Build the samples of coordinate rows series by series, opening each series once (`opened` reused and
+    extended); returns the series read."""
     by_series: dict[int, list[dict]] = {}
     for row in rows:
         by_series.setdefault(int(row["series_id"]), []).append(row)
     for series_id, group in by_series.items():
-        folder = series_dir(Path(data_dir), split, int(study_id), series_id)
-        try:
-            series = read_series(folder, skip_unreadable=True)
-        except DicomReadError as e:
-            result.failures += [_failure(r, str(e)) for r in group]
-            continue
-        except DATA_ERRORS as e:  # malformed geometry and the like: reported and counted, not fatal
-            result.failures += [_failure(r, f"{folder}: {type(e).__name__}: {e}") for r in group]
-            continue
-        unreadable = len(series_files(folder)) - len(series.headers)
-        if unreadable:
-            result.notes.append(f"{folder}: {unreadable} unreadable file(s) left out of the series")
-        _build_series(series, group, Path(cache_dir), config, result)
-    return result
+        series = opened.get(series_id)
+        if series is None:
+            folder = series_dir(Path(data_dir), split, int(result.study_id), series_id)
+            try:
+                series = read_series(folder, skip_unreadable=True)
+            except DicomReadError as e:
+                result.failures += [_failure(r, str(e)) for r in group]
+                continue
+            except DATA_ERRORS as e:  # malformed geometry and the like: reported and counted, not fatal
+                result.failures += [_failure(r, f"{folder}: {type(e).__name__}: {e}") for r in group]
+                continue
+            unreadable = len(series_files(folder)) - len(series.headers)
+            if unreadable:
+                result.notes.append(f"{folder}: {unreadable} unreadable file(s) left out of the series")
+            opened[series_id] = series
+        _build_series(series, group, cache, config, result)
+    return opened

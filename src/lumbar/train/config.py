@@ -23,6 +23,8 @@ from lumbar.overrides import cast_overrides
 #: Values of `TrainConfig.train_crops` and `TrainConfig.select`.
 TRAIN_CROPS: tuple[str, ...] = ("gt", "oof", "both")
 SELECT: tuple[str, ...] = ("last", "best")
+#: Values of `TrainConfig.fusion`.
+FUSIONS: tuple[str, ...] = ("early", "late")
 
 
 @dataclass
@@ -61,6 +63,11 @@ class TrainConfig:
             batch); empty = none.
         mix_alpha: the kept share lam ~ Beta(mix_alpha, mix_alpha); <= 0 turns mixing off.
         mix_p: probability that a batch is mixed.
+        views: second views (`lumbar.preprocess.views`: "axial_canal" for spinal, "parasagittal_recess" for
+            subarticular) read as further input channels of their condition group's unit; the caches must be
+            built with them (`RoiConfig.views`); empty = one view per condition.
+        fusion: how a multi-view unit combines its views: "early" (one encoder, views as channels) or "late"
+            (one encoder per view, features concatenated: `lumbar.models.fusion`).
         tta: candidate test-time augmentations (`lumbar.train.tta`: "reverse_slices", "shifts"); after
             training each unit chooses a subset of them fold-wise by out-of-fold score, for its OOF rows and
             its test predictions (recorded in result.json); empty = none.
@@ -137,6 +144,8 @@ class TrainConfig:
     mix_alpha: float = 0.4
     mix_p: float = 0.5
     tta: tuple[str, ...] = ()
+    views: tuple[str, ...] = ()
+    fusion: str = "early"
     max_shift_slices: int = 1
     max_shift_px: int = 8
     jitter: str = ""
@@ -190,6 +199,13 @@ class TrainConfig:
             unknown = [n for n in names if n not in registered]
             if unknown:
                 raise ValueError(f"{kind}={list(names)}: unknown {unknown}; registered: {registered}")
+        from lumbar.preprocess.views import list_views
+
+        unknown = [v for v in self.views if v not in list_views()]
+        if unknown:
+            raise ValueError(f"views={list(self.views)}: unknown {unknown}; registered: {list_views()}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion={self.fusion!r}: expected one of {list(FUSIONS)}")
         for name in ("val_every", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected a whole number >= 1")

@@ -17,7 +17,7 @@ uninterrupted run saw. Evaluation takes the centre window, no augmentation.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,10 @@ from torch.utils.data import Dataset
 
 from lumbar.constants import CONDITION_SIDE, LEVELS
 from lumbar.preprocess import LocalizerJitter, RoiConfig, center_window, load_cache, random_window
+from lumbar.preprocess.cache import load_views
 from lumbar.preprocess.jitter import window_at
 from lumbar.train.augment import StackAugment
-from lumbar.train.tasks import MIRROR_AXIS, MIRROR_CONDITION, Task
+from lumbar.train.tasks import MIRROR_CONDITION, Task
 
 CACHE_COLUMNS = ["sample_id", "study_id", "condition", "level", "file", "depth", "height", "width",
                  "pad_slices", "pad_px"]
@@ -49,6 +50,7 @@ class RoiCache:
         params: `params.json` (the preprocessing parameters).
         depth, height, width: final tensor shape (the same for every sample of a cache).
         pad_slices, pad_px: stored jitter context.
+        views: the second views' samples (`views.parquet`; empty without views).
     """
 
     root: Path
@@ -59,6 +61,12 @@ class RoiCache:
     width: int
     pad_slices: int
     pad_px: int
+    views: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def built_views(self) -> tuple[str, ...]:
+        """The views the cache was built with (params.json), whether or not every target has one."""
+        return tuple((self.params.get("config") or {}).get("views", ()))
 
 
 def read_cache(cache_dir: str | Path) -> RoiCache:
@@ -82,7 +90,7 @@ def read_cache(cache_dir: str | Path) -> RoiCache:
         raise ValueError(f"{table}: samples of different shapes {shapes.to_dict('records')[:3]}; "
                          "a cache must hold one parameter set")
     shape = {k: int(v) for k, v in shapes.iloc[0].items()}
-    return RoiCache(root, samples, params, **shape)
+    return RoiCache(root, samples, params, **shape, views=load_views(root))
 
 
 def check_same_crops(a: RoiCache, b: RoiCache) -> None:
@@ -164,8 +172,10 @@ class RoiDataset(Dataset):
     def sample_ids(self, indices) -> list[str]:
         return self.items["item_id"].iloc[list(indices)].tolist()
 
-    def _load(self, file: str | None, source: str | None, condition: str,
+    def _load(self, file: str | None, source: str | None, condition: str | None,
               rng: np.random.Generator | None) -> np.ndarray:
+        """One channel's window; `condition` None for a second view (uniform jitter: the localizer's recorded
+        errors are of the primary points)."""
         c = self.caches[source]
         if file is None:
             return np.zeros((c.depth, c.height, c.width), dtype=np.float32)
@@ -189,11 +199,14 @@ class RoiDataset(Dataset):
         conditions = list(item["conditions"])
         grades = list(item["grades"])
         side = int(item["side"])
-        arrays = [self._load(f, self.sources[index], c, rng) for f, c in zip(item["files"], conditions)]
+        files = item["files"]
+        channel_conditions = conditions + [None] * (len(files) - len(conditions))  # views after the primary crop
+        arrays = [self._load(f, self.sources[index], c, rng) for f, c in zip(files, channel_conditions)]
+        axes = self.task.mirror_axes(conditions[0])
         if item["mirror"]:  # canonical orientation: right-side crops shown as left ones
-            arrays = [np.flip(a, MIRROR_AXIS[c]) for a, c in zip(arrays, conditions)]
+            arrays = [np.flip(a, axis) for a, axis in zip(arrays, axes)]
         if self.mirror_p and rng.random() < self.mirror_p:
-            arrays, conditions, grades, side = self._mirror(arrays, conditions, grades, side)
+            arrays, conditions, grades, side = self._mirror(arrays, axes, conditions, grades, side)
         image = np.stack(arrays)  # (C, D, H, W)
         if self.augment is not None:
             image = self.augment(image, seed=int(rng.integers(2**31 - 1)))
@@ -214,12 +227,12 @@ class RoiDataset(Dataset):
             meta[len(LEVELS)] = float(side)
         return meta
 
-    def _mirror(self, arrays, conditions, grades, side):
+    def _mirror(self, arrays, axes, conditions, grades, side):
         """Left-right mirror: every channel flipped on its left-right axis; left and right labels swap."""
-        flipped = {c: (np.flip(a, MIRROR_AXIS[c]), g) for a, c, g in zip(arrays, conditions, grades)}
+        arrays = [np.flip(a, axis) for a, axis in zip(arrays, axes)]
         if self.task.layout == "channels":  # channel order is fixed: channel j now shows its mirror condition
+            flipped = dict(zip(conditions, zip(arrays, grades)))
             new = [flipped[MIRROR_CONDITION[c]] for c in conditions]
             return [a for a, _ in new], conditions, [g for _, g in new], side
         c = conditions[0]
-        a, g = flipped[c]
-        return [a], [MIRROR_CONDITION[c]], [g], (1 - side) if CONDITION_SIDE[c] else side
+        return arrays, [MIRROR_CONDITION[c]], grades, (1 - side) if CONDITION_SIDE[c] else side

@@ -86,6 +86,7 @@ from lumbar.train.predict import (
     grade_prior,
     predict_probs,
     to_submission,
+    unit_sizes,
     unwrap,
 )
 from lumbar.train.runtime import (
@@ -191,12 +192,12 @@ def _train(config: TrainConfig, runtime: Runtime, logger) -> TrainResult:
         raise ValueError(f"folds {unknown} not in {folds_path} (folds {sorted(folds['fold'].unique())})")
 
     fold_of = folds.set_index("study_id")["fold"]
-    tasks = build_tasks(config.mode, conditions, config.mirror_right)
+    tasks = build_tasks(config.mode, conditions, config.mirror_right, config.views)
     tables, tables_gt, plain, units, timings = [], [], [], {}, {}
     for task in tasks:
         items = {}
         for source, cache in caches.items():
-            table = task.items(cache.samples, labels)
+            table = task.items(cache.samples, labels, cache.views)
             table = table[[max(g) >= 0 for g in table["grades"]]].assign(source=source)
             items[source] = table.assign(fold=table["study_id"].map(fold_of))
         pool = _drop_excluded(pd.concat([items[s] for s in TRAIN_SOURCES[config.train_crops]], ignore_index=True),
@@ -252,7 +253,7 @@ def _choose_tta(config: TrainConfig, task: Task,
     Returns:
         (fold -> set, the unit's record for result.json: "tta" (the test set), "tta_folds", "tta_scores").
     """
-    candidates = usable(config.tta, task.conditions)
+    candidates = usable(config.tta, task.crop_kinds)
     if not candidates:
         return dict.fromkeys(per_fold, ()), {"tta": []} if config.tta else {}
     scores = {s: {f: validation_score(task, tta_table(entries, s)) for f, entries in per_fold.items()}
@@ -292,6 +293,11 @@ def _open_caches(config: TrainConfig) -> dict[str, RoiCache]:
     caches = {source: read_cache(path) for source, path in paths.items() if path}
     if len(caches) == 2:
         check_same_crops(caches[GROUND_TRUTH], caches[LOCALIZED])
+    for cache in caches.values():
+        missing = [v for v in config.views if v not in cache.built_views]
+        if missing:
+            raise ValueError(f"{cache.root}: built without the view(s) {missing} the config asks for (it has "
+                             f"{list(cache.built_views)}); build the caches with RoiConfig views={list(config.views)}")
     return caches
 
 
@@ -380,9 +386,8 @@ def build_unit_model(config: TrainConfig, task: Task, cache: RoiCache) -> nn.Mod
     """The registered architecture sized for a task unit and a cache, its encoder's weights from `pretrained`."""
     from lumbar.models import build_model
 
-    return build_model(config.arch, in_channels=task.in_channels, num_outputs=task.num_outputs, depth=cache.depth,
-                       pretrained=config.pretrained, num_meta=task.num_meta,
-                       drop_rate=config.drop_rate, **config.model_kwargs)
+    return build_model(config.arch, depth=cache.depth, pretrained=config.pretrained, drop_rate=config.drop_rate,
+                       **unit_sizes(task, config.fusion), **config.model_kwargs)
 
 
 def fit_fold(config: TrainConfig, runtime: Runtime, caches: dict[str, RoiCache], jitter: LocalizerJitter | None,
@@ -519,7 +524,7 @@ def _predict_rows(model: nn.Module, dataset: RoiDataset, task: Task, config: Tra
     and, per TTA candidate (`config.tta`), the mean over that entry's own views."""
     loader = eval_loader(dataset, config.batch_size, config.workers, runtime)  # the same batches on every pass
     tables = {}
-    for entry in (IDENTITY, *(c for c in usable(config.tta, task.conditions) if c != IDENTITY)):
+    for entry in (IDENTITY, *(c for c in usable(config.tta, task.crop_kinds) if c != IDENTITY)):
         # one pass per entry: a fold's crops at the competition's size are GBs, too many to hold for all passes
         idx, probs, _ = predict_probs(model, loader, runtime, task.num_targets, task.num_classes,
                                       max_batches=max_batches, views=views([entry], identity=False))

@@ -205,7 +205,8 @@ class RunPredictor:
         self.tta: dict[str, tuple[str, ...]] = {}  # unit -> the TTA set its OOF rows chose (`lumbar.train.tta`)
         self.forward_seconds = 0.0  # in the model passes (the crops are read before, once per unit)
         try:
-            for task in build_tasks(self.config.mode, self.config.conditions, self.config.mirror_right):
+            for task in build_tasks(self.config.mode, self.config.conditions, self.config.mirror_right,
+                                    self.config.views):
                 unit = self.result["units"].get(task.name)
                 if unit is None or not unit["checkpoints"]:
                     continue
@@ -219,7 +220,7 @@ class RunPredictor:
     def _load(self, task, path: str) -> nn.Module:
         from lumbar.models import build_model
 
-        model = build_model(**self.result["model"], **_unit_sizes(task))
+        model = build_model(**self.result["model"], **unit_sizes(task, self.config.fusion))
         model.load_state_dict(load_checkpoint(self.run_dir / path))
         model.to(self.runtime.device)
         memory_format = self.runtime.memory_format(model)
@@ -251,7 +252,7 @@ class RunPredictor:
                              f"{self.result['input_shape']}; build the cache with the run's preprocessing parameters")
         tables = []
         for task, models in self.units:
-            items = task.items(cache.samples)
+            items = task.items(cache.samples, None, cache.views)
             if items.empty:
                 continue
             # read once, for every fold model (a chunk's crops of one unit are tens of MiB at most)
@@ -317,5 +318,10 @@ def predict_cache(run_dir: str | Path, cache_dir: str | Path, device: str = "aut
         return predictor.predict(cache_dir, study_ids)
 
 
-def _unit_sizes(task) -> dict[str, int]:
-    return {"in_channels": task.in_channels, "num_outputs": task.num_outputs, "num_meta": task.num_meta}
+def unit_sizes(task, fusion: str = "early") -> dict[str, int]:
+    """The `build_model` sizes of a task unit: its channels, outputs and meta, and with `fusion="late"` one
+    encoder stream per view (`lumbar.models.fusion`)."""
+    sizes = {"in_channels": task.in_channels, "num_outputs": task.num_outputs, "num_meta": task.num_meta}
+    if fusion == "late" and task.in_channels > 1 and task.layout == "crop":
+        sizes["streams"] = task.in_channels
+    return sizes

@@ -29,10 +29,15 @@ reports (`lumbar.evaluate.reports`, which score p(moderate) + p(severe)) read th
 The mirror axis of a crop follows from its series: sagittal stacks are ordered along the left-right normal
 (index 0 = patient right), so a mirror reverses the slices; axial images have the patient's left-right along
 their columns, so a mirror reverses the width.
+
+Second views (`lumbar.preprocess.views`, "crop" layout): a unit given `views` reads, beside each primary crop,
+the same target's crop from each view's series as further input channels (a missing one is zeros); the
+target, grade, meta and mirror rules stay the primary crop's, each channel mirrored on its own series' axis.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +69,11 @@ MIRROR_CONDITION: dict[str, str] = {
 }
 #: Axis of a (depth, H, W) crop that runs left-right in the patient.
 MIRROR_AXIS: dict[str, int] = {c: 2 if CONDITION_SERIES[c] == AXIAL_T2 else 0 for c in CONDITIONS}
+
+
+def series_mirror_axis(series: str) -> int:
+    """The left-right axis of a (depth, H, W) crop from a series: the width on axial images, else the slices."""
+    return 2 if series == AXIAL_T2 else 0
 ITEM_COLUMNS = ["item_id", "study_id", "level", "conditions", "files", "grades", "side", "mirror"]
 
 
@@ -80,6 +90,7 @@ class Task:
         num_classes: 3 (grades) or 2 (Normal/Mild vs Moderate+Severe).
         mirror_right: mirror right-side crops onto the left at load time ("crop" layout).
         side_meta: add the side flag (1 = right) to the meta input.
+        views: second views read as further channels beside each primary crop ("crop" layout only).
     """
 
     name: str
@@ -89,6 +100,7 @@ class Task:
     num_classes: int
     mirror_right: bool = False
     side_meta: bool = False
+    views: tuple[str, ...] = ()
 
     @property
     def binary(self) -> bool:
@@ -100,7 +112,30 @@ class Task:
 
     @property
     def in_channels(self) -> int:
-        return 1 if self.layout == "crop" else len(self.conditions)
+        return 1 + len(self.views) if self.layout == "crop" else len(self.conditions)
+
+    def channel_series(self, condition: str | None = None) -> tuple[str, ...]:
+        """The kind of crop each input channel holds (`lumbar.preprocess.views.View.kind` for a view); for the
+        "crop" layout, of the item whose condition is given (default: the unit's first)."""
+        from lumbar.preprocess.views import get_view
+
+        if self.layout == "channels":
+            return tuple(CONDITION_SERIES[c] for c in self.conditions)
+        return (CONDITION_SERIES[condition or self.conditions[0]], *(get_view(v).kind for v in self.views))
+
+    @property
+    def crop_kinds(self) -> frozenset[str]:
+        """Every kind of crop the unit reads, over its conditions and channels (for test-time augmentation)."""
+        return frozenset(k for c in self.conditions for k in self.channel_series(c))
+
+    def mirror_axes(self, condition: str | None = None) -> tuple[int, ...]:
+        """The left-right axis of each input channel's crop (see `channel_series`)."""
+        from lumbar.preprocess.views import get_view
+
+        if self.layout == "channels":
+            return tuple(MIRROR_AXIS[c] for c in self.conditions)
+        return (MIRROR_AXIS[condition or self.conditions[0]],
+                *(series_mirror_axis(get_view(v).series) for v in self.views))
 
     @property
     def num_outputs(self) -> int:
@@ -126,27 +161,36 @@ class Task:
     def higher_is_better(self) -> bool:
         return self.metric != "competition"
 
-    def items(self, samples: pd.DataFrame, labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    def items(self, samples: pd.DataFrame, labels: pd.DataFrame | None = None,
+              views: pd.DataFrame | None = None) -> pd.DataFrame:
         """The unit's samples joined with their grades.
 
         Args:
             samples: the cache's `samples.parquet` table.
             labels: the long label table; None (inference) leaves every grade -1.
+            views: the cache's second views (`views.parquet`), needed when the unit has `views`.
 
         Returns:
-            One row per sample (`ITEM_COLUMNS`): tuple columns `conditions`, `files`, `grades` (-1 = no label)
-            of length `num_targets`; `side` (1 = a right-side crop); `mirror` (mirror at load time).
+            One row per sample (`ITEM_COLUMNS`): tuple columns `conditions`, `grades` (-1 = no label) of length
+            `num_targets`, `files` of length `in_channels` (a view's file None where it is missing); `side`
+            (1 = a right-side crop); `mirror` (mirror at load time).
+
+        Raises:
+            ValueError: the unit has views and `views` holds none of one of them.
         """
         rows = samples[samples["condition"].isin(self.conditions)]
         rows = rows.assign(grade=_grades(rows, labels))
         if self.layout == "crop":
             side = (rows["condition"].map(CONDITION_SIDE) == "right").to_numpy()
+            files = [(f,) for f in rows["file"]]
+            for view in self.views:
+                files = [(*f, v) for f, v in zip(files, _view_files(rows, views, view))]
             out = pd.DataFrame({
                 "item_id": rows["sample_id"].astype(str).to_numpy(),
                 "study_id": rows["study_id"].astype("int64").to_numpy(),
                 "level": rows["level"].to_numpy(),
                 "conditions": [(c,) for c in rows["condition"]],
-                "files": [(f,) for f in rows["file"]],
+                "files": files,
                 "grades": [(int(g),) for g in rows["grade"]],
                 "side": side.astype(np.int64),
                 "mirror": side & self.mirror_right,
@@ -198,6 +242,15 @@ class Task:
         return pd.DataFrame(rows, columns=["study_id", "condition", "level", "grade", *GRADES])
 
 
+def _view_files(rows: pd.DataFrame, views: pd.DataFrame | None, view: str) -> list[str | None]:
+    """Each primary sample's file of a second view, None where the view is missing for it."""
+    if views is None or not (views["view"] == view).any():
+        raise ValueError(f"the cache holds no {view!r} view; build it with RoiConfig views including {view!r}")
+    files = views[views["view"] == view].set_index("sample_id")["file"]
+    found = files.reindex(rows["sample_id"].astype(str) + f"@{view}")
+    return [None if pd.isna(f) else str(f) for f in found]
+
+
 def _grades(rows: pd.DataFrame, labels: pd.DataFrame | None) -> np.ndarray:
     if labels is None or rows.empty:
         return np.full(len(rows), -1, dtype=np.int64)
@@ -217,15 +270,27 @@ def resolve_conditions(mode: str, conditions: tuple[str, ...] | list[str] = ()) 
     return tuple(c for c in CONDITIONS if c in out)
 
 
-def build_tasks(mode: str, conditions: tuple[str, ...] | list[str] = (), mirror_right: bool = True) -> list[Task]:
+def build_tasks(mode: str, conditions: tuple[str, ...] | list[str] = (), mirror_right: bool = True,
+                views: tuple[str, ...] | list[str] = ()) -> list[Task]:
     """The units (models per fold) of a task mode; see the module docstring.
 
     Args:
         mode: one of `TASK_MODES`.
         conditions: conditions to cover (empty = the mode's default).
         mirror_right: competition mode: mirror right-side crops onto the left.
+        views: second views (`lumbar.preprocess.views`); each joins the "crop" layout units of its condition
+            group.
     """
+    from lumbar.preprocess.views import get_view
+
     conditions = resolve_conditions(mode, conditions)
+    tasks = _build_tasks(mode, conditions, mirror_right)
+    return [dataclasses.replace(t, views=tuple(v for v in views if get_view(v).group ==
+                                               CONDITION_GROUP[t.conditions[0]]))
+            if t.layout == "crop" else t for t in tasks]  # fmt: skip
+
+
+def _build_tasks(mode: str, conditions: tuple[str, ...], mirror_right: bool) -> list[Task]:
     if mode == "competition":
         tasks = []
         for group in GROUPS:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,11 +27,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from lumbar.constants import AXIAL_T2, CONDITION_SERIES, SAGITTAL_T1, SAGITTAL_T2
+from lumbar.constants import AXIAL_T2, SAGITTAL_T1, SAGITTAL_T2
+from lumbar.preprocess.views import LATERAL_T2
 from lumbar.registry import Registry
 
 ViewFn = Callable[[torch.Tensor], torch.Tensor]
-ALL_SERIES = frozenset({SAGITTAL_T1, SAGITTAL_T2, AXIAL_T2})
+#: The kinds of crop (`lumbar.train.tasks.Task.channel_series`): the three series and an off-midline Sagittal
+#: T2/STIR view (`lumbar.preprocess.views.LATERAL_T2`), whose slices, like a foramen's, run from the canal outwards.
+ALL_SERIES = frozenset({SAGITTAL_T1, SAGITTAL_T2, AXIAL_T2, LATERAL_T2})
 IDENTITY = "identity"
 
 
@@ -111,9 +114,10 @@ def views(names: Sequence[str], identity: bool = True) -> list[ViewFn]:
     return [fn for name in names for fn in _TTA[name].make_views()]
 
 
-def usable(candidates: Sequence[str], conditions: Sequence[str]) -> tuple[str, ...]:
-    """The candidate entries that keep the meaning of every condition's crops (by its series)."""
-    return tuple(c for c in candidates if all(CONDITION_SERIES[k] in _TTA[c].series for k in conditions))
+def usable(candidates: Sequence[str], kinds: Iterable[str]) -> tuple[str, ...]:
+    """The candidate entries that keep the meaning of every kind of crop a unit reads (`Task.crop_kinds`)."""
+    kinds = set(kinds)
+    return tuple(c for c in candidates if kinds <= _TTA[c].series)
 
 
 def n_views(name: str) -> int:
