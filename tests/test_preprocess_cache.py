@@ -9,7 +9,7 @@ from lumbar.cli import main
 from lumbar.constants import row_id
 from lumbar.data.tables import load_coordinates, write_coordinates
 from lumbar.fallback import FallbackLimitError
-from lumbar.preprocess.cache import build_cache, cache_name, load_cache, load_sample
+from lumbar.preprocess.cache import Rows, build_cache, cache_name, load_cache, load_sample
 from lumbar.preprocess.config import RoiConfig
 
 STUDY_A, STUDY_B = 100206310, 1002894806
@@ -187,3 +187,25 @@ def test_a_programming_error_in_the_crop_code_stops_the_build(sample_dir, tmp_pa
     with pytest.raises(TypeError, match="injected fault"):
         build_cache(_coords(sample_dir, STUDY_A), sample_dir, "train", tmp_path, RoiConfig(), progress=False,
                     max_failed_share=1.0)  # fmt: skip
+
+
+def test_rows_pack_into_frames_and_keep_their_order():
+    rows = [{"a": i, "b": f"s{i}"} for i in range(10)]
+    table = Rows(["a", "b"], chunk=5)
+    for k in range(0, 10, 3):
+        table.extend(rows[k : k + 3])
+    assert len(table.frames) == 1 and len(table.buffer) == 4  # packed at 6 rows, four still loose
+    kept = pd.DataFrame([{"a": -1, "b": "kept"}])
+    assert table.frame(kept).equals(pd.DataFrame([kept.iloc[0].to_dict(), *rows]))
+    assert Rows(["a", "b"]).frame().columns.tolist() == ["a", "b"]
+
+
+def test_a_pool_with_few_studies_in_flight_builds_what_one_process_does(synthetic_dir, tmp_path):
+    coords = load_coordinates(synthetic_dir / "train_label_coordinates.csv")
+    cfg = RoiConfig(size=32, pad_px=2)
+    one = build_cache(coords, synthetic_dir, "train", tmp_path / "one", cfg, workers=1, progress=False)
+    pool = build_cache(coords, synthetic_dir, "train", tmp_path / "pool", cfg, workers=2, progress=False)
+    assert one.studies_opened == pool.studies_opened == coords["study_id"].nunique() >= 3
+    assert one.samples.drop(columns="file").equals(pool.samples.drop(columns="file"))
+    for row in one.samples.itertuples():
+        np.testing.assert_array_equal(np.load(one.cache_dir / row.file), np.load(pool.cache_dir / row.file))
