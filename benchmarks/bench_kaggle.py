@@ -81,7 +81,7 @@ def build_full_slice(data: Path, run: Path, folds: int, device: str, tiny: bool,
     pre = full["preprocess"]
     roi = RoiConfig.from_overrides({"size": TINY["crop"] if tiny else pre.get("SIZE", 64),
                                     "before": pre.get("BEFORE", 2), "after": pre.get("AFTER", 2),
-                                    "filter": pre.get("FILTER", "none")})  # fmt: skip
+                                    "filter": pre.get("FILTER", "none"), **(pre.get("EXTRA") or {})})  # fmt: skip
     cache = build_cache(coords, data, "train", run / "cache", roi, progress=False).cache_dir
     update_manifest(run, "preprocess", {"cache": str(cache.relative_to(run))})
     n_folds = full["n_folds"]
@@ -111,6 +111,7 @@ def build_full_slice(data: Path, run: Path, folds: int, device: str, tiny: bool,
                         "fast_dev_run": batches, "batch_size": batch, "lr": float(step.get("LR", 1e-3)),
                         "device": device, "progress": False, "pretrained": "none",
                         "model_kwargs": extra.get("model_kwargs", {}), "ema_decay": extra.get("ema_decay", 0.0),
+                        "views": extra.get("views", ()), "fusion": extra.get("fusion", "early"),
                         "workers": 0 if tiny else min(extra.get("workers", 0), os.cpu_count() or 1)})  # fmt: skip
         names.append(name)
         timings[name] = result.summary["timings"]

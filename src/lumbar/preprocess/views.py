@@ -137,6 +137,8 @@ def _register(name: str, group: str, series: str, kind: str, crop_as: str) -> Ca
 
 @_register("axial_canal", group="spinal", series=AXIAL_T2, kind=AXIAL_T2, crop_as="subarticular")
 def _axial_canal(rows: list[dict], series: Mapping[int, Series]) -> list[tuple[dict, dict | None, str]]:
+    """Midway between the level's recess points on their slice (the labelled or localised slice of that level),
+    else the canal point projected onto the study's Axial T2 series."""
     out = []
     axial = _series_of(rows, "subarticular", series)
     recesses: dict[str, list[dict]] = {}
@@ -155,6 +157,7 @@ def _axial_canal(rows: list[dict], series: Mapping[int, Series]) -> list[tuple[d
 
 @_register("parasagittal_recess", group="subarticular", series=SAGITTAL_T2, kind=LATERAL_T2, crop_as="spinal")
 def _parasagittal_recess(rows: list[dict], series: Mapping[int, Series]) -> list[tuple[dict, dict | None, str]]:
+    """Each recess point projected onto the Sagittal T2/STIR series the study's canal points are on."""
     sagittal = _series_of(rows, "spinal", series)
     return [_projected(target, sagittal, SAGITTAL_T2, series, "parasagittal_recess")
             for target in rows if CONDITION_GROUP[target["condition"]] == "subarticular"]
