@@ -16,7 +16,7 @@ from lumbar.train.mixing import BatchMix, Mixed, cutmix, mixed_loss, mixup
 from lumbar.train.predict import predict_cache, predict_probs
 from lumbar.train.runtime import setup_runtime, teardown_runtime
 from lumbar.train.tasks import build_tasks
-from lumbar.train.tta import candidate_sets, choose_fold_wise, combine, shift, tta_report, usable, views
+from lumbar.train.tta import candidate_sets, choose_fold_wise, combine, shift, tta_report, tta_views, usable
 
 pytestmark = pytest.mark.usefixtures("tiny_model")
 
@@ -38,16 +38,16 @@ def _final_weights(result) -> dict[str, torch.Tensor]:
 
 def test_views_reverse_the_slices_and_shift_in_plane():
     x = torch.arange(2 * 1 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 1, 3, 4, 4)
-    (reverse,) = views(["reverse_slices"], identity=False)
+    (reverse,) = tta_views(["reverse_slices"], identity=False)
     assert torch.equal(reverse(x)[:, :, 0], x[:, :, 2])
     moved = shift(x, 1, 0)  # down one row, the top row replicated
     assert torch.equal(moved[..., 1:, :], x[..., :-1, :]) and torch.equal(moved[..., 0, :], x[..., 0, :])
     moved = shift(x, 0, -1)  # left one column
     assert torch.equal(moved[..., :, :-1], x[..., :, 1:]) and torch.equal(moved[..., :, -1], x[..., :, -1])
-    identity, *rest = views(["shifts"])
+    identity, *rest = tta_views(["shifts"])
     assert identity(x) is x and len(rest) == 2
     with pytest.raises(ValueError, match="unknown test-time augmentation"):
-        views(["flip_upside_down"])
+        tta_views(["flip_upside_down"])
     both = ["reverse_slices", "shifts"]  # a foramen's slices run outwards from the canal: no reversal there
     spinal, foraminal, subarticular = build_tasks("competition")
     assert usable(both, spinal.crop_kinds) == usable(both, subarticular.crop_kinds) == tuple(both)
@@ -75,13 +75,13 @@ def test_a_tta_set_is_the_mean_over_all_its_views():
     runtime = setup_runtime("cpu", amp=False, channels_last=False, threads=1)
     try:
         batches = [{"image": torch.rand(5, 1, 3, 8, 8), "meta": torch.zeros(5, 0), "index": torch.arange(5)}]
-        per_entry = {e: predict_probs(forward, batches, runtime, 2, 3, views=views([e], identity=False))[1]
+        per_entry = {e: predict_probs(forward, batches, runtime, 2, 3, tta=tta_views([e], identity=False))[1]
                      for e in ("identity", "reverse_slices", "shifts")}
-        together = predict_probs(forward, batches, runtime, 2, 3, views=views(["reverse_slices", "shifts"]))[1]
+        together = predict_probs(forward, batches, runtime, 2, 3, tta=tta_views(["reverse_slices", "shifts"]))[1]
         np.testing.assert_allclose(combine(per_entry, ("reverse_slices", "shifts")), together, rtol=1e-5)
         assert not np.allclose(per_entry["identity"], together)
         plain = predict_probs(forward, batches, runtime, 2, 3)[1]
-        assert np.array_equal(plain, predict_probs(forward, batches, runtime, 2, 3, views=views(["identity"]))[1])
+        assert np.array_equal(plain, predict_probs(forward, batches, runtime, 2, 3, tta=tta_views(["identity"]))[1])
     finally:
         teardown_runtime(runtime)
 

@@ -161,6 +161,7 @@ class RoiDataset(Dataset):
         self.epoch = 0
         self.jitter = jitter if train else None
         self.roi = roi_config(self.cache) if self.jitter is not None else None
+        self.axes = {c: task.mirror_axes(c) for c in task.conditions}  # each channel's left-right axis
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's random draws (call before each training epoch)."""
@@ -202,7 +203,7 @@ class RoiDataset(Dataset):
         files = item["files"]
         channel_conditions = conditions + [None] * (len(files) - len(conditions))  # views after the primary crop
         arrays = [self._load(f, self.sources[index], c, rng) for f, c in zip(files, channel_conditions)]
-        axes = self.task.mirror_axes(conditions[0])
+        axes = self.axes[conditions[0]]
         if item["mirror"]:  # canonical orientation: right-side crops shown as left ones
             arrays = [np.flip(a, axis) for a, axis in zip(arrays, axes)]
         if self.mirror_p and rng.random() < self.mirror_p:

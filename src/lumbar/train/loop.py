@@ -99,7 +99,7 @@ from lumbar.train.runtime import (
 )
 from lumbar.train.sampling import make_train_sampler
 from lumbar.train.tasks import Task, build_tasks, resolve_conditions, validation_score
-from lumbar.train.tta import IDENTITY, candidate_sets, choose_fold_wise, combine, usable, views
+from lumbar.train.tta import IDENTITY, candidate_sets, choose_fold_wise, combine, tta_views, usable
 
 PREDICTIONS_CSV = "predictions.csv"
 OOF_CSV = "oof.csv"
@@ -527,7 +527,7 @@ def _predict_rows(model: nn.Module, dataset: RoiDataset, task: Task, config: Tra
     for entry in (IDENTITY, *(c for c in usable(config.tta, task.crop_kinds) if c != IDENTITY)):
         # one pass per entry: a fold's crops at the competition's size are GBs, too many to hold for all passes
         idx, probs, _ = predict_probs(model, loader, runtime, task.num_targets, task.num_classes,
-                                      max_batches=max_batches, views=views([entry], identity=False))
+                                      max_batches=max_batches, tta=tta_views([entry], identity=False))
         tables[entry] = task.prediction_rows(dataset.items.iloc[idx], probs)
     return tables
 

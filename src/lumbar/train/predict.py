@@ -68,7 +68,7 @@ def batch_to_device(batch: dict[str, Any], runtime: Runtime, model: nn.Module) -
 @torch.no_grad()
 def predict_probs(model: nn.Module, loader: Iterable[dict[str, Any]], runtime: Runtime, num_targets: int, num_classes: int,
                   loss_fn=None, class_weights: Iterable[float] | None = None, max_batches: int = 0,
-                  views: Sequence[Callable[[torch.Tensor], torch.Tensor]] = ()) -> tuple[np.ndarray, np.ndarray, float]:
+                  tta: Sequence[Callable[[torch.Tensor], torch.Tensor]] = ()) -> tuple[np.ndarray, np.ndarray, float]:
     """Class probabilities of every item of a loader, gathered over DDP ranks.
 
     Args:
@@ -79,7 +79,7 @@ def predict_probs(model: nn.Module, loader: Iterable[dict[str, Any]], runtime: R
         num_targets, num_classes: the task's output shape.
         loss_fn, class_weights: when given, also the weighted loss over labelled targets.
         max_batches: stop after this many batches (0 = all).
-        views: test-time views of the image batch (`lumbar.train.tta.views`); the probabilities are the mean
+        tta: test-time views of the image batch (`lumbar.train.tta.tta_views`); the probabilities are the mean
             of their softmax (the loss is of that mean). Empty or one view: one pass, as without TTA.
 
     Returns:
@@ -94,12 +94,12 @@ def predict_probs(model: nn.Module, loader: Iterable[dict[str, Any]], runtime: R
             break
         x, meta = batch_to_device(batch, runtime, model)
         with runtime.autocast():
-            if len(views) > 1:
+            if len(tta) > 1:
                 p = sum(torch.softmax(model(v(x), meta).float().reshape(len(x), num_targets, num_classes), dim=-1)
-                        for v in views) / len(views)
+                        for v in tta) / len(tta)
                 logits = torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))  # softmax(log p) = p
             else:
-                x = views[0](x) if views else x
+                x = tta[0](x) if tta else x
                 logits = model(x, meta).float().reshape(len(x), num_targets, num_classes)
         if loss_fn is not None:
             target = batch["target"].to(runtime.device, non_blocking=True)
@@ -243,7 +243,7 @@ class RunPredictor:
     def predict(self, cache_dir: str | Path, study_ids: Iterable[int] | None = None) -> pd.DataFrame:
         """The fold-averaged submission table of every sample of an ROI cache (see `predict_cache`)."""
         from lumbar.train.dataset import RoiDataset, read_cache
-        from lumbar.train.tta import views
+        from lumbar.train.tta import tta_views
 
         cache = read_cache(cache_dir)
         shape = [cache.depth, cache.height, cache.width]
@@ -258,11 +258,11 @@ class RunPredictor:
             # read once, for every fold model (a chunk's crops of one unit are tens of MiB at most)
             batches = list(eval_loader(RoiDataset(cache, task, items), self.batch_size, self.workers, self.runtime))
             total = np.zeros((len(items), task.num_targets, task.num_classes))
-            unit_views = views(self.tta[task.name])
+            unit_views = tta_views(self.tta[task.name])
             for model in models:
                 t = time.perf_counter()
                 idx, probs, _ = predict_probs(model, batches, self.runtime, task.num_targets, task.num_classes,
-                                              views=unit_views)
+                                              tta=unit_views)
                 self.forward_seconds += time.perf_counter() - t
                 total[idx] += probs
             tables.append(task.prediction_rows(items, total / len(models)))

@@ -114,7 +114,7 @@ class Task:
     def in_channels(self) -> int:
         return 1 + len(self.views) if self.layout == "crop" else len(self.conditions)
 
-    def channel_series(self, condition: str | None = None) -> tuple[str, ...]:
+    def channel_kinds(self, condition: str | None = None) -> tuple[str, ...]:
         """The kind of crop each input channel holds (`lumbar.preprocess.views.View.kind` for a view); for the
         "crop" layout, of the item whose condition is given (default: the unit's first)."""
         from lumbar.preprocess.views import get_view
@@ -126,10 +126,10 @@ class Task:
     @property
     def crop_kinds(self) -> frozenset[str]:
         """Every kind of crop the unit reads, over its conditions and channels (for test-time augmentation)."""
-        return frozenset(k for c in self.conditions for k in self.channel_series(c))
+        return frozenset(k for c in self.conditions for k in self.channel_kinds(c))
 
     def mirror_axes(self, condition: str | None = None) -> tuple[int, ...]:
-        """The left-right axis of each input channel's crop (see `channel_series`)."""
+        """The left-right axis of each input channel's crop (see `channel_kinds`)."""
         from lumbar.preprocess.views import get_view
 
         if self.layout == "channels":
@@ -244,7 +244,7 @@ class Task:
 
 def _view_files(rows: pd.DataFrame, views: pd.DataFrame | None, view: str) -> list[str | None]:
     """Each primary sample's file of a second view, None where the view is missing for it."""
-    if views is None or not (views["view"] == view).any():
+    if views is None or "view" not in views or not (views["view"] == view).any():
         raise ValueError(f"the cache holds no {view!r} view; build it with RoiConfig views including {view!r}")
     files = views[views["view"] == view].set_index("sample_id")["file"]
     found = files.reindex(rows["sample_id"].astype(str) + f"@{view}")

@@ -6,7 +6,7 @@ left-right mirror of a Sagittal T2 stack around the midline (spinal canal) or he
 around a disc (subarticular), but not of a Sagittal T1 stack around one foramen, whose slices run from the
 canal outwards; "shifts" moves the crop two ways in-plane by 1/16 of its size (edges replicated), as the
 localizer's error would, on every series. The prediction of a TTA set is the mean of the softmax over the
-identity and every view of its entries (`views`).
+identity and every view of its entries (`tta_views`).
 
 Which set helps is measured, not assumed: `TrainConfig.tta` lists the candidate entries; after training
 every unit (condition group) predicts its held-out items once per entry `usable` on its series, and each
@@ -32,7 +32,7 @@ from lumbar.preprocess.views import LATERAL_T2
 from lumbar.registry import Registry
 
 ViewFn = Callable[[torch.Tensor], torch.Tensor]
-#: The kinds of crop (`lumbar.train.tasks.Task.channel_series`): the three series and an off-midline Sagittal
+#: The kinds of crop (`lumbar.train.tasks.Task.channel_kinds`): the three series and an off-midline Sagittal
 #: T2/STIR view (`lumbar.preprocess.views.LATERAL_T2`), whose slices, like a foramen's, run from the canal outwards.
 ALL_SERIES = frozenset({SAGITTAL_T1, SAGITTAL_T2, AXIAL_T2, LATERAL_T2})
 IDENTITY = "identity"
@@ -100,7 +100,7 @@ def _shifts() -> list[ViewFn]:
     return [view(1), view(-1)]
 
 
-def views(names: Sequence[str], identity: bool = True) -> list[ViewFn]:
+def tta_views(names: Sequence[str], identity: bool = True) -> list[ViewFn]:
     """The view functions of TTA entries, after the identity when `identity`.
 
     Raises:
