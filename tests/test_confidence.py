@@ -75,6 +75,25 @@ def test_true_level_sets_pass_and_broken_ones_are_flagged(synthetic_dir):
     assert set(sub["level"]) <= {"l1_l2"} and any("axial slice" in n for n in notes) == (len(sub) > 0)
 
 
+def test_a_column_that_disagrees_at_most_levels_fails_at_all_of_them(synthetic_dir):
+    coords, index = _truth(synthetic_dir)
+    study = next(s for s, r in coords.groupby("study_id") if {SPINAL, LEFT_FORAMEN} <= set(r["condition"]))
+    rows, geometry = coords[coords["study_id"] == study].reset_index(drop=True), index[index["study_id"] == study]
+    columns = geometry.drop_duplicates("instance_number").set_index("instance_number")["columns"]
+
+    def moved(levels):  # the canal pushed a third of the image front-to-back at these levels
+        out = rows.copy()
+        at = (out["condition"] == SPINAL) & out["level"].isin(levels)
+        out.loc[at, "x"] += columns[out.loc[at, "instance_number"]].to_numpy() / 3
+        return check_level_set(out, geometry)
+
+    checked, notes = moved(LEVELS[2:])
+    assert _flagged(checked, SPINAL) == set(LEVELS) and any("all failed" in n for n in notes)
+    assert not _flagged(checked, LEFT_FORAMEN)
+    checked, notes = moved(LEVELS[3:])  # two levels: those two (and any off the line), not the column
+    assert set(LEVELS[3:]) <= _flagged(checked, SPINAL) and not any("all failed" in n for n in notes)
+
+
 def test_row_confidence_uses_the_floor_for_implausible_points_and_one_for_ground_truth(synthetic_dir):
     coords, _ = _truth(synthetic_dir)
     assert row_confidence(coords)["confidence"].eq(1.0).all()

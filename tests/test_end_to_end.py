@@ -262,6 +262,10 @@ def test_fresh_eval_scores_a_new_synthetic_set_and_names_the_worst_studies(tiny_
     coords = load_coordinates(folder / "coordinates.csv")
     assert {"confidence", "plausible"} <= set(coords.columns) and coords["confidence"].between(0, 1).all()
     assert "study_max=" in result_line(result) and "localize" in result
+    tails = result["tails"]  # the oracle's and the prior's tails on the same targets, beside the run's
+    assert set(tails) == {"oracle", "prior", "oracle_excess_over_8", "prior_excess_over_8"}
+    assert 0 <= tails["oracle_excess_over_8"] <= result["targets_over_8"]
+    assert "oracle: targets_over_8=" in result_line(result)
 
 
 def _two_member_run(tiny_run: Path, dst: Path, weights: list[float]) -> tuple[Path, list[str]]:

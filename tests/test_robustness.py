@@ -5,7 +5,13 @@ import numpy as np
 from lumbar.constants import CONDITION_GROUP, GRADES
 from lumbar.data.tables import load_labels, load_submission
 from lumbar.evaluate.metric import TERMS, competition_score
-from lumbar.evaluate.robustness import loss_summary, robustness_report, study_losses, target_losses
+from lumbar.evaluate.robustness import (
+    loss_summary,
+    reference_tails,
+    robustness_report,
+    study_losses,
+    target_losses,
+)
 
 
 def _noisy_oracle(synthetic_dir, seed=0):
@@ -45,3 +51,20 @@ def test_one_confidently_wrong_target_is_the_worst_and_is_counted(synthetic_dir)
     summary, studies, targets = robustness_report(labels, sub)
     assert targets.iloc[0]["row_id"] == row and summary["targets_over_8"] >= 1
     assert summary["worst_studies"][0] == target.study_id == studies.iloc[0]["study_id"]
+
+
+def test_reference_tails_separate_the_labels_misses_from_the_pipelines(synthetic_dir):
+    """A target above 8 that the oracle also pays is not counted as the pipeline's excess; one it does not is."""
+    labels = load_labels(synthetic_dir / "train.csv")
+    oracle = _noisy_oracle(synthetic_dir, seed=2)
+    oracle = oracle[oracle["row_id"].str.split("_").str[0].astype(int).isin(labels["study_id"])].reset_index(drop=True)
+    normal = labels[labels["grade"] == 0].head(2)
+    rows = [f"{t.study_id}_{t.condition}_{t.level}" for t in normal.itertuples()]
+    wrong = [0.0001, 0.0001, 0.9998]
+    sub = oracle.copy()
+    sub.loc[sub["row_id"].isin(rows), list(GRADES)] = wrong  # both targets lost by the pipeline
+    oracle.loc[oracle["row_id"] == rows[0], list(GRADES)] = wrong  # the first one lost by the oracle too
+    _, _, targets = robustness_report(labels, sub)
+    tails = reference_tails(targets, labels, {"oracle": oracle})
+    assert tails["oracle"]["targets_over_8"] >= 1 and tails["oracle"]["target_max"] > 8
+    assert tails["oracle_excess_over_8"] == 1  # the other row, and any the two share, are not the pipeline's

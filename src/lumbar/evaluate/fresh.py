@@ -27,7 +27,7 @@ from lumbar.data.tables import (
 )
 from lumbar.evaluate.baselines import prior_submission
 from lumbar.evaluate.metric import competition_score
-from lumbar.evaluate.robustness import robustness_report, summary_line
+from lumbar.evaluate.robustness import reference_tails, robustness_report, summary_line, tails_line
 from lumbar.manifest import read_manifest
 
 
@@ -50,7 +50,8 @@ def fresh_eval(run_dir: str | os.PathLike, out: str | os.PathLike, seed: int, te
     Returns:
         The summary written to `fresh_eval.json`: test score, oracle and prior (the prior from the run's own
         training labels when its data folder is still there, else from the fresh set's few train studies),
-        the loss distribution (`robustness.loss_summary`), the worst studies and the localisation summary.
+        the loss distribution (`robustness.loss_summary`), the worst studies, the oracle's and the prior's loss
+        tails on the same targets (`robustness.reference_tails`) and the localisation summary.
     """
     from lumbar.data.index import load_or_build_index
     from lumbar.data.synthetic import SynthConfig, generate
@@ -72,14 +73,17 @@ def fresh_eval(run_dir: str | os.PathLike, out: str | os.PathLike, seed: int, te
     prior_labels = run_training_labels(run_dir)
     prior_labels = prior_labels if prior_labels is not None else load_labels(data / "train.csv")
     summary, per_study, per_target = robustness_report(labels, submission)
+    oracle = rows_of_studies(load_submission(data / "oracle.csv"), studies)
+    prior = prior_submission(prior_labels, studies, smoothing=1.0)
     result = {
         "run": str(run_dir), "seed": seed, "image_size": image_size, "stir_rate": stir_rate,
         "test_studies": len(studies),
         "test_score": competition_score(labels, submission).score,
-        "oracle": competition_score(labels, rows_of_studies(load_submission(data / "oracle.csv"), studies)).score,
-        "prior": competition_score(labels, prior_submission(prior_labels, studies, smoothing=1.0)).score,
+        "oracle": competition_score(labels, oracle).score,
+        "prior": competition_score(labels, prior).score,
         "fallback_studies": len(report.fallback_rows),
         **summary,
+        "tails": reference_tails(per_target, labels, {"oracle": oracle, "prior": prior}),
     }  # fmt: skip
     if report.coordinates is not None and len(report.coordinates):
         write_coordinates(report.coordinates, folder / "coordinates.csv")
@@ -96,7 +100,8 @@ def result_line(r: dict) -> str:
     head = (f"fresh-eval: seed={r['seed']} image_size={r['image_size']} stir_rate={r['stir_rate']:g} "
             f"studies={r['test_studies']} test_score={r['test_score']:.4f} oracle={r['oracle']:.4f} "
             f"prior={r['prior']:.4f}")  # fmt: skip
-    return head + " " + summary_line(r) + f" worst_studies={r['worst_studies']}"
+    line = head + " " + summary_line(r) + f" worst_studies={r['worst_studies']}"
+    return line + ("\n  beside it, " + tails_line(r["tails"]) if "tails" in r else "")
 
 
 def cli_fresh_eval(args: argparse.Namespace) -> int:

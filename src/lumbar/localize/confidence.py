@@ -11,7 +11,10 @@ anatomy catches those, so each study's points are checked in patient space (mm, 
   canal's curvature bends it much less than that).
 - **agreement**: seen from the side (patient left-right left out), the canal point and the two foramina of a
   level nearly coincide: each lies within `agreement` median gaps of their median (of the other, when only
-  two), so the series that disagrees is named: a flipped series, a column shifted by one level.
+  two), so the series that disagrees is named: a flipped series, a column shifted by one level. A column
+  that disagrees at `column_disagreement` of its five levels fails at all five: a series is registered right
+  or not, and a mirrored one agrees by chance only near the image's centre (seen on a flipped test series:
+  three levels flagged, the two that passed were as wrong).
 - **axial**: the subarticular points of a level come from the axial slice nearest the canal point; a slice
   farther than `axial_mm` from it fails them. (A doubtful canal point does not: on the synthetic test set
   most subarticular points under a failed canal point were within 3 mm, their own heatmap confidence
@@ -55,6 +58,7 @@ class Limits:
     off_line: float = 0.5
     agreement: float = 0.7
     axial_mm: float = 10.0
+    column_disagreement: int = 3
 
 
 def _column_failures(points: np.ndarray, limits: Limits) -> tuple[np.ndarray, float, list[str]]:
@@ -107,6 +111,7 @@ def check_level_set(coords: pd.DataFrame, index: pd.DataFrame, axial_distance_mm
         out.loc[np.asarray(ordered)[failed], "plausible"] = 0
         medians.append(median)
         notes += [f"{condition}: {r}" for r in reasons]
+    disagree: dict[str, int] = {}
     if medians:
         unit = float(np.median(medians))
         for level in LEVELS:
@@ -120,7 +125,12 @@ def check_level_set(coords: pd.DataFrame, index: pd.DataFrame, axial_distance_mm
                 off = float(np.linalg.norm(p - centre)) if centre is not None else float(np.linalg.norm(sagittal[0] - sagittal[1]))
                 if off > limits.agreement * unit:
                     out.loc[r, "plausible"] = 0
+                    disagree[out.loc[r, "condition"]] = disagree.get(out.loc[r, "condition"], 0) + 1
                     notes.append(f"{out.loc[r, 'condition']} {level}: {off:.0f} mm from the level's other points")
+        for condition, count in disagree.items():  # a series that disagrees at most levels lies at all of them
+            if count >= limits.column_disagreement:
+                out.loc[out["condition"] == condition, "plausible"] = 0
+                notes.append(f"{condition}: disagrees with the other columns at {count} of 5 levels, all failed")
     for r in out.index[out["condition"].isin(SUBARTICULAR)]:
         if (axial_distance_mm or {}).get(out.loc[r, "level"], 0.0) > limits.axial_mm:
             out.loc[r, "plausible"] = 0
