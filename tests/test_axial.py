@@ -3,7 +3,7 @@ import pandas as pd
 from lumbar.cli import main
 from lumbar.data.index import build_index
 from lumbar.data.tables import load_coordinates
-from lumbar.localize.axial import map_axial
+from lumbar.localize.axial import foramina_offset_mm, map_axial
 
 SAMPLE_STUDIES = [100206310, 1002894806]
 
@@ -47,3 +47,27 @@ def test_map_axial_cli(sample_dir, tmp_path, capsys):
     out = pd.read_csv(tmp_path / "ax.csv")
     assert list(out.columns[:5]) == ["study_id", "level", "axial_series_id", "instance_number", "distance_mm"]
     assert out["axial_series_id"].dtype.kind == "i"
+
+
+def test_foramina_anchor_the_axial_slice_when_the_canal_column_is_a_level_off(synthetic_dir):
+    """The canal column shifted by one level (a lost Sagittal T2): its own points pick the neighbouring disc's
+    axial slices; the median of the canal and the offset foramina (Sagittal T1) still picks the right ones."""
+    train = load_coordinates(synthetic_dir / "train_label_coordinates.csv")
+    offset = foramina_offset_mm(train, build_index(synthetic_dir, "train", progress=False)[0])
+    assert offset is not None and 2.0 < -offset[2] < 10.0  # the foramina sit a few mm above the disc (head: +z)
+    coords = load_coordinates(synthetic_dir / "test_label_coordinates.csv")
+    index, _ = build_index(synthetic_dir, "test", progress=False)
+    truth = _subarticular_instances(coords)
+
+    def hits(table, offset_mm):
+        mapped = map_axial(table, index, foramina_offset_mm=offset_mm).dropna(subset=["instance_number"])
+        return sum(any(abs(int(r.instance_number) - t) <= 1 for t in truth[(r.study_id, r.level)])
+                   for r in mapped.itertuples() if (r.study_id, r.level) in truth.index)  # fmt: skip
+
+    levels = sorted(truth.index)
+    assert hits(coords, None) == hits(coords, offset) == len(levels)  # true points: both right everywhere
+    shifted = coords.copy()
+    for _, spinal in shifted[shifted["condition"] == "spinal_canal_stenosis"].groupby("study_id"):
+        spinal = spinal.sort_values("level")  # each level takes the next one's point; L5/S1 keeps its own
+        shifted.loc[spinal.index[:-1], ["instance_number", "x", "y"]] = spinal.iloc[1:][["instance_number", "x", "y"]].to_numpy()
+    assert hits(shifted, None) <= 1 and hits(shifted, offset) >= len(levels) - 1

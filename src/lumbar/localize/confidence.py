@@ -150,9 +150,11 @@ def row_confidence(coords: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"row_id": table_row_ids(coords).to_numpy(), "confidence": np.clip(conf, FLOOR, 1.0)})
 
 
-def check_coordinates(coords: pd.DataFrame, index: pd.DataFrame, limits: Limits = Limits()) -> pd.DataFrame:
+def check_coordinates(coords: pd.DataFrame, index: pd.DataFrame, limits: Limits = Limits(),
+                      foramina_offset_mm: list[float] | None = None) -> pd.DataFrame:  # fmt: skip
     """`check_level_set` for every study of a predicted coordinates table (e.g. to re-check a saved CSV with
-    other limits); the axial distances come from mapping the canal points (`map_axial`) again."""
+    other limits); the axial distances come from mapping the levels (`map_axial`, with the localizer's
+    `foramina_offset_mm` as `localize` used it) again."""
     from lumbar.localize.axial import map_axial
 
     parts = []
@@ -161,7 +163,7 @@ def check_coordinates(coords: pd.DataFrame, index: pd.DataFrame, limits: Limits 
         spinal = rows[rows["condition"] == SPINAL]
         distance = {}
         if len(spinal) and (geometry["series_description"] == "Axial T2").any():
-            mapped = map_axial(spinal, geometry)
+            mapped = map_axial(rows, geometry, foramina_offset_mm=foramina_offset_mm)
             distance = dict(zip(mapped["level"], mapped["distance_mm"].fillna(np.inf).astype(float)))
         parts.append(check_level_set(rows, geometry, distance, limits)[0])
     return pd.concat(parts, ignore_index=True) if parts else coords.assign(plausible=pd.Series(dtype=int))

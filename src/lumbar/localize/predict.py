@@ -34,7 +34,7 @@ from lumbar.constants import AXIAL_T2, CONDITIONS, LEVELS, SAGITTAL_T1, SAGITTAL
 from lumbar.data.dicom import DicomReadError, Series, Stack, patient_to_pixel, read_series
 from lumbar.data.index import load_or_build_index, series_geometry
 from lumbar.data.tables import COORDINATE_COLUMNS, write_coordinates
-from lumbar.localize.axial import AXIAL_MAP_COLUMNS, map_axial, sagittal_points_mm
+from lumbar.localize.axial import AXIAL_MAP_COLUMNS, level_anchors, map_axial
 from lumbar.localize.confidence import check_level_set
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.heatmap import decode_columns, decode_heatmaps, point_confidence
@@ -146,6 +146,9 @@ class Localizer:
                 into.setdefault(key, []).append(model)
         self.models = {k: ProbabilityMean(v, start_dim=2).to(self.device).eval() for k, v in heatmaps.items()}
         self.scorers = {k: ProbabilityMean(v, start_dim=1).to(self.device).eval() for k, v in scorers.items()}
+        offsets = [e["foramina_offset_mm"] for e in chosen if e.get("foramina_offset_mm") is not None]
+        # where each level's axial slice is looked for (`lumbar.localize.axial.level_anchors`); older runs: the canal
+        self.foramina_offset_mm = np.mean(offsets, axis=0).tolist() if offsets else None
         self.forward_seconds = 0.0  # inside the heatmap models (the rest of localisation is reading and resampling)
 
     @torch.no_grad()
@@ -258,7 +261,8 @@ class Localizer:
         elif spinal is None:
             notes.append("no spinal points to map onto the axial series -> no subarticular points")
         else:
-            found, axial_notes = axial_slices(spinal, index, axial_max_distance_mm)
+            found, axial_notes = axial_slices(pd.concat(parts, ignore_index=True), index, axial_max_distance_mm,
+                                              self.foramina_offset_mm)  # fmt: skip
             notes += axial_notes
             far = [(study_id, r.level, float(r.distance_mm)) for r in found.itertuples() if r.distance_mm > 10.0]
             axial_distance = dict(zip(found["level"], found["distance_mm"].astype(float)))
@@ -276,9 +280,10 @@ class Localizer:
         return table, notes, far
 
 
-def axial_slices(spinal: pd.DataFrame, index: pd.DataFrame,
-                 max_distance_mm: float = math.inf) -> tuple[pd.DataFrame, list[str]]:  # fmt: skip
-    """The axial slice of each level from predicted spinal points (`map_axial`), and notes on lost levels.
+def axial_slices(sagittal: pd.DataFrame, index: pd.DataFrame, max_distance_mm: float = math.inf,
+                 foramina_offset_mm: list[float] | None = None) -> tuple[pd.DataFrame, list[str]]:  # fmt: skip
+    """The axial slice of each level from predicted sagittal points (`map_axial`: the canal point, or with
+    `foramina_offset_mm` the median of the canal and the offset foramina), and notes on lost levels.
 
     A point that no axial slice covers in-plane (a poor sagittal prediction, or an axial series that
     misses a disc) gets the slice whose plane is nearest when `max_distance_mm` is infinite: a guess that
@@ -290,12 +295,12 @@ def axial_slices(spinal: pd.DataFrame, index: pd.DataFrame,
     axial = index[index["series_description"] == AXIAL_T2].reset_index(drop=True)
     if axial.empty:
         return pd.DataFrame(columns=AXIAL_MAP_COLUMNS), ["no Axial T2 series -> no subarticular points"]
-    mapped = map_axial(spinal, index, max_distance_mm=max_distance_mm)
+    mapped = map_axial(sagittal, index, max_distance_mm=max_distance_mm, foramina_offset_mm=foramina_offset_mm)
     notes = []
     uncovered = mapped["distance_mm"].isna()
     if uncovered.any() and math.isinf(max_distance_mm):
         levels = mapped.loc[uncovered, "level"]
-        pts = sagittal_points_mm(spinal.set_index("level").loc[levels].reset_index(), index)
+        pts = level_anchors(sagittal, index, foramina_offset_mm).set_index("level").loc[levels].reset_index()
         g = series_geometry(axial)
         best, x, y, dist = patient_to_pixel(g["positions"], g["orientations"], g["spacings"],
                                             pts[["px", "py", "pz"]].to_numpy())  # fmt: skip

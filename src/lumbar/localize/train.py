@@ -31,6 +31,7 @@ from lumbar.data.index import load_or_build_index
 from lumbar.data.tables import load_coordinates
 from lumbar.fallback import MAX_FALLBACK_SHARE, check_fallbacks
 from lumbar.localize.augment import random_affine, random_depth_affine, random_intensity, random_mirror
+from lumbar.localize.axial import foramina_offset_mm
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.fit import fit, save_state
 from lumbar.localize.heatmap import HeatmapNet, heatmap_loss
@@ -266,6 +267,7 @@ def train_localizer(config: LocalizerConfig, data_dir: str | os.PathLike | None,
         manifest = _train_all(config, placed, root, run, runtime, progress, t0, member)
     finally:
         teardown_runtime(runtime)
+    manifest["foramina_offset_mm"] = foramina_offset_mm(placed, index)  # the axial anchors (localize.axial)
     if member is None:
         update_manifest(run, MANIFEST_KEY, manifest)
     return manifest
