@@ -56,6 +56,8 @@ class LocalizerConfig:
         refine_size: that square in pixels.
         refine_jitter_mm: training shifts the crop centre by up to this much (the heatmap's in-plane error).
         refine_epochs: epochs of each slice scorer (0 = `epochs`); each epoch sees every labelled point.
+        canal_repair_mm: at prediction, a canal point farther than this from where the two foramina put its
+            level is moved there (`lumbar.localize.repair`; 0 = never).
         device: "auto" (CUDA when present), "cpu" or "cuda[:i]".
         amp: mixed precision on CUDA (ignored on CPU).
         seed: random seed of initialisation, shuffling and augmentation.
@@ -96,6 +98,7 @@ class LocalizerConfig:
     refine_size: int = 24
     refine_jitter_mm: float = 3.0
     refine_epochs: int = 4
+    canal_repair_mm: float = 5.0
     device: str = "auto"
     amp: bool = True
     seed: int = 0

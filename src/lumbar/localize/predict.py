@@ -38,6 +38,7 @@ from lumbar.localize.axial import AXIAL_MAP_COLUMNS, level_anchors, map_axial
 from lumbar.localize.confidence import check_level_set
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.heatmap import decode_columns, decode_heatmaps, point_confidence
+from lumbar.localize.repair import repair_canal
 from lumbar.localize.slice_refine import refine_slices
 from lumbar.localize.tasks import TASKS, Task
 from lumbar.localize.train import MANIFEST_KEY, build_model, build_scorer, crop_geometry
@@ -255,6 +256,13 @@ class Localizer:
             parts.append(rows)
             if name == "sag_t2":
                 spinal = rows
+        if spinal is not None and len(parts) == 2:  # a canal point the foramina contradict moves to their level
+            both, repaired = repair_canal(pd.concat(parts, ignore_index=True), index, self.foramina_offset_mm,
+                                          self.config.canal_repair_mm)  # fmt: skip
+            is_canal = both["condition"].isin(spinal["condition"].unique())
+            spinal = both[is_canal].reset_index(drop=True)
+            parts = [spinal, both[~is_canal].reset_index(drop=True)]
+            notes += repaired
         far, axial_distance = [], {}
         if "axial" not in self.models:
             notes.append("no axial model in the run -> no subarticular points")

@@ -1,0 +1,61 @@
+"""Repair a canal point that the foramina contradict.
+
+The canal points come from one series (Sagittal T2/STIR), the foramina from another (Sagittal T1). When the
+canal series misleads the localizer (a fat-suppressed STIR it rarely saw, low contrast, a partial field of
+view) its points leave the canal while both foramina of the level still agree with each other. Each level's
+anchor (`lumbar.localize.axial.level_anchors`: the median of the canal point and the two foramen points moved
+by the learned foramina-to-canal offset) is then where the evidence puts the canal. A canal point more than
+`max_mm` from its anchor is moved to the anchor's projection on the canal series' nearest slice; its
+confidence becomes the mean of the two foramina's (the evidence that placed it). A canal point that agrees is
+kept as predicted, so a good Sagittal T2 loses nothing.
+
+Measured on fresh synthetic sets (docs/localizer.md): the canal points more than 10 mm off in the sagittal
+plane 7.6 % -> 0 % (STIR 25 %) and 29.8 % -> 0 % (STIR 90 %).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from lumbar.data.dicom import patient_to_pixel
+from lumbar.data.index import series_geometry
+from lumbar.localize.axial import FORAMINA, SPINAL, level_anchors, sagittal_points_mm
+
+
+def repair_canal(coords: pd.DataFrame, index: pd.DataFrame, foramina_offset_mm: Sequence[float] | None,
+                 max_mm: float = 5.0) -> tuple[pd.DataFrame, list[str]]:  # fmt: skip
+    """One study's predicted rows with the contradicted canal points moved to their anchors, and a note each.
+
+    Args:
+        coords: the study's predicted rows (`PREDICTED_COLUMNS`: canal and foramina; others pass through).
+        index: the study's header index rows.
+        foramina_offset_mm: the localizer's learned offset (None: nothing is repaired).
+        max_mm: a canal point farther than this from its anchor is moved (0: never).
+    """
+    out = coords.reset_index(drop=True).copy()
+    if foramina_offset_mm is None or max_mm <= 0 or not (out["condition"] == SPINAL).any():
+        return out, []
+    anchors = level_anchors(out, index, foramina_offset_mm).set_index("level")
+    canal = out.index[out["condition"] == SPINAL]
+    points = sagittal_points_mm(out.loc[canal], index).set_index(canal)
+    notes = []
+    for r in canal:
+        level = out.at[r, "level"]
+        foramina = out[(out["level"] == level) & out["condition"].isin(FORAMINA)]
+        if level not in anchors.index or len(foramina) < 2:
+            continue
+        anchor = anchors.loc[level, ["px", "py", "pz"]].to_numpy(float)
+        here = points.loc[r, ["px", "py", "pz"]].to_numpy(float)
+        if np.isnan(anchor).any() or np.isnan(here).any() or np.linalg.norm(here - anchor) <= max_mm:
+            continue
+        series = index[index["series_id"] == out.at[r, "series_id"]].drop_duplicates("instance_number")
+        g = series_geometry(series)
+        best, x, y, _ = patient_to_pixel(g["positions"], g["orientations"], g["spacings"], anchor)
+        out.at[r, "instance_number"] = int(series["instance_number"].iloc[int(best)])
+        out.at[r, "x"], out.at[r, "y"] = float(x), float(y)
+        out.at[r, "confidence"] = float(foramina["confidence"].mean())
+        notes.append(f"canal {level} {np.linalg.norm(here - anchor):.0f} mm from the foramina's level -> moved there")
+    return out, notes
