@@ -3,8 +3,9 @@
 A small localizer is trained for real on synthetic studies; one test study's Sagittal T2 is then replaced by
 noise and another's by its front-to-back mirror (the headers kept, so the geometry lies), and the study as it
 was stays as the control. The noise must lower the points' heatmap confidence, the mirror (sure, and wrong)
-must fail the level-set check, and a fitted widening must then bring the corrupted studies' predictions to
-about what the prior costs, where the classifier was confidently wrong.
+must fail the level-set check or, repaired to where the foramina put the canal (`lumbar.localize.repair`),
+find little support there in its own heatmaps; a fitted widening must then bring the corrupted studies'
+predictions to about what the prior costs, where the classifier was confidently wrong.
 """
 
 from __future__ import annotations
@@ -68,15 +69,14 @@ def _canal(coords):
     return spinal["confidence"].median(), spinal["plausible"].min()
 
 
-def test_noise_lowers_the_confidence_and_a_mirror_fails_the_level_set_check(lost):
+def test_a_noise_or_mirrored_sagittal_t2_gives_doubtful_canal_points(lost):
     _, clean, coords, study = lost
     confidence_before, plausible_before = _canal(clean)
     assert plausible_before.eq(1).all() and confidence_before.min() > 0.5  # the precondition: sure when clean
     confidence, plausible = _canal(coords)
     assert plausible[study["control"]] == 1 and confidence[study["control"]] == confidence_before[study["control"]]
-    noisy = study["noise"]
-    assert confidence[noisy] < 0.5 * confidence_before[noisy] or plausible[noisy] == 0
-    assert plausible[study["mirror"]] == 0  # sure of itself, but the canal and the foramina disagree
+    for lost in (study["noise"], study["mirror"]):  # doubtful: flagged, or the canal maps have little mass there
+        assert confidence[lost] < 0.5 * confidence_before[lost] or plausible[lost] == 0
     foramina = coords[coords["condition"].str.contains("foraminal")]
     assert foramina.groupby("study_id")["plausible"].min().eq(1).all()  # the series that lies is the one named
 
@@ -96,12 +96,13 @@ def test_widened_predictions_of_the_lost_studies_cost_about_the_prior(lost):
     wrong[np.arange(len(ids)), (grade + 1) % 3] = 0.99
     classifier = rows.assign(**{g: wrong[:, i] for i, g in enumerate(GRADES)})
 
-    rng = np.random.default_rng(1)  # out-of-fold rows: sure crops right, doubtful crops wrong
+    # out-of-fold rows: crops with less than half the typical clean confidence (the first test's margin) wrong
+    rng = np.random.default_rng(1)
     n = 600
-    conf_oof = np.where(rng.random(n) < 0.2, rng.uniform(0.0005, 0.05, n), rng.uniform(0.4, 0.95, n))
+    conf_oof = np.where(rng.random(n) < 0.2, rng.uniform(0.0005, 0.45, n), rng.uniform(0.5, 0.95, n))
     true_oof = rng.choice(3, n, p=[0.7, 0.2, 0.1])
     probs_oof = np.full((n, 3), 0.005)
-    probs_oof[np.arange(n), np.where(conf_oof < 0.1, (true_oof + 1) % 3, true_oof)] = 0.99
+    probs_oof[np.arange(n), np.where(conf_oof < 0.47, (true_oof + 1) % 3, true_oof)] = 0.99
     prior_oof = np.tile([0.7, 0.2, 0.1], (n, 1))
     groups_oof = np.full(n, "spinal")
 

@@ -39,5 +39,7 @@ def test_a_canal_column_a_level_off_is_moved_back_and_a_right_one_is_kept(synthe
     repaired, _ = repair_canal(lost, geometry, offset)
     moved = repaired["condition"].eq(SPINAL) & repaired["x"].ne(lost["x"])
     assert moved.sum() == 4 and repaired.loc[moved, "confidence"].eq(0.6).all()
+    doubted, _ = repair_canal(lost, geometry, offset, evidence=lambda moved: np.full(len(moved), 0.05))
+    assert doubted.loc[moved, "confidence"].eq(0.05).all()  # the canal series' own support caps it
     nothing, notes = repair_canal(lost, geometry, None)  # no learned offset (an older run): nothing repaired
     assert not notes and nothing[["x", "y"]].equals(lost[["x", "y"]])

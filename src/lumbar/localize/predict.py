@@ -152,12 +152,19 @@ class Localizer:
         self.foramina_offset_mm = np.mean(offsets, axis=0).tolist() if offsets else None
         self.forward_seconds = 0.0  # inside the heatmap models (the rest of localisation is reading and resampling)
 
+    @property
+    def radii(self) -> tuple[int, int]:
+        """The window of `point_confidence`: about two target spreads, in heatmap pixels and slice bins."""
+        return max(1, math.ceil(2 * self.config.sigma_px)), max(1, math.ceil(2 * self.config.sigma_slices))
+
     @torch.no_grad()
-    def predict(self, task: str, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, task: str, inputs: np.ndarray,
+                heatmaps: list[torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
         """Normalised points (B, K, 3) = (u, v, z) for model inputs (B, C, S, S), and each point's confidence
         (B, K): its heatmap's probability mass within about two target spreads of it (`point_confidence`).
 
         Sagittal tasks decode each column of 5 levels jointly (`decode_columns`), in head-to-foot order.
+        `heatmaps`, when given, receives the logits (for `canal_evidence`).
         """
         t = time.perf_counter()
         x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(self.device)
@@ -168,13 +175,32 @@ class Localizer:
             points = decode_columns(logits, columns)
         else:
             points = decode_heatmaps(logits)[0]
-        radius_px, radius_slices = (max(1, math.ceil(2 * s)) for s in (self.config.sigma_px, self.config.sigma_slices))
-        confidence = point_confidence(logits, points, radius_px, radius_slices)
+        confidence = point_confidence(logits, points, *self.radii)
+        if heatmaps is not None:
+            heatmaps.append(logits)
         points, confidence = points.cpu().numpy(), confidence.cpu().numpy()
         self.forward_seconds += time.perf_counter() - t
         return points, confidence
 
-    def sagittal_points(self, task: Task, study_id: int, series_id: int, stack: Stack) -> pd.DataFrame:
+    @torch.no_grad()
+    def canal_evidence(self, logits: torch.Tensor, stack: Stack, rows: pd.DataFrame) -> np.ndarray:
+        """For each row (a point on `stack`), the largest heatmap mass any level's canal map has near it
+        (`point_confidence` of every channel at that point): is there a disc-level canal point there at all?"""
+        instances = [int(h.instance_number) for h in stack.headers]
+        out = np.zeros(len(rows))
+        k = logits.shape[1]
+        for i, r in enumerate(rows.itertuples()):
+            if int(r.instance_number) not in instances:
+                continue
+            s = instances.index(int(r.instance_number))
+            h = stack.headers[s]
+            point = torch.tensor([(r.x + 0.5) / h.columns, (r.y + 0.5) / h.rows, s / max(len(instances) - 1, 1)],
+                                 dtype=torch.float32, device=logits.device)  # fmt: skip
+            out[i] = float(point_confidence(logits, point.expand(1, k, 3), *self.radii).max())
+        return out
+
+    def sagittal_points(self, task: Task, study_id: int, series_id: int, stack: Stack,
+                        heatmaps: list[torch.Tensor] | None = None) -> pd.DataFrame:  # fmt: skip
         """Coordinate rows of one sagittal task on a stack, each column of 5 levels ordered head to foot.
 
         The slice of each point comes from the heatmap, refined by the task's slice scorer when the run
@@ -182,7 +208,8 @@ class Localizer:
         """
         volume = stack.load()
         pixels = normalize_intensity(volume.pixels)
-        pts, conf = self.predict(task.name, sagittal_input(pixels, self.config.size, self.config.slices)[None])
+        pts, conf = self.predict(task.name, sagittal_input(pixels, self.config.size, self.config.slices)[None],
+                                 heatmaps)  # fmt: skip
         pts, conf = pts[0], conf[0]
         for start in range(0, len(task.points), len(LEVELS)):
             order = start + np.argsort(pts[start : start + len(LEVELS), 1], kind="stable")
@@ -249,16 +276,17 @@ class Localizer:
             series_id, stack_index = choice
             try:
                 stack = read_series(series_dir(root, split, study_id, series_id), skip_unreadable=True).stack(stack_index)
-                rows = self.sagittal_points(task, study_id, series_id, stack)
+                heatmaps: list[torch.Tensor] = []
+                rows = self.sagittal_points(task, study_id, series_id, stack, heatmaps)
             except DicomReadError as e:
                 notes.append(f"{description} series {series_id} unreadable ({e}) -> no {what} points")
                 continue
             parts.append(rows)
             if name == "sag_t2":
-                spinal = rows
+                spinal, canal_maps = rows, (heatmaps[0], stack)
         if spinal is not None and len(parts) == 2:  # a canal point the foramina contradict moves to their level
             both, repaired = repair_canal(pd.concat(parts, ignore_index=True), index, self.foramina_offset_mm,
-                                          self.config.canal_repair_mm)  # fmt: skip
+                                          self.config.canal_repair_mm, lambda moved: self.canal_evidence(*canal_maps, moved))  # fmt: skip
             is_canal = both["condition"].isin(spinal["condition"].unique())
             spinal = both[is_canal].reset_index(drop=True)
             parts = [spinal, both[~is_canal].reset_index(drop=True)]
