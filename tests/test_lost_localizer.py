@@ -75,8 +75,8 @@ def test_a_noise_or_mirrored_sagittal_t2_gives_doubtful_canal_points(lost):
     assert plausible_before.eq(1).all() and confidence_before.min() > 0.5  # the precondition: sure when clean
     confidence, plausible = _canal(coords)
     assert plausible[study["control"]] == 1 and confidence[study["control"]] == confidence_before[study["control"]]
-    for lost in (study["noise"], study["mirror"]):  # doubtful: flagged, or the canal maps have little mass there
-        assert confidence[lost] < 0.5 * confidence_before[lost] or plausible[lost] == 0
+    for corrupted in (study["noise"], study["mirror"]):  # doubtful: flagged, or the canal maps have little mass there
+        assert confidence[corrupted] < 0.5 * confidence_before[corrupted] or plausible[corrupted] == 0
     foramina = coords[coords["condition"].str.contains("foraminal")]
     assert foramina.groupby("study_id")["plausible"].min().eq(1).all()  # the series that lies is the one named
 
