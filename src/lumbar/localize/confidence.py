@@ -34,10 +34,8 @@ import pandas as pd
 
 from lumbar.constants import LEVELS
 from lumbar.data.tables import table_row_ids
-from lumbar.localize.axial import sagittal_points_mm
+from lumbar.localize.axial import FORAMINA, SPINAL, sagittal_points_mm
 
-SPINAL = "spinal_canal_stenosis"
-FORAMINA = ("left_neural_foraminal_narrowing", "right_neural_foraminal_narrowing")
 SUBARTICULAR = ("left_subarticular_stenosis", "right_subarticular_stenosis")
 
 #: Confidence given to rows of an implausible point (the ensemble's widening reads it as "lost").

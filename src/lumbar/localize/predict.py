@@ -34,7 +34,7 @@ from lumbar.constants import AXIAL_T2, CONDITIONS, LEVELS, SAGITTAL_T1, SAGITTAL
 from lumbar.data.dicom import DicomReadError, Series, Stack, patient_to_pixel, read_series
 from lumbar.data.index import load_or_build_index, series_geometry
 from lumbar.data.tables import COORDINATE_COLUMNS, write_coordinates
-from lumbar.localize.axial import AXIAL_MAP_COLUMNS, level_anchors, map_axial
+from lumbar.localize.axial import AXIAL_MAP_COLUMNS, SPINAL, level_anchors, map_axial
 from lumbar.localize.confidence import check_level_set
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.heatmap import decode_columns, decode_heatmaps, point_confidence
@@ -276,8 +276,8 @@ class Localizer:
             series_id, stack_index = choice
             try:
                 stack = read_series(series_dir(root, split, study_id, series_id), skip_unreadable=True).stack(stack_index)
-                heatmaps: list[torch.Tensor] = []
-                rows = self.sagittal_points(task, study_id, series_id, stack, heatmaps)
+                heatmaps: list[torch.Tensor] = []  # the canal maps, kept for the repair's evidence
+                rows = self.sagittal_points(task, study_id, series_id, stack, heatmaps if name == "sag_t2" else None)
             except DicomReadError as e:
                 notes.append(f"{description} series {series_id} unreadable ({e}) -> no {what} points")
                 continue
@@ -287,7 +287,7 @@ class Localizer:
         if spinal is not None and len(parts) == 2:  # a canal point the foramina contradict moves to their level
             both, repaired = repair_canal(pd.concat(parts, ignore_index=True), index, self.foramina_offset_mm,
                                           self.config.canal_repair_mm, lambda moved: self.canal_evidence(*canal_maps, moved))  # fmt: skip
-            is_canal = both["condition"].isin(spinal["condition"].unique())
+            is_canal = both["condition"] == SPINAL
             spinal = both[is_canal].reset_index(drop=True)
             parts = [spinal, both[~is_canal].reset_index(drop=True)]
             notes += repaired

@@ -67,13 +67,15 @@ MIRROR_CONDITION: dict[str, str] = {
     c: c.replace("left_", "right_") if CONDITION_SIDE[c] == "left" else c.replace("right_", "left_")
     for c in CONDITIONS
 }
-#: Axis of a (depth, H, W) crop that runs left-right in the patient.
-MIRROR_AXIS: dict[str, int] = {c: 2 if CONDITION_SERIES[c] == AXIAL_T2 else 0 for c in CONDITIONS}
 
 
 def series_mirror_axis(series: str) -> int:
     """The left-right axis of a (depth, H, W) crop from a series: the width on axial images, else the slices."""
     return 2 if series == AXIAL_T2 else 0
+
+
+#: Axis of a (depth, H, W) crop that runs left-right in the patient.
+MIRROR_AXIS: dict[str, int] = {c: series_mirror_axis(CONDITION_SERIES[c]) for c in CONDITIONS}
 ITEM_COLUMNS = ["item_id", "study_id", "level", "conditions", "files", "grades", "side", "mirror"]
 
 
