@@ -69,6 +69,9 @@ for name in ("timm", "monai", "pydicom", "pylibjpeg", "cv2", "pandas", "pyarrow"
     except ImportError:
         missing.append(name)
 print("missing packages:", ", ".join(missing) or "none")
+if not missing:  # what the Kaggle kernel's first check prints: capability, the build's architectures, the precision
+    from lumbar.kaggle.preflight import gpu_report
+    print(gpu_report("auto"))
 EOF
   echo '```'
 } 2>&1 | tee "$REPORT"

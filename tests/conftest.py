@@ -57,3 +57,34 @@ def tiny(tmp_path_factory):
     from _train_data import make_tiny_data
 
     return make_tiny_data(tmp_path_factory.mktemp("tiny"), n_studies=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synthetic_dir, tmp_path_factory) -> Path:
+    """A run folder trained for one epoch on the shared 3-study synthetic set: ground-truth crops, a localizer,
+    two classifiers (`_runs.ARCHS`) with 2 folds, their ensemble. Shared by every test that predicts."""
+    from _runs import ARCHS
+
+    from lumbar.data.tables import load_coordinates
+    from lumbar.ensemble.runs import fit_run_ensemble
+    from lumbar.localize.config import LocalizerConfig
+    from lumbar.localize.train import train_localizer
+    from lumbar.manifest import update_manifest
+    from lumbar.preprocess.cache import build_cache
+    from lumbar.preprocess.config import RoiConfig
+    from lumbar.train import train
+
+    run = tmp_path_factory.mktemp("run")
+    coords = load_coordinates(synthetic_dir / "train_label_coordinates.csv")
+    report = build_cache(coords, synthetic_dir, "train", run / "cache",
+                         RoiConfig.from_overrides({"size": 24, "before": 1, "after": 1}), progress=False)
+    update_manifest(run, "preprocess", {"cache": str(report.cache_dir.relative_to(run))})
+    config = LocalizerConfig.from_dict({"backbone": "resnet18", "size": 32, "slices": 8, "epochs": 1, "axial_epochs": 1,
+                                        "refine_tasks": "", "device": "cpu", "decoder_channels": 8})
+    train_localizer(config, synthetic_dir, coords, run, progress=False)
+    for arch in ARCHS:
+        train({"data_dir": str(synthetic_dir), "cache": str(report.cache_dir), "out": str(run / arch.replace(":", "_")),
+               "arch": arch, "n_folds": 2, "epochs": 1, "batch_size": 16, "device": "cpu", "progress": False,
+               "threads": 1})
+    fit_run_ensemble(run, synthetic_dir)
+    return run

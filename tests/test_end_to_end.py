@@ -1,66 +1,27 @@
 """A whole tiny run (crops, localizer, two classifiers, ensemble), then `predict` and the Kaggle bundle on it."""
 
-import importlib.metadata
 import json
 import os
 import shutil
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pandas as pd
 import pytest
 from _readonly import readonly_argv, require_mount_namespace
+from _runs import ARCHS, copy_test_split, copy_train_split, drop_series
 
 from lumbar.cli import main
-from lumbar.constants import COMPETITION_SLUG, GRADES
+from lumbar.constants import GRADES
 from lumbar.data.tables import load_coordinates, load_labels, load_submission, submission_row_ids
-from lumbar.ensemble.runs import fit_run_ensemble
 from lumbar.evaluate.metric import competition_score
 from lumbar.fallback import FallbackLimitError
 from lumbar.inference.predict import predict
-from lumbar.kaggle import KAGGLE_EXTRA_PACKAGES, build_bundle
-from lumbar.localize.config import LocalizerConfig
-from lumbar.localize.train import train_localizer
-from lumbar.manifest import read_manifest, update_manifest
-from lumbar.preprocess.cache import build_cache
-from lumbar.preprocess.config import RoiConfig
-from lumbar.train import train
+from lumbar.manifest import read_manifest
 
 pytestmark = pytest.mark.slow
-
-ARCHS = ("cnn3d", "timm25d:resnet18")
-
-
-@pytest.fixture(scope="module")
-def tiny_run(synthetic_dir, tmp_path_factory):
-    """A run folder trained for one epoch on the shared 3-study synthetic set."""
-    run = tmp_path_factory.mktemp("run")
-    coords = load_coordinates(synthetic_dir / "train_label_coordinates.csv")
-    report = build_cache(coords, synthetic_dir, "train", run / "cache", RoiConfig.from_overrides({"size": 24, "before": 1, "after": 1}),
-                         progress=False)  # fmt: skip
-    update_manifest(run, "preprocess", {"cache": str(report.cache_dir.relative_to(run))})
-    config = LocalizerConfig.from_dict({"backbone": "resnet18", "size": 32, "slices": 8, "epochs": 1, "axial_epochs": 1,
-                                        "refine_tasks": "", "device": "cpu", "decoder_channels": 8})
-    train_localizer(config, synthetic_dir, coords, run, progress=False)
-    for arch in ARCHS:
-        train({"data_dir": str(synthetic_dir), "cache": str(report.cache_dir), "out": str(run / arch.replace(":", "_")),
-               "arch": arch, "n_folds": 2, "epochs": 1, "batch_size": 16, "device": "cpu", "progress": False,
-               "threads": 1})  # fmt: skip
-    fit_run_ensemble(run, synthetic_dir)
-    return run
-
-
-def _test_only_copy(synthetic_dir: Path, dst: Path) -> Path:
-    """A data folder holding only what Kaggle's test-time folder holds (no train files)."""
-    dst.mkdir(parents=True)
-    shutil.copytree(synthetic_dir / "test_images", dst / "test_images")
-    for name in ("test_series_descriptions.csv", "sample_submission.csv"):
-        shutil.copy2(synthetic_dir / name, dst / name)
-    return dst
 
 
 def test_predict_writes_a_valid_scored_submission(tiny_run, synthetic_dir, tmp_path):
@@ -77,7 +38,7 @@ def test_predict_writes_a_valid_scored_submission(tiny_run, synthetic_dir, tmp_p
 
 
 def test_predict_with_test_files_only_and_a_missing_series(tiny_run, synthetic_dir, tmp_path, capsys):
-    data = _test_only_copy(synthetic_dir, tmp_path / "data")
+    data = copy_test_split(synthetic_dir, tmp_path / "data")
     study = min((data / "test_images").iterdir())
     series = pd.read_csv(data / "test_series_descriptions.csv")
     axial = series[(series["study_id"] == int(study.name)) & (series["series_description"] == "Axial T2")]
@@ -95,82 +56,10 @@ def test_predict_with_test_files_only_and_a_missing_series(tiny_run, synthetic_d
     assert main(["validate-submission", str(out), "--data-dir", str(data), "--split", "test"]) == 0
 
 
-def _wheelhouse() -> Path:
-    """Wheels of the packages the bundle carries (`make setup` downloads them into the venv)."""
-    folder = Path(os.environ.get("LUMBAR_WHEELHOUSE", Path(sys.prefix) / "kaggle-wheels"))
-    if not any(folder.glob("*.whl")):
-        message = f"no dependency wheels in {folder}: run `make setup` (or set LUMBAR_WHEELHOUSE)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return folder
-
-
-def _top_level_entries(distribution: str) -> set[str]:
-    """site-packages entries (packages, modules, .dist-info) an installed distribution owns."""
-    files = importlib.metadata.distribution(distribution).files or []
-    return {f.parts[0] for f in files if f.parts[0] != ".."}
-
-
-def _kaggle_python(tmp_path: Path, image_lacks=KAGGLE_EXTRA_PACKAGES) -> Path:
-    """A fresh venv that sees this environment's packages as Kaggle's image would: all but lumbar and the ones
-    the bundle brings (`image_lacks`), which the kernel must install from the code dataset."""
-    env = tmp_path / "kenv"
-    venv.EnvBuilder(with_pip=False).create(env)
-    image = tmp_path / "image_site"
-    image.mkdir()
-    site = Path(next(p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()))
-    left_out = set().union(*(_top_level_entries(d) for d in image_lacks))
-    for entry in site.iterdir():
-        if entry.name.lower().startswith(("lumbar", "__editable__")) or entry.name.endswith(".pth"):
-            continue
-        if entry.name not in left_out:
-            (image / entry.name).symlink_to(entry)
-    env_site = next((env / "lib").glob("python*/site-packages"))
-    (env_site / "kaggle_image.pth").write_text(str(image) + "\n")
-    return env / "bin" / "python"
-
-
-def test_kaggle_bundle_runs_offline_on_read_only_inputs(tiny_run, synthetic_dir, tmp_path):
-    require_mount_namespace()
-    parts = build_bundle(tiny_run, tmp_path / "bundle", user="tester", wheelhouse=_wheelhouse())
-    assert min(p.name for p in parts["code"].glob("*.whl")).startswith("lumbar-")
-    meta = json.loads((parts["kernel"] / "kernel-metadata.json").read_text())
-    assert meta["enable_internet"] is False and meta["enable_gpu"] is True
-    assert meta["competition_sources"] == [COMPETITION_SLUG]
-    manifest = read_manifest(parts["weights"])
-    for entry in manifest["classifiers"].values():
-        for ckpts in entry["checkpoints"].values():
-            assert all((parts["weights"] / p).is_file() for p in ckpts.values())
-
-    kaggle = tmp_path / "kaggle"
-    _test_only_copy(synthetic_dir, kaggle / "input" / COMPETITION_SLUG)
-    shutil.copytree(parts["code"], kaggle / "input" / "lumbar-code")
-    shutil.copytree(parts["weights"], kaggle / "input" / "lumbar-weights")
-    (kaggle / "working").mkdir()
-    python = _kaggle_python(tmp_path)
-    assert subprocess.run([str(python), "-c", "import timm"], capture_output=True, check=False).returncode != 0  # not in the image
-    env = {**os.environ, "LUMBAR_KAGGLE_ROOT": str(kaggle), "PIP_NO_INDEX": "1", "PYTHONPATH": ""}
-    argv = [str(python), "-m", "papermill", str(parts["kernel"] / "submission.ipynb"), str(tmp_path / "executed.ipynb"),
-            "-p", "DEVICE", "cpu", "--cwd", str(kaggle / "working")]  # fmt: skip
-    done = subprocess.run(readonly_argv(argv, [kaggle / "input"]), env=env, capture_output=True, text=True,
-                          timeout=900, check=False)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    executed = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
-    text = "\n".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
-    for package in ("lumbar", *KAGGLE_EXTRA_PACKAGES):  # each imported from the fresh environment's install
-        line = next(ln for ln in text.splitlines() if ln.startswith(f"{package} "))
-        assert str(tmp_path / "kenv") in line, line
-    sub = load_submission(kaggle / "working" / "submission.csv")
-    assert list(sub["row_id"]) == list(load_submission(synthetic_dir / "sample_submission.csv")["row_id"])
-    record = json.loads((kaggle / "working" / "submission.json").read_text())
-    assert record["studies"] == sub["row_id"].str.split("_").str[0].nunique()
-
-
 def test_predict_on_read_only_data_and_run_folders(tiny_run, synthetic_dir, tmp_path):
     require_mount_namespace()
     data, run = tmp_path / "data", tmp_path / "run"
-    _test_only_copy(synthetic_dir, data)
+    copy_test_split(synthetic_dir, data)
     shutil.copytree(tiny_run, run)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     out = tmp_path / "out" / "submission.csv"
@@ -181,21 +70,6 @@ def test_predict_on_read_only_data_and_run_folders(tiny_run, synthetic_dir, tmp_
     assert main(["validate-submission", str(out), "--data-dir", str(data), "--split", "test"]) == 0
     after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     assert sorted(set(after) - set(before)) == [Path("out"), Path("out/submission.csv"), Path("out/submission.json")]
-
-
-def _train_split_copy(synthetic_dir: Path, dst: Path) -> Path:
-    """The train split as a folder to predict (3 studies), so fallbacks can be counted against a limit."""
-    dst.mkdir(parents=True)
-    shutil.copytree(synthetic_dir / "train_images", dst / "train_images")
-    shutil.copy2(synthetic_dir / "train_series_descriptions.csv", dst / "train_series_descriptions.csv")
-    return dst
-
-
-def _drop_series(data: Path, split: str, study: int, description: str) -> None:
-    series = pd.read_csv(data / f"{split}_series_descriptions.csv")
-    chosen = series[(series["study_id"] == study) & (series["series_description"] == description)]
-    for sid in chosen["series_id"]:
-        shutil.rmtree(data / f"{split}_images" / str(study) / str(sid))
 
 
 def test_a_programming_error_in_the_crop_code_fails_the_run(tiny_run, synthetic_dir, tmp_path, monkeypatch):
@@ -211,10 +85,10 @@ def test_a_programming_error_in_the_crop_code_fails_the_run(tiny_run, synthetic_
 
 
 def test_more_fallback_studies_than_the_limit_fail_naming_them(tiny_run, synthetic_dir, tmp_path):
-    data = _train_split_copy(synthetic_dir, tmp_path / "data")
+    data = copy_train_split(synthetic_dir, tmp_path / "data")
     studies = sorted(int(p.name) for p in (data / "train_images").iterdir())
     for study in studies[:2]:
-        _drop_series(data, "train", study, "Sagittal T2/STIR")
+        drop_series(data, "train", study, "Sagittal T2/STIR")
     with pytest.raises(FallbackLimitError, match=r"2 of 3 studies fell back, more than the 1 allowed") as info:
         predict(data, "train", tiny_run, tmp_path / "sub.csv", device="cpu", progress=False)
     for study in studies[:2]:
@@ -235,7 +109,7 @@ def test_a_chunk_whose_crops_all_fail_gets_the_prior(tiny_run, synthetic_dir, tm
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(roi, "save_atomic", disk_full)
-    data = _train_split_copy(synthetic_dir, tmp_path / "data")
+    data = copy_train_split(synthetic_dir, tmp_path / "data")
     sub, report = predict(data, "train", tiny_run, tmp_path / "sub.csv", device="cpu", progress=False,
                           chunk_studies=2, max_fallback_share=1.0)  # fmt: skip
     studies = sorted(int(p.name) for p in (data / "train_images").iterdir())
@@ -284,7 +158,7 @@ def _two_member_run(tiny_run: Path, dst: Path, weights: list[float]) -> tuple[Pa
 def test_predict_builds_every_model_once_however_many_chunks(tiny_run, synthetic_dir, tmp_path, monkeypatch):
     import lumbar.models
 
-    data = _train_split_copy(synthetic_dir, tmp_path / "data")
+    data = copy_train_split(synthetic_dir, tmp_path / "data")
     run, _ = _two_member_run(tiny_run, tmp_path / "run", [0.5, 0.5])
     one_chunk, _ = predict(data, "train", run, device="cpu", progress=False, chunk_studies=3)
     builds = []
@@ -313,20 +187,94 @@ def test_predict_caps_folds_and_members(tiny_run, synthetic_dir, tmp_path, monke
     assert json.loads(out.with_suffix(".json").read_text())["ensemble"]["models"] == 3
 
 
-def test_a_time_budget_cuts_the_ensemble_after_the_first_chunk(tiny_run, synthetic_dir, tmp_path, monkeypatch):
+def _count_predictions(monkeypatch) -> list[tuple[str, int]]:
+    """(member, fold models) of every `RunPredictor.predict` call from now on."""
     from lumbar.train.predict import RunPredictor
 
-    data = _train_split_copy(synthetic_dir, tmp_path / "data")
-    run, names = _two_member_run(tiny_run, tmp_path / "run", [0.25, 0.75])
     calls = []
     real = RunPredictor.predict
     monkeypatch.setattr(RunPredictor, "predict",
                         lambda self, *a, **k: calls.append((self.run_dir.name, self.n_models)) or real(self, *a, **k))
-    sub, report = predict(data, "train", run, device="cpu", progress=False, chunk_studies=1, time_budget_s=1e-3)
+    return calls
+
+
+def test_a_time_budget_cuts_the_ensemble_after_the_first_chunk(tiny_run, synthetic_dir, tmp_path, monkeypatch):
+    import lumbar.inference.predict as predict_module
+    from lumbar.inference.budget import EnsemblePlan
+
+    data = copy_train_split(synthetic_dir, tmp_path / "data")
+    run, names = _two_member_run(tiny_run, tmp_path / "run", [0.25, 0.75])
+    calls = _count_predictions(monkeypatch)
+    planned = []
+
+    def one_fold_of_the_heaviest(budget_s, elapsed_s, remaining, fixed_s, fold_s, start, params):
+        planned.append((budget_s, remaining, sorted(fold_s)))
+        return EnsemblePlan([names[1]], {names[1]: 1}, elapsed_s + 1.0, True)  # fits: 1 s left to spend
+
+    monkeypatch.setattr(predict_module, "plan_to_budget", one_fold_of_the_heaviest)
+    sub, report = predict(data, "train", run, device="cpu", progress=False, chunk_studies=1, time_budget_s=1e6)
     full = [(names[0], 6), (names[1], 6)]
     assert calls == [*full, (names[1], 3), (names[1], 3)]  # after the timed first study: 1 fold of the heaviest
-    assert "time budget" in report.ensemble["plan"] and "over the budget" in report.ensemble["plan"]
-    assert len(sub) == 75
+    assert planned == [(1e6, 2, sorted(names))] and "time budget" in report.ensemble["plan"]
+    assert len(sub) == 75 and not report.fallback_rows and not report.budget_stopped
+
+
+def test_studies_the_budget_cannot_reach_get_prior_rows_and_are_counted(tiny_run, synthetic_dir, tmp_path, monkeypatch):
+    from lumbar.inference.predict import _prior_rows, ensemble_members
+
+    data = copy_train_split(synthetic_dir, tmp_path / "data")
+    studies = sorted(int(p.name) for p in (data / "train_images").iterdir())
+    run, names = _two_member_run(tiny_run, tmp_path / "run", [0.25, 0.75])
+    calls = _count_predictions(monkeypatch)
+    out = tmp_path / "sub.csv"
+    sub, report = predict(data, "train", run, out, device="cpu", progress=False, chunk_studies=1, time_budget_s=1e-3,
+                          max_fallback_share=1.0)  # fmt: skip
+    assert calls == [(names[0], 6), (names[1], 6)]  # the first study only: the budget is spent
+    assert report.budget_stopped == studies[1:] and sorted(report.fallback_rows) == studies[1:]
+    assert sorted(sub["row_id"]) == submission_row_ids(studies)
+    later = sub[sub["row_id"].str.split("_").str[0].astype(int).isin(studies[1:])].reset_index(drop=True)
+    _, _, prior = ensemble_members(run, read_manifest(run))
+    np.testing.assert_allclose(later[list(GRADES)], _prior_rows(prior, list(later["row_id"]))[list(GRADES)])
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["budget_stopped_studies"] == 2 and record["fallback_rows"] == 50
+    assert "time budget of 0.001 s would run out" in record["fallback_studies"][str(studies[1])]["why"]
     calls.clear()
     predict(data, "train", run, device="cpu", progress=False, chunk_studies=1, time_budget_s=1e6)
-    assert calls == full * 3
+    assert calls == [(names[0], 6), (names[1], 6)] * 3  # a budget that fits changes nothing
+
+
+def test_on_error_prior_survives_a_programming_error_in_a_chunk(tiny_run, synthetic_dir, tmp_path, monkeypatch):
+    from lumbar.preprocess import roi
+
+    data = copy_train_split(synthetic_dir, tmp_path / "data")
+    studies = sorted(int(p.name) for p in (data / "train_images").iterdir())
+    real, faults = roi.render_sample, [1]
+
+    def broken_once(*args, **kwargs):  # the first crop of a run: the first study's chunk
+        if faults[0]:
+            faults[0] -= 1
+            raise TypeError("injected fault")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(roi, "render_sample", broken_once)
+    with pytest.raises(TypeError, match="injected fault"):  # by default a programming error stops the run
+        predict(data, "train", tiny_run, device="cpu", progress=False, chunk_studies=1, max_fallback_share=1.0)
+    faults[0] = 1
+    sub, report = predict(data, "train", tiny_run, device="cpu", progress=False, chunk_studies=1,
+                          max_fallback_share=1.0, on_error="prior")  # fmt: skip
+    assert sorted(sub["row_id"]) == submission_row_ids(studies)
+    assert sorted(report.fallback_rows) == [studies[0]] and len(report.fallback_rows[studies[0]]) == 25
+    assert "chunk failed (TypeError: injected fault)" in report.why(studies[0])
+
+
+def test_on_error_prior_writes_the_prior_when_no_model_loads(tiny_run, synthetic_dir, tmp_path, monkeypatch):
+    from lumbar.train.predict import RunPredictor
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("state dict does not match")
+
+    monkeypatch.setattr(RunPredictor, "__init__", broken)
+    sub, report = predict(synthetic_dir, "test", tiny_run, device="cpu", progress=False, max_fallback_share=1.0,
+                          on_error="prior")  # fmt: skip
+    assert len(sub) == 25 and sum(map(len, report.fallback_rows.values())) == 25
+    assert all("no prediction (RuntimeError: state dict does not match)" in report.why(s) for s in report.studies)

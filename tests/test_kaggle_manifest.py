@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 import lumbar
-from lumbar.kaggle import IMAGE_MODULES, _referenced_files, check_environment, inference_manifest
+from lumbar.kaggle import IMAGE_MODULES, check_environment, inference_manifest
+from lumbar.kaggle.bundle import referenced_files
 
 
 def test_unused_classifiers_stay_out_of_the_bundle(tmp_path):
@@ -24,7 +25,7 @@ def test_unused_classifiers_stay_out_of_the_bundle(tmp_path):
     }  # fmt: skip
     kept = inference_manifest(tmp_path, manifest)
     assert list(kept["classifiers"]) == ["cnn3d"] and kept["ensemble"]["models"] == ["cnn3d"]
-    files = _referenced_files(kept)
+    files = referenced_files(kept)
     assert "cnn3d/spinal/fold0/best.pt" in files and not any(f.startswith("timm25d") for f in files)
     assert list(manifest["classifiers"]) == ["cnn3d", "timm25d_resnet18"]  # the run's own manifest is untouched
     assert inference_manifest(tmp_path, {"classifiers": manifest["classifiers"]}) == {"classifiers": manifest["classifiers"]}
@@ -39,7 +40,7 @@ def test_what_only_the_error_analysis_reads_stays_out_of_the_bundle(tmp_path):
                      "candidates": {"cnn3d": "ensemble/candidates/cnn3d.csv"}},
         "error_analysis": {"figures": ["error_analysis/reliability.png"], "summary": "error_analysis/x.json"},
     }  # fmt: skip
-    files = _referenced_files(inference_manifest(tmp_path, manifest))
+    files = referenced_files(inference_manifest(tmp_path, manifest))
     assert files == ["cnn3d/spinal/fold0/final.pt", "ensemble/params.json"]
 
 

@@ -234,7 +234,7 @@ def _weights(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slug", default=None, help="Kaggle dataset slug, mounted at /kaggle/input/SLUG (lumbar-encoders)")
 
 
-@command("kaggle-bundle", "lumbar.kaggle:cli_kaggle_bundle", "offline upload bundle: code/, weights/, kernel/")
+@command("kaggle-bundle", "lumbar.kaggle.bundle:cli_kaggle_bundle", "offline upload bundle: code/, weights/, kernel/")
 def _kaggle_bundle(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run folder with a manifest (runs/NAME)")
     p.add_argument("--out", required=True, help="bundle folder (replaced)")
@@ -244,7 +244,7 @@ def _kaggle_bundle(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-dependencies", action="store_true", help="bundle only the lumbar wheel")
 
 
-@command("kaggle-wheels", "lumbar.kaggle:cli_kaggle_wheels",
+@command("kaggle-wheels", "lumbar.kaggle.wheels:cli_kaggle_wheels",
          "download the dependency wheels the Kaggle bundle carries, once, for offline bundling")
 def _kaggle_wheels(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="wheelhouse folder (then: kaggle-bundle --wheelhouse OUT)")
@@ -308,7 +308,11 @@ def _predict(p: argparse.ArgumentParser) -> None:
                    help="use the M ensemble members with the largest blend weights (0 = all)")
     p.add_argument("--time-budget", type=float, default=0.0, metavar="SECONDS",
                    help="seconds the whole predict may take: after timing the first chunk, fewer folds (then "
-                        "members) for the rest when the full ensemble would not fit (0 = no limit)")
+                        "members) for the rest when the full ensemble would not fit; studies a chunk could not "
+                        "finish within it get prior rows (0 = no limit)")
+    p.add_argument("--on-error", choices=["raise", "prior"], default="raise",
+                   help="an error that is not a data error: stop (raise), or give its chunk's studies prior rows "
+                        "(prior: the Kaggle kernel's choice, where a submission with prior rows beats none)")
 
 
 @command("validate-submission", "lumbar.inference.submission:cli_validate_submission", "check a submission")

@@ -69,6 +69,7 @@ class PredictReport:
     forward_seconds: dict[str, float] = field(default_factory=lambda: {"localize": 0.0, "classify": 0.0})
     ensemble: dict = field(default_factory=dict)
     coordinates: pd.DataFrame | None = field(default=None, repr=False)  # the points the crops came from
+    budget_stopped: list[int] = field(default_factory=list)  # studies left to the prior when time ran out
 
     @property
     def total_seconds(self) -> float:
@@ -89,6 +90,9 @@ class PredictReport:
             lines.append(f"predict: ensemble {self.ensemble['used']} ({self.ensemble['models']} models loaded once, "
                          f"{self.ensemble['model_mib']:.0f} MiB of weights)"
                          + (f"; {self.ensemble['plan']}" if self.ensemble.get("plan") else ""))
+        if self.budget_stopped:
+            lines.append(f"predict: the time budget ran out: {len(self.budget_stopped)} studies were not predicted "
+                         "(prior rows)")
         if self.fallback_rows:
             rows = sum(len(v) for v in self.fallback_rows.values())
             lines.append(
@@ -105,6 +109,7 @@ class PredictReport:
             "studies": len(self.studies),
             "fallback_studies": {str(s): {"rows": len(r), "why": self.why(s)} for s, r in sorted(self.fallback_rows.items())},
             "fallback_rows": sum(len(r) for r in self.fallback_rows.values()),
+            "budget_stopped_studies": len(self.budget_stopped),
             "notes": {str(s): v for s, v in sorted(self.notes.items()) if v},
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "seconds_per_study": round(self.total_seconds / n, 3),
@@ -179,11 +184,15 @@ def scratch_folder(work_dir: str | os.PathLike | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
+#: What `predict` does with an error that is not a data error (`DATA_ERRORS`) inside a chunk of studies.
+ON_ERROR = ("raise", "prior")
+
+
 def predict(data_dir, split: str, run_dir, out=None, work_dir=None, device: str = "auto",
             chunk_studies: int = 16, workers: int = 1, progress: bool = True,
             max_fallback_share: float = MAX_FALLBACK_SHARE,
             coords: pd.DataFrame | None = None, max_folds: int = 0, max_members: int = 0,
-            time_budget_s: float = 0.0) -> tuple[pd.DataFrame, PredictReport]:  # fmt: skip
+            time_budget_s: float = 0.0, on_error: str = "raise") -> tuple[pd.DataFrame, PredictReport]:  # fmt: skip
     """Predict every study of a split with a run's localizer and ensemble.
 
     Args:
@@ -199,7 +208,8 @@ def predict(data_dir, split: str, run_dir, out=None, work_dir=None, device: str 
         workers: processes for the header index and the crops.
         progress: tqdm bars.
         max_fallback_share: the share of studies that may have rows from the prior (always at least one
-            study); more fail the run (`lumbar.fallback.FallbackLimitError`) naming each and why.
+            study); more fail the run (`lumbar.fallback.FallbackLimitError`) naming each and why. 1.0: never
+            fail (the Kaggle kernel: a submission with prior rows beats none).
         coords: crop around these points instead of the localizer's (e.g. the synthetic test studies' label
             points: the same models on ground-truth crops show what localisation costs).
         max_folds: use the first this many folds of every classifier (0 = all).
@@ -207,17 +217,125 @@ def predict(data_dir, split: str, run_dir, out=None, work_dir=None, device: str 
             kept weights renormalised).
         time_budget_s: seconds this call may take (0 = no limit): the first chunk runs the ensemble as capped
             above and is timed; the later chunks use the largest cap projected to fit
-            (`lumbar.inference.budget.plan_to_budget`); the record says what was used.
+            (`lumbar.inference.budget.plan_to_budget`); a chunk that would end past the budget is not started,
+            and its studies and all after it get prior rows (noted, counted in the record).
+        on_error: "raise": an error that is not a data error propagates (a programming error must be seen);
+            "prior": it gives the chunk's studies prior rows, noted with the error (the Kaggle kernel).
     """
-    started = time.perf_counter()
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    clock = _Clock(time_budget_s)
     root, run_dir = data_root(data_dir, must_exist=True), Path(run_dir)
     report = PredictReport(studies=split_studies(root, split))
-    members, params, prior = ensemble_members(run_dir, read_manifest(run_dir))
+    members, params, prior = ensemble_members(run_dir, read_manifest(run_dir))  # JSON only: the prior is known
+    survive = (Exception,) if on_error == "prior" else ()  # by default only data errors, caught per study
+    job = _Job(root, split, run_dir, work_dir, device, chunk_studies, workers, progress, coords, clock, survive)
+    try:
+        parts = _predict_chunks(job, members, params, prior, report, max_folds, max_members)
+    except survive as e:  # the models could not be built or loaded, the index not read: every row from the prior
+        parts = [_fall_back(report.studies, prior, report, f"no prediction ({type(e).__name__}: {e})")]
+    check_fallbacks({s: report.why(s) for s in report.fallback_rows}, len(report.studies), max_fallback_share,
+                    "studies")  # fmt: skip
+    return _write(pd.concat(parts, ignore_index=True), root, run_dir, split, out, report)
+
+
+@dataclass
+class _Job:
+    """What one `predict` call works on and how (the arguments its stages share)."""
+
+    root: Path
+    split: str
+    run_dir: Path
+    work_dir: str | os.PathLike | None
+    device: str
+    chunk_studies: int
+    workers: int
+    progress: bool
+    coords: pd.DataFrame | None
+    clock: _Clock
+    survive: tuple[type[BaseException], ...]
+
+
+def _predict_chunks(job: _Job, members: list[Classifier], params: EnsembleParams, prior: pd.DataFrame,
+                    report: PredictReport, max_folds: int, max_members: int) -> list[pd.DataFrame]:  # fmt: skip
+    """Index, load every model once, then localise, crop, classify and blend chunk by chunk."""
+    from lumbar.localize.predict import Localizer
+
     available = {m.name: member_folds(m.run_dir) for m in members}
     plan = static_plan(params, available, max_folds, max_members)
     members, params = [m for m in members if m.name in plan.members], restrict_params(params, plan.members)
-    from lumbar.localize.predict import Localizer
+    by_study = _index_studies(job.root, job.split, job.workers, report)
+    localizer = Localizer(job.run_dir, job.device) if job.coords is None else None
+    studies = report.studies
+    chunks = [studies[i : i + job.chunk_studies] for i in range(0, len(studies), job.chunk_studies)]
+    parts = []
+    with scratch_folder(job.work_dir) as scratch, ExitStack() as stack:
+        predictors = _load_members(members, plan, available, job.device, stack, report)
+        for i, chunk in enumerate(tqdm(chunks, desc="predict", unit="chunk", disable=not job.progress)):
+            if job.clock.out_of_time(len(chunk)):
+                rest = [s for c in chunks[i:] for s in c]
+                parts.append(_fall_back(rest, prior, report, job.clock.why_stopped(len(rest))))
+                report.budget_stopped = rest
+                break
+            t = time.perf_counter()
+            try:
+                points = (_localize_chunk(localizer, job.root, job.split, chunk, by_study, report)
+                          if job.coords is None else _given_points(job.coords, chunk))  # fmt: skip
+                if points is not None:
+                    report.coordinates = pd.concat([report.coordinates, points], ignore_index=True)
+                preds, covered = _classify_chunk(members, predictors, points, job.root, job.split, chunk,
+                                                 scratch / "crops", job.workers, report)  # fmt: skip
+                parts.append(_blend_chunk(chunk, preds, covered, params, prior, points, report))
+            except job.survive as e:
+                shutil.rmtree(scratch / "crops", ignore_errors=True)
+                parts.append(_fall_back(chunk, prior, report, f"chunk failed ({type(e).__name__}: {e})"))
+            job.clock.chunk_done(len(chunk), time.perf_counter() - t)
+            if job.clock.budget_s and i == 0 and len(chunks) > 1 and report.member_seconds:
+                members, params = _fit_to_budget(job.clock, chunk, chunks, report, plan, params, members,
+                                                 predictors, available)  # fmt: skip
+        report.forward_seconds["classify"] = sum(p.forward_seconds for p in predictors.values())
+    if localizer is not None:
+        report.forward_seconds["localize"] = localizer.forward_seconds
+    return parts
 
+
+class _Clock:
+    """The time budget of one `predict` call: seconds since the start, and whether the next chunk still fits.
+
+    A chunk is projected at the seconds per study of the chunks run under the current ensemble (after the
+    first chunk the budget may cut the ensemble: `restart` then projects from the plan until a chunk has run).
+    """
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s, self.started = budget_s, time.perf_counter()
+        self.studies, self.seconds, self.projected_per_study = 0, 0.0, 0.0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def chunk_done(self, studies: int, seconds: float) -> None:
+        self.studies, self.seconds = self.studies + studies, self.seconds + seconds
+
+    def restart(self, projected_per_study: float) -> None:
+        """A new ensemble from the next chunk on: forget the chunks run with the old one."""
+        self.studies, self.seconds, self.projected_per_study = 0, 0.0, projected_per_study
+
+    def per_study(self) -> float:
+        return self.seconds / self.studies if self.studies else self.projected_per_study
+
+    def out_of_time(self, studies: int) -> bool:
+        """True when a chunk of `studies` would end past the budget (never before the first chunk)."""
+        if not self.budget_s or (not self.studies and not self.projected_per_study):
+            return False
+        return self.elapsed() + studies * self.per_study() > self.budget_s
+
+    def why_stopped(self, studies: int) -> str:
+        return (f"not predicted: the time budget of {self.budget_s:g} s would run out ({self.elapsed():.0f} s spent, "
+                f"~{self.per_study():.1f} s per study, {studies} studies left)")
+
+
+def _index_studies(root: Path, split: str, workers: int, report: PredictReport) -> dict[int, pd.DataFrame]:
+    """The split's header index by study; unreadable files are noted against their study."""
     t = time.perf_counter()
     index, index_report = build_index(root, split, workers=workers, studies=report.studies, progress=False)
     for path, problem in index_report.skipped:
@@ -225,46 +343,54 @@ def predict(data_dir, split: str, run_dir, out=None, work_dir=None, device: str 
         if study.isdigit():
             report.notes[int(study)].append(f"unreadable file {Path(path).name}: {problem}")
     report.seconds["index"] += time.perf_counter() - t
-    localizer = Localizer(run_dir, device) if coords is None else None
-    by_study = dict(tuple(index.groupby("study_id")))
+    return dict(tuple(index.groupby("study_id")))
+
+
+def _given_points(coords: pd.DataFrame, chunk: list[int]) -> pd.DataFrame | None:
+    points = coords[coords["study_id"].isin(chunk)]
+    return points if len(points) else None
+
+
+def _blend_chunk(chunk: list[int], preds: dict[str, pd.DataFrame], covered: set[str], params, prior: pd.DataFrame,
+                 points, report: PredictReport) -> pd.DataFrame:  # fmt: skip
+    """A chunk's rows: the ensemble's where every member could predict, the prior's for the rest (counted)."""
+    t = time.perf_counter()
+    fallback = [r for r in submission_row_ids(chunk) if r not in covered]
     parts = []
-    chunks = [report.studies[i : i + chunk_studies] for i in range(0, len(report.studies), chunk_studies)]
-    with scratch_folder(work_dir) as scratch, ExitStack() as stack:
-        predictors = _load_members(members, plan, available, device, stack, report)
-        for i, chunk in enumerate(tqdm(chunks, desc="predict", unit="chunk", disable=not progress)):
-            if coords is None:
-                points = _localize_chunk(localizer, root, split, chunk, by_study, report)
-            else:
-                points = coords[coords["study_id"].isin(chunk)]
-                points = points if len(points) else None
-            if points is not None:
-                report.coordinates = pd.concat([report.coordinates, points], ignore_index=True)
-            preds, covered = _classify_chunk(members, predictors, points, root, split, chunk, scratch / "crops",
-                                             workers, report)  # fmt: skip
-            t = time.perf_counter()
-            fallback = [r for r in submission_row_ids(chunk) if r not in covered]
-            if preds:
-                blended = blend_members(preds, params, prior, points)
-                parts.append(blended[blended["row_id"].isin(covered)])
-            if fallback:
-                parts.append(_prior_rows(prior, fallback))
-            for study, r in zip(row_study_ids(fallback), fallback):
-                report.fallback_rows[int(study)].append(r)
-            report.seconds["blend"] += time.perf_counter() - t
-            if time_budget_s and i == 0 and len(chunks) > 1 and report.member_seconds:
-                done = len(chunk)
-                budget = plan_to_budget(time_budget_s, time.perf_counter() - started, len(report.studies) - done,
-                                        (report.total_seconds - report.seconds["index"] - report.seconds["classify"])
-                                        / done,
-                                        {m: report.member_seconds[m] / (done * plan.folds[m]) for m in plan.members},
-                                        plan, params)  # fmt: skip
-                members, params = _apply_plan(budget, members, params, predictors, report, available)
-        report.forward_seconds["classify"] = sum(p.forward_seconds for p in predictors.values())
-    if localizer is not None:
-        report.forward_seconds["localize"] = localizer.forward_seconds
-    check_fallbacks({s: report.why(s) for s in report.fallback_rows}, len(report.studies), max_fallback_share,
-                    "studies")  # fmt: skip
-    submission = pd.concat(parts, ignore_index=True)
+    if preds:
+        blended = blend_members(preds, params, prior, points)
+        parts.append(blended[blended["row_id"].isin(covered)])
+    if fallback:
+        parts.append(_prior_rows(prior, fallback))
+    for study, r in zip(row_study_ids(fallback), fallback):
+        report.fallback_rows[int(study)].append(r)
+    report.seconds["blend"] += time.perf_counter() - t
+    return pd.concat(parts, ignore_index=True) if parts else _prior_rows(prior, [])
+
+
+def _fall_back(studies: list[int], prior: pd.DataFrame, report: PredictReport, why: str) -> pd.DataFrame:
+    """Prior rows for every target of `studies` (their earlier rows, if any, are replaced), noted with `why`."""
+    ids = submission_row_ids(studies)
+    for study in studies:
+        report.notes[study].append(why)
+        report.fallback_rows[study] = [r for r in ids if r.startswith(f"{study}_")]
+    return _prior_rows(prior, ids)
+
+
+def _fit_to_budget(clock: _Clock, chunk: list[int], chunks: list[list[int]], report: PredictReport,
+                   plan: EnsemblePlan, params, members, predictors, available):  # fmt: skip
+    """After the timed first chunk: the largest ensemble whose projection fits the budget, from the next chunk on."""
+    done = len(chunk)
+    remaining = sum(map(len, chunks)) - done
+    fixed = (report.total_seconds - report.seconds["index"] - report.seconds["classify"]) / done
+    fold_s = {m: report.member_seconds[m] / (done * plan.folds[m]) for m in plan.members}
+    budget = plan_to_budget(clock.budget_s, clock.elapsed(), remaining, fixed, fold_s, plan, params)
+    clock.restart((budget.projected_s - clock.elapsed()) / max(remaining, 1))
+    return _apply_plan(budget, members, params, predictors, report, available)
+
+
+def _write(submission: pd.DataFrame, root: Path, run_dir: Path, split: str, out, report: PredictReport) -> tuple:
+    """Validate the submission against the split, write it (sample_submission's order) and its record."""
     validate_submission(submission, expected_row_ids=submission_row_ids(report.studies), name="prediction")
     order = None
     if (root / "sample_submission.csv").is_file():
@@ -318,7 +444,8 @@ def _load_members(members: list[Classifier], plan: EnsemblePlan, available: dict
     predictors = {m.name: stack.enter_context(RunPredictor(m.run_dir, device, max_folds=plan.folds[m.name]))
                   for m in members}
     report.ensemble = {"used": plan.describe(available), "models": sum(p.n_models for p in predictors.values()),
-                       "model_mib": round(sum(p.parameter_bytes for p in predictors.values()) / 2**20, 1)}
+                       "model_mib": round(sum(p.parameter_bytes for p in predictors.values()) / 2**20, 1),
+                       "precision": sorted({p.runtime.precision for p in predictors.values()})}
     return predictors
 
 
@@ -372,7 +499,8 @@ def cli_predict(args: argparse.Namespace) -> int:
     sub, report = predict(args.data_dir, args.split, args.run, args.out, work_dir=args.work_dir, device=args.device,
                           chunk_studies=args.chunk_studies, workers=args.workers,
                           max_fallback_share=args.max_fallback_share, max_folds=args.max_folds,
-                          max_members=args.max_members, time_budget_s=args.time_budget)  # fmt: skip
+                          max_members=args.max_members, time_budget_s=args.time_budget,
+                          on_error=args.on_error)  # fmt: skip
     print(report.summary())
     print(f"predict: wrote {os.fspath(args.out)} ({len(sub)} rows, {len(report.studies)} studies) and "
           f"{record_path(args.out)}")

@@ -293,6 +293,7 @@ def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: P
     device = runtime.device
     manifest = {
         "kind": "lumbar-localizer",
+        "precision": runtime.precision,
         "backbone": config.backbone,
         "size": config.size,
         "slices": config.slices,

@@ -84,7 +84,8 @@ class TrainConfig:
             left out of the *training* items (an item with no grade left is dropped); validation, the OOF
             predictions and their scores keep every item, so rounds stay comparable.
         ema_decay: exponential moving average of the weights (0 = off); evaluation and checkpoints use it.
-        amp: mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler); ignored on CPU.
+        amp: mixed precision on CUDA (bf16 from compute capability 8.0, else fp16 with a grad scaler where the GPU
+            computes it natively; `lumbar.train.runtime.amp_dtype_for`); ignored on CPU.
         channels_last: channels-last memory format on CUDA.
         grad_clip: max gradient norm (0 = off).
         select: which weights make the OOF predictions and the inference checkpoint: "last" (after the last

@@ -337,7 +337,7 @@ def _finish(config, runtime, out, run_root, caches, labels, folds, fold_ids, pre
         "select": config.select, "cache_params": cache.params,
         "model": {"name": config.arch, "depth": cache.depth, "drop_rate": config.drop_rate, **config.model_kwargs},
         "units": units, "oof_rows": len(oof), "fallback_rows": filled, "seconds": round(seconds, 1),
-        "timings": timings, "prior": prior.to_dict(orient="list"),
+        "timings": timings, "prior": prior.to_dict(orient="list"), "precision": runtime.precision,
     }
     if runtime.is_main:
         from lumbar.evaluate.metric import competition_score
@@ -368,7 +368,7 @@ def _finish(config, runtime, out, run_root, caches, labels, folds, fold_ids, pre
                                  for u, v in units.items()},
                  "model": summary["model"], "input_shape": summary["input_shape"], "oof": str(Path(out.name) / OOF_CSV),
                  "config": str(Path(out.name) / CONFIG_JSON), "result": str(Path(out.name) / RESULT_JSON),
-                 "oof_score": (oof_score or {}).get("score")}
+                 "oof_score": (oof_score or {}).get("score"), "precision": runtime.precision}
         if oof_gt_path is not None:
             entry.update(oof_gt=str(Path(out.name) / OOF_GT_CSV), oof_score_gt=(oof_score_gt or {}).get("score"))
         update_manifest(run_root, "classifiers", entry, item=out.name)

@@ -33,7 +33,8 @@ class Runtime:
 
     Attributes:
         device: the torch device of this process.
-        amp_dtype: autocast dtype on CUDA (bfloat16 where supported, else float16), None when AMP is off.
+        amp_dtype: autocast dtype on CUDA (`amp_dtype_for`: bfloat16 from compute capability 8.0, float16 where
+            the GPU has native half arithmetic), None when AMP is off or the GPU has neither.
         channels_last: use channels-last memory formats (CUDA only).
         cpu_channels_last: on CPU, channels-last for the models that ask for it there (`cpu_channels_last`
             attribute, set where it was measured faster, e.g. cnn3d; see `memory_format`).
@@ -58,6 +59,11 @@ class Runtime:
     def is_main(self) -> bool:
         """Rank 0: the process that logs and saves."""
         return self.rank == 0
+
+    @property
+    def precision(self) -> str:
+        """What this process computes in, for logs and records (`precision_name`)."""
+        return precision_name(self.device, self.amp_dtype)
 
     @property
     def needs_scaler(self) -> bool:
@@ -129,16 +135,91 @@ def setup_runtime(device: str = "auto", amp: bool = True, channels_last: bool = 
             dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     on_cuda = dev.type == "cuda"
     amp_dtype = None
-    if amp and on_cuda:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if on_cuda:
+        check_gpu_supported(dev)
+        amp_dtype = amp_dtype_for(torch.cuda.get_device_capability(dev)) if amp else None
     if on_cuda and benchmark:
         torch.backends.cudnn.benchmark = True
     keep_freed_memory()
     previous = torch.get_num_threads()
     if threads > 0:
         torch.set_num_threads(threads)
-    return Runtime(dev, amp_dtype, channels_last and on_cuda, rank, world_size, local_rank, previous,
-                   cpu_channels_last=channels_last and dev.type == "cpu")
+    runtime = Runtime(dev, amp_dtype, channels_last and on_cuda, rank, world_size, local_rank, previous,
+                      cpu_channels_last=channels_last and dev.type == "cpu")
+    if runtime.is_main:
+        _announce(runtime.precision)
+    return runtime
+
+
+#: Compute capabilities with full-rate float16 arithmetic below 7.0 (Jetson TX1, P100, Jetson TX2); the
+#: consumer Pascal cards (6.1: GTX 10xx, P4, P40) compute float16 at 1/64 of the float32 rate.
+_NATIVE_FP16_BELOW_7 = ((5, 3), (6, 0), (6, 2))
+
+
+def amp_dtype_for(capability: tuple[int, int]) -> torch.dtype | None:
+    """The autocast dtype a GPU of this compute capability computes natively, None for float32.
+
+    bfloat16 from Ampere (8.0) on; below it `torch.cuda.is_bf16_supported()` also says yes where bfloat16 is only
+    emulated (a T4, 7.5, or a V100, 7.0), several times slower than float16. float16 (with a GradScaler when
+    training) where the GPU has full-rate half arithmetic; float32 elsewhere.
+    """
+    if capability >= (8, 0):
+        return torch.bfloat16
+    if capability >= (7, 0) or tuple(capability) in _NATIVE_FP16_BELOW_7:
+        return torch.float16
+    return None
+
+
+def arch_supported(capability: tuple[int, int], arch_list: list[str]) -> bool:
+    """Whether a torch build compiled for `arch_list` (`torch.cuda.get_arch_list()`) runs on this GPU.
+
+    A cubin for sm_XY runs on GPUs of the same major version and a minor version >= Y; PTX (compute_XY) is
+    compiled at load time for any GPU of capability >= XY.
+    """
+    major, minor = capability
+    for arch in arch_list:
+        kind, _, number = arch.partition("_")
+        if not number.isdigit() or len(number) < 2:
+            continue
+        a_major, a_minor = int(number[:-1]), int(number[-1])
+        if kind == "sm" and a_major == major and a_minor <= minor:
+            return True
+        if kind == "compute" and (a_major, a_minor) <= (major, minor):
+            return True
+    return False
+
+
+class UnsupportedGPUError(RuntimeError):
+    """The GPU is not among the architectures this torch build was compiled for."""
+
+
+def check_gpu_supported(device: torch.device) -> None:
+    """Raise `UnsupportedGPUError` with one line naming the GPU, its capability and what to choose instead."""
+    capability = torch.cuda.get_device_capability(device)
+    arch_list = torch.cuda.get_arch_list()
+    if arch_list and not arch_supported(capability, arch_list):
+        name = torch.cuda.get_device_name(device)
+        raise UnsupportedGPUError(
+            f"{name} (sm_{capability[0]}{capability[1]}) is not supported by this torch build "
+            f"({torch.__version__}: {' '.join(arch_list)}): choose GPU T4 x2 (sm_75) or a newer GPU")
+
+
+def precision_name(device: torch.device, amp_dtype: torch.dtype | None) -> str:
+    """One line: the arithmetic a process uses and on what, e.g. `float16 autocast + GradScaler (Tesla T4, sm_75)`."""
+    if device.type != "cuda":
+        return f"float32 ({device.type})"
+    major, minor = torch.cuda.get_device_capability(device)
+    where = f"{torch.cuda.get_device_name(device)}, sm_{major}{minor}"
+    if amp_dtype is None:
+        return f"float32 ({where})"
+    scaler = " + GradScaler" if amp_dtype == torch.float16 else ""
+    return f"{str(amp_dtype).removeprefix('torch.')} autocast{scaler} ({where})"
+
+
+@functools.cache
+def _announce(precision: str) -> None:
+    """Print the precision once per process (a run sets its runtime up once per fold and per model)."""
+    print(f"precision: {precision}", flush=True)
 
 
 @functools.cache
