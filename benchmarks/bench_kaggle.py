@@ -35,8 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 from lumbar.paths import PROJECT_ROOT
 
 FULL_CONFIG = PROJECT_ROOT / "configs" / "full.yaml"
@@ -49,16 +47,13 @@ TINY = {"crop": 32, "localizer_size": 64, "slices": 8, "batch_size": 2, "image_s
 
 def full_steps(path: Path = FULL_CONFIG) -> dict:
     """The parameters of configs/full.yaml's steps: 01 (crops), 02 (localizer), each 03 (classifiers), N_FOLDS."""
-    raw = yaml.safe_load(path.read_text())
-    steps = []
-    for entry in raw["notebooks"]:
-        steps += entry["parallel"] if isinstance(entry, dict) and "parallel" in entry else [entry]
-    steps = [{"notebook": s} if isinstance(s, str) else s for s in steps]
+    from lumbar.pipeline import load_config
+
     by_nb = {}
-    for s in steps:
-        by_nb.setdefault(s["notebook"], []).append(s.get("parameters") or {})
+    for s in load_config(path).steps:  # as the pipeline reads it (parallel blocks, top-level parameters)
+        by_nb.setdefault(s.notebook, []).append(s.parameters)
     return {"preprocess": by_nb["01_preprocess"][0], "localizer": by_nb["02_train_localizer"][0],
-            "classifiers": by_nb["03_train"], "n_folds": int((raw.get("parameters") or {}).get("N_FOLDS", 5))}
+            "classifiers": by_nb["03_train"], "n_folds": int(by_nb["03_train"][0].get("N_FOLDS", 5))}
 
 
 def build_full_slice(data: Path, run: Path, folds: int, device: str, tiny: bool, batches: int) -> dict:

@@ -34,7 +34,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
 from peak_memory import TreeMeasured, run_tree_measured
 from run_all import load, machine
 
@@ -68,9 +67,11 @@ GPU_REFERENCE = {
 
 def full_recipe(config: Path) -> tuple[dict, int]:
     """(ROI parameters of 01_preprocess, batch size of the first 03_train) in a pipeline config."""
-    notebooks = yaml.safe_load(config.read_text())["notebooks"]
-    pre = next(n["parameters"] for n in notebooks if n.get("notebook") == "01_preprocess")
-    batch = next(n["parameters"]["BATCH_SIZE"] for n in notebooks if n.get("notebook") == "03_train")
+    from lumbar.pipeline import load_config
+
+    steps = load_config(config).steps  # as the pipeline reads it (parallel blocks, top-level parameters)
+    pre = next(s.parameters for s in steps if s.notebook == "01_preprocess")
+    batch = next(s.parameters["BATCH_SIZE"] for s in steps if s.notebook == "03_train")
     roi = {"size": pre["SIZE"], "before": pre["BEFORE"], "after": pre["AFTER"], "filter": pre.get("FILTER", "none"),
            **pre.get("EXTRA", {})}  # fmt: skip
     return roi, int(batch)

@@ -64,18 +64,11 @@ def write_cache(root: Path, n_studies: int, depth: int, size: int, pad_slices: i
 
 def config_archs(path: str) -> list[dict]:
     """The classifiers of a pipeline config (its 03_train steps): arch, batch size, model options."""
-    import yaml
+    from lumbar.pipeline import load_config
 
-    steps = []
-    for entry in yaml.safe_load(Path(path).read_text())["notebooks"]:
-        steps += entry["parallel"] if isinstance(entry, dict) and "parallel" in entry else [entry]
-    out = []
-    for step in steps:
-        if isinstance(step, dict) and step.get("notebook") == "03_train":
-            params = step.get("parameters") or {}
-            out.append({"arch": params["ARCH"], "batch_size": params.get("BATCH_SIZE"),
-                        "model_kwargs": (params.get("EXTRA") or {}).get("model_kwargs", {})})
-    return out
+    return [{"arch": s.parameters["ARCH"], "batch_size": s.parameters.get("BATCH_SIZE"),
+             "model_kwargs": (s.parameters.get("EXTRA") or {}).get("model_kwargs", {})}
+            for s in load_config(path).steps if s.notebook == "03_train"]  # fmt: skip
 
 
 def plain_samples_per_s(arch: str, args: argparse.Namespace) -> float:

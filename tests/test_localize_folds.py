@@ -165,6 +165,27 @@ def test_oof_crops_use_the_ground_truth_cache_parameters(kfold_run, synthetic_di
     assert read_manifest(run)["oof_crops"]["cache"] == report.cache_dir.relative_to(run).as_posix()
 
 
+def test_oof_crops_cut_around_an_earlier_localizers_points_are_built_again(kfold_run, synthetic_dir, tmp_path, capsys):
+    import shutil
+
+    from lumbar.data.tables import write_coordinates
+    from lumbar.preprocess.cache import coordinates_digest
+
+    run = tmp_path / "run"
+    shutil.copytree(kfold_run[0], run)
+    if "preprocess" not in read_manifest(run):
+        roi = RoiConfig.from_overrides({"size": 16, "before": 1, "after": 1, "pad_px": 2})
+        gt = build_cache(kfold_run[1], synthetic_dir, "train", run / "cache", roi, progress=False)
+        update_manifest(run, "preprocess", {"cache": gt.cache_dir.relative_to(run).as_posix()})
+    build_oof_crops(run, synthetic_dir)
+    oof = load_coordinates(run / "localizer_oof.csv")
+    write_coordinates(oof.assign(x=oof["x"] + 1.0), run / "localizer_oof.csv")  # the localizer retrained (FRESH)
+    report = build_oof_crops(run, synthetic_dir)
+    params, _ = load_cache(report.cache_dir)
+    assert params["coordinates_sha1"] == coordinates_digest(load_coordinates(run / "localizer_oof.csv"))
+    assert "cut around an earlier localizer's points: built again" in capsys.readouterr().out
+
+
 def test_test_time_averages_the_folds_heatmaps(kfold_run, synthetic_dir):
     run, *_ = kfold_run
     every = Localizer(run, "cpu")
@@ -185,3 +206,41 @@ def test_probability_mean_of_one_member_passes_through():
     net = torch.nn.Linear(3, 4)
     x = torch.rand(2, 3)
     assert torch.equal(ProbabilityMean([net], start_dim=1)(x), net(x))
+
+
+def test_a_rerun_reuses_the_fold_localizers_resumes_a_killed_one_and_stops_on_other_settings(synthetic_dir, tmp_path,
+                                                                                            capsys):  # fmt: skip
+    from lumbar.overrides import StaleRunError
+
+    coords = load_coordinates(synthetic_dir / "train_label_coordinates.csv")
+    folds = make_folds(load_labels(synthetic_dir / "train.csv"), n_folds=3, seed=0)
+    index, _ = build_index(synthetic_dir, "train", progress=False)
+    config = LocalizerConfig.from_dict({**TINY, "tasks": "sag_t2"})
+    trained = []
+    real = folds_module.train_localizer
+
+    def counting(config, root, coords, run, index=None, progress=True, member=None):
+        trained.append(member)
+        if member == "fold1" and killed:
+            raise KeyboardInterrupt  # killed after fold0's model
+        return real(config, root, coords, run, index=index, progress=progress, member=member)
+
+    def run_folds(cfg=config, fresh=False, **kw):
+        return train_localizer_folds(cfg, synthetic_dir, coords, tmp_path, folds, index, progress=False, fresh=fresh)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(folds_module, "train_localizer", counting)
+        killed = True
+        with pytest.raises(KeyboardInterrupt):
+            run_folds()
+        killed = False
+        first = run_folds()  # resumes: fold0's model is kept, fold1's and fold2's train
+        assert trained == ["fold0", "fold1", "fold1", "fold2"]
+        again = run_folds(LocalizerConfig.from_dict({**TINY, "tasks": "sag_t2", "threads": 2, "device": "cpu"}))
+        assert len(trained) == 4 and again["oof"] == first["oof"]  # reused, nothing trained
+        assert "reusing the 3 fold localizers" in capsys.readouterr().out
+        with pytest.raises(StaleRunError, match=r"epochs: 1 -> 2\): reusing them .* FRESH=True in 02_train_localizer"):
+            run_folds(LocalizerConfig.from_dict({**TINY, "tasks": "sag_t2", "epochs": 2}))
+        assert len(trained) == 4  # stopped before any training
+        run_folds(LocalizerConfig.from_dict({**TINY, "tasks": "sag_t2", "epochs": 2}), fresh=True)
+        assert trained[4:] == ["fold0", "fold1", "fold2"]

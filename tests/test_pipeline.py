@@ -366,3 +366,87 @@ def test_command_line_parameters_win_over_the_config(project):
     assert plan_steps(load_config(path), overrides={"VALUE": 9})[0].parameters["VALUE"] == 9
     assert main(["pipeline", "--config", str(path), "--set", "VALUE=9"]) == 0
     assert (tmp_path / "run" / "value_9.json").is_file() and not (tmp_path / "run" / "value_5.json").exists()
+
+
+def test_set_merges_into_a_steps_extra_and_names_where_a_lower_case_setting_lives():
+    config = load_config(PROJECT_ROOT / "configs" / "full.yaml")
+    steps = plan_steps(config, only="03_train_timm25d", overrides={"EXTRA": {"resume": False}})
+    extra = steps[0].parameters["EXTRA"]
+    assert extra["resume"] is False and extra["ema_decay"] == 0.99 and extra["views"] == ["axial_canal", "parasagittal_recess"]
+    with pytest.raises(ValueError) as info:
+        plan_steps(config, overrides={"lr": 0.1})
+    message = str(info.value)
+    assert "'lr' is no notebook parameter" in message
+    assert "03_train: EXTRA={lr: ...} or the parameter LR (a field of TrainConfig)" in message
+    assert "02_train_localizer: EXTRA={lr: ...} (a field of LocalizerConfig)" in message
+    with pytest.raises(ValueError, match="did you mean 'EPOCHS'"):
+        plan_steps(config, overrides={"EPOCH": 1})  # a typo of a parameter is still named as before
+
+
+def test_fresh_reaches_every_step_that_trains(monkeypatch):
+    from lumbar import pipeline
+
+    seen = {}
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda config, start, only, jobs, overrides, allow_synthetic:
+                        seen.update(overrides=overrides) or {})
+    assert main(["pipeline", "--config", str(PROJECT_ROOT / "configs" / "demo.yaml"), "--fresh"]) == 0
+    steps = plan_steps(load_config(PROJECT_ROOT / "configs" / "demo.yaml"), overrides=seen["overrides"])
+    fresh = {s.output for s in steps if s.parameters.get("FRESH") is True}
+    assert {s.output for s in steps if s.notebook in ("02_train_localizer", "03_train")} == fresh and fresh
+
+
+@pytest.mark.parametrize("gpus, devices, jobs, pinned", [
+    (2, ["cuda"] * 4, 2, (0, 1)),      # four architectures on two GPUs: two at a time, one per GPU
+    (1, ["auto"] * 4, 1, (0,)),        # one GPU: in turn
+    (4, ["cuda"] * 4, 4, (0, 1, 2, 3)),
+    (0, ["auto"] * 4, 2, ()),          # no GPU: by the cores (2 here)
+    (2, ["cpu"] * 4, 2, ()),           # a CPU dry run on a GPU machine
+    (2, ["cuda:0", "cuda:1"], 2, ()),  # devices placed by the config: not pinned again
+])  # fmt: skip
+def test_a_parallel_group_of_gpu_notebooks_runs_one_per_gpu(gpus, devices, jobs, pinned, monkeypatch):
+    import lumbar.cores
+    from lumbar.pipeline import Step, group_plan
+
+    monkeypatch.setattr(lumbar.cores, "available_cores", lambda: 2)
+    group = [Step("03_train", f"03_{i}", {"DEVICE": d}, declared={"DEVICE": str}) for i, d in enumerate(devices)]
+    plan = group_plan(group, gpus=gpus)
+    assert (plan.jobs, plan.gpus) == (jobs, pinned)
+
+
+def test_a_notebook_opened_by_hand_takes_the_settings_of_a_config_or_a_run(tmp_path, capsys):
+    from lumbar.pipeline import step_settings
+
+    with pytest.raises(ValueError, match=r"03_train opened by hand: choose its settings in the first cell: CONFIG"):
+        step_settings("03_train", "")
+    full = step_settings("03_train", "full", "03_train_timm25d_resnet34")
+    assert full["ARCH"] == "timm25d:resnet34.a1_in1k" and full["PRETRAINED"] == "imagenet"
+    assert full["RUN_DIR"] == str(PROJECT_ROOT / "runs" / "full") and full["EXTRA"]["fusion"] == "late"
+    assert step_settings("03_train", "full")["ARCH"] == "timmseq:convnext_small.fb_in22k"  # the first step
+    assert "others: 03_train_timmseq_efficientnetv2_s" in capsys.readouterr().out
+    run = tmp_path / "run"  # a run folder: the parameters its executed copy ran with (papermill's injected cell)
+    run.mkdir()
+    (run / "manifest.json").write_text("{}")
+    nb = nbformat.v4.new_notebook()
+    injected = nbformat.v4.new_code_cell("# Parameters\nEPOCHS = 3\nEXTRA = {'lr': 0.5}\nRUN_DIR = '/x/run'\n")
+    injected.metadata["tags"] = ["injected-parameters"]
+    nb.cells = [nbformat.v4.new_code_cell("EPOCHS = 10"), injected]
+    nbformat.write(nb, run / "03_train_cnn3d.ipynb")
+    assert step_settings("03_train", str(run)) == {"EPOCHS": 3, "EXTRA": {"lr": 0.5}, "RUN_DIR": "/x/run"}
+
+
+@pytest.mark.slow
+def test_eda_opened_by_hand_with_a_config_writes_into_that_configs_run(synthetic_dir, tmp_path):
+    import papermill as pm
+    import yaml
+
+    config = tmp_path / "mine.yaml"
+    config.write_text(yaml.safe_dump({"name": "mine", "run_dir": str(tmp_path / "run"), "data_dir": str(synthetic_dir),
+                                      "synthetic": {}, "notebooks": [{"notebook": "00_eda",
+                                                                       "parameters": {"MAX_EXAMPLE_STUDIES": 1}}]}))
+    pm.execute_notebook(str(PROJECT_ROOT / "notebooks" / "00_eda.ipynb"), str(tmp_path / "by_hand.ipynb"),
+                        parameters={"CONFIG": str(config)}, kernel_name="python3", progress_bar=False,
+                        cwd=str(PROJECT_ROOT / "notebooks"))  # fmt: skip
+    assert json.loads((tmp_path / "run" / "eda" / "summary.json").read_text())
+    with pytest.raises(Exception, match="opened by hand: choose its settings"):  # nothing chosen: no silent demo
+        pm.execute_notebook(str(PROJECT_ROOT / "notebooks" / "00_eda.ipynb"), str(tmp_path / "none.ipynb"),
+                            kernel_name="python3", progress_bar=False, cwd=str(PROJECT_ROOT / "notebooks"))

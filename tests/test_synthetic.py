@@ -16,7 +16,7 @@ from lumbar.cli import main
 from lumbar.constants import CONDITION_GROUP, CONDITIONS, GRADES, LABEL_COLUMNS, LEVELS
 from lumbar.data.dicom import read_series, read_volume
 from lumbar.data.index import build_index
-from lumbar.data.synthetic import MANIFEST, LabelModel
+from lumbar.data.synthetic import MANIFEST, LabelModel, SynthConfig
 from lumbar.data.synthetic.anatomy import draw_phantom
 from lumbar.data.synthetic.dicom_writer import SeriesTags, to_stored, write_instance
 from lumbar.data.synthetic.labels import correlation_summary, load_grade_counts
@@ -283,3 +283,21 @@ def test_grades_are_visible_in_the_pixels_with_overlap():
         assert m.loc[0, "mean"] > m.loc[1, "mean"] > m.loc[2, "mean"], means
         # graded, not a switch: neighbouring grades overlap (less than 3 SD apart)
         assert (m.loc[0, "mean"] - m.loc[1, "mean"]) < 3 * m.loc[[0, 1], "std"].mean(), means
+
+
+def test_axial_series_of_the_real_datas_length_on_request():
+    """`axial_slices=(6, 12)`: 6-12 slices per disc, so a five-disc axial series has 30-60 slices; the default draws
+    the same studies as before (3-6 per disc)."""
+    lengths = {}
+    for slices in ((3, 6), (6, 12)):
+        counts = []
+        for index in range(20):
+            _, r_anatomy, r_scan, _ = study_streams(3, "train", index)
+            phantom = draw_phantom(r_anatomy, LabelModel().draw_latent(study_streams(3, "train", index)[0]))
+            plans = plan_series(phantom, r_scan, index, 128, 0, "train", axial_slices=slices)
+            counts += [len(stack.positions) for p in plans if p.description == "Axial T2" for stack in p.stacks]
+        lengths[slices] = counts
+    assert min(lengths[(3, 6)]) >= 3 and max(lengths[(3, 6)]) <= 6
+    assert min(lengths[(6, 12)]) >= 6 and max(lengths[(6, 12)]) <= 12 and max(lengths[(6, 12)]) > 6
+    with pytest.raises(ValueError, match="axial_slices must be"):
+        SynthConfig(axial_slices=(5, 2))

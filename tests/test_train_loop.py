@@ -70,12 +70,12 @@ def test_same_seed_same_oof_on_cpu(tiny, tmp_path):
 
 
 def test_kill_and_resume_matches_an_uninterrupted_run(tiny, tmp_path):
-    whole = train(_config(tiny, tmp_path / "whole" / "run"))
+    whole = train(_config(tiny, tmp_path / "whole" / "run", keep_last=True))
     with pytest.raises(Kill):
-        train(_config(tiny, tmp_path / "killed" / "run"), logger=KillAfterFirstEpoch())
+        train(_config(tiny, tmp_path / "killed" / "run", keep_last=True), logger=KillAfterFirstEpoch())
     last = tmp_path / "killed" / "run" / "spinal" / "fold0" / "last.pt"
     assert load_checkpoint(last)["epoch"] == 1
-    resumed = train(_config(tiny, tmp_path / "killed" / "run"))
+    resumed = train(_config(tiny, tmp_path / "killed" / "run", keep_last=True))
     final_a = load_checkpoint(whole.run_dir / "spinal" / "fold0" / "last.pt")
     final_b = load_checkpoint(last)
     assert final_b["epoch"] == 2 and len(final_b["history"]) == 2

@@ -120,7 +120,7 @@ def test_epoch_loss_is_the_per_step_sum_and_reads_the_device_once_per_epoch(tiny
 def test_val_every_and_checkpoint_every_keep_the_predictions(tiny, tmp_path):
     every = train(_config(tiny, tmp_path / "every" / "run", epochs=3))
     sparse = train(_config(tiny, tmp_path / "sparse" / "run", epochs=3, val_every=2, checkpoint_every=2,
-                           folds_csv=str(tmp_path / "every" / "folds.csv")))
+                           folds_csv=str(tmp_path / "every" / "folds.csv"), keep_last=True))
     pd.testing.assert_frame_equal(pd.read_csv(every.oof_path), pd.read_csv(sparse.oof_path), check_exact=True)
     history = pd.read_csv(sparse.run_dir / "spinal" / "fold0" / "history.csv")
     assert history["val_loss"].isna().tolist() == [True, False, False]  # epoch 2 (every 2nd) and 3 (the last)

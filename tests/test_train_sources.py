@@ -112,7 +112,7 @@ def test_oof_crops_alone_train_without_a_ground_truth_cache(tiny, tmp_path):
 
 
 def test_select_last_records_the_final_ema_weights(tiny, tmp_path):
-    result = train(_config(tiny, tmp_path / "exp" / "run", oof_cache="", ema_decay=0.9))
+    result = train(_config(tiny, tmp_path / "exp" / "run", oof_cache="", ema_decay=0.9, keep_last=True))
     fold_dir = result.run_dir / "spinal" / "fold0"
     final, last = load_checkpoint(fold_dir / "final.pt"), load_checkpoint(fold_dir / "last.pt")
     assert last["epoch"] == 2 and final.keys() == last["model"].keys()

@@ -56,6 +56,8 @@ def _synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-noise", type=float, default=0.05, help="share of grades written without looking")
     p.add_argument("--stir-rate", type=float, default=0.25,
                    help="share of Sagittal T2/STIR series rendered as fat-suppressed STIR")
+    p.add_argument("--axial-slices", default="3,6", metavar="FEWEST,MOST",
+                   help="slices of each disc's axial stack (default 3,6: series of 15-30 slices; 6,12: 30-60)")
     p.add_argument(
         "--workers", type=int, default=0,
         help="processes drawing studies (default 0 = one per core; the output does not depend on it)",
@@ -201,6 +203,9 @@ def _pipeline(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="data folder, over the config's data_dir")
     p.add_argument("--allow-synthetic", action="store_true",
                    help="let a config meant for the real data run on synthetic data (a dry run)")
+    p.add_argument("--fresh", action="store_true",
+                   help="train the selected steps again from scratch (= --set FRESH=true); by default a rerun "
+                        "reuses what was trained with the same settings and stops on other settings")
 
 
 @command("train", "lumbar.train.command:cli_train", "train one architecture on one task mode (also under torchrun)")
@@ -221,6 +226,11 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", default=None, help="DataLoader worker processes")
     p.add_argument("--seed", default=None)
     p.add_argument("--config", default=None, help="YAML of config overrides (top level or under `train:`)")
+    p.add_argument("--run", default=None,
+                   help="a run folder: its crops, the localizer's crops and errors wired as 03_train does (needs "
+                        "--arch; out defaults to RUN/ARCH)")
+    p.add_argument("--crops", choices=["gt", "oof", "both"], default="both",
+                   help="with --run: training crops (default both, as 03_train)")
     add_set_argument(p, "any TrainConfig field, e.g. ema_decay=0.99")
 
 

@@ -119,3 +119,21 @@ def parse_assignments(items: Iterable[str] | None) -> dict[str, str]:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         out[key.strip()] = value.strip()
     return out
+
+
+class StaleRunError(ValueError):
+    """A step would reuse results made with other settings or inputs; the message names them and the way out."""
+
+
+def setting_changes(saved: Mapping[str, Any], current: Mapping[str, Any], ignore: Iterable[str] = ()) -> list[str]:
+    """`name: saved -> current` for every setting that differs (keys of either side, less `ignore`).
+
+    Values are compared as JSON would hold them (tuples and lists alike).
+    """
+    import json
+
+    ignore = set(ignore)
+    norm = lambda v: json.loads(json.dumps(v, default=str))
+    keys = [k for k in dict.fromkeys([*saved, *current]) if k not in ignore]
+    return [f"{k}: {saved.get(k, '(unset)')!r} -> {current.get(k, '(unset)')!r}" for k in keys
+            if norm(saved.get(k)) != norm(current.get(k))]  # fmt: skip

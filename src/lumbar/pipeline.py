@@ -18,7 +18,9 @@ Config (`configs/NAME.yaml`)::
 
 Every notebook also receives `RUN_DIR` and `DATA_DIR` (from `run_dir` and `data_dir`/`--data-dir`; a
 parameter or `--set` of either name is refused). `jobs` (default `auto`) follows the machine: a parallel
-group runs one notebook per core at most (`lumbar.cores.split_cores`); a number pins it. Each notebook of a
+group runs one notebook per core at most, or, when its notebooks train on the GPU (`DEVICE` auto or cuda) and
+GPUs are visible, one notebook per GPU, each pinned to its own (`group_plan`, `lumbar.cores.plan_processes`);
+a number pins it (never more than one notebook per GPU). Each notebook of a
 parallel group runs in its own process and kernel with `OMP_NUM_THREADS` = CPU cores // jobs (unless the
 environment sets it), which is also torch's thread count there when the notebook's own thread setting is 0,
 so the group shares the cores instead of fighting over them; the manifest is updated under a file lock. Executed copies are saved as
@@ -47,20 +49,19 @@ import argparse
 import ast
 import contextlib
 import itertools
-import multiprocessing
 import os
 import time
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from lumbar.cores import split_cores
+from lumbar.cores import ProcessPlan, plan_processes, process_pool, visible_gpus, wants_gpu
 from lumbar.manifest import read_manifest, update_manifest
-from lumbar.overrides import parse_assignments, unknown_setting
+from lumbar.overrides import UnknownSettingError, parse_assignments, unknown_setting
 from lumbar.paths import PROJECT_ROOT, SYNTHETIC_MARKER, data_root, is_synthetic
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
@@ -87,7 +88,7 @@ class PipelineConfig:
     steps: list[Step]
     source: Path | None = None
     notebook_dir: Path = NOTEBOOK_DIR
-    jobs: int = 0  # 0: auto (`split_cores`)
+    jobs: int = 0  # 0: auto (`group_plan`)
     synthetic: dict[str, Any] | None = None  # the `synthetic:` block; None: a config for the real data
 
 
@@ -172,7 +173,8 @@ def _step(entry: Any, group: int, notebook_dir: Path, where: str, declared: dict
 _KINDS = {kind.__name__: kind for kind in (bool, int, float, str, list, dict)}
 
 #: Parameters the pipeline sets itself, and where a user sets them instead.
-_RESERVED = {"RUN_DIR": "the config's `run_dir`", "DATA_DIR": "--data-dir (or the config's `data_dir`)"}
+_RESERVED = {"RUN_DIR": "the config's `run_dir`", "DATA_DIR": "--data-dir (or the config's `data_dir`)",
+             "CONFIG": "--config (CONFIG is for a notebook opened by hand)", "STEP": "the config's steps"}
 
 
 def notebook_parameters(path: Path) -> dict[str, type | None]:
@@ -229,6 +231,9 @@ def spread_parameters(steps: list[Step], values: Mapping[str, Any], owner: str, 
         declaring = [i for i, step in enumerate(steps) if key in step.declared]
         if not declaring:
             notebooks = ", ".join(dict.fromkeys(f"{step.notebook}.ipynb" for step in steps))
+            where = where_setting_lives(key, steps)
+            if where:
+                raise UnknownSettingError(f"{owner} ({notebooks}): {key!r} is no notebook parameter; {where}")
             raise unknown_setting(f"{owner} ({notebooks})", key, sorted({n for s in steps for n in s.declared}))
         misfits: dict[str, dict[str, None]] = {}
         for i in declaring:
@@ -240,8 +245,43 @@ def spread_parameters(steps: list[Step], values: Mapping[str, Any], owner: str, 
         if misfits:
             expected = "; ".join(f"the {kind} default of {', '.join(nbs)}" for kind, nbs in misfits.items())
             raise ValueError(f"{owner}: {key}={value!r} does not fit {expected}")
-    return [replace(step, parameters={**step.parameters, **new} if win else {**new, **step.parameters})
+    return [replace(step, parameters=_merged(step.parameters, new) if win else _merged(new, step.parameters))
             for step, new in zip(steps, added)]  # fmt: skip
+
+
+def _merged(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
+    """`high` over `low`; a mapping parameter (`EXTRA`) is merged key by key, so `--set EXTRA={resume: false}` adds
+    to a step's EXTRA instead of dropping the rest of it."""
+    out = dict(low)
+    for key, value in high.items():
+        both = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+        out[key] = {**out[key], **value} if both else value
+    return out
+
+
+#: Which typed config each notebook's `EXTRA` feeds (its fields are settings there, not notebook parameters).
+EXTRA_CONFIGS = {"01_preprocess": "lumbar.preprocess.config:RoiConfig",
+                 "02_train_localizer": "lumbar.localize.config:LocalizerConfig",
+                 "03_train": "lumbar.train.config:TrainConfig"}  # fmt: skip
+
+
+def where_setting_lives(key: str, steps: list[Step]) -> str:
+    """For a name that is no notebook parameter but a field of a step's typed config (`lr`, `ema_decay`): where to
+    set it, per notebook ("" when it is no field of any)."""
+    import dataclasses
+    import importlib
+
+    places = []
+    for notebook in dict.fromkeys(s.notebook for s in steps):
+        if notebook not in EXTRA_CONFIGS:
+            continue
+        module, _, name = EXTRA_CONFIGS[notebook].partition(":")
+        fields = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+        if key in fields:
+            declared = next(s.declared for s in steps if s.notebook == notebook)
+            also = f" or the parameter {key.upper()}" if key.upper() in declared else ""
+            places.append(f"{notebook}: EXTRA={{{key}: ...}}{also} (a field of {name})")
+    return "set it as " + "; ".join(places) if places else ""
 
 
 def _project_path(p: str) -> Path:
@@ -369,9 +409,9 @@ def run_pipeline(
     seconds: dict[str, float] = {}
     for _, group in itertools.groupby(steps, key=lambda s: s.group):
         group = list(group)
-        workers, threads = split_cores(len(group), jobs)
-        if workers > 1:
-            seconds.update(_run_parallel(group, config, workers, threads))
+        plan = group_plan(group, jobs)
+        if plan.jobs > 1:
+            seconds.update(_run_parallel(group, config, plan))
             continue
         for step in group:
             print(f"[pipeline] {step.output} ...", flush=True)
@@ -380,14 +420,27 @@ def run_pipeline(
     return seconds
 
 
-def _run_parallel(group: list[Step], config: PipelineConfig, workers: int, threads: int) -> dict[str, float]:
-    """One parallel group, `workers` notebooks at once, each in its own process (`threads` CPU threads); the first
-    failure is raised once all ended."""
-    print(f"[pipeline] {', '.join(s.output for s in group)}: {workers} at once, {threads} CPU thread(s) each",
-          flush=True)  # fmt: skip
+def group_plan(group: list[Step], jobs: int = 0, gpus: int | None = None) -> ProcessPlan:
+    """How a `parallel:` group runs: on a GPU machine, when its notebooks put models on the GPU (`DEVICE` auto or
+    cuda), one notebook per GPU at once, each pinned to its GPU; otherwise one per core (`lumbar.cores`).
+
+    A group whose notebooks name their GPUs themselves (`DEVICE: cuda:0`, `cuda:1`) is run as on the CPU: the
+    pipeline does not pin what the config already placed.
+    """
+    devices = [str(s.parameters.get("DEVICE", "auto")) for s in group if "DEVICE" in s.declared]
+    gpus = visible_gpus() if gpus is None else gpus
+    placed = any(d.startswith("cuda:") for d in devices)
+    on_gpu = not placed and any(wants_gpu(d, gpus) for d in devices)
+    return plan_processes(len(group), "cuda" if on_gpu else "cpu", jobs, gpus=gpus)
+
+
+def _run_parallel(group: list[Step], config: PipelineConfig, plan: ProcessPlan) -> dict[str, float]:
+    """One parallel group, `plan.jobs` notebooks at once, each in its own process (`plan.threads` CPU threads,
+    pinned to its GPU on a GPU plan); the first failure is raised once all ended."""
+    print(f"[pipeline] {', '.join(s.output for s in group)}: {plan.describe()}", flush=True)
     seconds, errors = {}, []
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_step, step, config, False, threads): step for step in group}
+    with process_pool(plan) as pool:
+        futures = {pool.submit(run_step, step, config, False, plan.threads): step for step in group}
         for future in as_completed(futures):
             step = futures[future]
             if future.cancelled():
@@ -422,7 +475,8 @@ def _parse_overrides(items: list[str] | None) -> dict[str, Any]:
 def cli_pipeline(args: argparse.Namespace) -> int:
     """`python -m lumbar pipeline`; a failed notebook raises PipelineError (exit 1, see lumbar.cli)."""
     config = load_config(args.config, data_dir=args.data_dir)
-    seconds = run_pipeline(config, args.start, args.only, args.jobs, overrides=_parse_overrides(args.set),
+    overrides = {**_parse_overrides(args.set), **({"FRESH": True} if getattr(args, "fresh", False) else {})}
+    seconds = run_pipeline(config, args.start, args.only, args.jobs, overrides=overrides,
                            allow_synthetic=args.allow_synthetic)  # fmt: skip
     print(f"pipeline: {len(seconds)} notebooks, {sum(seconds.values()):.1f} notebook-seconds; "
           f"run folder {config.run_dir}")
@@ -430,3 +484,67 @@ def cli_pipeline(args: argparse.Namespace) -> int:
         f"pipeline: manifest {config.run_dir / 'manifest.json'} ({len(read_manifest(config.run_dir))} keys)"
     )
     return 0
+
+
+def step_settings(notebook: str, chosen: str, step: str = "") -> dict[str, Any]:
+    """The parameters a notebook opened by hand takes: those the pipeline gives it in a config, or those it ran
+    with in a run folder. A notebook never silently falls back to its own (demo) defaults.
+
+    Args:
+        notebook: the notebook's name (`03_train`).
+        chosen: a config (`full`, `demo`, or a YAML path: that config's step, with `RUN_DIR` and `DATA_DIR` as the
+            pipeline sets them) or a run folder (the parameters of its executed copy `<run>/<step>.ipynb`, `--set`
+            values included; or, for a step it has not run, its config's).
+        step: which of the config's steps of this notebook (its output name, e.g. `03_train_timm25d_resnet34`);
+            default: the first.
+
+    Raises:
+        ValueError: nothing chosen (names how to choose), or no such config, run or step.
+    """
+    if not chosen:
+        raise ValueError(f"{notebook} opened by hand: choose its settings in the first cell: CONFIG = 'full' (or "
+                         "'demo', a config's path, or a run folder such as '../runs/full'); the pipeline sets "
+                         "RUN_DIR itself")  # fmt: skip
+    run = _project_path(chosen) if not Path(chosen).is_absolute() else Path(chosen)
+    if (run / "manifest.json").is_file():
+        executed = _executed_parameters(run, notebook, step)
+        if executed is not None:
+            return executed
+        chosen = read_manifest(run).get("pipeline", {}).get("config") or ""
+        if not chosen:
+            raise ValueError(f"{run}: no executed {notebook} and no pipeline config in its manifest")
+    path = _config_path(chosen)
+    config = load_config(path)
+    steps = [s for s in config.steps if s.notebook == notebook and (not step or s.output == step)]
+    if not steps:
+        raise ValueError(f"{path}: no step {step or notebook!r} (steps: {[s.output for s in config.steps]})")
+    others = [s.output for s in config.steps if s.notebook == notebook and s is not steps[0]]
+    print(f"{notebook}: the settings of {steps[0].output} in {path}"
+          + (f" (others: {', '.join(others)}; STEP chooses)" if others else ""))  # fmt: skip
+    return {**steps[0].parameters, "RUN_DIR": str(config.run_dir), "DATA_DIR": str(config.data_dir)}
+
+
+def _config_path(chosen: str) -> Path:
+    path = Path(chosen)
+    for candidate in (path, PROJECT_ROOT / path, PROJECT_ROOT / "configs" / f"{chosen}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise ValueError(f"no config {chosen!r} (configs/: {sorted(p.stem for p in (PROJECT_ROOT / 'configs').glob('*.yaml'))})")
+
+
+def _executed_parameters(run: Path, notebook: str, step: str) -> dict[str, Any] | None:
+    """The parameters papermill injected into `<run>/<step>.ipynb` (the first executed copy of `notebook` when no
+    step is named), read as literals; None when the run has no such copy."""
+    import nbformat
+
+    names = [step] if step else sorted(p.stem for p in run.glob(f"{notebook}*.ipynb"))
+    path = next((run / f"{n}.ipynb" for n in names if (run / f"{n}.ipynb").is_file()), None)
+    if path is None:
+        return None
+    cells = [c for c in nbformat.read(path, as_version=4).cells if "injected-parameters" in c.metadata.get("tags", [])]
+    values = {}
+    for node in ast.parse(cells[0].source if cells else "").body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            values[node.targets[0].id] = ast.literal_eval(node.value)
+    print(f"{notebook}: the settings {path} ran with")
+    return values

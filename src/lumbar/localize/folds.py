@@ -22,15 +22,16 @@ and records them in the manifest under "localizer" (`folds`: each fold's entry; 
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
+import json
 import os
+import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 
-from lumbar.cores import split_cores
+from lumbar.atomic import write_json
+from lumbar.cores import plan_processes, process_pool
 from lumbar.data.tables import load_coordinates, write_coordinates, write_csv
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.evaluate import (
@@ -41,10 +42,11 @@ from lumbar.localize.evaluate import (
     summary_line,
 )
 from lumbar.localize.predict import localize
-from lumbar.localize.train import MANIFEST_KEY, prepare_all, train_localizer
+from lumbar.localize.train import MANIFEST_KEY, MODEL_DIR, prepare_all, train_localizer
 from lumbar.manifest import read_manifest, update_manifest
+from lumbar.overrides import StaleRunError, setting_changes
 from lumbar.paths import data_root
-from lumbar.preprocess.cache import CacheReport, build_cache, load_cache
+from lumbar.preprocess.cache import CacheReport, build_cache, coordinates_digest, load_cache
 from lumbar.preprocess.config import RoiConfig
 from lumbar.preprocess.jitter import write_localizer_errors
 
@@ -60,9 +62,13 @@ def fold_member(fold: int) -> str:
     return f"fold{int(fold)}"
 
 
+#: LocalizerConfig fields that do not change the trained weights: a run's localizers are reused with other values.
+RUN_ONLY = frozenset({"device", "amp", "workers", "threads", "canal_repair_mm"})
+
+
 def train_localizer_folds(config: LocalizerConfig, data_dir: str | os.PathLike | None, coords: pd.DataFrame,
                           run: str | os.PathLike, folds: pd.DataFrame, index: pd.DataFrame, jobs: int = 1,
-                          device: str = "auto", progress: bool = True) -> dict:  # fmt: skip
+                          device: str = "auto", progress: bool = True, fresh: bool = False) -> dict:  # fmt: skip
     """Train a localizer per fold, predict each fold's studies out of fold, evaluate and record them.
 
     Args:
@@ -73,10 +79,13 @@ def train_localizer_folds(config: LocalizerConfig, data_dir: str | os.PathLike |
         folds: `study_id, fold` (the experiment's `folds.csv`); studies without a fold are not used.
         index: header index of the train split.
         jobs: models of the folds (`model_parts`) trained side by side, each in its own process with
-            cores // jobs torch threads (unless `config.threads` pins them); 0 = one per model, at most one
-            per core (`lumbar.cores.split_cores`).
+            cores // jobs torch threads (unless `config.threads` pins them); 0 = one per GPU on CUDA (each
+            pinned to its GPU), one per model and at most one per core on the CPU (`lumbar.cores.plan_processes`).
         device: for the out-of-fold prediction.
         progress: tqdm bars.
+        fresh: train every model again; by default a rerun reuses the run's localizers when their settings,
+            folds and coordinates are these (`RUN_ONLY` aside), resumes the models a killed run had not finished,
+            and stops at once (`StaleRunError`) when anything that changes the weights differs.
 
     Returns:
         The manifest's "localizer" entry.
@@ -90,23 +99,37 @@ def train_localizer_folds(config: LocalizerConfig, data_dir: str | os.PathLike |
     fold_ids = sorted(int(f) for f in fold_of[coords["study_id"].unique()].unique())
     if len(fold_ids) < 2:
         raise ValueError(f"a localizer per fold needs at least 2 folds with labelled studies, got {fold_ids}")
+    digest = coordinates_digest(coords)
+    previous = read_manifest(run).get(MANIFEST_KEY) or {}
+    if not fresh and check_reusable(previous, config, fold_ids, digest, run):
+        print(f"localizer: reusing the {len(fold_ids)} fold localizers of {run} (same settings, folds and "
+              "coordinates; FRESH=True trains them again)", flush=True)
+        return previous
+    if fresh:
+        for record in (run / MODEL_DIR).glob(f"fold*/*{PART_RECORD}"):
+            record.unlink()
+    update_manifest(run, MANIFEST_KEY, {"kind": "lumbar-localizer-folds", "config": config.to_dict(), "folds": {},
+                                        "fold_ids": fold_ids, "coordinates_sha1": digest, "status": "training"})
     prepare_all(config, root, coords, run, index, progress)  # decoded once, read by every fold
     parts = model_parts(config)
-    jobs, threads = split_cores(len(fold_ids) * len(parts), jobs, config.threads)
-    if jobs > 1:
-        parts = [dataclasses.replace(part, threads=threads) for part in parts]
+    plan = plan_processes(len(fold_ids) * len(parts), config.device, jobs, config.threads)
+    print(f"localizer: {len(fold_ids)} folds x {len(parts)} models, {plan.describe()}", flush=True)
+    if plan.jobs > 1:  # a pinned worker's `cuda` is its own GPU
+        device = "cuda" if plan.gpus else config.device
+        parts = [dataclasses.replace(part, threads=plan.threads, device=device) for part in parts]
     tasks = [(part, str(root), coords[coords["study_id"].map(fold_of) != k], str(run),
               index[~index["study_id"].map(fold_of).eq(k)], False, fold_member(k)) for k in fold_ids
              for part in parts]  # fmt: skip
-    if jobs > 1:
-        with ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn")) as pool:
+    if plan.jobs > 1:
+        with process_pool(plan) as pool:
             entries = list(pool.map(_train_one, tasks))
     else:
         entries = [_train_one(t) for t in tasks]
     n = len(parts)
     members = {fold_member(k): {**merge_parts(entries[i * n:(i + 1) * n], config), "fold": k}
                for i, k in enumerate(fold_ids)}
-    entry = {"kind": "lumbar-localizer-folds", "config": config.to_dict(), "folds": members}
+    entry = {"kind": "lumbar-localizer-folds", "config": config.to_dict(), "folds": members, "fold_ids": fold_ids,
+             "coordinates_sha1": digest}
     update_manifest(run, MANIFEST_KEY, entry)
     entry = predict_out_of_fold(run, root, coords, folds, index, device)
     entry["seconds"] = round(time.perf_counter() - t0, 1)
@@ -172,10 +195,48 @@ def merge_parts(entries: list[dict], config: LocalizerConfig) -> dict:
     return merged
 
 
+#: Each trained model of a fold writes its manifest entry beside its checkpoint (`<model>.part.json`), so a killed
+#: run resumes with the models it had not finished.
+PART_RECORD = ".part.json"
+
+
 def _train_one(task: tuple) -> dict:
-    """One model of one fold's localizer (a process-pool task)."""
+    """One model of one fold's localizer (a process-pool task), or its record when a killed run finished it."""
     config, root, coords, run, index, progress, member = task
-    return train_localizer(config, root, coords, run, index=index, progress=progress, member=member)
+    name = config.tasks or f"{config.refine_tasks}_slices"
+    record = Path(run) / MODEL_DIR / member / f"{name}{PART_RECORD}"
+    if record.is_file():
+        print(f"localizer: {member} {name}: trained before, kept", flush=True)
+        return json.loads(record.read_text())
+    entry = train_localizer(config, root, coords, run, index=index, progress=progress, member=member)
+    write_json(entry, record)
+    return entry
+
+
+def check_reusable(previous: dict, config: LocalizerConfig, fold_ids: list[int], digest: str, run: Path) -> bool:
+    """True when `previous` (the run's localizer entry) is a finished set of fold localizers with these settings,
+    folds and coordinates; False when there is nothing to reuse, or a killed run to resume.
+
+    Raises:
+        StaleRunError: the run's localizers (finished or not) were trained with other settings, folds or
+            coordinates: names each and how to train again.
+    """
+    if previous.get("kind") != "lumbar-localizer-folds":
+        return False
+    changes = setting_changes(previous["config"], config.to_dict(), RUN_ONLY)
+    saved = previous.get("fold_ids") or sorted(int(m["fold"]) for m in previous.get("folds", {}).values())
+    if saved != fold_ids:
+        changes.append(f"folds: {saved} -> {fold_ids}")
+    if previous.get("coordinates_sha1", digest) != digest:
+        changes.append("coordinates: other points (COORDS, COORDS_EXTRA or the competition's file changed)")
+    if changes:
+        raise StaleRunError(
+            f"{run / MODEL_DIR} holds localizers trained with other settings or data ({'; '.join(changes)}): "
+            "reusing them would keep points these settings never made; train again with FRESH=True in "
+            f"02_train_localizer (pipeline: --fresh), or delete {run / MODEL_DIR}")
+    checkpoints = [run / m["checkpoint"] for f in previous.get("folds", {}).values() for m in f["models"].values()]
+    oof = previous.get("oof")
+    return bool(checkpoints) and all(c.is_file() for c in checkpoints) and bool(oof) and (run / oof).is_file()
 
 
 def build_oof_crops(run: str | os.PathLike, data_dir: str | os.PathLike | None, workers: int = 1,
@@ -192,6 +253,11 @@ def build_oof_crops(run: str | os.PathLike, data_dir: str | os.PathLike | None, 
                                 "out-of-fold coordinates (a localizer per fold, 02_train_localizer)")
     params, _ = load_cache(run / manifest["preprocess"]["cache"])
     oof = load_coordinates(run / manifest[MANIFEST_KEY]["oof"])
+    stale = run / OOF_CACHE_ROOT / params["cache_name"]
+    built = json.loads((stale / "params.json").read_text()) if (stale / "params.json").is_file() else None
+    if built is not None and built.get("coordinates_sha1") != coordinates_digest(oof):
+        print(f"localizer: {stale} was cut around an earlier localizer's points: built again", flush=True)
+        shutil.rmtree(stale)
     report = build_cache(oof, data_dir, "train", run / OOF_CACHE_ROOT, RoiConfig.from_overrides(params["config"]),
                          workers=workers, progress=progress, coords_source=OOF_CSV)  # fmt: skip
     update_manifest(run, "oof_crops", {"cache": report.cache_dir.relative_to(run).as_posix(), "coords": OOF_CSV,

@@ -1,7 +1,8 @@
 """`python -m lumbar train ...`: the command-line front end of `lumbar.train.loop.train`.
 
-Precedence of settings: the `TrainConfig` defaults, then `--config FILE.yaml`, then the explicit flags, then
-`--set key=value` pairs (any config field). Works the same under `torchrun --nproc_per_node=N -m lumbar train`.
+Precedence of settings: the `TrainConfig` defaults, then a run's wiring (`--run RUN`: its crop caches and the
+localizer's errors, as `03_train` wires them: `lumbar.train.member`), then `--config FILE.yaml`, then the explicit
+flags, then `--set key=value` pairs (any config field). Works the same under `torchrun --nproc_per_node=N -m lumbar train`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ FLAG_FIELDS = ("data_dir", "cache", "arch", "mode", "folds", "epochs", "out", "b
 
 def config_from_args(args: argparse.Namespace):
     """The resolved `TrainConfig` of a parsed command line."""
-    config = make_config(load_yaml_overrides(args.config), source=args.config) if args.config else make_config()
+    config = make_config()
+    if getattr(args, "run", None):
+        if not args.arch:
+            raise ValueError("--run needs --arch (the architecture to train on the run's crops)")
+        from lumbar.train.member import member_overrides
+
+        config = make_config(member_overrides(args.run, args.arch, crops=args.crops), source=f"--run {args.run}")
+    if args.config:
+        config = make_config(load_yaml_overrides(args.config), base=config, source=args.config)
     flags = {k: getattr(args, k) for k in FLAG_FIELDS if getattr(args, k, None) is not None}
     if args.condition:
         flags["conditions"] = ",".join(args.condition)

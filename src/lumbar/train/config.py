@@ -114,7 +114,11 @@ class TrainConfig:
         drop_rate: dropout before the head.
         model_kwargs: the architecture's own options (passed to `build_model`).
         mirror_right: competition mode: mirror right-side crops onto the left (flip + side flag), pooling sides.
-        resume: continue a fold from its `last.pt` when present.
+        resume: continue a fold from its `last.pt`, or reuse a finished fold, when the folder's saved settings
+            and inputs equal these (`RUN_ONLY` fields aside); otherwise `train` stops at once naming what differs.
+            False: train every fold again from scratch.
+        keep_last: keep a finished fold's `last.pt` (optimizer state: twice the weights' size, or more); by
+            default it is removed once the fold has finished and `final.pt`/`best.pt` is written.
         progress: tqdm bars (rank 0 only).
         record_samples: write the sample ids each rank trained on per epoch (`samples_seen.json`; for tests).
     """
@@ -171,6 +175,7 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     mirror_right: bool = True
     resume: bool = True
+    keep_last: bool = False
     progress: bool = True
     record_samples: bool = False
 
@@ -229,6 +234,13 @@ class TrainConfig:
         from lumbar.pretrained import upgrade_saved_settings
 
         return make_config(upgrade_saved_settings(json.loads(Path(path).read_text())), source=str(path))
+
+
+#: Settings that do not change what a fold's weights are (where and how fast it runs, what is logged, which folds
+#: this call trains, how the held-out rows are predicted): a run may resume or be reused with other values.
+RUN_ONLY = frozenset({"data_dir", "cache", "oof_cache", "jitter", "exclude", "out", "folds", "folds_csv", "tta",
+                      "amp", "channels_last", "val_every", "checkpoint_every", "log_every", "workers", "threads",
+                      "device", "resume", "keep_last", "progress", "record_samples"})  # fmt: skip
 
 
 def make_config(overrides: Mapping[str, Any] | None = None, base: TrainConfig | None = None,

@@ -39,6 +39,8 @@ and an entry under `classifiers` in the experiment's manifest (`<out>/../manifes
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Mapping
@@ -58,6 +60,7 @@ from lumbar.atomic import write_json
 from lumbar.constants import GRADES, row_id
 from lumbar.data.tables import load_labels, table_row_ids, write_csv
 from lumbar.manifest import update_manifest
+from lumbar.overrides import StaleRunError, setting_changes
 from lumbar.paths import data_root
 from lumbar.preprocess import LocalizerJitter
 from lumbar.train.augment import StackAugment, resolve_augmentations
@@ -70,7 +73,7 @@ from lumbar.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from lumbar.train.config import TrainConfig, make_config
+from lumbar.train.config import RUN_ONLY, TrainConfig, make_config
 from lumbar.train.dataset import LOCALIZED, RoiCache, RoiDataset, check_same_crops, read_cache
 from lumbar.train.ema import ModelEma
 from lumbar.train.folds import load_or_make_folds, read_folds
@@ -102,6 +105,10 @@ from lumbar.train.tasks import Task, build_tasks, resolve_conditions, validation
 from lumbar.train.tta import IDENTITY, candidate_sets, choose_fold_wise, combine, tta_views, usable
 
 PREDICTIONS_CSV = "predictions.csv"
+#: What the run's weights were trained on (`input_fingerprints`), beside config.json.
+INPUTS_JSON = "inputs.json"
+#: A finished fold's record (epochs, history, best epoch): reused with its final.pt or best.pt on a rerun.
+STATE_JSON = "state.json"
 OOF_CSV = "oof.csv"
 OOF_GT_CSV = "oof_gt.csv"
 GROUND_TRUTH = "gt"
@@ -181,9 +188,12 @@ def _train(config: TrainConfig, runtime: Runtime, logger) -> TrainResult:
     conditions = resolve_conditions(config.mode, config.conditions)
     labels = all_labels[all_labels["condition"].isin(conditions)].reset_index(drop=True)
     folds_path = Path(config.folds_csv) if config.folds_csv else run_root / "folds.csv"
+    inputs = input_fingerprints(config, caches)
+    check_resumable(config, out, inputs)  # before anything is written: a stale folder stops the run here
     if runtime.is_main:  # from all labels, so every run of the experiment makes the same file
         load_or_make_folds(folds_path, all_labels, config.n_folds, config.seed)
         config.save(out / CONFIG_JSON)
+        write_json(inputs, out / INPUTS_JSON)
     runtime.barrier()
     folds = read_folds(folds_path)
     fold_ids = list(config.folds) or sorted(folds["fold"].unique().tolist())
@@ -235,6 +245,44 @@ def _train(config: TrainConfig, runtime: Runtime, logger) -> TrainResult:
     if runtime.is_main:
         logger.log_result(result.summary)
     return result
+
+
+def input_fingerprints(config: TrainConfig, caches: dict[str, RoiCache]) -> dict[str, Any]:
+    """What a run's weights were trained on, independent of where it lies: each crop cache's identity (its crop
+    settings and the SHA-1 of the coordinates it was cut around) and the SHA-1 of the jitter and exclusion files."""
+    field_of = {GROUND_TRUTH: "cache", LOCALIZED: "oof_cache"}
+    found: dict[str, Any] = {field_of[source]: {k: cache.params.get(k) for k in ("config", "split", "coordinates_sha1")}
+                             for source, cache in caches.items()}  # fmt: skip
+    for name in ("jitter", "exclude"):
+        path = getattr(config, name)
+        found[name] = hashlib.sha1(Path(path).read_bytes()).hexdigest() if path else ""
+    return found
+
+
+def check_resumable(config: TrainConfig, out: Path, inputs: dict[str, Any]) -> None:
+    """Stop when `out` holds checkpoints made with other settings or inputs than these (`resume` on).
+
+    A fold resumes from `last.pt`, or a finished fold is reused, only when nothing that changes its weights
+    changed (`lumbar.train.config.RUN_ONLY` may); otherwise the run would keep weights its `config.json` no longer
+    describes. Raises `StaleRunError` naming each difference and how to train again.
+    """
+    saved = out / CONFIG_JSON
+    if not config.resume or not saved.is_file() or not _has_checkpoints(out):
+        return
+    changes = setting_changes(json.loads(saved.read_text()), config.to_dict(), RUN_ONLY)
+    if (out / INPUTS_JSON).is_file():
+        previous = json.loads((out / INPUTS_JSON).read_text())
+        changes += [f"{name}: its content changed" for name in dict.fromkeys([*previous, *inputs])
+                    if previous.get(name) != inputs.get(name)]  # fmt: skip
+    if changes:
+        raise StaleRunError(
+            f"{out} holds checkpoints trained with other settings or inputs ({'; '.join(changes)}): reusing them "
+            "would keep weights these settings never trained; train again from scratch with FRESH=True in "
+            f"03_train (pipeline: --fresh), resume=false for `lumbar train`, or delete {out}")
+
+
+def _has_checkpoints(out: Path) -> bool:
+    return any(out.glob(f"*/fold*/{LAST}")) or any(out.glob(f"*/fold*/{STATE_JSON}"))
 
 
 def tta_table(entries: dict[str, pd.DataFrame], subset: tuple[str, ...]) -> pd.DataFrame:
@@ -441,8 +489,12 @@ def fit_fold(config: TrainConfig, runtime: Runtime, caches: dict[str, RoiCache],
         raise ValueError(f"class_weights needs one weight per grade ({len(GRADES)}), got {config.class_weights}")
 
     state = {"epoch": 0, "best_score": None, "best_epoch": 0, "bad_epochs": 0, "finished": False, "history": []}
-    last = fold_dir / LAST
-    if config.resume and last.is_file():
+    last, done, selected = fold_dir / LAST, fold_dir / STATE_JSON, fold_dir / SELECTED_CHECKPOINT[config.select]
+    reused = config.resume and not last.is_file() and done.is_file() and selected.is_file()
+    if reused:  # finished before (its last.pt removed): the kept weights predict, nothing trains
+        state = json.loads(done.read_text())
+        unwrap(ema if ema is not None else model).load_state_dict(load_checkpoint(selected, map_location=runtime.device))
+    elif config.resume and last.is_file():
         ckpt = load_checkpoint(last, map_location=runtime.device)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -497,11 +549,15 @@ def fit_fold(config: TrainConfig, runtime: Runtime, caches: dict[str, RoiCache],
             logger.log_epoch(task.name, fold, row)
         runtime.barrier()
 
-    if runtime.is_main:
+    if runtime.is_main and not reused:
         if state["history"]:
             plot_history(state["history"], fold_dir)
         if config.select == "last":  # after the last epoch; also after a resume that found the fold finished
             save_checkpoint(unwrap(evaluator).state_dict(), fold_dir / FINAL)
+        if state["finished"]:  # the fold's record; the optimizer state is no longer needed
+            write_json(state, done)
+            if not config.keep_last:
+                last.unlink(missing_ok=True)
     runtime.barrier()
     if config.select == "best":
         unwrap(evaluator).load_state_dict(load_checkpoint(fold_dir / BEST, map_location=runtime.device))

@@ -65,6 +65,8 @@ class SynthConfig:
         depth_samples: samples across each slice's thickness (partial volume).
         stir_rate: share of Sagittal T2/STIR series that are fat-suppressed STIR (other contrasts than
             training: a robustness check).
+        axial_slices: (fewest, most) slices of each disc's oblique axial stack; (3, 6) gives axial series of
+            15-30 slices, (6, 12) the 30-60 of the real data's longer series (neighbouring stacks then overlap).
     """
 
     studies: int = 60
@@ -75,8 +77,11 @@ class SynthConfig:
     reader_sd: float = 0.25
     depth_samples: int = 2
     stir_rate: float = QUIRK_RATES["stir"]
+    axial_slices: tuple[int, int] = (3, 6)
 
     def __post_init__(self):
+        if not 1 <= self.axial_slices[0] <= self.axial_slices[1]:
+            raise ValueError(f"axial_slices must be (fewest, most) with 1 <= fewest <= most, got {self.axial_slices}")
         if self.studies < 1 or self.test_studies < 0:
             raise ValueError(f"need at least 1 training study and >= 0 test studies, got {self.studies}, "
                              f"{self.test_studies}")
@@ -127,7 +132,7 @@ def _run_task(args: tuple) -> StudyResult:
     out, split, index, study_id, config = args
     labels = LabelModel(reader_sd=config.reader_sd, label_noise=config.label_noise)
     return make_study(out, split, index, study_id, config.seed, config.image_size, labels, config.depth_samples,
-                      config.stir_rate)
+                      config.stir_rate, tuple(config.axial_slices))
 
 
 def _long_labels(results: list[StudyResult]) -> pd.DataFrame:
@@ -254,8 +259,10 @@ def generate(out: str | Path, config: SynthConfig, oracle: str | Path | None = N
 
 def cli_synth(args: argparse.Namespace) -> int:
     """`python -m lumbar synth`: write the folder, print one summary line (bad arguments: exit 2, lumbar.cli)."""
+    fewest, _, most = str(args.axial_slices).partition(",")
     config = SynthConfig(studies=args.studies, test_studies=args.test_studies, seed=args.seed,
-                         image_size=args.image_size, label_noise=args.label_noise, stir_rate=args.stir_rate)
+                         image_size=args.image_size, label_noise=args.label_noise, stir_rate=args.stir_rate,
+                         axial_slices=(int(fewest), int(most or fewest)))
     LabelModel(reader_sd=config.reader_sd, label_noise=config.label_noise)  # validate before any work
     summary = generate(args.out, config, oracle=args.oracle, workers=args.workers, overwrite=args.overwrite)
     print(summary.line())

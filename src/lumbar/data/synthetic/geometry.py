@@ -134,12 +134,13 @@ def sagittal_stack(phantom: Phantom, rng: np.random.Generator, image_size: int, 
 
 
 def axial_stack(phantom: Phantom, rng: np.random.Generator, level: int, cols: int, fov: float,
-                thickness: float, spacing: float) -> Stack:
-    """An oblique axial stack of 3-6 slices centred on one disc, tilted to follow it.
+                thickness: float, spacing: float, slices: tuple[int, int] = (3, 6)) -> Stack:
+    """An oblique axial stack of `slices` (fewest, most; 3-6 by default) slices centred on one disc, tilted to
+    follow it.
 
     Columns run to the patient's left, rows run back: IOP ~ (1, 0, 0, 0, cos, -sin) with the disc's tilt.
     """
-    n_slices = int(rng.integers(3, 7))
+    n_slices = int(rng.integers(slices[0], slices[1] + 1))
     s = phantom.disc_centres_s[level]
     normal = _tilt(phantom.tangent(s), rng, 2.0)
     centre = phantom.to_patient(phantom.body_point(0.0, 0.0, s + rng.normal(0.0, 1.0)))

@@ -119,7 +119,8 @@ def _tags(rng: np.random.Generator, study_id: int, series_id: int, description: 
 
 
 def plan_series(phantom: Phantom, rng: np.random.Generator, study_id: int, image_size: int, axial_gap: int,
-                split: str, stir_rate: float = QUIRK_RATES["stir"]) -> list[SeriesPlan]:
+                split: str, stir_rate: float = QUIRK_RATES["stir"],
+                axial_slices: tuple[int, int] = (3, 6)) -> list[SeriesPlan]:
     """Every series of a study: Sagittal T1, Sagittal T2/STIR and one or two Axial T2 (one may be missing).
 
     Args:
@@ -166,7 +167,7 @@ def plan_series(phantom: Phantom, rng: np.random.Generator, study_id: int, image
         stacks = []
         for level in group:
             size = int(2 * round(image_size * rng.uniform(0.75, 1.0) / 2)) if mixed else cols
-            stacks.append(axial_stack(phantom, rng, level, size, fov, thickness, spacing))
+            stacks.append(axial_stack(phantom, rng, level, size, fov, thickness, spacing, axial_slices))
         # Numbered top disc first, each stack from its superior slice down (positions run superior).
         numbers = _number_instances(rng, sum(len(s) for s in stacks))
         instances, used = [], 0
@@ -255,7 +256,8 @@ def study_id_for(seed: int, split: str, index: int) -> int:
 
 
 def make_study(out: Path, split: str, index: int, study_id: int, seed: int, image_size: int,
-               labels: LabelModel, depth_samples: int = 2, stir_rate: float = QUIRK_RATES["stir"]) -> StudyResult:
+               labels: LabelModel, depth_samples: int = 2, stir_rate: float = QUIRK_RATES["stir"],
+               axial_slices: tuple[int, int] = (3, 6)) -> StudyResult:
     """Draw and write one study under `out/<split>_images/<study_id>/`.
 
     Args:
@@ -268,6 +270,7 @@ def make_study(out: Path, split: str, index: int, study_id: int, seed: int, imag
         labels: the label model (noise settings).
         depth_samples: samples across each slice's thickness.
         stir_rate: share of Sagittal T2/STIR series rendered as STIR.
+        axial_slices: (fewest, most) slices of each disc's axial stack.
     """
     r_labels, r_anatomy, r_scan, r_pixels = study_streams(seed, split, index)
     severity = labels.draw_latent(r_labels)
@@ -275,7 +278,7 @@ def make_study(out: Path, split: str, index: int, study_id: int, seed: int, imag
     axial_gap = labels.draw_axial_gap(r_labels)
     blank = labels.draw_blanks(r_labels, axial_gap)
     phantom = draw_phantom(r_anatomy, severity)
-    plans = plan_series(phantom, r_scan, study_id, image_size, axial_gap, split, stir_rate)
+    plans = plan_series(phantom, r_scan, study_id, image_size, axial_gap, split, stir_rate, axial_slices)
     present = {p.description for p in plans}
     for condition in CONDITIONS:  # a series that was not acquired cannot be read
         if CONDITION_SERIES[condition] not in present:
