@@ -116,6 +116,8 @@ class TrainConfig:
         mirror_right: competition mode: mirror right-side crops onto the left (flip + side flag), pooling sides.
         resume: continue a fold from its `last.pt` when present.
         progress: tqdm bars (rank 0 only).
+        tensorboard: write TensorBoard curves of every unit and fold under `<out>/tensorboard/` (rank 0 only; needs
+            the `tensorboard` package).
         record_samples: write the sample ids each rank trained on per epoch (`samples_seen.json`; for tests).
     """
 
@@ -172,7 +174,13 @@ class TrainConfig:
     mirror_right: bool = True
     resume: bool = True
     progress: bool = True
+    tensorboard: bool = False
     record_samples: bool = False
+
+    @property
+    def fold_epochs(self) -> int:
+        """Epochs each fold trains: `epochs`, or 1 in a `fast_dev_run`."""
+        return 1 if self.fast_dev_run else self.epochs
 
     def check(self) -> None:
         """The combinations a run needs (a layered override may pass through others, so `train` checks here).
