@@ -54,7 +54,8 @@ def _tiny_config(tmp_path):
     }  # fmt: skip
 
 
-def test_demo_runs_every_notebook_and_ends_with_the_summary_line(tmp_path, capsys):
+def test_demo_runs_every_notebook_and_ends_with_the_summary_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("PYTEST_CURRENT_TEST")  # else ipykernel drops what the fold localizers' processes print
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(_tiny_config(tmp_path)))
     assert main(["demo", "--config", str(config)]) == 0
@@ -80,6 +81,13 @@ def test_demo_runs_every_notebook_and_ends_with_the_summary_line(tmp_path, capsy
     assert set(manifest["localizer"]["folds"]) == {"fold0", "fold1"} and (run / "localizer_oof.csv").is_file()
     assert manifest["oof_crops"]["samples"] > 0 and (run / manifest["localizer"]["errors"]).is_file()
     assert all(c["oof_gt"] and c["checkpoints"] for c in manifest["classifiers"].values())
+    # progress: each step's printed lines in its log, the epoch lines of every localizer model and classifier unit
+    logs = {name: (run / "logs" / f"{name}.log").read_text() for name in outputs}
+    for member, model in (("fold0", "sag_t2"), ("fold1", "axial")):
+        line = f"[localizer {member} {model}] epoch 1/1: train_loss="
+        assert line in logs["02_train_localizer"] and f"[02_train_localizer] {line}" in "\n".join(out)
+    assert re.search(r"\[subarticular fold 1\] epoch 1/1: train_loss=\S+ val_loss=\S+ competition=\S+ \| .*, left 0:00",
+                     logs["03_train_cnn3d"])  # fmt: skip
     result = json.loads((run / "cnn3d" / "result.json").read_text())
     assert result["train_crops"] == "both" and result["oof_cache"] == str(run / manifest["oof_crops"]["cache"])
     assert result["oof_score"]["score"] != result["oof_score_gt"]["score"]  # scored on both crop sources

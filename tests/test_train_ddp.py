@@ -20,7 +20,8 @@ def test_two_gloo_processes_see_different_samples(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lumbar",
            "train", "--data-dir", str(data_dir), "--cache", str(cache_dir), "--arch", "cnn3d", "--mode",
            "competition", "--condition", "scs", "--folds", "0", "--epochs", "1", "--batch-size", "5",
-           "--out", str(out), "--set", "n_folds=2", "--set", "record_samples=true", "--set", "progress=false"]
+           "--out", str(out), "--set", "n_folds=2", "--set", "record_samples=true", "--set", "progress=false",
+           "--set", "tensorboard=true"]
     proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     seen = json.loads((out / "spinal" / "fold0" / "samples_seen.json").read_text())["1"]
@@ -29,6 +30,8 @@ def test_two_gloo_processes_see_different_samples(tmp_path):
     folds = pd.read_csv(tmp_path / "exp" / "folds.csv")
     n_train = 5 * int((folds["fold"] != 0).sum())
     assert len(rank0 | rank1) == n_train  # together, one pass over the training fold
-    assert proc.stdout.count("[spinal fold 0] epoch 1") == 1  # only rank 0 logs
+    assert proc.stdout.count("[spinal fold 0] epoch 1/1: ") == 1  # only rank 0 logs
+    events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert [e.parent.relative_to(out).as_posix() for e in events] == ["tensorboard/spinal/fold0"]  # rank 0's only
     oof = pd.read_csv(out / "oof.csv")
     assert len(oof) == 25 * int((folds["fold"] == 0).sum())

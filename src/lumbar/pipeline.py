@@ -27,6 +27,14 @@ so the group shares the cores instead of fighting over them; the manifest is upd
 `runs/<name>/<output>.ipynb`; the manifest's `notebooks` entry records status and seconds of each. On a
 failing cell the pipeline stops and names the notebook, the cell and the error.
 
+Progress: every line a step's notebook prints (stdout and stderr streams, its processes' included; not
+displayed tables or figures) goes, as it arrives, to `runs/<name>/logs/<output>.log` (each line with its time,
+between a line saying when the step started and one saying how it ended; a rerun appends) and to the console
+prefixed with `[<output>]`, one `print` per line, so the lines of a parallel group's notebooks interleave
+whole. The training notebooks print one line per epoch (`lumbar.progress`), so `tail -f runs/<name>/logs/*.log`
+shows how far each step is and how long it has left. What a step's kernel process says outside the notebook's
+streams (its start-up warnings, why it failed to start) goes to `logs/kernel/<output>.log` (`kernel_manager`).
+
 Parameters are checked before the first notebook runs, against the `parameters` cell of each notebook
 (papermill's `inspect_notebook`). A name must be declared by the step's notebook (a step's `parameters:`),
 by some notebook of the config (top-level `parameters:`) or by some selected notebook (`--set`); otherwise
@@ -50,6 +58,7 @@ import ast
 import contextlib
 import itertools
 import os
+import subprocess
 import time
 from collections.abc import Mapping
 from concurrent.futures import as_completed
@@ -65,6 +74,8 @@ from lumbar.overrides import UnknownSettingError, parse_assignments, unknown_set
 from lumbar.paths import PROJECT_ROOT, SYNTHETIC_MARKER, data_root, is_synthetic
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+#: Each step's log of printed lines: `runs/<name>/logs/<output>.log`.
+LOG_DIR = "logs"
 
 
 class PipelineError(RuntimeError):
@@ -308,11 +319,106 @@ def select_steps(steps: list[Step], start: str | None = None, only: str | None =
     return steps
 
 
-def run_step(step: Step, config: PipelineConfig, log_output: bool = False, threads: int = 0) -> float:
-    """Execute one notebook with papermill; return its seconds. Raises PipelineError naming the cell.
+class StepLog:
+    """A step's printed lines into its log file and onto the console (module docstring: Progress).
+
+    `stream()` gives the file-like objects papermill writes each stream message of the kernel to
+    (`stdout_file`, `stderr_file`); each keeps its own unfinished line, so two streams never mix within a line.
+    A carriage return starts the line over, as on a terminal: a text progress bar leaves only its last state.
+    """
+
+    def __init__(self, path: Path, name: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.name = path, name
+        self.file = path.open("a", encoding="utf-8")
+        self.streams: list[_LineStream] = []
+
+    def stream(self) -> _LineStream:
+        self.streams.append(_LineStream(self))
+        return self.streams[-1]
+
+    def note(self, text: str) -> None:
+        """A line of the pipeline's own into the log file only (the console has its `[pipeline]` lines), after
+        any unfinished printed line."""
+        for stream in self.streams:
+            stream.flush_line()
+        self.file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [pipeline] {text}\n")
+        self.file.flush()
+
+    def line(self, text: str) -> None:
+        """One printed line: into the file with its time, onto the console with the step's name."""
+        self.file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+        self.file.flush()
+        print(f"[{self.name}] {text}", flush=True)
+
+    def close(self) -> None:
+        for stream in self.streams:
+            stream.flush_line()
+        self.file.close()
+
+
+class _LineStream:
+    """One output stream of a notebook, cut into lines for its `StepLog`."""
+
+    def __init__(self, log: StepLog) -> None:
+        self.log, self.pending = log, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            self._emit(line)
+        cut = self.pending.rfind("\r", 0, len(self.pending) - 1)  # a trailing \r may start a \r\n
+        if cut >= 0:
+            self.pending = self.pending[cut + 1 :]
+        return len(text)
+
+    def flush(self) -> None:
+        """Lines go out as they end; an unfinished one waits for its end (or `flush_line`)."""
+
+    def flush_line(self) -> None:
+        self._emit(self.pending)
+        self.pending = ""
+
+    def _emit(self, line: str) -> None:
+        line = line.rstrip("\r").rsplit("\r", 1)[-1].rstrip()
+        if line:
+            self.log.line(line)
+
+
+def kernel_manager(stderr: Path) -> type:
+    """The kernel manager papermill starts a step's kernel with: the kernel's own stdout goes nowhere, its stderr
+    to `stderr` (`logs/kernel/<output>.log`).
+
+    ipykernel sends what any process of the kernel writes to its stdout and stderr (a process pool's workers
+    too) to the notebook's streams, which `StepLog` prints, and also copies it to the kernel's own stdout and
+    stderr: left on the console, every line of a worker would show twice, once without the step's name. The
+    stderr file keeps what only the kernel process says (a kernel that fails to start says why there).
+    """
+    from jupyter_client import AsyncKernelManager
+
+    class StepKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw: Any) -> None:
+            stderr.parent.mkdir(parents=True, exist_ok=True)
+            with stderr.open("ab") as err:  # the kernel holds its own copy once started
+                await super().start_kernel(**{"stdout": subprocess.DEVNULL, "stderr": err, **kw})
+
+    return StepKernelManager
+
+
+def log_path(config: PipelineConfig, step: Step) -> Path:
+    """The step's log file: `runs/<name>/logs/<output>.log`."""
+    return config.run_dir / LOG_DIR / f"{step.output}.log"
+
+
+def run_step(step: Step, config: PipelineConfig, threads: int = 0) -> float:
+    """Execute one notebook with papermill, its printed lines logged (`StepLog`); return its seconds.
 
     Args:
         threads: when > 0 and the environment sets no OMP_NUM_THREADS, the kernel gets this many CPU threads.
+
+    Raises:
+        PipelineError: naming the notebook, the cell and the error.
     """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -322,7 +428,9 @@ def run_step(step: Step, config: PipelineConfig, log_output: bool = False, threa
     config.run_dir.mkdir(parents=True, exist_ok=True)
     out = config.run_dir / f"{step.output}.ipynb"
     params = {**step.parameters, "RUN_DIR": str(config.run_dir), "DATA_DIR": str(config.data_dir)}
-    t0 = time.perf_counter()
+    log = StepLog(log_path(config, step), step.output)
+    log.note(f"{step.output} ({step.notebook}.ipynb) started")
+    t0, outcome = time.perf_counter(), "stopped"
     try:
         pm.execute_notebook(
             str(config.notebook_dir / f"{step.notebook}.ipynb"),
@@ -330,17 +438,25 @@ def run_step(step: Step, config: PipelineConfig, log_output: bool = False, threa
             parameters=params,
             kernel_name="python3",
             progress_bar=False,
-            log_output=log_output,
+            log_output=False,
+            stdout_file=log.stream(),
+            stderr_file=log.stream(),
+            kernel_manager_class=kernel_manager(log.path.parent / "kernel" / log.path.name),
             cwd=str(config.notebook_dir),
         )
+        outcome = "done"
     except PapermillExecutionError as e:
-        seconds = time.perf_counter() - t0
-        update_manifest(config.run_dir, "notebooks", {"status": "failed", "seconds": round(seconds, 1),
+        update_manifest(config.run_dir, "notebooks", {"status": "failed", "seconds": round(time.perf_counter() - t0, 1),
                                                      "error": f"{e.ename}: {e.evalue}"}, item=step.output)  # fmt: skip
-        raise PipelineError(
-            f"notebook {step.output} ({step.notebook}.ipynb) failed in cell {e.exec_count} "
-            f"(cell index {e.cell_index}): {e.ename}: {e.evalue}\n  executed copy: {out}"
-        ) from None
+        outcome = (f"notebook {step.output} ({step.notebook}.ipynb) failed in cell {e.exec_count} "
+                   f"(cell index {e.cell_index}): {e.ename}: {e.evalue}\n  executed copy: {out}")
+        raise PipelineError(outcome) from None
+    except BaseException as e:
+        outcome = f"stopped: {e!r}"
+        raise
+    finally:
+        log.note(f"{outcome.splitlines()[0]} ({time.perf_counter() - t0:.1f} s)")
+        log.close()
     seconds = time.perf_counter() - t0
     update_manifest(config.run_dir, "notebooks", {"status": "ok", "seconds": round(seconds, 1),
                                                  "output": out.name}, item=step.output)  # fmt: skip
@@ -440,7 +556,7 @@ def _run_parallel(group: list[Step], config: PipelineConfig, plan: ProcessPlan) 
     print(f"[pipeline] {', '.join(s.output for s in group)}: {plan.describe()}", flush=True)
     seconds, errors = {}, []
     with process_pool(plan) as pool:
-        futures = {pool.submit(run_step, step, config, False, plan.threads): step for step in group}
+        futures = {pool.submit(run_step, step, config, plan.threads): step for step in group}
         for future in as_completed(futures):
             step = futures[future]
             if future.cancelled():

@@ -65,6 +65,8 @@ class LocalizerConfig:
         workers: processes reading DICOM headers for the index.
         threads: torch CPU threads (0 = torch's default); 1 is faster than 2 on a machine whose cores are
             busy with other work (OpenMP threads wait on each other).
+        tensorboard: write each model's loss and learning rate per epoch as TensorBoard events under
+            `RUN/localizer/tensorboard/` (needs the `tensorboard` package).
     """
 
     backbone: str = "resnet18"
@@ -105,6 +107,7 @@ class LocalizerConfig:
     max_studies: int = 0
     workers: int = 1
     threads: int = 0
+    tensorboard: bool = False
 
     def __post_init__(self):
         if self.size < 32 or self.size % 32:

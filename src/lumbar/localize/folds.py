@@ -63,7 +63,7 @@ def fold_member(fold: int) -> str:
 
 
 #: LocalizerConfig fields that do not change the trained weights: a run's localizers are reused with other values.
-RUN_ONLY = frozenset({"device", "amp", "workers", "threads", "canal_repair_mm"})
+RUN_ONLY = frozenset({"device", "amp", "workers", "threads", "canal_repair_mm", "tensorboard"})
 
 
 def train_localizer_folds(config: LocalizerConfig, data_dir: str | os.PathLike | None, coords: pd.DataFrame,
@@ -223,7 +223,7 @@ def check_reusable(previous: dict, config: LocalizerConfig, fold_ids: list[int],
     """
     if previous.get("kind") != "lumbar-localizer-folds":
         return False
-    changes = setting_changes(previous["config"], config.to_dict(), RUN_ONLY)
+    changes = setting_changes(LocalizerConfig.from_dict(previous["config"]).to_dict(), config.to_dict(), RUN_ONLY)
     saved = previous.get("fold_ids") or sorted(int(m["fold"]) for m in previous.get("folds", {}).values())
     if saved != fold_ids:
         changes.append(f"folds: {saved} -> {fold_ids}")

@@ -7,6 +7,7 @@
     RUN/manifest.json["localizer"]  backbone, size, slices, per-model checkpoint, points, config
     RUN/localizer/<model>.pt        state dict (load with torch.load(..., weights_only=True))
     RUN/localizer/cache/<inputs>/   the model inputs as float16 .npy, named after their parameters
+    RUN/localizer/tensorboard/      with `config.tensorboard`: each model's loss and learning rate per epoch
 
 so `lumbar.localize.predict` needs only the run path. Inputs are decoded once (only the slices a model
 needs) and cached; epochs read the cache into memory.
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST_KEY = "localizer"
 MODEL_DIR = "localizer"
+#: TensorBoard curves of every model (`LocalizerConfig.tensorboard`): `RUN/localizer/tensorboard/[<member>/]<model>`.
+TENSORBOARD_DIR = "tensorboard"
 
 
 def holdout_split(study_ids, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -306,6 +309,12 @@ def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: P
         "problems": [],
     }
 
+    def label(name: str) -> str:  # the model in the epoch lines: "localizer fold0 sag_t2"
+        return " ".join([MODEL_DIR, *([member] if member else []), name])
+
+    def board(name: str) -> Path:  # its TensorBoard curves (with config.tensorboard)
+        return Path(run, MODEL_DIR, TENSORBOARD_DIR, *([member] if member else []), name)
+
     def record(name: str, model: torch.nn.Module, entry: dict, history: list[float], started: float) -> None:
         checkpoint = Path(MODEL_DIR, *([member] if member else []), f"{name}.pt")
         save_state(model, run / checkpoint)
@@ -325,7 +334,7 @@ def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: P
         model = build_model(task, config, config.pretrained).to(device)
         batch = _heatmap_batches(task, inputs, targets, config, device)
         history = fit(model, len(inputs), batch, partial(_heatmap_loss, config=config), config.epochs_of(task.plane), config, runtime,
-                      f"train {name}", progress)  # fmt: skip
+                      label(name), progress, board(name))  # fmt: skip
         record(name, model, {"kind": "heatmap", "series_description": task.series_description,
                              "points": [list(p) for p in task.points], "samples": len(inputs)}, history, started)  # fmt: skip
 
@@ -343,7 +352,7 @@ def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: P
         model = build_scorer(config, config.pretrained).to(device)
         batch = _scorer_batches(crops, truth, config, device)
         history = fit(model, len(crops), batch, scorer_loss, config.refine_epochs or config.epochs, config, runtime,
-                      f"train {scorer_name}", progress)  # fmt: skip
+                      label(scorer_name), progress, board(scorer_name))  # fmt: skip
         record(scorer_name, model, {"kind": "slice_scorer", "refines": name, "samples": len(crops)}, history, started)
 
     manifest["seconds"] = round(time.perf_counter() - t0, 1)

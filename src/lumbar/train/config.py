@@ -120,6 +120,8 @@ class TrainConfig:
         keep_last: keep a finished fold's `last.pt` (optimizer state: twice the weights' size, or more); by
             default it is removed once the fold has finished and `final.pt`/`best.pt` is written.
         progress: tqdm bars (rank 0 only).
+        tensorboard: write TensorBoard curves of every unit and fold under `<out>/tensorboard/` (rank 0 only; needs
+            the `tensorboard` package).
         record_samples: write the sample ids each rank trained on per epoch (`samples_seen.json`; for tests).
     """
 
@@ -177,7 +179,13 @@ class TrainConfig:
     resume: bool = True
     keep_last: bool = False
     progress: bool = True
+    tensorboard: bool = False
     record_samples: bool = False
+
+    @property
+    def fold_epochs(self) -> int:
+        """Epochs each fold trains: `epochs`, or 1 in a `fast_dev_run`."""
+        return 1 if self.fast_dev_run else self.epochs
 
     def check(self) -> None:
         """The combinations a run needs (a layered override may pass through others, so `train` checks here).
@@ -240,7 +248,7 @@ class TrainConfig:
 #: this call trains, how the held-out rows are predicted): a run may resume or be reused with other values.
 RUN_ONLY = frozenset({"data_dir", "cache", "oof_cache", "jitter", "exclude", "out", "folds", "folds_csv", "tta",
                       "amp", "channels_last", "val_every", "checkpoint_every", "log_every", "workers", "threads",
-                      "device", "resume", "keep_last", "progress", "record_samples"})  # fmt: skip
+                      "device", "resume", "keep_last", "progress", "record_samples", "tensorboard"})  # fmt: skip
 
 
 def make_config(overrides: Mapping[str, Any] | None = None, base: TrainConfig | None = None,

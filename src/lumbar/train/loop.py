@@ -29,6 +29,7 @@ Run folder (`config.out`):
     config.json                       the resolved config
     <unit>/fold<k>/final.pt or best.pt, last.pt   checkpoints (state dicts)
     <unit>/fold<k>/history.csv, curves.png
+    tensorboard/<unit>/fold<k>/       TensorBoard events (with `tensorboard`): losses, score, learning rate
     predictions.csv                   every held-out prediction: study_id, condition, level, grade, fold, probs
     oof.csv                           the same in the submission format (competition mode: 25 rows per study)
     oof_gt.csv                        with both caches: the same models on the held-out ground-truth crops
@@ -78,7 +79,7 @@ from lumbar.train.dataset import LOCALIZED, RoiCache, RoiDataset, check_same_cro
 from lumbar.train.ema import ModelEma
 from lumbar.train.folds import load_or_make_folds, read_folds
 from lumbar.train.history import plot_history, write_history
-from lumbar.train.loggers import NullLogger
+from lumbar.train.loggers import Loggers, TensorBoardLogger
 from lumbar.train.losses import build_loss
 from lumbar.train.mixing import BatchMix, mixed_loss
 from lumbar.train.predict import (
@@ -111,6 +112,8 @@ INPUTS_JSON = "inputs.json"
 STATE_JSON = "state.json"
 OOF_CSV = "oof.csv"
 OOF_GT_CSV = "oof_gt.csv"
+#: TensorBoard curves of the run (`TrainConfig.tensorboard`): `<out>/tensorboard/<unit>/fold<k>`.
+TENSORBOARD_DIR = "tensorboard"
 GROUND_TRUTH = "gt"
 #: The crop sources of each `train_crops` value.
 TRAIN_SOURCES: dict[str, tuple[str, ...]] = {"gt": (GROUND_TRUTH,), "oof": (LOCALIZED,),
@@ -160,7 +163,8 @@ def train(config: TrainConfig | Mapping[str, Any], logger=None) -> TrainResult:
 
     Args:
         config: a `TrainConfig` or a mapping of overrides (cast and checked by `make_config`).
-        logger: receives per-epoch rows and the result on rank 0 (default: `NullLogger`).
+        logger: receives the plan, per-epoch rows and the result on rank 0 (`lumbar.train.loggers`; default: none,
+            e.g. `PrintLogger()` for the epoch lines); with `config.tensorboard` a `TensorBoardLogger` listens too.
 
     Returns:
         The run's `TrainResult` (on every rank; only rank 0 wrote the files).
@@ -169,9 +173,12 @@ def train(config: TrainConfig | Mapping[str, Any], logger=None) -> TrainResult:
         config = make_config(config)
     runtime = setup_runtime(config.device, amp=config.amp, channels_last=config.channels_last,
                             threads=config.threads)
+    board = TensorBoardLogger(Path(config.out) / TENSORBOARD_DIR) if config.tensorboard and runtime.is_main else None
     try:
-        return _train(config, runtime, logger or NullLogger())
+        return _train(config, runtime, Loggers(logger, board))
     finally:
+        if board is not None:
+            board.close()
         teardown_runtime(runtime)
 
 
@@ -203,6 +210,8 @@ def _train(config: TrainConfig, runtime: Runtime, logger) -> TrainResult:
 
     fold_of = folds.set_index("study_id")["fold"]
     tasks = build_tasks(config.mode, conditions, config.mirror_right, config.views)
+    if runtime.is_main:
+        logger.log_start([task.name for task in tasks], fold_ids, config.fold_epochs)
     tables, tables_gt, plain, units, timings = [], [], [], {}, {}
     for task in tasks:
         items = {}
@@ -269,7 +278,7 @@ def check_resumable(config: TrainConfig, out: Path, inputs: dict[str, Any]) -> N
     saved = out / CONFIG_JSON
     if not config.resume or not saved.is_file() or not _has_checkpoints(out):
         return
-    changes = setting_changes(json.loads(saved.read_text()), config.to_dict(), RUN_ONLY)
+    changes = setting_changes(TrainConfig.load(saved).to_dict(), config.to_dict(), RUN_ONLY)  # defaults filled in
     if (out / INPUTS_JSON).is_file():
         previous = json.loads((out / INPUTS_JSON).read_text())
         changes += [f"{name}: its content changed" for name in dict.fromkeys([*previous, *inputs])
@@ -469,7 +478,7 @@ def fit_fold(config: TrainConfig, runtime: Runtime, caches: dict[str, RoiCache],
     train_loader = _loader(train_ds, sampler, config, runtime, drop_last)
     valid_loader = eval_loader(valid_ds, config.batch_size, config.workers, runtime)
     max_batches = config.fast_dev_run
-    epochs = 1 if config.fast_dev_run else config.epochs
+    epochs = config.fold_epochs
     steps_per_epoch = min(len(train_loader), max_batches) if max_batches else len(train_loader)
 
     model = build_unit_model(config, task, cache).to(runtime.device)
