@@ -199,6 +199,8 @@ def _pipeline(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=None,
                    help="notebooks of a parallel group run at once (default: the config's; 0 = one per core)")
     p.add_argument("--data-dir", default=None, help="data folder, over the config's data_dir")
+    p.add_argument("--run-dir", default=None,
+                   help="run folder, over the config's run_dir (runs/<name>): put a real run on a big disk")
     p.add_argument("--allow-synthetic", action="store_true",
                    help="let a config meant for the real data run on synthetic data (a dry run)")
 
