@@ -203,6 +203,9 @@ def _pipeline(p: argparse.ArgumentParser) -> None:
                    help="run folder, over the config's run_dir (runs/<name>): put a real run on a big disk")
     p.add_argument("--allow-synthetic", action="store_true",
                    help="let a config meant for the real data run on synthetic data (a dry run)")
+    p.add_argument("--plan", action="store_true",
+                   help="print each step's samples, disk, memory and time (estimates, each saying where it comes "
+                        "from) and the free disk; run nothing (the header index may be built and cached)")
 
 
 @command("train", "lumbar.train.command:cli_train", "train one architecture on one task mode (also under torchrun)")

@@ -18,7 +18,8 @@ Config (`configs/NAME.yaml`)::
 
 Every notebook also receives `RUN_DIR` and `DATA_DIR` (from `run_dir`/`--run-dir` and `data_dir`/`--data-dir`;
 a parameter or `--set` of either name is refused); every notebook writes only under `RUN_DIR` (05 also its
-`OUT`), so `--run-dir` moves a whole run onto another disk. `jobs` (default `auto`) follows the machine: a parallel
+`OUT`), so `--run-dir` moves a whole run onto another disk. `--plan` prints what the run would cost (samples,
+disk, memory, time per step: `lumbar.pipeline_cost`) and runs nothing. `jobs` (default `auto`) follows the machine: a parallel
 group runs one notebook per core at most (`lumbar.cores.split_cores`); a number pins it. Each notebook of a
 parallel group runs in its own process and kernel with `OMP_NUM_THREADS` = CPU cores // jobs (unless the
 environment sets it), which is also torch's thread count there when the notebook's own thread setting is 0,
@@ -430,6 +431,12 @@ def _parse_overrides(items: list[str] | None) -> dict[str, Any]:
 def cli_pipeline(args: argparse.Namespace) -> int:
     """`python -m lumbar pipeline`; a failed notebook raises PipelineError (exit 1, see lumbar.cli)."""
     config = load_config(args.config, data_dir=args.data_dir, run_dir=args.run_dir)
+    if args.plan:
+        from lumbar.pipeline_cost import plan_report
+
+        print(plan_report(config, args.start, args.only, args.jobs, overrides=_parse_overrides(args.set),
+                          allow_synthetic=args.allow_synthetic))  # fmt: skip
+        return 0
     seconds = run_pipeline(config, args.start, args.only, args.jobs, overrides=_parse_overrides(args.set),
                            allow_synthetic=args.allow_synthetic)  # fmt: skip
     print(f"pipeline: {len(seconds)} notebooks, {sum(seconds.values()):.1f} notebook-seconds; "
