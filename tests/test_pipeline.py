@@ -236,7 +236,7 @@ def test_set_goes_only_to_the_selected_notebooks_that_declare_it(typed):
         plan_steps(typed, overrides={"VALU": 9})
     with pytest.raises(ValueError, match=r"the pipeline sets DATA_DIR; use --data-dir"):
         plan_steps(typed, overrides={"DATA_DIR": "x"})
-    with pytest.raises(ValueError, match=r"the pipeline sets RUN_DIR; use the config's `run_dir`"):
+    with pytest.raises(ValueError, match=r"the pipeline sets RUN_DIR; use --run-dir \(or the config's `run_dir`\)"):
         spread_parameters(typed.steps, {"RUN_DIR": "x"}, "--set")
 
 

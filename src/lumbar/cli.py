@@ -201,11 +201,16 @@ def _pipeline(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=None,
                    help="notebooks of a parallel group run at once (default: the config's; 0 = one per core)")
     p.add_argument("--data-dir", default=None, help="data folder, over the config's data_dir")
+    p.add_argument("--run-dir", default=None,
+                   help="run folder, over the config's run_dir (runs/<name>): put a real run on a big disk")
     p.add_argument("--allow-synthetic", action="store_true",
                    help="let a config meant for the real data run on synthetic data (a dry run)")
     p.add_argument("--fresh", action="store_true",
                    help="train the selected steps again from scratch (= --set FRESH=true); by default a rerun "
                         "reuses what was trained with the same settings and stops on other settings")
+    p.add_argument("--plan", action="store_true",
+                   help="print each step's samples, disk, memory and time (estimates, each saying where it comes "
+                        "from) and the free disk; run nothing (the header index may be built and cached)")
 
 
 @command("train", "lumbar.train.command:cli_train", "train one architecture on one task mode (also under torchrun)")

@@ -16,11 +16,13 @@ Config (`configs/NAME.yaml`)::
             output: 03_train_cnn3d  # each under its own name
             parameters: {ARCH: cnn3d}
 
-Every notebook also receives `RUN_DIR` and `DATA_DIR` (from `run_dir` and `data_dir`/`--data-dir`; a
-parameter or `--set` of either name is refused). `jobs` (default `auto`) follows the machine: a parallel
-group runs one notebook per core at most, or, when its notebooks train on the GPU (`DEVICE` auto or cuda) and
-GPUs are visible, one notebook per GPU, each pinned to its own (`group_plan`, `lumbar.cores.plan_processes`);
-a number pins it (never more than one notebook per GPU). Each notebook of a
+Every notebook also receives `RUN_DIR` and `DATA_DIR` (from `run_dir`/`--run-dir` and `data_dir`/`--data-dir`;
+a parameter or `--set` of either name is refused); every notebook writes only under `RUN_DIR` (05 also its
+`OUT`), so `--run-dir` moves a whole run onto another disk. `--plan` prints what the run would cost (samples,
+disk, memory, time per step: `lumbar.pipeline_cost`) and runs nothing. `jobs` (default `auto`) follows the
+machine: a parallel group runs one notebook per core at most, or, when its notebooks train on the GPU (`DEVICE`
+auto or cuda) and GPUs are visible, one notebook per GPU, each pinned to its own (`group_plan`,
+`lumbar.cores.plan_processes`); a number pins it (never more than one notebook per GPU). Each notebook of a
 parallel group runs in its own process and kernel with `OMP_NUM_THREADS` = CPU cores // jobs (unless the
 environment sets it), which is also torch's thread count there when the notebook's own thread setting is 0,
 so the group shares the cores instead of fighting over them; the manifest is updated under a file lock. Executed copies are saved as
@@ -117,12 +119,16 @@ _TOP_KEYS = {
 _STEP_KEYS = {"notebook", "output", "parameters"}
 
 
-def load_config(path: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> PipelineConfig:
-    """Read and check a pipeline config; paths are relative to the project root.
+def load_config(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+                run_dir: str | os.PathLike | None = None) -> PipelineConfig:
+    """Read and check a pipeline config; paths in it are relative to the project root.
 
     Args:
         path: the YAML file.
         data_dir: the data folder, over the config's `data_dir` (the command line's `--data-dir`).
+        run_dir: the run folder, over the config's `run_dir` and `name` (the command line's `--run-dir`: a run
+            of the real data needs ~100 GB, which may not fit beside the checkout); relative to the current
+            folder, as `data_dir` is.
 
     Raises:
         ValueError: naming the entry of the config that is wrong (an unknown parameter, a value of the wrong type).
@@ -141,8 +147,11 @@ def load_config(path: str | os.PathLike, data_dir: str | os.PathLike | None = No
     if synthetic is not None and not isinstance(synthetic, dict):
         raise ValueError(f"{path}: `synthetic` must map generator settings to values, got {synthetic!r}")
     name = raw.get("name") or path.stem
-    run_dir = Path(raw.get("run_dir") or f"runs/{name}")
-    run_dir = run_dir if run_dir.is_absolute() else PROJECT_ROOT / run_dir
+    if run_dir:
+        run_dir = Path(run_dir).absolute()
+    else:
+        run_dir = Path(raw.get("run_dir") or f"runs/{name}")
+        run_dir = run_dir if run_dir.is_absolute() else PROJECT_ROOT / run_dir
     data_dir = data_root(data_dir or (raw.get("data_dir") and _project_path(raw["data_dir"]))).absolute()
     notebook_dir = _project_path(raw["notebook_dir"]) if raw.get("notebook_dir") else NOTEBOOK_DIR
     declared: dict[str, dict[str, type | None]] = {}
@@ -184,7 +193,7 @@ def _step(entry: Any, group: int, notebook_dir: Path, where: str, declared: dict
 _KINDS = {kind.__name__: kind for kind in (bool, int, float, str, list, dict)}
 
 #: Parameters the pipeline sets itself, and where a user sets them instead.
-_RESERVED = {"RUN_DIR": "the config's `run_dir`", "DATA_DIR": "--data-dir (or the config's `data_dir`)",
+_RESERVED = {"RUN_DIR": "--run-dir (or the config's `run_dir`)", "DATA_DIR": "--data-dir (or the config's `data_dir`)",
              "CONFIG": "--config (CONFIG is for a notebook opened by hand)", "STEP": "the config's steps"}
 
 
@@ -536,7 +545,7 @@ def run_pipeline(
     return seconds
 
 
-def group_plan(group: list[Step], jobs: int = 0, gpus: int | None = None) -> ProcessPlan:
+def group_plan(group: list[Step], jobs: int = 0, gpus: int | None = None, cores: int | None = None) -> ProcessPlan:
     """How a `parallel:` group runs: on a GPU machine, when its notebooks put models on the GPU (`DEVICE` auto or
     cuda), one notebook per GPU at once, each pinned to its GPU; otherwise one per core (`lumbar.cores`).
 
@@ -547,7 +556,7 @@ def group_plan(group: list[Step], jobs: int = 0, gpus: int | None = None) -> Pro
     gpus = visible_gpus() if gpus is None else gpus
     placed = any(d.startswith("cuda:") for d in devices)
     on_gpu = not placed and any(wants_gpu(d, gpus) for d in devices)
-    return plan_processes(len(group), "cuda" if on_gpu else "cpu", jobs, gpus=gpus)
+    return plan_processes(len(group), "cuda" if on_gpu else "cpu", jobs, cores=cores, gpus=gpus)
 
 
 def _run_parallel(group: list[Step], config: PipelineConfig, plan: ProcessPlan) -> dict[str, float]:
@@ -590,8 +599,14 @@ def _parse_overrides(items: list[str] | None) -> dict[str, Any]:
 
 def cli_pipeline(args: argparse.Namespace) -> int:
     """`python -m lumbar pipeline`; a failed notebook raises PipelineError (exit 1, see lumbar.cli)."""
-    config = load_config(args.config, data_dir=args.data_dir)
+    config = load_config(args.config, data_dir=args.data_dir, run_dir=args.run_dir)
     overrides = {**_parse_overrides(args.set), **({"FRESH": True} if getattr(args, "fresh", False) else {})}
+    if args.plan:
+        from lumbar.pipeline_cost import plan_report
+
+        print(plan_report(config, args.start, args.only, args.jobs, overrides=overrides,
+                          allow_synthetic=args.allow_synthetic))  # fmt: skip
+        return 0
     seconds = run_pipeline(config, args.start, args.only, args.jobs, overrides=overrides,
                            allow_synthetic=args.allow_synthetic)  # fmt: skip
     print(f"pipeline: {len(seconds)} notebooks, {sum(seconds.values()):.1f} notebook-seconds; "
