@@ -8,7 +8,9 @@ WHEELS := $(VENV)/kaggle-wheels/.done
 RUN ?= runs/demo
 CONFIG ?= configs/demo.yaml
 
-.PHONY: setup test demo bench kaggle lint clean
+.PHONY: setup test test-slow test-all demo bench kaggle lint clean
+# extra pytest arguments, e.g. make test PYTEST_ARGS="--durations=25 -x"
+PYTEST_ARGS ?=
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +25,17 @@ $(WHEELS): $(STAMP)
 
 setup: $(STAMP) $(WHEELS)
 
+# the fast suite (every test but the slow ones): minutes on 2 cores, run it before every commit
 test: $(STAMP) $(WHEELS)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# the slow suite alone: trained runs, notebooks, the Kaggle kernel (CI runs both)
+test-slow: $(STAMP) $(WHEELS)
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+# everything, in one session (shared fixtures built once)
+test-all: $(STAMP) $(WHEELS)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m lumbar demo --config $(CONFIG)
@@ -45,6 +56,12 @@ clean:
 # largest crop cache; writes benchmarks/scale.md and its section of benchmarks/results.md. Hours on 2 cores;
 # it writes the synthetic set (input/synthetic-scale, ~3 GB) when missing and a ~14 GB crop cache (runs/scale).
 SCALE_ARGS ?= --train-arch timm25d:convnext_atto
+# configs/full.yaml rehearsed step by step on 200 synthetic studies of the real geometry, beside `pipeline --plan`
+# (benchmarks/rehearsal.md and its section of benchmarks/results.md). Hours on 2 cores; ~6 GB of data, ~20 GB of run.
+.PHONY: rehearse
+rehearse: $(STAMP)
+	$(PY) benchmarks/rehearse_full.py
+
 .PHONY: bench-scale
 bench-scale: $(STAMP)
 	$(PY) benchmarks/bench_scale.py $(SCALE_ARGS)

@@ -125,3 +125,24 @@ def readme_block(readme: Path, heading: str) -> list[str]:
             lines.append(current.strip())
             current = ""
     return lines
+
+
+def parse(command: str) -> tuple[str, dict]:
+    """The Kaggle CLI's reading of a command line, run nowhere: (the API method it calls, its arguments).
+
+    Raises:
+        SystemExit: the CLI's parser refused the command.
+    """
+    with mock.patch.dict(os.environ, {"KAGGLE_USERNAME": "tester", "KAGGLE_KEY": "0" * 32}):
+        import kaggle.cli
+        from kaggle.api.kaggle_api_extended import KaggleApi
+
+    called: list[tuple[str, dict]] = []
+    names = [n for n in dir(KaggleApi) if n.endswith("_cli")]
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(sys, "argv", shlex.split(command)))
+        for name in names:
+            stack.enter_context(mock.patch.object(KaggleApi, name,
+                                                  lambda api, *a, _n=name, **k: called.append((_n, k)) or None))
+        kaggle.cli.main()
+    return called[0]

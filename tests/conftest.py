@@ -51,12 +51,28 @@ def tiny_model(monkeypatch):
     monkeypatch.setattr(lumbar.models, "build_model", tiny_build_model, raising=False)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """The tiny training data of `_train_data.make_tiny_data` (8 studies), once per test module."""
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """`_train_data.make_tiny_data` memoised for the session: one folder per set of arguments, written once (the
+    tests only read it; a test that changes a cache works on its own copy)."""
     from _train_data import make_tiny_data
 
-    return make_tiny_data(tmp_path_factory.mktemp("tiny"), n_studies=8)
+    made: dict[tuple, tuple[Path, Path]] = {}
+
+    def make(n_studies: int = 8, seed: int = 0, conditions: tuple[str, ...] | None = None) -> tuple[Path, Path]:
+        key = (n_studies, seed, tuple(conditions) if conditions else None)
+        if key not in made:
+            extra = {"conditions": tuple(conditions)} if conditions else {}
+            made[key] = make_tiny_data(tmp_path_factory.mktemp("tiny"), n_studies=n_studies, seed=seed, **extra)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_data):
+    """The tiny training data of `_train_data.make_tiny_data` (8 studies), once per session."""
+    return tiny_data(8)
 
 
 @pytest.fixture(scope="session")
@@ -79,8 +95,9 @@ def tiny_run(synthetic_dir, tmp_path_factory) -> Path:
     report = build_cache(coords, synthetic_dir, "train", run / "cache",
                          RoiConfig.from_overrides({"size": 24, "before": 1, "after": 1}), progress=False)
     update_manifest(run, "preprocess", {"cache": str(report.cache_dir.relative_to(run))})
-    config = LocalizerConfig.from_dict({"backbone": "resnet18", "size": 32, "slices": 8, "epochs": 1, "axial_epochs": 1,
-                                        "refine_tasks": "", "device": "cpu", "decoder_channels": 8})
+    config = LocalizerConfig.from_dict({"backbone": "test_resnet", "size": 32, "slices": 8, "epochs": 1,
+                                        "axial_epochs": 1, "refine_tasks": "", "device": "cpu", "decoder_channels": 8,
+                                        "batch_size": 4})
     train_localizer(config, synthetic_dir, coords, run, progress=False)
     for arch in ARCHS:
         train({"data_dir": str(synthetic_dir), "cache": str(report.cache_dir), "out": str(run / arch.replace(":", "_")),

@@ -3,6 +3,7 @@ towards the prior when a crop is doubtful."""
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from lumbar.constants import CONDITIONS, GRADES, LEVELS
@@ -136,6 +137,7 @@ def _lost_and_found(n_studies: int = 30, seed: int = 0):
     return oof, labels, confidence, folds, lost
 
 
+@pytest.mark.slow
 def test_the_ensemble_learns_out_of_fold_to_widen_doubtful_rows():
     oof, labels, confidence, folds, lost = _lost_and_found()
     prior = out_of_fold_prior(labels, folds)

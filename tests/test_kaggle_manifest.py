@@ -70,6 +70,7 @@ def _third_party_imports(root: Path) -> set[str]:
 def test_every_module_the_package_imports_comes_from_the_image_or_the_bundle():
     bundled = {"pydicom", "pylibjpeg", "monai", "timm"}  # pylibjpeg-rle is a decoder plugin, not imported
     build_time = {"nbformat", "papermill"}  # bundle and pipeline only: the kernel is a Jupyter notebook already
+    build_time |= {"jupyter_client"}  # the pipeline's kernel manager (its steps' output to their logs)
     # timm's own dependencies, imported only where the hub is used (`weights`, `pretrained: imagenet`): the kernel
     # builds every model with `pretrained: none` (tests/test_pretrained.py)
     build_time |= {"huggingface_hub", "safetensors"}

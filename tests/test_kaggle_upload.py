@@ -12,7 +12,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from _kaggle_server import KaggleServer, cli, readme_block
+from _kaggle_server import KaggleServer, cli, parse, readme_block
 from _readonly import readonly_argv, require_mount_namespace
 from _runs import copy_as_competition, drop_series, kaggle_competition_dir, kaggle_python, wheelhouse
 
@@ -23,8 +23,6 @@ from lumbar.kaggle import KAGGLE_EXTRA_PACKAGES, inference_manifest
 from lumbar.kaggle.bundle import referenced_files
 from lumbar.manifest import read_manifest
 from lumbar.paths import PROJECT_ROOT
-
-pytestmark = pytest.mark.slow
 
 README = PROJECT_ROOT / "README.md"
 USER = "tester"
@@ -95,6 +93,18 @@ def _outputs(path: Path) -> str:
                      for c in executed.cells if c.cell_type == "code" for o in c.outputs)  # fmt: skip
 
 
+@pytest.mark.parametrize("command", re.findall(r"`(kaggle [^`]+)`", README.read_text().split("## Submitting on Kaggle")[1]
+                                               .split("\n## ")[0]))  # fmt: skip
+def test_every_kaggle_command_the_readme_names_is_one_the_kaggle_cli_reads(command):
+    """Beside the block the rehearsal runs, the commands named in the text: the real CLI's parser takes each."""
+    method, arguments = parse(command.replace("<you>", USER).replace('"..."', "notes"))
+    assert method.removesuffix("_cli") in {"dataset_create_new", "dataset_create_version", "kernels_push",
+                                           "kernels_status", "competition_submit"}, (command, method)
+    if method.startswith("dataset_create"):
+        assert arguments["dir_mode"] == "zip", command  # a folder upload that ships the subfolders
+
+
+@pytest.mark.slow
 def test_the_readme_commands_upload_what_the_kernel_needs_and_submit_it(readme_upload, tiny_run):
     server, printed, _, root = readme_upload
     weights = root / "kaggle" / "input" / "lumbar-weights"
@@ -118,6 +128,7 @@ def test_the_readme_commands_upload_what_the_kernel_needs_and_submit_it(readme_u
     assert submission.file_name == "submission.csv"
 
 
+@pytest.mark.slow
 def test_the_uploaded_kernel_submits_every_row_though_half_the_studies_fall_back(readme_upload, kernel_env):
     server, _, studies, root = readme_upload
     kaggle = root / "kaggle"
@@ -137,6 +148,7 @@ def test_the_uploaded_kernel_submits_every_row_though_half_the_studies_fall_back
     assert record["ensemble"]["precision"] == ["float32 (cpu)"]
 
 
+@pytest.mark.slow
 def test_a_kernel_whose_time_budget_runs_out_still_writes_every_row(readme_upload, kernel_env):
     server, _, studies, root = readme_upload
     kaggle = root / "kaggle"
@@ -151,6 +163,7 @@ def test_a_kernel_whose_time_budget_runs_out_still_writes_every_row(readme_uploa
     assert "the time budget ran out: 3 studies were not predicted" in _outputs(root / "budget" / "executed.ipynb")
 
 
+@pytest.mark.slow
 def test_an_upload_that_skips_folders_stops_the_kernel_at_its_first_check(tiny_run, synthetic_dir, kernel_env,
                                                                           tmp_path, monkeypatch):  # fmt: skip
     server, printed = _upload(tiny_run, tmp_path / "bundle", tmp_path / "kaggle", monkeypatch, drop="--dir-mode zip")

@@ -27,6 +27,8 @@ from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.predict import localize
 from lumbar.localize.train import train_localizer
 
+pytestmark = pytest.mark.slow  # a localizer trained for real on 32 studies: a minute or two
+
 SPINAL = "spinal_canal_stenosis"
 #: Big enough that every clean test study's level set is plausible and sure (median canal confidence 0.74-0.91
 #: when tuned; 20 epochs on 16 studies placed half the points 5 mm off and flagged clean studies), small enough

@@ -280,6 +280,7 @@ while not (run / f"here_{3 - VALUE}").exists():  # the other notebook of the gro
 """
 
 
+@pytest.mark.slow
 def test_parallel_group_runs_side_by_side_with_shared_cores(project, monkeypatch):
     tmp_path, nbdir = project
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -299,6 +300,7 @@ def test_parallel_group_runs_side_by_side_with_shared_cores(project, monkeypatch
     assert manifest["pipeline"]["jobs"] == 2
 
 
+@pytest.mark.slow
 def test_jobs_follow_the_cores_unless_the_config_pins_them(project, monkeypatch):
     import lumbar.cores
 
@@ -318,6 +320,7 @@ def test_jobs_follow_the_cores_unless_the_config_pins_them(project, monkeypatch)
         load_config(_config(tmp_path, nbdir, [group], jobs="many"))
 
 
+@pytest.mark.slow
 def test_failure_in_a_parallel_group_is_raised_after_the_group(project):
     tmp_path, nbdir = project
     group = {"parallel": ["01_fail", {"notebook": "00_ok", "parameters": {"VALUE": 7}}]}
@@ -345,6 +348,7 @@ def _write_items(run_dir, prefix, n):
         update_manifest(run_dir, "items", i, item=f"{prefix}{i}")
 
 
+@pytest.mark.slow
 def test_concurrent_manifest_updates_keep_every_entry(tmp_path):
     import multiprocessing
 
@@ -359,6 +363,7 @@ def test_concurrent_manifest_updates_keep_every_entry(tmp_path):
     assert not list(tmp_path.glob(".*.tmp*"))
 
 
+@pytest.mark.slow
 def test_command_line_parameters_win_over_the_config(project):
     tmp_path, nbdir = project
     path = _config(tmp_path, nbdir, [{"notebook": "00_ok", "parameters": {"VALUE": 5}}])

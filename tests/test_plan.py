@@ -55,7 +55,7 @@ def _blocks(out: str) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("config, extra", [("demo.yaml", ["--set", "EPOCHS=2"]),
-                                           ("full.yaml", ["--allow-synthetic"])])  # fmt: skip
+                                           pytest.param("full.yaml", ["--allow-synthetic"], marks=pytest.mark.slow)])  # fmt: skip
 def test_plan_prints_every_step_with_samples_disk_ram_and_time(synthetic_dir, tmp_path, capsys, config, extra):
     from lumbar.pipeline import load_config
 
@@ -175,6 +175,7 @@ def test_a_parallel_group_overlaps_in_time_and_adds_up_in_memory():
     assert totals(costs) == (4, 111, 7, "03a + 03b")
 
 
+@pytest.mark.slow
 def test_run_dir_puts_the_whole_run_outside_the_checkout(synthetic_dir, tmp_path, monkeypatch):
     """A real notebook run with a relative --run-dir (read from the current folder): its files, executed copy and
     manifest land there, and the checkout's runs/ is left as it was."""

@@ -114,6 +114,7 @@ def test_other_parameters_never_reuse_a_cache(sample_dir, tmp_path):
         build_cache(moved, sample_dir, "train", tmp_path, RoiConfig(pad_px=8), progress=False)
 
 
+@pytest.mark.slow
 def test_cli_ground_truth_and_predicted_coordinates_give_the_same_format(sample_dir, tmp_path, capsys):
     truth = _coords(sample_dir, STUDY_A, STUDY_B)
     write_coordinates(truth, tmp_path / "truth.csv")

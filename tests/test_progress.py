@@ -219,6 +219,7 @@ def test_a_failing_step_says_so_in_its_log(tmp_path):
     assert "ValueError: broken on purpose" in log[-1]
 
 
+@pytest.mark.slow
 def test_a_parallel_groups_steps_each_log_their_own_lines(tmp_path, capfd, monkeypatch):
     kernel_as_in_a_real_run(monkeypatch)
     nbdir = tmp_path / "nbs"

@@ -29,6 +29,7 @@ def bench(monkeypatch):
     return importlib.import_module
 
 
+@pytest.mark.slow
 def test_an_epoch_holds_a_few_samples_not_the_cache(tmp_path):
     """The dataset reads each crop from disk when asked: an epoch's traced peak is a few samples, not the cache."""
     data_dir, cache_dir = make_tiny_data(tmp_path, n_studies=24)
@@ -52,6 +53,7 @@ def test_an_epoch_holds_a_few_samples_not_the_cache(tmp_path):
     assert peak > one  # the tracer saw the crops it read
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/smaps_rollup").is_file(), reason="needs Linux /proc smaps_rollup")
 def test_tree_measurement_counts_the_workers_memory_and_cpu(bench):
     pm = bench("peak_memory")

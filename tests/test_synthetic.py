@@ -118,6 +118,7 @@ def test_written_pixels_read_back_exactly(tmp_path, compressed, rescale):
 
 
 # ------------------------------------------------------------------------------------------------ determinism
+@pytest.mark.slow
 def test_same_seed_writes_identical_files_with_any_worker_count(synthetic_dir, tmp_path, capsys):
     out = tmp_path / "again"
     args = ["synth", "--out", str(out), "--studies", str(SYNTHETIC_SMALL["studies"]),
@@ -254,6 +255,7 @@ def _bright_area(image: np.ndarray, spacing: tuple[float, float], x: float, y: f
     return float((patch > 0.6 * np.percentile(image, 99.5)).sum() * spacing[0] * spacing[1])
 
 
+@pytest.mark.slow
 def test_grades_are_visible_in_the_pixels_with_overlap():
     """Bright area (CSF on T2, fat on T1) at each label point shrinks from Normal/Mild to Moderate to Severe."""
     model = LabelModel()

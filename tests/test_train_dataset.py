@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _train_data import DEPTH, SIZE, make_oof_cache, make_tiny_data
+from _train_data import DEPTH, SIZE, make_oof_cache
 
 from lumbar.constants import LEVELS
 from lumbar.data.tables import load_labels
@@ -18,8 +18,8 @@ from lumbar.train.tasks import build_tasks
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    data_dir, cache_dir = make_tiny_data(tmp_path_factory.mktemp("tiny"), n_studies=3)
+def tiny(tiny_data):
+    data_dir, cache_dir = tiny_data(3)
     return read_cache(cache_dir), load_labels(data_dir / "train.csv")
 
 

@@ -26,11 +26,16 @@ def _run_copy(tiny_run, dst):
     return dst
 
 
-def test_the_wiring_reads_the_runs_crops_and_the_localizer_errors(tiny_run, tmp_path):
-    run = _run_copy(tiny_run, tmp_path / "run")
+def test_the_wiring_reads_the_runs_crops_and_the_localizer_errors(tmp_path):
+    run = tmp_path / "run"
+    update_manifest(run, "preprocess", {"cache": "cache/gt_crops"})
+    with pytest.raises(FileNotFoundError, match="has no crop cache: run 01_preprocess first"):
+        member_overrides(tmp_path / "empty", "cnn3d")
+    assert member_overrides(run, "cnn3d")["oof_cache"] == "" and member_overrides(run, "cnn3d")["jitter"] == ""
+    update_manifest(run, "oof_crops", {"cache": "cache_oof/oof_crops"})
     update_manifest(run, "localizer", {"errors": "localizer_errors.json"})
     wired = member_overrides(run, "timm25d:resnet18", epochs=3)
-    assert wired["cache"] == wired["oof_cache"] == str(run / read_manifest(run)["preprocess"]["cache"])
+    assert wired["cache"] == str(run / "cache/gt_crops") and wired["oof_cache"] == str(run / "cache_oof/oof_crops")
     assert wired["jitter"] == str(run / "localizer_errors.json") and wired["train_crops"] == "both"
     assert wired["out"] == str(run / "timm25d_resnet18") and wired["epochs"] == 3
     assert member_overrides(run, "cnn3d", crops="oof")["jitter"] == ""  # no ground-truth crops to shift

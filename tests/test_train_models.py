@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from _train_data import make_tiny_data
 
 from lumbar.constants import GRADES
 from lumbar.train.loop import build_unit_model, train
@@ -13,9 +12,8 @@ from lumbar.train.predict import input_normalization, predict_cache
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    conditions = ("left_neural_foraminal_narrowing", "right_neural_foraminal_narrowing")
-    return make_tiny_data(tmp_path_factory.mktemp("tiny"), n_studies=6, conditions=conditions)
+def tiny(tiny_data):
+    return tiny_data(6, conditions=("left_neural_foraminal_narrowing", "right_neural_foraminal_narrowing"))
 
 
 @pytest.mark.parametrize("arch", ["cnn3d", "timm25d:resnet18", "timmseq:resnet18"])

@@ -109,7 +109,7 @@ def _add_view(cache_dir, drop: int = 1) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_views(tmp_path_factory):
-    data_dir, cache_dir = make_tiny_data(tmp_path_factory.mktemp("views"), n_studies=8)
+    data_dir, cache_dir = make_tiny_data(tmp_path_factory.mktemp("views"), n_studies=8)  # its own: views are added
     _add_view(cache_dir)
     return data_dir, cache_dir
 

@@ -58,6 +58,8 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import dataclasses
+import importlib
 import itertools
 import os
 import subprocess
@@ -288,9 +290,6 @@ EXTRA_CONFIGS = {"01_preprocess": "lumbar.preprocess.config:RoiConfig",
 def where_setting_lives(key: str, steps: list[Step]) -> str:
     """For a name that is no notebook parameter but a field of a step's typed config (`lr`, `ema_decay`): where to
     set it, per notebook ("" when it is no field of any)."""
-    import dataclasses
-    import importlib
-
     places = []
     for notebook in dict.fromkeys(s.notebook for s in steps):
         if notebook not in EXTRA_CONFIGS:
