@@ -84,7 +84,7 @@ REFERENCES = {
 def _stack() -> np.ndarray:
     """Three slices of noise over a ramp and a bright square, each slice different (values in [0, 1])."""
     rng = np.random.default_rng(0)
-    y, x = np.mgrid[: SHAPE[0], : SHAPE[1]]
+    x = np.arange(SHAPE[1])[None, :]
     slices = []
     for k in range(3):
         image = 0.15 + 0.5 * x / SHAPE[1] + 0.12 * rng.standard_normal(SHAPE)
