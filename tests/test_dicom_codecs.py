@@ -105,7 +105,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("syntax", list(CASES), ids=lambda s: s.name)
+@pytest.mark.parametrize("syntax", list(CASES), ids=lambda s: s.keyword)
 def test_jpeg_series_decode_through_pylibjpeg_in_geometric_order(syntax, tmp_path, monkeypatch):
     bits, max_error, mean_error = CASES[syntax]
     images = [(im >> (12 - bits)).astype(np.uint8 if bits == 8 else np.uint16) for im in _images()]
