@@ -16,6 +16,7 @@ from _runs import ARCHS, copy_test_split, copy_train_split, drop_series
 from lumbar.cli import main
 from lumbar.constants import GRADES
 from lumbar.data.tables import load_coordinates, load_labels, load_submission, submission_row_ids
+from lumbar.evaluate.baselines import uniform_submission
 from lumbar.evaluate.metric import competition_score
 from lumbar.fallback import FallbackLimitError
 from lumbar.inference.predict import predict
@@ -32,8 +33,15 @@ def test_predict_writes_a_valid_scored_submission(tiny_run, synthetic_dir, tmp_p
     assert list(written["row_id"]) == list(sample["row_id"])  # sample_submission order
     np.testing.assert_allclose(written[list(GRADES)].sum(axis=1), 1, atol=1e-6)
     assert set(report.seconds) == {"index", "localize", "crop", "classify", "blend"}
-    score = competition_score(load_labels(synthetic_dir / "test_labels.csv"), written).score
-    assert np.isfinite(score) and score < 3
+    assert not report.fallback_rows  # every row from the models, none from the prior
+    labels = load_labels(synthetic_dir / "test_labels.csv")
+    score = competition_score(labels, written).score
+    uniform = competition_score(labels, uniform_submission(labels["study_id"].unique())).score
+    # One epoch on three studies teaches the members little: their probabilities stay within 0.04 of 1/3 and
+    # the score (0.905) is just below uniform's (0.925). The prior fitted on the three training studies (0.639)
+    # and the oracle (0.586) are out of this run's reach, so the bar is uniform, with 0.01 to spare: the
+    # predictions with Normal/Mild and Severe swapped score 0.955.
+    assert np.isfinite(score) and score < uniform + 0.01, (score, uniform)
     assert not (tmp_path / "work" / "crops").exists()  # each chunk's crops are deleted
 
 

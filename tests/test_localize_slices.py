@@ -1,15 +1,20 @@
 import numpy as np
 import torch
 
+from lumbar.localize.config import LocalizerConfig
+from lumbar.localize.fit import fit
 from lumbar.localize.slice_refine import (
     CropGeometry,
     SliceScorer,
     draw_batch,
+    masked_logits,
     refine_slices,
     scorer_loss,
     window_of,
 )
+from lumbar.localize.train import _scorer_batches, crop_geometry
 from lumbar.localize.volumes import point_crops
+from lumbar.train.runtime import setup_runtime, teardown_runtime
 
 GEOMETRY = CropGeometry(width_mm=20.0, size=8, jitter_mm=5.0)  # 2.5 mm per pixel, 2 pixels of jitter margin
 
@@ -67,12 +72,60 @@ def test_refine_moves_to_the_best_candidate_and_never_leaves_the_stack():
     assert list(refined) == [7, 7, 0]  # the last: all candidates equal, the first real one
 
 
-def test_scorer_trains_on_its_loss():
-    model = SliceScorer("test_resnet")
-    crops = torch.rand(3, 5, 32, 32)
-    logits = model(crops)
-    assert logits.shape == (3, 5)
-    target = torch.tensor([[2, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 0], [4, 0, 1, 1, 1, 1]], dtype=torch.float32)
-    loss = scorer_loss(logits, target)
-    loss.backward()
-    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)
+#: A slice scorer trained on `_bar_stacks` through the localizer's own fit and batches: test_resnet on 16 px.
+SCORER = {"backbone": "test_resnet", "refine_size": 16, "refine_crop_mm": 32.0, "refine_jitter_mm": 4.0,
+          "refine_window": 2, "batch_size": 16, "lr": 1e-2, "seed": 0, "device": "cpu", "threads": 1}
+
+
+def _bar_stacks(n: int, seed: int, side: int, depth: int = 9) -> tuple[list[np.ndarray], np.ndarray]:
+    """Stacks of `depth` noisy crops: a horizontal bar through the centre on every slice but the true one,
+    which has a vertical bar instead. Every slice is equally bright: only the bar's direction tells."""
+    rng = np.random.default_rng(seed)
+    vertical = np.zeros((side, side), np.float32)
+    vertical[:, side // 2 - 1 : side // 2 + 2] = 0.35
+    truth = rng.integers(0, depth, n)
+    crops = []
+    for t in truth:
+        stack = 0.3 + 0.08 * rng.standard_normal((depth, side, side)).astype(np.float32) + vertical.T
+        stack[t] += vertical - vertical.T
+        crops.append(np.clip(stack, 0, 1))
+    return crops, truth
+
+
+def _ranked_first(model, crops, truth, geometry) -> tuple[float, float, float]:
+    """(share of windows whose true slice the model scores highest, the chance share, the mean loss) over
+    windows around held-out stacks with every training augmentation (offset, jitter, mirror)."""
+    x, y = draw_batch(crops, truth, np.arange(len(crops)), SCORER["refine_window"], geometry,
+                      np.random.default_rng(3), augment=True)  # fmt: skip
+    target = torch.from_numpy(y)
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(x))
+    first = masked_logits(logits, target[:, 1:].bool()).argmax(1) == target[:, 0].long()
+    chance = float((1 / target[:, 1:].sum(1)).mean())
+    return float(first.float().mean()), chance, float(scorer_loss(logits, target))
+
+
+def test_scorer_learns_to_rank_the_true_slice_first():
+    """Trained for 4 epochs on 64 stacks (with the localizer's `fit` and scorer batches: jitter, mirror,
+    intensity), the scorer ranks the true slice first in 0.92-1.0 of held-out windows (training seeds 0-2;
+    chance 0.30, windows at a stack's ends having fewer candidates; untrained 0.22-0.55, at a held-out loss of
+    1.30, near log 5); its epoch loss falls from 1.0-1.2 to below 0.001."""
+    config = LocalizerConfig.from_overrides(SCORER)
+    geometry = crop_geometry(config)
+    side = geometry.padded[1]
+    crops, truth = _bar_stacks(64, seed=1, side=side)
+    held_crops, held_truth = _bar_stacks(64, seed=2, side=side)
+    runtime = setup_runtime("cpu", amp=False, channels_last=False, threads=1)
+    try:
+        torch.manual_seed(config.seed)
+        model = SliceScorer(config.backbone)
+        assert model(torch.rand(3, 5, geometry.size, geometry.size)).shape == (3, 5)
+        history = fit(model, len(crops), _scorer_batches(crops, truth, config, torch.device("cpu")), scorer_loss,
+                      4, config, runtime, progress=False)  # fmt: skip
+    finally:
+        teardown_runtime(runtime)
+    first, chance, loss = _ranked_first(model, held_crops, held_truth, geometry)
+    assert history[-1] < 0.1 * history[0], history
+    assert chance < 0.35 and first >= 0.85, f"true slice ranked first in {first:.2f} (chance {chance:.2f})"
+    assert loss < 0.5 * np.log(5), loss

@@ -169,10 +169,40 @@ def test_localizer_fit_history_is_the_mean_of_float_losses():
     assert history == [float(np.mean(seen[:3])), float(np.mean(seen[3:]))]
 
 
-def test_adamw_is_fused_on_cpu_and_cuda():
-    params = [nn.Parameter(torch.zeros(3))]
-    assert make_adamw(params, 1e-3, 0.0, torch.device("cpu")).defaults["fused"] is True
-    assert not make_adamw(params, 1e-3, 0.0, torch.device("meta")).defaults["fused"]
+def _adamw_steps(device: torch.device) -> tuple[torch.optim.AdamW, list[torch.Tensor], list[torch.Tensor]]:
+    """Three steps of `make_adamw` and of torch's plain (for-loop) AdamW on the same parameters and gradients:
+    (the optimizer, its parameters, the plain one's)."""
+    torch.manual_seed(0)
+    start = [torch.randn(5, 3), torch.randn(3)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(3)]
+    ours = [nn.Parameter(p.clone().to(device)) for p in start]
+    plain = [nn.Parameter(p.clone().to(device)) for p in start]
+    optimizer = make_adamw(ours, 1e-2, 0.05, device)
+    reference = torch.optim.AdamW(plain, lr=1e-2, weight_decay=0.05, foreach=False, fused=False)
+    for step in grads:
+        for opt, params in ((optimizer, ours), (reference, plain)):
+            for p, g in zip(params, step):
+                p.grad = g.to(device)
+            opt.step()
+    return optimizer, [p.detach().cpu() for p in ours], [p.detach().cpu() for p in plain]
+
+
+def test_adamw_is_fused_on_cpu_and_updates_as_plain_adamw():
+    optimizer, ours, plain = _adamw_steps(torch.device("cpu"))
+    assert optimizer.defaults["fused"] is True
+    for a, b in zip(ours, plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not make_adamw([nn.Parameter(torch.zeros(3))], 1e-3, 0.0, torch.device("meta")).defaults["fused"]
+
+
+@pytest.mark.gpu
+def test_adamw_is_fused_on_cuda_and_updates_as_plain_adamw():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: the fused CUDA AdamW is checked on a GPU machine only")
+    optimizer, ours, plain = _adamw_steps(torch.device("cuda"))
+    assert optimizer.defaults["fused"] is True
+    for a, b in zip(ours, plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_channels_last_on_cpu_only_for_models_that_ask_for_it():

@@ -10,6 +10,7 @@ import pytest
 import torch
 from _train_data import engine_config
 
+from lumbar.train.checkpoint import load_checkpoint
 from lumbar.train.loop import train
 from lumbar.train.losses import build_loss
 from lumbar.train.mixing import BatchMix, Mixed, cutmix, mixed_loss, mixup
@@ -108,17 +109,47 @@ def test_tta_with_the_identity_equals_no_tta(tiny, tmp_path):
                                   predict_cache(same.run_dir, cache_dir, device="cpu"), check_exact=True)
 
 
+def _choose_by_hand(scores: dict[str, dict[int, float]]) -> tuple[dict[int, str], str]:
+    """The lowest-loss TTA set (named as result.json names it) of each fold on the other folds' mean score, and
+    of the test predictions on every fold's; ties go to the set of fewer entries, then to the first listed."""
+    def best(on: list[int]) -> str:
+        return min(scores, key=lambda name: (np.mean([scores[name][f] for f in on]),
+                                             0 if name == "identity" else len(name.split("+"))))  # fmt: skip
+
+    folds = sorted(next(iter(scores.values())))
+    return {f: best([g for g in folds if g != f]) for f in folds}, best(folds)
+
+
+def test_choose_fold_wise_matches_a_choice_by_hand_on_random_scores():
+    rng = np.random.default_rng(0)
+    names = ["identity", "shifts", "reverse_slices", "reverse_slices+shifts"]
+    for trial in range(200):
+        folds = range(int(rng.integers(2, 6)))
+        scores = {n: {f: float(rng.choice([0.5, 0.6, rng.random()])) for f in folds} for n in names}
+        per_fold, test = choose_fold_wise({() if n == "identity" else tuple(n.split("+")): v for n, v in scores.items()},
+                                          higher_is_better=False)  # fmt: skip
+        by_hand, test_by_hand = _choose_by_hand(scores)
+        assert {f: "+".join(s) or "identity" for f, s in per_fold.items()} == by_hand, (trial, scores)
+        assert ("+".join(test) or "identity") == test_by_hand, (trial, scores)
+
+
 def test_tta_candidates_are_chosen_fold_wise_and_used_at_inference(tiny, tmp_path):
+    """Each unit's recorded sets are those chosen by hand from its recorded scores (on this data the foraminal
+    unit's two folds get different sets, each reading only the other fold's score), and the plain set's
+    scores are the validation metric each fold logged for its final weights."""
     result = train(_config(tiny, tmp_path / "tta" / "run", tta="reverse_slices,shifts", conditions="scs,lnfn"))
     units = json.loads((result.run_dir / "result.json").read_text())["units"]
     assert set(units["foraminal"]["tta_scores"]) == {"identity", "shifts"}  # no slice reversal of a foramen
-    unit = units["spinal"]
-    assert set(unit["tta_scores"]) == {"identity", "reverse_slices", "shifts", "reverse_slices+shifts"}
-    assert set(unit["tta_folds"]) == {"0", "1"}
-    scores = {tuple(k.split("+")) if k != "identity" else (): {int(f): v for f, v in by.items()}
-              for k, by in unit["tta_scores"].items()}
-    per_fold, test = choose_fold_wise(scores, higher_is_better=False)
-    assert unit["tta"] == list(test) and unit["tta_folds"] == {str(f): list(s) for f, s in per_fold.items()}
+    assert set(units["spinal"]["tta_scores"]) == {"identity", "reverse_slices", "shifts", "reverse_slices+shifts"}
+    for name, unit in units.items():
+        scores = {s: {int(f): v for f, v in by.items()} for s, by in unit["tta_scores"].items()}
+        per_fold, test = _choose_by_hand(scores)
+        named = {str(f): list(s) for f, s in unit["tta_folds"].items()}
+        assert named == {str(f): [] if s == "identity" else s.split("+") for f, s in per_fold.items()}, name
+        assert unit["tta"] == ([] if test == "identity" else test.split("+")), name
+        for fold, value in scores["identity"].items():
+            logged = pd.read_csv(result.run_dir / name / f"fold{fold}" / "history.csv")["val_metric"].iloc[-1]
+            assert value == pytest.approx(logged, rel=1e-6), (name, fold)
     assert "oof_score_plain" in result.summary and "oof_score" in result.summary
     report = tta_report(result.summary)  # 03_train's table: one row per unit and set, one test set per unit
     assert len(report) == 4 + 2 and report.groupby("unit")["test"].sum().tolist() == [1, 1]
@@ -156,6 +187,38 @@ def test_mixup_with_alpha_zero_is_plain_training(tiny, tmp_path):
         assert torch.equal(tensor, _final_weights(off)[name]), name
     pd.testing.assert_frame_equal(_oof(plain), _oof(off), check_exact=True)
     assert not np.allclose(_oof(plain)["severe"], _oof(on)["severe"])
+
+
+class _Kill(Exception):
+    pass
+
+
+class _KillAfterFirstEpoch:
+    def log_epoch(self, unit, fold, row):
+        if row["epoch"] == 1:
+            raise _Kill
+
+    def log_result(self, result):
+        pass
+
+
+def test_a_killed_run_with_mixing_resumes_as_if_uninterrupted(tiny, tmp_path):
+    """Mixed batches (half of them, mixup or CutMix) draw from (seed, epoch): killed after epoch 1 and resumed,
+    the run ends with the weights and out-of-fold predictions of one that was never interrupted."""
+    mixing = {"folds": "0", "mix": "mixup,cutmix", "mix_alpha": 0.4, "mix_p": 0.5, "keep_last": True}
+    whole = train(_config(tiny, tmp_path / "whole" / "run", **mixing))
+    killed = _config(tiny, tmp_path / "killed" / "run", **mixing, folds_csv=str(tmp_path / "whole" / "folds.csv"))
+    with pytest.raises(_Kill):
+        train(killed, logger=_KillAfterFirstEpoch())
+    last = tmp_path / "killed" / "run" / "spinal" / "fold0" / "last.pt"
+    assert load_checkpoint(last)["epoch"] == 1
+    resumed = train(killed)
+    assert load_checkpoint(last)["epoch"] == 2
+    for name, tensor in _final_weights(whole).items():
+        assert torch.equal(tensor, _final_weights(resumed)[name]), name
+    pd.testing.assert_frame_equal(_oof(whole), _oof(resumed), check_exact=True)
+    plain = train(_config(tiny, tmp_path / "plain" / "run", folds="0", folds_csv=str(tmp_path / "whole" / "folds.csv")))
+    assert not np.allclose(_oof(plain)["severe"], _oof(whole)["severe"])  # the batches were mixed
 
 
 def test_mixup_and_cutmix_blend_images_and_keep_the_kept_share():
