@@ -109,9 +109,12 @@ def planned(data: Path, run: Path, sets: dict[str, list[str]], replicate: int = 
     return out
 
 
-def classifier_epochs(run: Path, output: str, plan: dict) -> str:
-    """A classifier's measured seconds per batch and the epoch they project (batches of the plan's epoch)."""
-    name = output.removeprefix("03_train_")
+def classifier_epochs(run: Path, output: str) -> str:
+    """A classifier's measured seconds per batch (data + model), per unit."""
+    from lumbar.pipeline import load_config
+
+    step = next(s for s in load_config(CONFIG).steps if s.output == output)
+    name = step.parameters.get("NAME") or step.parameters["ARCH"].replace(":", "_")  # as 03_train names its folder
     result = json.loads((run / name / "result.json").read_text())
     per_batch = {u.split("/")[0]: t["data_s_per_batch"] + t["model_s_per_batch"] for u, t in result["timings"].items()}
     return ", ".join(f"{unit} {s:.2f} s/batch" for unit, s in per_batch.items())
@@ -125,6 +128,17 @@ def _time(s: float) -> str:
     return f"{s / 3600:.1f} h" if s >= 3600 else (f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s")
 
 
+def _scaled(row: dict, scale: float, localizer_fixed: int) -> str:
+    """The step carried to 1,975 studies where it grows with them: the data steps whole, 02 less its checkpoints
+    (as many at any size); the classifiers ran a few batches (their epochs: below), 04-06 depend on the models."""
+    step = row["step"][:2]
+    if step in ("00", "01"):
+        return f"{_time(row['wall_s'] * scale)}, {_gib(row['disk_bytes'] * scale)}"
+    if step == "02":
+        return f"{_time(row['wall_s'] * scale)}, {_gib((row['disk_bytes'] - localizer_fixed) * scale + localizer_fixed)}"
+    return "-"
+
+
 def report(rows: list[dict], plan: dict, plan_full: dict, synth: dict, studies: int, run: Path, cpu: str) -> str:
     scale = COMPETITION_STUDIES / studies
     lines = [HEADING, "",
@@ -134,30 +148,33 @@ def report(rows: list[dict], plan: dict, plan_full: dict, synth: dict, studies: 
              "folds 0 and 1 for a few batches each, `FOLDS=0,1 EXTRA={fast_dev_run: N}`) on "
              f"{studies} synthetic studies with the real data's geometry (`synth --image-size 448 --axial-slices "
              f"6,12`: {synth['files']:,} DICOM files, {_gib(synth['bytes'])}, written in {_time(synth['seconds'])}). "
-             "Measured: wall and CPU seconds, the peak of the process tree's summed RSS (every notebook kernel and "
-             "worker), the bytes the step added under the run folder. Plan: `pipeline --plan` for the same "
+             "Measured: wall and CPU seconds, the peak of the process tree's summed RSS and PSS (every notebook kernel and "
+             "worker; RSS counts a shared page once per process, PSS splits it), the bytes the step added under the "
+             "run folder. Plan: `pipeline --plan` for the same "
              "settings on this machine (CPU). The last two columns carry the measurement to 1,975 studies "
-             "(time and disk scaled with the studies, memory as measured) beside the plan of the set's index "
-             "replicated to 2,000 studies. A classifier's time is the few batches it ran, not an epoch: its "
+             "(00-02: time and disk scaled with the studies, 02's checkpoints as they are) beside the plan of the "
+             "set's index replicated to 2,000 studies. A classifier's time is the few batches it ran, not an epoch: its "
              "seconds per batch are listed below, and the plan's epoch beside them."), "",
-             ("| step | wall | CPU | peak RSS (tree) | disk | plan: time | plan: RAM | plan: disk | x1,975: time, disk "
+             ("| step | wall | CPU | peak RSS / PSS (tree) | disk | plan: time | plan: RAM | plan: disk | x1,975: time, disk "
              "(measured, scaled) | plan at 2,000: time, RAM, disk |"),
              "|---|---|---|---|---|---|---|---|---|---|"]
+    fixed = disk_bytes(run / "localizer") - disk_bytes(run / "localizer" / "cache")  # 02's checkpoints: no scaling
     for row in rows:
         p, f = plan.get(row["step"], {}), plan_full.get(row["step"], {})
         lines.append(
             f"| {row['step']} | {_time(row['wall_s'])} | {_time(row['cpu_s'])} | {_gib(row['tree_rss_mib'] * 2**20)} "
-            f"| {_gib(row['disk_bytes'])} | {_time(p.get('seconds', math.nan))} | {_gib(p.get('ram_bytes', 0))} "
-            f"| {_gib(p.get('disk_bytes', 0))} | {_time(row['wall_s'] * scale)}, {_gib(row['disk_bytes'] * scale)} "
+            f"/ {_gib(row['tree_pss_mib'] * 2**20)} | {_gib(row['disk_bytes'])} | {_time(p.get('seconds', math.nan))} "
+            f"| {_gib(p.get('ram_bytes', 0))} | {_gib(p.get('disk_bytes', 0))} | {_scaled(row, scale, fixed)} "
             f"| {_time(f.get('seconds', math.nan))}, {_gib(f.get('ram_bytes', 0))}, {_gib(f.get('disk_bytes', 0))} |")
     lines += ["", "Classifiers, seconds per batch measured (data + model) beside the plan's epoch on this machine:", ""]
     for row in rows:
         if row["step"].startswith("03_"):
             epochs = "; ".join(f"{n}: {_time(s)}" for n, s in plan[row["step"]]["epochs"])
-            lines.append(f"- {row['step']}: {classifier_epochs(run, row['step'], plan)}; plan: {epochs}")
+            lines.append(f"- {row['step']}: {classifier_epochs(run, row['step'])}; plan: {epochs}")
     total = sum(r["disk_bytes"] for r in rows)
-    lines += ["", (f"Whole run folder: {_gib(total)} at {studies} studies (x1,975 scaled: {_gib(total * scale)}); "
-              f"plan at 2,000: {_gib(sum(v['disk_bytes'] for v in plan_full.values()))}. Load average before each "
+    lines += ["", (f"Whole run folder: {_gib(total)} at {studies} studies; plan: "
+              f"{_gib(sum(v['disk_bytes'] for v in plan.values()))}, at 2,000 studies "
+              f"{_gib(sum(v['disk_bytes'] for v in plan_full.values()))}. Load average before each "
               f"step: {', '.join(str(r['load_before']) for r in rows)}.")]
     return "\n".join(lines) + "\n"
 
@@ -170,17 +187,18 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=29)
     p.add_argument("--batches", type=int, default=2, help="batches of each classifier fold (fast_dev_run)")
     p.add_argument("--from-step", default="", help="resume the rehearsal at this step (its measurements kept)")
+    p.add_argument("--report-only", action="store_true", help="write the report from the recorded steps only")
     args = p.parse_args()
     data, run = (ROOT / args.data).resolve(), (ROOT / args.run).resolve()
     cores = available_cores()
     synth = synthesize(data, args.studies, args.seed, cores)
     sets = overrides(cores, args.batches)
     record = run.parent / f"{run.name}_steps.json"
-    rows = json.loads(record.read_text()) if record.is_file() and args.from_step else []
+    rows = json.loads(record.read_text()) if record.is_file() and (args.from_step or args.report_only) else []
     from lumbar.pipeline import load_config
 
     steps = [s.output for s in load_config(CONFIG).steps]
-    start = steps.index(args.from_step) if args.from_step else 0
+    start = len(steps) if args.report_only else steps.index(args.from_step) if args.from_step else 0
     rows = [r for r in rows if r["step"] in steps[:start]]
     for output in steps[start:]:
         print(f"rehearsal: {output} ...", flush=True)

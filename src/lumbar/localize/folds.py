@@ -153,11 +153,13 @@ def predict_out_of_fold(run: str | os.PathLike, data_dir: str | os.PathLike | No
     coords = coords[coords["study_id"].isin(fold_of.index)]
     parts = []
     for name, member in entry["folds"].items():
-        k = int(member["fold"])
+        k, t0 = int(member["fold"]), time.perf_counter()
         studies = sorted(int(s) for s in coords["study_id"].unique() if fold_of[s] == k)
         predicted, _ = localize(root, "train", run, studies=studies, index=index, device=device, progress=False,
                                 members=[name])  # fmt: skip
         parts.append(predicted.assign(fold=k))
+        print(f"localizer: {name} predicted its {len(studies)} held-out studies in {time.perf_counter() - t0:.0f} s",
+              flush=True)  # a line a watched log shows between the epochs and the crops
     oof = pd.concat(parts, ignore_index=True)
     write_coordinates(oof, run / OOF_CSV)
     errors = localization_errors(oof, coords, index)
