@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pydicom
 
+from lumbar.core.paths import PROJECT_ROOT
 from lumbar.data.dicom import read_series
 from lumbar.data.index import build_index
-from lumbar.paths import PROJECT_ROOT
 
 
 def link_tree(sample: Path, out: Path, copies: int) -> list[Path]:

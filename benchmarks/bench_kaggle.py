@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lumbar.paths import PROJECT_ROOT
+from lumbar.core.paths import PROJECT_ROOT
 
 FULL_CONFIG = PROJECT_ROOT / "configs" / "full.yaml"
 #: Kaggle's limit for a code competition's GPU notebook, and the budget the projection leaves `predict`.
@@ -58,13 +58,13 @@ def full_steps(path: Path = FULL_CONFIG) -> dict:
 
 def build_full_slice(data: Path, run: Path, folds: int, device: str, tiny: bool, batches: int) -> dict:
     """configs/full.yaml's pipeline on `data`'s train split, a few batches per model; returns what was built."""
+    from lumbar.core.manifest import update_manifest
+    from lumbar.core.tables import load_coordinates, load_labels
     from lumbar.data.index import load_or_build_index
-    from lumbar.data.tables import load_coordinates, load_labels
     from lumbar.ensemble.blend import EnsembleParams
     from lumbar.localize.config import LocalizerConfig
     from lumbar.localize.folds import train_localizer_folds
     from lumbar.localize.train import train_localizer
-    from lumbar.manifest import update_manifest
     from lumbar.preprocess.cache import build_cache
     from lumbar.preprocess.config import RoiConfig
     from lumbar.train import train

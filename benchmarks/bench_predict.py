@@ -28,8 +28,8 @@ from pathlib import Path
 
 from peak_memory import run_measured
 
+from lumbar.core.paths import PROJECT_ROOT
 from lumbar.inference.predict import predict
-from lumbar.paths import PROJECT_ROOT
 
 #: The hidden test set the projection assumes (its size is not public).
 HIDDEN_STUDIES, HIDDEN_FILES_PER_STUDY = 2000, 75
@@ -48,7 +48,7 @@ def study_view(src: Path, split: str, studies: list[int], out: Path) -> Path:
     """A data folder holding only `studies` of a split (image folders linked, the series CSV filtered)."""
     import pandas as pd
 
-    from lumbar.data.tables import write_csv
+    from lumbar.core.tables import write_csv
 
     (out / f"{split}_images").mkdir(parents=True)
     for s in studies:
@@ -62,7 +62,7 @@ def real_view(sample: Path, copies: int, out: Path) -> Path:
     """The real sample's studies linked `copies` times under new ids as test studies (no train files)."""
     import pandas as pd
 
-    from lumbar.data.tables import write_csv
+    from lumbar.core.tables import write_csv
 
     series = pd.read_csv(sample / "train_series_descriptions.csv")
     parts = []
@@ -78,11 +78,11 @@ def real_view(sample: Path, copies: int, out: Path) -> Path:
 
 def train_demo_run(data: Path, run: Path, device: str) -> float:
     """Train the demo ensemble for one epoch on `data`'s training studies; returns the seconds it took."""
-    from lumbar.data.tables import load_coordinates
+    from lumbar.core.manifest import update_manifest
+    from lumbar.core.tables import load_coordinates
     from lumbar.ensemble.runs import fit_run_ensemble
     from lumbar.localize.config import LocalizerConfig
     from lumbar.localize.train import train_localizer
-    from lumbar.manifest import update_manifest
     from lumbar.preprocess.cache import build_cache
     from lumbar.preprocess.config import RoiConfig
     from lumbar.train import train

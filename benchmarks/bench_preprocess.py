@@ -39,8 +39,8 @@ import pandas as pd
 import pydicom
 from scipy import ndimage
 
-from lumbar.data.tables import load_coordinates
-from lumbar.paths import PROJECT_ROOT, series_dir
+from lumbar.core.paths import PROJECT_ROOT, series_dir
+from lumbar.core.tables import load_coordinates
 from lumbar.preprocess.cache import build_cache, cache_name
 from lumbar.preprocess.config import RoiConfig
 from lumbar.preprocess.filters import apply_filter, list_filters

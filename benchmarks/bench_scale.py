@@ -89,7 +89,7 @@ def scale_view(src: Path, studies: list[int], out: Path) -> Path:
     """A data folder of `studies` of src's train split: image folders linked, train CSVs filtered."""
     import pandas as pd
 
-    from lumbar.data.tables import write_csv
+    from lumbar.core.tables import write_csv
 
     if (out / "train.csv").is_file():
         return out
@@ -110,7 +110,7 @@ def loader_epoch(cache_dir: Path, labels_csv: Path, batch_size: int, workers: in
     import torch
     from torch.utils.data import DataLoader
 
-    from lumbar.data.tables import load_labels
+    from lumbar.core.tables import load_labels
     from lumbar.train.augment import StackAugment, resolve_augmentations
     from lumbar.train.config import TrainConfig
     from lumbar.train.dataset import RoiDataset, read_cache

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lumbar.constants import LEVELS, row_id
-from lumbar.data.tables import labels_to_wide, write_csv
+from lumbar.core.constants import LEVELS, row_id
+from lumbar.core.tables import labels_to_wide, write_csv
 
 CONDITION = "spinal_canal_stenosis"
 DEFAULT_FAMILIES = ("timm25d:resnet18", "timmseq:resnet18")
@@ -75,8 +75,8 @@ def plain_samples_per_s(arch: str, args: argparse.Namespace) -> float:
     """Samples/s of a bare training loop on the engine's model (same architecture, shape, threads, device)."""
     import torch
 
+    from lumbar.core.runtime import setup_runtime, teardown_runtime
     from lumbar.models import build_model
-    from lumbar.train.runtime import setup_runtime, teardown_runtime
 
     runtime = setup_runtime(args.device, amp=False, channels_last=False, threads=args.threads)
     try:

@@ -38,9 +38,9 @@ def measure(arch: str, setting: dict, steps: int, batch_size: int) -> dict[str, 
     import torch
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+    from lumbar.core.runtime import RunningMean, Runtime, keep_freed_memory, make_adamw
     from lumbar.models import build_model
     from lumbar.train.ema import ModelEma
-    from lumbar.train.runtime import RunningMean, Runtime, keep_freed_memory, make_adamw
 
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True, warn_only=True)  # as the loop on CPU

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_scale import splice
 from peak_memory import run_tree_measured
 
-from lumbar.cores import available_cores
+from lumbar.core.processes import available_cores
 
 CONFIG = ROOT / "configs" / "full.yaml"
 COMPETITION_STUDIES = 1975
@@ -89,8 +89,9 @@ def run_step(output: str, data: Path, run: Path, sets: list[str]) -> dict:
 def planned(data: Path, run: Path, sets: dict[str, list[str]], replicate: int = 1) -> dict[str, dict]:
     """`pipeline --plan`'s figures per step for the rehearsal's settings; with `replicate` > 1 on the set's index
     and coordinates copied that many times (new study ids), the competition's size."""
-    from lumbar.pipeline import _parse_overrides, load_config, plan_steps
-    from lumbar.pipeline_cost import DataFacts, estimate_steps, read_facts
+    from lumbar.pipeline import load_config, plan_steps
+    from lumbar.pipeline.command import _parse_overrides
+    from lumbar.pipeline.cost import DataFacts, estimate_steps, read_facts
 
     config = load_config(CONFIG, data_dir=data, run_dir=run)
     facts = read_facts(data, run, available_cores())

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lumbar.constants import COMPETITION_SLUG
-from lumbar.data.tables import submission_row_ids
+from lumbar.core.constants import COMPETITION_SLUG
+from lumbar.core.tables import submission_row_ids
 from lumbar.kaggle import KAGGLE_EXTRA_PACKAGES
 
 #: The two architectures of the tiny run (`conftest.tiny_run`): the thesis's 3D CNN and a timm 2.5D member on timm's

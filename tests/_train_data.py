@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from lumbar.constants import CONDITION_SIDE, CONDITIONS, LEVELS, row_id
-from lumbar.data.tables import labels_to_wide, write_csv
+from lumbar.core.constants import CONDITION_SIDE, CONDITIONS, LEVELS, row_id
+from lumbar.core.tables import labels_to_wide, write_csv
 from lumbar.preprocess import RoiConfig
 
 DEPTH, SIZE, PAD_SLICES, PAD_PX = 8, 32, 1, 4

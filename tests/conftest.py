@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lumbar.paths import PROJECT_ROOT
+from lumbar.core.paths import PROJECT_ROOT
 
 
 def sample_root() -> Path:
@@ -81,11 +81,11 @@ def tiny_run(synthetic_dir, tmp_path_factory) -> Path:
     two classifiers (`_runs.ARCHS`) with 2 folds, their ensemble. Shared by every test that predicts."""
     from _runs import ARCHS
 
-    from lumbar.data.tables import load_coordinates
+    from lumbar.core.manifest import update_manifest
+    from lumbar.core.tables import load_coordinates
     from lumbar.ensemble.runs import fit_run_ensemble
     from lumbar.localize.config import LocalizerConfig
     from lumbar.localize.train import train_localizer
-    from lumbar.manifest import update_manifest
     from lumbar.preprocess.cache import build_cache
     from lumbar.preprocess.config import RoiConfig
     from lumbar.train import train

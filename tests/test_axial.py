@@ -1,8 +1,8 @@
 import pandas as pd
 
 from lumbar.cli import main
+from lumbar.core.tables import load_coordinates
 from lumbar.data.index import build_index
-from lumbar.data.tables import load_coordinates
 from lumbar.localize.axial import foramina_offset_mm, map_axial
 
 SAMPLE_STUDIES = [100206310, 1002894806]

@@ -5,7 +5,7 @@ import argparse
 import pytest
 
 from lumbar.cli import build_parser, main
-from lumbar.overrides import parse_assignments
+from lumbar.core.settings import parse_assignments
 
 
 def _one_error_line(capsys, command):

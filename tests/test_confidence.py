@@ -6,15 +6,15 @@ import pandas as pd
 import pytest
 import torch
 
-from lumbar.constants import CONDITIONS, GRADES, LEVELS
+from lumbar.analysis.robustness import target_losses
+from lumbar.core.constants import CONDITIONS, GRADES, LEVELS
+from lumbar.core.tables import load_coordinates, submission_row_ids, table_row_ids
 from lumbar.data.index import load_or_build_index
-from lumbar.data.tables import load_coordinates, submission_row_ids, table_row_ids
 from lumbar.ensemble.blend import EnsembleParams, apply_ensemble, fit_ensemble
 from lumbar.ensemble.widen import widen_arrays
-from lumbar.evaluate.baselines import out_of_fold_prior
-from lumbar.evaluate.robustness import target_losses
 from lumbar.localize.confidence import FLOOR, check_level_set, row_confidence
 from lumbar.localize.heatmap import decode_heatmaps, point_confidence
+from lumbar.scoring.baselines import out_of_fold_prior
 
 SPINAL, LEFT_FORAMEN = "spinal_canal_stenosis", "left_neural_foraminal_narrowing"
 

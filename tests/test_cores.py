@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lumbar.cores import ProcessPlan, plan_processes, process_pool, split_cores
+from lumbar.core.processes import ProcessPlan, plan_processes, process_pool, split_cores
 
 
 @pytest.mark.parametrize("tasks, jobs, threads, cores, expected", [
@@ -28,7 +28,7 @@ def test_the_cores_are_this_process_share_of_the_machine():
     import subprocess
     import sys
 
-    code = "from lumbar.cores import available_cores, split_cores; print(available_cores(), *split_cores(2))"
+    code = "from lumbar.core.processes import available_cores, split_cores; print(available_cores(), *split_cores(2))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
                           preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
     assert done.stdout.split() == ["1", "1", "1"], done.stderr[-2000:]

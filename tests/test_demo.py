@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from lumbar.cli import main
-from lumbar.data.tables import load_labels, load_submission, rows_of_studies, submission_row_ids
-from lumbar.evaluate.baselines import out_of_fold_prior, uniform_submission
-from lumbar.evaluate.metric import competition_score
-from lumbar.manifest import read_manifest
+from lumbar.core.manifest import read_manifest
+from lumbar.core.tables import load_labels, load_submission, rows_of_studies, submission_row_ids
+from lumbar.scoring.baselines import out_of_fold_prior, uniform_submission
+from lumbar.scoring.metric import competition_score
 
 pytestmark = pytest.mark.slow
 

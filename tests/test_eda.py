@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from lumbar.constants import CONDITIONS, GRADES, LEVELS
+from lumbar.core.constants import CONDITIONS, GRADES, LEVELS
+from lumbar.core.paths import PROJECT_ROOT
 from lumbar.data import dicom, eda, eda_plots
 from lumbar.data.index import build_index
-from lumbar.paths import PROJECT_ROOT
 
 STUDY = 100206310  # one of the two sample studies with images
 

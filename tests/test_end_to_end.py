@@ -14,13 +14,13 @@ from _readonly import readonly_argv, require_mount_namespace
 from _runs import ARCHS, copy_test_split, copy_train_split, drop_series
 
 from lumbar.cli import main
-from lumbar.constants import GRADES
-from lumbar.data.tables import load_coordinates, load_labels, load_submission, submission_row_ids
-from lumbar.evaluate.baselines import uniform_submission
-from lumbar.evaluate.metric import competition_score
-from lumbar.fallback import FallbackLimitError
+from lumbar.core.constants import GRADES
+from lumbar.core.fallback import FallbackLimitError
+from lumbar.core.manifest import read_manifest
+from lumbar.core.tables import load_coordinates, load_labels, load_submission, submission_row_ids
 from lumbar.inference.predict import predict
-from lumbar.manifest import read_manifest
+from lumbar.scoring.baselines import uniform_submission
+from lumbar.scoring.metric import competition_score
 
 pytestmark = pytest.mark.slow
 
@@ -130,7 +130,7 @@ def test_a_chunk_whose_crops_all_fail_gets_the_prior(tiny_run, synthetic_dir, tm
 
 
 def test_fresh_eval_scores_a_new_synthetic_set_and_names_the_worst_studies(tiny_run, tmp_path):
-    from lumbar.evaluate.fresh import fresh_eval, result_line
+    from lumbar.analysis.fresh import fresh_eval, result_line
 
     result = fresh_eval(tiny_run, tmp_path, seed=5, test_studies=2, image_size=64, device="cpu", workers=1,
                         progress=False)  # fmt: skip

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lumbar.constants import CONDITION_GROUP, CONDITIONS, GRADES, LEVELS, row_id
+from lumbar.core.constants import CONDITION_GROUP, CONDITIONS, GRADES, LEVELS, row_id
 from lumbar.ensemble.blend import (
     BLEND,
     CALIBRATED,
@@ -13,7 +13,7 @@ from lumbar.ensemble.blend import (
     fit_ensemble,
     fit_params,
 )
-from lumbar.evaluate.metric import competition_score
+from lumbar.scoring.metric import competition_score
 
 
 def _labels(n_studies=60, seed=0):
@@ -193,9 +193,9 @@ def test_a_fold_wise_candidate_never_sees_the_labels_of_the_rows_it_predicts():
 def test_the_run_ensemble_records_every_candidate_for_the_error_analysis(data, tmp_path):
     """04_ensemble writes each candidate's out-of-fold predictions and lists them in the manifest; rescored,
     each file gives its line of scores.csv, and the pair before / after calibration is found among them."""
-    from lumbar.data.tables import labels_to_wide, write_csv
+    from lumbar.core.manifest import read_manifest, update_manifest
+    from lumbar.core.tables import labels_to_wide, write_csv
     from lumbar.ensemble.runs import calibration_pair, fit_run_ensemble, run_oof_predictions
-    from lumbar.manifest import read_manifest, update_manifest
 
     labels, folds, preds = data
     run, data_dir = tmp_path / "run", tmp_path / "data"

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from test_metric import LNFN, SPINAL, hand_case
 
-from lumbar.constants import CONDITIONS, GRADES, LEVELS, row_id
-from lumbar.evaluate import calibration, errors
-from lumbar.evaluate.metric import TERMS, align_predictions, competition_score, metric_parts
+from lumbar.analysis import calibration, errors
+from lumbar.core.constants import CONDITIONS, GRADES, LEVELS, row_id
+from lumbar.scoring.metric import TERMS, align_predictions, competition_score, metric_parts
 
 
 def test_parts_of_the_hand_case_are_its_hand_computed_terms():

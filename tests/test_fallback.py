@@ -2,7 +2,7 @@
 
 import pytest
 
-from lumbar.fallback import FallbackLimitError, check_fallbacks, fallback_limit
+from lumbar.core.fallback import FallbackLimitError, check_fallbacks, fallback_limit
 
 
 def test_limit_is_a_share_of_the_inputs_but_never_below_one():

@@ -74,14 +74,14 @@ def test_every_module_the_package_imports_comes_from_the_image_or_the_bundle():
     # timm's own dependencies, imported only where the hub is used (`weights`, `pretrained: imagenet`): the kernel
     # builds every model with `pretrained: none` (tests/test_pretrained.py)
     build_time |= {"huggingface_hub", "safetensors"}
-    # the interactive study viewer (`lumbar.evaluate.viewer.interactive_viewer`) only, in a Jupyter session
+    # the interactive study viewer (`lumbar.analysis.viewer.interactive_viewer`) only, in a Jupyter session
     build_time |= {"ipywidgets", "IPython"}
     assert _third_party_imports(Path(lumbar.__file__).parent) <= set(IMAGE_MODULES) | bundled | build_time
 
 
 def test_the_viewer_imports_ipywidgets_only_when_it_is_asked_for():
     """The study viewer's static figures (papermill) and the Kaggle kernel's imports never need ipywidgets."""
-    code = ("import sys, lumbar.evaluate.viewer, lumbar.inference.predict; "
+    code = ("import sys, lumbar.analysis.viewer, lumbar.inference.predict; "
             "print(sorted(m for m in ('ipywidgets', 'IPython') if m in sys.modules))")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

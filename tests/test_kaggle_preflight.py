@@ -11,6 +11,8 @@ import papermill
 import pytest
 import torch
 
+from lumbar.core.paths import PROJECT_ROOT
+from lumbar.core.runtime import UnsupportedGPUError
 from lumbar.kaggle import build_bundle, kaggle_user, kernel_notebook
 from lumbar.kaggle.layout import BUNDLE_INDEX, RUN_FOLDER
 from lumbar.kaggle.preflight import (
@@ -21,8 +23,6 @@ from lumbar.kaggle.preflight import (
     locate_run,
     preflight,
 )
-from lumbar.paths import PROJECT_ROOT
-from lumbar.train.runtime import UnsupportedGPUError
 
 FILES = {"manifest.json": '{"classifiers": {"cnn3d": {"checkpoints": {"spinal": {"0": "cnn3d/spinal/fold0/final.pt"}}}}}',
          "cnn3d/spinal/fold0/final.pt": "weights" * 100}  # fmt: skip

@@ -17,12 +17,12 @@ from _readonly import readonly_argv, require_mount_namespace
 from _runs import copy_as_competition, drop_series, kaggle_competition_dir, kaggle_python, wheelhouse
 
 from lumbar.cli import main
-from lumbar.constants import COMPETITION_SLUG
-from lumbar.data.tables import load_submission, submission_row_ids
+from lumbar.core.constants import COMPETITION_SLUG
+from lumbar.core.manifest import read_manifest
+from lumbar.core.paths import PROJECT_ROOT
+from lumbar.core.tables import load_submission, submission_row_ids
 from lumbar.kaggle import KAGGLE_EXTRA_PACKAGES, inference_manifest
 from lumbar.kaggle.bundle import referenced_files
-from lumbar.manifest import read_manifest
-from lumbar.paths import PROJECT_ROOT
 
 README = PROJECT_ROOT / "README.md"
 USER = "tester"

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 from _train_data import engine_config, make_tiny_data, tiny_build_model
 
+from lumbar.analysis.label_noise import flag_label_noise, flag_run, noise_precision_recall
 from lumbar.cli import main
-from lumbar.constants import LEVELS, row_id
+from lumbar.core.constants import LEVELS, row_id
+from lumbar.core.manifest import update_manifest
+from lumbar.core.tables import DataFormatError, load_labels, load_submission, write_csv
 from lumbar.data.synthetic import LABEL_NOISE_CSV, SynthConfig, generate
-from lumbar.data.tables import DataFormatError, load_labels, load_submission, write_csv
-from lumbar.evaluate.label_noise import flag_label_noise, flag_run, noise_precision_recall
-from lumbar.manifest import update_manifest
 from lumbar.train.loop import train
 
 SCS = "spinal_canal_stenosis"

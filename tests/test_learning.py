@@ -18,18 +18,18 @@ import pandas as pd
 import pytest
 from _train_data import make_tiny_data
 
-from lumbar.constants import GRADES
+from lumbar.core.constants import GRADES
+from lumbar.core.tables import load_coordinates, load_labels, load_submission, rows_of_studies
 from lumbar.data.index import build_index
 from lumbar.data.synthetic import SynthConfig, generate
-from lumbar.data.tables import load_coordinates, load_labels, load_submission, rows_of_studies
 from lumbar.ensemble.blend import BLEND, apply_ensemble, fit_params
 from lumbar.ensemble.runs import ENSEMBLE_DIR, fit_run_ensemble, run_oof_predictions
-from lumbar.evaluate.baselines import out_of_fold_prior, uniform_submission
-from lumbar.evaluate.metric import competition_score
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.evaluate import localization_errors, summarize, summary_line
 from lumbar.localize.predict import localize
 from lumbar.localize.train import holdout_split, train_localizer
+from lumbar.scoring.baselines import out_of_fold_prior, uniform_submission
+from lumbar.scoring.metric import competition_score
 from lumbar.train import train
 
 pytestmark = pytest.mark.slow

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from lumbar.cli import main
+from lumbar.core.tables import write_coordinates
 from lumbar.data.index import INDEX_COLUMNS
-from lumbar.data.tables import write_coordinates
 from lumbar.localize.evaluate import localization_errors, summarize, summary_line
 
 STUDY, SAG, OTHER = 1, 10, 11

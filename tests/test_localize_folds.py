@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
+from lumbar.core.manifest import read_manifest, update_manifest
+from lumbar.core.tables import load_coordinates, load_labels
 from lumbar.data.index import build_index
-from lumbar.data.tables import load_coordinates, load_labels
 from lumbar.localize import folds as folds_module
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.evaluate import HISTOGRAM_COLUMNS, localization_errors, slice_histogram
@@ -22,7 +23,6 @@ from lumbar.localize.folds import (
 )
 from lumbar.localize.predict import Localizer, ProbabilityMean, localize
 from lumbar.localize.train import train_localizer
-from lumbar.manifest import read_manifest, update_manifest
 from lumbar.preprocess.cache import build_cache, load_cache
 from lumbar.preprocess.config import RoiConfig
 from lumbar.train.folds import make_folds
@@ -168,7 +168,7 @@ def test_oof_crops_use_the_ground_truth_cache_parameters(kfold_run, synthetic_di
 def test_oof_crops_cut_around_an_earlier_localizers_points_are_built_again(kfold_run, synthetic_dir, tmp_path, capsys):
     import shutil
 
-    from lumbar.data.tables import write_coordinates
+    from lumbar.core.tables import write_coordinates
     from lumbar.preprocess.cache import coordinates_digest
 
     run = tmp_path / "run"
@@ -210,7 +210,7 @@ def test_probability_mean_of_one_member_passes_through():
 
 def test_a_rerun_reuses_the_fold_localizers_resumes_a_killed_one_and_stops_on_other_settings(synthetic_dir, tmp_path,
                                                                                             capsys):  # fmt: skip
-    from lumbar.overrides import StaleRunError
+    from lumbar.core.settings import StaleRunError
 
     coords = load_coordinates(synthetic_dir / "train_label_coordinates.csv")
     folds = make_folds(load_labels(synthetic_dir / "train.csv"), n_folds=3, seed=0)

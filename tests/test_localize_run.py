@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from lumbar.cli import main
-from lumbar.constants import CONDITIONS, LEVELS, condition_title, level_title
+from lumbar.core.constants import CONDITIONS, LEVELS, condition_title, level_title
+from lumbar.core.manifest import read_manifest
+from lumbar.core.tables import COORDINATE_COLUMNS, load_coordinates
 from lumbar.data.index import build_index
-from lumbar.data.tables import COORDINATE_COLUMNS, load_coordinates
 from lumbar.localize import train as train_module
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.predict import localize
 from lumbar.localize.tasks import TASKS, placed_coordinates
 from lumbar.localize.train import cache_dir, crop_geometry, prepare_inputs, train_localizer
-from lumbar.manifest import read_manifest
 
 STUDIES = [100206310, 1002894806]
 T1_OF_FIRST = 2092806862

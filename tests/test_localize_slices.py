@@ -1,6 +1,7 @@
 import numpy as np
 import torch
 
+from lumbar.core.runtime import setup_runtime, teardown_runtime
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.fit import fit
 from lumbar.localize.slice_refine import (
@@ -14,7 +15,6 @@ from lumbar.localize.slice_refine import (
 )
 from lumbar.localize.train import _scorer_batches, crop_geometry
 from lumbar.localize.volumes import point_crops
-from lumbar.train.runtime import setup_runtime, teardown_runtime
 
 GEOMETRY = CropGeometry(width_mm=20.0, size=8, jitter_mm=5.0)  # 2.5 mm per pixel, 2 pixels of jitter margin
 

@@ -15,17 +15,17 @@ import pandas as pd
 import pydicom
 import pytest
 
-from lumbar.constants import GRADES, SAGITTAL_T2
+from lumbar.analysis.robustness import target_losses
+from lumbar.core.constants import GRADES, SAGITTAL_T2
+from lumbar.core.tables import load_labels, submission_row_ids
 from lumbar.data.index import load_or_build_index
 from lumbar.data.synthetic import SynthConfig, generate
-from lumbar.data.tables import load_labels, submission_row_ids
 from lumbar.ensemble.widen import fit_widening, widen_arrays
-from lumbar.evaluate.baselines import prior_submission
-from lumbar.evaluate.robustness import target_losses
 from lumbar.localize.confidence import row_confidence
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.predict import localize
 from lumbar.localize.train import train_localizer
+from lumbar.scoring.baselines import prior_submission
 
 pytestmark = pytest.mark.slow  # a localizer trained for real on 32 studies: a minute or two
 

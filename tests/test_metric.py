@@ -9,11 +9,11 @@ import pytest
 from sklearn.metrics import log_loss
 
 from lumbar.cli import main
-from lumbar.constants import CONDITION_GROUP, GRADES, row_id
-from lumbar.data.tables import labels_to_wide, load_labels, split_row_ids, write_csv
-from lumbar.evaluate.baselines import class_priors, prior_submission, uniform_submission
-from lumbar.evaluate.metric import align_predictions, competition_score
-from lumbar.inference.submission import SubmissionError
+from lumbar.core.constants import CONDITION_GROUP, GRADES, row_id
+from lumbar.core.tables import labels_to_wide, load_labels, split_row_ids, write_csv
+from lumbar.scoring.baselines import class_priors, prior_submission, uniform_submission
+from lumbar.scoring.metric import align_predictions, competition_score
+from lumbar.scoring.submission import SubmissionError
 
 SPINAL, LNFN, RNFN = "spinal_canal_stenosis", "left_neural_foraminal_narrowing", "right_neural_foraminal_narrowing"
 RSS = "right_subarticular_stenosis"

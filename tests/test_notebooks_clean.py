@@ -5,7 +5,7 @@ import re
 import nbformat
 import pytest
 
-from lumbar.paths import PROJECT_ROOT
+from lumbar.core.paths import PROJECT_ROOT
 
 NOTEBOOKS = sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb"))
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from lumbar.core.settings import UnknownSettingError, apply_overrides, parse_assignments
 from lumbar.localize.config import LocalizerConfig
-from lumbar.overrides import UnknownSettingError, apply_overrides, parse_assignments
-from lumbar.pipeline import _parse_overrides
+from lumbar.pipeline.command import _parse_overrides
 from lumbar.preprocess.config import RoiConfig
 from lumbar.train.config import make_config
 

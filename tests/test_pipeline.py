@@ -5,18 +5,12 @@ import nbformat
 import pytest
 
 from lumbar.cli import build_parser, main
-from lumbar.cores import available_cores
-from lumbar.manifest import read_manifest
-from lumbar.paths import PROJECT_ROOT, SYNTHETIC_MARKER, data_root, default_input_dir
-from lumbar.pipeline import (
-    PipelineError,
-    _parse_overrides,
-    check_data_kind,
-    load_config,
-    plan_steps,
-    run_pipeline,
-    spread_parameters,
-)
+from lumbar.core.manifest import read_manifest
+from lumbar.core.paths import PROJECT_ROOT, SYNTHETIC_MARKER, data_root, default_input_dir
+from lumbar.core.processes import available_cores
+from lumbar.pipeline import PipelineError, check_data_kind, load_config, plan_steps, run_pipeline
+from lumbar.pipeline.command import _parse_overrides
+from lumbar.pipeline.config import spread_parameters
 
 
 def _notebook(path, body, params="VALUE = 1"):
@@ -302,11 +296,11 @@ def test_parallel_group_runs_side_by_side_with_shared_cores(project, monkeypatch
 
 @pytest.mark.slow
 def test_jobs_follow_the_cores_unless_the_config_pins_them(project, monkeypatch):
-    import lumbar.cores
+    import lumbar.core.processes
 
     tmp_path, nbdir = project
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(lumbar.cores, "available_cores", lambda: 8)  # an 8-core laptop
+    monkeypatch.setattr(lumbar.core.processes, "available_cores", lambda: 8)  # an 8-core laptop
     _notebook(nbdir / "02_meet.ipynb", RENDEZVOUS)
     group = {"parallel": [{"notebook": "02_meet", "output": "meet_1", "parameters": {"VALUE": 1}},
                           {"notebook": "02_meet", "output": "meet_2", "parameters": {"VALUE": 2}}]}
@@ -342,7 +336,7 @@ def test_parallel_config_errors_are_named(project, entry, match):
 
 
 def _write_items(run_dir, prefix, n):
-    from lumbar.manifest import update_manifest
+    from lumbar.core.manifest import update_manifest
 
     for i in range(n):
         update_manifest(run_dir, "items", i, item=f"{prefix}{i}")
@@ -389,10 +383,10 @@ def test_set_merges_into_a_steps_extra_and_names_where_a_lower_case_setting_live
 
 
 def test_fresh_reaches_every_step_that_trains(monkeypatch):
-    from lumbar import pipeline
+    from lumbar.pipeline import command
 
     seen = {}
-    monkeypatch.setattr(pipeline, "run_pipeline", lambda config, start, only, jobs, overrides, allow_synthetic:
+    monkeypatch.setattr(command, "run_pipeline", lambda config, start, only, jobs, overrides, allow_synthetic:
                         seen.update(overrides=overrides) or {})
     assert main(["pipeline", "--config", str(PROJECT_ROOT / "configs" / "demo.yaml"), "--fresh"]) == 0
     steps = plan_steps(load_config(PROJECT_ROOT / "configs" / "demo.yaml"), overrides=seen["overrides"])
@@ -409,10 +403,10 @@ def test_fresh_reaches_every_step_that_trains(monkeypatch):
     (2, ["cuda:0", "cuda:1"], 2, ()),  # devices placed by the config: not pinned again
 ])  # fmt: skip
 def test_a_parallel_group_of_gpu_notebooks_runs_one_per_gpu(gpus, devices, jobs, pinned, monkeypatch):
-    import lumbar.cores
+    import lumbar.core.processes
     from lumbar.pipeline import Step, group_plan
 
-    monkeypatch.setattr(lumbar.cores, "available_cores", lambda: 2)
+    monkeypatch.setattr(lumbar.core.processes, "available_cores", lambda: 2)
     group = [Step("03_train", f"03_{i}", {"DEVICE": d}, declared={"DEVICE": str}) for i, d in enumerate(devices)]
     plan = group_plan(group, gpus=gpus)
     assert (plan.jobs, plan.gpus) == (jobs, pinned)

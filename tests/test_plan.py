@@ -1,4 +1,4 @@
-"""`pipeline --plan` (lumbar.pipeline_cost) and `pipeline --run-dir`: the cost printed before a run, checked
+"""`pipeline --plan` (lumbar.pipeline.cost) and `pipeline --run-dir`: the cost printed before a run, checked
 against what the stages really write; the run folder placed anywhere, nothing in the checkout."""
 
 import json
@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from lumbar.cli import main
+from lumbar.core.manifest import read_manifest
+from lumbar.core.paths import PROJECT_ROOT
+from lumbar.core.tables import load_coordinates
 from lumbar.data.index import build_index
-from lumbar.data.tables import load_coordinates
-from lumbar.manifest import read_manifest
-from lumbar.paths import PROJECT_ROOT
-from lumbar.pipeline_cost import (
+from lumbar.pipeline.cost import (
     Estimate,
     StepCost,
     cache_bytes,
@@ -90,7 +90,7 @@ def test_plan_of_a_real_data_config_refuses_synthetic_data_without_the_flag(synt
 
 
 def test_plan_warns_when_the_run_does_not_fit_its_disk(synthetic_dir, tmp_path, capsys, monkeypatch):
-    import lumbar.pipeline_cost as cost
+    from lumbar.pipeline import cost
 
     monkeypatch.setattr(cost, "free_bytes", lambda path: 1024)
     assert _plan("demo.yaml", synthetic_dir, tmp_path / "run", "--only", "01") == 0

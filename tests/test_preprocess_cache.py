@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 from lumbar.cli import main
-from lumbar.constants import row_id
-from lumbar.data.tables import load_coordinates, write_coordinates
-from lumbar.fallback import FallbackLimitError
+from lumbar.core.constants import row_id
+from lumbar.core.fallback import FallbackLimitError
+from lumbar.core.tables import load_coordinates, write_coordinates
 from lumbar.preprocess.cache import Rows, build_cache, cache_name, load_cache, load_sample
 from lumbar.preprocess.config import RoiConfig
 

@@ -18,11 +18,12 @@ from safetensors.torch import load_file, save_file
 from timm.models import adapt_input_conv, get_pretrained_cfg
 
 from lumbar.cli import main
+from lumbar.core.encoders import INDEX_JSON, create_timm_model, gray_stats
+from lumbar.core.paths import PROJECT_ROOT
 from lumbar.localize.heatmap import HeatmapNet
 from lumbar.localize.slice_refine import SliceScorer
 from lumbar.models import build_model
-from lumbar.paths import PROJECT_ROOT
-from lumbar.pretrained import INDEX_JSON, config_encoders, create_timm_model, gray_stats, write_weights_folder
+from lumbar.weights import config_encoders, write_weights_folder
 
 CLASSIFIER, SCORER = "test_resnet", "test_efficientnet"  # timm's tiny test models, each with hub weights
 REVISION = "0" * 40
@@ -252,11 +253,11 @@ def test_training_starts_from_the_folder_and_inference_never_needs_it(hub, folde
     """The 02 and 03 notebooks' code paths with `pretrained: <folder>`; then predict without folder or hub."""
     from _train_data import make_tiny_data
 
+    from lumbar.core.checkpoint import load_checkpoint
     from lumbar.localize.config import LocalizerConfig
     from lumbar.localize.predict import localize
     from lumbar.localize.train import train_localizer
     from lumbar.train import predict_cache, train
-    from lumbar.train.checkpoint import load_checkpoint
 
     _, saved = hub
     copy = tmp_path / "encoders"  # removed before inference

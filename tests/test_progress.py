@@ -13,16 +13,16 @@ from _train_data import engine_config
 from test_pipeline import _config, _notebook
 from torch import nn
 
-from lumbar.data.tables import load_coordinates
+from lumbar.core.progress import ScalarBoard, TimeLeft, epoch_line, format_seconds
+from lumbar.core.runtime import setup_runtime, teardown_runtime
+from lumbar.core.tables import load_coordinates
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.fit import fit
 from lumbar.localize.train import train_localizer
 from lumbar.pipeline import load_config, run_pipeline
-from lumbar.progress import ScalarBoard, TimeLeft, epoch_line, format_seconds
 from lumbar.train.config import TrainConfig, make_config
 from lumbar.train.loggers import PrintLogger
 from lumbar.train.loop import train
-from lumbar.train.runtime import setup_runtime, teardown_runtime
 
 CLASSIFIER_LINE = re.compile(
     r"^\[spinal fold (?P<fold>\d)\] epoch (?P<epoch>\d)/2: train_loss=(?P<train>[\d.]+)"

@@ -2,8 +2,8 @@
 
 import numpy as np
 
+from lumbar.core.tables import load_coordinates
 from lumbar.data.index import build_index
-from lumbar.data.tables import load_coordinates
 from lumbar.localize.axial import foramina_offset_mm, sagittal_points_mm
 from lumbar.localize.repair import repair_canal
 

@@ -13,9 +13,10 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from lumbar.constants import GRADES
-from lumbar.evaluate.references import compare_with_references, load_references
-from lumbar.evaluate.reports import TASK_MODES, evaluate_predictions, write_reports
+from lumbar.core.constants import GRADES
+from lumbar.scoring.references import compare_with_references, load_references
+from lumbar.scoring.reports import write_reports
+from lumbar.scoring.thesis import TASK_MODES, evaluate_predictions
 
 SCS, LNFN, NFN = "spinal_canal_stenosis", "left_neural_foraminal_narrowing", "neural_foraminal_narrowing"
 

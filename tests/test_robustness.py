@@ -2,16 +2,16 @@
 
 import numpy as np
 
-from lumbar.constants import CONDITION_GROUP, GRADES
-from lumbar.data.tables import load_labels, load_submission
-from lumbar.evaluate.metric import TERMS, competition_score
-from lumbar.evaluate.robustness import (
+from lumbar.analysis.robustness import (
     loss_summary,
     reference_tails,
     robustness_report,
     study_losses,
     target_losses,
 )
+from lumbar.core.constants import CONDITION_GROUP, GRADES
+from lumbar.core.tables import load_labels, load_submission
+from lumbar.scoring.metric import TERMS, competition_score
 
 
 def _noisy_oracle(synthetic_dir, seed=0):

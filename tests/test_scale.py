@@ -14,7 +14,7 @@ import pytest
 from _train_data import make_tiny_data
 from torch.utils.data import DataLoader
 
-from lumbar.data.tables import load_labels
+from lumbar.core.tables import load_labels
 from lumbar.train.augment import StackAugment, resolve_augmentations
 from lumbar.train.dataset import RoiDataset, read_cache
 from lumbar.train.tasks import build_tasks

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lumbar.constants import CONDITIONS, GRADE_WEIGHTS, GRADES, LEVELS, row_id
+from lumbar.core.constants import CONDITIONS, GRADE_WEIGHTS, GRADES, LEVELS, row_id
 from lumbar.ensemble.blend import EnsembleParams, apply_ensemble, fit_ensemble
 from lumbar.ensemble.stack import N_FEATURES, apply_stack, fit_stack, study_features
 

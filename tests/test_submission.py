@@ -2,10 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lumbar.constants import GRADES
-from lumbar.data.tables import load_submission, submission_row_ids
-from lumbar.evaluate.baselines import uniform_submission
-from lumbar.inference.submission import SubmissionError, validate_submission, write_submission
+from lumbar.core.constants import GRADES
+from lumbar.core.tables import load_submission, submission_row_ids
+from lumbar.scoring.baselines import uniform_submission
+from lumbar.scoring.submission import SubmissionError, validate_submission, write_submission
 
 
 @pytest.fixture

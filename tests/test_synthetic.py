@@ -13,7 +13,15 @@ import pytest
 from conftest import SYNTHETIC_SMALL
 
 from lumbar.cli import main
-from lumbar.constants import CONDITION_GROUP, CONDITIONS, GRADES, LABEL_COLUMNS, LEVELS
+from lumbar.core.constants import CONDITION_GROUP, CONDITIONS, GRADES, LABEL_COLUMNS, LEVELS
+from lumbar.core.tables import (
+    load_coordinates,
+    load_labels,
+    load_series_descriptions,
+    load_submission,
+    submission_row_ids,
+    table_row_ids,
+)
 from lumbar.data.dicom import read_series, read_volume
 from lumbar.data.index import build_index
 from lumbar.data.synthetic import MANIFEST, LabelModel, SynthConfig
@@ -22,18 +30,10 @@ from lumbar.data.synthetic.dicom_writer import SeriesTags, to_stored, write_inst
 from lumbar.data.synthetic.labels import correlation_summary, load_grade_counts
 from lumbar.data.synthetic.render import render_stack
 from lumbar.data.synthetic.study import label_coordinates, plan_series, study_streams
-from lumbar.data.tables import (
-    load_coordinates,
-    load_labels,
-    load_series_descriptions,
-    load_submission,
-    submission_row_ids,
-    table_row_ids,
-)
-from lumbar.evaluate.baselines import prior_submission
-from lumbar.evaluate.metric import competition_score
-from lumbar.inference.submission import validate_submission
 from lumbar.localize.axial import map_axial
+from lumbar.scoring.baselines import prior_submission
+from lumbar.scoring.metric import competition_score
+from lumbar.scoring.submission import validate_submission
 
 COMPETITION_CSVS = [
     "train.csv", "train_label_coordinates.csv", "train_series_descriptions.csv", "test_series_descriptions.csv",

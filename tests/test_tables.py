@@ -1,8 +1,8 @@
 import pandas as pd
 import pytest
 
-from lumbar.constants import CONDITIONS, LEVELS, normalize_condition, normalize_level, row_id
-from lumbar.data.tables import (
+from lumbar.core.constants import CONDITIONS, LEVELS, normalize_condition, normalize_level, row_id
+from lumbar.core.tables import (
     DataFormatError,
     labels_to_wide,
     load_coordinates,

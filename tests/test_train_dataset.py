@@ -8,8 +8,8 @@ import pytest
 import torch
 from _train_data import DEPTH, SIZE, make_oof_cache
 
-from lumbar.constants import LEVELS
-from lumbar.data.tables import load_labels
+from lumbar.core.constants import LEVELS
+from lumbar.core.tables import load_labels
 from lumbar.preprocess import LocalizerJitter, center_window
 from lumbar.preprocess.jitter import window_at
 from lumbar.train.augment import StackAugment, list_augmentations, resolve_augmentations

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lumbar.constants import CONDITIONS, LEVELS
+from lumbar.core.constants import CONDITIONS, LEVELS
 from lumbar.train.folds import load_or_make_folds, make_folds, severity_strata
 
 

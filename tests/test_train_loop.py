@@ -11,9 +11,9 @@ import torch
 from _train_data import engine_config
 
 from lumbar.cli import main
-from lumbar.constants import GRADES
-from lumbar.data.tables import split_row_ids
-from lumbar.train.checkpoint import load_checkpoint
+from lumbar.core.checkpoint import load_checkpoint
+from lumbar.core.constants import GRADES
+from lumbar.core.tables import split_row_ids
 from lumbar.train.loop import train
 from lumbar.train.predict import predict_cache
 
@@ -144,10 +144,10 @@ def test_cli_train_and_config_errors(tiny, tmp_path, capsys):
 
 def _predict_as_before(run_dir, cache_dir):
     """The inference of main before models were kept: build and load every fold's model for this one cache."""
+    from lumbar.core.runtime import setup_runtime, teardown_runtime
     from lumbar.models import build_model
     from lumbar.train.dataset import RoiDataset, read_cache
     from lumbar.train.predict import eval_loader, predict_probs, read_run, to_submission
-    from lumbar.train.runtime import setup_runtime, teardown_runtime
     from lumbar.train.tasks import build_tasks
 
     config, result = read_run(run_dir)

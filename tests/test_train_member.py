@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lumbar.manifest import read_manifest, update_manifest
+from lumbar.core.manifest import read_manifest, update_manifest
 from lumbar.pipeline import load_config, run_pipeline
 from lumbar.train.member import member_overrides, read_result
 

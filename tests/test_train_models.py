@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lumbar.constants import GRADES
+from lumbar.core.constants import GRADES
 from lumbar.train.loop import build_unit_model, train
 from lumbar.train.predict import input_normalization, predict_cache
 

@@ -16,12 +16,12 @@ from _train_data import engine_config
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from lumbar.core.checkpoint import load_checkpoint
+from lumbar.core.runtime import RunningMean, make_adamw, setup_runtime, teardown_runtime
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.fit import fit
-from lumbar.train.checkpoint import load_checkpoint
 from lumbar.train.ema import ModelEma
 from lumbar.train.loop import train
-from lumbar.train.runtime import RunningMean, make_adamw, setup_runtime, teardown_runtime
 
 pytestmark = pytest.mark.usefixtures("tiny_model")
 
@@ -223,6 +223,6 @@ def test_channels_last_on_cpu_only_for_models_that_ask_for_it():
 def test_the_allocator_keeps_freed_blocks_on_linux():
     import sys
 
-    from lumbar.train.runtime import keep_freed_memory
+    from lumbar.core.runtime import keep_freed_memory
 
     assert keep_freed_memory() is sys.platform.startswith("linux")  # glibc's mallopt accepted both settings

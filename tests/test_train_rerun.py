@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from _train_data import engine_config
 
-from lumbar.overrides import StaleRunError
+from lumbar.core.settings import StaleRunError
 from lumbar.preprocess.jitter import write_localizer_errors
 from lumbar.train.loop import train
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lumbar.train.runtime import (
+from lumbar.core.runtime import (
     UnsupportedGPUError,
     amp_dtype_for,
     arch_supported,

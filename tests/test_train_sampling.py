@@ -10,7 +10,7 @@ import pytest
 from _train_data import engine_config, make_tiny_data
 from torch.utils.data import DistributedSampler
 
-from lumbar.data.tables import load_labels
+from lumbar.core.tables import load_labels
 from lumbar.train.loop import train
 from lumbar.train.sampling import BalancedDistributedSampler, balanced_weights, make_train_sampler
 

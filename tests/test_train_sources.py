@@ -13,9 +13,9 @@ import pytest
 import torch
 from _train_data import make_oof_cache, make_tiny_data, tiny_build_model
 
-from lumbar.constants import GRADES, row_id
+from lumbar.core.checkpoint import load_checkpoint
+from lumbar.core.constants import GRADES, row_id
 from lumbar.preprocess import write_localizer_errors
-from lumbar.train.checkpoint import load_checkpoint
 from lumbar.train.loop import train
 from lumbar.train.predict import predict_cache
 from lumbar.train.tasks import build_tasks, validation_score

@@ -10,12 +10,12 @@ import pytest
 import torch
 from _train_data import engine_config
 
-from lumbar.train.checkpoint import load_checkpoint
+from lumbar.core.checkpoint import load_checkpoint
+from lumbar.core.runtime import setup_runtime, teardown_runtime
 from lumbar.train.loop import train
 from lumbar.train.losses import build_loss
 from lumbar.train.mixing import BatchMix, Mixed, cutmix, mixed_loss, mixup
 from lumbar.train.predict import predict_cache, predict_probs
-from lumbar.train.runtime import setup_runtime, teardown_runtime
 from lumbar.train.tasks import build_tasks
 from lumbar.train.tta import candidate_sets, choose_fold_wise, combine, shift, tta_report, tta_views, usable
 

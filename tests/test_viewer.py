@@ -6,14 +6,14 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from lumbar.constants import CONDITIONS, GRADES, LEVELS
-from lumbar.data.tables import load_coordinates, write_coordinates
+from lumbar.analysis.viewer import LOCALIZER, TRUTH, interactive_viewer, load_study_view, plot_study
+from lumbar.core.constants import CONDITIONS, GRADES, LEVELS
+from lumbar.core.manifest import read_manifest, update_manifest
+from lumbar.core.tables import load_coordinates, write_coordinates
 from lumbar.ensemble.blend import CALIBRATED
 from lumbar.ensemble.runs import fit_run_ensemble
-from lumbar.evaluate.viewer import LOCALIZER, TRUTH, interactive_viewer, load_study_view, plot_study
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.train import train_localizer
-from lumbar.manifest import read_manifest, update_manifest
 from lumbar.preprocess.cache import build_cache
 from lumbar.preprocess.config import RoiConfig
 from lumbar.train import train

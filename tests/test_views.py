@@ -8,10 +8,10 @@ import pytest
 import torch
 from _train_data import engine_config, make_tiny_data
 
+from lumbar.core.paths import series_dir
+from lumbar.core.tables import load_coordinates
 from lumbar.data.dicom import read_series
-from lumbar.data.tables import load_coordinates
 from lumbar.models.fusion import ViewStreams
-from lumbar.paths import series_dir
 from lumbar.preprocess.cache import build_cache, cache_name, load_views
 from lumbar.preprocess.config import RoiConfig
 from lumbar.preprocess.views import MAX_DISTANCE_MM, point_mm

@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from lumbar.cores import quiet_openmp
+from lumbar.core.processes import quiet_openmp
 
-quiet_openmp()  # before anything imports torch (lumbar.cores)
+quiet_openmp()  # before anything imports torch (lumbar.core.processes)

@@ -8,7 +8,7 @@ Bad input (a missing file, a malformed table, an unknown or mistyped setting: OS
 subclasses) ends a command with one line, `lumbar <command>: error: <message>`, on stderr and exit code 2;
 a failed notebook (`lumbar.pipeline.PipelineError`) the same way with exit code 1. `LUMBAR_DEBUG=1`
 re-raises instead, for the full traceback. `--set KEY=VALUE` is read the same way wherever a command has
-it (`add_set_argument`, `lumbar.overrides.parse_assignments`): repeatable, the last of one key wins.
+it (`add_set_argument`, `lumbar.core.settings.parse_assignments`): repeatable, the last of one key wins.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def _synth_figure(p: argparse.ArgumentParser) -> None:
 
 @command("index", "lumbar.data.index:cli_index", "one row per DICOM file (headers only) -> parquet")
 def _index(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=None, help="competition data folder (default: see lumbar.paths)")
+    p.add_argument("--data-dir", default=None, help="competition data folder (default: see lumbar.core.paths)")
     p.add_argument("--split", choices=["train", "test"], default="train")
     p.add_argument("--out", required=True, help="output .parquet file")
     p.add_argument("--workers", type=int, default=1, help="processes reading headers")
@@ -141,7 +141,7 @@ def _localize(p: argparse.ArgumentParser) -> None:
                    help="levels whose nearest axial slice is farther get no subarticular rows (default: none)")
 
 
-@command("fresh-eval", "lumbar.evaluate.fresh:cli_fresh_eval",
+@command("fresh-eval", "lumbar.analysis.fresh:cli_fresh_eval",
          "a run's test score and worst studies on fresh synthetic sets (new seeds, other image sizes)")
 def _fresh_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run folder with localizer, classifiers and ensemble")
@@ -164,7 +164,7 @@ def _localize_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", default=None, help="header index parquet of the split to reuse")
 
 
-@command("score", "lumbar.evaluate.metric:cli_score", "the competition metric of a submission or a baseline")
+@command("score", "lumbar.scoring.metric:cli_score", "the competition metric of a submission or a baseline")
 def _score(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--labels", required=True, help="label CSV in train.csv format (train.csv, test_labels.csv)"
@@ -181,16 +181,16 @@ def _score(p: argparse.ArgumentParser) -> None:
     )
 
 
-@command("label-noise", "lumbar.evaluate.label_noise:cli_label_noise",
+@command("label-noise", "lumbar.analysis.label_noise:cli_label_noise",
          "flag training grades the run's out-of-fold ensemble finds unlikely (the list a retrain excludes)")
 def _label_noise(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run folder with an ensemble (04_ensemble)")
-    p.add_argument("--data-dir", default=None, help="data folder with train.csv (default: lumbar.paths)")
+    p.add_argument("--data-dir", default=None, help="data folder with train.csv (default: lumbar.core.paths)")
     p.add_argument("--threshold", type=float, default=0.2,
                    help="flag when the out-of-fold probability of the written grade is at most this (0.2)")
 
 
-@command("pipeline", "lumbar.pipeline:cli_pipeline", "run the numbered notebooks with papermill")
+@command("pipeline", "lumbar.pipeline.command:cli_pipeline", "run the numbered notebooks with papermill")
 def _pipeline(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="configs/NAME.yaml")
     p.add_argument(
@@ -215,7 +215,7 @@ def _pipeline(p: argparse.ArgumentParser) -> None:
 
 @command("train", "lumbar.train.command:cli_train", "train one architecture on one task mode (also under torchrun)")
 def _train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=None, help="competition data folder with train.csv (default: lumbar.paths)")
+    p.add_argument("--data-dir", default=None, help="competition data folder with train.csv (default: lumbar.core.paths)")
     p.add_argument("--cache", default=None, help="ROI tensor cache folder (lumbar preprocess)")
     p.add_argument("--arch", default=None, help="registered model name, e.g. cnn3d or timmseq:resnet18")
     p.add_argument("--mode", default=None, help="competition | single_multiclass | single_binary | "
@@ -239,7 +239,7 @@ def _train(p: argparse.ArgumentParser) -> None:
     add_set_argument(p, "any TrainConfig field, e.g. ema_decay=0.99")
 
 
-@command("weights", "lumbar.pretrained:cli_weights",
+@command("weights", "lumbar.weights:cli_weights",
          "fetch every pretrained encoder a pipeline config names, once, into a folder (a Kaggle dataset)")
 def _weights(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="pipeline config, e.g. configs/full.yaml")
@@ -273,7 +273,7 @@ def _kaggle_wheels(p: argparse.ArgumentParser) -> None:
     "ROI tensor cache from coordinates (ground truth or predicted)",
 )
 def _preprocess(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=None, help="competition data folder (default: see lumbar.paths)")
+    p.add_argument("--data-dir", default=None, help="competition data folder (default: see lumbar.core.paths)")
     p.add_argument("--split", choices=["train", "test"], default="train")
     p.add_argument("--coords", required=True, help="coordinates CSV (train_label_coordinates format)")
     p.add_argument("--out", required=True, help="cache root; the cache is <out>/<cache name>/")
@@ -330,7 +330,7 @@ def _predict(p: argparse.ArgumentParser) -> None:
                         "(prior: the Kaggle kernel's choice, where a submission with prior rows beats none)")
 
 
-@command("validate-submission", "lumbar.inference.submission:cli_validate_submission", "check a submission")
+@command("validate-submission", "lumbar.scoring.submission:cli_validate_submission", "check a submission")
 def _validate_submission(p: argparse.ArgumentParser) -> None:
     p.add_argument("submission", help="submission CSV")
     p.add_argument("--data-dir", default=None)

@@ -25,13 +25,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from lumbar.data.tables import load_coordinates, load_labels, load_submission, row_study_ids, rows_of_studies
-from lumbar.evaluate.baselines import out_of_fold_prior, prior_submission
-from lumbar.evaluate.metric import competition_score
+from lumbar.core.manifest import read_manifest
+from lumbar.core.paths import PROJECT_ROOT
+from lumbar.core.processes import available_cores
+from lumbar.core.tables import load_coordinates, load_labels, load_submission, row_study_ids, rows_of_studies
+from lumbar.data.synthetic import SynthConfig, generate
+from lumbar.inference.predict import predict
 from lumbar.kaggle import SUBMISSION_NOTEBOOK
-from lumbar.manifest import read_manifest
-from lumbar.paths import PROJECT_ROOT
 from lumbar.pipeline import PipelineConfig, PipelineError, check_data_kind, load_config, run_pipeline
+from lumbar.scoring.baselines import out_of_fold_prior, prior_submission
+from lumbar.scoring.metric import competition_score
 
 
 def ensure_data(data_dir: Path, synthetic: dict, workers: int = 0) -> bool:
@@ -39,8 +42,6 @@ def ensure_data(data_dir: Path, synthetic: dict, workers: int = 0) -> bool:
     per core); True when written."""
     if (data_dir / "train.csv").is_file():
         return False
-    from lumbar.cores import available_cores
-    from lumbar.data.synthetic import SynthConfig, generate
 
     workers = workers or available_cores()
 
@@ -98,7 +99,6 @@ def demo_summary(run_dir: Path, data_dir: Path, submission: Path | None = None) 
 
 def on_true_points(run_dir: Path, data_dir: Path) -> pd.DataFrame:
     """The run's test predictions on crops around the synthetic test studies' label points."""
-    from lumbar.inference.predict import predict
 
     coords = load_coordinates(data_dir / "test_label_coordinates.csv")
     submission, _ = predict(data_dir, "test", run_dir, progress=False, max_fallback_share=1.0, coords=coords)

@@ -1,6 +1,6 @@
 """Exploratory tables of a competition data folder: what the labels, series and label points look like.
 
-Every function takes the package's tables (`lumbar.data.tables`) and returns a small DataFrame or dict, so
+Every function takes the package's tables (`lumbar.core.tables`) and returns a small DataFrame or dict, so
 the EDA notebook only calls and shows them, and tests check them against the competition's known figures.
 What they are for, in modelling terms:
     grades        class imbalance (about 77 / 16 / 6 %) -> the 1/2/4 weighted loss; severe grows toward L4/L5.
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lumbar.constants import (
+from lumbar.core.constants import (
     AXIAL_T2,
     CONDITION_SERIES,
     CONDITIONS,
@@ -31,8 +31,10 @@ from lumbar.constants import (
     SERIES_DESCRIPTIONS,
     level_title,
 )
-from lumbar.data.tables import load_coordinates, load_labels, load_series_descriptions
-from lumbar.paths import images_dir, series_dir
+from lumbar.core.paths import images_dir, series_dir
+from lumbar.core.tables import load_coordinates, load_labels, load_series_descriptions
+from lumbar.data.dicom import read_series
+from lumbar.data.index import build_index
 
 ALL = "all"
 SPINAL = "spinal_canal_stenosis"
@@ -276,7 +278,6 @@ def label_point_table(
     Returns:
         `normalized_points` (empty when nothing could be placed) and the message for the reader.
     """
-    from lumbar.data.index import build_index
 
     if tables.coordinates is None:
         return pd.DataFrame(), "no label coordinates in this data folder: scatter skipped"
@@ -339,7 +340,6 @@ def display_window(pixels: np.ndarray) -> np.ndarray:
 
 def _panel(folder: Path, points: pd.DataFrame, title: str) -> SlicePanel:
     """Decode just the labelled slice of one series and attach its points."""
-    from lumbar.data.dicom import read_series
 
     series = read_series(folder)
     stack, index = series.stack_of_instance(int(points["instance_number"].iloc[0]))

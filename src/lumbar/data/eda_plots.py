@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lumbar.constants import CONDITION_SIDE, CONDITIONS, GRADE_LABELS, GRADES, LEVELS, level_title
+from lumbar.core.constants import CONDITION_SIDE, CONDITIONS, GRADE_LABELS, GRADES, LEVELS, level_title
 from lumbar.data.eda import SlicePanel
 
 #: One colour per grade (Normal/Mild, Moderate, Severe) and per level, shared by every figure.

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from lumbar.core.paths import data_root, images_dir
+from lumbar.core.tables import load_series_descriptions, write_parquet
 from lumbar.data.dicom import DicomReadError, group_stacks, read_header, series_files
-from lumbar.data.tables import load_series_descriptions, write_parquet
-from lumbar.paths import data_root, images_dir
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def build_index(
     """Index every DICOM header of a split.
 
     Args:
-        data_dir: competition data folder (resolved by `lumbar.paths.data_root`).
+        data_dir: competition data folder (resolved by `lumbar.core.paths.data_root`).
         split: "train" or "test".
         workers: processes reading headers (series are the unit of work).
         studies: restrict to these study ids.

@@ -29,11 +29,11 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
-from lumbar.constants import CONDITION_GROUP, CONDITIONS, GRADES, GROUPS
-from lumbar.data.tables import row_study_ids, rows_of_studies, split_row_ids
+from lumbar.core.constants import CONDITION_GROUP, CONDITIONS, GRADES, GROUPS
+from lumbar.core.tables import row_study_ids, rows_of_studies, split_row_ids
 from lumbar.ensemble.stack import apply_stack, fit_stack
 from lumbar.ensemble.widen import aligned_inputs, fit_widening, widen_arrays
-from lumbar.evaluate.metric import MetricResult, align_predictions, score_aligned
+from lumbar.scoring.metric import MetricResult, align_predictions, score_aligned
 
 _EPS = 1e-7
 _LOG_BOUND = float(np.log(2.0))  # temperatures and the severe scale stay within [0.5, 2]

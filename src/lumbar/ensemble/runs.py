@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from lumbar.atomic import write_json
-from lumbar.data.tables import load_coordinates, load_labels, load_submission, write_csv
+from lumbar.core.atomic import write_json
+from lumbar.core.manifest import read_manifest, update_manifest
+from lumbar.core.paths import data_root
+from lumbar.core.tables import load_coordinates, load_labels, load_submission, write_csv
 from lumbar.ensemble.blend import BLEND, CALIBRATED, MEAN, EnsembleResult, fit_ensemble
-from lumbar.evaluate.baselines import out_of_fold_prior
 from lumbar.localize.confidence import row_confidence
-from lumbar.manifest import read_manifest, update_manifest
-from lumbar.paths import data_root
+from lumbar.scoring.baselines import out_of_fold_prior
 
 ENSEMBLE_DIR = "ensemble"
 CANDIDATES_DIR = "candidates"

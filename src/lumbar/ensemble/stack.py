@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
-from lumbar.constants import CONDITION_GROUP, CONDITIONS, GRADE_WEIGHTS, GRADES, GROUPS, LEVELS
-from lumbar.data.tables import split_row_ids
+from lumbar.core.constants import CONDITION_GROUP, CONDITIONS, GRADE_WEIGHTS, GRADES, GROUPS, LEVELS
+from lumbar.core.tables import split_row_ids
 
 #: Candidate L2 penalties on W and b (standardised features); the inner split picks one per group. The largest
 #: leaves the first level almost unchanged, the choice when the data are too few to learn from.

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
-from lumbar.constants import GRADES, GROUPS
+from lumbar.core.constants import GRADES, GROUPS
 
 #: Confidences are clipped to [FLOOR, 1 - FLOOR] before the logit.
 FLOOR = 1e-3

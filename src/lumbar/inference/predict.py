@@ -10,7 +10,7 @@ device for all chunks. The ensemble can be capped (`max_folds`, `max_members`, o
 `lumbar.inference.budget` turns into a cap after timing the first chunk). Every study of the split
 gets its 25 rows: a target that could not be localised or cropped (missing or unreadable series) gets the
 class prior of the training labels, and the report names the study, the rows and why. Only the errors bad
-data raises are survived (`lumbar.fallback.DATA_ERRORS`), and when more than `max_fallback_share` of the
+data raises are survived (`lumbar.core.fallback.DATA_ERRORS`), and when more than `max_fallback_share` of the
 studies fall back the run fails, naming them.
 
 Inference only reads the run folder and the data folder (on Kaggle both are read-only datasets under
@@ -35,19 +35,21 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lumbar.atomic import write_json
-from lumbar.constants import GRADES
+from lumbar.core.atomic import write_json
+from lumbar.core.constants import GRADES
+from lumbar.core.fallback import DATA_ERRORS, MAX_FALLBACK_SHARE, check_fallbacks
+from lumbar.core.manifest import read_manifest
+from lumbar.core.paths import data_root
+from lumbar.core.tables import load_submission, row_study_ids, split_row_ids, submission_row_ids
 from lumbar.data.index import build_index
-from lumbar.data.tables import load_submission, row_study_ids, split_row_ids, submission_row_ids
 from lumbar.ensemble.blend import EnsembleParams, apply_ensemble
-from lumbar.fallback import DATA_ERRORS, MAX_FALLBACK_SHARE, check_fallbacks
 from lumbar.inference.budget import EnsemblePlan, plan_to_budget, restrict_params, static_plan
-from lumbar.inference.submission import split_studies, validate_submission, write_submission
 from lumbar.localize.confidence import row_confidence
-from lumbar.manifest import read_manifest
-from lumbar.paths import data_root
+from lumbar.localize.predict import Localizer
 from lumbar.preprocess.cache import build_cache
 from lumbar.preprocess.config import RoiConfig
+from lumbar.scoring.submission import split_studies, validate_submission, write_submission
+from lumbar.train.predict import RunPredictor, read_run
 
 STAGES = ("index", "localize", "crop", "classify", "blend")
 
@@ -139,7 +141,6 @@ def ensemble_members(run_dir: Path, manifest: dict) -> tuple[list[Classifier], E
     Each classifier's ROI parameters come from its `result.json` (the cache it was trained on), so the
     test crops match the training crops; the prior is the training labels' (`lumbar.train.predict.grade_prior`).
     """
-    from lumbar.train.predict import read_run
 
     ensemble = manifest.get("ensemble")
     if not ensemble:
@@ -208,7 +209,7 @@ def predict(data_dir, split: str, run_dir, out=None, work_dir=None, device: str 
         workers: processes for the header index and the crops.
         progress: tqdm bars.
         max_fallback_share: the share of studies that may have rows from the prior (always at least one
-            study); more fail the run (`lumbar.fallback.FallbackLimitError`) naming each and why. 1.0: never
+            study); more fail the run (`lumbar.core.fallback.FallbackLimitError`) naming each and why. 1.0: never
             fail (the Kaggle kernel: a submission with prior rows beats none).
         coords: crop around these points instead of the localizer's (e.g. the synthetic test studies' label
             points: the same models on ground-truth crops show what localisation costs).
@@ -259,7 +260,6 @@ class _Job:
 def _predict_chunks(job: _Job, members: list[Classifier], params: EnsembleParams, prior: pd.DataFrame,
                     report: PredictReport, max_folds: int, max_members: int) -> list[pd.DataFrame]:  # fmt: skip
     """Index, load every model once, then localise, crop, classify and blend chunk by chunk."""
-    from lumbar.localize.predict import Localizer
 
     available = {m.name: member_folds(m.run_dir) for m in members}
     plan = static_plan(params, available, max_folds, max_members)
@@ -430,7 +430,6 @@ def _localize_chunk(localizer, root: Path, split: str, chunk: list[int], by_stud
 
 def member_folds(run_dir: Path) -> int:
     """The most folds any unit of a classifier run has (what `max_folds` caps)."""
-    from lumbar.train.predict import read_run
 
     _, result = read_run(run_dir)
     return max((len(u["checkpoints"]) for u in result["units"].values()), default=0)
@@ -439,7 +438,6 @@ def member_folds(run_dir: Path) -> int:
 def _load_members(members: list[Classifier], plan: EnsemblePlan, available: dict[str, int], device: str,
                   stack: ExitStack, report: PredictReport) -> dict:
     """One `RunPredictor` per member, its fold models built and loaded once, closed with `stack`."""
-    from lumbar.train.predict import RunPredictor
 
     predictors = {m.name: stack.enter_context(RunPredictor(m.run_dir, device, max_folds=plan.folds[m.name]))
                   for m in members}

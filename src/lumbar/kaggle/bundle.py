@@ -27,12 +27,12 @@ from pathlib import Path
 import nbformat
 
 from lumbar import __version__
-from lumbar.atomic import write_json, write_text
-from lumbar.constants import COMPETITION_SLUG
+from lumbar.core.atomic import write_json, write_text
+from lumbar.core.constants import COMPETITION_SLUG
+from lumbar.core.manifest import MANIFEST_NAME, read_manifest
 from lumbar.kaggle.kernel import kernel_notebook
 from lumbar.kaggle.layout import ACCELERATOR, BUNDLE_INDEX, RUN_FOLDER, upload_command
 from lumbar.kaggle.wheels import build_lumbar_wheel, collect_dependency_wheels, module_versions, pinned_specs
-from lumbar.manifest import MANIFEST_NAME, read_manifest
 
 #: The user name the ids carry when none is known (`kaggle_user`); `build_bundle` refuses it.
 PLACEHOLDER_USER = "your-kaggle-username"

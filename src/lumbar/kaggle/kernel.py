@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nbformat
 
-from lumbar.paths import PROJECT_ROOT
+from lumbar.core.paths import PROJECT_ROOT
 
 SUBMISSION_NOTEBOOK = "05_submission"
 

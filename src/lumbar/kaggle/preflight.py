@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from lumbar.constants import COMPETITION_SLUG
+from lumbar.core.constants import COMPETITION_SLUG
+from lumbar.core.manifest import MANIFEST_NAME, read_manifest
+from lumbar.core.runtime import amp_dtype_for, check_gpu_supported, precision_name, resolve_device
 from lumbar.kaggle.bundle import referenced_files
 from lumbar.kaggle.layout import BUNDLE_INDEX, RUN_FOLDER, upload_command
-from lumbar.manifest import MANIFEST_NAME, read_manifest
-from lumbar.train.runtime import amp_dtype_for, check_gpu_supported, precision_name, resolve_device
 
 #: How deep under /kaggle/input an attached dataset may be mounted (`/kaggle/input/<slug>` is depth 1).
 SEARCH_DEPTH = 3

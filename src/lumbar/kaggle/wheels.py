@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lumbar.paths import PROJECT_ROOT
+from lumbar.core.paths import PROJECT_ROOT
 
 #: Installed on Kaggle from the code dataset: missing from Kaggle's image or needed at our pinned version.
 #: The competition's files are RLE Lossless: pylibjpeg + pylibjpeg-rle decode them fast; the JPEG plugins are

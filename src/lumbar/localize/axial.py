@@ -23,11 +23,11 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from lumbar.constants import AXIAL_T2, LEVELS
+from lumbar.core.constants import AXIAL_T2, LEVELS
+from lumbar.core.paths import data_root
+from lumbar.core.tables import load_coordinates, write_csv
 from lumbar.data.dicom import pixel_to_patient
 from lumbar.data.index import load_or_build_index, series_geometry
-from lumbar.data.tables import load_coordinates, write_csv
-from lumbar.paths import data_root
 
 AXIAL_MAP_COLUMNS = ["study_id", "level", "axial_series_id", "instance_number", "distance_mm", "x", "y"]
 SPINAL = "spinal_canal_stenosis"

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from lumbar.constants import LEVELS
-from lumbar.data.tables import table_row_ids
-from lumbar.localize.axial import FORAMINA, SPINAL, sagittal_points_mm
+from lumbar.core.constants import LEVELS
+from lumbar.core.tables import table_row_ids
+from lumbar.localize.axial import FORAMINA, SPINAL, map_axial, sagittal_points_mm
 
 SUBARTICULAR = ("left_subarticular_stenosis", "right_subarticular_stenosis")
 
@@ -153,7 +153,6 @@ def check_coordinates(coords: pd.DataFrame, index: pd.DataFrame, limits: Limits 
     """`check_level_set` for every study of a predicted coordinates table (e.g. to re-check a saved CSV with
     other limits); the axial distances come from mapping the levels (`map_axial`, with the localizer's
     `foramina_offset_mm` as `localize` used it) again."""
-    from lumbar.localize.axial import map_axial
 
     parts = []
     for study, rows in coords.groupby("study_id", sort=False):

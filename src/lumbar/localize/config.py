@@ -1,7 +1,7 @@
 """The localizer's settings: one typed dataclass with defaults, overridden by name.
 
 Overrides (CLI `--set key=value`, papermill, YAML) arrive as strings or numbers; each is cast to the type
-of the field (`lumbar.overrides`), and an unknown name is an error naming the closest one, so a typo never
+of the field (`lumbar.core.settings`), and an unknown name is an error naming the closest one, so a typo never
 trains a model silently with a default.
 """
 
@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lumbar.overrides import apply_overrides
+from lumbar.core.encoders import upgrade_saved_settings
+from lumbar.core.settings import apply_overrides
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class LocalizerConfig:
     Attributes:
         backbone: timm encoder name (`features_only` must be supported, e.g. resnet18, resnet10t).
         pretrained: weights of the encoder and the slice scorer's: "none" (random init), "imagenet" (timm's,
-            through its hub cache) or a local weights file or folder (`lumbar.pretrained`); training only.
+            through its hub cache) or a local weights file or folder (`lumbar.core.encoders`); training only.
         normalize_inputs: the encoders subtract their pretraining mean and divide by its std in every forward
             pass; runs saved before this setting existed were trained without it and load with it off.
         size: slices are resized to size x size pixels.
@@ -158,8 +159,7 @@ class LocalizerConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> LocalizerConfig:
         """Rebuild from `to_dict` output (a run's manifest), casting and checking every key (an older run's
-        settings upgraded: `lumbar.pretrained.upgrade_saved_settings`)."""
-        from lumbar.pretrained import upgrade_saved_settings
+        settings upgraded: `lumbar.core.encoders.upgrade_saved_settings`)."""
 
         upgraded = upgrade_saved_settings(values)
         if "pretrained_path" in values:  # saved before the encoders normalised their inputs

@@ -23,11 +23,11 @@ import argparse
 import numpy as np
 import pandas as pd
 
-from lumbar.constants import CONDITIONS
+from lumbar.core.constants import CONDITIONS
+from lumbar.core.paths import data_root
+from lumbar.core.tables import load_coordinates
 from lumbar.data.dicom import pixel_to_patient
 from lumbar.data.index import load_or_build_index, series_geometry
-from lumbar.data.tables import load_coordinates
-from lumbar.paths import data_root
 
 KEYS = ["study_id", "condition", "level"]
 
@@ -59,7 +59,7 @@ def localization_errors(pred: pd.DataFrame, truth: pd.DataFrame, index: pd.DataF
     dy_mm`, and `fold` when the predictions have one (out-of-fold coordinates).
 
     Args:
-        pred, truth: coordinate tables (snake-case names, `lumbar.data.tables.load_coordinates`).
+        pred, truth: coordinate tables (snake-case names, `lumbar.core.tables.load_coordinates`).
         index: header index of the studies' images; truth points whose instance is not in it (no images
             here) are not evaluated.
     """

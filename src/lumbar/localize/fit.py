@@ -2,12 +2,12 @@
 
 Each model supplies how to draw a batch (inputs and targets, augmented) and its loss; the loop does the
 rest, so the heatmap models and the slice scorer train the same way. Device, AMP dtype and CPU threads
-come from the engine's `lumbar.train.runtime` (decided once, in one place). The localizer trains in one
+come from the engine's `lumbar.core.runtime` (decided once, in one place). The localizer trains in one
 process (its data is a few hundred samples); distributed training is the classifiers' business.
 A step does not wait for the device: the losses stay there until the end of the epoch (and, for the bar,
 every `LOG_EVERY` steps).
 
-After every epoch one line is printed (`lumbar.progress.epoch_line`: the model, epoch, mean loss, seconds and
+After every epoch one line is printed (`lumbar.core.progress.epoch_line`: the model, epoch, mean loss, seconds and
 the time left of this model), whatever the bar: it is what the pipeline's step log and console show, also when
 several localizers train side by side in their own processes. With `config.tensorboard` the loss and the
 learning rate per epoch also go to TensorBoard (`board`).
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lumbar.atomic import atomic_path
+from lumbar.core.atomic import atomic_path
+from lumbar.core.progress import ScalarBoard, TimeLeft, epoch_line
+from lumbar.core.runtime import Runtime, make_adamw
 from lumbar.localize.config import LocalizerConfig
-from lumbar.progress import ScalarBoard, TimeLeft, epoch_line
-from lumbar.train.runtime import Runtime, make_adamw
 
 #: (sample indices, numpy rng, torch generator) -> (inputs, targets) on the device.
 BatchFn = Callable[[np.ndarray, np.random.Generator, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
@@ -48,7 +48,7 @@ def fit(model: torch.nn.Module, n_samples: int, batch: BatchFn, loss_fn: LossFn,
         loss_fn: the loss of a batch.
         epochs: passes over the samples.
         config: batch size, learning rate, weight decay, seed, `tensorboard`.
-        runtime: device and AMP (`lumbar.train.runtime.setup_runtime`).
+        runtime: device and AMP (`lumbar.core.runtime.setup_runtime`).
         desc: the model's name in the epoch lines and on the bar ("localizer fold0 sag_t2").
         progress: show the bar.
         board: the folder of this model's TensorBoard curves, written when `config.tensorboard` is on.

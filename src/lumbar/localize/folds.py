@@ -30,9 +30,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from lumbar.atomic import write_json
-from lumbar.cores import plan_processes, process_pool
-from lumbar.data.tables import load_coordinates, write_coordinates, write_csv
+from lumbar.core.atomic import write_json
+from lumbar.core.manifest import read_manifest, update_manifest
+from lumbar.core.paths import data_root
+from lumbar.core.processes import plan_processes, process_pool
+from lumbar.core.settings import StaleRunError, setting_changes
+from lumbar.core.tables import load_coordinates, write_coordinates, write_csv
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.evaluate import (
     implausible_studies,
@@ -43,9 +46,6 @@ from lumbar.localize.evaluate import (
 )
 from lumbar.localize.predict import localize
 from lumbar.localize.train import MANIFEST_KEY, MODEL_DIR, prepare_all, train_localizer
-from lumbar.manifest import read_manifest, update_manifest
-from lumbar.overrides import StaleRunError, setting_changes
-from lumbar.paths import data_root
 from lumbar.preprocess.cache import CacheReport, build_cache, coordinates_digest, load_cache
 from lumbar.preprocess.config import RoiConfig
 from lumbar.preprocess.jitter import write_localizer_errors
@@ -80,7 +80,7 @@ def train_localizer_folds(config: LocalizerConfig, data_dir: str | os.PathLike |
         index: header index of the train split.
         jobs: models of the folds (`model_parts`) trained side by side, each in its own process with
             cores // jobs torch threads (unless `config.threads` pins them); 0 = one per GPU on CUDA (each
-            pinned to its GPU), one per model and at most one per core on the CPU (`lumbar.cores.plan_processes`).
+            pinned to its GPU), one per model and at most one per core on the CPU (`lumbar.core.processes.plan_processes`).
         device: for the out-of-fold prediction.
         progress: tqdm bars.
         fresh: train every model again; by default a rerun reuses the run's localizers when their settings,

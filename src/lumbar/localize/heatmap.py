@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lumbar.pretrained import NONE, create_timm_model, gray_stats
+from lumbar.core.encoders import NONE, create_timm_model, gray_stats
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -44,7 +44,7 @@ class HeatmapNet(nn.Module):
         depth_bins: D, the slice bins of each point's heatmap (1 for a 2D heatmap).
         decoder_channels: width of the decoder.
         out_stride: heatmap stride relative to the input.
-        pretrained: encoder weights, none, imagenet or a local file or folder (`lumbar.pretrained`); timm
+        pretrained: encoder weights, none, imagenet or a local file or folder (`lumbar.core.encoders`); timm
             adapts the first convolution to `in_chans`.
 
     Inputs in [0, 1] are normalised by the encoder's pretraining statistics (`gray_stats`) in `forward`, so

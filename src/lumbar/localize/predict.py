@@ -30,10 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from lumbar.constants import AXIAL_T2, CONDITIONS, LEVELS, SAGITTAL_T1, SAGITTAL_T2
+from lumbar.core.constants import AXIAL_T2, CONDITIONS, LEVELS, SAGITTAL_T1, SAGITTAL_T2
+from lumbar.core.manifest import manifest_path, read_manifest
+from lumbar.core.paths import data_root, series_dir
+from lumbar.core.runtime import resolve_device
+from lumbar.core.tables import COORDINATE_COLUMNS, write_coordinates
 from lumbar.data.dicom import DicomReadError, Series, Stack, patient_to_pixel, read_series
 from lumbar.data.index import load_or_build_index, series_geometry
-from lumbar.data.tables import COORDINATE_COLUMNS, write_coordinates
 from lumbar.localize.axial import AXIAL_MAP_COLUMNS, SPINAL, level_anchors, map_axial
 from lumbar.localize.confidence import check_level_set
 from lumbar.localize.config import LocalizerConfig
@@ -43,9 +46,6 @@ from lumbar.localize.slice_refine import refine_slices
 from lumbar.localize.tasks import TASKS, Task
 from lumbar.localize.train import MANIFEST_KEY, build_model, build_scorer, crop_geometry
 from lumbar.localize.volumes import axial_input, normalize_intensity, sagittal_input
-from lumbar.manifest import manifest_path, read_manifest
-from lumbar.paths import data_root, series_dir
-from lumbar.train.runtime import resolve_device
 
 #: Predicted coordinates: the label format plus each point's confidence (`Localizer.predict`).
 PREDICTED_COLUMNS = [*COORDINATE_COLUMNS, "confidence"]

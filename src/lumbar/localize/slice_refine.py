@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lumbar.core.encoders import NONE, create_timm_model, gray_stats
 from lumbar.localize.volumes import point_crops
-from lumbar.pretrained import NONE, create_timm_model, gray_stats
 
 
 class SliceScorer(nn.Module):
@@ -33,7 +33,7 @@ class SliceScorer(nn.Module):
 
     Args:
         backbone: timm model name (global-pooled features, `num_classes=0`).
-        pretrained: encoder weights, none, imagenet or a local file or folder (`lumbar.pretrained`).
+        pretrained: encoder weights, none, imagenet or a local file or folder (`lumbar.core.encoders`).
         hidden: channels of the 1D convolution across candidates.
         normalize: crops in [0, 1] are normalised by the encoder's pretraining statistics (`gray_stats`) in
             `forward` (off: as runs saved before this did).

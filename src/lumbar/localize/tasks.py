@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from lumbar.constants import AXIAL_T2, LEVELS, SAGITTAL_T1, SAGITTAL_T2
+from lumbar.core.constants import AXIAL_T2, LEVELS, SAGITTAL_T1, SAGITTAL_T2
 
 log = logging.getLogger(__name__)
 

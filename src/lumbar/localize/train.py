@@ -27,10 +27,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from lumbar.core.encoders import NONE
+from lumbar.core.fallback import MAX_FALLBACK_SHARE, check_fallbacks
+from lumbar.core.manifest import manifest_path, update_manifest
+from lumbar.core.paths import data_root, series_dir
+from lumbar.core.runtime import Runtime, seed_everything, setup_runtime, teardown_runtime
+from lumbar.core.settings import parse_assignments
+from lumbar.core.tables import load_coordinates
 from lumbar.data.dicom import DicomReadError, Series, Stack, read_series
 from lumbar.data.index import load_or_build_index
-from lumbar.data.tables import load_coordinates
-from lumbar.fallback import MAX_FALLBACK_SHARE, check_fallbacks
 from lumbar.localize.augment import random_affine, random_depth_affine, random_intensity, random_mirror
 from lumbar.localize.axial import foramina_offset_mm
 from lumbar.localize.config import LocalizerConfig
@@ -39,11 +44,6 @@ from lumbar.localize.heatmap import HeatmapNet, heatmap_loss
 from lumbar.localize.slice_refine import CropGeometry, SliceScorer, draw_batch, scorer_loss, training_crops
 from lumbar.localize.tasks import Task, axial_samples, get_task, placed_coordinates, sagittal_samples
 from lumbar.localize.volumes import axial_input, cached_array, normalize_intensity, sagittal_input
-from lumbar.manifest import manifest_path, update_manifest
-from lumbar.overrides import parse_assignments
-from lumbar.paths import data_root, series_dir
-from lumbar.pretrained import NONE
-from lumbar.train.runtime import Runtime, seed_everything, setup_runtime, teardown_runtime
 
 log = logging.getLogger(__name__)
 

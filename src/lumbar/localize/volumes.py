@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from lumbar.atomic import atomic_path
+from lumbar.core.atomic import atomic_path
 from lumbar.data.dicom import Stack
 from lumbar.preprocess.intensity import percentile_range, rescale
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lumbar.pretrained import IMAGENET, NONE, check_setting, weights_file
+from lumbar.core.encoders import IMAGENET, NONE, check_setting, weights_file
 
 StateDict = dict[str, torch.Tensor]
 
@@ -156,7 +156,7 @@ def load_weights(
 
 def load_pretrained(module: nn.Module, pretrained: str | os.PathLike, arch: str, why_no_imagenet: str,
                     key_map: Callable[[StateDict], StateDict] = strip_prefix) -> nn.Module:  # fmt: skip
-    """Weights for a network timm has none for (`lumbar.pretrained`): none leaves it, a local file loads.
+    """Weights for a network timm has none for (`lumbar.core.encoders`): none leaves it, a local file loads.
 
     Args:
         module: the network to fill.

@@ -6,7 +6,7 @@ Two kinds of entries:
             receives "convnext_tiny" as its first argument
 
 A factory takes `in_channels`, `depth`, `pretrained` (none, imagenet or a local file/folder:
-`lumbar.pretrained`) and its own keyword arguments and returns an encoder (see `lumbar.models.base`);
+`lumbar.core.encoders`) and its own keyword arguments and returns an encoder (see `lumbar.models.base`);
 `build_model` wraps it in `LumbarModel` with the shared head. A family registered with `timm=True` takes a
 timm model name as its variant, so `timm_encoder` can name the weights an architecture needs.
 """
@@ -19,9 +19,9 @@ from typing import Any
 
 from torch import nn
 
+from lumbar.core.registry import Registry
 from lumbar.models.base import LumbarModel
 from lumbar.models.fusion import ViewStreams
-from lumbar.registry import Registry
 
 EncoderFactory = Callable[..., nn.Module]
 
@@ -110,7 +110,7 @@ def build_model(
         depth: slices D the model is built for; 3D nets plan their depth downsampling on it, 2.5D
             nets stack exactly this many slices as channels.
         pretrained: the encoder's weights: none (random init), imagenet (timm's, for timm encoders) or a
-            local weights file or folder (`lumbar.pretrained`).
+            local weights file or folder (`lumbar.core.encoders`).
         num_meta: width of the metadata vector given to `forward` (0: none).
         drop_rate: dropout before the linear head.
         streams: 1 = one encoder over all input channels; k > 1 = late fusion of k views

@@ -7,10 +7,10 @@
                          over the slices; any D works
 
 The backbone is `timm.create_model(name, in_chans=..., num_classes=0)` with the weights `pretrained` names
-(none, imagenet, or a local file or weights folder: `lumbar.pretrained.create_timm_model`); either way timm
+(none, imagenet, or a local file or weights folder: `lumbar.core.encoders.create_timm_model`); either way timm
 adapts the stem to `in_chans` (summing the RGB filters for one channel, repeating them for more) and drops
 the classifier. The backbone's normalisation (`mean`, `std` of its pretrained config, per RGB channel) is
-exposed for the data pipeline, which applies it to the one-channel crops (`lumbar.pretrained.gray_stats`).
+exposed for the data pipeline, which applies it to the one-channel crops (`lumbar.core.encoders.gray_stats`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import os
 import torch
 from torch import nn
 
+from lumbar.core.encoders import NONE, create_timm_model
 from lumbar.models.pooling import AttentionPool
 from lumbar.models.registry import register_model
-from lumbar.pretrained import NONE, create_timm_model
 
 PathLike = str | os.PathLike
 

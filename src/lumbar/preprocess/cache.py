@@ -33,12 +33,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lumbar.atomic import write_json
-from lumbar.constants import CONDITIONS, LEVELS, row_id
-from lumbar.data.tables import COORDINATE_COLUMNS, load_coordinates, write_csv, write_parquet
-from lumbar.fallback import MAX_FALLBACK_SHARE, check_fallbacks
-from lumbar.overrides import parse_assignments
-from lumbar.paths import data_root, images_dir
+from lumbar.core.atomic import write_json
+from lumbar.core.constants import CONDITIONS, LEVELS, row_id
+from lumbar.core.fallback import MAX_FALLBACK_SHARE, check_fallbacks
+from lumbar.core.paths import data_root, images_dir
+from lumbar.core.settings import parse_assignments
+from lumbar.core.tables import COORDINATE_COLUMNS, load_coordinates, write_csv, write_parquet
 from lumbar.preprocess.config import RoiConfig
 from lumbar.preprocess.roi import (
     FAILURE_COLUMNS,
@@ -272,8 +272,8 @@ def build_cache(
     """Build (or complete) the ROI cache of a coordinates table.
 
     Args:
-        coords: coordinates (ground truth or predicted), the `lumbar.data.tables.load_coordinates` table.
-        data_dir: competition data folder (resolved by `lumbar.paths.data_root`).
+        coords: coordinates (ground truth or predicted), the `lumbar.core.tables.load_coordinates` table.
+        data_dir: competition data folder (resolved by `lumbar.core.paths.data_root`).
         split: "train" or "test".
         out_root: the cache root; the cache is `<out_root>/<cache_name(config)>/`.
         config: the parameters (defaults when None).
@@ -281,7 +281,7 @@ def build_cache(
         progress: show a tqdm bar over studies.
         coords_source: where the coordinates came from, recorded in params.json.
         max_failed_share: the share of coordinate rows that may fail (always at least one); more fail the
-            build (`lumbar.fallback.FallbackLimitError`, after samples.parquet and failures.csv are written),
+            build (`lumbar.core.fallback.FallbackLimitError`, after samples.parquet and failures.csv are written),
             because so many failures mean a broken data folder or decoder, not a few odd files.
 
     Returns:

@@ -16,8 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lumbar.constants import CONDITION_GROUP, CONDITIONS
-from lumbar.overrides import cast_overrides
+from lumbar.core.constants import CONDITION_GROUP, CONDITIONS
+from lumbar.core.settings import cast_overrides
+from lumbar.preprocess.filters import list_filters
+from lumbar.preprocess.views import get_view
 
 MODES: tuple[str, ...] = ("target_window", "full_series")
 MARGIN_MODES: tuple[str, ...] = ("mm", "thesis_px")
@@ -73,8 +75,6 @@ class RoiConfig:
     views: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        from lumbar.preprocess.filters import list_filters
-        from lumbar.preprocess.views import get_view
 
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from lumbar.registry import Registry
+from lumbar.core.registry import Registry
 
 Filter = Callable[[np.ndarray], np.ndarray]
 _FILTERS: Registry[Filter] = Registry("filter")

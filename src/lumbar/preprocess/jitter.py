@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lumbar.atomic import write_json
-from lumbar.constants import normalize_condition
+from lumbar.core.atomic import write_json
+from lumbar.core.constants import normalize_condition
 from lumbar.preprocess.config import RoiConfig
 
 ERRORS_KIND = "lumbar-localizer-errors"

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lumbar.constants import CONDITION_ABBREV, CONDITIONS, GRADE_LABELS
+from lumbar.core.constants import CONDITION_ABBREV, CONDITIONS, GRADE_LABELS
 from lumbar.preprocess.cache import load_cache, load_sample
 from lumbar.preprocess.jitter import center_window
 

@@ -13,7 +13,7 @@ slices are stacked or interpolated along depth, the filter runs on the resampled
 the result is stored as float16.
 
 A series or file that cannot be read fails only the samples that need it; each failure is returned with
-its coordinate row and the reason. Only the errors bad data raises are caught (`lumbar.fallback.DATA_ERRORS`);
+its coordinate row and the reason. Only the errors bad data raises are caught (`lumbar.core.fallback.DATA_ERRORS`);
 a programming error or running out of memory stops the build.
 """
 
@@ -24,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lumbar.atomic import atomic_path
-from lumbar.constants import CONDITION_GROUP, CONDITIONS, row_id
+from lumbar.core.atomic import atomic_path
+from lumbar.core.constants import CONDITION_GROUP, CONDITIONS, row_id
+from lumbar.core.fallback import DATA_ERRORS
+from lumbar.core.paths import series_dir
 from lumbar.data.dicom import (
     DicomReadError,
     Series,
@@ -35,8 +37,6 @@ from lumbar.data.dicom import (
     read_series,
     series_files,
 )
-from lumbar.fallback import DATA_ERRORS
-from lumbar.paths import series_dir
 from lumbar.preprocess.config import RoiConfig
 from lumbar.preprocess.filters import apply_filter
 from lumbar.preprocess.intensity import percentile_range, rescale

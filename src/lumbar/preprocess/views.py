@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lumbar.constants import AXIAL_T2, CONDITION_GROUP, SAGITTAL_T2, row_id
+from lumbar.core.constants import AXIAL_T2, CONDITION_GROUP, SAGITTAL_T2, row_id
+from lumbar.core.registry import Registry
 from lumbar.data.dicom import DicomReadError, Series, patient_to_pixel, pixel_to_patient
-from lumbar.registry import Registry
 
 #: A derived point farther than this from the nearest slice of its target series has no view there.
 MAX_DISTANCE_MM = 10.0

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 import albumentations as A
 import numpy as np
 
-from lumbar.constants import AXIAL_T2, CONDITION_SERIES
-from lumbar.registry import Registry
+from lumbar.core.constants import AXIAL_T2, CONDITION_SERIES
+from lumbar.core.registry import Registry
 
 AugmentFactory = Callable[[], A.BasicTransform]
 _AUGMENTATIONS: Registry[AugmentFactory] = Registry("augmentation")

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-from lumbar.overrides import parse_assignments
+from lumbar.core.settings import parse_assignments
 from lumbar.train.config import load_yaml_overrides, make_config
+from lumbar.train.loggers import PrintLogger
+from lumbar.train.loop import train
+from lumbar.train.member import member_overrides
 
 #: Flags that map one-to-one onto config fields (None = not given).
 FLAG_FIELDS = ("data_dir", "cache", "arch", "mode", "folds", "epochs", "out", "batch_size", "lr", "device",
@@ -23,7 +26,6 @@ def config_from_args(args: argparse.Namespace):
     if getattr(args, "run", None):
         if not args.arch:
             raise ValueError("--run needs --arch (the architecture to train on the run's crops)")
-        from lumbar.train.member import member_overrides
 
         config = make_config(member_overrides(args.run, args.arch, crops=args.crops), source=f"--run {args.run}")
     if args.config:
@@ -37,8 +39,6 @@ def config_from_args(args: argparse.Namespace):
 
 def cli_train(args: argparse.Namespace) -> int:
     """Train, print the epoch lines and the OOF score (a configuration or data error: exit 2, lumbar.cli)."""
-    from lumbar.train.loggers import PrintLogger
-    from lumbar.train.loop import train
 
     result = train(config_from_args(args), logger=PrintLogger())
     print(f"run: {result.run_dir}  oof: {result.oof_path}")

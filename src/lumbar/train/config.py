@@ -17,8 +17,12 @@ from typing import Any
 
 import yaml
 
-from lumbar.atomic import write_json
-from lumbar.overrides import cast_overrides
+from lumbar.core.atomic import write_json
+from lumbar.core.encoders import upgrade_saved_settings
+from lumbar.core.settings import cast_overrides
+from lumbar.preprocess.views import list_views
+from lumbar.train.mixing import list_mixes
+from lumbar.train.tta import list_tta
 
 #: Values of `TrainConfig.train_crops` and `TrainConfig.select`.
 TRAIN_CROPS: tuple[str, ...] = ("gt", "oof", "both")
@@ -32,7 +36,7 @@ class TrainConfig:
     """Everything one training run needs; an experiment is a set of overrides of these defaults.
 
     Attributes:
-        data_dir: competition data folder (holds `train.csv`); None resolves through `lumbar.paths`.
+        data_dir: competition data folder (holds `train.csv`); None resolves through `lumbar.core.paths`.
         cache: the ROI tensor cache folder (`samples.parquet`, `params.json`, the .npy crops) built around the
             ground-truth label points; may be empty when only `oof_cache` crops are used.
         oof_cache: a cache of the same `RoiConfig` built around the localizer's out-of-fold points (each train
@@ -80,12 +84,12 @@ class TrainConfig:
             absent from the file keeps the uniform jitter, and so does the in-plane part with
             `margin_mode="thesis_px"` caches.
         exclude: "" = train on every labelled item; else an exclusion list (a CSV with a `row_id` column, e.g.
-            `label_noise/flags.csv` of a first round, `lumbar.evaluate.label_noise`): the grades it names are
+            `label_noise/flags.csv` of a first round, `lumbar.analysis.label_noise`): the grades it names are
             left out of the *training* items (an item with no grade left is dropped); validation, the OOF
             predictions and their scores keep every item, so rounds stay comparable.
         ema_decay: exponential moving average of the weights (0 = off); evaluation and checkpoints use it.
         amp: mixed precision on CUDA (bf16 from compute capability 8.0, else fp16 with a grad scaler where the GPU
-            computes it natively; `lumbar.train.runtime.amp_dtype_for`); ignored on CPU.
+            computes it natively; `lumbar.core.runtime.amp_dtype_for`); ignored on CPU.
         channels_last: channels-last memory format on CUDA.
         grad_clip: max gradient norm (0 = off).
         select: which weights make the OOF predictions and the inference checkpoint: "last" (after the last
@@ -109,7 +113,7 @@ class TrainConfig:
         fast_dev_run: when > 0: 1 epoch of that many train and validation batches (smoke test).
         overfit_batches: when > 0: train and validate on the same first batches, without augmentation.
         pretrained: encoder weights: "none" (random init), "imagenet" (timm's, through its hub cache) or a local
-            weights file or folder (`python -m lumbar weights`); see `lumbar.pretrained`. Training only:
+            weights file or folder (`python -m lumbar weights`); see `lumbar.core.encoders`. Training only:
             inference loads the run's own checkpoints.
         drop_rate: dropout before the head.
         model_kwargs: the architecture's own options (passed to `build_model`).
@@ -206,14 +210,11 @@ class TrainConfig:
         if self.jitter and self.train_crops == "oof":
             raise ValueError("jitter shifts the ground-truth training crops, and train_crops='oof' has none; "
                              "set jitter='' or train on gt or both")
-        from lumbar.train.mixing import list_mixes
-        from lumbar.train.tta import list_tta
 
         for kind, names, registered in (("mix", self.mix, list_mixes()), ("tta", self.tta, list_tta())):
             unknown = [n for n in names if n not in registered]
             if unknown:
                 raise ValueError(f"{kind}={list(names)}: unknown {unknown}; registered: {registered}")
-        from lumbar.preprocess.views import list_views
 
         unknown = [v for v in self.views if v not in list_views()]
         if unknown:
@@ -238,8 +239,7 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
         """Read a config written by `save` (unknown keys are errors, as for any override; older runs' settings are
-        upgraded, `lumbar.pretrained.upgrade_saved_settings`)."""
-        from lumbar.pretrained import upgrade_saved_settings
+        upgraded, `lumbar.core.encoders.upgrade_saved_settings`)."""
 
         return make_config(upgrade_saved_settings(json.loads(Path(path).read_text())), source=str(path))
 

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from lumbar.constants import CONDITION_SIDE, LEVELS
+from lumbar.core.constants import CONDITION_SIDE, LEVELS
 from lumbar.preprocess import LocalizerJitter, RoiConfig, center_window, load_cache, random_window
 from lumbar.preprocess.cache import load_views
 from lumbar.preprocess.jitter import window_at

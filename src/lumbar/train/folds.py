@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from lumbar.data.tables import write_csv
+from lumbar.core.tables import write_csv
 
 FOLD_COLUMNS = ["study_id", "fold"]
 

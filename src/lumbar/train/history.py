@@ -7,8 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from lumbar.atomic import atomic_path
-from lumbar.data.tables import write_csv
+from lumbar.core.atomic import atomic_path
+from lumbar.core.tables import write_csv
 
 HISTORY_CSV = "history.csv"
 CURVES_PNG = "curves.png"

@@ -5,7 +5,7 @@ Only rank 0 calls a logger. `train` calls `log_start(units, folds, epochs)` once
 it is not told), `log_epoch(unit, fold, row)` after every epoch and `log_result(result)` at the end, so a
 tracking service can be plugged in by passing any object with the last two methods to `train(config,
 logger=...)`; none is built in, and nothing here touches the network. `PrintLogger` prints the epoch lines
-(`lumbar.progress.epoch_line`) with the time left of the whole `train` call; `TensorBoardLogger` writes the
+(`lumbar.core.progress.epoch_line`) with the time left of the whole `train` call; `TensorBoardLogger` writes the
 curves that `TrainConfig.tensorboard` asks for.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lumbar.progress import ScalarBoard, TimeLeft, epoch_line
+from lumbar.core.progress import ScalarBoard, TimeLeft, epoch_line
 
 
 class NullLogger:

@@ -22,7 +22,7 @@ Crop sources ("train as you infer"): training items come from the ground-truth c
 localizer's out-of-fold crops (`oof_cache`) or both (`train_crops`); validation and the OOF predictions use
 the oof crops whenever they are given, so the OOF score is measured on crops made as test crops are.
 
-Label-noise cleanup: `exclude` names grades (row_ids, `lumbar.evaluate.label_noise`) to leave out of the
+Label-noise cleanup: `exclude` names grades (row_ids, `lumbar.analysis.label_noise`) to leave out of the
 training items; validation and the OOF predictions keep them, so a cleaned round is scored on the same rows.
 
 Run folder (`config.out`):
@@ -33,7 +33,7 @@ Run folder (`config.out`):
     predictions.csv                   every held-out prediction: study_id, condition, level, grade, fold, probs
     oof.csv                           the same in the submission format (competition mode: 25 rows per study)
     oof_gt.csv                        with both caches: the same models on the held-out ground-truth crops
-    reports/                          thesis modes: `lumbar.evaluate.reports` tables and confusion matrices
+    reports/                          thesis modes: `lumbar.scoring.thesis` tables and confusion matrices
     result.json                       units, checkpoints, model arguments, scores, timings
 and an entry under `classifiers` in the experiment's manifest (`<out>/../manifest.json`).
 """
@@ -57,15 +57,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from lumbar.atomic import write_json
-from lumbar.constants import GRADES, row_id
-from lumbar.data.tables import load_labels, table_row_ids, write_csv
-from lumbar.manifest import update_manifest
-from lumbar.overrides import StaleRunError, setting_changes
-from lumbar.paths import data_root
-from lumbar.preprocess import LocalizerJitter
-from lumbar.train.augment import StackAugment, resolve_augmentations
-from lumbar.train.checkpoint import (
+import lumbar.models
+from lumbar.core.atomic import write_json
+from lumbar.core.checkpoint import (
     BEST,
     FINAL,
     LAST,
@@ -74,6 +68,23 @@ from lumbar.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from lumbar.core.constants import GRADES, row_id
+from lumbar.core.manifest import update_manifest
+from lumbar.core.paths import data_root
+from lumbar.core.runtime import (
+    RunningMean,
+    Runtime,
+    make_adamw,
+    seed_everything,
+    setup_runtime,
+    teardown_runtime,
+)
+from lumbar.core.settings import StaleRunError, setting_changes
+import lumbar.models  # `lumbar.models.build_model` at call time, so a stand-in set there (tests) is the one built
+from lumbar.preprocess import LocalizerJitter
+from lumbar.scoring.metric import competition_score
+from lumbar.scoring.reports import write_reports
+from lumbar.train.augment import StackAugment, resolve_augmentations
 from lumbar.train.config import RUN_ONLY, TrainConfig, make_config
 from lumbar.train.dataset import LOCALIZED, RoiCache, RoiDataset, check_same_crops, read_cache
 from lumbar.train.ema import ModelEma
@@ -92,14 +103,6 @@ from lumbar.train.predict import (
     to_submission,
     unit_sizes,
     unwrap,
-)
-from lumbar.train.runtime import (
-    RunningMean,
-    Runtime,
-    make_adamw,
-    seed_everything,
-    setup_runtime,
-    teardown_runtime,
 )
 from lumbar.train.sampling import make_train_sampler
 from lumbar.train.tasks import Task, build_tasks, resolve_conditions, validation_score
@@ -326,8 +329,6 @@ def _read_excluded(path: str) -> set[str]:
     """The row_ids of the exclusion list (empty without one); a missing file or column is an error naming it."""
     if not path:
         return set()
-    from lumbar.evaluate.label_noise import read_flagged_ids
-
     return read_flagged_ids(path)
 
 
@@ -397,7 +398,6 @@ def _finish(config, runtime, out, run_root, caches, labels, folds, fold_ids, pre
         "timings": timings, "prior": prior.to_dict(orient="list"), "precision": runtime.precision,
     }
     if runtime.is_main:
-        from lumbar.evaluate.metric import competition_score
 
         write_csv(predictions, out / PREDICTIONS_CSV)
         oof_path = write_csv(oof, out / OOF_CSV)
@@ -408,7 +408,6 @@ def _finish(config, runtime, out, run_root, caches, labels, folds, fold_ids, pre
                 summary["oof_score_plain"] = competition_score(
                     oof_labels, _oof_table(config, predictions_plain, labels, folds, fold_ids)[0]).as_dict()
         elif not scored.empty:
-            from lumbar.evaluate.reports import write_reports
 
             reports = write_reports(scored.drop(columns="fold"), out / "reports", config.mode)
             summary["reports"] = {k: str(p.relative_to(out)) for k, p in reports.items()}
@@ -441,9 +440,8 @@ def _loader(dataset: RoiDataset, sampler, config: TrainConfig, runtime: Runtime,
 
 def build_unit_model(config: TrainConfig, task: Task, cache: RoiCache) -> nn.Module:
     """The registered architecture sized for a task unit and a cache, its encoder's weights from `pretrained`."""
-    from lumbar.models import build_model
 
-    return build_model(config.arch, depth=cache.depth, pretrained=config.pretrained, drop_rate=config.drop_rate,
+    return lumbar.models.build_model(config.arch, depth=cache.depth, pretrained=config.pretrained, drop_rate=config.drop_rate,
                        **unit_sizes(task, config.fusion), **config.model_kwargs)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from lumbar.registry import Registry
+from lumbar.core.registry import Registry
 
 LossFn = Callable[..., torch.Tensor]
 _LOSSES: Registry[Callable[..., LossFn]] = Registry("loss")

@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from lumbar.atomic import write_text
-from lumbar.manifest import read_manifest
+from lumbar.core.atomic import write_text
+from lumbar.core.manifest import read_manifest
 from lumbar.train.loop import OOF_CSV, OOF_GT_CSV, PREDICTIONS_CSV, TrainResult, train
 from lumbar.train.predict import CONFIG_JSON, RESULT_JSON
 

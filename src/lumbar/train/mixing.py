@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lumbar.registry import Registry
+from lumbar.core.registry import Registry
 
 #: (images, partner images, lam, generator) -> (mixed images, the share of the first image actually kept)
 MixFn = Callable[[torch.Tensor, torch.Tensor, float, np.random.Generator], tuple[torch.Tensor, float]]

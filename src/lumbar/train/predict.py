@@ -23,12 +23,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from lumbar.constants import GRADES
-from lumbar.data.tables import SUBMISSION_COLUMNS, split_row_ids, submission_row_ids, table_row_ids
-from lumbar.evaluate.baselines import class_priors
-from lumbar.pretrained import gray_stats
-from lumbar.train.checkpoint import load_checkpoint
-from lumbar.train.runtime import RunningMean, Runtime, setup_runtime, teardown_runtime
+import lumbar.models
+from lumbar.core.checkpoint import load_checkpoint
+from lumbar.core.constants import GRADES
+from lumbar.core.encoders import gray_stats
+from lumbar.core.runtime import RunningMean, Runtime, setup_runtime, teardown_runtime
+from lumbar.core.tables import SUBMISSION_COLUMNS, split_row_ids, submission_row_ids, table_row_ids
+from lumbar.scoring.baselines import class_priors
+from lumbar.train.config import TrainConfig
+from lumbar.train.dataset import RoiDataset, read_cache
+from lumbar.train.tasks import build_tasks
+from lumbar.train.tta import tta_views
 
 RESULT_JSON = "result.json"
 CONFIG_JSON = "config.json"
@@ -45,7 +50,7 @@ def input_normalization(model: nn.Module) -> tuple[float, float] | None:
     """Scalar (mean, std) from a backbone's pretrained config (timm), averaged over its RGB channels; None if absent.
 
     Crops are single-channel intensities in [0, 1]; a pretrained 2D stem expects its own normalisation
-    (`lumbar.pretrained.gray_stats`). Training and prediction both go through `batch_to_device`.
+    (`lumbar.core.encoders.gray_stats`). Training and prediction both go through `batch_to_device`.
     """
     inner = unwrap(model)
     mean, std = getattr(inner, "mean", None), getattr(inner, "std", None)
@@ -167,7 +172,6 @@ def to_submission(table: pd.DataFrame, study_ids: Iterable[int] | None = None,
 
 def read_run(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     """The config and result of a finished training run folder."""
-    from lumbar.train.config import TrainConfig
 
     run_dir = Path(run_dir)
     for name in (CONFIG_JSON, RESULT_JSON):
@@ -194,7 +198,6 @@ class RunPredictor:
 
     def __init__(self, run_dir: str | Path, device: str = "auto", batch_size: int = 0, workers: int = 0,
                  threads: int = 0, max_folds: int = 0) -> None:
-        from lumbar.train.tasks import build_tasks
 
         self.run_dir = Path(run_dir)
         self.config, self.result = read_run(self.run_dir)
@@ -218,9 +221,8 @@ class RunPredictor:
             raise
 
     def _load(self, task, path: str) -> nn.Module:
-        from lumbar.models import build_model
 
-        model = build_model(**self.result["model"], **unit_sizes(task, self.config.fusion))
+        model = lumbar.models.build_model(**self.result["model"], **unit_sizes(task, self.config.fusion))
         model.load_state_dict(load_checkpoint(self.run_dir / path))
         model.to(self.runtime.device)
         memory_format = self.runtime.memory_format(model)
@@ -242,8 +244,6 @@ class RunPredictor:
 
     def predict(self, cache_dir: str | Path, study_ids: Iterable[int] | None = None) -> pd.DataFrame:
         """The fold-averaged submission table of every sample of an ROI cache (see `predict_cache`)."""
-        from lumbar.train.dataset import RoiDataset, read_cache
-        from lumbar.train.tta import tta_views
 
         cache = read_cache(cache_dir)
         shape = [cache.depth, cache.height, cache.width]
@@ -311,7 +311,6 @@ def predict_cache(run_dir: str | Path, cache_dir: str | Path, device: str = "aut
         The submission table (`row_id, normal_mild, moderate, severe`); in competition mode all 25 rows of
         every study, missing targets from the training labels' prior (`attrs["fallback_rows"]` counts them).
     """
-    from lumbar.train.dataset import read_cache
 
     read_cache(cache_dir)  # a missing or broken cache fails before any model is built
     with RunPredictor(run_dir, device, batch_size, workers, threads) as predictor:

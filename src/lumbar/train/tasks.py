@@ -24,7 +24,7 @@ A mode expands into one or more *units*; a unit is one model per fold (one `Task
 
 Binary modes predict Normal/Mild vs Moderate+Severe; their rows in the prediction tables carry p(positive) in
 `moderate` and 0 in `severe`, so `p(normal_mild) + p(moderate) + p(severe) = 1` still holds and the thesis
-reports (`lumbar.evaluate.reports`, which score p(moderate) + p(severe)) read them directly.
+reports (`lumbar.scoring.thesis`, which score p(moderate) + p(severe)) read them directly.
 
 The mirror axis of a crop follows from its series: sagittal stacks are ordered along the left-right normal
 (index 0 = patient right), so a mirror reverses the slices; axial images have the patient's left-right along
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from lumbar.constants import (
+from lumbar.core.constants import (
     AXIAL_T2,
     CONDITION_ABBREV,
     CONDITION_GROUP,
@@ -55,8 +55,13 @@ from lumbar.constants import (
     LEVELS,
     normalize_condition,
 )
+from lumbar.preprocess.views import get_view
+from lumbar.scoring.metric import TERMS, score_aligned
+from lumbar.scoring.thesis import TASK_MODES as THESIS_MODES
+from lumbar.scoring.thesis import slice_metrics, targets_and_scores
 
-TASK_MODES: tuple[str, ...] = ("single_multiclass", "single_binary", "multi_multiclass", "multi_binary", "competition")
+#: The thesis's four modes (`lumbar.scoring.thesis`) and the competition's (every condition, the metric's weights).
+TASK_MODES: tuple[str, ...] = (*THESIS_MODES, "competition")
 THESIS_CONDITIONS: tuple[str, ...] = (
     "spinal_canal_stenosis",
     "left_neural_foraminal_narrowing",
@@ -119,7 +124,6 @@ class Task:
     def channel_kinds(self, condition: str | None = None) -> tuple[str, ...]:
         """The kind of crop each input channel holds (`lumbar.preprocess.views.View.kind` for a view); for the
         "crop" layout, of the item whose condition is given (default: the unit's first)."""
-        from lumbar.preprocess.views import get_view
 
         if self.layout == "channels":
             return tuple(CONDITION_SERIES[c] for c in self.conditions)
@@ -132,7 +136,6 @@ class Task:
 
     def mirror_axes(self, condition: str | None = None) -> tuple[int, ...]:
         """The left-right axis of each input channel's crop (see `channel_kinds`)."""
-        from lumbar.preprocess.views import get_view
 
         if self.layout == "channels":
             return tuple(MIRROR_AXIS[c] for c in self.conditions)
@@ -283,7 +286,6 @@ def build_tasks(mode: str, conditions: tuple[str, ...] | list[str] = (), mirror_
         views: second views (`lumbar.preprocess.views`); each joins the "crop" layout units of its condition
             group.
     """
-    from lumbar.preprocess.views import get_view
 
     conditions = resolve_conditions(mode, conditions)
     tasks = _build_tasks(mode, conditions, mirror_right)
@@ -316,9 +318,6 @@ def validation_score(task: Task, table: pd.DataFrame) -> float:
     define (spinal: the spinal and any-severe-spinal terms; foraminal or subarticular: that group's term);
     lower is better. Thesis modes: balanced accuracy over all rows of the unit; higher is better.
     """
-    from lumbar.evaluate.metric import TERMS, score_aligned
-    from lumbar.evaluate.reports import slice_metrics, targets_and_scores
-
     table = table[table["grade"] >= 0]
     if table.empty:
         return float("nan")

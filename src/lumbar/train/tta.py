@@ -27,9 +27,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from lumbar.constants import AXIAL_T2, SAGITTAL_T1, SAGITTAL_T2
+from lumbar.core.constants import AXIAL_T2, SAGITTAL_T1, SAGITTAL_T2
+from lumbar.core.registry import Registry
 from lumbar.preprocess.views import LATERAL_T2
-from lumbar.registry import Registry
 
 ViewFn = Callable[[torch.Tensor], torch.Tensor]
 #: The kinds of crop (`lumbar.train.tasks.Task.channel_kinds`): the three series and an off-midline Sagittal

@@ -25,7 +25,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 from scipy.special import ndtr
 
-from lumbar.constants import CONDITIONS, LEVELS
+from lumbar.core.constants import CONDITIONS, LEVELS
 
 #: Tissue classes the intensity model knows.
 TISSUES: tuple[str, ...] = (

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lumbar.constants import AXIAL_T2, GRADE_LABELS, SAGITTAL_T1, SAGITTAL_T2, level_title
+from lumbar.core.constants import AXIAL_T2, GRADE_LABELS, SAGITTAL_T1, SAGITTAL_T2, level_title
+from lumbar.core.paths import is_synthetic, series_dir
+from lumbar.core.tables import load_coordinates, load_labels, load_series_descriptions
 from lumbar.data.dicom import read_series
-from lumbar.data.tables import load_coordinates, load_labels, load_series_descriptions
-from lumbar.paths import is_synthetic, series_dir
 
 GRADE_COLOURS = ("#33cc33", "#ffaa00", "#ff2222")
 

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lumbar.atomic import write_json
-from lumbar.constants import (
+from lumbar.core.atomic import write_json
+from lumbar.core.constants import (
     CONDITIONS,
     GRADES,
     LEVELS,
@@ -33,9 +33,8 @@ from lumbar.constants import (
     level_title,
     row_id,
 )
-from lumbar.data.synthetic.labels import FACTOR_WEIGHTS, THRESHOLDS, LabelModel
-from lumbar.data.synthetic.study import QUIRK_RATES, StudyResult, make_study, study_id_for
-from lumbar.data.tables import (
+from lumbar.core.paths import SYNTHETIC_MARKER
+from lumbar.core.tables import (
     COORDINATE_COLUMNS,
     SUBMISSION_COLUMNS,
     labels_to_wide,
@@ -43,7 +42,8 @@ from lumbar.data.tables import (
     write_coordinates,
     write_csv,
 )
-from lumbar.paths import SYNTHETIC_MARKER
+from lumbar.data.synthetic.labels import FACTOR_WEIGHTS, THRESHOLDS, LabelModel
+from lumbar.data.synthetic.study import QUIRK_RATES, StudyResult, make_study, study_id_for
 
 #: Name of the parameter file written next to the data; it also marks the folder as synthetic.
 MANIFEST = SYNTHETIC_MARKER

@@ -12,7 +12,7 @@ Model, per study and per target (condition x level, the 25 columns of train.csv)
    anatomy perfectly can do.
 4. Given s and the written grade g, the chance that g was a noise draw is known exactly too:
    label_noise * prior[g] / oracle[g] (`noise_posterior`), the truth a label-noise filter is measured
-   against (`lumbar.evaluate.label_noise`).
+   against (`lumbar.analysis.label_noise`).
 
 The means and spreads are solved so that the written grades have the real per-target frequencies
 (`grade_counts.csv`, counted from the competition's train.csv), whatever `reader_sd` is; the mixing with
@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr, ndtri
 
-from lumbar.constants import CONDITION_GROUP, CONDITIONS, GRADES, LABEL_COLUMNS, LEVELS
+from lumbar.core.constants import CONDITION_GROUP, CONDITIONS, GRADES, LABEL_COLUMNS, LEVELS
 
 #: Cut points of the reader's severity scale: Normal/Mild | Moderate | Severe.
 THRESHOLDS: tuple[float, float] = (0.0, 1.0)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lumbar.constants import (
+from lumbar.core.constants import (
     AXIAL_T2,
     CONDITION_SERIES,
     CONDITIONS,
@@ -20,12 +20,12 @@ from lumbar.constants import (
     SAGITTAL_T1,
     SAGITTAL_T2,
 )
+from lumbar.core.paths import series_dir
 from lumbar.data.synthetic.anatomy import Phantom, draw_phantom
 from lumbar.data.synthetic.dicom_writer import SeriesTags, to_stored, write_instance
 from lumbar.data.synthetic.geometry import Stack, axial_stack, sagittal_stack
 from lumbar.data.synthetic.labels import LabelModel, target_index
 from lumbar.data.synthetic.render import ScannerEffects, render_stack
-from lumbar.paths import series_dir
 
 SPLIT_KEY = {"train": 0, "test": 1}
 

@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lumbar.constants import GRADES
-from lumbar.data.tables import (
+from lumbar.core.constants import GRADES
+from lumbar.core.paths import data_root, images_dir
+from lumbar.core.tables import (
     SUBMISSION_COLUMNS,
     load_series_descriptions,
     load_submission,
     submission_row_ids,
     write_csv,
 )
-from lumbar.paths import data_root, images_dir
 
 #: Tolerance on a row's probability sum.
 SUM_TOLERANCE = 1e-6

@@ -16,7 +16,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from lumbar.atomic import write_json
+from lumbar.core.atomic import write_json
 
 MANIFEST_NAME = "manifest.json"
 

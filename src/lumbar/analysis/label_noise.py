@@ -6,14 +6,14 @@ its out-of-fold probability of the written grade is at most `threshold` (default
 same rule: 1 - p_written >= 0.8), `flag_run` writes the list with its evidence into the run folder, and a
 second round trains with `TrainConfig.exclude` (notebook 03's `EXCLUDE`) pointing at it: the listed rows leave
 the *training* items only; validation and the out-of-fold predictions keep every item, so both rounds' scores
-stay comparable. (`lumbar.evaluate.errors.label_noise_candidates`, in 06, ranks such rows by their cost for
+stay comparable. (`lumbar.analysis.errors.label_noise_candidates`, in 06, ranks such rows by their cost for
 reading; this module is the step that acts on them.)
 
 Files of `flag_run` (`<run>/label_noise/`, recorded under the manifest's `label_noise` key):
     flags.csv     the flagged rows only, most doubtful first (ascending `p_written`): row_id, study_id,
                   condition, level, grade (written), p_written, predicted (the most likely grade), p_predicted,
                   flagged (all true). It is the exclusion list as it stands; any CSV with a `row_id` column
-                  is one too (`read_flagged_ids`).
+                  is one too (`lumbar.core.tables.read_flagged_ids`).
     summary.json  threshold, rows judged, rows flagged, share, flags per condition, and on synthetic data the
                   expected precision and recall.
 
@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lumbar.atomic import write_json
-from lumbar.constants import CONDITIONS, GRADES
-from lumbar.data.tables import DataFormatError, load_labels, load_submission, table_row_ids, write_csv
-from lumbar.manifest import read_manifest, update_manifest
-from lumbar.paths import data_root
+from lumbar.core.atomic import write_json
+from lumbar.core.constants import CONDITIONS, GRADES
+from lumbar.core.manifest import read_manifest, update_manifest
+from lumbar.core.paths import data_root
+from lumbar.core.tables import load_labels, load_submission, table_row_ids, write_csv
 
 #: Flag a row when the out-of-fold probability of its written grade is at most this (2nd place: off by >= 0.8).
 DEFAULT_THRESHOLD = 0.2
@@ -102,33 +102,13 @@ def noise_precision_recall(flags: pd.DataFrame, truth: pd.DataFrame) -> dict[str
             "flagged": len(hit), "expected_noisy": total}
 
 
-def read_flagged_ids(path: str | os.PathLike) -> set[str]:
-    """The row_ids an exclusion list names (`TrainConfig.exclude`); a `flagged` column, when present, selects.
-
-    Raises:
-        FileNotFoundError: no such file; DataFormatError: not a CSV, or no `row_id` column.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: exclusion list not found (write one with `python -m lumbar label-noise`)")
-    try:
-        table = pd.read_csv(path, dtype={"row_id": str})
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise DataFormatError(path, f"not a readable CSV ({e})") from e
-    if "row_id" not in table.columns:
-        raise DataFormatError(path, f"an exclusion list needs a row_id column; found {list(table.columns)}", line=1)
-    if "flagged" in table.columns:
-        table = table[table["flagged"].astype(str).str.lower().isin(("true", "1", "1.0"))]
-    return set(table["row_id"].dropna())
-
-
 def flag_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
              threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
     """Flag a run's training labels by its ensemble's out-of-fold predictions; write flags.csv and summary.json.
 
     Args:
         run_dir: a run folder whose manifest has an `ensemble` (notebook 04).
-        data_dir: the data folder with train.csv (None: `lumbar.paths.data_root`); when it holds
+        data_dir: the data folder with train.csv (None: `lumbar.core.paths.data_root`); when it holds
             `train_label_noise.csv` (synthetic data) the summary gets the expected precision and recall.
         threshold: flag when p_written <= threshold.
 

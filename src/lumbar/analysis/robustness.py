@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lumbar.data.tables import row_study_ids
-from lumbar.evaluate.metric import TERMS, align_predictions, metric_parts, score_aligned
+from lumbar.core.tables import row_study_ids
+from lumbar.scoring.metric import TERMS, align_predictions, metric_parts, score_aligned
 
 SUMMARY_KEYS = ("studies", "study_median", "study_p95", "study_max", "target_p99", "target_max", "targets_over_8")
 TAIL_KEYS = ("study_p95", "study_max", "target_max", "targets_over_8")

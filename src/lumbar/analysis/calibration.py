@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from lumbar.constants import GRADES
+from lumbar.core.constants import GRADES
 
 #: Columns of `reliability_table`.
 RELIABILITY_COLUMNS = ["grade", "bin", "lower", "upper", "count", "mean_pred", "observed"]
@@ -28,7 +28,7 @@ def reliability_table(aligned: pd.DataFrame, bins: int = 10) -> pd.DataFrame:
     """Predicted against observed frequency per grade and probability bin (module docstring).
 
     Args:
-        aligned: labelled rows with their probabilities (`lumbar.evaluate.metric.align_predictions`):
+        aligned: labelled rows with their probabilities (`lumbar.scoring.metric.align_predictions`):
             `grade` and the `GRADES` columns.
         bins: equal-width bins on [0, 1].
 

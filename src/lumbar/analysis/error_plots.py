@@ -1,4 +1,4 @@
-"""Figures of the error analysis (`lumbar.evaluate.errors`, `lumbar.evaluate.calibration`).
+"""Figures of the error analysis (`lumbar.analysis.errors`, `lumbar.analysis.calibration`).
 
 matplotlib's object API (`Figure`, never pyplot), as `lumbar.data.eda_plots`: safe under papermill and in
 tests. Each function returns the Figure; `lumbar.data.eda_plots.save_png` writes it.
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lumbar.constants import GRADE_LABELS, GRADES, GROUPS
+from lumbar.core.constants import GRADE_LABELS, GRADES, GROUPS
 from lumbar.data.eda_plots import GRADE_COLORS, heatmap
 
 #: One colour per metric group, shared by the scatter and the bars.

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lumbar.constants import CONDITIONS
-from lumbar.evaluate.reports import ALL, TASK_MODES, check_prediction_table, slice_metrics, targets_and_scores
+from lumbar.core.constants import CONDITIONS
+from lumbar.scoring.thesis import ALL, TASK_MODES, check_prediction_table, slice_metrics, targets_and_scores
 
 REFERENCE_FILE = "reference_results.csv"
 #: Reference condition names beyond the competition's own.
@@ -47,7 +47,7 @@ REFERENCE_COLUMNS = [
 
 def load_references(path: str | Path | None = None) -> pd.DataFrame:
     """The published numbers shipped with the package (or those of another file with the same columns)."""
-    source = files("lumbar.evaluate").joinpath(REFERENCE_FILE) if path is None else Path(path)
+    source = files("lumbar.scoring").joinpath(REFERENCE_FILE) if path is None else Path(path)
     name = REFERENCE_FILE if path is None else str(path)
     with source.open("r", encoding="utf-8") as f:
         refs = pd.read_csv(f, keep_default_na=False, na_values={"value": [""]})

@@ -1,81 +1,25 @@
-"""Run the numbered notebooks in order with papermill, parameters from a YAML pipeline config.
+"""The pipeline config: steps, their parameters checked against the notebooks, and a step's settings.
 
-Config (`configs/NAME.yaml`)::
-
-    name: demo                    # run folder: runs/<name>/ (or `run_dir:`)
-    notebook_dir: notebooks       # default
-    data_dir: null                # null: lumbar.paths.data_root() decides; `pipeline --data-dir` overrides
-    synthetic: {studies: 60}      # only in a synthetic-data config: the generator's settings (`lumbar demo`)
-    parameters: {DEVICE: auto}    # for every notebook that declares the parameter
-    jobs: auto                    # notebooks of a `parallel:` group run at most this many at once
-    notebooks:
-      - notebook: 00_eda          # notebooks/00_eda.ipynb
-      - parallel:                 # independent notebooks: side by side when jobs > 1, else in order
-          - notebook: 02_train_localizer
-          - notebook: 03_train    # one notebook run once per architecture,
-            output: 03_train_cnn3d  # each under its own name
-            parameters: {ARCH: cnn3d}
-
-Every notebook also receives `RUN_DIR` and `DATA_DIR` (from `run_dir`/`--run-dir` and `data_dir`/`--data-dir`;
-a parameter or `--set` of either name is refused); every notebook writes only under `RUN_DIR` (05 also its
-`OUT`), so `--run-dir` moves a whole run onto another disk. `--plan` prints what the run would cost (samples,
-disk, memory, time per step: `lumbar.pipeline_cost`) and runs nothing. `jobs` (default `auto`) follows the
-machine: a parallel group runs one notebook per core at most, or, when its notebooks train on the GPU (`DEVICE`
-auto or cuda) and GPUs are visible, one notebook per GPU, each pinned to its own (`group_plan`,
-`lumbar.cores.plan_processes`); a number pins it (never more than one notebook per GPU). Each notebook of a
-parallel group runs in its own process and kernel with `OMP_NUM_THREADS` = CPU cores // jobs (unless the
-environment sets it), which is also torch's thread count there when the notebook's own thread setting is 0,
-so the group shares the cores instead of fighting over them; the manifest is updated under a file lock. Executed copies are saved as
-`runs/<name>/<output>.ipynb`; the manifest's `notebooks` entry records status and seconds of each. On a
-failing cell the pipeline stops and names the notebook, the cell and the error.
-
-Progress: every line a step's notebook prints (stdout and stderr streams, its processes' included; not
-displayed tables or figures) goes, as it arrives, to `runs/<name>/logs/<output>.log` (each line with its time,
-between a line saying when the step started and one saying how it ended; a rerun appends) and to the console
-prefixed with `[<output>]`, one `print` per line, so the lines of a parallel group's notebooks interleave
-whole. The training notebooks print one line per epoch (`lumbar.progress`), so `tail -f runs/<name>/logs/*.log`
-shows how far each step is and how long it has left. What a step's kernel process says outside the notebook's
-streams (its start-up warnings, why it failed to start) goes to `logs/kernel/<output>.log` (`kernel_manager`).
-
-Parameters are checked before the first notebook runs, against the `parameters` cell of each notebook
-(papermill's `inspect_notebook`). A name must be declared by the step's notebook (a step's `parameters:`),
-by some notebook of the config (top-level `parameters:`) or by some selected notebook (`--set`); otherwise
-the error names the closest declared name. Top-level parameters and `--set` go only to the notebooks that
-declare them, with precedence top-level < step < `--set`. A value must fit the type of the declared
-default (or of the annotation, `LR: float = 1e-3`): int takes an int; float an int or a float (or a string
-float() reads: PyYAML reads `1e-3` as a string); bool only true/false; str any scalar, passed as its
-string (null as ""); list and dict their own kind; a default of None, or one that is no literal, anything.
-
-Data kind: a config with a `synthetic:` block is meant for synthetic data, any other for the real data.
-Before anything runs, `check_data_kind` stops a real-data config whose data folder holds `synthetic.json`
-(unless `--allow-synthetic`, for a dry run of a real config on synthetic data) and a synthetic config whose
-folder holds competition data (`train.csv` without `synthetic.json`), so the demo never runs on, or writes
-into, the real data.
+The rules: `lumbar.pipeline`'s docstring.
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
 import contextlib
 import dataclasses
 import importlib
-import itertools
 import os
-import subprocess
-import time
 from collections.abc import Mapping
-from concurrent.futures import as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from lumbar.cores import ProcessPlan, plan_processes, process_pool, visible_gpus, wants_gpu
-from lumbar.manifest import read_manifest, update_manifest
-from lumbar.overrides import UnknownSettingError, parse_assignments, unknown_setting
-from lumbar.paths import PROJECT_ROOT, SYNTHETIC_MARKER, data_root, is_synthetic
+from lumbar.core.manifest import read_manifest
+from lumbar.core.paths import PROJECT_ROOT, SYNTHETIC_MARKER, data_root, is_synthetic
+from lumbar.core.settings import UnknownSettingError, unknown_setting
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 #: Each step's log of printed lines: `runs/<name>/logs/<output>.log`.
@@ -219,6 +163,19 @@ def notebook_parameters(path: Path) -> dict[str, type | None]:
     return declared
 
 
+def notebook_defaults(path: Path) -> dict[str, Any]:
+    """The values of a notebook's `parameters` cell (papermill's inspection; an expression gives None)."""
+    import papermill as pm
+
+    values = {}
+    for name, p in pm.inspect_notebook(str(path)).items():
+        try:
+            values[name] = ast.literal_eval(p["default"])
+        except (ValueError, SyntaxError, TypeError):
+            values[name] = None
+    return values
+
+
 def _fit(value: Any, kind: type | None) -> Any:
     """`value` as a parameter whose default has type `kind` (rules: module docstring); TypeError if it does not fit."""
     if kind is None:
@@ -327,150 +284,6 @@ def select_steps(steps: list[Step], start: str | None = None, only: str | None =
     return steps
 
 
-class StepLog:
-    """A step's printed lines into its log file and onto the console (module docstring: Progress).
-
-    `stream()` gives the file-like objects papermill writes each stream message of the kernel to
-    (`stdout_file`, `stderr_file`); each keeps its own unfinished line, so two streams never mix within a line.
-    A carriage return starts the line over, as on a terminal: a text progress bar leaves only its last state.
-    """
-
-    def __init__(self, path: Path, name: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.name = path, name
-        self.file = path.open("a", encoding="utf-8")
-        self.streams: list[_LineStream] = []
-
-    def stream(self) -> _LineStream:
-        self.streams.append(_LineStream(self))
-        return self.streams[-1]
-
-    def note(self, text: str) -> None:
-        """A line of the pipeline's own into the log file only (the console has its `[pipeline]` lines), after
-        any unfinished printed line."""
-        for stream in self.streams:
-            stream.flush_line()
-        self.file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [pipeline] {text}\n")
-        self.file.flush()
-
-    def line(self, text: str) -> None:
-        """One printed line: into the file with its time, onto the console with the step's name."""
-        self.file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
-        self.file.flush()
-        print(f"[{self.name}] {text}", flush=True)
-
-    def close(self) -> None:
-        for stream in self.streams:
-            stream.flush_line()
-        self.file.close()
-
-
-class _LineStream:
-    """One output stream of a notebook, cut into lines for its `StepLog`."""
-
-    def __init__(self, log: StepLog) -> None:
-        self.log, self.pending = log, ""
-
-    def write(self, text: str) -> int:
-        self.pending += text
-        *lines, self.pending = self.pending.split("\n")
-        for line in lines:
-            self._emit(line)
-        cut = self.pending.rfind("\r", 0, len(self.pending) - 1)  # a trailing \r may start a \r\n
-        if cut >= 0:
-            self.pending = self.pending[cut + 1 :]
-        return len(text)
-
-    def flush(self) -> None:
-        """Lines go out as they end; an unfinished one waits for its end (or `flush_line`)."""
-
-    def flush_line(self) -> None:
-        self._emit(self.pending)
-        self.pending = ""
-
-    def _emit(self, line: str) -> None:
-        line = line.rstrip("\r").rsplit("\r", 1)[-1].rstrip()
-        if line:
-            self.log.line(line)
-
-
-def kernel_manager(stderr: Path) -> type:
-    """The kernel manager papermill starts a step's kernel with: the kernel's own stdout goes nowhere, its stderr
-    to `stderr` (`logs/kernel/<output>.log`).
-
-    ipykernel sends what any process of the kernel writes to its stdout and stderr (a process pool's workers
-    too) to the notebook's streams, which `StepLog` prints, and also copies it to the kernel's own stdout and
-    stderr: left on the console, every line of a worker would show twice, once without the step's name. The
-    stderr file keeps what only the kernel process says (a kernel that fails to start says why there).
-    """
-    from jupyter_client import AsyncKernelManager
-
-    class StepKernelManager(AsyncKernelManager):
-        async def start_kernel(self, **kw: Any) -> None:
-            stderr.parent.mkdir(parents=True, exist_ok=True)
-            with stderr.open("ab") as err:  # the kernel holds its own copy once started
-                await super().start_kernel(**{"stdout": subprocess.DEVNULL, "stderr": err, **kw})
-
-    return StepKernelManager
-
-
-def log_path(config: PipelineConfig, step: Step) -> Path:
-    """The step's log file: `runs/<name>/logs/<output>.log`."""
-    return config.run_dir / LOG_DIR / f"{step.output}.log"
-
-
-def run_step(step: Step, config: PipelineConfig, threads: int = 0) -> float:
-    """Execute one notebook with papermill, its printed lines logged (`StepLog`); return its seconds.
-
-    Args:
-        threads: when > 0 and the environment sets no OMP_NUM_THREADS, the kernel gets this many CPU threads.
-
-    Raises:
-        PipelineError: naming the notebook, the cell and the error.
-    """
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
-
-    if threads > 0:
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # inherited by the kernel this process starts
-    config.run_dir.mkdir(parents=True, exist_ok=True)
-    out = config.run_dir / f"{step.output}.ipynb"
-    params = {**step.parameters, "RUN_DIR": str(config.run_dir), "DATA_DIR": str(config.data_dir)}
-    log = StepLog(log_path(config, step), step.output)
-    log.note(f"{step.output} ({step.notebook}.ipynb) started")
-    t0, outcome = time.perf_counter(), "stopped"
-    try:
-        pm.execute_notebook(
-            str(config.notebook_dir / f"{step.notebook}.ipynb"),
-            str(out),
-            parameters=params,
-            kernel_name="python3",
-            progress_bar=False,
-            log_output=False,
-            stdout_file=log.stream(),
-            stderr_file=log.stream(),
-            kernel_manager_class=kernel_manager(log.path.parent / "kernel" / log.path.name),
-            cwd=str(config.notebook_dir),
-        )
-        outcome = "done"
-    except PapermillExecutionError as e:
-        update_manifest(config.run_dir, "notebooks", {"status": "failed", "seconds": round(time.perf_counter() - t0, 1),
-                                                     "error": f"{e.ename}: {e.evalue}"}, item=step.output)  # fmt: skip
-        outcome = (f"notebook {step.output} ({step.notebook}.ipynb) failed in cell {e.exec_count} "
-                   f"(cell index {e.cell_index}): {e.ename}: {e.evalue}\n  executed copy: {out}")
-        raise PipelineError(outcome) from None
-    except BaseException as e:
-        outcome = f"stopped: {e!r}"
-        raise
-    finally:
-        log.note(f"{outcome.splitlines()[0]} ({time.perf_counter() - t0:.1f} s)")
-        log.close()
-    seconds = time.perf_counter() - t0
-    update_manifest(config.run_dir, "notebooks", {"status": "ok", "seconds": round(seconds, 1),
-                                                 "output": out.name}, item=step.output)  # fmt: skip
-    return seconds
-
-
 def check_data_kind(config: PipelineConfig, allow_synthetic: bool = False) -> None:
     """Stop a config before it runs on the other kind of data (module docstring: Data kind).
 
@@ -504,116 +317,6 @@ def plan_steps(
 ) -> list[Step]:
     """The steps `run_pipeline` runs: `select_steps`, then the `--set` values spread over them."""
     return spread_parameters(select_steps(config.steps, start, only), overrides or {}, "--set")
-
-
-def run_pipeline(
-    config: PipelineConfig,
-    start: str | None = None,
-    only: str | None = None,
-    jobs: int | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    allow_synthetic: bool = False,
-) -> dict[str, float]:
-    """Run the chosen steps in order, a `parallel:` group side by side; stop at the first failure.
-
-    Args:
-        jobs: notebooks run at once inside a parallel group (default: the config's `jobs`; 0 = auto).
-        overrides: parameters over the config's (the command line's `--set`), for the notebooks declaring them.
-        allow_synthetic: see `check_data_kind`.
-
-    Raises:
-        ValueError: a parameter or the data folder is wrong (before any notebook runs).
-        PipelineError: a notebook failed (in a parallel group: after the group's running notebooks ended).
-    """
-    steps = plan_steps(config, start, only, overrides)
-    check_data_kind(config, allow_synthetic)
-    jobs = config.jobs if jobs is None else jobs
-    update_manifest(config.run_dir, "pipeline", {"config": str(config.source), "data_dir": str(config.data_dir),
-                                                 "jobs": jobs or "auto"})  # fmt: skip
-    seconds: dict[str, float] = {}
-    for _, group in itertools.groupby(steps, key=lambda s: s.group):
-        group = list(group)
-        plan = group_plan(group, jobs)
-        if plan.jobs > 1:
-            seconds.update(_run_parallel(group, config, plan))
-            continue
-        for step in group:
-            print(f"[pipeline] {step.output} ...", flush=True)
-            seconds[step.output] = run_step(step, config)
-            print(f"[pipeline] {step.output} done in {seconds[step.output]:.1f} s", flush=True)
-    return seconds
-
-
-def group_plan(group: list[Step], jobs: int = 0, gpus: int | None = None, cores: int | None = None) -> ProcessPlan:
-    """How a `parallel:` group runs: on a GPU machine, when its notebooks put models on the GPU (`DEVICE` auto or
-    cuda), one notebook per GPU at once, each pinned to its GPU; otherwise one per core (`lumbar.cores`).
-
-    A group whose notebooks name their GPUs themselves (`DEVICE: cuda:0`, `cuda:1`) is run as on the CPU: the
-    pipeline does not pin what the config already placed.
-    """
-    devices = [str(s.parameters.get("DEVICE", "auto")) for s in group if "DEVICE" in s.declared]
-    gpus = visible_gpus() if gpus is None else gpus
-    placed = any(d.startswith("cuda:") for d in devices)
-    on_gpu = not placed and any(wants_gpu(d, gpus) for d in devices)
-    return plan_processes(len(group), "cuda" if on_gpu else "cpu", jobs, cores=cores, gpus=gpus)
-
-
-def _run_parallel(group: list[Step], config: PipelineConfig, plan: ProcessPlan) -> dict[str, float]:
-    """One parallel group, `plan.jobs` notebooks at once, each in its own process (`plan.threads` CPU threads,
-    pinned to its GPU on a GPU plan); the first failure is raised once all ended."""
-    print(f"[pipeline] {', '.join(s.output for s in group)}: {plan.describe()}", flush=True)
-    seconds, errors = {}, []
-    with process_pool(plan) as pool:
-        futures = {pool.submit(run_step, step, config, plan.threads): step for step in group}
-        for future in as_completed(futures):
-            step = futures[future]
-            if future.cancelled():
-                continue
-            try:
-                seconds[step.output] = future.result()
-            except Exception as e:  # noqa: BLE001 - reported below, after the others have ended
-                errors.append(e if isinstance(e, PipelineError) else PipelineError(f"notebook {step.output}: {e!r}"))
-                for other in futures:
-                    other.cancel()  # those not started yet
-                continue
-            print(f"[pipeline] {step.output} done in {seconds[step.output]:.1f} s", flush=True)
-    if errors:
-        also = "".join(f"\n  also failed: {e}" for e in errors[1:])
-        skipped = [s.output for f, s in futures.items() if f.cancelled()]
-        also += f"\n  not started: {', '.join(skipped)}" if skipped else ""
-        raise PipelineError(f"{errors[0]}{also}")
-    return seconds
-
-
-def _parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """`--set EPOCHS=3` -> {"EPOCHS": 3}: values read as YAML, so numbers and lists keep their types."""
-    out = {}
-    for key, value in parse_assignments(items).items():
-        try:
-            out[key] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise ValueError(f"--set {key}={value}: not a YAML value ({getattr(e, 'problem', e)})") from None
-    return out
-
-
-def cli_pipeline(args: argparse.Namespace) -> int:
-    """`python -m lumbar pipeline`; a failed notebook raises PipelineError (exit 1, see lumbar.cli)."""
-    config = load_config(args.config, data_dir=args.data_dir, run_dir=args.run_dir)
-    overrides = {**_parse_overrides(args.set), **({"FRESH": True} if getattr(args, "fresh", False) else {})}
-    if args.plan:
-        from lumbar.pipeline_cost import plan_report
-
-        print(plan_report(config, args.start, args.only, args.jobs, overrides=overrides,
-                          allow_synthetic=args.allow_synthetic))  # fmt: skip
-        return 0
-    seconds = run_pipeline(config, args.start, args.only, args.jobs, overrides=overrides,
-                           allow_synthetic=args.allow_synthetic)  # fmt: skip
-    print(f"pipeline: {len(seconds)} notebooks, {sum(seconds.values()):.1f} notebook-seconds; "
-          f"run folder {config.run_dir}")
-    print(
-        f"pipeline: manifest {config.run_dir / 'manifest.json'} ({len(read_manifest(config.run_dir))} keys)"
-    )
-    return 0
 
 
 def step_settings(notebook: str, chosen: str, step: str = "") -> dict[str, Any]:

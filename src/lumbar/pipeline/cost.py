@@ -43,7 +43,6 @@ The notebooks' own code is mirrored where a setting is derived from parameters (
 
 from __future__ import annotations
 
-import ast
 import itertools
 import math
 import os
@@ -56,9 +55,33 @@ from typing import Any
 
 import pandas as pd
 
-from lumbar.constants import AXIAL_T2, CONDITION_GROUP, CONDITIONS, GROUPS, LEVELS, SAGITTAL_T1, SAGITTAL_T2
-from lumbar.cores import available_cores, plan_processes, visible_gpus
-from lumbar.pipeline import PipelineConfig, Step, check_data_kind, group_plan, plan_steps
+from lumbar.core.constants import (
+    AXIAL_T2,
+    CONDITION_GROUP,
+    CONDITIONS,
+    GROUPS,
+    LEVELS,
+    SAGITTAL_T1,
+    SAGITTAL_T2,
+)
+from lumbar.core.paths import images_dir
+from lumbar.core.processes import available_cores, plan_processes, visible_gpus
+from lumbar.core.tables import load_coordinates
+from lumbar.data.index import load_or_build_index
+from lumbar.localize.config import LocalizerConfig
+from lumbar.localize.tasks import TASKS, placed_coordinates
+from lumbar.localize.train import build_model as build_localizer_model
+from lumbar.localize.train import build_scorer, crop_geometry
+from lumbar.models import build_model
+from lumbar.pipeline.config import PipelineConfig, Step, check_data_kind, notebook_defaults, plan_steps
+from lumbar.pipeline.runner import group_plan
+from lumbar.preprocess.cache import cache_name
+from lumbar.preprocess.config import RoiConfig
+from lumbar.preprocess.views import get_view
+from lumbar.train.config import make_config
+from lumbar.train.predict import unit_sizes
+from lumbar.train.tasks import build_tasks, resolve_conditions
+from lumbar.train.tta import n_views, usable
 
 MIB, GIB = 2**20, 2**30
 NPY_HEADER_BYTES = 128
@@ -178,7 +201,7 @@ class RunState:
 @dataclass(frozen=True)
 class Machine:
     """Where a step runs: the CPU threads its notebook gets, the machine's cores, whether CUDA is there (what
-    DEVICE=auto picks) and how many GPUs (processes that hold models: one per GPU, `lumbar.cores.plan_processes`)."""
+    DEVICE=auto picks) and how many GPUs (processes that hold models: one per GPU, `lumbar.core.processes.plan_processes`)."""
 
     threads: int
     cores: int
@@ -187,19 +210,6 @@ class Machine:
 
 
 # --- parameters ---------------------------------------------------------------------------------------------
-
-
-def notebook_defaults(path: Path) -> dict[str, Any]:
-    """The values of a notebook's `parameters` cell (papermill's inspection; an expression gives None)."""
-    import papermill as pm
-
-    values = {}
-    for name, p in pm.inspect_notebook(str(path)).items():
-        try:
-            values[name] = ast.literal_eval(p["default"])
-        except (ValueError, SyntaxError, TypeError):
-            values[name] = None
-    return values
 
 
 def step_parameters(step: Step, config: PipelineConfig) -> dict[str, Any]:
@@ -225,7 +235,6 @@ def indexed_rows(coords: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
 def crop_counts(rows: pd.DataFrame, views: tuple[str, ...]) -> dict[str, int]:
     """Arrays of a crop cache by condition, and by second view (at most one per row of the view's group, in
     studies with a row on the series the view is cut from)."""
-    from lumbar.preprocess.views import get_view
 
     group = rows["condition"].map(CONDITION_GROUP)
     counts = {c: int((rows["condition"] == c).sum()) for c in CONDITIONS}
@@ -267,8 +276,6 @@ def localizer_samples(coords: pd.DataFrame, index: pd.DataFrame, config) -> dict
     """Per localizer model: samples, the model's input shape, the pixels decoded for them and the bytes of their
     cached inputs; counted as `lumbar.localize.tasks` forms the samples (one per sagittal stack with points, one
     per study and level on the axial series, one per labelled point for a slice scorer)."""
-    from lumbar.localize.tasks import TASKS, placed_coordinates
-    from lumbar.localize.train import crop_geometry
 
     placed = placed_coordinates(coords, index[index["study_id"].isin(coords["study_id"].unique())])
     stack_px = index.assign(px=index["rows"].astype(float) * index["columns"]).groupby(STACK_KEYS)["px"].sum()
@@ -383,7 +390,6 @@ def eda_cost(p: dict, facts: DataFacts, state: RunState, machine: Machine) -> St
 
 def _roi_config(p: dict):
     """The crop settings as 01_preprocess builds them."""
-    from lumbar.preprocess.config import RoiConfig
 
     return RoiConfig.from_overrides(dict(mode=p["MODE"], size=p["SIZE"], before=p["BEFORE"], after=p["AFTER"],
                                          depth=p["DEPTH"], filter=p["FILTER"], margin_mode=p["MARGIN_MODE"],
@@ -417,7 +423,6 @@ def _crop_build(counts: Mapping[str, int], studies: int, workers: int) -> tuple[
 
 def preprocess_cost(p: dict, facts: DataFacts, state: RunState, machine: Machine) -> StepCost:
     """01_preprocess: folds, the header index (the plan has cached it), the crops around the ground-truth points."""
-    from lumbar.preprocess.cache import cache_name
 
     roi = state.roi = _roi_config(p)
     state.folds = p["N_FOLDS"]
@@ -437,7 +442,6 @@ def preprocess_cost(p: dict, facts: DataFacts, state: RunState, machine: Machine
 
 def _localizer_config(p: dict):
     """The localizer settings as 02_train_localizer builds them."""
-    from lumbar.localize.config import LocalizerConfig
 
     return LocalizerConfig.from_dict(dict(backbone=p["BACKBONE"], pretrained="none", size=p["SIZE"],
                                           epochs=p["EPOCHS"], device=p["DEVICE"], seed=p["SEED"],
@@ -449,8 +453,6 @@ def _localizer_model(name: str, sample: dict, config, state: RunState) -> tuple[
     candidate slices per point it refines)."""
     import torch
 
-    from lumbar.localize.tasks import TASKS
-    from lumbar.localize.train import build_model, build_scorer
 
     shape = sample["shape"]
     if name.endswith("_slices"):
@@ -459,7 +461,7 @@ def _localizer_model(name: str, sample: dict, config, state: RunState) -> tuple[
         return figures, config.refine_epochs or config.epochs, len(TASKS[name.removesuffix("_slices")].points)
     task = TASKS[name]
     figures = _figures(state, ("heatmap", name, config.backbone, shape, config.decoder_channels, config.out_stride),
-                       lambda: build_model(task, config), lambda: (torch.zeros(1, *shape),))
+                       lambda: build_localizer_model(task, config), lambda: (torch.zeros(1, *shape),))
     return figures, config.epochs_of(task.plane), 1 if task.plane == "sagittal" else len(LEVELS)
 
 
@@ -522,14 +524,12 @@ def localizer_cost(p: dict, facts: DataFacts, state: RunState, machine: Machine)
 
 def _default_roi():
     """The crop settings when the config has no 01_preprocess (its caches exist): RoiConfig's defaults."""
-    from lumbar.preprocess.config import RoiConfig
 
     return RoiConfig()
 
 
 def _train_config(p: dict):
     """The training settings as 03_train passes them (where its caches are does not matter here)."""
-    from lumbar.train.config import make_config
 
     return make_config(dict(arch=p["ARCH"], mode=p["MODE"], conditions=p["CONDITIONS"], folds=p["FOLDS"],
                             n_folds=p["N_FOLDS"], epochs=p["EPOCHS"], batch_size=p["BATCH_SIZE"], lr=p["LR"],
@@ -541,10 +541,6 @@ def classifier_cost(p: dict, facts: DataFacts, state: RunState, machine: Machine
     """03_train: one architecture, every unit of its task mode on every fold: checkpoints, epochs, OOF tables."""
     import torch
 
-    from lumbar.models import build_model
-    from lumbar.train.predict import unit_sizes
-    from lumbar.train.tasks import build_tasks, resolve_conditions
-    from lumbar.train.tta import n_views, usable
 
     config = _train_config(p)
     roi = state.roi or _default_roi()
@@ -673,9 +669,6 @@ ESTIMATORS: dict[str, Callable[[dict, DataFacts, RunState, Machine], StepCost]] 
 def read_facts(data_dir: Path, run_dir: Path, workers: int = 1) -> DataFacts:
     """The train split's index (read from, or built and cached at, RUN_DIR/index_train.parquet as 01 does), the
     ground-truth coordinates, and the test studies."""
-    from lumbar.data.index import load_or_build_index
-    from lumbar.data.tables import load_coordinates
-    from lumbar.paths import images_dir
 
     cache = run_dir / "index_train.parquet"
     existed, t0 = cache.is_file(), time.perf_counter()

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lumbar.constants import (
+from lumbar.core.constants import (
     AXIAL_T2,
     CONDITION_ABBREV,
     CONDITIONS,
@@ -51,13 +51,20 @@ from lumbar.constants import (
     SAGITTAL_T2,
     level_title,
 )
+from lumbar.core.manifest import read_manifest
+from lumbar.core.paths import data_root, series_dir
+from lumbar.core.tables import load_coordinates, load_labels, split_row_ids
 from lumbar.data.dicom import Series, Stack, pixel_to_patient, read_series
 from lumbar.data.eda import display_window
 from lumbar.data.eda_plots import GRADE_COLORS
 from lumbar.data.index import build_index, series_geometry
-from lumbar.data.tables import load_coordinates, load_labels, split_row_ids
-from lumbar.manifest import read_manifest
-from lumbar.paths import data_root, series_dir
+from lumbar.ensemble.runs import run_oof_predictions
+from lumbar.inference.predict import blend_members, ensemble_members
+from lumbar.localize.evaluate import localization_errors
+from lumbar.localize.predict import Localizer
+from lumbar.preprocess.cache import build_cache, load_cache
+from lumbar.preprocess.jitter import center_window
+from lumbar.train.predict import predict_cache
 
 TRUTH, LOCALIZER = "truth", "localizer"
 #: How each point source is drawn: marker, colour, label.
@@ -221,8 +228,6 @@ def _long(predictions: pd.DataFrame, study_id: int) -> pd.DataFrame:
 
 def _middle_slices(cache_dir: Path, study_id: int) -> dict[tuple[str, str], np.ndarray]:
     """The middle slice of the centre window of each crop of a study in an ROI cache (what a model sees)."""
-    from lumbar.preprocess.cache import load_cache
-    from lumbar.preprocess.jitter import center_window
 
     if not (cache_dir / "samples.parquet").is_file():
         return {}
@@ -237,7 +242,6 @@ def _middle_slices(cache_dir: Path, study_id: int) -> dict[tuple[str, str], np.n
 def _train_pieces(view: StudyView, run_dir: Path, manifest: dict, everything: dict[str, pd.DataFrame] | None,
                   candidate: str | None) -> pd.DataFrame | None:  # fmt: skip
     """Out-of-fold points, crops and predictions of a train study from the run folder; returns the points."""
-    from lumbar.ensemble.runs import run_oof_predictions
 
     oof = manifest.get("oof_crops", {})
     predicted = None
@@ -281,10 +285,6 @@ def _torch_threads(threads: int) -> Iterator[None]:
 def _test_pieces(view: StudyView, root: Path, run_dir: Path, manifest: dict, index: pd.DataFrame,
                  device: str) -> pd.DataFrame:  # fmt: skip
     """Localize, crop and predict one test study with the run, as `predict` does; returns the points."""
-    from lumbar.inference.predict import blend_members, ensemble_members
-    from lumbar.localize.predict import Localizer
-    from lumbar.preprocess.cache import build_cache
-    from lumbar.train.predict import predict_cache
 
     predicted, notes, _ = Localizer(run_dir, device).localize_study(root, view.split, view.study_id, index)
     view.notes += notes
@@ -316,7 +316,7 @@ def load_study_view(study_id: int, run_dir: str | os.PathLike | None = None, dat
     Args:
         study_id: the study.
         run_dir: a run folder (localizer, classifiers, ensemble); None: label points and labels only.
-        data_dir: the competition-layout data folder (`lumbar.paths.data_root` decides when None).
+        data_dir: the competition-layout data folder (`lumbar.core.paths.data_root` decides when None).
         split: "train" (labels, label points, out-of-fold predictions) or "test" (the run predicts it now).
         device: for a test study's localizer and classifiers.
         predictions: the run's out-of-fold predictions by name (`run_oof_predictions`), when the caller has
@@ -328,7 +328,6 @@ def load_study_view(study_id: int, run_dir: str | os.PathLike | None = None, dat
     Raises:
         FileNotFoundError: the study has no images in the split, or `split="test"` without a run.
     """
-    from lumbar.localize.evaluate import localization_errors
 
     root = data_root(data_dir, must_exist=True)
     run = Path(run_dir) if run_dir is not None else None

@@ -1,9 +1,9 @@
 """Error analysis of out-of-fold predictions: where the log loss comes from and what explains it.
 
-Every table starts from `MetricParts` (`lumbar.evaluate.metric.metric_parts`): the share of the score of each
+Every table starts from `MetricParts` (`lumbar.scoring.metric.metric_parts`): the share of the score of each
 labelled row and, for the any-severe-spinal term, of each study, computed by the code that computes the
 score, so the tables add up to the score the ensemble reported. The `06_error_analysis` notebook shows them
-with `lumbar.evaluate.error_plots`.
+with `lumbar.analysis.error_plots`.
 
 - `contribution_matrix`: condition x level (plus the any-severe-spinal term, attributed to the level whose
   severe probability it read), each cell the score points its targets cost.
@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from lumbar.constants import CONDITIONS, GRADES, GROUPS, LEVELS, row_id
-from lumbar.evaluate.metric import MetricParts, align_predictions, metric_parts, submitted_labels
+from lumbar.core.constants import CONDITIONS, GRADES, GROUPS, LEVELS, row_id
+from lumbar.scoring.metric import MetricParts, align_predictions, metric_parts, submitted_labels
 
 ANY_SEVERE = "any_severe_spinal"
 #: Bins of the localizer's 3D error (slice offset included) for `localizer_loss`, mm.

@@ -11,7 +11,7 @@ Definition (the host's `score` function, restated):
 
 Where the score comes from: `metric_parts` gives each labelled row's and each study's share of its term
 (`w_i * loss_i / sum of the term's weights`) and of the score (that share / 4); `score_aligned` adds up these
-very shares, so the error analysis (`lumbar.evaluate.errors`) and the score cannot disagree.
+very shares, so the error analysis (`lumbar.analysis.errors`) and the score cannot disagree.
 
 Decisions:
     * Submission rows without a label are ignored (unlabelled targets are not scored, as on Kaggle).
@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from lumbar.constants import CONDITION_GROUP, GRADE_WEIGHTS, GRADES, GROUPS
-from lumbar.data.tables import (
+from lumbar.core.constants import CONDITION_GROUP, GRADE_WEIGHTS, GRADES, GROUPS
+from lumbar.core.tables import (
     LABEL_TABLE_COLUMNS,
     load_labels,
     load_submission,
@@ -42,7 +42,8 @@ from lumbar.data.tables import (
     submission_row_ids,
     table_row_ids,
 )
-from lumbar.inference.submission import SubmissionError, first_of, validate_submission
+from lumbar.scoring.baselines import prior_submission, uniform_submission
+from lumbar.scoring.submission import SubmissionError, first_of, validate_submission
 
 EPS = 1e-15
 TERMS: tuple[str, ...] = (*GROUPS, "any_severe_spinal")
@@ -246,7 +247,6 @@ def format_table(result: MetricResult) -> str:
 
 def cli_score(args: argparse.Namespace) -> int:
     """`python -m lumbar score`: print the terms, then the one-line summary last (bad input: exit 2)."""
-    from lumbar.evaluate.baselines import prior_submission, uniform_submission
 
     labels = load_labels(args.labels)
     if args.submission:

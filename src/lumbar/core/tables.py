@@ -12,14 +12,15 @@ Tables inside the package:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from lumbar.atomic import atomic_path
-from lumbar.constants import (
+from lumbar.core.atomic import atomic_path
+from lumbar.core.constants import (
     CONDITIONS,
     GRADE_FROM_LABEL,
     GRADE_LABELS,
@@ -271,3 +272,23 @@ def _write_atomic(writer, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         writer(tmp, index=False)
     return Path(path)
+
+
+def read_flagged_ids(path: str | os.PathLike) -> set[str]:
+    """The row_ids an exclusion list names (`TrainConfig.exclude`); a `flagged` column, when present, selects.
+
+    Raises:
+        FileNotFoundError: no such file; DataFormatError: not a CSV, or no `row_id` column.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: exclusion list not found (write one with `python -m lumbar label-noise`)")
+    try:
+        table = pd.read_csv(path, dtype={"row_id": str})
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise DataFormatError(path, f"not a readable CSV ({e})") from e
+    if "row_id" not in table.columns:
+        raise DataFormatError(path, f"an exclusion list needs a row_id column; found {list(table.columns)}", line=1)
+    if "flagged" in table.columns:
+        table = table[table["flagged"].astype(str).str.lower().isin(("true", "1", "1.0"))]
+    return set(table["row_id"].dropna())

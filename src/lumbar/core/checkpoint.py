@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from lumbar.atomic import atomic_path
+from lumbar.core.atomic import atomic_path
 
 BEST = "best.pt"
 FINAL = "final.pt"

@@ -10,8 +10,8 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from lumbar.constants import CONDITIONS, GRADES, LEVELS
-from lumbar.data.tables import SUBMISSION_COLUMNS, split_row_ids, submission_row_ids
+from lumbar.core.constants import CONDITIONS, GRADES, LEVELS
+from lumbar.core.tables import SUBMISSION_COLUMNS, split_row_ids, submission_row_ids
 
 PRIOR_KEYS = {"condition_level": ["condition", "level"], "condition": ["condition"]}
 

@@ -4,7 +4,7 @@ The demo's own 20 test studies swing the score by more than 0.3 between seeds, a
 studies in which the localizer is lost. This draws a new set (its own seed, optionally another image size or
 STIR rate than training), predicts its test studies exactly as the submission would, and reports the test
 score beside the generator's oracle and the class prior, the per-study and per-target loss distribution
-(`lumbar.evaluate.robustness`), the worst studies, and the localisation error of the predicted points.
+(`lumbar.analysis.robustness`), the worst studies, and the localisation error of the predicted points.
 Everything goes into one folder: the data (reused when it is already there), the submission, the predicted
 coordinates, `studies.csv`, `targets.csv` and `fresh_eval.json`.
 """
@@ -17,18 +17,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from lumbar.atomic import write_json
-from lumbar.data.tables import (
+from lumbar.analysis.robustness import reference_tails, robustness_report, summary_line, tails_line
+from lumbar.core.atomic import write_json
+from lumbar.core.manifest import read_manifest
+from lumbar.core.tables import (
     load_coordinates,
     load_labels,
     load_submission,
     rows_of_studies,
     write_coordinates,
 )
-from lumbar.evaluate.baselines import prior_submission
-from lumbar.evaluate.metric import competition_score
-from lumbar.evaluate.robustness import reference_tails, robustness_report, summary_line, tails_line
-from lumbar.manifest import read_manifest
+from lumbar.data.index import load_or_build_index
+from lumbar.data.synthetic import SynthConfig, generate
+from lumbar.inference.predict import predict
+from lumbar.localize.evaluate import localization_errors, summarize
+from lumbar.localize.evaluate import summary_line as localize_line
+from lumbar.scoring.baselines import prior_submission
+from lumbar.scoring.metric import competition_score
 
 
 def set_folder(out: Path, seed: int, image_size: int, stir_rate: float) -> Path:
@@ -53,11 +58,6 @@ def fresh_eval(run_dir: str | os.PathLike, out: str | os.PathLike, seed: int, te
         the loss distribution (`robustness.loss_summary`), the worst studies, the oracle's and the prior's loss
         tails on the same targets (`robustness.reference_tails`) and the localisation summary.
     """
-    from lumbar.data.index import load_or_build_index
-    from lumbar.data.synthetic import SynthConfig, generate
-    from lumbar.inference.predict import predict
-    from lumbar.localize.evaluate import localization_errors, summarize
-    from lumbar.localize.evaluate import summary_line as localize_line
 
     run_dir = Path(run_dir)
     folder = set_folder(Path(out), seed, image_size, stir_rate)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lumbar.constants import COMPETITION_SLUG
+from lumbar.core.constants import COMPETITION_SLUG
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 #: Every synthetic data folder holds this file (`lumbar.data.synthetic`); the competition's never does.
 SYNTHETIC_MARKER = "synthetic.json"
