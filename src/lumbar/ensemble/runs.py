@@ -21,11 +21,11 @@ from lumbar.core.paths import data_root
 from lumbar.core.tables import load_coordinates, load_labels, load_submission, write_csv
 from lumbar.ensemble.blend import BLEND, CALIBRATED, MEAN, EnsembleResult, fit_ensemble
 from lumbar.localize.confidence import row_confidence
+from lumbar.localize.config import LOCALIZER_KEY
 from lumbar.scoring.baselines import out_of_fold_prior
 
 ENSEMBLE_DIR = "ensemble"
 CANDIDATES_DIR = "candidates"
-LOCALIZER_KEY = "localizer"  # the manifest entry of `lumbar.localize.folds` (its `oof` coordinates)
 
 
 def competition_classifiers(manifest: dict) -> list[str]:

@@ -33,6 +33,7 @@ from lumbar.core.manifest import MANIFEST_NAME, read_manifest
 from lumbar.kaggle.kernel import kernel_notebook
 from lumbar.kaggle.layout import ACCELERATOR, BUNDLE_INDEX, RUN_FOLDER, upload_command
 from lumbar.kaggle.wheels import build_lumbar_wheel, collect_dependency_wheels, module_versions, pinned_specs
+from lumbar.localize.config import LOCALIZER_KEY
 
 #: The user name the ids carry when none is known (`kaggle_user`); `build_bundle` refuses it.
 PLACEHOLDER_USER = "your-kaggle-username"
@@ -96,7 +97,7 @@ def model_card(manifest: dict) -> str:
     intro = (f"Checkpoints and manifest of one `lumbar` run (RSNA 2024 lumbar spine), in `{RUN_FOLDER}/`; "
              f"`{BUNDLE_INDEX}` lists every file with its size.")
     lines = ["# lumbar weights", "", intro, ""]
-    loc = manifest.get("localizer")
+    loc = manifest.get(LOCALIZER_KEY)
     if loc:
         lines += ["## Localizer", "", f"```json\n{json.dumps(loc, indent=2, default=str)}\n```", ""]
     classifiers = manifest.get("classifiers", {})

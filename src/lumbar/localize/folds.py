@@ -36,7 +36,7 @@ from lumbar.core.paths import data_root
 from lumbar.core.processes import plan_processes, process_pool
 from lumbar.core.settings import StaleRunError, setting_changes
 from lumbar.core.tables import load_coordinates, write_coordinates, write_csv
-from lumbar.localize.config import LocalizerConfig
+from lumbar.localize.config import LOCALIZER_KEY, LocalizerConfig
 from lumbar.localize.evaluate import (
     implausible_studies,
     localization_errors,
@@ -45,7 +45,7 @@ from lumbar.localize.evaluate import (
     summary_line,
 )
 from lumbar.localize.predict import localize
-from lumbar.localize.train import MANIFEST_KEY, MODEL_DIR, prepare_all, train_localizer
+from lumbar.localize.train import MODEL_DIR, prepare_all, train_localizer
 from lumbar.preprocess.cache import CacheReport, build_cache, coordinates_digest, load_cache
 from lumbar.preprocess.config import RoiConfig
 from lumbar.preprocess.jitter import write_localizer_errors
@@ -100,7 +100,7 @@ def train_localizer_folds(config: LocalizerConfig, data_dir: str | os.PathLike |
     if len(fold_ids) < 2:
         raise ValueError(f"a localizer per fold needs at least 2 folds with labelled studies, got {fold_ids}")
     digest = coordinates_digest(coords)
-    previous = read_manifest(run).get(MANIFEST_KEY) or {}
+    previous = read_manifest(run).get(LOCALIZER_KEY) or {}
     if not fresh and check_reusable(previous, config, fold_ids, digest, run):
         print(f"localizer: reusing the {len(fold_ids)} fold localizers of {run} (same settings, folds and "
               "coordinates; FRESH=True trains them again)", flush=True)
@@ -108,8 +108,9 @@ def train_localizer_folds(config: LocalizerConfig, data_dir: str | os.PathLike |
     if fresh:
         for record in (run / MODEL_DIR).glob(f"fold*/*{PART_RECORD}"):
             record.unlink()
-    update_manifest(run, MANIFEST_KEY, {"kind": "lumbar-localizer-folds", "config": config.to_dict(), "folds": {},
-                                        "fold_ids": fold_ids, "coordinates_sha1": digest, "status": "training"})
+    started = {"kind": "lumbar-localizer-folds", "config": config.to_dict(), "folds": {}, "fold_ids": fold_ids,
+               "coordinates_sha1": digest, "status": "training"}
+    update_manifest(run, LOCALIZER_KEY, started)
     prepare_all(config, root, coords, run, index, progress)  # decoded once, read by every fold
     parts = model_parts(config)
     plan = plan_processes(len(fold_ids) * len(parts), config.device, jobs, config.threads)
@@ -130,10 +131,10 @@ def train_localizer_folds(config: LocalizerConfig, data_dir: str | os.PathLike |
                for i, k in enumerate(fold_ids)}
     entry = {"kind": "lumbar-localizer-folds", "config": config.to_dict(), "folds": members, "fold_ids": fold_ids,
              "coordinates_sha1": digest}
-    update_manifest(run, MANIFEST_KEY, entry)
+    update_manifest(run, LOCALIZER_KEY, entry)
     entry = predict_out_of_fold(run, root, coords, folds, index, device)
     entry["seconds"] = round(time.perf_counter() - t0, 1)
-    update_manifest(run, MANIFEST_KEY, entry)
+    update_manifest(run, LOCALIZER_KEY, entry)
     return entry
 
 
@@ -148,7 +149,7 @@ def predict_out_of_fold(run: str | os.PathLike, data_dir: str | os.PathLike | No
         The manifest's "localizer" entry with `oof`, `errors`, the summaries and `implausible_studies`.
     """
     run, root = Path(run), data_root(data_dir, must_exist=True)
-    entry = read_manifest(run)[MANIFEST_KEY]
+    entry = read_manifest(run)[LOCALIZER_KEY]
     fold_of = folds.set_index("study_id")["fold"]
     coords = coords[coords["study_id"].isin(fold_of.index)]
     parts = []
@@ -172,7 +173,7 @@ def predict_out_of_fold(run: str | os.PathLike, data_dir: str | os.PathLike | No
                  summary=summary_line(table.loc["all"]), per_fold={f: summary_line(table.loc[f]) for f in
                  table.index.get_level_values(0).unique()}, slice_histogram=slice_histogram(errors).to_dict("index"),
                  implausible_studies=implausible_studies(oof))  # fmt: skip
-    update_manifest(run, MANIFEST_KEY, entry)
+    update_manifest(run, LOCALIZER_KEY, entry)
     return entry
 
 
@@ -250,11 +251,11 @@ def build_oof_crops(run: str | os.PathLike, data_dir: str | os.PathLike | None, 
     """
     run = Path(run)
     manifest = read_manifest(run)
-    if "cache" not in manifest.get("preprocess", {}) or "oof" not in manifest.get(MANIFEST_KEY, {}):
+    if "cache" not in manifest.get("preprocess", {}) or "oof" not in manifest.get(LOCALIZER_KEY, {}):
         raise FileNotFoundError(f"{run}: out-of-fold crops need the ground-truth cache (01_preprocess) and "
                                 "out-of-fold coordinates (a localizer per fold, 02_train_localizer)")
     params, _ = load_cache(run / manifest["preprocess"]["cache"])
-    oof = load_coordinates(run / manifest[MANIFEST_KEY]["oof"])
+    oof = load_coordinates(run / manifest[LOCALIZER_KEY]["oof"])
     stale = run / OOF_CACHE_ROOT / params["cache_name"]
     built = json.loads((stale / "params.json").read_text()) if (stale / "params.json").is_file() else None
     if built is not None and built.get("coordinates_sha1") != coordinates_digest(oof):

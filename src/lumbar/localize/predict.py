@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from lumbar.core.checkpoint import load_checkpoint
 from lumbar.core.constants import AXIAL_T2, CONDITIONS, LEVELS, SAGITTAL_T1, SAGITTAL_T2
 from lumbar.core.manifest import manifest_path, read_manifest
 from lumbar.core.paths import data_root, series_dir
@@ -39,12 +40,12 @@ from lumbar.data.dicom import DicomReadError, Series, Stack, patient_to_pixel, r
 from lumbar.data.index import load_or_build_index, series_geometry
 from lumbar.localize.axial import AXIAL_MAP_COLUMNS, SPINAL, level_anchors, map_axial
 from lumbar.localize.confidence import check_level_set
-from lumbar.localize.config import LocalizerConfig
+from lumbar.localize.config import LOCALIZER_KEY, LocalizerConfig
 from lumbar.localize.heatmap import decode_columns, decode_heatmaps, point_confidence
 from lumbar.localize.repair import repair_canal
 from lumbar.localize.slice_refine import refine_slices
 from lumbar.localize.tasks import TASKS, Task
-from lumbar.localize.train import MANIFEST_KEY, build_model, build_scorer, crop_geometry
+from lumbar.localize.train import build_model, build_scorer, crop_geometry
 from lumbar.localize.volumes import axial_input, normalize_intensity, sagittal_input
 
 #: Predicted coordinates: the label format plus each point's confidence (`Localizer.predict`).
@@ -102,11 +103,11 @@ def localizer_members(run: str | os.PathLike) -> dict[str, dict]:
     """The trained localizers of a run's manifest by name: one (`all`) from `train_localizer`, or one per fold
     (`fold0`, ...) from `lumbar.localize.folds`, each an entry with its models and checkpoints."""
     manifest = read_manifest(run)
-    if MANIFEST_KEY not in manifest:
+    if LOCALIZER_KEY not in manifest:
         raise FileNotFoundError(
             f"{manifest_path(run)}: no trained localizer in this run (train one with `lumbar train-localizer`)"
         )
-    entry = manifest[MANIFEST_KEY]
+    entry = manifest[LOCALIZER_KEY]
     return dict(entry["folds"]) if "folds" in entry else {"all": entry}
 
 
@@ -142,8 +143,7 @@ class Localizer:
                     model, into, key = build_scorer(self.config), scorers, model_entry["refines"]
                 else:
                     model, into, key = build_model(TASKS[name], self.config), heatmaps, name
-                state = torch.load(self.run / model_entry["checkpoint"], map_location="cpu", weights_only=True)
-                model.load_state_dict(state)
+                model.load_state_dict(load_checkpoint(self.run / model_entry["checkpoint"]))
                 into.setdefault(key, []).append(model)
         self.models = {k: ProbabilityMean(v, start_dim=2).to(self.device).eval() for k, v in heatmaps.items()}
         self.scorers = {k: ProbabilityMean(v, start_dim=1).to(self.device).eval() for k, v in scorers.items()}

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from lumbar.core.checkpoint import save_model
 from lumbar.core.encoders import NONE
 from lumbar.core.fallback import MAX_FALLBACK_SHARE, check_fallbacks
 from lumbar.core.manifest import manifest_path, update_manifest
@@ -38,8 +39,8 @@ from lumbar.data.dicom import DicomReadError, Series, Stack, read_series
 from lumbar.data.index import load_or_build_index
 from lumbar.localize.augment import random_affine, random_depth_affine, random_intensity, random_mirror
 from lumbar.localize.axial import foramina_offset_mm
-from lumbar.localize.config import LocalizerConfig
-from lumbar.localize.fit import fit, save_state
+from lumbar.localize.config import LOCALIZER_KEY, LocalizerConfig
+from lumbar.localize.fit import fit
 from lumbar.localize.heatmap import HeatmapNet, heatmap_loss
 from lumbar.localize.slice_refine import CropGeometry, SliceScorer, draw_batch, scorer_loss, training_crops
 from lumbar.localize.tasks import Task, axial_samples, get_task, placed_coordinates, sagittal_samples
@@ -47,7 +48,6 @@ from lumbar.localize.volumes import axial_input, cached_array, normalize_intensi
 
 log = logging.getLogger(__name__)
 
-MANIFEST_KEY = "localizer"
 MODEL_DIR = "localizer"
 #: TensorBoard curves of every model (`LocalizerConfig.tensorboard`): `RUN/localizer/tensorboard/[<member>/]<model>`.
 TENSORBOARD_DIR = "tensorboard"
@@ -272,7 +272,7 @@ def train_localizer(config: LocalizerConfig, data_dir: str | os.PathLike | None,
         teardown_runtime(runtime)
     manifest["foramina_offset_mm"] = foramina_offset_mm(placed, index)  # the axial anchors (localize.axial)
     if member is None:
-        update_manifest(run, MANIFEST_KEY, manifest)
+        update_manifest(run, LOCALIZER_KEY, manifest)
     return manifest
 
 
@@ -317,7 +317,7 @@ def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: P
 
     def record(name: str, model: torch.nn.Module, entry: dict, history: list[float], started: float) -> None:
         checkpoint = Path(MODEL_DIR, *([member] if member else []), f"{name}.pt")
-        save_state(model, run / checkpoint)
+        save_model(model, run / checkpoint)
         manifest["models"][name] = {"checkpoint": checkpoint.as_posix(), **entry,
                                     "loss_per_epoch": [round(v, 5) for v in history],
                                     "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
@@ -384,5 +384,5 @@ def cli_train_localizer(args: argparse.Namespace) -> int:
     for line in manifest["problems"][:10]:
         print(f"train-localizer: left out {line}")
     print(f"train-localizer: {manifest['train_studies']} studies, {manifest['seconds']:.0f} s on "
-          f"{manifest['device']}; wrote {manifest_path(args.run)} ({MANIFEST_KEY})")  # fmt: skip
+          f"{manifest['device']}; wrote {manifest_path(args.run)} ({LOCALIZER_KEY})")  # fmt: skip
     return 0

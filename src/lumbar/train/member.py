@@ -23,6 +23,7 @@ import yaml
 
 from lumbar.core.atomic import write_text
 from lumbar.core.manifest import read_manifest
+from lumbar.localize.config import LOCALIZER_KEY
 from lumbar.train.loop import OOF_CSV, OOF_GT_CSV, PREDICTIONS_CSV, TrainResult, train
 from lumbar.train.predict import CONFIG_JSON, RESULT_JSON
 
@@ -52,7 +53,7 @@ def member_overrides(run_dir: str | os.PathLike, arch: str, name: str = "", crop
     if "preprocess" not in manifest:
         raise FileNotFoundError(f"{run_dir}/manifest.json has no crop cache: run 01_preprocess first")
     oof_crops = manifest.get("oof_crops", {}).get("cache")
-    errors = manifest.get("localizer", {}).get("errors")
+    errors = manifest.get(LOCALIZER_KEY, {}).get("errors")
     use_jitter = errors and jitter == "localizer" and crops != "oof"
     return {"cache": str(run_dir / manifest["preprocess"]["cache"]), "train_crops": crops,
             "oof_cache": str(run_dir / oof_crops) if oof_crops else "",
