@@ -32,7 +32,7 @@ from lumbar.core.fallback import MAX_FALLBACK_SHARE, check_fallbacks
 from lumbar.core.manifest import manifest_path, update_manifest
 from lumbar.core.paths import data_root, series_dir
 from lumbar.core.runtime import Runtime, seed_everything, setup_runtime, teardown_runtime
-from lumbar.core.settings import parse_assignments
+from lumbar.core.settings import command_settings, given_flags
 from lumbar.core.tables import load_coordinates
 from lumbar.data.dicom import DicomReadError, Series, Stack, read_series
 from lumbar.data.index import load_or_build_index
@@ -365,15 +365,19 @@ def _record_problems(manifest: dict, problems: dict[str, str], kept: int, what: 
     check_fallbacks(problems, kept + len(problems), MAX_FALLBACK_SHARE, what)
 
 
+#: The flags of `train-localizer` that set a `LocalizerConfig` field of the same name (None = not given).
+FLAG_FIELDS = ("epochs", "size", "slices", "backbone", "batch_size", "lr", "device", "pretrained", "seed",
+               "tasks", "max_studies", "workers", "threads")
+
+
+def config_from_args(args: argparse.Namespace) -> LocalizerConfig:
+    """The `LocalizerConfig` of a parsed `train-localizer` command line: defaults < flags < `--set`."""
+    return command_settings(LocalizerConfig(), given_flags(args, FLAG_FIELDS), args.set)
+
+
 def cli_train_localizer(args: argparse.Namespace) -> int:
     """`python -m lumbar train-localizer`."""
-    overrides = parse_assignments(args.set)
-    for name in ("epochs", "size", "slices", "backbone", "batch_size", "lr", "device", "pretrained", "seed",
-                 "tasks", "max_studies", "workers", "threads"):  # fmt: skip
-        value = getattr(args, name, None)
-        if value is not None:
-            overrides[name] = value
-    config = LocalizerConfig().with_overrides(overrides)
+    config = config_from_args(args)
     index = pd.read_parquet(args.index) if args.index else None
     manifest = train_localizer(config, args.data_dir, args.coords, args.run, index=index)
     for name, m in manifest["models"].items():

@@ -37,7 +37,7 @@ from lumbar.core.atomic import write_json
 from lumbar.core.constants import CONDITIONS, LEVELS, row_id
 from lumbar.core.fallback import MAX_FALLBACK_SHARE, check_fallbacks
 from lumbar.core.paths import data_root, images_dir
-from lumbar.core.settings import parse_assignments
+from lumbar.core.settings import command_settings, given_flags
 from lumbar.core.tables import COORDINATE_COLUMNS, load_coordinates, write_csv, write_parquet
 from lumbar.preprocess.config import RoiConfig
 from lumbar.preprocess.roi import (
@@ -362,8 +362,7 @@ _CLI_FIELDS = {
 
 def cli_preprocess(args: argparse.Namespace) -> int:
     """`python -m lumbar preprocess`: prints the summary (samples/s, studies/s) and the cache path."""
-    overrides = {f: getattr(args, a) for a, f in _CLI_FIELDS.items() if getattr(args, a, None) is not None}
-    config = RoiConfig.from_overrides({**overrides, **parse_assignments(args.set)})
+    config = command_settings(RoiConfig(), given_flags(args, _CLI_FIELDS), args.set)
     coords = load_coordinates(args.coords)
     report = build_cache(
         coords, args.data_dir, args.split, args.out, config, workers=args.workers,
