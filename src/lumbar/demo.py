@@ -30,7 +30,7 @@ from lumbar.core.paths import PROJECT_ROOT
 from lumbar.core.processes import available_cores
 from lumbar.core.tables import load_coordinates, load_labels, load_submission, row_study_ids, rows_of_studies
 from lumbar.data.synthetic import SynthConfig, generate
-from lumbar.inference.predict import predict
+from lumbar.inference.predict import PredictOptions, predict
 from lumbar.kaggle import SUBMISSION_NOTEBOOK
 from lumbar.pipeline import PipelineConfig, PipelineError, check_data_kind, load_config, run_pipeline
 from lumbar.scoring.baselines import out_of_fold_prior, prior_submission
@@ -101,7 +101,8 @@ def on_true_points(run_dir: Path, data_dir: Path) -> pd.DataFrame:
     """The run's test predictions on crops around the synthetic test studies' label points."""
 
     coords = load_coordinates(data_dir / "test_label_coordinates.csv")
-    submission, _ = predict(data_dir, "test", run_dir, progress=False, max_fallback_share=1.0, coords=coords)
+    options = PredictOptions(progress=False, max_fallback_share=1.0)
+    submission, _ = predict(data_dir, "test", run_dir, options=options, coords=coords)
     return submission
 
 

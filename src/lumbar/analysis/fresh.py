@@ -29,7 +29,7 @@ from lumbar.core.tables import (
 )
 from lumbar.data.index import load_or_build_index
 from lumbar.data.synthetic import SynthConfig, generate
-from lumbar.inference.predict import predict
+from lumbar.inference.predict import PredictOptions, predict
 from lumbar.localize.evaluate import localization_errors, summarize
 from lumbar.localize.evaluate import summary_line as localize_line
 from lumbar.scoring.baselines import prior_submission
@@ -66,8 +66,8 @@ def fresh_eval(run_dir: str | os.PathLike, out: str | os.PathLike, seed: int, te
         config = SynthConfig(studies=1, test_studies=test_studies, seed=seed, image_size=image_size,
                              stir_rate=stir_rate)  # fmt: skip
         generate(data, config, oracle=data / "oracle.csv", workers=workers, overwrite=True)
-    submission, report = predict(data, "test", run_dir, out=folder / "submission.csv", device=device,
-                                 workers=workers, progress=progress, max_fallback_share=1.0)  # fmt: skip
+    options = PredictOptions(device=device, workers=workers, progress=progress, max_fallback_share=1.0)
+    submission, report = predict(data, "test", run_dir, out=folder / "submission.csv", options=options)
     labels = load_labels(data / "test_labels.csv")
     studies = sorted(labels["study_id"].unique())
     prior_labels = run_training_labels(run_dir)
