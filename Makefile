@@ -48,6 +48,7 @@ kaggle: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf runs cache .pytest_cache

@@ -57,7 +57,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-import lumbar.models
+import lumbar.models  # build_model looked up at call time: a stand-in set there (the tests) is the one built
 from lumbar.core.atomic import write_json
 from lumbar.core.checkpoint import (
     BEST,
@@ -80,7 +80,7 @@ from lumbar.core.runtime import (
     teardown_runtime,
 )
 from lumbar.core.settings import StaleRunError, setting_changes
-import lumbar.models  # `lumbar.models.build_model` at call time, so a stand-in set there (tests) is the one built
+from lumbar.core.tables import load_labels, read_flagged_ids, table_row_ids, write_csv
 from lumbar.preprocess import LocalizerJitter
 from lumbar.scoring.metric import competition_score
 from lumbar.scoring.reports import write_reports
