@@ -69,8 +69,8 @@ from lumbar.core.checkpoint import (
     set_rng_state,
 )
 from lumbar.core.constants import GRADES, row_id
-from lumbar.core.manifest import update_manifest
 from lumbar.core.paths import data_root
+from lumbar.core.run_contract import ClassifierRecord, save_record
 from lumbar.core.runtime import (
     RunningMean,
     Runtime,
@@ -427,7 +427,7 @@ def _finish(config, runtime, out, run_root, caches, labels, folds, fold_ids, pre
                  "oof_score": (oof_score or {}).get("score"), "precision": runtime.precision}
         if oof_gt_path is not None:
             entry.update(oof_gt=str(Path(out.name) / OOF_GT_CSV), oof_score_gt=(oof_score_gt or {}).get("score"))
-        update_manifest(run_root, "classifiers", entry, item=out.name)
+        save_record(run_root, ClassifierRecord.from_dict(entry), item=out.name)
     runtime.barrier()
     return TrainResult(out, out / OOF_CSV, out / PREDICTIONS_CSV, oof_score, reports, summary,
                        out / OOF_GT_CSV if predictions_gt is not None else None, oof_score_gt)
