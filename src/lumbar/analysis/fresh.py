@@ -19,7 +19,7 @@ import pandas as pd
 
 from lumbar.analysis.robustness import reference_tails, robustness_report, summary_line, tails_line
 from lumbar.core.atomic import write_json
-from lumbar.core.manifest import read_manifest
+from lumbar.core.run_contract import RunManifest
 from lumbar.core.tables import (
     load_coordinates,
     load_labels,
@@ -42,7 +42,8 @@ def set_folder(out: Path, seed: int, image_size: int, stir_rate: float) -> Path:
 
 def run_training_labels(run_dir: Path) -> pd.DataFrame | None:
     """The labels the run trained on (its pipeline's data folder), for the class prior; None when absent."""
-    data_dir = (read_manifest(run_dir).get("pipeline") or {}).get("data_dir")
+    pipeline = RunManifest.read(run_dir).pipeline
+    data_dir = pipeline.data_dir if pipeline else None
     path = Path(data_dir) / "train.csv" if data_dir else None
     return load_labels(path) if path is not None and path.is_file() else None
 

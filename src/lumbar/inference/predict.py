@@ -38,8 +38,8 @@ from tqdm.auto import tqdm
 from lumbar.core.atomic import write_json
 from lumbar.core.constants import GRADES
 from lumbar.core.fallback import DATA_ERRORS, MAX_FALLBACK_SHARE, check_fallbacks
-from lumbar.core.manifest import read_manifest
 from lumbar.core.paths import data_root
+from lumbar.core.run_contract import RunManifest
 from lumbar.core.tables import load_submission, row_study_ids, split_row_ids, submission_row_ids
 from lumbar.data.index import build_index
 from lumbar.ensemble.blend import EnsembleParams, apply_ensemble
@@ -137,7 +137,8 @@ class Classifier:
     roi: RoiConfig
 
 
-def ensemble_members(run_dir: Path, manifest: dict) -> tuple[list[Classifier], EnsembleParams, pd.DataFrame]:
+def ensemble_members(run_dir: Path, manifest: RunManifest | dict) -> tuple[list[Classifier], EnsembleParams,
+                                                                            pd.DataFrame]:
     """The classifiers the ensemble uses, the ensemble parameters and the fallback prior, from the manifest.
 
     Each classifier's ROI parameters come from its `result.json` (the cache it was trained on), so the
@@ -145,20 +146,17 @@ def ensemble_members(run_dir: Path, manifest: dict) -> tuple[list[Classifier], E
     (`lumbar.train.predict.grade_prior`).
     """
 
-    ensemble = manifest.get("ensemble")
-    if not ensemble:
-        raise FileNotFoundError(f"{run_dir}/manifest.json has no ensemble: run 04_ensemble (or the pipeline) "
-                                "first")
-    params = EnsembleParams.from_dict(json.loads((run_dir / ensemble["params"]).read_text()))
+    manifest = manifest if isinstance(manifest, RunManifest) else RunManifest.from_dict(manifest, run_dir)
+    params = EnsembleParams.from_dict(json.loads((run_dir / manifest.need.ensemble.need.params).read_text()))
     members, prior = [], None
     for name in params.models:
-        entry = manifest.get("classifiers", {}).get(name)
+        entry = (manifest.classifiers or {}).get(name)
         if entry is None:
             raise KeyError(f"{run_dir}/manifest.json: the ensemble uses {name!r}, which is not among its "
                            "classifiers")
-        _, result = read_run(run_dir / entry["path"])
-        roi = RoiConfig.from_overrides(result["cache_params"]["config"])
-        members.append(Classifier(name, run_dir / entry["path"], roi))
+        folder = run_dir / entry.need.path
+        _, result = read_run(folder)
+        members.append(Classifier(name, folder, RoiConfig.from_overrides(result["cache_params"]["config"])))
         prior = pd.DataFrame(result["prior"]) if prior is None else prior
     return members, params, prior
 
@@ -254,7 +252,7 @@ def predict(data_dir, split: str, run_dir, out=None, options: PredictOptions | N
     root, run_dir = data_root(data_dir, must_exist=True), Path(run_dir)
     report = PredictReport(studies=split_studies(root, split))
     # JSON only: the prior is known before any model is built
-    members, params, prior = ensemble_members(run_dir, read_manifest(run_dir))
+    members, params, prior = ensemble_members(run_dir, RunManifest.read(run_dir))
     # by default only data errors, caught per study
     survive = (Exception,) if options.on_error == "prior" else ()
     job = _Job(root, split, run_dir, options, coords, clock, survive)

@@ -31,8 +31,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lumbar.core.constants import AXIAL_T2, CONDITIONS, LEVELS, SAGITTAL_T1, SAGITTAL_T2
-from lumbar.core.manifest import manifest_path, read_manifest
+from lumbar.core.manifest import manifest_path
 from lumbar.core.paths import data_root, series_dir
+from lumbar.core.run_contract import LocalizerModelRecord, LocalizerRecord, RunManifest
 from lumbar.core.runtime import resolve_device
 from lumbar.core.tables import COORDINATE_COLUMNS, write_coordinates
 from lumbar.data.dicom import DicomReadError, Series, Stack, patient_to_pixel, read_series
@@ -44,7 +45,7 @@ from lumbar.localize.heatmap import decode_columns, decode_heatmaps, point_confi
 from lumbar.localize.repair import repair_canal
 from lumbar.localize.slice_refine import refine_slices
 from lumbar.localize.tasks import TASKS, Task
-from lumbar.localize.train import MANIFEST_KEY, build_model, build_scorer, crop_geometry
+from lumbar.localize.train import build_model, build_scorer, crop_geometry
 from lumbar.localize.volumes import axial_input, normalize_intensity, sagittal_input
 
 #: Predicted coordinates: the label format plus each point's confidence (`Localizer.predict`).
@@ -98,16 +99,10 @@ class ProbabilityMean(nn.Module):
         return (torch.logsumexp(logp, 0) - math.log(len(outs))).view(outs[0].shape)
 
 
-def localizer_members(run: str | os.PathLike) -> dict[str, dict]:
+def localizer_members(run: str | os.PathLike) -> dict[str, LocalizerRecord]:
     """The trained localizers of a run's manifest by name: one (`all`) from `train_localizer`, or one per fold
-    (`fold0`, ...) from `lumbar.localize.folds`, each an entry with its models and checkpoints."""
-    manifest = read_manifest(run)
-    if MANIFEST_KEY not in manifest:
-        raise FileNotFoundError(
-            f"{manifest_path(run)}: no trained localizer in this run (train one with `lumbar train-localizer`)"
-        )
-    entry = manifest[MANIFEST_KEY]
-    return dict(entry["folds"]) if "folds" in entry else {"all": entry}
+    (`fold0`, ...) from `lumbar.localize.folds`, each with its models and checkpoints."""
+    return RunManifest.read(run).need.localizer.members()
 
 
 class Localizer:
@@ -118,7 +113,7 @@ class Localizer:
     for out-of-fold coordinates. Inference runs in float32 (a few forward passes per study).
 
     Args:
-        run: run folder whose manifest has a "localizer" entry (`lumbar.localize.train` or `.folds`).
+        run: run folder whose manifest has a localizer (`lumbar.localize.train` or `.folds`).
         device: "auto", "cpu" or "cuda".
         members: names of the localizers to use (default: all of them).
     """
@@ -132,22 +127,23 @@ class Localizer:
             raise ValueError(f"{manifest_path(self.run)}: localizer(s) {unknown or names} asked for; the run has "
                              f"{sorted(available)}")
         chosen = [available[n] for n in names]
-        self.config = LocalizerConfig.from_dict(chosen[0]["config"])
+        self.config = LocalizerConfig.from_dict(chosen[0].need.config)
         self.device = resolve_device(device)
         heatmaps: dict[str, list[nn.Module]] = {}
         scorers: dict[str, list[nn.Module]] = {}  # by the task whose slices they refine
         for entry in chosen:
-            for name, model_entry in entry["models"].items():
-                if model_entry.get("kind") == "slice_scorer":
-                    model, into, key = build_scorer(self.config), scorers, model_entry["refines"]
+            for name, model_entry in entry.need.models.items():
+                if model_entry.kind == LocalizerModelRecord.SLICE_SCORER:
+                    model, into, key = build_scorer(self.config), scorers, model_entry.need.refines
                 else:
                     model, into, key = build_model(TASKS[name], self.config), heatmaps, name
-                state = torch.load(self.run / model_entry["checkpoint"], map_location="cpu", weights_only=True)
+                checkpoint = self.run / model_entry.need.checkpoint
+                state = torch.load(checkpoint, map_location="cpu", weights_only=True)
                 model.load_state_dict(state)
                 into.setdefault(key, []).append(model)
         self.models = {k: ProbabilityMean(v, start_dim=2).to(self.device).eval() for k, v in heatmaps.items()}
         self.scorers = {k: ProbabilityMean(v, start_dim=1).to(self.device).eval() for k, v in scorers.items()}
-        offsets = [e["foramina_offset_mm"] for e in chosen if e.get("foramina_offset_mm") is not None]
+        offsets = [e.foramina_offset_mm for e in chosen if e.foramina_offset_mm is not None]
         # where each level's axial slice is looked for (`lumbar.localize.axial.level_anchors`); older runs: the canal
         self.foramina_offset_mm = np.mean(offsets, axis=0).tolist() if offsets else None
         self.forward_seconds = 0.0  # inside the heatmap models (the rest of localisation is reading and resampling)

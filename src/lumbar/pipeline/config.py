@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
-from lumbar.core.manifest import read_manifest
+from lumbar.core.manifest import manifest_path
 from lumbar.core.paths import PROJECT_ROOT, SYNTHETIC_MARKER, data_root, is_synthetic
+from lumbar.core.run_contract import RunManifest
 from lumbar.core.settings import UnknownSettingError, cast_setting, merge_layers, unknown_setting
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
@@ -425,11 +426,12 @@ def step_settings(notebook: str, chosen: str, step: str = "") -> dict[str, Any]:
                          "'demo', a config's path, or a run folder such as '../runs/full'); the pipeline sets "
                          "RUN_DIR itself")  # fmt: skip
     run = _project_path(chosen) if not Path(chosen).is_absolute() else Path(chosen)
-    if (run / "manifest.json").is_file():
+    if manifest_path(run).is_file():
         executed = _executed_parameters(run, notebook, step)
         if executed is not None:
             return executed
-        chosen = read_manifest(run).get("pipeline", {}).get("config") or ""
+        pipeline = RunManifest.read(run).pipeline
+        chosen = (pipeline.config if pipeline else None) or ""
         if not chosen:
             raise ValueError(f"{run}: no executed {notebook} and no pipeline config in its manifest")
     path = _config_path(chosen)

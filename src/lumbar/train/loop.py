@@ -70,8 +70,8 @@ from lumbar.core.checkpoint import (
     set_rng_state,
 )
 from lumbar.core.constants import GRADES, row_id
-from lumbar.core.manifest import update_manifest
 from lumbar.core.paths import data_root
+from lumbar.core.run_contract import ClassifierRecord, save_record
 from lumbar.core.runtime import (
     RunningMean,
     Runtime,
@@ -546,7 +546,7 @@ def _finish(ctx: RunContext, labels: pd.DataFrame, folds: pd.DataFrame, fold_ids
                 summary["oof_score_gt"] = oof_score_gt
         write_json(summary, out / RESULT_JSON)
         entry = _manifest_entry(ctx, summary, with_gt=held.predictions_gt is not None)
-        update_manifest(ctx.run_root, "classifiers", entry, item=out.name)
+        save_record(ctx.run_root, ClassifierRecord.from_dict(entry), item=out.name)
     runtime.barrier()
     return TrainResult(out, out / OOF_CSV, out / PREDICTIONS_CSV, oof_score, reports, summary,
                        out / OOF_GT_CSV if held.predictions_gt is not None else None, oof_score_gt)
