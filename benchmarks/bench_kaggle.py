@@ -131,7 +131,7 @@ def count_flops(data: Path, run: Path, device: str) -> dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     import lumbar.train.predict as train_predict
-    from lumbar.inference.predict import predict
+    from lumbar.inference.predict import PredictOptions, predict
     from lumbar.localize.predict import Localizer
 
     flops = {"localize": 0.0, "classify": 0.0}
@@ -149,7 +149,8 @@ def count_flops(data: Path, run: Path, device: str) -> dict[str, float]:
     Localizer.predict = counted(Localizer.predict, "localize")
     train_predict.predict_probs = counted(train_predict.predict_probs, "classify")
     try:
-        predict(data, "test", run, device=device, progress=False, max_fallback_share=1.0)
+        predict(data, "test", run, options=PredictOptions(device=device, progress=False,
+                                                          max_fallback_share=1.0))
     finally:
         Localizer.predict, train_predict.predict_probs = original
     return flops
@@ -203,7 +204,7 @@ def main() -> None:
     import torch
 
     from lumbar.data.synthetic import SynthConfig, generate
-    from lumbar.inference.predict import predict
+    from lumbar.inference.predict import PredictOptions, predict
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -230,10 +231,11 @@ def main() -> None:
             what = f"{sum(1 for _ in (data / 'test_images').iterdir())} synthetic test studies"
         data_s = time.perf_counter() - t0
         built = build_full_slice(data, work / "run", args.folds, args.device, args.tiny, args.batches)
+        options = PredictOptions(device=args.device, progress=False, max_fallback_share=1.0)
         if args.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         cpu0 = time.process_time()
-        sub, report = predict(test, "test", work / "run", device=args.device, progress=False, max_fallback_share=1.0)
+        sub, report = predict(test, "test", work / "run", options=options)
         cpu_s = time.process_time() - cpu0
         gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else None
         flops = count_flops(test, work / "run", args.device) if args.flops and not args.device.startswith("cuda") else None

@@ -18,7 +18,6 @@ memory is its own (`peak_memory.run_measured`); imports are done before the cloc
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 from peak_memory import run_measured
 
 from lumbar.core.paths import PROJECT_ROOT
-from lumbar.inference.predict import predict
+from lumbar.inference.predict import PredictOptions, predict
 
 #: The hidden test set the projection assumes (its size is not public).
 HIDDEN_STUDIES, HIDDEN_FILES_PER_STUDY = 2000, 75
@@ -39,7 +38,7 @@ DEMO_LOCALIZER = {"backbone": "resnet18", "size": 96, "epochs": 1, "axial_epochs
 DEMO_ARCHS = ("cnn3d", "timm25d:resnet18")
 DEMO_FOLDS = 3
 #: predict's own default chunk size: the streamed rows run what a user runs.
-DEFAULT_CHUNK = inspect.signature(predict).parameters["chunk_studies"].default
+DEFAULT_CHUNK = PredictOptions().chunk_studies
 #: Stages whose cost follows the files read (the others follow the studies).
 FILE_STAGES = ("index", "localize", "crop")
 
@@ -113,8 +112,9 @@ def predict_once(args: argparse.Namespace) -> dict:
     startup = time.perf_counter() - t0
     data = Path(args.one)
     files = sum(1 for _ in (data / "test_images").glob("*/*/*.dcm"))  # glob follows the linked study folders
-    sub, report = predict(data, "test", args.run, out=None, work_dir=Path(args.work_dir), device=args.device,
-                          chunk_studies=args.chunk, progress=False)  # fmt: skip
+    options = PredictOptions(work_dir=Path(args.work_dir), device=args.device, chunk_studies=args.chunk,
+                             progress=False)
+    sub, report = predict(data, "test", args.run, out=None, options=options)
     return {"studies": len(report.studies), "files": files, "rows": len(sub), "seconds": report.seconds,
             "startup_s": startup, "fallback_rows": sum(len(v) for v in report.fallback_rows.values())}  # fmt: skip
 

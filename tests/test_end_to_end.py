@@ -18,16 +18,21 @@ from lumbar.core.constants import GRADES
 from lumbar.core.fallback import FallbackLimitError
 from lumbar.core.manifest import read_manifest
 from lumbar.core.tables import load_coordinates, load_labels, load_submission, submission_row_ids
-from lumbar.inference.predict import predict
+from lumbar.inference.predict import PredictOptions, predict
 from lumbar.scoring.baselines import uniform_submission
 from lumbar.scoring.metric import competition_score
 
 pytestmark = pytest.mark.slow
 
 
+def _on_cpu(**options) -> PredictOptions:
+    """`predict`'s options for a test: on the CPU, no progress bars, and `options`."""
+    return PredictOptions(device="cpu", progress=False, **options)
+
+
 def test_predict_writes_a_valid_scored_submission(tiny_run, synthetic_dir, tmp_path):
     out = tmp_path / "submission.csv"
-    _, report = predict(synthetic_dir, "test", tiny_run, out, work_dir=tmp_path / "work", device="cpu", progress=False)
+    _, report = predict(synthetic_dir, "test", tiny_run, out, _on_cpu(work_dir=tmp_path / "work"))
     sample = load_submission(synthetic_dir / "sample_submission.csv")
     written = load_submission(out)
     assert list(written["row_id"]) == list(sample["row_id"])  # sample_submission order
@@ -88,7 +93,7 @@ def test_a_programming_error_in_the_crop_code_fails_the_run(tiny_run, synthetic_
 
     monkeypatch.setattr(roi, "render_sample", broken)
     with pytest.raises(TypeError, match="injected fault"):
-        predict(synthetic_dir, "test", tiny_run, tmp_path / "sub.csv", device="cpu", progress=False)
+        predict(synthetic_dir, "test", tiny_run, tmp_path / "sub.csv", _on_cpu())
     assert not (tmp_path / "sub.csv").exists()
 
 
@@ -98,12 +103,11 @@ def test_more_fallback_studies_than_the_limit_fail_naming_them(tiny_run, synthet
     for study in studies[:2]:
         drop_series(data, "train", study, "Sagittal T2/STIR")
     with pytest.raises(FallbackLimitError, match=r"2 of 3 studies fell back, more than the 1 allowed") as info:
-        predict(data, "train", tiny_run, tmp_path / "sub.csv", device="cpu", progress=False)
+        predict(data, "train", tiny_run, tmp_path / "sub.csv", _on_cpu())
     for study in studies[:2]:
         assert f"{study}: no Sagittal T2/STIR series" in str(info.value)
     assert not (tmp_path / "sub.csv").exists()
-    sub, report = predict(data, "train", tiny_run, tmp_path / "sub.csv", device="cpu", progress=False,
-                          max_fallback_share=1.0)  # fmt: skip
+    sub, report = predict(data, "train", tiny_run, tmp_path / "sub.csv", _on_cpu(max_fallback_share=1.0))
     assert sorted(report.fallback_rows) == studies[:2] and len(sub) == 75
     record = json.loads((tmp_path / "sub.json").read_text())
     assert record["fallback_rows"] == 30 and set(record["fallback_studies"]) == {str(s) for s in studies[:2]}
@@ -119,8 +123,8 @@ def test_a_chunk_whose_crops_all_fail_gets_the_prior(tiny_run, synthetic_dir, tm
 
     monkeypatch.setattr(roi, "save_atomic", disk_full)
     data = copy_train_split(synthetic_dir, tmp_path / "data")
-    sub, report = predict(data, "train", tiny_run, tmp_path / "sub.csv", device="cpu", progress=False,
-                          chunk_studies=2, max_fallback_share=1.0)  # fmt: skip
+    sub, report = predict(data, "train", tiny_run, tmp_path / "sub.csv",
+                          _on_cpu(chunk_studies=2, max_fallback_share=1.0))
     studies = sorted(int(p.name) for p in (data / "train_images").iterdir())
     assert sorted(sub["row_id"]) == submission_row_ids(studies)
     assert sorted(report.fallback_rows) == studies and sum(map(len, report.fallback_rows.values())) == 75
@@ -169,11 +173,11 @@ def test_predict_builds_every_model_once_however_many_chunks(tiny_run, synthetic
 
     data = copy_train_split(synthetic_dir, tmp_path / "data")
     run, _ = _two_member_run(tiny_run, tmp_path / "run", [0.5, 0.5])
-    one_chunk, _ = predict(data, "train", run, device="cpu", progress=False, chunk_studies=3)
+    one_chunk, _ = predict(data, "train", run, options=_on_cpu(chunk_studies=3))
     builds = []
     real = lumbar.models.build_model
     monkeypatch.setattr(lumbar.models, "build_model", lambda **k: builds.append(k["name"]) or real(**k))
-    per_study, report = predict(data, "train", run, device="cpu", progress=False, chunk_studies=1)
+    per_study, report = predict(data, "train", run, options=_on_cpu(chunk_studies=1))
     assert sorted(builds) == sorted(a for a in ARCHS for _ in range(3 * 2))  # 3 units x 2 folds, not x 3 chunks
     assert report.ensemble["models"] == 12 and report.ensemble["model_mib"] > 0
     by_row = [t.sort_values("row_id").reset_index(drop=True) for t in (one_chunk, per_study)]
@@ -221,7 +225,7 @@ def test_a_time_budget_cuts_the_ensemble_after_the_first_chunk(tiny_run, synthet
         return EnsemblePlan([names[1]], {names[1]: 1}, elapsed_s + 1.0, True)  # fits: 1 s left to spend
 
     monkeypatch.setattr(predict_module, "plan_to_budget", one_fold_of_the_heaviest)
-    sub, report = predict(data, "train", run, device="cpu", progress=False, chunk_studies=1, time_budget_s=1e6)
+    sub, report = predict(data, "train", run, options=_on_cpu(chunk_studies=1, time_budget_s=1e6))
     full = [(names[0], 6), (names[1], 6)]
     assert calls == [*full, (names[1], 3), (names[1], 3)]  # after the timed first study: 1 fold of the heaviest
     assert planned == [(1e6, 2, sorted(names))] and "time budget" in report.ensemble["plan"]
@@ -237,8 +241,8 @@ def test_studies_the_budget_cannot_reach_get_prior_rows_and_are_counted(tiny_run
     run, names = _two_member_run(tiny_run, tmp_path / "run", [0.25, 0.75])
     calls = _count_predictions(monkeypatch)
     out = tmp_path / "sub.csv"
-    sub, report = predict(data, "train", run, out, device="cpu", progress=False, chunk_studies=1, time_budget_s=1e-3,
-                          max_fallback_share=1.0)  # fmt: skip
+    sub, report = predict(data, "train", run, out,
+                          _on_cpu(chunk_studies=1, time_budget_s=1e-3, max_fallback_share=1.0))
     assert calls == [(names[0], 6), (names[1], 6)]  # the first study only: the budget is spent
     assert report.budget_stopped == studies[1:] and sorted(report.fallback_rows) == studies[1:]
     assert sorted(sub["row_id"]) == submission_row_ids(studies)
@@ -249,7 +253,7 @@ def test_studies_the_budget_cannot_reach_get_prior_rows_and_are_counted(tiny_run
     assert record["budget_stopped_studies"] == 2 and record["fallback_rows"] == 50
     assert "time budget of 0.001 s would run out" in record["fallback_studies"][str(studies[1])]["why"]
     calls.clear()
-    predict(data, "train", run, device="cpu", progress=False, chunk_studies=1, time_budget_s=1e6)
+    predict(data, "train", run, options=_on_cpu(chunk_studies=1, time_budget_s=1e6))
     assert calls == [(names[0], 6), (names[1], 6)] * 3  # a budget that fits changes nothing
 
 
@@ -268,10 +272,10 @@ def test_on_error_prior_survives_a_programming_error_in_a_chunk(tiny_run, synthe
 
     monkeypatch.setattr(roi, "render_sample", broken_once)
     with pytest.raises(TypeError, match="injected fault"):  # by default a programming error stops the run
-        predict(data, "train", tiny_run, device="cpu", progress=False, chunk_studies=1, max_fallback_share=1.0)
+        predict(data, "train", tiny_run, options=_on_cpu(chunk_studies=1, max_fallback_share=1.0))
     faults[0] = 1
-    sub, report = predict(data, "train", tiny_run, device="cpu", progress=False, chunk_studies=1,
-                          max_fallback_share=1.0, on_error="prior")  # fmt: skip
+    sub, report = predict(data, "train", tiny_run,
+                          options=_on_cpu(chunk_studies=1, max_fallback_share=1.0, on_error="prior"))
     assert sorted(sub["row_id"]) == submission_row_ids(studies)
     assert sorted(report.fallback_rows) == [studies[0]] and len(report.fallback_rows[studies[0]]) == 25
     assert "chunk failed (TypeError: injected fault)" in report.why(studies[0])
@@ -284,7 +288,7 @@ def test_on_error_prior_writes_the_prior_when_no_model_loads(tiny_run, synthetic
         raise RuntimeError("state dict does not match")
 
     monkeypatch.setattr(RunPredictor, "__init__", broken)
-    sub, report = predict(synthetic_dir, "test", tiny_run, device="cpu", progress=False, max_fallback_share=1.0,
-                          on_error="prior")  # fmt: skip
+    sub, report = predict(synthetic_dir, "test", tiny_run,
+                          options=_on_cpu(max_fallback_share=1.0, on_error="prior"))
     assert len(sub) == 25 and sum(map(len, report.fallback_rows.values())) == 25
     assert all("no prediction (RuntimeError: state dict does not match)" in report.why(s) for s in report.studies)

@@ -201,9 +201,10 @@ def typed(project):
 
 
 @pytest.mark.parametrize("key, value, passed", [
-    ("I", 3, 3), ("F", 3, 3.0), ("F", "1e-3", 0.001), ("B", False, False), ("S", 3, "3"), ("S", None, ""),
-    ("S", True, "True"), ("L", [2], [2]), ("D", {"a": 1}, {"a": 1}), ("N", [1], [1]), ("X", "y", "y"),
-    ("A", 2, 2.0),  # the annotation (float), not the default literal (int)
+    ("I", 3, 3), ("I", 3.0, 3), ("I", "3", 3), ("F", 3, 3.0), ("F", "1e-3", 0.001), ("B", False, False),
+    ("B", 1, True), ("B", "yes", True), ("S", 3, "3"), ("S", None, ""), ("S", True, "True"), ("L", [2], [2]),
+    ("L", "x,y", ["x", "y"]), ("D", {"a": 1}, {"a": 1}), ("D", "{a: 1}", {"a": 1}), ("N", [1], [1]),
+    ("X", "y", "y"), ("A", 2, 2.0),  # the annotation (float), not the default literal (int)
 ])  # fmt: skip
 def test_set_values_that_fit_the_declared_default(typed, key, value, passed):
     steps = plan_steps(typed, overrides={key: value})
@@ -213,8 +214,8 @@ def test_set_values_that_fit_the_declared_default(typed, key, value, passed):
 
 @pytest.mark.parametrize("key, value, kind", [
     ("I", "abc", "int"), ("I", 2.5, "int"), ("I", True, "int"), ("F", "abc", "float"), ("F", True, "float"),
-    ("B", 1, "bool"), ("B", "yes", "bool"), ("S", [1], "str"), ("L", "x", "list"), ("D", [1], "dict"),
-    ("A", "x", "float"),
+    ("B", 2, "bool"), ("B", "maybe", "bool"), ("S", [1], "str"), ("S", {"a": 1}, "str"),
+    ("L", {"a": 1}, "list"), ("D", [1], "dict"), ("D", "x", "dict"), ("A", "x", "float"),
 ])  # fmt: skip
 def test_set_values_that_do_not_fit_name_notebook_and_type(typed, key, value, kind):
     with pytest.raises(ValueError, match=rf"^--set: {key}=.* does not fit the {kind} default of 02_types.ipynb$"):
@@ -367,19 +368,20 @@ def test_command_line_parameters_win_over_the_config(project):
     assert (tmp_path / "run" / "value_9.json").is_file() and not (tmp_path / "run" / "value_5.json").exists()
 
 
-def test_set_merges_into_a_steps_extra_and_names_where_a_lower_case_setting_lives():
+def test_set_merges_into_a_steps_extra_and_a_lower_case_setting_reaches_its_field():
     config = load_config(PROJECT_ROOT / "configs" / "full.yaml")
-    steps = plan_steps(config, only="03_train_timm25d", overrides={"EXTRA": {"resume": False}})
-    extra = steps[0].parameters["EXTRA"]
-    assert extra["resume"] is False and extra["ema_decay"] == 0.99 and extra["views"] == ["axial_canal", "parasagittal_recess"]
-    with pytest.raises(ValueError) as info:
-        plan_steps(config, overrides={"lr": 0.1})
-    message = str(info.value)
-    assert "'lr' is no notebook parameter" in message
-    assert "03_train: EXTRA={lr: ...} or the parameter LR (a field of TrainConfig)" in message
-    assert "02_train_localizer: EXTRA={lr: ...} (a field of LocalizerConfig)" in message
+    for overrides in ({"EXTRA": {"keep_last": True}}, {"keep_last": True}):  # the same setting, merged alike
+        extra = plan_steps(config, only="03_train_timm25d", overrides=overrides)[0].parameters["EXTRA"]
+        assert extra["keep_last"] is True and extra["ema_decay"] == 0.99
+        assert extra["views"] == ["axial_canal", "parasagittal_recess"]
+    steps = {s.output: s.parameters for s in plan_steps(config, overrides={"lr": 0.1})}
+    assert steps["02_train_localizer"]["EXTRA"]["lr"] == 0.1  # no LR parameter in 02: its EXTRA
+    classifier = steps["03_train_timm25d_resnet34"]
+    assert classifier["LR"] == 0.1 and "lr" not in classifier["EXTRA"]  # 03 has LR: the parameter
     with pytest.raises(ValueError, match="did you mean 'EPOCHS'"):
         plan_steps(config, overrides={"EPOCH": 1})  # a typo of a parameter is still named as before
+    with pytest.raises(ValueError, match="'EMA_DECAY' is no notebook parameter; set it as 03_train: ema_dec"):
+        plan_steps(config, overrides={"EMA_DECAY": 1})
 
 
 def test_fresh_reaches_every_step_that_trains(monkeypatch):

@@ -156,7 +156,7 @@ def test_cli_rejects_unknown_parameters(sample_dir, tmp_path, capsys):
     assert main(["preprocess", "--data-dir", str(sample_dir), "--coords", "x.csv", "--out", str(tmp_path),
                  "--set", "padpx=3"]) == 2  # fmt: skip
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and "lumbar preprocess: error: RoiConfig: unknown setting 'padpx'" in err[0]
+    assert len(err) == 1 and "lumbar preprocess: error: --set: RoiConfig: unknown setting 'padpx'" in err[0]
     assert "did you mean 'pad_px'" in err[0]
 
 

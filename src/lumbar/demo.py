@@ -25,12 +25,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from lumbar.core.manifest import read_manifest
 from lumbar.core.paths import PROJECT_ROOT
 from lumbar.core.processes import available_cores
+from lumbar.core.run_contract import RunManifest
 from lumbar.core.tables import load_coordinates, load_labels, load_submission, row_study_ids, rows_of_studies
 from lumbar.data.synthetic import SynthConfig, generate
-from lumbar.inference.predict import predict
+from lumbar.inference.predict import PredictOptions, predict
 from lumbar.kaggle import SUBMISSION_NOTEBOOK
 from lumbar.pipeline import PipelineConfig, PipelineError, check_data_kind, load_config, run_pipeline
 from lumbar.scoring.baselines import out_of_fold_prior
@@ -59,15 +59,12 @@ def submission_of(config: PipelineConfig) -> Path | None:
 
 def demo_summary(run_dir: Path, data_dir: Path, submission: Path | None = None) -> dict:
     """The demo's figures from the run manifest, the data folder and the submission (when written)."""
-    manifest = read_manifest(run_dir)
-    ensemble = manifest.get("ensemble") or {}
-    if "oof" not in ensemble:
-        raise RuntimeError(f"{run_dir}/manifest.json has no ensemble record: did 04_ensemble run?")
-    oof = pd.read_csv(run_dir / ensemble["oof"])
+    ensemble = RunManifest.read(run_dir).need.ensemble
+    oof = pd.read_csv(run_dir / ensemble.need.oof)
     labels = load_labels(data_dir / "train.csv")
     studies = set(row_study_ids(oof["row_id"]))
     scored = labels[labels["study_id"].isin(studies)]
-    folds = pd.read_csv(run_dir / ensemble["folds"])
+    folds = pd.read_csv(run_dir / ensemble.need.folds)
     folds = folds[folds["study_id"].isin(studies)]
     out = {"oof_score": competition_score(scored, oof, "oof").score}
     out["prior"] = competition_score(scored, out_of_fold_prior(labels, folds), "prior").score
@@ -75,9 +72,9 @@ def demo_summary(run_dir: Path, data_dir: Path, submission: Path | None = None) 
     if oracle is not None:
         out["oracle"] = competition_score(scored, rows_of_studies(oracle, studies), "oracle").score
         out["gap_closed"] = (out["prior"] - out["oof_score"]) / (out["prior"] - out["oracle"])
-    if ensemble.get("scores"):
-        out["candidates"] = pd.read_csv(run_dir / ensemble["scores"]).set_index("model")["score"].to_dict()
-        out["chosen"] = ensemble.get("chosen", "")
+    if ensemble.scores:
+        out["candidates"] = pd.read_csv(run_dir / ensemble.scores).set_index("model")["score"].to_dict()
+        out["chosen"] = ensemble.chosen if ensemble.chosen is not None else ""
     submission = submission if submission is not None and submission.is_file() else None
     if submission and (data_dir / "test_labels.csv").is_file():
         test_labels = load_labels(data_dir / "test_labels.csv")
@@ -97,7 +94,8 @@ def on_true_points(run_dir: Path, data_dir: Path) -> pd.DataFrame:
     """The run's test predictions on crops around the synthetic test studies' label points."""
 
     coords = load_coordinates(data_dir / "test_label_coordinates.csv")
-    submission, _ = predict(data_dir, "test", run_dir, progress=False, max_fallback_share=1.0, coords=coords)
+    options = PredictOptions(progress=False, max_fallback_share=1.0)
+    submission, _ = predict(data_dir, "test", run_dir, options=options, coords=coords)
     return submission
 
 

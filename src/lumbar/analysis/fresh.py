@@ -19,7 +19,7 @@ import pandas as pd
 
 from lumbar.analysis.robustness import reference_tails, robustness_report, summary_line, tails_line
 from lumbar.core.atomic import write_json
-from lumbar.core.manifest import read_manifest
+from lumbar.core.run_contract import RunManifest
 from lumbar.core.tables import (
     load_coordinates,
     load_labels,
@@ -28,7 +28,7 @@ from lumbar.core.tables import (
 )
 from lumbar.data.index import load_or_build_index
 from lumbar.data.synthetic import SynthConfig, generate
-from lumbar.inference.predict import predict
+from lumbar.inference.predict import PredictOptions, predict
 from lumbar.localize.evaluate import localization_errors, summarize
 from lumbar.localize.evaluate import summary_line as localize_line
 from lumbar.scoring.metric import score_test_set
@@ -40,7 +40,8 @@ def set_folder(out: Path, seed: int, image_size: int, stir_rate: float) -> Path:
 
 def run_training_labels(run_dir: Path) -> pd.DataFrame | None:
     """The labels the run trained on (its pipeline's data folder), for the class prior; None when absent."""
-    data_dir = (read_manifest(run_dir).get("pipeline") or {}).get("data_dir")
+    pipeline = RunManifest.read(run_dir).pipeline
+    data_dir = pipeline.data_dir if pipeline else None
     path = Path(data_dir) / "train.csv" if data_dir else None
     return load_labels(path) if path is not None and path.is_file() else None
 
@@ -64,8 +65,8 @@ def fresh_eval(run_dir: str | os.PathLike, out: str | os.PathLike, seed: int, te
         config = SynthConfig(studies=1, test_studies=test_studies, seed=seed, image_size=image_size,
                              stir_rate=stir_rate)  # fmt: skip
         generate(data, config, oracle=data / "oracle.csv", workers=workers, overwrite=True)
-    submission, report = predict(data, "test", run_dir, out=folder / "submission.csv", device=device,
-                                 workers=workers, progress=progress, max_fallback_share=1.0)  # fmt: skip
+    options = PredictOptions(device=device, workers=workers, progress=progress, max_fallback_share=1.0)
+    submission, report = predict(data, "test", run_dir, out=folder / "submission.csv", options=options)
     labels = load_labels(data / "test_labels.csv")
     studies = sorted(labels["study_id"].unique())
     prior_labels = run_training_labels(run_dir)

@@ -9,7 +9,7 @@ the *training* items only; validation and the out-of-fold predictions keep every
 stay comparable. (`lumbar.analysis.errors.label_noise_candidates`, in 06, ranks such rows by their cost for
 reading; this module is the step that acts on them.)
 
-Files of `flag_run` (`<run>/label_noise/`, recorded under the manifest's `label_noise` key):
+Files of `flag_run` (`<run>/label_noise/`, recorded in the manifest as a `LabelNoiseRecord`):
     flags.csv     the flagged rows only, most doubtful first (ascending `p_written`): row_id, study_id,
                   condition, level, grade (written), p_written, predicted (the most likely grade), p_predicted,
                   flagged (all true). It is the exclusion list as it stands; any CSV with a `row_id` column
@@ -37,8 +37,8 @@ import pandas as pd
 
 from lumbar.core.atomic import write_json
 from lumbar.core.constants import CONDITIONS, GRADES
-from lumbar.core.manifest import read_manifest, update_manifest
 from lumbar.core.paths import data_root
+from lumbar.core.run_contract import LabelNoiseRecord, RunManifest, save_record
 from lumbar.core.tables import load_labels, load_submission, table_row_ids, write_csv
 
 #: Flag a row when the out-of-fold probability of its written grade is at most this (2nd place: off by >= 0.8).
@@ -116,12 +116,9 @@ def flag_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
         The summary (also in `summary.json`), with `line`, the one-line report.
     """
     run_dir = Path(run_dir)
-    ensemble = read_manifest(run_dir).get("ensemble")
-    if not ensemble:
-        raise FileNotFoundError(f"{run_dir}/manifest.json has no ensemble: run 04_ensemble (or the pipeline) first")
+    oof = RunManifest.read(run_dir).need.ensemble.need.oof
     root = data_root(data_dir, must_exist=True)
-    evidence = flag_label_noise(load_submission(run_dir / ensemble["oof"]), load_labels(root / "train.csv"),
-                                threshold)
+    evidence = flag_label_noise(load_submission(run_dir / oof), load_labels(root / "train.csv"), threshold)
     flags = evidence[evidence["flagged"]]
     out = run_dir / LABEL_NOISE_DIR
     write_csv(flags, out / FLAGS_CSV)
@@ -129,7 +126,7 @@ def flag_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     summary: dict[str, Any] = {
         "threshold": threshold, "rows": m, "flagged": n, "share": n / m if m else 0.0,
         "by_condition": {c: int((flags["condition"] == c).sum()) for c in CONDITIONS},
-        "oof": ensemble["oof"], "flags": f"{LABEL_NOISE_DIR}/{FLAGS_CSV}",
+        "oof": oof, "flags": f"{LABEL_NOISE_DIR}/{FLAGS_CSV}",
     }
     line = f"label-noise: flagged={n} of {m} ({100 * summary['share']:.1f} %) threshold={threshold:g}"
     if (root / TRUTH_CSV).is_file():
@@ -139,8 +136,8 @@ def flag_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
         line += f" precision={measured['precision']:.3f} recall={measured['recall']:.3f}"
     summary["line"] = line
     write_json(summary, out / SUMMARY_JSON)
-    update_manifest(run_dir, "label_noise", {"flags": summary["flags"], "summary": f"{LABEL_NOISE_DIR}/{SUMMARY_JSON}",
-                                             "threshold": threshold, "flagged": n})
+    save_record(run_dir, LabelNoiseRecord(flags=summary["flags"], summary=f"{LABEL_NOISE_DIR}/{SUMMARY_JSON}",
+                                          threshold=threshold, flagged=n))
     return summary
 
 

@@ -11,7 +11,6 @@ import logging
 import os
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lumbar.core.paths import data_root, images_dir
+from lumbar.core.processes import ProcessPlan, process_pool, split_cores
 from lumbar.core.tables import load_series_descriptions, write_parquet
 from lumbar.data.dicom import DicomReadError, group_stacks, read_header, series_files
 
@@ -138,7 +138,8 @@ def build_index(
     Args:
         data_dir: competition data folder (resolved by `lumbar.core.paths.data_root`).
         split: "train" or "test".
-        workers: processes reading headers (series are the unit of work).
+        workers: processes reading headers (series are the unit of work), spawned as every pool of the package
+            (`lumbar.core.processes.process_pool`).
         studies: restrict to these study ids.
         progress: show a tqdm bar.
 
@@ -154,7 +155,7 @@ def build_index(
     rows: list[dict] = []
     if workers > 1 and len(folders) > 1:
         chunk = max(1, len(folders) // (workers * 8))
-        with ProcessPoolExecutor(workers) as pool:
+        with process_pool(ProcessPlan(*split_cores(len(folders), workers))) as pool:
             results = pool.map(_index_series, [str(f) for f in folders], chunksize=chunk)
             for r, s in tqdm(
                 results, total=len(folders), desc=f"index {split}", unit="series", disable=not progress

@@ -3,8 +3,9 @@
 Writes `<run>/ensemble/`: params.json (the chosen candidate, used at test time), fold_params.json, oof.csv
 (its out-of-fold predictions), scores.csv (every candidate: each model, the plain mean, the blend, the
 calibrated blend, the second stage and the widening on the best of them, with `chosen`) and `candidates/<n>.csv` (every candidate's out-of-fold predictions, so the
-error analysis can compare the blend before and after calibration), and the manifest's `ensemble` entry that
-`predict` and `kaggle-bundle` read (`candidates`: candidate name -> its file).
+error analysis can compare the blend before and after calibration), and the manifest's ensemble section
+(`lumbar.core.run_contract.EnsembleRecord`) that `predict` and `kaggle-bundle` read (`candidates`: candidate
+name -> its file).
 """
 
 from __future__ import annotations
@@ -16,30 +17,28 @@ from pathlib import Path
 import pandas as pd
 
 from lumbar.core.atomic import write_json
-from lumbar.core.manifest import read_manifest, update_manifest
 from lumbar.core.paths import data_root
+from lumbar.core.run_contract import EnsembleRecord, RunManifest, save_record
 from lumbar.core.tables import load_coordinates, load_labels, load_submission, write_csv
 from lumbar.ensemble.blend import BLEND, CALIBRATED, MEAN, EnsembleResult, fit_ensemble
 from lumbar.localize.confidence import row_confidence
-from lumbar.localize.config import LOCALIZER_KEY
 from lumbar.scoring.baselines import out_of_fold_prior
 
 ENSEMBLE_DIR = "ensemble"
 CANDIDATES_DIR = "candidates"
 
 
-def competition_classifiers(manifest: dict) -> list[str]:
+def competition_classifiers(manifest: RunManifest) -> list[str]:
     """Names of the run's classifiers trained in competition mode (the ones that can be blended)."""
-    return [name for name, c in manifest.get("classifiers", {}).items() if c.get("mode") == "competition"]
+    return [name for name, c in (manifest.classifiers or {}).items() if c.mode == "competition"]
 
 
-def oof_confidence(run_dir: Path, manifest: dict) -> pd.DataFrame | None:
+def oof_confidence(run_dir: Path, manifest: RunManifest) -> pd.DataFrame | None:
     """`row_id, confidence` of the rows the classifiers were validated on: the out-of-fold localizer's points
     (`cache_oof/`), when the run has them with confidences (runs before confidences were recorded: None)."""
-    entry = manifest.get(LOCALIZER_KEY, {})
-    if "oof_crops" not in manifest or "oof" not in entry:
+    if manifest.oof_crops is None or manifest.localizer is None or manifest.localizer.oof is None:
         return None
-    coords = load_coordinates(run_dir / entry["oof"])
+    coords = load_coordinates(run_dir / manifest.localizer.oof)
     return row_confidence(coords) if "confidence" in coords else None
 
 
@@ -60,17 +59,17 @@ def fit_run_ensemble(run_dir: str | os.PathLike, data_dir: str | os.PathLike | N
         stack: make the study-level second stage (`lumbar.ensemble.stack`) on the best candidate a candidate.
     """
     run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
+    manifest = RunManifest.read(run_dir)
     names = models or competition_classifiers(manifest)
     if not names:
         raise ValueError(f"{run_dir}/manifest.json lists no competition-mode classifier to blend")
-    classifiers = manifest.get("classifiers", {})
+    classifiers = manifest.classifiers or {}
     unknown = [n for n in names if n not in classifiers]
     if unknown:
         raise KeyError(
             f"{run_dir}/manifest.json has no classifier(s) {unknown}; it has {sorted(classifiers)}"
         )
-    preds = {n: load_submission(run_dir / classifiers[n]["oof"]) for n in names}
+    preds = {n: load_submission(run_dir / classifiers[n].need.oof) for n in names}
     labels = load_labels(data_root(data_dir) / "train.csv")
     folds = pd.read_csv(run_dir / folds_csv)
     confidence = oof_confidence(run_dir, manifest) if widen else None
@@ -91,23 +90,22 @@ def fit_run_ensemble(run_dir: str | os.PathLike, data_dir: str | os.PathLike | N
         candidates[name] = f"{ENSEMBLE_DIR}/{CANDIDATES_DIR}/{slug}.csv"
         write_csv(oof, run_dir / candidates[name])
     chosen = result.scores.set_index("model").loc[result.chosen]
-    update_manifest(
+    save_record(
         run_dir,
-        "ensemble",
-        {
-            "models": names,
-            "params": f"{ENSEMBLE_DIR}/params.json",
-            "oof": f"{ENSEMBLE_DIR}/oof.csv",
-            "scores": f"{ENSEMBLE_DIR}/scores.csv",
-            "folds": folds_csv,
-            "per_group": per_group,
-            "calibrate": calibrate,
-            "chosen": result.chosen,
-            "widening": result.params.widening is not None,
-            "stack": result.params.stack is not None,
-            "oof_score": float(chosen["score"]),
-            "candidates": candidates,
-        },
+        EnsembleRecord(
+            models=names,
+            params=f"{ENSEMBLE_DIR}/params.json",
+            oof=f"{ENSEMBLE_DIR}/oof.csv",
+            scores=f"{ENSEMBLE_DIR}/scores.csv",
+            folds=folds_csv,
+            per_group=per_group,
+            calibrate=calibrate,
+            chosen=result.chosen,
+            widening=result.params.widening is not None,
+            stack=result.params.stack is not None,
+            oof_score=float(chosen["score"]),
+            candidates=candidates,
+        ),
     )
     return result
 
@@ -118,15 +116,13 @@ def run_oof_predictions(run_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
     A run whose ensemble predates the candidate files gets each classifier's and the chosen candidate's.
 
     Raises:
-        FileNotFoundError: the manifest has no ensemble (run 04_ensemble first).
+        ManifestError (a FileNotFoundError): the manifest has no ensemble (run 04_ensemble first).
     """
     run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
-    ensemble = manifest.get("ensemble")
-    if not ensemble:
-        raise FileNotFoundError(f"{run_dir}/manifest.json has no ensemble: run 04_ensemble (or the pipeline) first")
-    files = ensemble.get("candidates") or {
-        **{n: manifest["classifiers"][n]["oof"] for n in ensemble["models"]}, ensemble["chosen"]: ensemble["oof"]}
+    manifest = RunManifest.read(run_dir)
+    ensemble = manifest.need.ensemble
+    files = ensemble.candidates or {**{n: manifest.classifier(n).need.oof for n in ensemble.need.models},
+                                    ensemble.need.chosen: ensemble.need.oof}
     return {name: load_submission(run_dir / path) for name, path in files.items()}
 
 

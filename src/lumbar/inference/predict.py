@@ -29,7 +29,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 
 from lumbar.core.atomic import write_json
 from lumbar.core.fallback import DATA_ERRORS, MAX_FALLBACK_SHARE, check_fallbacks
-from lumbar.core.manifest import read_manifest
 from lumbar.core.paths import data_root
+from lumbar.core.run_contract import RunManifest
 from lumbar.core.tables import load_submission, row_study_ids, submission_row_ids
 from lumbar.data.index import build_index
 from lumbar.ensemble.blend import EnsembleParams, apply_ensemble
@@ -84,17 +84,18 @@ class PredictReport:
     def summary(self) -> str:
         n = max(len(self.studies), 1)
         lines = [
-            f"predict: {len(self.studies)} studies, {self.total_seconds:.1f} s ({self.total_seconds / n:.2f} s/study: "
+            f"predict: {len(self.studies)} studies, {self.total_seconds:.1f} s "
+            f"({self.total_seconds / n:.2f} s/study: "
             + ", ".join(f"{k} {v / n:.2f}" for k, v in self.seconds.items())
             + ")"
         ]
         if self.ensemble:
-            lines.append(f"predict: ensemble {self.ensemble['used']} ({self.ensemble['models']} models loaded once, "
-                         f"{self.ensemble['model_mib']:.0f} MiB of weights)"
+            lines.append(f"predict: ensemble {self.ensemble['used']} ({self.ensemble['models']} models "
+                         f"loaded once, {self.ensemble['model_mib']:.0f} MiB of weights)"
                          + (f"; {self.ensemble['plan']}" if self.ensemble.get("plan") else ""))
         if self.budget_stopped:
-            lines.append(f"predict: the time budget ran out: {len(self.budget_stopped)} studies were not predicted "
-                         "(prior rows)")
+            lines.append(f"predict: the time budget ran out: {len(self.budget_stopped)} studies were not "
+                         "predicted (prior rows)")
         if self.fallback_rows:
             rows = sum(len(v) for v in self.fallback_rows.values())
             lines.append(
@@ -109,7 +110,8 @@ class PredictReport:
         n = max(len(self.studies), 1)
         return {
             "studies": len(self.studies),
-            "fallback_studies": {str(s): {"rows": len(r), "why": self.why(s)} for s, r in sorted(self.fallback_rows.items())},
+            "fallback_studies": {str(s): {"rows": len(r), "why": self.why(s)}
+                                 for s, r in sorted(self.fallback_rows.items())},
             "fallback_rows": sum(len(r) for r in self.fallback_rows.values()),
             "budget_stopped_studies": len(self.budget_stopped),
             "notes": {str(s): v for s, v in sorted(self.notes.items()) if v},
@@ -135,30 +137,32 @@ class Classifier:
     roi: RoiConfig
 
 
-def ensemble_members(run_dir: Path, manifest: dict) -> tuple[list[Classifier], EnsembleParams, pd.DataFrame]:
+def ensemble_members(run_dir: Path, manifest: RunManifest | dict) -> tuple[list[Classifier], EnsembleParams,
+                                                                            pd.DataFrame]:
     """The classifiers the ensemble uses, the ensemble parameters and the fallback prior, from the manifest.
 
     Each classifier's ROI parameters come from its `result.json` (the cache it was trained on), so the
-    test crops match the training crops; the prior is the training labels' (`lumbar.train.predict.grade_prior`).
+    test crops match the training crops; the prior is the training labels'
+    (`lumbar.train.predict.grade_prior`).
     """
 
-    ensemble = manifest.get("ensemble")
-    if not ensemble:
-        raise FileNotFoundError(f"{run_dir}/manifest.json has no ensemble: run 04_ensemble (or the pipeline) first")
-    params = EnsembleParams.from_dict(json.loads((run_dir / ensemble["params"]).read_text()))
+    manifest = manifest if isinstance(manifest, RunManifest) else RunManifest.from_dict(manifest, run_dir)
+    params = EnsembleParams.from_dict(json.loads((run_dir / manifest.need.ensemble.need.params).read_text()))
     members, prior = [], None
     for name in params.models:
-        entry = manifest.get("classifiers", {}).get(name)
+        entry = (manifest.classifiers or {}).get(name)
         if entry is None:
-            raise KeyError(f"{run_dir}/manifest.json: the ensemble uses {name!r}, which is not among its classifiers")
-        _, result = read_run(run_dir / entry["path"])
-        members.append(Classifier(name, run_dir / entry["path"], RoiConfig.from_overrides(result["cache_params"]["config"])))
+            raise KeyError(f"{run_dir}/manifest.json: the ensemble uses {name!r}, which is not among its "
+                           "classifiers")
+        folder = run_dir / entry.need.path
+        _, result = read_run(folder)
+        members.append(Classifier(name, folder, RoiConfig.from_overrides(result["cache_params"]["config"])))
         prior = pd.DataFrame(result["prior"]) if prior is None else prior
     return members, params, prior
 
 
 def blend_members(preds: dict[str, pd.DataFrame], params: EnsembleParams, prior: pd.DataFrame,
-                  points: pd.DataFrame | None) -> pd.DataFrame:  # fmt: skip
+                  points: pd.DataFrame | None) -> pd.DataFrame:
     """The ensemble of the members' predictions of some studies, as the submission makes it: the predicted
     `points` give each row its localisation confidence and `prior` (condition x level table) the rows a
     widening ensemble moves doubtful rows towards."""
@@ -182,11 +186,45 @@ def scratch_folder(work_dir: str | os.PathLike | None) -> Iterator[Path]:
 ON_ERROR = ("raise", "prior")
 
 
-def predict(data_dir, split: str, run_dir, out=None, work_dir=None, device: str = "auto",
-            chunk_studies: int = 16, workers: int = 1, progress: bool = True,
-            max_fallback_share: float = MAX_FALLBACK_SHARE,
-            coords: pd.DataFrame | None = None, max_folds: int = 0, max_members: int = 0,
-            time_budget_s: float = 0.0, on_error: str = "raise") -> tuple[pd.DataFrame, PredictReport]:  # fmt: skip
+@dataclass(frozen=True)
+class PredictOptions:
+    """How `predict` runs, apart from what it reads and writes: one value the CLI, the notebooks, the demo and
+    the benchmarks fill with only what they change (the defaults are a local run's).
+
+    Attributes:
+        work_dir: scratch folder for crops (default: a temporary folder, removed at the end).
+        device: "auto", "cpu" or "cuda".
+        chunk_studies: studies per chunk (memory and scratch space are bounded by one chunk).
+        workers: processes for the header index and the crops.
+        progress: tqdm bars.
+        max_fallback_share: the share of studies that may have rows from the prior (always at least one
+            study); more fail the run (`lumbar.core.fallback.FallbackLimitError`) naming each and why. 1.0:
+            never fail (the Kaggle kernel: a submission with prior rows beats none).
+        max_folds: use the first this many folds of every classifier (0 = all).
+        max_members: use this many members of the ensemble with the largest blend weights (0 = all; the
+            kept weights renormalised).
+        time_budget_s: seconds the call may take (0 = no limit): the first chunk runs the ensemble as capped
+            above and is timed; the later chunks use the largest cap projected to fit
+            (`lumbar.inference.budget.plan_to_budget`); a chunk that would end past the budget is not
+            started, and its studies and all after it get prior rows (noted, counted in the record).
+        on_error: "raise": an error that is not a data error propagates (a programming error must be seen);
+            "prior": it gives the chunk's studies prior rows, noted with the error (the Kaggle kernel).
+    """
+
+    work_dir: str | os.PathLike | None = None
+    device: str = "auto"
+    chunk_studies: int = 16
+    workers: int = 1
+    progress: bool = True
+    max_fallback_share: float = MAX_FALLBACK_SHARE
+    max_folds: int = 0
+    max_members: int = 0
+    time_budget_s: float = 0.0
+    on_error: str = "raise"
+
+
+def predict(data_dir, split: str, run_dir, out=None, options: PredictOptions | None = None, *,
+            coords: pd.DataFrame | None = None) -> tuple[pd.DataFrame, PredictReport]:
     """Predict every study of a split with a run's localizer and ensemble.
 
     Args:
@@ -196,75 +234,71 @@ def predict(data_dir, split: str, run_dir, out=None, work_dir=None, device: str 
         run_dir: the run folder (manifest with localizer, classifiers and ensemble); only read.
         out: write the submission CSV here (in sample_submission order when the data has one), and the
             run's record (`PredictReport.to_dict`, the run and data folders) beside it (`record_path`).
-        work_dir: scratch folder for crops (default: a temporary folder, removed at the end).
-        device: "auto", "cpu" or "cuda".
-        chunk_studies: studies per chunk (memory and scratch space are bounded by one chunk).
-        workers: processes for the header index and the crops.
-        progress: tqdm bars.
-        max_fallback_share: the share of studies that may have rows from the prior (always at least one
-            study); more fail the run (`lumbar.core.fallback.FallbackLimitError`) naming each and why. 1.0: never
-            fail (the Kaggle kernel: a submission with prior rows beats none).
+        options: how to run (`PredictOptions`; default: its defaults).
         coords: crop around these points instead of the localizer's (e.g. the synthetic test studies' label
             points: the same models on ground-truth crops show what localisation costs).
-        max_folds: use the first this many folds of every classifier (0 = all).
-        max_members: use the this many members of the ensemble with the largest blend weights (0 = all; the
-            kept weights renormalised).
-        time_budget_s: seconds this call may take (0 = no limit): the first chunk runs the ensemble as capped
-            above and is timed; the later chunks use the largest cap projected to fit
-            (`lumbar.inference.budget.plan_to_budget`); a chunk that would end past the budget is not started,
-            and its studies and all after it get prior rows (noted, counted in the record).
-        on_error: "raise": an error that is not a data error propagates (a programming error must be seen);
-            "prior": it gives the chunk's studies prior rows, noted with the error (the Kaggle kernel).
     """
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-    clock = _Clock(time_budget_s)
+    options = PredictOptions() if options is None else options
+    if options.on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {options.on_error!r}")
+    clock = _Clock(options.time_budget_s)
     root, run_dir = data_root(data_dir, must_exist=True), Path(run_dir)
     report = PredictReport(studies=split_studies(root, split))
-    members, params, prior = ensemble_members(run_dir, read_manifest(run_dir))  # JSON only: the prior is known
-    survive = (Exception,) if on_error == "prior" else ()  # by default only data errors, caught per study
-    job = _Job(root, split, run_dir, work_dir, device, chunk_studies, workers, progress, coords, clock, survive)
+    # JSON only: the prior is known before any model is built
+    members, params, prior = ensemble_members(run_dir, RunManifest.read(run_dir))
+    # by default only data errors, caught per study
+    survive = (Exception,) if options.on_error == "prior" else ()
+    job = _Job(root, split, run_dir, options, coords, clock, survive)
     try:
-        parts = _predict_chunks(job, members, params, prior, report, max_folds, max_members)
-    except survive as e:  # the models could not be built or loaded, the index not read: every row from the prior
+        parts = _predict_chunks(job, members, params, prior, report)
+    except survive as e:  # models not built or loaded, the index not read: every row from the prior
         parts = [_fall_back(report.studies, prior, report, f"no prediction ({type(e).__name__}: {e})")]
-    check_fallbacks({s: report.why(s) for s in report.fallback_rows}, len(report.studies), max_fallback_share,
-                    "studies")  # fmt: skip
+    check_fallbacks({s: report.why(s) for s in report.fallback_rows}, len(report.studies),
+                    options.max_fallback_share, "studies")
     return _write(pd.concat(parts, ignore_index=True), root, run_dir, split, out, report)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Job:
     """What one `predict` call works on and how (the arguments its stages share)."""
 
     root: Path
     split: str
     run_dir: Path
-    work_dir: str | os.PathLike | None
-    device: str
-    chunk_studies: int
-    workers: int
-    progress: bool
+    options: PredictOptions
     coords: pd.DataFrame | None
     clock: _Clock
     survive: tuple[type[BaseException], ...]
 
 
-def _predict_chunks(job: _Job, members: list[Classifier], params: EnsembleParams, prior: pd.DataFrame,
-                    report: PredictReport, max_folds: int, max_members: int) -> list[pd.DataFrame]:  # fmt: skip
-    """Index, load every model once, then localise, crop, classify and blend chunk by chunk."""
+@dataclass(frozen=True)
+class _Ensemble:
+    """The ensemble as loaded for a call: the members in use and their blend parameters (a time budget may cut
+    both after the first chunk), the static plan that loaded them, each member's folds, the loaded models."""
 
+    members: list[Classifier]
+    params: EnsembleParams
+    plan: EnsemblePlan
+    available: dict[str, int]
+    predictors: dict[str, RunPredictor]
+
+
+def _predict_chunks(job: _Job, members: list[Classifier], params: EnsembleParams, prior: pd.DataFrame,
+                    report: PredictReport) -> list[pd.DataFrame]:
+    """Index, load every model once, then localise, crop, classify and blend chunk by chunk."""
+    options = job.options
     available = {m.name: member_folds(m.run_dir) for m in members}
-    plan = static_plan(params, available, max_folds, max_members)
+    plan = static_plan(params, available, options.max_folds, options.max_members)
     members, params = [m for m in members if m.name in plan.members], restrict_params(params, plan.members)
-    by_study = _index_studies(job.root, job.split, job.workers, report)
-    localizer = Localizer(job.run_dir, job.device) if job.coords is None else None
+    by_study = _index_studies(job.root, job.split, options.workers, report)
+    localizer = Localizer(job.run_dir, options.device) if job.coords is None else None
     studies = report.studies
-    chunks = [studies[i : i + job.chunk_studies] for i in range(0, len(studies), job.chunk_studies)]
+    chunks = [studies[i : i + options.chunk_studies] for i in range(0, len(studies), options.chunk_studies)]
     parts = []
-    with scratch_folder(job.work_dir) as scratch, ExitStack() as stack:
-        predictors = _load_members(members, plan, available, job.device, stack, report)
-        for i, chunk in enumerate(tqdm(chunks, desc="predict", unit="chunk", disable=not job.progress)):
+    with scratch_folder(options.work_dir) as scratch, ExitStack() as stack:
+        predictors = _load_members(members, plan, available, options.device, stack, report)
+        ensemble = _Ensemble(members, params, plan, available, predictors)
+        for i, chunk in enumerate(tqdm(chunks, desc="predict", unit="chunk", disable=not options.progress)):
             if job.clock.out_of_time(len(chunk)):
                 rest = [s for c in chunks[i:] for s in c]
                 parts.append(_fall_back(rest, prior, report, job.clock.why_stopped(len(rest))))
@@ -273,19 +307,17 @@ def _predict_chunks(job: _Job, members: list[Classifier], params: EnsembleParams
             t = time.perf_counter()
             try:
                 points = (_localize_chunk(localizer, job.root, job.split, chunk, by_study, report)
-                          if job.coords is None else _given_points(job.coords, chunk))  # fmt: skip
+                          if job.coords is None else _given_points(job.coords, chunk))
                 if points is not None:
                     report.coordinates = pd.concat([report.coordinates, points], ignore_index=True)
-                preds, covered = _classify_chunk(members, predictors, points, job.root, job.split, chunk,
-                                                 scratch / "crops", job.workers, report)  # fmt: skip
-                parts.append(_blend_chunk(chunk, preds, covered, params, prior, points, report))
+                preds, covered = _classify_chunk(job, ensemble, points, chunk, scratch / "crops", report)
+                parts.append(_blend_chunk(chunk, preds, covered, ensemble.params, prior, points, report))
             except job.survive as e:
                 shutil.rmtree(scratch / "crops", ignore_errors=True)
                 parts.append(_fall_back(chunk, prior, report, f"chunk failed ({type(e).__name__}: {e})"))
             job.clock.chunk_done(len(chunk), time.perf_counter() - t)
             if job.clock.budget_s and i == 0 and len(chunks) > 1 and report.member_seconds:
-                members, params = _fit_to_budget(job.clock, chunk, chunks, report, plan, params, members,
-                                                 predictors, available)  # fmt: skip
+                ensemble = _fit_to_budget(job.clock, chunk, chunks, report, ensemble)
         report.forward_seconds["classify"] = sum(p.forward_seconds for p in predictors.values())
     if localizer is not None:
         report.forward_seconds["localize"] = localizer.forward_seconds
@@ -323,7 +355,8 @@ class _Clock:
         return self.elapsed() + studies * self.per_study() > self.budget_s
 
     def why_stopped(self, studies: int) -> str:
-        return (f"not predicted: the time budget of {self.budget_s:g} s would run out ({self.elapsed():.0f} s spent, "
+        return (f"not predicted: the time budget of {self.budget_s:g} s would run out "
+                f"({self.elapsed():.0f} s spent, "
                 f"~{self.per_study():.1f} s per study, {studies} studies left)")
 
 
@@ -344,8 +377,8 @@ def _given_points(coords: pd.DataFrame, chunk: list[int]) -> pd.DataFrame | None
     return points if len(points) else None
 
 
-def _blend_chunk(chunk: list[int], preds: dict[str, pd.DataFrame], covered: set[str], params, prior: pd.DataFrame,
-                 points, report: PredictReport) -> pd.DataFrame:  # fmt: skip
+def _blend_chunk(chunk: list[int], preds: dict[str, pd.DataFrame], covered: set[str], params: EnsembleParams,
+                 prior: pd.DataFrame, points: pd.DataFrame | None, report: PredictReport) -> pd.DataFrame:
     """A chunk's rows: the ensemble's where every member could predict, the prior's for the rest (counted)."""
     t = time.perf_counter()
     fallback = [r for r in submission_row_ids(chunk) if r not in covered]
@@ -362,7 +395,8 @@ def _blend_chunk(chunk: list[int], preds: dict[str, pd.DataFrame], covered: set[
 
 
 def _fall_back(studies: list[int], prior: pd.DataFrame, report: PredictReport, why: str) -> pd.DataFrame:
-    """Prior rows for every target of `studies` (their earlier rows, if any, are replaced), noted with `why`."""
+    """Prior rows for every target of `studies` (their earlier rows, if any, are replaced), noted with
+    `why`."""
     ids = submission_row_ids(studies)
     for study in studies:
         report.notes[study].append(why)
@@ -371,18 +405,21 @@ def _fall_back(studies: list[int], prior: pd.DataFrame, report: PredictReport, w
 
 
 def _fit_to_budget(clock: _Clock, chunk: list[int], chunks: list[list[int]], report: PredictReport,
-                   plan: EnsemblePlan, params, members, predictors, available):  # fmt: skip
-    """After the timed first chunk: the largest ensemble whose projection fits the budget, from the next chunk on."""
+                   ensemble: _Ensemble) -> _Ensemble:
+    """After the timed first chunk: the largest ensemble whose projection fits the budget, from the next chunk
+    on."""
+    plan = ensemble.plan
     done = len(chunk)
     remaining = sum(map(len, chunks)) - done
     fixed = (report.total_seconds - report.seconds["index"] - report.seconds["classify"]) / done
     fold_s = {m: report.member_seconds[m] / (done * plan.folds[m]) for m in plan.members}
-    budget = plan_to_budget(clock.budget_s, clock.elapsed(), remaining, fixed, fold_s, plan, params)
+    budget = plan_to_budget(clock.budget_s, clock.elapsed(), remaining, fixed, fold_s, plan, ensemble.params)
     clock.restart((budget.projected_s - clock.elapsed()) / max(remaining, 1))
-    return _apply_plan(budget, members, params, predictors, report, available)
+    return _apply_plan(budget, ensemble, report)
 
 
-def _write(submission: pd.DataFrame, root: Path, run_dir: Path, split: str, out, report: PredictReport) -> tuple:
+def _write(submission: pd.DataFrame, root: Path, run_dir: Path, split: str, out,
+           report: PredictReport) -> tuple:
     """Validate the submission against the split, write it (sample_submission's order) and its record."""
     validate_submission(submission, expected_row_ids=submission_row_ids(report.studies), name="prediction")
     order = None
@@ -391,14 +428,16 @@ def _write(submission: pd.DataFrame, root: Path, run_dir: Path, split: str, out,
         order = sample if set(sample) == set(submission["row_id"]) else None
     if out is not None:
         write_submission(submission, out, order=order)
-        write_json({"submission": Path(out).name, "run_dir": str(run_dir.resolve()), "data_dir": str(root.resolve()),
-                    "split": split, **report.to_dict()}, record_path(out))  # fmt: skip
+        record = {"submission": Path(out).name, "run_dir": str(run_dir.resolve()),
+                  "data_dir": str(root.resolve()), "split": split, **report.to_dict()}
+        write_json(record, record_path(out))
     if order is not None:
         submission = submission.set_index("row_id").loc[order].reset_index()
     return submission.reset_index(drop=True), report
 
 
-def _localize_chunk(localizer, root: Path, split: str, chunk: list[int], by_study: dict, report: PredictReport):
+def _localize_chunk(localizer, root: Path, split: str, chunk: list[int], by_study: dict,
+                    report: PredictReport):
     """Predicted coordinates of a chunk's studies (None when none could be localised); notes go to the report.
 
     A study whose data breaks the localizer (`DATA_ERRORS`) is noted and gets no points; its rows fall back.
@@ -434,24 +473,26 @@ def _load_members(members: list[Classifier], plan: EnsemblePlan, available: dict
 
     predictors = {m.name: stack.enter_context(RunPredictor(m.run_dir, device, max_folds=plan.folds[m.name]))
                   for m in members}
-    report.ensemble = {"used": plan.describe(available), "models": sum(p.n_models for p in predictors.values()),
+    report.ensemble = {"used": plan.describe(available),
+                       "models": sum(p.n_models for p in predictors.values()),
                        "model_mib": round(sum(p.parameter_bytes for p in predictors.values()) / 2**20, 1),
                        "precision": sorted({p.runtime.precision for p in predictors.values()})}
     return predictors
 
 
-def _apply_plan(plan: EnsemblePlan, members: list[Classifier], params, predictors: dict, report: PredictReport,
-                available: dict[str, int]):
+def _apply_plan(budget: EnsemblePlan, ensemble: _Ensemble, report: PredictReport) -> _Ensemble:
     """Cut the loaded ensemble to a budget plan (for the chunks after the timed first one)."""
-    for name, predictor in predictors.items():
-        predictor.limit_folds(plan.folds.get(name, 0))
-    report.ensemble["plan"] = (f"time budget: after the first chunk, {plan.describe(available)}; projected "
-                               f"{plan.projected_s:.0f} s" + ("" if plan.fits else " (over the budget even so)"))
-    return [m for m in members if m.name in plan.members], restrict_params(params, plan.members)
+    for name, predictor in ensemble.predictors.items():
+        predictor.limit_folds(budget.folds.get(name, 0))
+    report.ensemble["plan"] = (f"time budget: after the first chunk, {budget.describe(ensemble.available)}; "
+                               f"projected {budget.projected_s:.0f} s"
+                               + ("" if budget.fits else " (over the budget even so)"))
+    return replace(ensemble, members=[m for m in ensemble.members if m.name in budget.members],
+                   params=restrict_params(ensemble.params, budget.members))
 
 
-def _classify_chunk(members: list[Classifier], predictors: dict, coords, root: Path, split: str, chunk: list[int],
-                    crops: Path, workers: int, report: PredictReport) -> tuple[dict[str, pd.DataFrame], set[str]]:  # fmt: skip
+def _classify_chunk(job: _Job, ensemble: _Ensemble, coords: pd.DataFrame | None, chunk: list[int],
+                    crops: Path, report: PredictReport) -> tuple[dict[str, pd.DataFrame], set[str]]:
     """Each member's predictions of a chunk, and the row_ids whose crop every member could build (the rest
     fall back; no predictions at all when no crop could be built).
 
@@ -462,7 +503,8 @@ def _classify_chunk(members: list[Classifier], predictors: dict, coords, root: P
     if coords is None:
         return {}, set()
     t = time.perf_counter()
-    caches = member_crops(members, coords, root, split, crops, workers)
+    members = ensemble.members
+    caches = member_crops(members, coords, job.root, job.split, crops, job.options.workers)
     for rep in caches.values():
         for f in rep.failures.itertuples():
             report.notes[int(f.study_id)].append(f"{f.condition} {f.level}: {f.error}")
@@ -473,7 +515,7 @@ def _classify_chunk(members: list[Classifier], predictors: dict, coords, root: P
         for m in members:
             t = time.perf_counter()
             cache = caches[roi_key(m.roi)].cache_dir
-            preds[m.name] = predictors[m.name].predict(cache, study_ids=chunk)
+            preds[m.name] = ensemble.predictors[m.name].predict(cache, study_ids=chunk)
             seconds = time.perf_counter() - t
             report.seconds["classify"] += seconds
             report.member_seconds[m.name] += seconds
@@ -502,11 +544,11 @@ def member_crops(members: list[Classifier], coords: pd.DataFrame, root: Path, sp
 
 def cli_predict(args: argparse.Namespace) -> int:
     """`python -m lumbar predict`."""
-    sub, report = predict(args.data_dir, args.split, args.run, args.out, work_dir=args.work_dir, device=args.device,
-                          chunk_studies=args.chunk_studies, workers=args.workers,
-                          max_fallback_share=args.max_fallback_share, max_folds=args.max_folds,
-                          max_members=args.max_members, time_budget_s=args.time_budget,
-                          on_error=args.on_error)  # fmt: skip
+    options = PredictOptions(work_dir=args.work_dir, device=args.device, chunk_studies=args.chunk_studies,
+                             workers=args.workers, max_fallback_share=args.max_fallback_share,
+                             max_folds=args.max_folds, max_members=args.max_members,
+                             time_budget_s=args.time_budget, on_error=args.on_error)
+    sub, report = predict(args.data_dir, args.split, args.run, args.out, options)
     print(report.summary())
     print(f"predict: wrote {os.fspath(args.out)} ({len(sub)} rows, {len(report.studies)} studies) and "
           f"{record_path(args.out)}")

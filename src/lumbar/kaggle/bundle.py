@@ -6,7 +6,8 @@ writes
     code/     the `lumbar` wheel, the dependency wheels (`lumbar.kaggle.wheels`), requirements.txt (what the kernel
               installs from this folder), image.json (the versions of the modules the kernel takes from Kaggle's
               image, as the bundle was built and tested with), dataset-metadata.json
-    weights/  the run folder's manifest and every file it references under `run/`, the index of those files
+    weights/  the run folder's manifest and every file its records name under `run/` (`RunManifest.files`:
+              checkpoints, tables, parameters), the index of those files
               (`bundle.json`), a model card (README.md), dataset-metadata.json (`lumbar.kaggle.layout`)
     kernel/   submission.ipynb (`lumbar.kaggle.kernel`) and kernel-metadata.json (internet off, GPU T4, the
               competition and both datasets as sources)
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -29,30 +29,31 @@ import nbformat
 from lumbar import __version__
 from lumbar.core.atomic import write_json, write_text
 from lumbar.core.constants import COMPETITION_SLUG
-from lumbar.core.manifest import MANIFEST_NAME, read_manifest
+from lumbar.core.manifest import MANIFEST_NAME
+from lumbar.core.run_contract import RunManifest
 from lumbar.kaggle.kernel import kernel_notebook
 from lumbar.kaggle.layout import ACCELERATOR, BUNDLE_INDEX, RUN_FOLDER, upload_command
 from lumbar.kaggle.wheels import build_lumbar_wheel, collect_dependency_wheels, module_versions, pinned_specs
-from lumbar.localize.config import LOCALIZER_KEY
 
 #: The user name the ids carry when none is known (`kaggle_user`); `build_bundle` refuses it.
 PLACEHOLDER_USER = "your-kaggle-username"
 
 
-def inference_manifest(run_dir: Path, manifest: dict) -> dict:
+def inference_run(run_dir: Path, manifest: RunManifest) -> RunManifest:
     """The manifest without the classifiers the ensemble does not use (their weights stay home), nor what only
     the analysis reads (the error analysis, every ensemble candidate's out-of-fold predictions).
 
     The ensemble's parameters name the models inference runs; when `04_ensemble` kept a single model, the
     other architectures' checkpoints would only make the upload larger.
     """
-    manifest = {k: v for k, v in manifest.items() if k != "error_analysis"}
-    ensemble = {k: v for k, v in (manifest.get("ensemble") or {}).items() if k != "candidates"}
-    if not ensemble.get("params"):
-        return manifest
-    used = json.loads((run_dir / ensemble["params"]).read_text())["models"]
-    classifiers = {k: v for k, v in manifest.get("classifiers", {}).items() if k in used}
-    return {**manifest, "classifiers": classifiers, "ensemble": {**ensemble, "models": list(used)}}
+    params = manifest.ensemble.params if manifest.ensemble else None
+    used = json.loads((run_dir / params).read_text())["models"] if params else None  # EnsembleParams.models
+    return manifest.for_inference(used)
+
+
+def inference_manifest(run_dir: Path, manifest: dict) -> dict:
+    """`inference_run` on `read_manifest`'s dict, given back as the dict the bundle writes (manifest.json)."""
+    return inference_run(run_dir, RunManifest.from_dict(manifest, run_dir)).to_dict()
 
 
 def kaggle_user(user: str | None = None) -> str:
@@ -72,46 +73,35 @@ def dataset_metadata(user: str, slug: str, title: str, license: str = "CC0-1.0")
     return {"title": title, "id": f"{user}/{slug}", "licenses": [{"name": license}]}
 
 
-def referenced_files(manifest: dict) -> list[str]:
-    """Every relative path in the manifest that points at a file (checkpoints, params, priors...)."""
-    found: list[str] = []
-
-    def walk(x):
-        if isinstance(x, dict):
-            for v in x.values():
-                walk(v)
-        elif isinstance(x, list):
-            for v in x:
-                walk(v)
-        elif (
-            isinstance(x, str) and not os.path.isabs(x) and re.search(r"\.(pt|pth|json|csv|parquet|yaml)$", x)
-        ):
-            found.append(x)
-
-    walk({k: v for k, v in manifest.items() if k not in ("notebooks", "pipeline")})
-    return sorted(set(found))
+def referenced_files(manifest: dict | RunManifest) -> list[str]:
+    """Every file the manifest's records name (checkpoints, params, tables...): `RunManifest.files`."""
+    return (manifest if isinstance(manifest, RunManifest) else RunManifest.from_dict(manifest)).files()
 
 
-def model_card(manifest: dict) -> str:
+def model_card(manifest: RunManifest) -> str:
     """A short README for the weights dataset: architectures, parameters, folds, OOF scores."""
     intro = (f"Checkpoints and manifest of one `lumbar` run (RSNA 2024 lumbar spine), in `{RUN_FOLDER}/`; "
              f"`{BUNDLE_INDEX}` lists every file with its size.")
     lines = ["# lumbar weights", "", intro, ""]
-    loc = manifest.get(LOCALIZER_KEY)
-    if loc:
-        lines += ["## Localizer", "", f"```json\n{json.dumps(loc, indent=2, default=str)}\n```", ""]
-    classifiers = manifest.get("classifiers", {})
-    if classifiers:
+    if manifest.localizer:
+        lines += ["## Localizer", "", _json_block(manifest.localizer.to_dict()), ""]
+    if manifest.classifiers:
         lines += ["## Classifiers", "", "| name | arch | mode | folds | OOF score |", "|---|---|---|---|---|"]
-        for name, c in classifiers.items():
-            lines.append(
-                f"| {name} | {c.get('arch', '')} | {c.get('mode', '')} | {c.get('folds', '')} | {c.get('oof_score', '')} |"
-            )
+        for name, c in manifest.classifiers.items():
+            cells = [_cell(v) for v in (c.arch, c.mode, c.folds, c.oof_score)]
+            lines.append(f"| {name} | {' | '.join(cells)} |")
         lines.append("")
-    ens = manifest.get("ensemble")
-    if ens:
-        lines += ["## Ensemble", "", f"```json\n{json.dumps(ens, indent=2, default=str)}\n```", ""]
+    if manifest.ensemble:
+        lines += ["## Ensemble", "", _json_block(manifest.ensemble.to_dict()), ""]
     return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    return "" if value is None else str(value)
+
+
+def _json_block(value: dict) -> str:
+    return f"```json\n{json.dumps(value, indent=2, default=str)}\n```"
 
 
 def kernel_metadata(user: str, code_slug: str, weights_slug: str, kernel_slug: str) -> dict:
@@ -137,10 +127,10 @@ def build_bundle(run_dir: str | os.PathLike, out: str | os.PathLike, user: str |
         dependencies: bundle dependency wheels at all (off: only the lumbar wheel, for an image that has them).
     """
     run_dir, out = Path(run_dir), Path(out)
-    manifest = read_manifest(run_dir)
-    if not manifest:
+    manifest = RunManifest.read(run_dir)
+    if manifest.is_empty():
         raise FileNotFoundError(f"{run_dir}: no manifest.json: train a run first (the pipeline writes it)")
-    manifest = inference_manifest(run_dir, manifest)
+    manifest = inference_run(run_dir, manifest)
     user = kaggle_user(user)
     if user == PLACEHOLDER_USER:
         raise ValueError("no Kaggle user name for the dataset and kernel ids: set KAGGLE_USERNAME, pass --user, or "
@@ -168,17 +158,18 @@ def build_bundle(run_dir: str | os.PathLike, out: str | os.PathLike, user: str |
     return {"code": code, "weights": weights, "kernel": kernel}
 
 
-def _write_weights(run_dir: Path, manifest: dict, weights: Path, dataset: str) -> None:
-    """The run's manifest and every file it references under `weights/run/`, their index, the model card."""
+def _write_weights(run_dir: Path, manifest: RunManifest, weights: Path, dataset: str) -> None:
+    """The run's manifest and every file its records name (`RunManifest.files`) under `weights/run/`, their
+    index, the model card."""
     run = weights / RUN_FOLDER
     run.mkdir(parents=True)
-    for rel in referenced_files(manifest):
+    for rel in manifest.files():
         src = run_dir / rel
         if not src.is_file():
             raise FileNotFoundError(f"{run_dir / MANIFEST_NAME} references {rel}, which does not exist")
         (run / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, run / rel)
-    write_json(manifest, run / MANIFEST_NAME)
+    write_json(manifest.to_dict(), run / MANIFEST_NAME)
     files = {p.relative_to(run).as_posix(): p.stat().st_size for p in sorted(run.rglob("*")) if p.is_file()}
     write_json({"format": 1, "lumbar": __version__, "dataset": dataset, "run_folder": RUN_FOLDER, "files": files,
                 "upload": upload_command(weights.as_posix(), new=True),

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from lumbar.core.constants import COMPETITION_SLUG
-from lumbar.core.manifest import MANIFEST_NAME, read_manifest
+from lumbar.core.manifest import MANIFEST_NAME
+from lumbar.core.run_contract import RunManifest
 from lumbar.core.runtime import amp_dtype_for, check_gpu_supported, precision_name, resolve_device
-from lumbar.kaggle.bundle import referenced_files
 from lumbar.kaggle.layout import BUNDLE_INDEX, RUN_FOLDER, upload_command
 
 #: How deep under /kaggle/input an attached dataset may be mounted (`/kaggle/input/<slug>` is depth 1).
@@ -163,17 +163,17 @@ def missing_files(place: Path, files: dict[str, int]) -> list[str]:
 
 
 def check_run(run_dir: Path) -> dict[str, int]:
-    """Every file the run's manifest names, present and readable (relative path -> size).
+    """Every file the run's manifest names (`RunManifest.files`), present and readable (path -> size).
 
     Raises:
         KernelCheckError: naming the missing files.
     """
-    manifest = read_manifest(run_dir)
-    if not manifest:
+    manifest = RunManifest.read(run_dir)
+    if manifest.is_empty():
         raise KernelCheckError(f"{run_dir} holds no {MANIFEST_NAME}: not a run folder")
     files = {MANIFEST_NAME: (run_dir / MANIFEST_NAME).stat().st_size}
     missing = []
-    for rel in referenced_files(manifest):
+    for rel in manifest.files():
         path = run_dir / rel
         if missing_files(run_dir, {rel: path.stat().st_size if path.is_file() else -1}):
             missing.append(rel)

@@ -15,8 +15,6 @@ from typing import Any
 from lumbar.core.encoders import upgrade_saved_settings
 from lumbar.core.settings import apply_overrides
 
-#: The run manifest's entry of the localizer (`lumbar.localize.train`, `.folds`), read by the later stages.
-LOCALIZER_KEY = "localizer"
 
 @dataclass(frozen=True)
 class LocalizerConfig:

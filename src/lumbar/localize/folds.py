@@ -15,7 +15,8 @@ Writes into the run folder, beside the checkpoints under `localizer/fold<k>/`:
     localizer_errors.json      the errors per condition as `lumbar.preprocess.jitter` reads them (training-time
                                jitter that matches the localizer)
 
-and records them in the manifest under "localizer" (`folds`: each fold's entry; `oof`, `errors`, summaries).
+and records them in the manifest's localizer section (`lumbar.core.run_contract.LocalizerRecord`: `folds`,
+each fold's localizer; `oof`, `errors`, summaries).
 `build_oof_crops` then builds the classifiers' crop cache around the out-of-fold points (`cache_oof/`).
 """
 
@@ -31,12 +32,12 @@ from pathlib import Path
 import pandas as pd
 
 from lumbar.core.atomic import write_json
-from lumbar.core.manifest import read_manifest, update_manifest
 from lumbar.core.paths import data_root
 from lumbar.core.processes import plan_processes, process_pool
+from lumbar.core.run_contract import LocalizerRecord, OofCropsRecord, RunManifest, save_record
 from lumbar.core.settings import StaleRunError, setting_changes
 from lumbar.core.tables import load_coordinates, write_coordinates, write_csv
-from lumbar.localize.config import LOCALIZER_KEY, LocalizerConfig
+from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.evaluate import (
     implausible_studies,
     localization_errors,
@@ -88,7 +89,7 @@ def train_localizer_folds(config: LocalizerConfig, data_dir: str | os.PathLike |
             and stops at once (`StaleRunError`) when anything that changes the weights differs.
 
     Returns:
-        The manifest's "localizer" entry.
+        The manifest's localizer section (`LocalizerRecord.to_dict`).
     """
     t0 = time.perf_counter()
     run, root = Path(run), data_root(data_dir, must_exist=True)
@@ -100,17 +101,17 @@ def train_localizer_folds(config: LocalizerConfig, data_dir: str | os.PathLike |
     if len(fold_ids) < 2:
         raise ValueError(f"a localizer per fold needs at least 2 folds with labelled studies, got {fold_ids}")
     digest = coordinates_digest(coords)
-    previous = read_manifest(run).get(LOCALIZER_KEY) or {}
+    previous = RunManifest.read(run).localizer
     if not fresh and check_reusable(previous, config, fold_ids, digest, run):
         print(f"localizer: reusing the {len(fold_ids)} fold localizers of {run} (same settings, folds and "
               "coordinates; FRESH=True trains them again)", flush=True)
-        return previous
+        return previous.to_dict()
     if fresh:
         for record in (run / MODEL_DIR).glob(f"fold*/*{PART_RECORD}"):
             record.unlink()
-    started = {"kind": "lumbar-localizer-folds", "config": config.to_dict(), "folds": {}, "fold_ids": fold_ids,
-               "coordinates_sha1": digest, "status": "training"}
-    update_manifest(run, LOCALIZER_KEY, started)
+    training = LocalizerRecord(kind=LocalizerRecord.FOLDS, config=config.to_dict(), folds={},
+                               fold_ids=fold_ids, coordinates_sha1=digest, status=LocalizerRecord.TRAINING)
+    save_record(run, training)
     prepare_all(config, root, coords, run, index, progress)  # decoded once, read by every fold
     parts = model_parts(config)
     plan = plan_processes(len(fold_ids) * len(parts), config.device, jobs, config.threads)
@@ -127,15 +128,14 @@ def train_localizer_folds(config: LocalizerConfig, data_dir: str | os.PathLike |
     else:
         entries = [_train_one(t) for t in tasks]
     n = len(parts)
-    members = {fold_member(k): {**merge_parts(entries[i * n:(i + 1) * n], config), "fold": k}
+    members = {fold_member(k): _merged(entries[i * n:(i + 1) * n], config).copy(fold=k)
                for i, k in enumerate(fold_ids)}
-    entry = {"kind": "lumbar-localizer-folds", "config": config.to_dict(), "folds": members, "fold_ids": fold_ids,
-             "coordinates_sha1": digest}
-    update_manifest(run, LOCALIZER_KEY, entry)
-    entry = predict_out_of_fold(run, root, coords, folds, index, device)
-    entry["seconds"] = round(time.perf_counter() - t0, 1)
-    update_manifest(run, LOCALIZER_KEY, entry)
-    return entry
+    save_record(run, LocalizerRecord(kind=LocalizerRecord.FOLDS, config=config.to_dict(), folds=members,
+                                     fold_ids=fold_ids, coordinates_sha1=digest))
+    entry = _predict_out_of_fold(run, root, coords, folds, index, device)
+    entry.seconds = round(time.perf_counter() - t0, 1)
+    save_record(run, entry)
+    return entry.to_dict()
 
 
 def predict_out_of_fold(run: str | os.PathLike, data_dir: str | os.PathLike | None, coords: pd.DataFrame,
@@ -146,15 +146,20 @@ def predict_out_of_fold(run: str | os.PathLike, data_dir: str | os.PathLike | No
     add confidences to a run trained before they were recorded: same points, the crops are reused).
 
     Returns:
-        The manifest's "localizer" entry with `oof`, `errors`, the summaries and `implausible_studies`.
+        The manifest's localizer section with `oof`, `errors`, the summaries and `implausible_studies`.
     """
+    return _predict_out_of_fold(run, data_dir, coords, folds, index, device).to_dict()
+
+
+def _predict_out_of_fold(run: str | os.PathLike, data_dir: str | os.PathLike | None, coords: pd.DataFrame,
+                         folds: pd.DataFrame, index: pd.DataFrame, device: str) -> LocalizerRecord:
     run, root = Path(run), data_root(data_dir, must_exist=True)
-    entry = read_manifest(run)[LOCALIZER_KEY]
+    entry = RunManifest.read(run).need.localizer
     fold_of = folds.set_index("study_id")["fold"]
     coords = coords[coords["study_id"].isin(fold_of.index)]
     parts = []
-    for name, member in entry["folds"].items():
-        k, t0 = int(member["fold"]), time.perf_counter()
+    for name, member in entry.need.folds.items():
+        k, t0 = int(member.need.fold), time.perf_counter()
         studies = sorted(int(s) for s in coords["study_id"].unique() if fold_of[s] == k)
         predicted, _ = localize(root, "train", run, studies=studies, index=index, device=device, progress=False,
                                 members=[name])  # fmt: skip
@@ -169,11 +174,12 @@ def predict_out_of_fold(run: str | os.PathLike, data_dir: str | os.PathLike | No
     measured = errors.dropna(subset=["slice_shift"])[["condition", "slice_shift", "dx_mm", "dy_mm"]]
     write_localizer_errors(measured.rename(columns={"slice_shift": "slice_error"}), run / ERRORS_JSON)
     table = summarize_folds(errors)
-    entry.update(oof=OOF_CSV, errors=ERRORS_JSON, errors_table=ERRORS_CSV, oof_points=len(oof),
-                 summary=summary_line(table.loc["all"]), per_fold={f: summary_line(table.loc[f]) for f in
-                 table.index.get_level_values(0).unique()}, slice_histogram=slice_histogram(errors).to_dict("index"),
-                 implausible_studies=implausible_studies(oof))  # fmt: skip
-    update_manifest(run, LOCALIZER_KEY, entry)
+    per_fold = {f: summary_line(table.loc[f]) for f in table.index.get_level_values(0).unique()}
+    entry = entry.copy(oof=OOF_CSV, errors=ERRORS_JSON, errors_table=ERRORS_CSV, oof_points=len(oof),
+                       summary=summary_line(table.loc["all"]), per_fold=per_fold,
+                       slice_histogram=slice_histogram(errors).to_dict("index"),
+                       implausible_studies=implausible_studies(oof))
+    save_record(run, entry)
     return entry
 
 
@@ -189,12 +195,17 @@ def model_parts(config: LocalizerConfig) -> list[LocalizerConfig]:
 def merge_parts(entries: list[dict], config: LocalizerConfig) -> dict:
     """One fold's manifest entry from its parts' entries (`model_parts`, in that order): models, skipped
     models and problems of all parts, the whole config, `seconds` the sum of the parts' training times."""
-    merged = {**entries[0], "config": config.to_dict(), "models": {}, "skipped": {}, "problems": []}
-    for entry in entries:
-        merged["models"].update(entry["models"])
-        merged["skipped"].update(entry["skipped"])
-        merged["problems"] += entry["problems"]
-    merged["seconds"] = round(sum(entry["seconds"] for entry in entries), 1)
+    return _merged(entries, config).to_dict()
+
+
+def _merged(entries: list[dict], config: LocalizerConfig) -> LocalizerRecord:
+    parts = [LocalizerRecord.from_dict(entry) for entry in entries]
+    merged = parts[0].copy(config=config.to_dict(), models={}, skipped={}, problems=[])
+    for part in parts:
+        merged.models.update(part.models)
+        merged.skipped.update(part.skipped)
+        merged.problems += part.problems
+    merged.seconds = round(sum(part.seconds for part in parts), 1)
     return merged
 
 
@@ -216,29 +227,32 @@ def _train_one(task: tuple) -> dict:
     return entry
 
 
-def check_reusable(previous: dict, config: LocalizerConfig, fold_ids: list[int], digest: str, run: Path) -> bool:
-    """True when `previous` (the run's localizer entry) is a finished set of fold localizers with these settings,
-    folds and coordinates; False when there is nothing to reuse, or a killed run to resume.
+def check_reusable(previous: LocalizerRecord | None, config: LocalizerConfig, fold_ids: list[int],
+                   digest: str, run: Path) -> bool:
+    """True when `previous` (the run's localizer section) is a finished set of fold localizers with these
+    settings, folds and coordinates; False when there is nothing to reuse, or a killed run to resume.
 
     Raises:
         StaleRunError: the run's localizers (finished or not) were trained with other settings, folds or
             coordinates: names each and how to train again.
     """
-    if previous.get("kind") != "lumbar-localizer-folds":
+    if previous is None or previous.kind != LocalizerRecord.FOLDS:
         return False
-    changes = setting_changes(LocalizerConfig.from_dict(previous["config"]).to_dict(), config.to_dict(), RUN_ONLY)
-    saved = previous.get("fold_ids") or sorted(int(m["fold"]) for m in previous.get("folds", {}).values())
+    saved_config = LocalizerConfig.from_dict(previous.need.config).to_dict()
+    changes = setting_changes(saved_config, config.to_dict(), RUN_ONLY)
+    saved = previous.fold_ids or sorted(int(m.need.fold) for m in (previous.folds or {}).values())
     if saved != fold_ids:
         changes.append(f"folds: {saved} -> {fold_ids}")
-    if previous.get("coordinates_sha1", digest) != digest:
+    if previous.coordinates_sha1 not in (None, digest):
         changes.append("coordinates: other points (COORDS, COORDS_EXTRA or the competition's file changed)")
     if changes:
         raise StaleRunError(
             f"{run / MODEL_DIR} holds localizers trained with other settings or data ({'; '.join(changes)}): "
             "reusing them would keep points these settings never made; train again with FRESH=True in "
             f"02_train_localizer (pipeline: --fresh), or delete {run / MODEL_DIR}")
-    checkpoints = [run / m["checkpoint"] for f in previous.get("folds", {}).values() for m in f["models"].values()]
-    oof = previous.get("oof")
+    members = (previous.folds or {}).values()
+    checkpoints = [run / m.need.checkpoint for f in members for m in f.need.models.values()]
+    oof = previous.oof
     return bool(checkpoints) and all(c.is_file() for c in checkpoints) and bool(oof) and (run / oof).is_file()
 
 
@@ -246,16 +260,17 @@ def build_oof_crops(run: str | os.PathLike, data_dir: str | os.PathLike | None, 
                     progress: bool = True) -> CacheReport:  # fmt: skip
     """The classifiers' crop cache around the out-of-fold points, with the ground-truth cache's parameters.
 
-    Written under `RUN/OOF_CACHE_ROOT/` and recorded in the manifest under "oof_crops", where
+    Written under `RUN/OOF_CACHE_ROOT/` and recorded in the manifest (`OofCropsRecord`), where
     `03_train` finds it: the classifiers validate (and may train) on it, as the test predictions will be made.
     """
     run = Path(run)
-    manifest = read_manifest(run)
-    if "cache" not in manifest.get("preprocess", {}) or "oof" not in manifest.get(LOCALIZER_KEY, {}):
+    manifest = RunManifest.read(run)
+    preprocess, localizer = manifest.preprocess, manifest.localizer
+    if not (preprocess and preprocess.cache and localizer and localizer.oof):
         raise FileNotFoundError(f"{run}: out-of-fold crops need the ground-truth cache (01_preprocess) and "
                                 "out-of-fold coordinates (a localizer per fold, 02_train_localizer)")
-    params, _ = load_cache(run / manifest["preprocess"]["cache"])
-    oof = load_coordinates(run / manifest[LOCALIZER_KEY]["oof"])
+    params, _ = load_cache(run / preprocess.cache)
+    oof = load_coordinates(run / localizer.oof)
     stale = run / OOF_CACHE_ROOT / params["cache_name"]
     built = json.loads((stale / "params.json").read_text()) if (stale / "params.json").is_file() else None
     if built is not None and built.get("coordinates_sha1") != coordinates_digest(oof):
@@ -263,6 +278,6 @@ def build_oof_crops(run: str | os.PathLike, data_dir: str | os.PathLike | None, 
         shutil.rmtree(stale)
     report = build_cache(oof, data_dir, "train", run / OOF_CACHE_ROOT, RoiConfig.from_overrides(params["config"]),
                          workers=workers, progress=progress, coords_source=OOF_CSV)  # fmt: skip
-    update_manifest(run, "oof_crops", {"cache": report.cache_dir.relative_to(run).as_posix(), "coords": OOF_CSV,
-                                       "samples": len(report.samples), "failed": len(report.failures)})  # fmt: skip
+    save_record(run, OofCropsRecord(cache=report.cache_dir.relative_to(run).as_posix(), coords=OOF_CSV,
+                                    samples=len(report.samples), failed=len(report.failures)))
     return report

@@ -32,15 +32,16 @@ from tqdm.auto import tqdm
 
 from lumbar.core.checkpoint import load_checkpoint
 from lumbar.core.constants import AXIAL_T2, CONDITIONS, LEVELS, SAGITTAL_T1, SAGITTAL_T2
-from lumbar.core.manifest import manifest_path, read_manifest
+from lumbar.core.manifest import manifest_path
 from lumbar.core.paths import data_root, series_dir
+from lumbar.core.run_contract import LocalizerModelRecord, LocalizerRecord, RunManifest
 from lumbar.core.runtime import resolve_device
 from lumbar.core.tables import COORDINATE_COLUMNS, write_coordinates
 from lumbar.data.dicom import DicomReadError, Series, Stack, patient_to_pixel, read_series
 from lumbar.data.index import load_or_build_index, series_geometry
 from lumbar.localize.axial import AXIAL_MAP_COLUMNS, SPINAL, level_anchors, map_axial
 from lumbar.localize.confidence import check_level_set
-from lumbar.localize.config import LOCALIZER_KEY, LocalizerConfig
+from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.heatmap import decode_columns, decode_heatmaps, point_confidence
 from lumbar.localize.repair import repair_canal
 from lumbar.localize.slice_refine import refine_slices
@@ -99,16 +100,10 @@ class ProbabilityMean(nn.Module):
         return (torch.logsumexp(logp, 0) - math.log(len(outs))).view(outs[0].shape)
 
 
-def localizer_members(run: str | os.PathLike) -> dict[str, dict]:
+def localizer_members(run: str | os.PathLike) -> dict[str, LocalizerRecord]:
     """The trained localizers of a run's manifest by name: one (`all`) from `train_localizer`, or one per fold
-    (`fold0`, ...) from `lumbar.localize.folds`, each an entry with its models and checkpoints."""
-    manifest = read_manifest(run)
-    if LOCALIZER_KEY not in manifest:
-        raise FileNotFoundError(
-            f"{manifest_path(run)}: no trained localizer in this run (train one with `lumbar train-localizer`)"
-        )
-    entry = manifest[LOCALIZER_KEY]
-    return dict(entry["folds"]) if "folds" in entry else {"all": entry}
+    (`fold0`, ...) from `lumbar.localize.folds`, each with its models and checkpoints."""
+    return RunManifest.read(run).need.localizer.members()
 
 
 class Localizer:
@@ -119,7 +114,7 @@ class Localizer:
     for out-of-fold coordinates. Inference runs in float32 (a few forward passes per study).
 
     Args:
-        run: run folder whose manifest has a "localizer" entry (`lumbar.localize.train` or `.folds`).
+        run: run folder whose manifest has a localizer (`lumbar.localize.train` or `.folds`).
         device: "auto", "cpu" or "cuda".
         members: names of the localizers to use (default: all of them).
     """
@@ -133,21 +128,22 @@ class Localizer:
             raise ValueError(f"{manifest_path(self.run)}: localizer(s) {unknown or names} asked for; the run has "
                              f"{sorted(available)}")
         chosen = [available[n] for n in names]
-        self.config = LocalizerConfig.from_dict(chosen[0]["config"])
+        self.config = LocalizerConfig.from_dict(chosen[0].need.config)
         self.device = resolve_device(device)
         heatmaps: dict[str, list[nn.Module]] = {}
         scorers: dict[str, list[nn.Module]] = {}  # by the task whose slices they refine
         for entry in chosen:
-            for name, model_entry in entry["models"].items():
-                if model_entry.get("kind") == "slice_scorer":
-                    model, into, key = build_scorer(self.config), scorers, model_entry["refines"]
+            for name, model_entry in entry.need.models.items():
+                if model_entry.kind == LocalizerModelRecord.SLICE_SCORER:
+                    model, into, key = build_scorer(self.config), scorers, model_entry.need.refines
                 else:
                     model, into, key = build_model(TASKS[name], self.config), heatmaps, name
-                model.load_state_dict(load_checkpoint(self.run / model_entry["checkpoint"]))
+                checkpoint = self.run / model_entry.need.checkpoint
+                model.load_state_dict(load_checkpoint(checkpoint))
                 into.setdefault(key, []).append(model)
         self.models = {k: ProbabilityMean(v, start_dim=2).to(self.device).eval() for k, v in heatmaps.items()}
         self.scorers = {k: ProbabilityMean(v, start_dim=1).to(self.device).eval() for k, v in scorers.items()}
-        offsets = [e["foramina_offset_mm"] for e in chosen if e.get("foramina_offset_mm") is not None]
+        offsets = [e.foramina_offset_mm for e in chosen if e.foramina_offset_mm is not None]
         # where each level's axial slice is looked for (`lumbar.localize.axial.level_anchors`); older runs: the canal
         self.foramina_offset_mm = np.mean(offsets, axis=0).tolist() if offsets else None
         self.forward_seconds = 0.0  # inside the heatmap models (the rest of localisation is reading and resampling)

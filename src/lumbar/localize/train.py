@@ -4,7 +4,8 @@
 (`lumbar.localize.tasks`), one `HeatmapNet`, then for each task of `config.refine_tasks` a slice scorer
 (`lumbar.localize.slice_refine`), and writes into the run folder:
 
-    RUN/manifest.json["localizer"]  backbone, size, slices, per-model checkpoint, points, config
+    RUN/manifest.json "localizer"   backbone, size, slices, per-model checkpoint, points, config
+                                    (`lumbar.core.run_contract.LocalizerRecord`)
     RUN/localizer/<model>.pt        state dict (load with torch.load(..., weights_only=True))
     RUN/localizer/cache/<inputs>/   the model inputs as float16 .npy, named after their parameters
     RUN/localizer/tensorboard/      with `config.tensorboard`: each model's loss and learning rate per epoch
@@ -30,16 +31,17 @@ from tqdm.auto import tqdm
 from lumbar.core.checkpoint import save_model
 from lumbar.core.encoders import NONE
 from lumbar.core.fallback import MAX_FALLBACK_SHARE, check_fallbacks
-from lumbar.core.manifest import manifest_path, update_manifest
+from lumbar.core.manifest import manifest_path
 from lumbar.core.paths import data_root, series_dir
+from lumbar.core.run_contract import LocalizerModelRecord, LocalizerRecord, save_record
 from lumbar.core.runtime import Runtime, seed_everything, setup_runtime, teardown_runtime
-from lumbar.core.settings import parse_assignments
+from lumbar.core.settings import command_settings, given_flags
 from lumbar.core.tables import load_coordinates
 from lumbar.data.dicom import DicomReadError, Series, Stack, read_series
 from lumbar.data.index import load_or_build_index
 from lumbar.localize.augment import random_affine, random_depth_affine, random_intensity, random_mirror
 from lumbar.localize.axial import foramina_offset_mm
-from lumbar.localize.config import LOCALIZER_KEY, LocalizerConfig
+from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.fit import fit
 from lumbar.localize.heatmap import HeatmapNet, heatmap_loss
 from lumbar.localize.slice_refine import CropGeometry, SliceScorer, draw_batch, scorer_loss, training_crops
@@ -267,13 +269,13 @@ def train_localizer(config: LocalizerConfig, data_dir: str | os.PathLike | None,
     placed = placed_coordinates(table[table["study_id"].isin(studies)], index)
     runtime = setup_runtime(config.device, amp=config.amp, channels_last=False, threads=config.threads)
     try:
-        manifest = _train_all(config, placed, root, run, runtime, progress, t0, member)
+        record = _train_all(config, placed, root, run, runtime, progress, t0, member)
     finally:
         teardown_runtime(runtime)
-    manifest["foramina_offset_mm"] = foramina_offset_mm(placed, index)  # the axial anchors (localize.axial)
+    record.foramina_offset_mm = foramina_offset_mm(placed, index)  # the axial anchors (localize.axial)
     if member is None:
-        update_manifest(run, LOCALIZER_KEY, manifest)
-    return manifest
+        save_record(run, record)
+    return record.to_dict()
 
 
 def prepare_all(config: LocalizerConfig, data_dir: str | os.PathLike | None, coords: pd.DataFrame, run: str | os.PathLike,
@@ -291,23 +293,15 @@ def prepare_all(config: LocalizerConfig, data_dir: str | os.PathLike | None, coo
 
 
 def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: Path, runtime: Runtime,
-               progress: bool, t0: float, member: str | None) -> dict:  # fmt: skip
+               progress: bool, t0: float, member: str | None) -> LocalizerRecord:
     """Train the heatmap models, then the slice scorers; write checkpoints and the manifest entry."""
     device = runtime.device
-    manifest = {
-        "kind": "lumbar-localizer",
-        "precision": runtime.precision,
-        "backbone": config.backbone,
-        "size": config.size,
-        "slices": config.slices,
-        "axial_neighbors": config.axial_neighbors,
-        "config": config.to_dict(),
-        "train_studies": int(placed["study_id"].nunique()),
-        "device": str(device),
-        "models": {},
-        "skipped": {},
-        "problems": [],
-    }
+    manifest = LocalizerRecord(
+        kind=LocalizerRecord.ONE, precision=runtime.precision, backbone=config.backbone, size=config.size,
+        slices=config.slices, axial_neighbors=config.axial_neighbors, config=config.to_dict(),
+        train_studies=int(placed["study_id"].nunique()), device=str(device), models={}, skipped={},
+        problems=[],
+    )
 
     def label(name: str) -> str:  # the model in the epoch lines: "localizer fold0 sag_t2"
         return " ".join([MODEL_DIR, *([member] if member else []), name])
@@ -315,19 +309,20 @@ def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: P
     def board(name: str) -> Path:  # its TensorBoard curves (with config.tensorboard)
         return Path(run, MODEL_DIR, TENSORBOARD_DIR, *([member] if member else []), name)
 
-    def record(name: str, model: torch.nn.Module, entry: dict, history: list[float], started: float) -> None:
+    def record(name: str, model: torch.nn.Module, entry: LocalizerModelRecord, history: list[float],
+               started: float) -> None:
         checkpoint = Path(MODEL_DIR, *([member] if member else []), f"{name}.pt")
         save_model(model, run / checkpoint)
-        manifest["models"][name] = {"checkpoint": checkpoint.as_posix(), **entry,
-                                    "loss_per_epoch": [round(v, 5) for v in history],
-                                    "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+        manifest.models[name] = entry.copy(checkpoint=checkpoint.as_posix(),
+                                           loss_per_epoch=[round(v, 5) for v in history],
+                                           seconds=round(time.perf_counter() - started, 1))
 
     for name in config.task_names:
         task, started = get_task(name), time.perf_counter()
         inputs, targets, problems = prepare_inputs(task, placed, root, run, config, progress)
         _record_problems(manifest, problems, len(inputs), f"{name} samples")
         if len(inputs) == 0:
-            manifest["skipped"][name] = "no training samples"
+            manifest.skipped[name] = "no training samples"
             log.warning("localizer model %s: no training samples, skipped", name)
             continue
         seed_everything(config.seed, deterministic=device.type == "cpu")  # initial weights too: reruns agree
@@ -335,8 +330,9 @@ def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: P
         batch = _heatmap_batches(task, inputs, targets, config, device)
         history = fit(model, len(inputs), batch, partial(_heatmap_loss, config=config), config.epochs_of(task.plane), config, runtime,
                       label(name), progress, board(name))  # fmt: skip
-        record(name, model, {"kind": "heatmap", "series_description": task.series_description,
-                             "points": [list(p) for p in task.points], "samples": len(inputs)}, history, started)  # fmt: skip
+        entry = LocalizerModelRecord(kind=LocalizerModelRecord.HEATMAP, points=[list(p) for p in task.points],
+                                     series_description=task.series_description, samples=len(inputs))
+        record(name, model, entry, history, started)
 
     for name in config.refine_task_names:
         task, started = get_task(name), time.perf_counter()
@@ -346,43 +342,49 @@ def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: P
         _record_problems(manifest, problems, len(crops), f"{name} slice-scorer stacks")
         scorer_name = f"{name}_slices"
         if not crops:
-            manifest["skipped"][scorer_name] = "no training samples"
+            manifest.skipped[scorer_name] = "no training samples"
             continue
         seed_everything(config.seed, deterministic=device.type == "cpu")
         model = build_scorer(config, config.pretrained).to(device)
         batch = _scorer_batches(crops, truth, config, device)
         history = fit(model, len(crops), batch, scorer_loss, config.refine_epochs or config.epochs, config, runtime,
                       label(scorer_name), progress, board(scorer_name))  # fmt: skip
-        record(scorer_name, model, {"kind": "slice_scorer", "refines": name, "samples": len(crops)}, history, started)
+        entry = LocalizerModelRecord(kind=LocalizerModelRecord.SLICE_SCORER, refines=name, samples=len(crops))
+        record(scorer_name, model, entry, history, started)
 
-    manifest["seconds"] = round(time.perf_counter() - t0, 1)
+    manifest.seconds = round(time.perf_counter() - t0, 1)
     return manifest
 
 
-def _record_problems(manifest: dict, problems: dict[str, str], kept: int, what: str) -> None:
+def _record_problems(manifest: LocalizerRecord, problems: dict[str, str], kept: int, what: str) -> None:
     """Note the samples left out in the manifest; too many (`MAX_FALLBACK_SHARE`) fail the training."""
-    manifest["problems"] += [f"{key}: {why}" for key, why in problems.items()]
+    manifest.problems += [f"{key}: {why}" for key, why in problems.items()]
     check_fallbacks(problems, kept + len(problems), MAX_FALLBACK_SHARE, what)
+
+
+#: The flags of `train-localizer` that set a `LocalizerConfig` field of the same name (None = not given).
+FLAG_FIELDS = ("epochs", "size", "slices", "backbone", "batch_size", "lr", "device", "pretrained", "seed",
+               "tasks", "max_studies", "workers", "threads")
+
+
+def config_from_args(args: argparse.Namespace) -> LocalizerConfig:
+    """The `LocalizerConfig` of a parsed `train-localizer` command line: defaults < flags < `--set`."""
+    return command_settings(LocalizerConfig(), given_flags(args, FLAG_FIELDS), args.set)
 
 
 def cli_train_localizer(args: argparse.Namespace) -> int:
     """`python -m lumbar train-localizer`."""
-    overrides = parse_assignments(args.set)
-    for name in ("epochs", "size", "slices", "backbone", "batch_size", "lr", "device", "pretrained", "seed",
-                 "tasks", "max_studies", "workers", "threads"):  # fmt: skip
-        value = getattr(args, name, None)
-        if value is not None:
-            overrides[name] = value
-    config = LocalizerConfig().with_overrides(overrides)
+    config = config_from_args(args)
     index = pd.read_parquet(args.index) if args.index else None
-    manifest = train_localizer(config, args.data_dir, args.coords, args.run, index=index)
-    for name, m in manifest["models"].items():
-        print(f"train-localizer: {name}: {m['samples']} samples, loss {m['loss_per_epoch'][0]:.3f} -> "
-              f"{m['loss_per_epoch'][-1]:.3f}, {m['seconds']:.0f} s")  # fmt: skip
-    for name, why in manifest["skipped"].items():
+    manifest = LocalizerRecord.from_dict(train_localizer(config, args.data_dir, args.coords, args.run,
+                                                         index=index))
+    for name, m in manifest.models.items():
+        print(f"train-localizer: {name}: {m.samples} samples, loss {m.loss_per_epoch[0]:.3f} -> "
+              f"{m.loss_per_epoch[-1]:.3f}, {m.seconds:.0f} s")
+    for name, why in manifest.skipped.items():
         print(f"train-localizer: {name} skipped ({why})")
-    for line in manifest["problems"][:10]:
+    for line in manifest.problems[:10]:
         print(f"train-localizer: left out {line}")
-    print(f"train-localizer: {manifest['train_studies']} studies, {manifest['seconds']:.0f} s on "
-          f"{manifest['device']}; wrote {manifest_path(args.run)} ({LOCALIZER_KEY})")  # fmt: skip
+    print(f"train-localizer: {manifest.train_studies} studies, {manifest.seconds:.0f} s on "
+          f"{manifest.device}; wrote {manifest_path(args.run)} ({LocalizerRecord.SECTION})")
     return 0

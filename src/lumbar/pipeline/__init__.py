@@ -37,14 +37,29 @@ whole. The training notebooks print one line per epoch (`lumbar.core.progress`),
 shows how far each step is and how long it has left. What a step's kernel process says outside the notebook's
 streams (its start-up warnings, why it failed to start) goes to `logs/kernel/<output>.log` (`kernel_manager`).
 
+Settings, one name each: in a config's `parameters:` (top level or a step's) and in `--set` alike, a step's
+setting is written by its own name. A notebook parameter by its name (EPOCHS, ARCH); a field of the typed
+config the step's notebook builds (`TYPED_STEPS`: 01 `RoiConfig`, 02 `LocalizerConfig`, 03 `TrainConfig`) by
+the field's name (`ema_decay`, `lr`). A field's name reaches the parameter that sets it where the notebook has
+one (`epochs` -> EPOCHS, `lr` -> 03's LR) and the notebook's `EXTRA` otherwise (`lr` -> 02's EXTRA,
+`ema_decay` -> 03's); a field the notebook makes from something else (03's `out` from NAME, `resume` from
+FRESH) is refused, naming that. `EXTRA` is the carrier the pipeline fills (an executed notebook records it;
+written out it still merges, key by key): a field inside it that has a parameter of its own is an error naming
+the parameter (`EXTRA: {epochs: 3}` -> `... 02_train_localizer.ipynb has the parameter EPOCHS for epochs; give
+EPOCHS: 3 (or epochs: 3) instead`), and each of its fields is checked against the typed config, name and
+value, before anything runs.
+
 Parameters are checked before the first notebook runs, against the `parameters` cell of each notebook
-(papermill's `inspect_notebook`). A name must be declared by the step's notebook (a step's `parameters:`),
-by some notebook of the config (top-level `parameters:`) or by some selected notebook (`--set`); otherwise
-the error names the closest declared name. Top-level parameters and `--set` go only to the notebooks that
-declare them, with precedence top-level < step < `--set`. A value must fit the type of the declared
-default (or of the annotation, `LR: float = 1e-3`): int takes an int; float an int or a float (or a string
-float() reads: PyYAML reads `1e-3` as a string); bool only true/false; str any scalar, passed as its
-string (null as ""); list and dict their own kind; a default of None, or one that is no literal, anything.
+(papermill's `inspect_notebook`). A name must be taken by the step's notebook (a step's `parameters:`), by
+some notebook of the config (top-level `parameters:`) or by some selected notebook (`--set`); otherwise the
+error names the closest declared name. Top-level parameters and `--set` go only to the notebooks that take
+them, in the one precedence of every command (`lumbar.core.settings.merge_layers`): notebook default <
+top-level < step < command-line flag (`--fresh`: FRESH) < `--set`. A value is cast to the type of the declared
+default (or of the annotation, `LR: float = 1e-3`) by the one rule of the typed configs
+(`lumbar.core.settings.cast_setting`): int takes a whole number (3, 3.0, "3"), never a bool; float a number or
+a string float() reads (PyYAML reads `1e-3` as a string), never a bool; bool true/false, 0/1, yes/no, on/off;
+str any scalar, passed as its string (null as ""); list a list, a comma-separated string or one scalar; dict a
+mapping or a YAML string; a default of None, or one that is no literal, anything.
 
 Data kind: a config with a `synthetic:` block is meant for synthetic data, any other for the real data.
 Before anything runs, `check_data_kind` stops a real-data config whose data folder holds `synthetic.json`
@@ -59,6 +74,7 @@ parallel groups), `cost` (`--plan`) and `command` (the CLI); the names below are
 from lumbar.pipeline.config import (
     LOG_DIR,
     NOTEBOOK_DIR,
+    TYPED_STEPS,
     PipelineConfig,
     PipelineError,
     Step,
@@ -73,7 +89,7 @@ from lumbar.pipeline.config import (
 from lumbar.pipeline.runner import StepLog, group_plan, log_path, run_pipeline, run_step
 
 __all__ = [
-    "LOG_DIR", "NOTEBOOK_DIR", "PipelineConfig", "PipelineError", "Step", "StepLog", "check_data_kind", "group_plan",
-    "load_config", "log_path", "notebook_parameters", "plan_steps", "run_pipeline", "run_step", "select_steps",
-    "step_settings", "where_setting_lives",
+    "LOG_DIR", "NOTEBOOK_DIR", "TYPED_STEPS", "PipelineConfig", "PipelineError", "Step", "StepLog",
+    "check_data_kind", "group_plan", "load_config", "log_path", "notebook_parameters", "plan_steps",
+    "run_pipeline", "run_step", "select_steps", "step_settings", "where_setting_lives",
 ]

@@ -8,8 +8,8 @@ from typing import Any
 import yaml
 
 from lumbar.core.manifest import read_manifest
-from lumbar.core.settings import parse_assignments
-from lumbar.pipeline.config import load_config
+from lumbar.core.settings import merge_layers, parse_assignments
+from lumbar.pipeline.config import EXTRA, load_config
 from lumbar.pipeline.cost import plan_report
 from lumbar.pipeline.runner import run_pipeline
 
@@ -25,10 +25,17 @@ def _parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def pipeline_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The parameters a command line sets over the config's, in the one precedence (`merge_layers`): the
+    flags (`--fresh` = FRESH: true), then `--set`. `--data-dir`, `--run-dir`, `--jobs`: over the config's."""
+    flags = {"FRESH": True} if getattr(args, "fresh", False) else {}
+    return merge_layers(flags, _parse_overrides(args.set), bags=[EXTRA])
+
+
 def cli_pipeline(args: argparse.Namespace) -> int:
     """`python -m lumbar pipeline`; a failed notebook raises PipelineError (exit 1, see lumbar.cli)."""
     config = load_config(args.config, data_dir=args.data_dir, run_dir=args.run_dir)
-    overrides = {**_parse_overrides(args.set), **({"FRESH": True} if getattr(args, "fresh", False) else {})}
+    overrides = pipeline_overrides(args)
     if args.plan:
         print(plan_report(config, args.start, args.only, args.jobs, overrides=overrides,
                           allow_synthetic=args.allow_synthetic))  # fmt: skip

@@ -6,10 +6,10 @@ The rules: `lumbar.pipeline`'s docstring.
 from __future__ import annotations
 
 import ast
-import contextlib
 import dataclasses
 import importlib
 import os
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,9 +17,10 @@ from typing import Any
 
 import yaml
 
-from lumbar.core.manifest import read_manifest
+from lumbar.core.manifest import manifest_path
 from lumbar.core.paths import PROJECT_ROOT, SYNTHETIC_MARKER, data_root, is_synthetic
-from lumbar.core.settings import UnknownSettingError, unknown_setting
+from lumbar.core.run_contract import RunManifest
+from lumbar.core.settings import UnknownSettingError, cast_setting, merge_layers, unknown_setting
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 #: Each step's log of printed lines: `runs/<name>/logs/<output>.log`.
@@ -176,87 +177,173 @@ def notebook_defaults(path: Path) -> dict[str, Any]:
     return values
 
 
-def _fit(value: Any, kind: type | None) -> Any:
-    """`value` as a parameter whose default has type `kind` (rules: module docstring); TypeError if it does not fit."""
-    if kind is None:
-        return value
-    if kind is float and isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            return float(value)
-    if kind is str and not isinstance(value, (list, dict)):
-        return "" if value is None else str(value)
-    if isinstance(value, (int, float) if kind is float else kind) and (kind is bool or not isinstance(value, bool)):
-        return float(value) if kind is float else value
-    raise TypeError(f"{value!r} is no {kind.__name__}")
+#: The notebook parameter that carries a step's other typed-config fields.
+EXTRA = "EXTRA"
+
+
+@dataclass(frozen=True)
+class TypedStep:
+    """A notebook that builds a typed config from its parameters: the config, and which parameter sets which
+    field.
+
+    Attributes:
+        config: "module:Class" of the typed config.
+        own: field -> the notebook parameter that sets it to the same value (`epochs` -> EPOCHS).
+        wired: field -> what the notebook makes it from (a parameter, the run folder); no name reaches it.
+    """
+
+    config: str
+    own: dict[str, str]
+    wired: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def cls(self) -> type:
+        module, _, name = self.config.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def fields(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self.cls)]
+
+
+#: The notebooks whose `EXTRA` feeds a typed config, as their code builds it (tests/test_settings.py holds the
+#: table to the notebooks' code).
+TYPED_STEPS = {
+    "01_preprocess": TypedStep("lumbar.preprocess.config:RoiConfig", {
+        "mode": "MODE", "size": "SIZE", "before": "BEFORE", "after": "AFTER", "depth": "DEPTH",
+        "filter": "FILTER", "margin_mode": "MARGIN_MODE"}),
+    "02_train_localizer": TypedStep("lumbar.localize.config:LocalizerConfig", {
+        "backbone": "BACKBONE", "pretrained": "PRETRAINED", "size": "SIZE", "epochs": "EPOCHS",
+        "device": "DEVICE", "seed": "SEED"}),
+    "03_train": TypedStep("lumbar.train.config:TrainConfig", {
+        "arch": "ARCH", "mode": "MODE", "conditions": "CONDITIONS", "folds": "FOLDS", "n_folds": "N_FOLDS",
+        "epochs": "EPOCHS", "batch_size": "BATCH_SIZE", "lr": "LR", "pretrained": "PRETRAINED",
+        "device": "DEVICE", "threads": "THREADS", "train_crops": "CROPS"}, {
+        "out": "NAME (the folder RUN_DIR/NAME)", "resume": "FRESH (resume = not FRESH)",
+        "jitter": "JITTER (localizer: the localizer's errors)", "exclude": "EXCLUDE (a file of RUN_DIR)",
+        "cache": "RUN_DIR (its crop cache)", "oof_cache": "RUN_DIR (its out-of-fold crop cache)",
+        "data_dir": "DATA_DIR (--data-dir)"}),
+}
+
+
+def _route(key: str, step: Step, owner: str) -> str | None:
+    """The parameter of `step` that `key` reaches: the notebook's own (EPOCHS), or for a lower-case field of
+    its typed config the parameter that sets the field (`epochs` -> EPOCHS), else `EXTRA`; None: no such name.
+
+    Raises:
+        ValueError: `key` is a field the step's notebook makes from something else (`TypedStep.wired`).
+    """
+    if key in step.declared:
+        return key
+    typed = TYPED_STEPS.get(step.notebook)
+    if typed is None or key != key.lower() or key not in typed.fields():
+        return None
+    if key in typed.wired:
+        raise ValueError(f"{owner}: {step.notebook}.ipynb makes {key} from {typed.wired[key]}; set that")
+    param = typed.own.get(key, EXTRA)
+    return param if param in step.declared else None
+
+
+def _check_extra(extra: Any, step: Step, owner: str, names_only: bool = False) -> None:
+    """Each field of a step's `EXTRA` a field of its typed config that no parameter sets, with a value of the
+    field's type: a config's mistake stops the pipeline before it starts, not the step's notebook later.
+
+    Args:
+        names_only: only the fields a parameter sets (checked over every step first: the error that names
+            the parameter beats one step's "unknown setting").
+    """
+    typed = TYPED_STEPS.get(step.notebook)
+    if typed is None or not isinstance(extra, Mapping):
+        return
+    hints = typing.get_type_hints(typed.cls)
+    for key, value in extra.items():
+        if key in typed.own:
+            param = typed.own[key]
+            raise ValueError(f"{owner}: EXTRA={{{key}: ...}}: {step.notebook}.ipynb has the parameter "
+                             f"{param} for {key}; give {param}: {value!r} (or {key}: {value!r}) instead")
+        if key in typed.wired:
+            raise ValueError(f"{owner}: EXTRA={{{key}: ...}}: {step.notebook}.ipynb makes {key} from "
+                             f"{typed.wired[key]}; set that")
+        if names_only:
+            continue
+        if key not in hints:
+            raise unknown_setting(f"{owner} ({step.notebook}.ipynb EXTRA)", str(key), typed.fields())
+        cast_setting(f"{owner}: {step.notebook}.ipynb EXTRA", key, value, hints[key])
 
 
 def spread_parameters(steps: list[Step], values: Mapping[str, Any], owner: str, win: bool = True) -> list[Step]:
-    """`steps` with `values` added to each step whose notebook declares the name, cast by `_fit`.
+    """`steps` with `values` added to each step that takes the name (`_route`), cast to the parameter's type
+    (`lumbar.core.settings.cast_setting`) and merged by `merge_layers` (an `EXTRA` key by key).
 
     Args:
         owner: where the values come from, for errors ("--set", "configs/demo.yaml: notebooks[2]").
         win: the values replace the steps' own (`--set`); otherwise the steps' own win (top-level parameters).
 
     Raises:
-        ValueError: `RUN_DIR` or `DATA_DIR`; a name no step declares (`UnknownSettingError`, suggesting the
-            closest declared one); a value that does not fit the type of a declared default.
+        ValueError: `RUN_DIR` or `DATA_DIR`; a name no step takes (`UnknownSettingError`, suggesting the
+            closest one); two names of one setting; a value that does not fit the type of a declared
+            default; an `EXTRA` field that is no field, or one a parameter sets (`_check_extra`).
     """
     if not isinstance(values, Mapping):
         raise ValueError(f"{owner}: parameters must map names to values, got {values!r}")  # noqa: TRY004 - bad input
     added: list[dict[str, Any]] = [{} for _ in steps]
+    given: list[dict[str, str]] = [{} for _ in steps]  # per step: a setting ("EPOCHS", "EXTRA.lr") -> name
     for key, value in values.items():
         if key in _RESERVED:
             raise ValueError(f"{owner}: the pipeline sets {key}; use {_RESERVED[key]}")
-        declaring = [i for i, step in enumerate(steps) if key in step.declared]
-        if not declaring:
+        routes = {i: param for i, step in enumerate(steps) if (param := _route(key, step, owner))}
+        if not routes:
             notebooks = ", ".join(dict.fromkeys(f"{step.notebook}.ipynb" for step in steps))
             where = where_setting_lives(key, steps)
             if where:
                 raise UnknownSettingError(f"{owner} ({notebooks}): {key!r} is no notebook parameter; {where}")
             raise unknown_setting(f"{owner} ({notebooks})", key, sorted({n for s in steps for n in s.declared}))
         misfits: dict[str, dict[str, None]] = {}
-        for i in declaring:
-            kind = steps[i].declared[key]
+        extras = []
+        for i, param in routes.items():
+            step, kind = steps[i], steps[i].declared[param]
+            new = {key: value} if param == EXTRA and key != EXTRA else value
             try:
-                added[i][key] = _fit(value, kind)
-            except TypeError:
-                misfits.setdefault(kind.__name__, {})[f"{steps[i].notebook}.ipynb"] = None
+                new = cast_setting(step.notebook, param, new, kind)
+            except ValueError:
+                misfits.setdefault(kind.__name__, {})[f"{step.notebook}.ipynb"] = None
+                continue
+            if param == EXTRA:
+                extras.append((new, step))
+            names = [f"{EXTRA}.{k}" for k in new] if param == EXTRA and isinstance(new, Mapping) else [param]
+            for name in names:
+                if given[i].setdefault(name, key) != key:
+                    raise ValueError(f"{owner}: {given[i][name]} and {key} both set {name} of "
+                                     f"{step.notebook}.ipynb; give one")
+            added[i] = merge_layers(added[i], {param: new}, bags=[EXTRA])
         if misfits:
             expected = "; ".join(f"the {kind} default of {', '.join(nbs)}" for kind, nbs in misfits.items())
             raise ValueError(f"{owner}: {key}={value!r} does not fit {expected}")
-    return [replace(step, parameters=_merged(step.parameters, new) if win else _merged(new, step.parameters))
-            for step, new in zip(steps, added)]  # fmt: skip
-
-
-def _merged(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
-    """`high` over `low`; a mapping parameter (`EXTRA`) is merged key by key, so `--set EXTRA={resume: false}` adds
-    to a step's EXTRA instead of dropping the rest of it."""
-    out = dict(low)
-    for key, value in high.items():
-        both = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
-        out[key] = {**out[key], **value} if both else value
-    return out
-
-
-#: Which typed config each notebook's `EXTRA` feeds (its fields are settings there, not notebook parameters).
-EXTRA_CONFIGS = {"01_preprocess": "lumbar.preprocess.config:RoiConfig",
-                 "02_train_localizer": "lumbar.localize.config:LocalizerConfig",
-                 "03_train": "lumbar.train.config:TrainConfig"}  # fmt: skip
+        for names_only in (True, False):
+            for extra, step in extras:
+                _check_extra(extra, step, owner, names_only)
+    layered = [(step.parameters, new) if win else (new, step.parameters) for step, new in zip(steps, added)]
+    return [replace(step, parameters=merge_layers(*low_high, bags=[EXTRA]))
+            for step, low_high in zip(steps, layered)]
 
 
 def where_setting_lives(key: str, steps: list[Step]) -> str:
-    """For a name that is no notebook parameter but a field of a step's typed config (`lr`, `ema_decay`): where to
-    set it, per notebook ("" when it is no field of any)."""
+    """For a name no step takes: the name that reaches the setting it means (`EMA_DECAY` -> `ema_decay`), or
+    the notebook whose typed config has it when no selected step runs that notebook ("" when none has it)."""
     places = []
-    for notebook in dict.fromkeys(s.notebook for s in steps):
-        if notebook not in EXTRA_CONFIGS:
+    name = key.lower()
+    selected = {s.notebook for s in steps}
+    for notebook, typed in TYPED_STEPS.items():
+        if name not in typed.fields():
             continue
-        module, _, name = EXTRA_CONFIGS[notebook].partition(":")
-        fields = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
-        if key in fields:
-            declared = next(s.declared for s in steps if s.notebook == notebook)
-            also = f" or the parameter {key.upper()}" if key.upper() in declared else ""
-            places.append(f"{notebook}: EXTRA={{{key}: ...}}{also} (a field of {name})")
+        cls = typed.config.partition(":")[2]
+        if name in typed.wired:
+            what = f"{typed.wired[name]} ({cls}.{name} is made from it)"
+        else:
+            what = f"{typed.own.get(name, name)} (a field of {cls})"
+        if notebook in selected and name != key:
+            places.append(f"{notebook}: {what}")
+        elif notebook not in selected:
+            places.append(f"{notebook}, not selected: {what}")
     return "set it as " + "; ".join(places) if places else ""
 
 
@@ -339,11 +426,12 @@ def step_settings(notebook: str, chosen: str, step: str = "") -> dict[str, Any]:
                          "'demo', a config's path, or a run folder such as '../runs/full'); the pipeline sets "
                          "RUN_DIR itself")  # fmt: skip
     run = _project_path(chosen) if not Path(chosen).is_absolute() else Path(chosen)
-    if (run / "manifest.json").is_file():
+    if manifest_path(run).is_file():
         executed = _executed_parameters(run, notebook, step)
         if executed is not None:
             return executed
-        chosen = read_manifest(run).get("pipeline", {}).get("config") or ""
+        pipeline = RunManifest.read(run).pipeline
+        chosen = (pipeline.config if pipeline else None) or ""
         if not chosen:
             raise ValueError(f"{run}: no executed {notebook} and no pipeline config in its manifest")
     path = _config_path(chosen)

@@ -13,8 +13,8 @@ from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any
 
-from lumbar.core.manifest import update_manifest
 from lumbar.core.processes import ProcessPlan, plan_processes, process_pool, visible_gpus, wants_gpu
+from lumbar.core.run_contract import NotebookRecord, PipelineRecord, save_record
 from lumbar.pipeline.config import LOG_DIR, PipelineConfig, PipelineError, Step, check_data_kind, plan_steps
 
 
@@ -145,8 +145,9 @@ def run_step(step: Step, config: PipelineConfig, threads: int = 0) -> float:
         )
         outcome = "done"
     except PapermillExecutionError as e:
-        update_manifest(config.run_dir, "notebooks", {"status": "failed", "seconds": round(time.perf_counter() - t0, 1),
-                                                     "error": f"{e.ename}: {e.evalue}"}, item=step.output)  # fmt: skip
+        failed = NotebookRecord(status=NotebookRecord.FAILED, seconds=round(time.perf_counter() - t0, 1),
+                                error=f"{e.ename}: {e.evalue}")
+        save_record(config.run_dir, failed, item=step.output)
         outcome = (f"notebook {step.output} ({step.notebook}.ipynb) failed in cell {e.exec_count} "
                    f"(cell index {e.cell_index}): {e.ename}: {e.evalue}\n  executed copy: {out}")
         raise PipelineError(outcome) from None
@@ -157,8 +158,8 @@ def run_step(step: Step, config: PipelineConfig, threads: int = 0) -> float:
         log.note(f"{outcome.splitlines()[0]} ({time.perf_counter() - t0:.1f} s)")
         log.close()
     seconds = time.perf_counter() - t0
-    update_manifest(config.run_dir, "notebooks", {"status": "ok", "seconds": round(seconds, 1),
-                                                 "output": out.name}, item=step.output)  # fmt: skip
+    done = NotebookRecord(status=NotebookRecord.OK, seconds=round(seconds, 1), output=out.name)
+    save_record(config.run_dir, done, item=step.output)
     return seconds
 
 
@@ -184,8 +185,8 @@ def run_pipeline(
     steps = plan_steps(config, start, only, overrides)
     check_data_kind(config, allow_synthetic)
     jobs = config.jobs if jobs is None else jobs
-    update_manifest(config.run_dir, "pipeline", {"config": str(config.source), "data_dir": str(config.data_dir),
-                                                 "jobs": jobs or "auto"})  # fmt: skip
+    save_record(config.run_dir, PipelineRecord(config=str(config.source), data_dir=str(config.data_dir),
+                                               jobs=jobs or "auto"))
     seconds: dict[str, float] = {}
     for _, group in itertools.groupby(steps, key=lambda s: s.group):
         group = list(group)

@@ -37,7 +37,7 @@ from lumbar.core.atomic import write_json
 from lumbar.core.constants import CONDITIONS, LEVELS, row_id
 from lumbar.core.fallback import MAX_FALLBACK_SHARE, check_fallbacks
 from lumbar.core.paths import data_root, images_dir
-from lumbar.core.settings import parse_assignments
+from lumbar.core.settings import command_settings, given_flags
 from lumbar.core.tables import COORDINATE_COLUMNS, load_coordinates, write_csv, write_parquet
 from lumbar.preprocess.config import RoiConfig
 from lumbar.preprocess.roi import (
@@ -180,7 +180,8 @@ class CacheReport:
                 lines.append(f"  failed {n} x {reason} (e.g. {example[reason]})")
             lines.append(f"  all failed rows: {self.cache_dir / 'failures.csv'}")
         for view in sorted(set(self.views["view"]) | set(self.view_failures["view"])):
-            n, missing = int((self.views["view"] == view).sum()), self.view_failures[self.view_failures["view"] == view]
+            n = int((self.views["view"] == view).sum())
+            missing = self.view_failures[self.view_failures["view"] == view]
             reasons = Counter(_reason(e) for e in missing["error"]).most_common(3)
             lines.append(f"  view {view}: {n} samples, {len(missing)} target rows without one"
                          + (f" ({'; '.join(f'{k} x {r}' for r, k in reasons)})" if reasons else ""))
@@ -225,7 +226,8 @@ class Rows:
 
     def frame(self, *before: pd.DataFrame) -> pd.DataFrame:
         """All rows as one table, after the rows of the tables `before` (e.g. those a resumed build kept)."""
-        frames = [f for f in (*before, *self.frames, pd.DataFrame(self.buffer, columns=self.columns)) if len(f)]
+        buffered = pd.DataFrame(self.buffer, columns=self.columns)
+        frames = [f for f in (*before, *self.frames, buffered) if len(f)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=self.columns)
 
 
@@ -281,8 +283,8 @@ def build_cache(
         progress: show a tqdm bar over studies.
         coords_source: where the coordinates came from, recorded in params.json.
         max_failed_share: the share of coordinate rows that may fail (always at least one); more fail the
-            build (`lumbar.core.fallback.FallbackLimitError`, after samples.parquet and failures.csv are written),
-            because so many failures mean a broken data folder or decoder, not a few odd files.
+            build (`lumbar.core.fallback.FallbackLimitError`, after samples.parquet and failures.csv are
+            written), because so many failures mean a broken data folder or decoder, not a few odd files.
 
     Returns:
         The report; samples and failures are also written to the cache folder. Studies without images,
@@ -293,27 +295,62 @@ def build_cache(
     root = data_root(data_dir)
     coords = coords[COORDINATE_COLUMNS].reset_index(drop=True)
     folder = prepare_cache_dir(out_root, _params(config, split, coords, coords_source))
-    failures: list[dict] = []
     dup = coords.duplicated(["study_id", "condition", "level"])
-    failures += [
+    failures = [
         _failure_row(r, "duplicate coordinate row for this study, condition and level (the first is used)")
         for r in coords[dup].to_dict("records")
     ]
     coords = coords[~dup]
+    report = CacheReport(folder, pd.DataFrame(), pd.DataFrame())
+    resume = _plan_build(coords, root, split, folder, config, report, failures)
+    report.studies_opened = len(resume.tasks)
+    jobs = ((s, coords.iloc[positions].to_dict("records"), str(root), split, str(folder), config)
+            for s, positions in resume.tasks)
+    bar = tqdm(total=len(resume.tasks), desc=f"preprocess {cache_name(config)}", unit="study",
+               disable=not progress)
+    built = _collect(_run_studies(jobs, workers if len(resume.tasks) > 1 else 1), bar, report, failures)
+    _write_tables(report, config, built, resume, failures)
+    check_fallbacks(dict(zip(report.failures["sample_id"], report.failures["error"])),
+                    len(coords) + int(dup.sum()), max_failed_share, f"coordinate rows (samples) of {folder}")
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+@dataclass(frozen=True)
+class _Resume:
+    """What a (resumed) build starts from: the studies to build, as (study_id, positions of their coordinate
+    rows), and the rows of samples.parquet and views.parquet it keeps (studies whose files are all there)."""
+
+    tasks: list[tuple[int, np.ndarray]]
+    samples: pd.DataFrame
+    views: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class _Built:
+    """The rows the built studies returned: samples, second-view samples, target rows without a view."""
+
+    samples: Rows
+    views: Rows
+    view_failures: Rows
+
+
+def _plan_build(coords: pd.DataFrame, root: Path, split: str, folder: Path, config: RoiConfig,
+                report: CacheReport, failures: list[dict]) -> _Resume:
+    """Sort the studies of `coords` into those to build and those already complete in `folder` (counted as
+    skipped); a study without an image folder fails its rows (appended to `failures`)."""
     old = _read_table(folder / "samples.parquet", SAMPLE_COLUMNS)
     old_views = load_views(folder)
     known = dict(zip(old["sample_id"], old["file"]))  # id -> file: what a resumed build may keep
     known_views = dict(zip(old_views["sample_id"], old_views["file"]))
     kept, kept_views = [], []
-    samples, views, view_failures = Rows(SAMPLE_COLUMNS), Rows(VIEW_COLUMNS), Rows(VIEW_FAILURE_COLUMNS)
     tasks: list[tuple[int, np.ndarray]] = []
-    report = CacheReport(folder, pd.DataFrame(), pd.DataFrame())
     base = images_dir(root, split)
     for study_id, positions in coords.groupby("study_id", sort=True).indices.items():
         rows = coords.iloc[positions].to_dict("records")
         ids = [row_id(study_id, r["condition"], r["level"]) for r in rows]
         if not (base / str(study_id)).is_dir():
-            failures += [_failure_row(r, f"{base / str(study_id)}: study folder not found") for r in rows]
+            failures.extend(_failure_row(r, f"{base / str(study_id)}: study folder not found") for r in rows)
             continue
         report.studies += 1
         view_ids = expected_ids(config.views, rows)
@@ -323,12 +360,17 @@ def build_cache(
             kept_views += view_ids
             report.skipped += len(ids) + len(view_ids)
             continue
-        tasks.append((int(study_id), positions))  # its rows are made again when it is built: none held meanwhile
-    report.studies_opened = len(tasks)
-    jobs = ((s, coords.iloc[positions].to_dict("records"), str(root), split, str(folder), config)
-            for s, positions in tasks)
-    bar = tqdm(total=len(tasks), desc=f"preprocess {cache_name(config)}", unit="study", disable=not progress)
-    for r in _run_studies(jobs, workers if len(tasks) > 1 else 1):
+        # its rows are made again when it is built: none held meanwhile
+        tasks.append((int(study_id), positions))
+    return _Resume(tasks, old[old["sample_id"].isin(set(kept))],
+                   old_views[old_views["sample_id"].isin(set(kept_views))])
+
+
+def _collect(results: Iterator[StudyResult], bar, report: CacheReport, failures: list[dict]) -> _Built:
+    """The built studies' rows, gathered as they finish; their counts and notes go to `report`, their failed
+    rows to `failures`."""
+    samples, views, view_failures = Rows(SAMPLE_COLUMNS), Rows(VIEW_COLUMNS), Rows(VIEW_FAILURE_COLUMNS)
+    for r in results:
         samples.extend(r.samples)
         failures += r.failures
         views.extend(r.view_samples)
@@ -338,19 +380,23 @@ def build_cache(
         report.notes += r.notes
         bar.update()
     bar.close()
-    report.samples = _ordered(samples.frame(old[old["sample_id"].isin(set(kept))]))
+    return _Built(samples, views, view_failures)
+
+
+def _write_tables(report: CacheReport, config: RoiConfig, built: _Built, resume: _Resume,
+                  failures: list[dict]) -> None:
+    """The cache's tables, the kept rows first, in study, condition, level order: into `report` and the
+    folder (samples.parquet, failures.csv; with views, views.parquet and view_failures.csv)."""
+    folder = report.cache_dir
+    report.samples = _ordered(built.samples.frame(resume.samples))
     report.failures = _ordered(pd.DataFrame(failures, columns=FAILURE_COLUMNS))
     write_parquet(report.samples, folder / "samples.parquet")
     write_csv(report.failures, folder / "failures.csv")
     if config.views:
-        report.views = _ordered(views.frame(old_views[old_views["sample_id"].isin(set(kept_views))]))
-        report.view_failures = _ordered(view_failures.frame())
+        report.views = _ordered(built.views.frame(resume.views))
+        report.view_failures = _ordered(built.view_failures.frame())
         write_parquet(report.views, folder / "views.parquet")
         write_csv(report.view_failures, folder / "view_failures.csv")
-    check_fallbacks(dict(zip(report.failures["sample_id"], report.failures["error"])), len(coords) + int(dup.sum()),
-                    max_failed_share, f"coordinate rows (samples) of {folder}")  # fmt: skip
-    report.seconds = time.perf_counter() - t0
-    return report
 
 
 #: CLI option -> RoiConfig field, for the options given explicitly.
@@ -362,8 +408,7 @@ _CLI_FIELDS = {
 
 def cli_preprocess(args: argparse.Namespace) -> int:
     """`python -m lumbar preprocess`: prints the summary (samples/s, studies/s) and the cache path."""
-    overrides = {f: getattr(args, a) for a, f in _CLI_FIELDS.items() if getattr(args, a, None) is not None}
-    config = RoiConfig.from_overrides({**overrides, **parse_assignments(args.set)})
+    config = command_settings(RoiConfig(), given_flags(args, _CLI_FIELDS), args.set)
     coords = load_coordinates(args.coords)
     report = build_cache(
         coords, args.data_dir, args.split, args.out, config, workers=args.workers,

@@ -19,7 +19,7 @@ import yaml
 
 from lumbar.core.atomic import write_json
 from lumbar.core.encoders import upgrade_saved_settings
-from lumbar.core.settings import cast_overrides
+from lumbar.core.settings import resolve_settings
 from lumbar.preprocess.views import list_views
 from lumbar.train.mixing import list_mixes
 from lumbar.train.tta import list_tta
@@ -263,11 +263,7 @@ def make_config(overrides: Mapping[str, Any] | None = None, base: TrainConfig | 
     Raises:
         KeyError: an unknown key; ValueError: a value of the wrong type.
     """
-    try:
-        values = cast_overrides(TrainConfig, overrides or {})
-    except ValueError as e:  # UnknownSettingError is one too
-        raise type(e)(f"{source}: {e}") from None
-    return dataclasses.replace(base or TrainConfig(), **values)
+    return resolve_settings(base or TrainConfig(), [(source, overrides)])
 
 
 def load_yaml_overrides(path: str | Path) -> dict[str, Any]:

@@ -13,10 +13,10 @@ augmentation chosen fold-wise per unit (`lumbar.train.tta`). A run killed at any
 data sharded; only rank 0 writes files and logs.
 
 A training step does not wait for the device: the loss is summed on the device (`RunningMean`) and read once
-per `log_every` steps and at the end of the epoch, the EMA keeps its step count on the host (`ModelEma`), batches
-arrive from pinned memory with non-blocking copies. So on CUDA `data_s` (time waiting for the loader) is the
-time the device may have starved, and `model_s` the host's time in the steps (including any wait for a busy
-device when its queue is full).
+per `log_every` steps and at the end of the epoch, the EMA keeps its step count on the host (`ModelEma`),
+batches arrive from pinned memory with non-blocking copies. So on CUDA `data_s` (time waiting for the loader)
+is the time the device may have starved, and `model_s` the host's time in the steps (including any wait for a
+busy device when its queue is full).
 
 Crop sources ("train as you infer"): training items come from the ground-truth crops (`cache`), the
 localizer's out-of-fold crops (`oof_cache`) or both (`train_crops`); validation and the OOF predictions use
@@ -30,7 +30,8 @@ Run folder (`config.out`):
     <unit>/fold<k>/final.pt or best.pt, last.pt   checkpoints (state dicts)
     <unit>/fold<k>/history.csv, curves.png
     tensorboard/<unit>/fold<k>/       TensorBoard events (with `tensorboard`): losses, score, learning rate
-    predictions.csv                   every held-out prediction: study_id, condition, level, grade, fold, probs
+    predictions.csv                   every held-out prediction: study_id, condition, level, grade, fold,
+                                      probs
     oof.csv                           the same in the submission format (competition mode: 25 rows per study)
     oof_gt.csv                        with both caches: the same models on the held-out ground-truth crops
     reports/                          thesis modes: `lumbar.scoring.thesis` tables and confusion matrices
@@ -57,7 +58,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-import lumbar.models  # build_model looked up at call time: a stand-in set there (the tests) is the one built
+import lumbar.models  # `lumbar.models.build_model` looked up per call: a stand-in set there (tests) is built
 from lumbar.core.atomic import write_json
 from lumbar.core.checkpoint import (
     BEST,
@@ -69,8 +70,8 @@ from lumbar.core.checkpoint import (
     set_rng_state,
 )
 from lumbar.core.constants import GRADES, row_id
-from lumbar.core.manifest import update_manifest
 from lumbar.core.paths import data_root
+from lumbar.core.run_contract import ClassifierRecord, save_record
 from lumbar.core.runtime import (
     RunningMean,
     Runtime,
@@ -162,13 +163,108 @@ class FoldData:
     valid_gt: pd.DataFrame | None = None
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What every unit and fold of one run shares (its settings, device, crop caches, jitter, logger and
+    folder), passed as one value so the fold and the finish steps need not take each piece apart."""
+
+    config: TrainConfig
+    runtime: Runtime
+    caches: dict[str, RoiCache]
+    jitter: LocalizerJitter | None
+    logger: Any
+    out: Path
+
+    @property
+    def run_root(self) -> Path:
+        """The experiment's folder (folds.csv, manifest.json), the run folder's parent."""
+        return self.out.parent
+
+
+@dataclass(frozen=True)
+class _HeldOut:
+    """What the units' folds produced, for `_finish` to write and score: the held-out prediction rows (with
+    TTA as chosen), the same on the ground-truth crops (both caches) and without TTA (TTA candidates), the
+    units' records for result.json, the folds' timings, the labelled rows the exclusion list kept out, and
+    the run's seconds."""
+
+    predictions: pd.DataFrame
+    predictions_gt: pd.DataFrame | None
+    predictions_plain: pd.DataFrame | None
+    units: dict[str, dict[str, Any]]
+    timings: dict[str, dict[str, float]]
+    n_excluded: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _UnitFit:
+    """One unit trained on every fold: its record for result.json, its folds' timings, its prediction rows."""
+
+    record: dict[str, Any]
+    timings: dict[str, dict[str, float]]
+    tables: list[pd.DataFrame]
+    tables_gt: list[pd.DataFrame]
+    plain: list[pd.DataFrame]
+
+
+@dataclass(frozen=True)
+class _FoldFeed:
+    """The data side of one fold: its datasets, the training sampler and both loaders, and the dataset
+    arguments (`common`) any further evaluation dataset of the fold is made with."""
+
+    train_ds: RoiDataset
+    valid_ds: RoiDataset
+    sampler: Any
+    train_loader: DataLoader
+    valid_loader: DataLoader
+    common: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Learner:
+    """The model of one fold and everything that updates it, built once per fold; `net` is the model as it
+    trains (wrapped for DDP), `evaluator` what validates and predicts (the EMA when there is one)."""
+
+    model: nn.Module
+    net: nn.Module
+    ema: ModelEma | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    loss_fn: Any
+    weights: torch.Tensor
+    mix: BatchMix
+
+    @property
+    def evaluator(self) -> nn.Module:
+        return self.ema if self.ema is not None else self.model
+
+    def checkpoint(self, state: dict[str, Any]) -> dict[str, Any]:
+        """`last.pt`'s content: every state a resume needs, the random generators' and the fold's record."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else {}, "rng": rng_state(), **state}
+
+    def resume(self, ckpt: dict[str, Any]) -> None:
+        """Load a `last.pt` (`checkpoint`), the random generators last, as they were after its epoch."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt["ema"]:
+            self.ema.load_state_dict(ckpt["ema"])
+        set_rng_state(ckpt["rng"])
+
+
 def train(config: TrainConfig | Mapping[str, Any], logger=None) -> TrainResult:
     """Train one architecture on one task mode for the configured folds (see the module docstring).
 
     Args:
         config: a `TrainConfig` or a mapping of overrides (cast and checked by `make_config`).
-        logger: receives the plan, per-epoch rows and the result on rank 0 (`lumbar.train.loggers`; default: none,
-            e.g. `PrintLogger()` for the epoch lines); with `config.tensorboard` a `TensorBoardLogger` listens too.
+        logger: receives the plan, per-epoch rows and the result on rank 0 (`lumbar.train.loggers`; default:
+            none, e.g. `PrintLogger()` for the epoch lines); with `config.tensorboard` a `TensorBoardLogger`
+            listens too.
 
     Returns:
         The run's `TrainResult` (on every rank; only rank 0 wrote the files).
@@ -177,7 +273,8 @@ def train(config: TrainConfig | Mapping[str, Any], logger=None) -> TrainResult:
         config = make_config(config)
     runtime = setup_runtime(config.device, amp=config.amp, channels_last=config.channels_last,
                             threads=config.threads)
-    board = TensorBoardLogger(Path(config.out) / TENSORBOARD_DIR) if config.tensorboard and runtime.is_main else None
+    board = (TensorBoardLogger(Path(config.out) / TENSORBOARD_DIR) if config.tensorboard and runtime.is_main
+             else None)
     try:
         return _train(config, runtime, Loggers(logger, board))
     finally:
@@ -190,16 +287,43 @@ def _train(config: TrainConfig, runtime: Runtime, logger) -> TrainResult:
     started = time.perf_counter()
     config.check()
     out = Path(config.out)
-    run_root = out.parent
     all_labels = load_labels(data_root(config.data_dir or None, must_exist=True) / "train.csv")
     caches = _open_caches(config)
     jitter = LocalizerJitter.from_file(config.jitter) if config.jitter else None
+    ctx = RunContext(config, runtime, caches, jitter, logger, out)
     excluded = _read_excluded(config.exclude)
-    valid_source = LOCALIZED if LOCALIZED in caches else GROUND_TRUTH
     conditions = resolve_conditions(config.mode, config.conditions)
     labels = all_labels[all_labels["condition"].isin(conditions)].reset_index(drop=True)
-    folds_path = Path(config.folds_csv) if config.folds_csv else run_root / "folds.csv"
-    inputs = input_fingerprints(config, caches)
+    folds, fold_ids = _prepare_folds(ctx, all_labels)
+    fold_of = folds.set_index("study_id")["fold"]
+    tasks = build_tasks(config.mode, conditions, config.mirror_right, config.views)
+    if runtime.is_main:
+        logger.log_start([task.name for task in tasks], fold_ids, config.fold_epochs)
+    tables, tables_gt, plain, units, timings = [], [], [], {}, {}
+    for task in tasks:
+        unit = _fit_unit(ctx, task, labels, fold_of, fold_ids, excluded)
+        tables += unit.tables
+        tables_gt += unit.tables_gt
+        plain += unit.plain
+        units[task.name] = unit.record
+        timings.update(unit.timings)
+    n_excluded = int(table_row_ids(labels[labels["grade"].notna()]).isin(excluded).sum())
+    held = _HeldOut(pd.concat(tables, ignore_index=True),
+                   pd.concat(tables_gt, ignore_index=True) if tables_gt else None,
+                   pd.concat(plain, ignore_index=True) if plain else None, units, timings, n_excluded,
+                   time.perf_counter() - started)
+    result = _finish(ctx, labels, folds, fold_ids, held)
+    if runtime.is_main:
+        logger.log_result(result.summary)
+    return result
+
+
+def _prepare_folds(ctx: RunContext, all_labels: pd.DataFrame) -> tuple[pd.DataFrame, list[int]]:
+    """Check that the run folder may be resumed, write folds.csv (once per experiment), config.json and
+    inputs.json (rank 0), and return the folds and the fold ids to train (checked against them)."""
+    config, runtime, out = ctx.config, ctx.runtime, ctx.out
+    folds_path = Path(config.folds_csv) if config.folds_csv else ctx.run_root / "folds.csv"
+    inputs = input_fingerprints(config, ctx.caches)
     check_resumable(config, out, inputs)  # before anything is written: a stale folder stops the run here
     if runtime.is_main:  # from all labels, so every run of the experiment makes the same file
         load_or_make_folds(folds_path, all_labels, config.n_folds, config.seed)
@@ -211,61 +335,72 @@ def _train(config: TrainConfig, runtime: Runtime, logger) -> TrainResult:
     unknown = sorted(set(fold_ids) - set(folds["fold"]))
     if unknown:
         raise ValueError(f"folds {unknown} not in {folds_path} (folds {sorted(folds['fold'].unique())})")
+    return folds, fold_ids
 
-    fold_of = folds.set_index("study_id")["fold"]
-    tasks = build_tasks(config.mode, conditions, config.mirror_right, config.views)
-    if runtime.is_main:
-        logger.log_start([task.name for task in tasks], fold_ids, config.fold_epochs)
-    tables, tables_gt, plain, units, timings = [], [], [], {}, {}
-    for task in tasks:
-        items = {}
-        for source, cache in caches.items():
-            table = task.items(cache.samples, labels, cache.views)
-            table = table[[max(g) >= 0 for g in table["grades"]]].assign(source=source)
-            items[source] = table.assign(fold=table["study_id"].map(fold_of))
-        pool = _drop_excluded(pd.concat([items[s] for s in TRAIN_SOURCES[config.train_crops]], ignore_index=True),
-                              excluded)
-        checkpoints, per_fold, per_fold_gt = {}, {}, {}
-        for fold in fold_ids:
-            data = FoldData(pool[pool["fold"].notna() & (pool["fold"] != fold)],
-                            items[valid_source][items[valid_source]["fold"] == fold])
-            if len(caches) == 2:
-                data.valid_gt = items[GROUND_TRUTH][items[GROUND_TRUTH]["fold"] == fold]
-            if data.train.empty or data.valid.empty:
-                raise ValueError(f"unit {task.name} fold {fold}: {len(data.train)} training samples "
-                                 f"({config.train_crops} crops) and {len(data.valid)} validation samples "
-                                 f"(in {caches[valid_source].root})")
-            fold_dir = out / task.name / f"fold{fold}"
-            per_fold[fold], per_fold_gt[fold], timing = fit_fold(config, runtime, caches, jitter, task, fold, data,
-                                                                 fold_dir, logger)
-            checkpoints[str(fold)] = str((fold_dir / SELECTED_CHECKPOINT[config.select]).relative_to(out))
-            timings[f"{task.name}/fold{fold}"] = timing
-        chosen, tta_record = _choose_tta(config, task, per_fold)
-        for fold in fold_ids:
-            tables.append(tta_table(per_fold[fold], chosen[fold]).assign(fold=fold))
-            if config.tta:
-                plain.append(per_fold[fold][IDENTITY].assign(fold=fold))
-            if per_fold_gt[fold] is not None:
-                tables_gt.append(tta_table(per_fold_gt[fold], chosen[fold]).assign(fold=fold))
-        units[task.name] = {"conditions": list(task.conditions), "checkpoints": checkpoints,
-                            "layout": task.layout, "num_classes": task.num_classes, **tta_record}
-    predictions = pd.concat(tables, ignore_index=True)
-    predictions_gt = pd.concat(tables_gt, ignore_index=True) if tables_gt else None
-    n_excluded = int(table_row_ids(labels[labels["grade"].notna()]).isin(excluded).sum())
-    result = _finish(config, runtime, out, run_root, caches, labels, folds, fold_ids, predictions,
-                     predictions_gt, units, timings, time.perf_counter() - started, n_excluded,
-                     pd.concat(plain, ignore_index=True) if plain else None)
-    if runtime.is_main:
-        logger.log_result(result.summary)
-    return result
+
+def _fit_unit(ctx: RunContext, task: Task, labels: pd.DataFrame, fold_of: pd.Series, fold_ids: list[int],
+              excluded: set[str]) -> _UnitFit:
+    """Train one unit on every fold, then choose its TTA fold-wise and make its held-out prediction rows."""
+    config = ctx.config
+    items = _unit_items(task, ctx.caches, labels, fold_of)
+    pool = _drop_excluded(pd.concat([items[s] for s in TRAIN_SOURCES[config.train_crops]], ignore_index=True),
+                          excluded)
+    checkpoints, per_fold, per_fold_gt, timings = {}, {}, {}, {}
+    for fold in fold_ids:
+        data = _fold_data(ctx, task, fold, items, pool)
+        fold_dir = ctx.out / task.name / f"fold{fold}"
+        per_fold[fold], per_fold_gt[fold], timing = fit_fold(ctx, task, fold, data, fold_dir)
+        checkpoints[str(fold)] = str((fold_dir / SELECTED_CHECKPOINT[config.select]).relative_to(ctx.out))
+        timings[f"{task.name}/fold{fold}"] = timing
+    chosen, tta_record = _choose_tta(config, task, per_fold)
+    tables, tables_gt, plain = [], [], []
+    for fold in fold_ids:
+        tables.append(tta_table(per_fold[fold], chosen[fold]).assign(fold=fold))
+        if config.tta:
+            plain.append(per_fold[fold][IDENTITY].assign(fold=fold))
+        if per_fold_gt[fold] is not None:
+            tables_gt.append(tta_table(per_fold_gt[fold], chosen[fold]).assign(fold=fold))
+    record = {"conditions": list(task.conditions), "checkpoints": checkpoints, "layout": task.layout,
+              "num_classes": task.num_classes, **tta_record}
+    return _UnitFit(record, timings, tables, tables_gt, plain)
+
+
+def _unit_items(task: Task, caches: dict[str, RoiCache], labels: pd.DataFrame,
+                fold_of: pd.Series) -> dict[str, pd.DataFrame]:
+    """A unit's labelled items of each crop source, with their source and fold."""
+    items = {}
+    for source, cache in caches.items():
+        table = task.items(cache.samples, labels, cache.views)
+        table = table[[max(g) >= 0 for g in table["grades"]]].assign(source=source)
+        items[source] = table.assign(fold=table["study_id"].map(fold_of))
+    return items
+
+
+def _fold_data(ctx: RunContext, task: Task, fold: int, items: dict[str, pd.DataFrame],
+               pool: pd.DataFrame) -> FoldData:
+    """One fold's items: training from the pool of the training sources, validation from the oof crops when
+    given (else the ground-truth crops), and the held-out ground-truth crops beside them with both caches."""
+    caches = ctx.caches
+    valid_source = LOCALIZED if LOCALIZED in caches else GROUND_TRUTH
+    data = FoldData(pool[pool["fold"].notna() & (pool["fold"] != fold)],
+                    items[valid_source][items[valid_source]["fold"] == fold])
+    if len(caches) == 2:
+        data.valid_gt = items[GROUND_TRUTH][items[GROUND_TRUTH]["fold"] == fold]
+    if data.train.empty or data.valid.empty:
+        raise ValueError(f"unit {task.name} fold {fold}: {len(data.train)} training samples "
+                         f"({ctx.config.train_crops} crops) and {len(data.valid)} validation samples "
+                         f"(in {caches[valid_source].root})")
+    return data
 
 
 def input_fingerprints(config: TrainConfig, caches: dict[str, RoiCache]) -> dict[str, Any]:
-    """What a run's weights were trained on, independent of where it lies: each crop cache's identity (its crop
-    settings and the SHA-1 of the coordinates it was cut around) and the SHA-1 of the jitter and exclusion files."""
+    """What a run's weights were trained on, independent of where it lies: each crop cache's identity (its
+    crop settings and the SHA-1 of the coordinates it was cut around) and the SHA-1 of the jitter and
+    exclusion files."""
     field_of = {GROUND_TRUTH: "cache", LOCALIZED: "oof_cache"}
-    found: dict[str, Any] = {field_of[source]: {k: cache.params.get(k) for k in ("config", "split", "coordinates_sha1")}
-                             for source, cache in caches.items()}  # fmt: skip
+    identity = ("config", "split", "coordinates_sha1")
+    found: dict[str, Any] = {field_of[source]: {k: cache.params.get(k) for k in identity}
+                             for source, cache in caches.items()}
     for name in ("jitter", "exclude"):
         path = getattr(config, name)
         found[name] = hashlib.sha1(Path(path).read_bytes()).hexdigest() if path else ""
@@ -276,22 +411,23 @@ def check_resumable(config: TrainConfig, out: Path, inputs: dict[str, Any]) -> N
     """Stop when `out` holds checkpoints made with other settings or inputs than these (`resume` on).
 
     A fold resumes from `last.pt`, or a finished fold is reused, only when nothing that changes its weights
-    changed (`lumbar.train.config.RUN_ONLY` may); otherwise the run would keep weights its `config.json` no longer
-    describes. Raises `StaleRunError` naming each difference and how to train again.
+    changed (`lumbar.train.config.RUN_ONLY` may); otherwise the run would keep weights its `config.json` no
+    longer describes. Raises `StaleRunError` naming each difference and how to train again.
     """
     saved = out / CONFIG_JSON
     if not config.resume or not saved.is_file() or not _has_checkpoints(out):
         return
-    changes = setting_changes(TrainConfig.load(saved).to_dict(), config.to_dict(), RUN_ONLY)  # defaults filled in
+    # to_dict: the defaults filled in on both sides
+    changes = setting_changes(TrainConfig.load(saved).to_dict(), config.to_dict(), RUN_ONLY)
     if (out / INPUTS_JSON).is_file():
         previous = json.loads((out / INPUTS_JSON).read_text())
         changes += [f"{name}: its content changed" for name in dict.fromkeys([*previous, *inputs])
-                    if previous.get(name) != inputs.get(name)]  # fmt: skip
+                    if previous.get(name) != inputs.get(name)]
     if changes:
         raise StaleRunError(
-            f"{out} holds checkpoints trained with other settings or inputs ({'; '.join(changes)}): reusing them "
-            "would keep weights these settings never trained; train again from scratch with FRESH=True in "
-            f"03_train (pipeline: --fresh), resume=false for `lumbar train`, or delete {out}")
+            f"{out} holds checkpoints trained with other settings or inputs ({'; '.join(changes)}): "
+            "reusing them would keep weights these settings never trained; train again from scratch with "
+            f"FRESH=True in 03_train (pipeline: --fresh), resume=false for `lumbar train`, or delete {out}")
 
 
 def _has_checkpoints(out: Path) -> bool:
@@ -305,8 +441,9 @@ def tta_table(entries: dict[str, pd.DataFrame], subset: tuple[str, ...]) -> pd.D
     return table
 
 
-def _choose_tta(config: TrainConfig, task: Task,
-                per_fold: dict[int, dict[str, pd.DataFrame]]) -> tuple[dict[int, tuple[str, ...]], dict[str, Any]]:
+def _choose_tta(
+    config: TrainConfig, task: Task, per_fold: dict[int, dict[str, pd.DataFrame]]
+) -> tuple[dict[int, tuple[str, ...]], dict[str, Any]]:
     """The TTA set of each fold's held-out rows and of the test predictions, chosen fold-wise on the unit's
     validation score among the candidates usable on its series (`lumbar.train.tta`); none: the plain
     prediction everywhere.
@@ -327,7 +464,8 @@ def _choose_tta(config: TrainConfig, task: Task,
 
 
 def _read_excluded(path: str) -> set[str]:
-    """The row_ids of the exclusion list (empty without one); a missing file or column is an error naming it."""
+    """The row_ids of the exclusion list (empty without one); a missing file or column is an error naming
+    it."""
     if not path:
         return set()
     return read_flagged_ids(path)
@@ -356,7 +494,8 @@ def _open_caches(config: TrainConfig) -> dict[str, RoiCache]:
         missing = [v for v in config.views if v not in cache.built_views]
         if missing:
             raise ValueError(f"{cache.root}: built without the view(s) {missing} the config asks for (it has "
-                             f"{list(cache.built_views)}); build the caches with RoiConfig views={list(config.views)}")
+                             f"{list(cache.built_views)}); build the caches with RoiConfig "
+                             f"views={list(config.views)}")
     return caches
 
 
@@ -376,79 +515,97 @@ def _oof_table(config: TrainConfig, predictions: pd.DataFrame, labels: pd.DataFr
     return pd.concat(parts).sort_values("row_id", kind="stable").reset_index(drop=True), filled
 
 
-def _finish(config, runtime, out, run_root, caches, labels, folds, fold_ids, predictions, predictions_gt, units,
-            timings, seconds, n_excluded=0, predictions_plain=None) -> TrainResult:
+def _finish(ctx: RunContext, labels: pd.DataFrame, folds: pd.DataFrame, fold_ids: list[int],
+            held: _HeldOut) -> TrainResult:
     """Write predictions, OOF (and OOF on ground-truth crops), scores or reports, result.json and the
-    manifest entry (rank 0); `n_excluded`: labelled rows the exclusion list kept out of training;
-    `predictions_plain`: with TTA candidates, the rows without TTA (scored as `oof_score_plain`)."""
+    manifest entry (rank 0); with TTA candidates the rows without TTA are scored as `oof_score_plain`."""
+    config, runtime, out = ctx.config, ctx.runtime, ctx.out
     held_out = folds.loc[folds["fold"].isin(fold_ids), "study_id"]
     oof_labels = labels[labels["study_id"].isin(held_out)]
-    prior = grade_prior(labels)
-    cache = next(iter(caches.values()))  # the crop geometry (the same in both caches)
-    oof, filled = _oof_table(config, predictions, labels, folds, fold_ids)
-    oof_score, oof_score_gt, oof_gt_path, reports = None, None, None, {}
-    scored = predictions[predictions["grade"] >= 0]
-    summary = {
-        "arch": config.arch, "mode": config.mode, "conditions": list(resolve_conditions(config.mode, config.conditions)),
-        "folds": list(fold_ids), "input_shape": [cache.depth, cache.height, cache.width],
-        "cache": str(config.cache), "oof_cache": str(config.oof_cache), "train_crops": config.train_crops,
-        "jitter": str(config.jitter), "exclude": str(config.exclude), "excluded_rows": n_excluded,
-        "select": config.select, "cache_params": cache.params,
-        "model": {"name": config.arch, "depth": cache.depth, "drop_rate": config.drop_rate, **config.model_kwargs},
-        "units": units, "oof_rows": len(oof), "fallback_rows": filled, "seconds": round(seconds, 1),
-        "timings": timings, "prior": prior.to_dict(orient="list"), "precision": runtime.precision,
-    }
+    oof, filled = _oof_table(config, held.predictions, labels, folds, fold_ids)
+    oof_score, oof_score_gt, reports = None, None, {}
+    scored = held.predictions[held.predictions["grade"] >= 0]
+    summary = _summary(ctx, fold_ids, held, grade_prior(labels), len(oof), filled)
     if runtime.is_main:
-
-        write_csv(predictions, out / PREDICTIONS_CSV)
+        write_csv(held.predictions, out / PREDICTIONS_CSV)
         oof_path = write_csv(oof, out / OOF_CSV)
         if config.mode == "competition":
             oof_score = competition_score(oof_labels, oof, name=str(oof_path)).as_dict()
             summary["oof_score"] = oof_score
-            if predictions_plain is not None:
-                summary["oof_score_plain"] = competition_score(
-                    oof_labels, _oof_table(config, predictions_plain, labels, folds, fold_ids)[0]).as_dict()
+            if held.predictions_plain is not None:
+                plain, _ = _oof_table(config, held.predictions_plain, labels, folds, fold_ids)
+                summary["oof_score_plain"] = competition_score(oof_labels, plain).as_dict()
         elif not scored.empty:
-
             reports = write_reports(scored.drop(columns="fold"), out / "reports", config.mode)
             summary["reports"] = {k: str(p.relative_to(out)) for k, p in reports.items()}
-        if predictions_gt is not None:
-            oof_gt, summary["fallback_rows_gt"] = _oof_table(config, predictions_gt, labels, folds, fold_ids)
+        if held.predictions_gt is not None:
+            oof_gt, summary["fallback_rows_gt"] = _oof_table(config, held.predictions_gt, labels, folds,
+                                                             fold_ids)
             oof_gt_path = write_csv(oof_gt, out / OOF_GT_CSV)
             if config.mode == "competition":
                 oof_score_gt = competition_score(oof_labels, oof_gt, name=str(oof_gt_path)).as_dict()
                 summary["oof_score_gt"] = oof_score_gt
         write_json(summary, out / RESULT_JSON)
-        entry = {"path": str(out.relative_to(run_root)), "arch": config.arch, "mode": config.mode,
-                 "conditions": summary["conditions"], "folds": list(fold_ids),
-                 "checkpoints": {u: {f: str(Path(out.name) / p) for f, p in v["checkpoints"].items()}
-                                 for u, v in units.items()},
-                 "model": summary["model"], "input_shape": summary["input_shape"], "oof": str(Path(out.name) / OOF_CSV),
-                 "config": str(Path(out.name) / CONFIG_JSON), "result": str(Path(out.name) / RESULT_JSON),
-                 "oof_score": (oof_score or {}).get("score"), "precision": runtime.precision}
-        if oof_gt_path is not None:
-            entry.update(oof_gt=str(Path(out.name) / OOF_GT_CSV), oof_score_gt=(oof_score_gt or {}).get("score"))
-        update_manifest(run_root, "classifiers", entry, item=out.name)
+        entry = _manifest_entry(ctx, summary, with_gt=held.predictions_gt is not None)
+        save_record(ctx.run_root, ClassifierRecord.from_dict(entry), item=out.name)
     runtime.barrier()
     return TrainResult(out, out / OOF_CSV, out / PREDICTIONS_CSV, oof_score, reports, summary,
-                       out / OOF_GT_CSV if predictions_gt is not None else None, oof_score_gt)
+                       out / OOF_GT_CSV if held.predictions_gt is not None else None, oof_score_gt)
 
 
-def _loader(dataset: RoiDataset, sampler, config: TrainConfig, runtime: Runtime, drop_last: bool) -> DataLoader:
+def _summary(ctx: RunContext, fold_ids: list[int], held: _HeldOut, prior: pd.DataFrame, oof_rows: int,
+             filled: int) -> dict[str, Any]:
+    """result.json before the scores: the settings, crop geometry, units, timings and the prior."""
+    config = ctx.config
+    cache = next(iter(ctx.caches.values()))  # the crop geometry (the same in both caches)
+    return {
+        "arch": config.arch, "mode": config.mode,
+        "conditions": list(resolve_conditions(config.mode, config.conditions)),
+        "folds": list(fold_ids), "input_shape": [cache.depth, cache.height, cache.width],
+        "cache": str(config.cache), "oof_cache": str(config.oof_cache), "train_crops": config.train_crops,
+        "jitter": str(config.jitter), "exclude": str(config.exclude), "excluded_rows": held.n_excluded,
+        "select": config.select, "cache_params": cache.params,
+        "model": {"name": config.arch, "depth": cache.depth, "drop_rate": config.drop_rate,
+                  **config.model_kwargs},
+        "units": held.units, "oof_rows": oof_rows, "fallback_rows": filled, "seconds": round(held.seconds, 1),
+        "timings": held.timings, "prior": prior.to_dict(orient="list"), "precision": ctx.runtime.precision,
+    }
+
+
+def _manifest_entry(ctx: RunContext, summary: dict[str, Any], with_gt: bool) -> dict[str, Any]:
+    """The run's entry under `classifiers` in the experiment's manifest (paths relative to the experiment)."""
+    config, out = ctx.config, ctx.out
+    entry = {"path": str(out.relative_to(ctx.run_root)), "arch": config.arch, "mode": config.mode,
+             "conditions": summary["conditions"], "folds": list(summary["folds"]),
+             "checkpoints": {u: {f: str(Path(out.name) / p) for f, p in v["checkpoints"].items()}
+                             for u, v in summary["units"].items()},
+             "model": summary["model"], "input_shape": summary["input_shape"],
+             "oof": str(Path(out.name) / OOF_CSV),
+             "config": str(Path(out.name) / CONFIG_JSON), "result": str(Path(out.name) / RESULT_JSON),
+             "oof_score": (summary.get("oof_score") or {}).get("score"), "precision": ctx.runtime.precision}
+    if with_gt:
+        entry.update(oof_gt=str(Path(out.name) / OOF_GT_CSV),
+                     oof_score_gt=(summary.get("oof_score_gt") or {}).get("score"))
+    return entry
+
+
+def _loader(dataset: RoiDataset, sampler, config: TrainConfig, runtime: Runtime,
+            drop_last: bool) -> DataLoader:
     return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
                       pin_memory=runtime.device.type == "cuda", drop_last=drop_last)
 
 
 def build_unit_model(config: TrainConfig, task: Task, cache: RoiCache) -> nn.Module:
-    """The registered architecture sized for a task unit and a cache, its encoder's weights from `pretrained`."""
+    """The registered architecture sized for a task unit and a cache, its encoder's weights from
+    `pretrained`."""
+    return lumbar.models.build_model(config.arch, depth=cache.depth, pretrained=config.pretrained,
+                                     drop_rate=config.drop_rate, **unit_sizes(task, config.fusion),
+                                     **config.model_kwargs)
 
-    return lumbar.models.build_model(config.arch, depth=cache.depth, pretrained=config.pretrained, drop_rate=config.drop_rate,
-                       **unit_sizes(task, config.fusion), **config.model_kwargs)
 
-
-def fit_fold(config: TrainConfig, runtime: Runtime, caches: dict[str, RoiCache], jitter: LocalizerJitter | None,
-             task: Task, fold: int, data: FoldData, fold_dir: Path,
-             logger) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame] | None, dict[str, float]]:
+def fit_fold(
+    ctx: RunContext, task: Task, fold: int, data: FoldData, fold_dir: Path
+) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame] | None, dict[str, float]]:
     """Train (or resume, or skip when finished) one unit on one fold; predict its held-out items with the
     selected weights (`config.select`).
 
@@ -457,36 +614,67 @@ def fit_fold(config: TrainConfig, runtime: Runtime, caches: dict[str, RoiCache],
         ground-truth crops when `data.valid_gt` is given (else None), timing summary: loader and model seconds
         per batch).
     """
+    config, runtime = ctx.config, ctx.runtime
     seed = config.seed + 1000 * fold
     seed_everything(seed, deterministic=runtime.device.type == "cpu")
+    feed = _fold_feed(ctx, task, data, seed)
+    learner = _build_learner(config, runtime, task, feed, seed)
+    state, reused = _restore(config, runtime, learner, fold_dir)
+    for epoch in range(state["epoch"] + 1, config.fold_epochs + 1):
+        if state["finished"]:
+            break
+        _fit_epoch(ctx, task, fold, fold_dir, feed, learner, state, epoch)
+    _close_fold(config, runtime, learner, state, fold_dir, reused)
+    evaluator, max_batches = learner.evaluator, config.fast_dev_run
+    table = _predict_rows(evaluator, feed.valid_ds, task, config, runtime, max_batches)
+    table_gt = None
+    if data.valid_gt is not None:
+        valid_gt = RoiDataset(ctx.caches, task, data.valid_gt, **feed.common)
+        table_gt = _predict_rows(evaluator, valid_gt, task, config, runtime, max_batches)
+    return table, table_gt, _fold_timing(state)
+
+
+def _fold_feed(ctx: RunContext, task: Task, data: FoldData, seed: int) -> _FoldFeed:
+    """The fold's datasets and loaders; with `overfit_batches` a few training batches, unaugmented, in order,
+    that validation predicts too (a learning check)."""
+    config, runtime = ctx.config, ctx.runtime
     train_items, valid_items = data.train, data.valid
     augment = StackAugment(resolve_augmentations(config.augment, task.conditions))
     if config.overfit_batches:
         train_items = train_items.iloc[: config.overfit_batches * config.batch_size]
         valid_items, augment = train_items, StackAugment(())
     common = {"max_shift_slices": config.max_shift_slices, "max_shift_px": config.max_shift_px, "seed": seed}
-    train_ds = RoiDataset(caches, task, train_items, train=not config.overfit_batches, augment=augment,
-                          mirror_p=config.mirror_p, jitter=jitter, **common)
-    valid_ds = RoiDataset(caches, task, valid_items, train=False, **common)
-    cache = train_ds.cache  # the crop geometry, one for every source
+    train_ds = RoiDataset(ctx.caches, task, train_items, train=not config.overfit_batches, augment=augment,
+                          mirror_p=config.mirror_p, jitter=ctx.jitter, **common)
+    valid_ds = RoiDataset(ctx.caches, task, valid_items, train=False, **common)
     worst = np.array([max(g) for g in train_ds.items["grades"]])
-    sampler = make_train_sampler(train_ds, config.balanced_sampling, worst, runtime.world_size, runtime.rank, seed)
+    sampler = make_train_sampler(train_ds, config.balanced_sampling, worst, runtime.world_size, runtime.rank,
+                                 seed)
     if config.overfit_batches:
         sampler.shuffle = False
     drop_last = len(train_ds) // runtime.world_size > config.batch_size  # no 1-sample batches for BatchNorm
     train_loader = _loader(train_ds, sampler, config, runtime, drop_last)
     valid_loader = eval_loader(valid_ds, config.batch_size, config.workers, runtime)
+    return _FoldFeed(train_ds, valid_ds, sampler, train_loader, valid_loader, common)
+
+
+def _build_learner(config: TrainConfig, runtime: Runtime, task: Task, feed: _FoldFeed, seed: int) -> _Learner:
+    """The fold's model (sized for the crops), its EMA, DDP wrapper, optimizer, per-step schedule, gradient
+    scaler, loss, batch mixing and class weights."""
     max_batches = config.fast_dev_run
     epochs = config.fold_epochs
+    train_loader = feed.train_loader
     steps_per_epoch = min(len(train_loader), max_batches) if max_batches else len(train_loader)
-
-    model = build_unit_model(config, task, cache).to(runtime.device)
+    # the crop geometry: one for every source
+    model = build_unit_model(config, task, feed.train_ds.cache).to(runtime.device)
     memory_format = runtime.memory_format(model)
     if memory_format is not None:
         model = model.to(memory_format=memory_format)
     ema = ModelEma(model, config.ema_decay) if config.ema_decay > 0 else None
-    net = (DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
-           if runtime.distributed else model)
+    net = model
+    if runtime.distributed:
+        device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=device_ids)
     optimizer = make_adamw(model.parameters(), config.lr, config.weight_decay, runtime.device)
     scheduler = _schedule(optimizer, steps_per_epoch * epochs, round(config.warmup_epochs * steps_per_epoch))
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_scaler)
@@ -494,102 +682,122 @@ def fit_fold(config: TrainConfig, runtime: Runtime, caches: dict[str, RoiCache],
     mix = BatchMix(() if config.overfit_batches else config.mix, config.mix_alpha, config.mix_p, seed)
     weights = torch.as_tensor(config.class_weights, dtype=torch.float32, device=runtime.device)
     if len(config.class_weights) != len(GRADES):
-        raise ValueError(f"class_weights needs one weight per grade ({len(GRADES)}), got {config.class_weights}")
+        raise ValueError(f"class_weights needs one weight per grade ({len(GRADES)}), "
+                         f"got {config.class_weights}")
+    return _Learner(model, net, ema, optimizer, scheduler, scaler, loss_fn, weights, mix)
 
-    state = {"epoch": 0, "best_score": None, "best_epoch": 0, "bad_epochs": 0, "finished": False, "history": []}
-    last, done, selected = fold_dir / LAST, fold_dir / STATE_JSON, fold_dir / SELECTED_CHECKPOINT[config.select]
+
+def _restore(config: TrainConfig, runtime: Runtime, learner: _Learner,
+             fold_dir: Path) -> tuple[dict[str, Any], bool]:
+    """The fold's record to go on from, and whether the fold is reused: finished before (its last.pt removed),
+    the kept weights loaded to predict with and nothing to train; or resumed from last.pt; or fresh."""
+    state = {"epoch": 0, "best_score": None, "best_epoch": 0, "bad_epochs": 0, "finished": False,
+             "history": []}
+    last, done = fold_dir / LAST, fold_dir / STATE_JSON
+    selected = fold_dir / SELECTED_CHECKPOINT[config.select]
     reused = config.resume and not last.is_file() and done.is_file() and selected.is_file()
-    if reused:  # finished before (its last.pt removed): the kept weights predict, nothing trains
+    if reused:
         state = json.loads(done.read_text())
-        unwrap(ema if ema is not None else model).load_state_dict(load_checkpoint(selected, map_location=runtime.device))
+        unwrap(learner.evaluator).load_state_dict(load_checkpoint(selected, map_location=runtime.device))
     elif config.resume and last.is_file():
         ckpt = load_checkpoint(last, map_location=runtime.device)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None and ckpt["ema"]:
-            ema.load_state_dict(ckpt["ema"])
-        set_rng_state(ckpt["rng"])
+        learner.resume(ckpt)
         state = {k: ckpt[k] for k in state}
-    evaluator = ema if ema is not None else model
+    return state, reused
+
+
+def _fit_epoch(ctx: RunContext, task: Task, fold: int, fold_dir: Path, feed: _FoldFeed, learner: _Learner,
+               state: dict[str, Any], epoch: int) -> None:
+    """One epoch of a fold: train, validate when due, add its row to `state` (updated in place), and on rank 0
+    keep the checkpoints, the history and the samples seen, and log the row."""
+    config, runtime = ctx.config, ctx.runtime
+    tick = time.perf_counter()
+    feed.sampler.set_epoch(epoch)
+    feed.train_ds.set_epoch(epoch)
+    learner.mix.set_epoch(epoch)
+    stats = _train_epoch(learner, feed.train_loader, config, runtime, task, f"{task.name} f{fold} e{epoch}")
+    validate = epoch == config.fold_epochs or config.select == "best" or epoch % config.val_every == 0
+    score, val_loss, improved = math.nan, math.nan, False
+    if validate:
+        score, val_loss, improved = _validate(config, runtime, task, feed, learner, state, epoch)
+    row = {"epoch": epoch, "lr": learner.optimizer.param_groups[0]["lr"], "train_loss": stats["loss"],
+           "val_loss": val_loss, "metric": task.metric, "val_metric": score,
+           "best_epoch": state["best_epoch"],
+           "samples": stats["samples"], "data_s": stats["data_s"], "model_s": stats["model_s"],
+           "batches": stats["batches"], "seconds": time.perf_counter() - tick}
+    state["history"].append(row)
+    state["epoch"] = epoch
+    stopped = config.patience > 0 and state["bad_epochs"] >= config.patience
+    state["finished"] = epoch == config.fold_epochs or stopped
+    if runtime.is_main:
+        if improved and config.select == "best":
+            save_checkpoint(unwrap(learner.evaluator).state_dict(), fold_dir / BEST)
+        if state["finished"] or epoch % config.checkpoint_every == 0:
+            save_checkpoint(learner.checkpoint(state), fold_dir / LAST)
+        write_history(state["history"], fold_dir)
+        if config.record_samples:
+            _record_samples(fold_dir, epoch, stats["seen"])
+        ctx.logger.log_epoch(task.name, fold, row)
+    runtime.barrier()
+
+
+def _validate(config: TrainConfig, runtime: Runtime, task: Task, feed: _FoldFeed, learner: _Learner,
+              state: dict[str, Any], epoch: int) -> tuple[float, float, bool]:
+    """Score the held-out items after an epoch and track the best epoch in `state`: (score, loss,
+    improved)."""
+    idx, probs, val_loss = predict_probs(learner.evaluator, feed.valid_loader, runtime, task.num_targets,
+                                         task.num_classes, learner.loss_fn, config.class_weights,
+                                         config.fast_dev_run)
+    score = validation_score(task, task.prediction_rows(feed.valid_ds.items.iloc[idx], probs))
     sign = 1.0 if task.higher_is_better else -1.0
+    improved = state["best_score"] is None or (not math.isnan(score) and (
+        math.isnan(state["best_score"]) or sign * (score - state["best_score"]) > 0))
+    if improved:
+        state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+    else:
+        state["bad_epochs"] += 1
+    return score, val_loss, improved
 
-    for epoch in range(state["epoch"] + 1, epochs + 1):
-        if state["finished"]:
-            break
-        tick = time.perf_counter()
-        sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
-        mix.set_epoch(epoch)
-        stats = _train_epoch(net, model, ema, train_loader, optimizer, scheduler, scaler, loss_fn, weights, config,
-                             runtime, task, max_batches, f"{task.name} f{fold} e{epoch}", mix)
-        validate = epoch == epochs or config.select == "best" or epoch % config.val_every == 0
-        score, val_loss, improved = math.nan, math.nan, False
-        if validate:
-            idx, probs, val_loss = predict_probs(evaluator, valid_loader, runtime, task.num_targets,
-                                                 task.num_classes, loss_fn, config.class_weights, max_batches)
-            score = validation_score(task, task.prediction_rows(valid_ds.items.iloc[idx], probs))
-            improved = state["best_score"] is None or (not math.isnan(score) and (
-                math.isnan(state["best_score"]) or sign * (score - state["best_score"]) > 0))
-            if improved:
-                state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
-            else:
-                state["bad_epochs"] += 1
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": stats["loss"],
-               "val_loss": val_loss, "metric": task.metric, "val_metric": score, "best_epoch": state["best_epoch"],
-               "samples": stats["samples"], "data_s": stats["data_s"], "model_s": stats["model_s"],
-               "batches": stats["batches"], "seconds": time.perf_counter() - tick}
-        state["history"].append(row)
-        state["epoch"] = epoch
-        state["finished"] = epoch == epochs or (config.patience > 0 and state["bad_epochs"] >= config.patience)
-        if runtime.is_main:
-            if improved and config.select == "best":
-                save_checkpoint(unwrap(evaluator).state_dict(), fold_dir / BEST)
-            if state["finished"] or epoch % config.checkpoint_every == 0:
-                save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                 "ema": ema.state_dict() if ema is not None else {}, "rng": rng_state(), **state},
-                                last)
-            write_history(state["history"], fold_dir)
-            if config.record_samples:
-                _record_samples(fold_dir, epoch, stats["seen"])
-            logger.log_epoch(task.name, fold, row)
-        runtime.barrier()
 
+def _close_fold(config: TrainConfig, runtime: Runtime, learner: _Learner, state: dict[str, Any],
+                fold_dir: Path, reused: bool) -> None:
+    """After the epochs: the curves, `final.pt` (select="last"), the fold's record (finished: last.pt removed
+    unless `keep_last`) on rank 0; then the selected weights loaded into the evaluator on every rank."""
+    evaluator = learner.evaluator
     if runtime.is_main and not reused:
         if state["history"]:
             plot_history(state["history"], fold_dir)
         if config.select == "last":  # after the last epoch; also after a resume that found the fold finished
             save_checkpoint(unwrap(evaluator).state_dict(), fold_dir / FINAL)
         if state["finished"]:  # the fold's record; the optimizer state is no longer needed
-            write_json(state, done)
+            write_json(state, fold_dir / STATE_JSON)
             if not config.keep_last:
-                last.unlink(missing_ok=True)
+                (fold_dir / LAST).unlink(missing_ok=True)
     runtime.barrier()
     if config.select == "best":
         unwrap(evaluator).load_state_dict(load_checkpoint(fold_dir / BEST, map_location=runtime.device))
-    table = _predict_rows(evaluator, valid_ds, task, config, runtime, max_batches)
-    table_gt = (None if data.valid_gt is None else
-                _predict_rows(evaluator, RoiDataset(caches, task, data.valid_gt, **common), task, config, runtime,
-                              max_batches))
+
+
+def _fold_timing(state: dict[str, Any]) -> dict[str, float]:
+    """The fold's epochs, best epoch, loader and model seconds per batch, training seconds (result.json)."""
     history = state["history"]
     batches = sum(r["batches"] for r in history) or 1
-    timing = {"epochs": state["epoch"], "best_epoch": state["best_epoch"],
-              "data_s_per_batch": sum(r["data_s"] for r in history) / batches,
-              "model_s_per_batch": sum(r["model_s"] for r in history) / batches,
-              "train_seconds": sum(r["seconds"] for r in history)}
-    return table, table_gt, timing
+    return {"epochs": state["epoch"], "best_epoch": state["best_epoch"],
+            "data_s_per_batch": sum(r["data_s"] for r in history) / batches,
+            "model_s_per_batch": sum(r["model_s"] for r in history) / batches,
+            "train_seconds": sum(r["seconds"] for r in history)}
 
 
 def _predict_rows(model: nn.Module, dataset: RoiDataset, task: Task, config: TrainConfig, runtime: Runtime,
                   max_batches: int) -> dict[str, pd.DataFrame]:
     """Prediction rows (with grades) of every item of an evaluation dataset: the plain prediction (`IDENTITY`)
     and, per TTA candidate (`config.tta`), the mean over that entry's own views."""
-    loader = eval_loader(dataset, config.batch_size, config.workers, runtime)  # the same batches on every pass
+    # the same batches on every pass
+    loader = eval_loader(dataset, config.batch_size, config.workers, runtime)
     tables = {}
     for entry in (IDENTITY, *(c for c in usable(config.tta, task.crop_kinds) if c != IDENTITY)):
-        # one pass per entry: a fold's crops at the competition's size are GBs, too many to hold for all passes
+        # one pass per entry: a fold's crops at the competition's size are GBs, too many to hold for all
+        # passes
         idx, probs, _ = predict_probs(model, loader, runtime, task.num_targets, task.num_classes,
                                       max_batches=max_batches, tta=tta_views([entry], identity=False))
         tables[entry] = task.prediction_rows(dataset.items.iloc[idx], probs)
@@ -607,15 +815,16 @@ def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: 
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
 
 
-def _train_epoch(net, model, ema, loader, optimizer, scheduler, scaler, loss_fn, weights, config, runtime, task,
-                 max_batches, desc, mix: BatchMix) -> dict[str, Any]:
-    """One pass over the training loader, its batches mixed by `mix`; returns mean loss, sample count, loader and
-    model seconds.
+def _train_epoch(learner: _Learner, loader: DataLoader, config: TrainConfig, runtime: Runtime, task: Task,
+                 desc: str) -> dict[str, Any]:
+    """One pass over the training loader, its batches mixed by `learner.mix` (at most `config.fast_dev_run`
+    batches when set); returns mean loss, sample count, loader and model seconds.
 
     Nothing in a step waits for the device (module docstring): the loss is read every `config.log_every` steps
     for the progress bar (only when it is shown) and once at the end.
     """
-    net.train()
+    learner.net.train()
+    max_batches = config.fast_dev_run
     data_s, model_s, batches, seen = 0.0, 0.0, 0, []
     running = RunningMean(runtime.device)
     bar = tqdm(total=max_batches or len(loader), desc=desc, leave=False,
@@ -626,25 +835,8 @@ def _train_epoch(net, model, ema, loader, optimizer, scheduler, scaler, loss_fn,
             break
         fetched = time.perf_counter()
         data_s += fetched - tick
-        x, meta = batch_to_device(batch, runtime, model)
-        target = batch["target"].to(runtime.device, non_blocking=True)
-        grade = batch["grade"].to(runtime.device, non_blocking=True)
-        w = weights[grade.clamp_min(0)] * (target >= 0)
-        mixed = mix(x, meta)
-        with runtime.autocast():
-            logits = net(mixed.x, mixed.meta).float().reshape(len(x), task.num_targets, task.num_classes)
-        loss = mixed_loss(loss_fn, logits, target, w, mixed)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if config.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        if ema is not None:
-            ema.update_parameters(model)
-        running.add(loss, len(x))
+        loss, n = _train_step(learner, batch, config, runtime, task)
+        running.add(loss, n)
         batches += 1
         if config.record_samples:
             seen.extend(loader.dataset.sample_ids(batch["index"].tolist()))
@@ -660,9 +852,33 @@ def _train_epoch(net, model, ema, loader, optimizer, scheduler, scaler, loss_fn,
             "batches": batches, "seen": [s[2] for s in stats]}
 
 
-def _record_samples(fold_dir: Path, epoch: int, seen: list[list[str]]) -> None:
-    import json
+def _train_step(learner: _Learner, batch: dict[str, Any], config: TrainConfig, runtime: Runtime,
+                task: Task) -> tuple[torch.Tensor, int]:
+    """One optimisation step on a batch: mixed, scaled, clipped, scheduled, the EMA updated. Returns the loss
+    (on the device, not read) and the batch's size."""
+    model, optimizer, scaler = learner.model, learner.optimizer, learner.scaler
+    x, meta = batch_to_device(batch, runtime, model)
+    target = batch["target"].to(runtime.device, non_blocking=True)
+    grade = batch["grade"].to(runtime.device, non_blocking=True)
+    w = learner.weights[grade.clamp_min(0)] * (target >= 0)
+    mixed = learner.mix(x, meta)
+    with runtime.autocast():
+        logits = learner.net(mixed.x, mixed.meta).float().reshape(len(x), task.num_targets, task.num_classes)
+    loss = mixed_loss(learner.loss_fn, logits, target, w, mixed)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if config.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    learner.scheduler.step()
+    if learner.ema is not None:
+        learner.ema.update_parameters(model)
+    return loss, len(x)
 
+
+def _record_samples(fold_dir: Path, epoch: int, seen: list[list[str]]) -> None:
     path = fold_dir / "samples_seen.json"
     record = json.loads(path.read_text()) if path.is_file() else {}
     record[str(epoch)] = {str(rank): ids for rank, ids in enumerate(seen)}

@@ -22,8 +22,7 @@ from typing import Any
 import yaml
 
 from lumbar.core.atomic import write_text
-from lumbar.core.manifest import read_manifest
-from lumbar.localize.config import LOCALIZER_KEY
+from lumbar.core.run_contract import RunManifest
 from lumbar.train.loop import OOF_CSV, OOF_GT_CSV, PREDICTIONS_CSV, TrainResult, train
 from lumbar.train.predict import CONFIG_JSON, RESULT_JSON
 
@@ -49,13 +48,12 @@ def member_overrides(run_dir: str | os.PathLike, arch: str, name: str = "", crop
     if crops not in CROPS:
         raise ValueError(f"crops must be one of {CROPS}, got {crops!r}")
     run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
-    if "preprocess" not in manifest:
-        raise FileNotFoundError(f"{run_dir}/manifest.json has no crop cache: run 01_preprocess first")
-    oof_crops = manifest.get("oof_crops", {}).get("cache")
-    errors = manifest.get(LOCALIZER_KEY, {}).get("errors")
+    manifest = RunManifest.read(run_dir)
+    cache = manifest.need.preprocess.need.cache
+    oof_crops = manifest.oof_crops.cache if manifest.oof_crops else None
+    errors = manifest.localizer.errors if manifest.localizer else None
     use_jitter = errors and jitter == "localizer" and crops != "oof"
-    return {"cache": str(run_dir / manifest["preprocess"]["cache"]), "train_crops": crops,
+    return {"cache": str(run_dir / cache), "train_crops": crops,
             "oof_cache": str(run_dir / oof_crops) if oof_crops else "",
             "jitter": str(run_dir / errors) if use_jitter else "",
             "exclude": str(run_dir / exclude) if exclude else "",

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from lumbar.core.constants import AXIAL_T2, GRADES, LEVELS, SAGITTAL_T1, SAGITTAL_T2, level_title
-from lumbar.core.manifest import read_manifest
 from lumbar.core.paths import data_root, series_dir
+from lumbar.core.run_contract import OofCropsRecord, PreprocessRecord, RunManifest
 from lumbar.core.tables import load_coordinates, load_labels, split_row_ids
 from lumbar.data.dicom import Series, Stack, read_series
 from lumbar.data.eda import display_window
@@ -196,30 +196,30 @@ def _middle_slices(cache_dir: Path, study_id: int) -> dict[tuple[str, str], np.n
     return out
 
 
-def _train_pieces(view: StudyView, run_dir: Path, manifest: dict, everything: dict[str, pd.DataFrame] | None,
-                  candidate: str | None) -> pd.DataFrame | None:  # fmt: skip
+def _train_pieces(view: StudyView, run_dir: Path, manifest: RunManifest,
+                  everything: dict[str, pd.DataFrame] | None, candidate: str | None) -> pd.DataFrame | None:
     """Out-of-fold points, crops and predictions of a train study from the run folder; returns the points."""
 
-    oof = manifest.get("oof_crops", {})
+    oof = manifest.oof_crops or OofCropsRecord()
     predicted = None
-    if oof.get("coords") and (run_dir / oof["coords"]).is_file():
-        predicted = load_coordinates(run_dir / oof["coords"])
+    if oof.coords and (run_dir / oof.coords).is_file():
+        predicted = load_coordinates(run_dir / oof.coords)
         predicted = predicted[predicted["study_id"] == view.study_id]
     else:
         view.notes.append("the run has no out-of-fold localizer points (02_train_localizer with HOLDOUT = 0)")
-    for source, entry in ((LOCALIZER, oof), (TRUTH, manifest.get("preprocess", {}))):
-        if entry.get("cache"):
-            view.crops[source] = _middle_slices(run_dir / entry["cache"], view.study_id)
-    if manifest.get("ensemble"):
+    for source, entry in ((LOCALIZER, oof), (TRUTH, manifest.preprocess or PreprocessRecord())):
+        if entry.cache:
+            view.crops[source] = _middle_slices(run_dir / entry.cache, view.study_id)
+    if manifest.ensemble:
         everything = everything if everything is not None else run_oof_predictions(run_dir)
-        ensemble = manifest["ensemble"]
-        first = candidate or ensemble["chosen"]
-        names = [first, *(m for m in ensemble["models"] if m != first)]
+        ensemble = manifest.ensemble
+        first = candidate or ensemble.need.chosen
+        names = [first, *(m for m in ensemble.need.models if m != first)]
         for name in names:
             if name in everything:
                 rows = _long(everything[name], view.study_id)
                 if len(rows):
-                    view.predictions[f"{name} (chosen)" if name == ensemble["chosen"] else name] = rows
+                    view.predictions[f"{name} (chosen)" if name == ensemble.chosen else name] = rows
     else:
         view.notes.append("the run has no ensemble yet (04_ensemble): no out-of-fold predictions shown")
     return predicted
@@ -239,7 +239,7 @@ def _torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _test_pieces(view: StudyView, root: Path, run_dir: Path, manifest: dict, index: pd.DataFrame,
+def _test_pieces(view: StudyView, root: Path, run_dir: Path, manifest: RunManifest, index: pd.DataFrame,
                  device: str) -> pd.DataFrame:  # fmt: skip
     """Localize, crop and predict one test study with the run, through `predict`'s own crops and blend;
     returns the points. Every member's rows are blended, also those `predict` would give the prior (a failed
@@ -299,7 +299,7 @@ def load_study_view(
                                 "localizer and models; give run_dir")  # fmt: skip
     view = StudyView(int(study_id), split)
     index = _study_index(root, split, view.study_id, run)
-    manifest = read_manifest(run) if run is not None else {}
+    manifest = RunManifest.read(run) if run is not None else RunManifest()
     truth = None
     if split == "train":
         labels = load_labels(root / "train.csv")

@@ -258,22 +258,30 @@ class Phantom:
 
         # The spine's own structures only near it: evaluate them on that subset of points.
         reach = self.foramen_x + 12.0
-        back_most = float(self.body_half[:, 1].max() + self.epidural + self.sac_depth * 1.3 + self.lamina + 35.0)
-        near_spine = np.flatnonzero((np.abs(x) < reach) & (w > -self.body_half[:, 1].max() - 4.0) & (w < back_most)
-                                    & (s > self.edges[0] - 15.0) & (s < self.edges[-1] + 5.0))
+        back_most = float(self.body_half[:, 1].max() + self.epidural + self.sac_depth * 1.3 + self.lamina
+                          + 35.0)
+        near_spine = np.flatnonzero((np.abs(x) < reach) & (w > -self.body_half[:, 1].max() - 4.0)
+                                    & (w < back_most) & (s > self.edges[0] - 15.0)
+                                    & (s < self.edges[-1] + 5.0))
         out[near_spine] = self._spine(out[near_spine], x[near_spine], w[near_spine], s[near_spine], c, edge)
         return out.reshape(shape)
 
     def _spine(self, out: np.ndarray, x: np.ndarray, w: np.ndarray, s: np.ndarray, c: dict, edge: float
                ) -> np.ndarray:
-        """Paint the spine's structures over `out` at spine coordinates (1-D arrays)."""
+        """Paint the spine's structures over `out` at spine coordinates (1-D arrays), in the order later
+        shapes cover earlier ones: posterior elements, discs, vertebral bodies, dural sac, lateral recesses,
+        foramina."""
+        f = self._spine_frame(x, w, s, c, edge)
+        out = self._paint_posterior(f, out)
+        out = self._paint_discs(f, out)
+        out = self._paint_bodies(f, out)
+        out, front = self._paint_sac(f, out)
+        out = self._paint_recesses(f, out, front)
+        return self._paint_foramina(f, out)
+
+    def _spine_frame(self, x: np.ndarray, w: np.ndarray, s: np.ndarray, c: dict, edge: float) -> _SpineFrame:
+        """Where each point lies along the spine (`_SpineFrame`), with the per-level shapes in float32."""
         f32 = np.float32
-
-        def paint(value, occupancy):
-            nonlocal out
-            out = out + occupancy * (value - out)
-
-        ax = np.abs(x)
         edges = self.edges.astype(f32)
         body_half = self.body_half.astype(f32)
         discs = self.disc_centres_s.astype(f32)
@@ -283,69 +291,131 @@ class Phantom:
         # Segment of each point: index into edges (even = body, odd = disc), distance to the segment's ends.
         seg = np.clip(np.searchsorted(edges, s) - 1, 0, len(edges) - 2)
         lo, hi = edges[seg], edges[seg + 1]
-        d_seg = np.minimum(s - lo, hi - s)
         span = np.minimum(s - edges[0] + 5.0, edges[-1] - s)  # > 0 within T12 .. S1
-        is_body = (seg % 2 == 0) & (span > 0)
-        is_disc = (seg % 2 == 1) & (span > 0)
         vert = seg // 2  # the body containing the point, or the one above its disc
         near = np.clip(np.searchsorted(0.5 * (discs[1:] + discs[:-1]), s), 0, 4)
-        ds = s - discs[near]
+        return _SpineFrame(
+            x=x, w=w, s=s, ax=np.abs(x), side=(x <= 0).astype(np.intp), lo=lo, hi=hi,
+            d_seg=np.minimum(s - lo, hi - s), span=span, is_body=(seg % 2 == 0) & (span > 0),
+            is_disc=(seg % 2 == 1) & (span > 0), vert=vert, near=near, ds=s - discs[near],
+            bw=body_half[vert, 1], body_half=body_half, heights=heights, g=g, c=c, edge=edge,
+        )
 
-        # Posterior elements: a bony block around the canal, with a spinous process behind each body.
-        bw = body_half[vert, 1]
-        back = bw + f32(self.epidural + self.lamina) + g["sac_depth"][near]
-        block = _ellipse_distance(x, w - 0.5 * (back + bw), f32(self.foramen_x + 7.0), 0.5 * (back - bw) + 1.0, 4)
-        paint(c["posterior"], _ramp(np.minimum(block, span), edge))
-        spinous = np.minimum(np.minimum(3.5 - ax, w - bw), np.minimum(back + 30.0 - w, 9.0 - np.abs(s - 0.5 * (lo + hi))))
-        paint(c["posterior"], _ramp(spinous, edge) * is_body)
+    def _paint_posterior(self, f: _SpineFrame, out: np.ndarray) -> np.ndarray:
+        """Posterior elements: a bony block around the canal, with a spinous process behind each body."""
+        f32 = np.float32
+        x, w, bw, edge = f.x, f.w, f.bw, f.edge
+        back = bw + f32(self.epidural + self.lamina) + f.g["sac_depth"][f.near]
+        block = _ellipse_distance(x, w - 0.5 * (back + bw), f32(self.foramen_x + 7.0),
+                                  0.5 * (back - bw) + 1.0, 4)
+        out = _paint(out, f.c["posterior"], _ramp(np.minimum(block, f.span), edge))
+        spinous = np.minimum(np.minimum(3.5 - f.ax, w - bw),
+                             np.minimum(back + 30.0 - w, 9.0 - np.abs(f.s - 0.5 * (f.lo + f.hi))))
+        return _paint(out, f.c["posterior"], _ramp(spinous, edge) * f.is_body)
 
-        # Discs: annulus and nucleus; the back wall bulges into the canal with spinal stenosis.
-        lvl = np.clip(vert - 1, 0, len(LEVELS) - 1)
-        bx_d, bw_d = body_half[lvl + 1, 0] + 1.0, body_half[lvl + 1, 1] + 1.0
+    def _paint_discs(self, f: _SpineFrame, out: np.ndarray) -> np.ndarray:
+        """Discs: annulus and nucleus; the back wall bulges into the canal with spinal stenosis."""
+        x, w, g, c, edge = f.x, f.w, f.g, f.c, f.edge
+        lvl = np.clip(f.vert - 1, 0, len(LEVELS) - 1)
+        bx_d, bw_d = f.body_half[lvl + 1, 0] + 1.0, f.body_half[lvl + 1, 1] + 1.0
         bulge = 0.55 * g["n_spinal"][lvl] * g["sac_depth"][lvl]
         annulus = _ellipse_distance(x, w, bx_d, np.where(w > 0, bw_d + bulge, bw_d), 4)
-        paint(c["annulus"], _ramp(np.minimum(annulus, d_seg + 0.5), edge) * is_disc)
+        out = _paint(out, c["annulus"], _ramp(np.minimum(annulus, f.d_seg + 0.5), edge) * f.is_disc)
         nucleus = _ellipse_distance(x, w, 0.6 * bx_d, 0.55 * bw_d)
-        nucleus_level = (c["nucleus"] * (1.0 - 0.6 * self.degeneration)).astype(f32)
-        paint(nucleus_level[lvl], _ramp(np.minimum(nucleus, d_seg - 1.5), edge) * is_disc)
+        nucleus_level = (c["nucleus"] * (1.0 - 0.6 * self.degeneration)).astype(np.float32)
+        return _paint(out, nucleus_level[lvl], _ramp(np.minimum(nucleus, f.d_seg - 1.5), edge) * f.is_disc)
 
-        # Vertebral bodies: marrow inside a thin dark cortex.
-        body_d = np.minimum(_ellipse_distance(x, w, body_half[vert, 0], bw, 4), d_seg)
-        paint(c["cortex"], _ramp(body_d, edge) * is_body)
-        paint(c["marrow"], _ramp(body_d - 1.0, edge) * is_body)
+    def _paint_bodies(self, f: _SpineFrame, out: np.ndarray) -> np.ndarray:
+        """Vertebral bodies: marrow inside a thin dark cortex."""
+        body_d = np.minimum(_ellipse_distance(f.x, f.w, f.body_half[f.vert, 0], f.bw, 4), f.d_seg)
+        out = _paint(out, f.c["cortex"], _ramp(body_d, f.edge) * f.is_body)
+        return _paint(out, f.c["marrow"], _ramp(body_d - 1.0, f.edge) * f.is_body)
 
-        # Dural sac (CSF): pinched at each disc by spinal stenosis, narrowed on one side by subarticular.
-        bump = np.exp(-0.5 * (ds / (0.4 * heights[near] + 2.5)) ** 2)
+    def _paint_sac(self, f: _SpineFrame, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Dural sac (CSF): pinched at each disc by spinal stenosis, narrowed on one side by subarticular;
+        epidural fat behind it. Returns the painted values and the sac's front wall (w), where the recesses
+        sit."""
+        f32 = np.float32
+        x, w, g, near, edge = f.x, f.w, f.g, f.near, f.edge
+        bump = np.exp(-0.5 * (f.ds / (0.4 * f.heights[near] + 2.5)) ** 2)
         n_sp = g["n_spinal"][near] * bump
         depth = g["sac_depth"][near]
         front = g["sac_front"][near] + 0.55 * n_sp * depth
         rear = front + depth * (1 - n_sp)
-        side = (x <= 0).astype(np.intp)  # 0 = left (+x in LPS), 1 = right
-        n_side = g["n_subarticular"][side, near] * bump
-        half_x = f32(self.sac_half_width) * self.level_scale[near].astype(f32) * (1 - 0.3 * n_sp) * (1 - 0.4 * n_side)
+        n_side = g["n_subarticular"][f.side, near] * bump
+        half_x = (f32(self.sac_half_width) * self.level_scale[near].astype(f32) * (1 - 0.3 * n_sp)
+                  * (1 - 0.4 * n_side))
         sac = _ellipse_distance(x, w - 0.5 * (front + rear), half_x, 0.5 * (rear - front))
-        paint(c["fat"], _ramp(np.minimum(_ellipse_distance(x, w - rear - 1.0, 0.5 * half_x, f32(2.5)), span), edge))
-        paint(c["csf"], _ramp(np.minimum(sac, span), edge))
+        fat = _ellipse_distance(x, w - rear - 1.0, 0.5 * half_x, f32(2.5))
+        out = _paint(out, f.c["fat"], _ramp(np.minimum(fat, f.span), edge))
+        return _paint(out, f.c["csf"], _ramp(np.minimum(sac, f.span), edge)), front
 
-        # Lateral recesses: CSF lobes at the front corners of the sac at each disc, on the point's side.
+    def _paint_recesses(self, f: _SpineFrame, out: np.ndarray, front: np.ndarray) -> np.ndarray:
+        """Lateral recesses: CSF lobes at the front corners of the sac at each disc, on the point's side."""
+        g, side, near = f.g, f.side, f.near
         rx, rw = g["recess_hx"][side, near], g["recess_hw"][side, near]
-        half_s = 0.5 * heights[near] + 3.0
-        lobe = _ellipse_distance(ax - g["recess_x"][side, near], w - front - rw, rx, rw)
-        paint(c["csf"], _ramp(np.minimum(lobe, (1.0 - np.abs(ds) / half_s) * np.minimum(rx, rw)), edge))
+        half_s = 0.5 * f.heights[near] + 3.0
+        lobe = _ellipse_distance(f.ax - g["recess_x"][side, near], f.w - front - rw, rx, rw)
+        occupancy = _ramp(np.minimum(lobe, (1.0 - np.abs(f.ds) / half_s) * np.minimum(rx, rw)), f.edge)
+        return _paint(out, f.c["csf"], occupancy)
 
-        # Neural foramina: a fat-filled opening behind the disc around its root, framed by cortex.
+    def _paint_foramina(self, f: _SpineFrame, out: np.ndarray) -> np.ndarray:
+        """Neural foramina: a fat-filled opening behind the disc around its root, framed by cortex."""
+        f32 = np.float32
+        g, side, near, c, edge = f.g, f.side, f.near, f.c, f.edge
         fw, fs = g["foramen_hw"][side, near], g["foramen_hs"][side, near]
-        dw = w - g["foramen_w"][side, near]
-        dsf = s - g["foramen_s"][side, near]
-        u2 = ((ax - f32(self.foramen_x)) / f32(FORAMEN_HALF_X)) ** 2
+        dw = f.w - g["foramen_w"][side, near]
+        dsf = f.s - g["foramen_s"][side, near]
+        u2 = ((f.ax - f32(self.foramen_x)) / f32(FORAMEN_HALF_X)) ** 2
         small = np.minimum(fw, fs)
         rim = (1.0 - np.sqrt(u2 + (dw / (fw + 1.2)) ** 2 + (dsf / (fs + 1.2)) ** 2)) * small
-        paint(c["cortex"], _ramp(rim, edge))
+        out = _paint(out, c["cortex"], _ramp(rim, edge))
         fat_d = (1.0 - np.sqrt(u2 + (dw / fw) ** 2 + (dsf / fs) ** 2)) * small
-        paint(c["fat"], _ramp(fat_d, edge))
-        root = np.minimum(1.6 - np.hypot(dw, s - g["root_s"][side, near]), FORAMEN_HALF_X * (1.0 - np.sqrt(u2)))
-        paint(c["root"], _ramp(root, edge))
-        return out
+        out = _paint(out, c["fat"], _ramp(fat_d, edge))
+        root = np.minimum(1.6 - np.hypot(dw, f.s - g["root_s"][side, near]),
+                          FORAMEN_HALF_X * (1.0 - np.sqrt(u2)))
+        return _paint(out, c["root"], _ramp(root, edge))
+
+
+@dataclass(frozen=True)
+class _SpineFrame:
+    """Points near the spine, where each lies along it, and what the painted structures read (float32).
+
+    Attributes:
+        x, w, s: spine coordinates; ax: |x|; side: 0 = left (+x in LPS), 1 = right.
+        lo, hi, d_seg: the ends of the point's segment (a body or a disc) and the distance to the nearer one.
+        span: > 0 within T12 .. S1; is_body, is_disc: the kind of the point's segment (inside that span).
+        vert: the body containing the point, or the one above its disc; bw: that body's half-depth.
+        near: the nearest disc (0 = L1/L2); ds: the arc length from its mid-plane.
+        body_half, heights, g: the bodies' half-sizes, the disc heights and `Phantom.level_shapes`.
+        c, edge: the tissues' values and the boundary blur width (`Phantom.intensity`).
+    """
+
+    x: np.ndarray
+    w: np.ndarray
+    s: np.ndarray
+    ax: np.ndarray
+    side: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    d_seg: np.ndarray
+    span: np.ndarray
+    is_body: np.ndarray
+    is_disc: np.ndarray
+    vert: np.ndarray
+    near: np.ndarray
+    ds: np.ndarray
+    bw: np.ndarray
+    body_half: np.ndarray
+    heights: np.ndarray
+    g: dict[str, np.ndarray]
+    c: dict
+    edge: float
+
+
+def _paint(out: np.ndarray, value, occupancy: np.ndarray) -> np.ndarray:
+    """`out` with `value` painted over it as far as `occupancy` (0 .. 1) covers it."""
+    return out + occupancy * (value - out)
 
 
 def draw_phantom(rng: np.random.Generator, severity: np.ndarray) -> Phantom:
@@ -358,16 +428,7 @@ def draw_phantom(rng: np.random.Generator, severity: np.ndarray) -> Phantom:
     size = rng.normal(1.0, 0.07)
     level_sev = severity.reshape(len(CONDITIONS), len(LEVELS)).mean(axis=0)
     degeneration = ndtr((level_sev - 0.3) / 0.8) * rng.uniform(0.6, 1.0)
-
-    body_h = size * rng.normal(21.0, 1.3) + rng.normal(0.0, 0.7, len(VERTEBRAE))
-    body_h[-1] = size * 35.0  # S1: the top of the sacrum
-    disc_degeneration = np.concatenate([[0.5 * degeneration[0]], degeneration])  # T12/L1 first
-    disc_h = size * rng.normal(8.5, 0.8) * (1.0 - 0.35 * disc_degeneration) + rng.normal(0.0, 0.4, len(LEVELS) + 1)
-    disc_h[-1] *= 0.85  # L5/S1 is usually the thinnest
-    heights = np.empty(2 * len(VERTEBRAE) - 1)
-    heights[0::2], heights[1::2] = body_h, disc_h
-    edges = np.concatenate([[0.0], np.cumsum(heights)])
-    edges -= edges[2]  # s = 0 at the top of L1
+    edges = _segment_edges(rng, size, degeneration)
 
     half_width = size * rng.normal(22.0, 1.5) * np.linspace(0.9, 1.1, len(VERTEBRAE))
     half_depth = size * rng.normal(16.0, 1.0) * np.linspace(0.95, 1.05, len(VERTEBRAE))
@@ -386,11 +447,7 @@ def draw_phantom(rng: np.random.Generator, severity: np.ndarray) -> Phantom:
     outline_half_depth = rng.uniform(95.0, 135.0)
     outline = np.array([rng.uniform(140.0, 185.0), outline_half_depth,
                         back_of_canal + muscle + fat - outline_half_depth, fat])
-
-    direction = rng.normal(size=(TEXTURE_WAVES, 3))
-    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-    texture = np.concatenate([direction * 2 * np.pi / rng.uniform(15.0, 45.0, (TEXTURE_WAVES, 1)),
-                              rng.uniform(0, 2 * np.pi, (TEXTURE_WAVES, 1))], axis=1)
+    texture = _texture(rng)
 
     return Phantom(
         rotation=rotation,
@@ -413,3 +470,27 @@ def draw_phantom(rng: np.random.Generator, severity: np.ndarray) -> Phantom:
         contrast_jitter=np.exp(rng.normal(0.0, 0.07, len(TISSUES))),
         texture=texture,
     )
+
+
+def _segment_edges(rng: np.random.Generator, size: float, degeneration: np.ndarray) -> np.ndarray:
+    """(14,) arc lengths of the segment boundaries, top of T12 to the bottom of S1, s = 0 at the top of L1:
+    vertebral bodies about 21 mm high (the sacrum 35), discs about 8.5 mm, thinner as they degenerate."""
+    body_h = size * rng.normal(21.0, 1.3) + rng.normal(0.0, 0.7, len(VERTEBRAE))
+    body_h[-1] = size * 35.0  # S1: the top of the sacrum
+    disc_degeneration = np.concatenate([[0.5 * degeneration[0]], degeneration])  # T12/L1 first
+    disc_h = (size * rng.normal(8.5, 0.8) * (1.0 - 0.35 * disc_degeneration)
+              + rng.normal(0.0, 0.4, len(LEVELS) + 1))
+    disc_h[-1] *= 0.85  # L5/S1 is usually the thinnest
+    heights = np.empty(2 * len(VERTEBRAE) - 1)
+    heights[0::2], heights[1::2] = body_h, disc_h
+    edges = np.concatenate([[0.0], np.cumsum(heights)])
+    edges -= edges[2]  # s = 0 at the top of L1
+    return edges
+
+
+def _texture(rng: np.random.Generator) -> np.ndarray:
+    """(TEXTURE_WAVES, 4) plane waves (kx, ky, kz, phase) of random directions, 15 to 45 mm long."""
+    direction = rng.normal(size=(TEXTURE_WAVES, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    return np.concatenate([direction * 2 * np.pi / rng.uniform(15.0, 45.0, (TEXTURE_WAVES, 1)),
+                           rng.uniform(0, 2 * np.pi, (TEXTURE_WAVES, 1))], axis=1)

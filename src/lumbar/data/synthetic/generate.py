@@ -12,10 +12,8 @@ so a run can tell synthetic data apart) and, on request, the oracle submission.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from lumbar.core.constants import (
     row_id,
 )
 from lumbar.core.paths import SYNTHETIC_MARKER
+from lumbar.core.processes import ProcessPlan, available_cores, process_pool, split_cores
 from lumbar.core.tables import (
     COORDINATE_COLUMNS,
     SUBMISSION_COLUMNS,
@@ -105,14 +104,6 @@ class Summary:
     def line(self) -> str:
         return (f"synth: {self.studies} train + {self.test_studies} test studies, {self.files} DICOM files, "
                 f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s -> {self.out}")
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the OS reports it, else the core count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _study_ids(config: SynthConfig) -> list[tuple[str, int, int]]:
@@ -198,8 +189,8 @@ def generate(out: str | Path, config: SynthConfig, oracle: str | Path | None = N
         out: the data folder to write.
         config: what to generate.
         oracle: also write the oracle submission (every train and test study) to this file.
-        workers: processes drawing studies (the output does not depend on it); 0 = one per core
-            (`available_cores`).
+        workers: processes drawing studies (the output does not depend on it), spawned as every pool of the
+            package (`lumbar.core.processes.process_pool`); 0 = one per core (`available_cores`).
         overwrite: replace existing train_images/ and test_images/ in `out`.
         progress: show a progress bar.
 
@@ -218,7 +209,7 @@ def generate(out: str | Path, config: SynthConfig, oracle: str | Path | None = N
             results.append(_run_task(task))
             bar.update()
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with process_pool(ProcessPlan(*split_cores(len(tasks), workers))) as pool:
             for result in pool.map(_run_task, tasks):
                 results.append(result)
                 bar.update()
