@@ -114,8 +114,9 @@ def test_more_fallback_studies_than_the_limit_fail_naming_them(tiny_run, synthet
 
 
 def test_a_chunk_whose_crops_all_fail_gets_the_prior(tiny_run, synthetic_dir, tmp_path, monkeypatch):
-    from lumbar.inference.predict import _prior_rows, ensemble_members
+    from lumbar.inference.predict import ensemble_members
     from lumbar.preprocess import roi
+    from lumbar.scoring.baselines import prior_rows
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -129,7 +130,7 @@ def test_a_chunk_whose_crops_all_fail_gets_the_prior(tiny_run, synthetic_dir, tm
     assert sorted(report.fallback_rows) == studies and sum(map(len, report.fallback_rows.values())) == 75
     assert all("No space left on device" in report.why(s) for s in studies)
     _, _, prior = ensemble_members(tiny_run, read_manifest(tiny_run))
-    expected = _prior_rows(prior, list(sub["row_id"]))
+    expected = prior_rows(prior, list(sub["row_id"]))
     np.testing.assert_allclose(sub[list(GRADES)].to_numpy(), expected[list(GRADES)].to_numpy())
 
 
@@ -232,7 +233,8 @@ def test_a_time_budget_cuts_the_ensemble_after_the_first_chunk(tiny_run, synthet
 
 
 def test_studies_the_budget_cannot_reach_get_prior_rows_and_are_counted(tiny_run, synthetic_dir, tmp_path, monkeypatch):
-    from lumbar.inference.predict import _prior_rows, ensemble_members
+    from lumbar.inference.predict import ensemble_members
+    from lumbar.scoring.baselines import prior_rows
 
     data = copy_train_split(synthetic_dir, tmp_path / "data")
     studies = sorted(int(p.name) for p in (data / "train_images").iterdir())
@@ -246,7 +248,7 @@ def test_studies_the_budget_cannot_reach_get_prior_rows_and_are_counted(tiny_run
     assert sorted(sub["row_id"]) == submission_row_ids(studies)
     later = sub[sub["row_id"].str.split("_").str[0].astype(int).isin(studies[1:])].reset_index(drop=True)
     _, _, prior = ensemble_members(run, read_manifest(run))
-    np.testing.assert_allclose(later[list(GRADES)], _prior_rows(prior, list(later["row_id"]))[list(GRADES)])
+    np.testing.assert_allclose(later[list(GRADES)], prior_rows(prior, list(later["row_id"]))[list(GRADES)])
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["budget_stopped_studies"] == 2 and record["fallback_rows"] == 50
     assert "time budget of 0.001 s would run out" in record["fallback_studies"][str(studies[1])]["why"]

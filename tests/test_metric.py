@@ -11,8 +11,15 @@ from sklearn.metrics import log_loss
 from lumbar.cli import main
 from lumbar.core.constants import CONDITION_GROUP, GRADES, row_id
 from lumbar.core.tables import labels_to_wide, load_labels, split_row_ids, write_csv
-from lumbar.scoring.baselines import class_priors, prior_submission, uniform_submission
-from lumbar.scoring.metric import align_predictions, competition_score
+from lumbar.scoring.baselines import (
+    class_priors,
+    fold_prior,
+    out_of_fold_prior,
+    prior_rows,
+    prior_submission,
+    uniform_submission,
+)
+from lumbar.scoring.metric import align_predictions, competition_score, score_test_set
 from lumbar.scoring.submission import SubmissionError
 
 SPINAL, LNFN, RNFN = "spinal_canal_stenosis", "left_neural_foraminal_narrowing", "right_neural_foraminal_narrowing"
@@ -127,6 +134,35 @@ def test_priors_are_unweighted_frequencies():
     assert np.allclose(pooled[list(GRADES)].sum(axis=1), 1)
     with pytest.raises(ValueError, match="no labelled row"):
         class_priors(labels[labels["level"] != "l1_l2"])
+
+
+def test_a_test_set_is_scored_beside_its_prior_and_an_oracle_that_covers_it():
+    rng = np.random.default_rng(2)
+    train = split_row_ids(uniform_submission(range(4))["row_id"]).assign(grade=rng.integers(0, 3, 100))
+    test = split_row_ids(uniform_submission([7, 8])["row_id"]).assign(grade=rng.integers(0, 3, 50))
+    oracle = prior_submission(train, [7, 8, 9], smoothing=1.0).assign(normal_mild=0.5, moderate=0.25, severe=0.25)
+    scores, references = score_test_set(test, uniform_submission([7, 8]), train, oracle)
+    assert list(references) == ["oracle", "prior"] and len(references["oracle"]) == 50
+    assert scores["submission"] == competition_score(test, uniform_submission([7, 8])).score
+    assert scores["prior"] == competition_score(test, prior_submission(train, [7, 8], smoothing=1.0)).score
+    assert scores["oracle"] == competition_score(test, references["oracle"]).score
+    elsewhere = oracle[split_row_ids(oracle["row_id"])["study_id"] == 9]
+    assert list(score_test_set(test, uniform_submission([7, 8]), train, elsewhere)[0]) == ["submission", "prior"]
+
+
+def test_prior_rows_follow_the_row_ids_and_a_fold_prior_leaves_its_fold_out():
+    rng = np.random.default_rng(3)
+    labels = split_row_ids(uniform_submission(range(4))["row_id"]).assign(grade=rng.integers(0, 3, 100))
+    prior = class_priors(labels, smoothing=1.0)
+    ids = uniform_submission([5])["row_id"].tolist()[::-1]
+    rows = prior_rows(prior, ids)
+    assert rows["row_id"].tolist() == ids
+    first = prior.set_index(["condition", "level"]).loc[tuple(split_row_ids(ids[:1]).iloc[0][["condition", "level"]])]
+    assert rows.loc[0, list(GRADES)].tolist() == first[list(GRADES)].tolist()
+    folds = pd.DataFrame({"study_id": range(4), "fold": [0, 0, 1, 1]})
+    held_out = prior_rows(fold_prior(labels, [0, 1]), uniform_submission([0, 1])["row_id"].tolist())
+    pd.testing.assert_frame_equal(out_of_fold_prior(labels, folds).iloc[:50], held_out)
+    assert fold_prior(labels, [0, 1]).equals(class_priors(labels[labels["study_id"] >= 2], smoothing=1.0))
 
 
 def _write_case(tmp_path):

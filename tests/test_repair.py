@@ -3,8 +3,9 @@
 import numpy as np
 
 from lumbar.core.tables import load_coordinates
+from lumbar.data.geometry import points_mm
 from lumbar.data.index import build_index
-from lumbar.localize.axial import foramina_offset_mm, sagittal_points_mm
+from lumbar.localize.axial import foramina_offset_mm
 from lumbar.localize.repair import repair_canal
 
 SPINAL = "spinal_canal_stenosis"
@@ -30,7 +31,7 @@ def test_a_canal_column_a_level_off_is_moved_back_and_a_right_one_is_kept(synthe
     assert len(notes) == 4 and all("moved" in n for n in notes)  # L5/S1 kept its own (true) point
 
     def canal_mm(table):
-        return sagittal_points_mm(table[table["condition"] == SPINAL].sort_values("level"), geometry)[["px", "py", "pz"]].to_numpy()
+        return points_mm(table[table["condition"] == SPINAL].sort_values("level"), geometry)[["px", "py", "pz"]].to_numpy()
 
     true_mm = canal_mm(rows)
     assert np.linalg.norm(canal_mm(lost) - true_mm, axis=1)[:4].min() > 15  # a disc spacing off

@@ -33,8 +33,8 @@ from lumbar.data.synthetic import SynthConfig, generate
 from lumbar.inference.predict import PredictOptions, predict
 from lumbar.kaggle import SUBMISSION_NOTEBOOK
 from lumbar.pipeline import PipelineConfig, PipelineError, check_data_kind, load_config, run_pipeline
-from lumbar.scoring.baselines import out_of_fold_prior, prior_submission
-from lumbar.scoring.metric import competition_score
+from lumbar.scoring.baselines import out_of_fold_prior
+from lumbar.scoring.metric import competition_score, score_test_set
 
 
 def ensure_data(data_dir: Path, synthetic: dict, workers: int = 0) -> bool:
@@ -77,17 +77,13 @@ def demo_summary(run_dir: Path, data_dir: Path, submission: Path | None = None) 
         out["chosen"] = ensemble.chosen if ensemble.chosen is not None else ""
     submission = submission if submission is not None and submission.is_file() else None
     if submission and (data_dir / "test_labels.csv").is_file():
-        sub = load_submission(submission)
         test_labels = load_labels(data_dir / "test_labels.csv")
-        out["test_score"] = competition_score(test_labels, sub, "submission").score
-        test_studies = sorted(test_labels["study_id"].unique())
-        out["test_studies"] = len(test_studies)
-        out["test_prior"] = competition_score(
-            test_labels, prior_submission(labels, test_studies, smoothing=1.0), "prior"
-        ).score
-        test_oracle = rows_of_studies(oracle, test_studies) if oracle is not None else []
-        if len(test_oracle):
-            out["test_oracle"] = competition_score(test_labels, test_oracle, "oracle").score
+        scores, _ = score_test_set(test_labels, load_submission(submission), labels, oracle)
+        out["test_score"] = scores["submission"]
+        out["test_studies"] = test_labels["study_id"].nunique()
+        out["test_prior"] = scores["prior"]
+        if "oracle" in scores:
+            out["test_oracle"] = scores["oracle"]
         if (data_dir / "test_label_coordinates.csv").is_file():
             out["test_score_gt"] = competition_score(test_labels, on_true_points(run_dir, data_dir), "gt crops").score
     out["submission"] = _project_relative(submission) if submission else ""

@@ -13,9 +13,6 @@ from matplotlib.figure import Figure
 from lumbar.core.constants import GRADE_LABELS, GRADES, GROUPS
 from lumbar.data.eda_plots import GRADE_COLORS, heatmap
 
-#: One colour per metric group, shared by the scatter and the bars.
-GROUP_COLORS: dict[str, str] = dict(zip(GROUPS, ("#1f77b4", "#9467bd", "#8c564b")))
-
 
 def contribution_heatmap(matrix: pd.DataFrame, score: float) -> Figure:
     """`errors.contribution_matrix` as an annotated heatmap of score points (x 1000 for legibility)."""

@@ -24,7 +24,6 @@ from lumbar.core.tables import (
     load_coordinates,
     load_labels,
     load_submission,
-    rows_of_studies,
     write_coordinates,
 )
 from lumbar.data.index import load_or_build_index
@@ -32,8 +31,7 @@ from lumbar.data.synthetic import SynthConfig, generate
 from lumbar.inference.predict import PredictOptions, predict
 from lumbar.localize.evaluate import localization_errors, summarize
 from lumbar.localize.evaluate import summary_line as localize_line
-from lumbar.scoring.baselines import prior_submission
-from lumbar.scoring.metric import competition_score
+from lumbar.scoring.metric import score_test_set
 
 
 def set_folder(out: Path, seed: int, image_size: int, stir_rate: float) -> Path:
@@ -74,17 +72,17 @@ def fresh_eval(run_dir: str | os.PathLike, out: str | os.PathLike, seed: int, te
     prior_labels = run_training_labels(run_dir)
     prior_labels = prior_labels if prior_labels is not None else load_labels(data / "train.csv")
     summary, per_study, per_target = robustness_report(labels, submission)
-    oracle = rows_of_studies(load_submission(data / "oracle.csv"), studies)
-    prior = prior_submission(prior_labels, studies, smoothing=1.0)
+    oracle = load_submission(data / "oracle.csv")
+    scores, references = score_test_set(labels, submission, prior_labels, oracle)
     result = {
         "run": str(run_dir), "seed": seed, "image_size": image_size, "stir_rate": stir_rate,
         "test_studies": len(studies),
-        "test_score": competition_score(labels, submission).score,
-        "oracle": competition_score(labels, oracle).score,
-        "prior": competition_score(labels, prior).score,
+        "test_score": scores["submission"],
+        "oracle": scores["oracle"],
+        "prior": scores["prior"],
         "fallback_studies": len(report.fallback_rows),
         **summary,
-        "tails": reference_tails(per_target, labels, {"oracle": oracle, "prior": prior}),
+        "tails": reference_tails(per_target, labels, references),
     }  # fmt: skip
     if report.coordinates is not None and len(report.coordinates):
         write_coordinates(report.coordinates, folder / "coordinates.csv")

@@ -1,4 +1,5 @@
-"""Checkpoints as plain state dicts, loadable with `torch.load(..., weights_only=True)`.
+"""Checkpoints as plain state dicts, loadable with `torch.load(..., weights_only=True)`: every `.pt` the
+classifiers, the localizer (`save_model`) and pretrained weights (`lumbar.models.base`) use goes through here.
 
 `final.pt` (select="last", the default) and `best.pt` (select="best") hold only the model's state dict (the
 EMA weights when EMA is on): the weights after the last epoch, or of the epoch with the best validation score.
@@ -28,6 +29,11 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     return Path(path)
+
+
+def save_model(model: torch.nn.Module, path: str | Path) -> Path:
+    """A model's state dict as CPU tensors (`save_checkpoint`), so it loads on any device."""
+    return save_checkpoint({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -242,6 +242,41 @@ def pixel_to_patient(position, orientation, spacing, x, y) -> np.ndarray:
     return position + (x * spacing[..., 1])[..., None] * row_dir + (y * spacing[..., 0])[..., None] * col_dir
 
 
+def _as_float(*arrays) -> tuple[np.ndarray, ...]:
+    return tuple(np.asarray(a, dtype=np.float64) for a in arrays)
+
+
+def _plane_offsets(positions: np.ndarray, orientations: np.ndarray, points: np.ndarray):
+    """The points' offsets from every slice's origin (..., n, 3) and distances to its plane (..., n)."""
+    normals = np.cross(orientations[:, :3], orientations[:, 3:])
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    delta = points[..., None, :] - positions  # (..., n, 3)
+    return delta, np.abs(np.einsum("...nk,nk->...n", delta, normals))
+
+
+def _in_plane(delta: np.ndarray, orientations: np.ndarray, spacings: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Offsets from slice origins -> pixel position (x = column, y = row) on those slices."""
+    x = np.einsum("...k,...k->...", delta, orientations[..., :3]) / spacings[..., 1]
+    y = np.einsum("...k,...k->...", delta, orientations[..., 3:]) / spacings[..., 0]
+    return x, y
+
+
+def plane_coordinates(positions, orientations, spacings, points) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every point on every slice: its distance to the slice's plane (mm) and its pixel position there; the
+    axial matching (`lumbar.localize.axial`) keeps the nearest slice whose image holds the point.
+
+    Args:
+        positions, orientations, spacings: per-slice geometry, shapes (n, 3), (n, 6), (n, 2).
+        points: patient points, shape (..., 3).
+
+    Returns:
+        distance in mm, x (column), y (row); each of shape (..., n).
+    """
+    positions, orientations, spacings, points = _as_float(positions, orientations, spacings, points)
+    delta, dist = _plane_offsets(positions, orientations, points)
+    return (dist, *_in_plane(delta, orientations, spacings))
+
+
 def patient_to_pixel(positions, orientations, spacings, points) -> tuple[np.ndarray, ...]:
     """Nearest slice (by distance to its plane) of each point and the point's pixel coordinates on it.
 
@@ -252,18 +287,11 @@ def patient_to_pixel(positions, orientations, spacings, points) -> tuple[np.ndar
     Returns:
         slice index, x (column), y (row), distance in mm to the slice plane; each of shape (...).
     """
-    positions = np.asarray(positions, dtype=np.float64)
-    orientations = np.asarray(orientations, dtype=np.float64)
-    spacings = np.asarray(spacings, dtype=np.float64)
-    points = np.asarray(points, dtype=np.float64)
-    normals = np.cross(orientations[:, :3], orientations[:, 3:])
-    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
-    delta = points[..., None, :] - positions  # (..., n, 3)
-    dist = np.abs(np.einsum("...nk,nk->...n", delta, normals))
+    positions, orientations, spacings, points = _as_float(positions, orientations, spacings, points)
+    delta, dist = _plane_offsets(positions, orientations, points)
     best = np.argmin(dist, axis=-1)
     d = np.take_along_axis(delta, best[..., None, None], axis=-2)[..., 0, :]
-    x = np.einsum("...k,...k->...", d, orientations[best, :3]) / spacings[best, 1]
-    y = np.einsum("...k,...k->...", d, orientations[best, 3:]) / spacings[best, 0]
+    x, y = _in_plane(d, orientations[best], spacings[best])
     return best, x, y, np.take_along_axis(dist, best[..., None], axis=-1)[..., 0]
 
 

@@ -36,18 +36,18 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lumbar.core.atomic import write_json
-from lumbar.core.constants import GRADES
 from lumbar.core.fallback import DATA_ERRORS, MAX_FALLBACK_SHARE, check_fallbacks
 from lumbar.core.paths import data_root
 from lumbar.core.run_contract import RunManifest
-from lumbar.core.tables import load_submission, row_study_ids, split_row_ids, submission_row_ids
+from lumbar.core.tables import load_submission, row_study_ids, submission_row_ids
 from lumbar.data.index import build_index
 from lumbar.ensemble.blend import EnsembleParams, apply_ensemble
 from lumbar.inference.budget import EnsemblePlan, plan_to_budget, restrict_params, static_plan
 from lumbar.localize.confidence import row_confidence
 from lumbar.localize.predict import Localizer
-from lumbar.preprocess.cache import build_cache
+from lumbar.preprocess.cache import CacheReport, build_cache
 from lumbar.preprocess.config import RoiConfig
+from lumbar.scoring.baselines import prior_rows
 from lumbar.scoring.submission import split_studies, validate_submission, write_submission
 from lumbar.train.predict import RunPredictor, read_run
 
@@ -161,13 +161,6 @@ def ensemble_members(run_dir: Path, manifest: RunManifest | dict) -> tuple[list[
     return members, params, prior
 
 
-def _prior_rows(prior: pd.DataFrame, row_ids: list[str]) -> pd.DataFrame:
-    """Class-prior rows (prior table: condition, level, normal_mild, moderate, severe) for row_ids."""
-    keys = split_row_ids(row_ids)[["condition", "level"]]
-    rows = keys.merge(prior, on=["condition", "level"], how="left", validate="many_to_one")
-    return pd.DataFrame({"row_id": row_ids, **{g: rows[g].to_numpy() for g in GRADES}})
-
-
 def blend_members(preds: dict[str, pd.DataFrame], params: EnsembleParams, prior: pd.DataFrame,
                   points: pd.DataFrame | None) -> pd.DataFrame:
     """The ensemble of the members' predictions of some studies, as the submission makes it: the predicted
@@ -175,7 +168,7 @@ def blend_members(preds: dict[str, pd.DataFrame], params: EnsembleParams, prior:
     widening ensemble moves doubtful rows towards."""
     ids = next(iter(preds.values()))["row_id"].astype(str).tolist()
     confidence = row_confidence(points) if points is not None else None
-    return apply_ensemble(preds, params, confidence, _prior_rows(prior, ids))
+    return apply_ensemble(preds, params, confidence, prior_rows(prior, ids))
 
 
 @contextmanager
@@ -394,11 +387,11 @@ def _blend_chunk(chunk: list[int], preds: dict[str, pd.DataFrame], covered: set[
         blended = blend_members(preds, params, prior, points)
         parts.append(blended[blended["row_id"].isin(covered)])
     if fallback:
-        parts.append(_prior_rows(prior, fallback))
+        parts.append(prior_rows(prior, fallback))
     for study, r in zip(row_study_ids(fallback), fallback):
         report.fallback_rows[int(study)].append(r)
     report.seconds["blend"] += time.perf_counter() - t
-    return pd.concat(parts, ignore_index=True) if parts else _prior_rows(prior, [])
+    return pd.concat(parts, ignore_index=True) if parts else prior_rows(prior, [])
 
 
 def _fall_back(studies: list[int], prior: pd.DataFrame, report: PredictReport, why: str) -> pd.DataFrame:
@@ -408,7 +401,7 @@ def _fall_back(studies: list[int], prior: pd.DataFrame, report: PredictReport, w
     for study in studies:
         report.notes[study].append(why)
         report.fallback_rows[study] = [r for r in ids if r.startswith(f"{study}_")]
-    return _prior_rows(prior, ids)
+    return prior_rows(prior, ids)
 
 
 def _fit_to_budget(clock: _Clock, chunk: list[int], chunks: list[list[int]], report: PredictReport,
@@ -510,28 +503,43 @@ def _classify_chunk(job: _Job, ensemble: _Ensemble, coords: pd.DataFrame | None,
     if coords is None:
         return {}, set()
     t = time.perf_counter()
-    members, caches = ensemble.members, {}
-    for m in members:
-        key = json.dumps(m.roi.to_dict(), sort_keys=True)
-        if key not in caches:
-            rep = build_cache(coords, job.root, job.split, crops, m.roi, workers=job.options.workers,
-                              progress=False, max_failed_share=1.0)
-            caches[key] = rep
-            for f in rep.failures.itertuples():
-                report.notes[int(f.study_id)].append(f"{f.condition} {f.level}: {f.error}")
+    members = ensemble.members
+    caches = member_crops(members, coords, job.root, job.split, crops, job.options.workers)
+    for rep in caches.values():
+        for f in rep.failures.itertuples():
+            report.notes[int(f.study_id)].append(f"{f.condition} {f.level}: {f.error}")
     covered = set.intersection(*(set(rep.samples["sample_id"]) for rep in caches.values()))
     report.seconds["crop"] += time.perf_counter() - t
     preds = {}
     if covered:
         for m in members:
             t = time.perf_counter()
-            cache = caches[json.dumps(m.roi.to_dict(), sort_keys=True)].cache_dir
+            cache = caches[roi_key(m.roi)].cache_dir
             preds[m.name] = ensemble.predictors[m.name].predict(cache, study_ids=chunk)
             seconds = time.perf_counter() - t
             report.seconds["classify"] += seconds
             report.member_seconds[m.name] += seconds
     shutil.rmtree(crops, ignore_errors=True)
     return preds, covered
+
+
+def roi_key(roi: RoiConfig) -> str:
+    """Members whose ROI parameters give the same key share one crop cache."""
+    return json.dumps(roi.to_dict(), sort_keys=True)
+
+
+def member_crops(members: list[Classifier], coords: pd.DataFrame, root: Path, split: str, crops: Path,
+                 workers: int = 1) -> dict[str, CacheReport]:
+    """The crops of `coords` under `crops`, one cache per distinct ROI configuration of the members (`roi_key`
+    -> its build report, in the members' order): how `predict` and the study viewer crop alike; a failed crop
+    is in its report's failures."""
+    caches = {}
+    for m in members:
+        key = roi_key(m.roi)
+        if key not in caches:
+            caches[key] = build_cache(coords, root, split, crops, m.roi, workers=workers, progress=False,
+                                      max_failed_share=1.0)
+    return caches
 
 
 def cli_predict(args: argparse.Namespace) -> int:

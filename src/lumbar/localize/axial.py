@@ -26,7 +26,8 @@ import pandas as pd
 from lumbar.core.constants import AXIAL_T2, LEVELS
 from lumbar.core.paths import data_root
 from lumbar.core.tables import load_coordinates, write_csv
-from lumbar.data.dicom import pixel_to_patient
+from lumbar.data.dicom import plane_coordinates
+from lumbar.data.geometry import points_mm
 from lumbar.data.index import load_or_build_index, series_geometry
 
 AXIAL_MAP_COLUMNS = ["study_id", "level", "axial_series_id", "instance_number", "distance_mm", "x", "y"]
@@ -34,27 +35,11 @@ SPINAL = "spinal_canal_stenosis"
 FORAMINA = ("left_neural_foraminal_narrowing", "right_neural_foraminal_narrowing")
 
 
-def sagittal_points_mm(coords: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
-    """Add patient coordinates `px, py, pz` (mm) to coordinate rows, from their instance's geometry.
-
-    Rows whose instance is not in the index get NaN.
-    """
-    keys = ["study_id", "series_id", "instance_number"]
-    geo = index[keys + ["ipp_x", "ipp_y", "ipp_z"] + [f"iop_{i}" for i in range(6)] +
-                ["pixel_spacing_row", "pixel_spacing_col"]].drop_duplicates(keys)  # fmt: skip
-    merged = coords.merge(geo, on=keys, how="left")
-    g = series_geometry(merged)
-    mm = pixel_to_patient(
-        g["positions"], g["orientations"], g["spacings"], merged["x"].to_numpy(), merged["y"].to_numpy()
-    )
-    return merged[coords.columns.tolist()].assign(px=mm[:, 0], py=mm[:, 1], pz=mm[:, 2])
-
-
 def foramina_offset_mm(coords: pd.DataFrame, index: pd.DataFrame) -> list[float] | None:
     """Median patient-space offset (mm) from the mean of a level's two foramen points to its canal point, over
     the labelled levels that have all three; None when none has. The foramina sit a few mm above and in front
     of the disc the axial slice is aimed at, so without the offset they would pick the slice above."""
-    points = sagittal_points_mm(coords[coords["condition"].isin((SPINAL, *FORAMINA))], index)
+    points = points_mm(coords[coords["condition"].isin((SPINAL, *FORAMINA))], index)
     offsets = []
     for _, group in points.groupby(["study_id", "level"], sort=False):
         canal, foramina = _level_points(group)
@@ -64,7 +49,7 @@ def foramina_offset_mm(coords: pd.DataFrame, index: pd.DataFrame) -> list[float]
 
 
 def _level_points(group: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray]:
-    """One level's canal point (or None) and foramen points, mm, from `sagittal_points_mm` rows."""
+    """One level's canal point (or None) and foramen points, mm, from `points_mm` rows."""
     xyz = group[["px", "py", "pz"]].to_numpy(float)
     ok = ~np.isnan(xyz).any(axis=1)
     canal = xyz[ok & (group["condition"] == SPINAL).to_numpy()]
@@ -78,7 +63,7 @@ def level_anchors(coords: pd.DataFrame, index: pd.DataFrame,
     the per-coordinate median of the canal point and the two offset foramen points."""
     wanted = (SPINAL, *FORAMINA) if foramina_offset_mm is not None else (SPINAL,)
     rows = coords[coords["condition"].isin(wanted)].drop_duplicates(["study_id", "condition", "level"])
-    points = sagittal_points_mm(rows.reset_index(drop=True), index)
+    points = points_mm(rows.reset_index(drop=True), index)
     out = []
     for (study_id, level), group in points.groupby(["study_id", "level"], sort=False):
         canal, foramina = _level_points(group)
@@ -91,21 +76,16 @@ def level_anchors(coords: pd.DataFrame, index: pd.DataFrame,
     return pd.DataFrame(out, columns=["study_id", "level", "px", "py", "pz"])
 
 
-def nearest_axial_slices(points_mm: np.ndarray, axial_index: pd.DataFrame) -> pd.DataFrame:
+def nearest_axial_slices(points: np.ndarray, axial_index: pd.DataFrame) -> pd.DataFrame:
     """For each point (n, 3), the axial slice whose plane is nearest among those the point falls inside.
 
     Returns:
         One row per point: axial_series_id, instance_number, distance_mm, x, y (pixel on that slice);
         NaN where no slice contains the point.
     """
-    points_mm = np.atleast_2d(points_mm)
+    points = np.atleast_2d(points)
     g = series_geometry(axial_index)
-    normals = np.cross(g["orientations"][:, :3], g["orientations"][:, 3:])
-    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
-    delta = points_mm[:, None, :] - g["positions"][None]  # (p, n, 3)
-    dist = np.abs(np.einsum("pnk,nk->pn", delta, normals))
-    x = np.einsum("pnk,nk->pn", delta, g["orientations"][:, :3]) / g["spacings"][:, 1]
-    y = np.einsum("pnk,nk->pn", delta, g["orientations"][:, 3:]) / g["spacings"][:, 0]
+    dist, x, y = plane_coordinates(g["positions"], g["orientations"], g["spacings"], points)
     inside = (
         (x >= 0)
         & (y >= 0)
@@ -114,7 +94,7 @@ def nearest_axial_slices(points_mm: np.ndarray, axial_index: pd.DataFrame) -> pd
     )
     dist_inside = np.where(inside, dist, np.inf)
     best = np.argmin(dist_inside, axis=1)
-    rows = np.arange(len(points_mm))
+    rows = np.arange(len(points))
     found = np.isfinite(dist_inside[rows, best])
     return pd.DataFrame(
         {

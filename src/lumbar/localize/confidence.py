@@ -34,7 +34,8 @@ import pandas as pd
 
 from lumbar.core.constants import LEVELS
 from lumbar.core.tables import table_row_ids
-from lumbar.localize.axial import FORAMINA, SPINAL, map_axial, sagittal_points_mm
+from lumbar.data.geometry import points_mm
+from lumbar.localize.axial import FORAMINA, SPINAL
 
 SUBARTICULAR = ("left_subarticular_stenosis", "right_subarticular_stenosis")
 
@@ -96,7 +97,7 @@ def check_level_set(coords: pd.DataFrame, index: pd.DataFrame, axial_distance_mm
     out["plausible"] = 1
     if out.empty:
         return out, []
-    mm = sagittal_points_mm(out[["study_id", "series_id", "instance_number", "x", "y"]], index)
+    mm = points_mm(out[["study_id", "series_id", "instance_number", "x", "y"]], index)
     xyz = mm[["px", "py", "pz"]].to_numpy(float)
     notes, medians = [], []
     for condition in (SPINAL, *FORAMINA):
@@ -146,21 +147,3 @@ def row_confidence(coords: pd.DataFrame) -> pd.DataFrame:
     if "plausible" in coords:
         conf = np.where(coords["plausible"].to_numpy() == 0, FLOOR, conf)
     return pd.DataFrame({"row_id": table_row_ids(coords).to_numpy(), "confidence": np.clip(conf, FLOOR, 1.0)})
-
-
-def check_coordinates(coords: pd.DataFrame, index: pd.DataFrame, limits: Limits = Limits(),
-                      foramina_offset_mm: list[float] | None = None) -> pd.DataFrame:  # fmt: skip
-    """`check_level_set` for every study of a predicted coordinates table (e.g. to re-check a saved CSV with
-    other limits); the axial distances come from mapping the levels (`map_axial`, with the localizer's
-    `foramina_offset_mm` as `localize` used it) again."""
-
-    parts = []
-    for study, rows in coords.groupby("study_id", sort=False):
-        geometry = index[index["study_id"] == study]
-        spinal = rows[rows["condition"] == SPINAL]
-        distance = {}
-        if len(spinal) and (geometry["series_description"] == "Axial T2").any():
-            mapped = map_axial(rows, geometry, foramina_offset_mm=foramina_offset_mm)
-            distance = dict(zip(mapped["level"], mapped["distance_mm"].fillna(np.inf).astype(float)))
-        parts.append(check_level_set(rows, geometry, distance, limits)[0])
-    return pd.concat(parts, ignore_index=True) if parts else coords.assign(plausible=pd.Series(dtype=int))

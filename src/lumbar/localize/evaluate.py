@@ -26,27 +26,22 @@ import pandas as pd
 from lumbar.core.constants import CONDITIONS
 from lumbar.core.paths import data_root
 from lumbar.core.tables import load_coordinates
-from lumbar.data.dicom import pixel_to_patient
-from lumbar.data.index import load_or_build_index, series_geometry
+from lumbar.data.geometry import points_mm
+from lumbar.data.index import load_or_build_index
 
 KEYS = ["study_id", "condition", "level"]
 
 
 def _geometry(coords: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
     """Patient position (mm), slice normal, and stack place of each coordinate row (NaN when unknown)."""
-    ikeys = ["study_id", "series_id", "instance_number"]
-    cols = ikeys + ["stack_index", "slice_index", "ipp_x", "ipp_y", "ipp_z"] + [f"iop_{i}" for i in range(6)] + [
-        "pixel_spacing_row", "pixel_spacing_col"]  # fmt: skip
-    merged = coords.merge(index[cols].drop_duplicates(ikeys), on=ikeys, how="left")
-    g = series_geometry(merged)
-    mm = pixel_to_patient(g["positions"], g["orientations"], g["spacings"], merged["x"].to_numpy(float),
-                          merged["y"].to_numpy(float))  # fmt: skip
-    normal = np.cross(g["orientations"][:, :3], g["orientations"][:, 3:])
+    orientation = [f"iop_{i}" for i in range(6)]
+    merged = points_mm(coords, index, keep=["stack_index", "slice_index", *orientation])
+    orientations = merged[orientation].to_numpy(np.float64)  # along the columns, then along the rows
+    normal = np.cross(orientations[:, :3], orientations[:, 3:])
     normal /= np.linalg.norm(normal, axis=1, keepdims=True)
-    out = merged[KEYS + ["series_id", "stack_index", "slice_index"]].copy()
-    out[["px", "py", "pz"]] = mm
+    out = merged[KEYS + ["series_id", "stack_index", "slice_index", "px", "py", "pz"]].copy()
     out[["nx", "ny", "nz"]] = normal
-    out[["rx", "ry", "rz", "cx", "cy", "cz"]] = g["orientations"]  # along the columns, along the rows
+    out[["rx", "ry", "rz", "cx", "cy", "cz"]] = orientations
     if "fold" in coords:
         out["fold"] = merged["fold"].to_numpy()
     return out

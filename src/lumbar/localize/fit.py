@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lumbar.core.atomic import atomic_path
 from lumbar.core.progress import ScalarBoard, TimeLeft, epoch_line
 from lumbar.core.runtime import Runtime, make_adamw
 from lumbar.localize.config import LocalizerConfig
@@ -98,9 +97,3 @@ def fit(model: torch.nn.Module, n_samples: int, batch: BatchFn, loss_fn: LossFn,
 def _floats(losses: list[torch.Tensor]) -> np.ndarray:
     """Per-step losses as the float64 values `float(loss)` gives, in one device read."""
     return torch.stack(losses).to("cpu", torch.float64).numpy()
-
-
-def save_state(model: torch.nn.Module, path) -> None:
-    """Write a model's state dict (CPU tensors) atomically; load it with `torch.load(..., weights_only=True)`."""
-    with atomic_path(path) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)

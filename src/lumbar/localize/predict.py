@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from lumbar.core.checkpoint import load_checkpoint
 from lumbar.core.constants import AXIAL_T2, CONDITIONS, LEVELS, SAGITTAL_T1, SAGITTAL_T2
 from lumbar.core.manifest import manifest_path
 from lumbar.core.paths import data_root, series_dir
@@ -138,8 +139,7 @@ class Localizer:
                 else:
                     model, into, key = build_model(TASKS[name], self.config), heatmaps, name
                 checkpoint = self.run / model_entry.need.checkpoint
-                state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-                model.load_state_dict(state)
+                model.load_state_dict(load_checkpoint(checkpoint))
                 into.setdefault(key, []).append(model)
         self.models = {k: ProbabilityMean(v, start_dim=2).to(self.device).eval() for k, v in heatmaps.items()}
         self.scorers = {k: ProbabilityMean(v, start_dim=1).to(self.device).eval() for k, v in scorers.items()}

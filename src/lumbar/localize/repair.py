@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 
 from lumbar.data.dicom import patient_to_pixel
+from lumbar.data.geometry import points_mm
 from lumbar.data.index import series_geometry
-from lumbar.localize.axial import FORAMINA, SPINAL, level_anchors, sagittal_points_mm
+from lumbar.localize.axial import FORAMINA, SPINAL, level_anchors
 
 
 def repair_canal(coords: pd.DataFrame, index: pd.DataFrame, foramina_offset_mm: Sequence[float] | None,
@@ -45,7 +46,7 @@ def repair_canal(coords: pd.DataFrame, index: pd.DataFrame, foramina_offset_mm: 
         return out, []
     anchors = level_anchors(out, index, foramina_offset_mm).set_index("level")
     canal = out.index[out["condition"] == SPINAL]
-    points = sagittal_points_mm(out.loc[canal], index).set_index(canal)
+    points = points_mm(out.loc[canal], index).set_index(canal)
     notes, moved = [], []
     for r in canal:
         level = out.at[r, "level"]

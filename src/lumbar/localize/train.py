@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from lumbar.core.checkpoint import save_model
 from lumbar.core.encoders import NONE
 from lumbar.core.fallback import MAX_FALLBACK_SHARE, check_fallbacks
 from lumbar.core.manifest import manifest_path
@@ -41,7 +42,7 @@ from lumbar.data.index import load_or_build_index
 from lumbar.localize.augment import random_affine, random_depth_affine, random_intensity, random_mirror
 from lumbar.localize.axial import foramina_offset_mm
 from lumbar.localize.config import LocalizerConfig
-from lumbar.localize.fit import fit, save_state
+from lumbar.localize.fit import fit
 from lumbar.localize.heatmap import HeatmapNet, heatmap_loss
 from lumbar.localize.slice_refine import CropGeometry, SliceScorer, draw_batch, scorer_loss, training_crops
 from lumbar.localize.tasks import Task, axial_samples, get_task, placed_coordinates, sagittal_samples
@@ -311,7 +312,7 @@ def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: P
     def record(name: str, model: torch.nn.Module, entry: LocalizerModelRecord, history: list[float],
                started: float) -> None:
         checkpoint = Path(MODEL_DIR, *([member] if member else []), f"{name}.pt")
-        save_state(model, run / checkpoint)
+        save_model(model, run / checkpoint)
         manifest.models[name] = entry.copy(checkpoint=checkpoint.as_posix(),
                                            loss_per_epoch=[round(v, 5) for v in history],
                                            seconds=round(time.perf_counter() - started, 1))

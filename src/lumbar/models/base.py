@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lumbar.core.checkpoint import load_checkpoint
 from lumbar.core.encoders import IMAGENET, NONE, check_setting, weights_file
 
 StateDict = dict[str, torch.Tensor]
@@ -110,7 +111,7 @@ def read_state_dict(path: str | os.PathLike) -> StateDict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_checkpoint(path)
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]

@@ -6,7 +6,7 @@ uniform 0.999410, condition x level prior 0.930697, per-condition prior 1.108652
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
@@ -16,17 +16,17 @@ from lumbar.core.tables import SUBMISSION_COLUMNS, split_row_ids, submission_row
 PRIOR_KEYS = {"condition_level": ["condition", "level"], "condition": ["condition"]}
 
 
-def _skeleton(study_ids: Iterable[int]) -> pd.DataFrame:
+def _row_ids(study_ids: Iterable[int]) -> list[str]:
+    """All 25 row ids of each study, studies in ascending order (sample_submission's)."""
     study_ids = sorted({int(s) for s in study_ids})
     if not study_ids:
         raise ValueError("no study_ids given")
-    ids = submission_row_ids(study_ids)
-    return pd.concat([pd.DataFrame({"row_id": ids}), split_row_ids(ids)[["condition", "level"]]], axis=1)
+    return submission_row_ids(study_ids)
 
 
 def uniform_submission(study_ids: Iterable[int]) -> pd.DataFrame:
     """1/3 for every grade of all 25 rows of each study, in sample_submission order."""
-    sub = _skeleton(study_ids)
+    sub = pd.DataFrame({"row_id": _row_ids(study_ids)})
     for g in GRADES:
         sub[g] = 1.0 / len(GRADES)
     return sub[SUBMISSION_COLUMNS]
@@ -70,20 +70,31 @@ def class_priors(labels: pd.DataFrame, by: str = "condition_level", smoothing: f
     return pd.DataFrame(freq, index=counts.index, columns=list(GRADES)).reset_index()
 
 
+def prior_rows(prior: pd.DataFrame, row_ids: Sequence[str], by: str = "condition_level") -> pd.DataFrame:
+    """Rows of a prior table (`class_priors`) for the given row ids, in their order (submission format):
+    the baselines, the fallback rows of training and inference and the widening's prior come from here."""
+    keys = split_row_ids(row_ids)[PRIOR_KEYS[by]]
+    rows = keys.merge(prior, on=PRIOR_KEYS[by], how="left", validate="many_to_one")
+    return pd.DataFrame({"row_id": row_ids, **{g: rows[g].to_numpy() for g in GRADES}})
+
+
 def prior_submission(labels: pd.DataFrame, study_ids: Iterable[int], by: str = "condition_level",
                      smoothing: float = 0.0) -> pd.DataFrame:  # fmt: skip
     """Every study gets the class frequencies of `labels` (see `class_priors`), in sample_submission order."""
-    priors = class_priors(labels, by=by, smoothing=smoothing)
-    sub = _skeleton(study_ids).merge(priors, on=PRIOR_KEYS[by], how="left", validate="many_to_one")
+    sub = prior_rows(class_priors(labels, by=by, smoothing=smoothing), _row_ids(study_ids), by)
     assert not sub[list(GRADES)].isna().any().any()
-    return sub[SUBMISSION_COLUMNS]
+    return sub
+
+
+def fold_prior(labels: pd.DataFrame, held_out: Iterable[int]) -> pd.DataFrame:
+    """The condition x level prior of a fold: fitted on the other studies' labels, Laplace-smoothed (a grade
+    the other folds never show must not get probability 0)."""
+    return class_priors(labels[~labels["study_id"].isin(held_out)], smoothing=1.0)
 
 
 def out_of_fold_prior(labels: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
-    """Condition x level priors for each fold's studies, fitted on the other folds (Laplace-smoothed: a grade
-    the other folds never show must not get probability 0)."""
+    """Condition x level prior rows for each fold's studies, each from its `fold_prior`."""
     parts = []
-    for fold, group in folds.groupby("fold"):
-        train = labels[~labels["study_id"].isin(group["study_id"])]
-        parts.append(prior_submission(train, group["study_id"].tolist(), smoothing=1.0))
+    for _, group in folds.groupby("fold"):
+        parts.append(prior_rows(fold_prior(labels, group["study_id"]), _row_ids(group["study_id"])))
     return pd.concat(parts, ignore_index=True)

@@ -38,6 +38,7 @@ from lumbar.core.tables import (
     LABEL_TABLE_COLUMNS,
     load_labels,
     load_submission,
+    rows_of_studies,
     split_row_ids,
     submission_row_ids,
     table_row_ids,
@@ -235,6 +236,28 @@ def submitted_labels(labels: pd.DataFrame, submission: pd.DataFrame, name: str =
     if len(kept) == 0:
         raise SubmissionError(f"{name}: none of its {len(studies)} studies has a label in the label table")
     return kept.reset_index(drop=True)
+
+
+def score_test_set(
+    labels: pd.DataFrame,
+    submission: pd.DataFrame,
+    prior_labels: pd.DataFrame,
+    oracle: pd.DataFrame | None = None,
+) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
+    """A labelled test set's scores, so the demo and `fresh-eval` measure alike: the submission's, the class
+    prior's (fitted on `prior_labels`, Laplace-smoothed) and the oracle's (when given and covering the set).
+
+    Returns:
+        (scores by name: "submission", "oracle", "prior"; the reference tables by name: "oracle", "prior").
+    """
+    studies = sorted(labels["study_id"].unique())
+    references = {}
+    if oracle is not None and len(rows := rows_of_studies(oracle, studies)):
+        references["oracle"] = rows
+    references["prior"] = prior_submission(prior_labels, studies, smoothing=1.0)
+    scores = {"submission": competition_score(labels, submission, "submission").score}
+    scores.update({name: competition_score(labels, table, name).score for name, table in references.items()})
+    return scores, references
 
 
 def format_table(result: MetricResult) -> str:

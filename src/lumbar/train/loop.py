@@ -83,6 +83,7 @@ from lumbar.core.runtime import (
 from lumbar.core.settings import StaleRunError, setting_changes
 from lumbar.core.tables import load_labels, read_flagged_ids, table_row_ids, write_csv
 from lumbar.preprocess import LocalizerJitter
+from lumbar.scoring.baselines import fold_prior
 from lumbar.scoring.metric import competition_score
 from lumbar.scoring.reports import write_reports
 from lumbar.train.augment import StackAugment, resolve_augmentations
@@ -507,8 +508,8 @@ def _oof_table(config: TrainConfig, predictions: pd.DataFrame, labels: pd.DataFr
     parts, filled = [], 0
     for fold in fold_ids:
         studies = folds.loc[folds["fold"] == fold, "study_id"]
-        part, n = to_submission(predictions[predictions["fold"] == fold], studies,
-                                grade_prior(labels[~labels["study_id"].isin(studies)]))
+        prior = fold_prior(labels, studies)
+        part, n = to_submission(predictions[predictions["fold"] == fold], studies, prior)
         parts.append(part)
         filled += n
     return pd.concat(parts).sort_values("row_id", kind="stable").reset_index(drop=True), filled

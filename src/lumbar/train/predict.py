@@ -28,8 +28,8 @@ from lumbar.core.checkpoint import load_checkpoint
 from lumbar.core.constants import GRADES
 from lumbar.core.encoders import gray_stats
 from lumbar.core.runtime import RunningMean, Runtime, setup_runtime, teardown_runtime
-from lumbar.core.tables import SUBMISSION_COLUMNS, split_row_ids, submission_row_ids, table_row_ids
-from lumbar.scoring.baselines import class_priors
+from lumbar.core.tables import SUBMISSION_COLUMNS, submission_row_ids, table_row_ids
+from lumbar.scoring.baselines import class_priors, prior_rows
 from lumbar.train.config import TrainConfig
 from lumbar.train.dataset import RoiDataset, read_cache
 from lumbar.train.tasks import build_tasks
@@ -162,9 +162,7 @@ def to_submission(table: pd.DataFrame, study_ids: Iterable[int] | None = None,
         wanted = pd.Index(submission_row_ids(study_ids))
         missing = wanted.difference(pd.Index(sub["row_id"]))
         if len(missing):
-            keys = split_row_ids(missing)
-            rows = keys.merge(prior, on=["condition", "level"], how="left")
-            sub = pd.concat([sub, pd.DataFrame({"row_id": missing, **{g: rows[g].to_numpy() for g in GRADES}})])
+            sub = pd.concat([sub, prior_rows(prior, missing)])
             filled = len(missing)
     sub = sub.sort_values("row_id", kind="stable").reset_index(drop=True)
     return sub[SUBMISSION_COLUMNS], filled
