@@ -5,7 +5,8 @@ The data folder is the config's own (`configs/demo.yaml`: `input/synthetic-demo/
 
 The last line is meant for scripts:
 
-    demo: oof_score=<v> prior=<v> oracle=<v> gap_closed=<f> test_score=<v> test_score_gt=<v> submission=<path> run=<path> seconds=<n>
+    demo: oof_score=<v> prior=<v> oracle=<v> gap_closed=<f> test_score=<v> test_score_gt=<v> submission=<path>
+    run=<path> seconds=<n>
 
 - oof_score: the out-of-fold score of the ensemble `04_ensemble` chose, on the crops the test predictions use
   (around the out-of-fold localizer's points, when the run has them);
@@ -38,7 +39,8 @@ from lumbar.scoring.metric import competition_score, score_test_set
 
 
 def ensure_data(data_dir: Path, synthetic: dict, workers: int = 0) -> bool:
-    """Write the synthetic set into `data_dir` unless it already holds a train.csv (`workers` processes, 0 = one
+    """Write the synthetic set into `data_dir` unless it already holds a train.csv (`workers` processes, 0 =
+    one
     per core); True when written."""
     if (data_dir / "train.csv").is_file():
         return False
@@ -46,13 +48,17 @@ def ensure_data(data_dir: Path, synthetic: dict, workers: int = 0) -> bool:
     workers = workers or available_cores()
 
     summary = generate(data_dir, SynthConfig(**synthetic), oracle=data_dir / "oracle.csv", workers=workers)
-    print(f"demo: wrote synthetic data {data_dir} ({summary.studies} train + {summary.test_studies} test studies, "
-          f"{summary.seconds:.0f} s)")  # fmt: skip
+    print(
+        f"demo: wrote synthetic data {data_dir} ({summary.studies} train + {summary.test_studies} "
+        "test studies, "
+        f"{summary.seconds:.0f} s)"
+    )
     return True
 
 
 def submission_of(config: PipelineConfig) -> Path | None:
-    """The submission the config's `05_submission` step writes (its OUT, relative to the notebooks' folder)."""
+    """The submission the config's `05_submission` step writes (its OUT, relative to the notebooks'
+    folder)."""
     steps = [s for s in config.steps if s.notebook == SUBMISSION_NOTEBOOK and "OUT" in s.parameters]
     return config.notebook_dir / steps[-1].parameters["OUT"] if steps else None
 
@@ -85,7 +91,9 @@ def demo_summary(run_dir: Path, data_dir: Path, submission: Path | None = None) 
         if "oracle" in scores:
             out["test_oracle"] = scores["oracle"]
         if (data_dir / "test_label_coordinates.csv").is_file():
-            out["test_score_gt"] = competition_score(test_labels, on_true_points(run_dir, data_dir), "gt crops").score
+            out["test_score_gt"] = competition_score(
+                test_labels, on_true_points(run_dir, data_dir), "gt crops"
+            ).score
     out["submission"] = _project_relative(submission) if submission else ""
     return out
 
@@ -117,7 +125,9 @@ def run_demo(config_path: str | Path, workers: int = 0) -> dict:
     t0 = time.perf_counter()
     config = load_config(config_path)
     if config.synthetic is None:
-        raise ValueError(f"{config_path}: the demo runs only a synthetic-data config (one with a `synthetic:` block)")
+        raise ValueError(
+            f"{config_path}: the demo runs only a synthetic-data config (one with a `synthetic:` block)"
+        )
     check_data_kind(config)  # before writing: the demo never writes into the real data
     ensure_data(config.data_dir, config.synthetic, workers=workers)
     run_pipeline(config)
@@ -138,9 +148,20 @@ def cli_demo(args: argparse.Namespace) -> int:
         marked = [f"{k}={_fmt(v)}{'*' if k == s.get('chosen') else ''}" for k, v in s["candidates"].items()]
         print("demo: out-of-fold candidates (* chosen): " + ", ".join(marked))
     if "test_prior" in s:
-        print(f"demo: test set of {s['test_studies']} studies: submission={_fmt(s['test_score'])} "
-              f"prior={_fmt(s['test_prior'])} oracle={_fmt(s.get('test_oracle', 'n/a'))}")
-    keys = ("oof_score", "prior", "oracle", "gap_closed", "test_score", "test_score_gt", "submission", "run",
-            "seconds")
+        print(
+            f"demo: test set of {s['test_studies']} studies: submission={_fmt(s['test_score'])} "
+            f"prior={_fmt(s['test_prior'])} oracle={_fmt(s.get('test_oracle', 'n/a'))}"
+        )
+    keys = (
+        "oof_score",
+        "prior",
+        "oracle",
+        "gap_closed",
+        "test_score",
+        "test_score_gt",
+        "submission",
+        "run",
+        "seconds",
+    )
     print("demo: " + " ".join(f"{k}={_fmt(s.get(k, 'n/a'))}" for k in keys))
     return 0

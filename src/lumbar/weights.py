@@ -92,7 +92,9 @@ def config_encoders(config_path: str | os.PathLike) -> list[Encoder]:
         if step.notebook not in defaults:
             defaults[step.notebook] = notebook_defaults(config.notebook_dir / f"{step.notebook}.ipynb")
         for role, arch, timm_name in encoders_of({**defaults[step.notebook], **step.parameters}):
-            found.append(Encoder(step.output, role, arch, timm_weights_name(timm_name) if timm_name else None))
+            found.append(
+                Encoder(step.output, role, arch, timm_weights_name(timm_name) if timm_name else None)
+            )
     return found
 
 
@@ -105,15 +107,21 @@ def weights_source(weights: str) -> str:
 
 
 def fetch_encoder(weights: str) -> nn.Module:
-    """timm's model with its pretrained weights, through timm's hub loading (the download, or the hub cache)."""
+    """timm's model with its pretrained weights, through timm's hub loading (the download, or the hub
+    cache)."""
     import timm
 
     with hub_errors(weights):
         return timm.create_model(weights, pretrained=True)
 
 
-def write_weights_folder(weights: Sequence[str], out: str | os.PathLike, user: str | None = None,
-                         slug: str = DATASET_SLUG, log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+def write_weights_folder(
+    weights: Sequence[str],
+    out: str | os.PathLike,
+    user: str | None = None,
+    slug: str = DATASET_SLUG,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Fetch each encoder not yet in `out` and write the folder (module docstring); returns the index.
 
     The index is rewritten after every encoder, so an interrupted run keeps what it fetched.
@@ -133,14 +141,19 @@ def write_weights_folder(weights: Sequence[str], out: str | os.PathLike, user: s
         with atomic_path(file) as tmp:
             save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(tmp))
         index["encoders"][name] = {
-            "file": file.name, "bytes": file.stat().st_size, "params": sum(p.numel() for p in model.parameters()),
-            "source": weights_source(name), "license": model.pretrained_cfg.get("license"),
-        }  # fmt: skip
+            "file": file.name,
+            "bytes": file.stat().st_size,
+            "params": sum(p.numel() for p in model.parameters()),
+            "source": weights_source(name),
+            "license": model.pretrained_cfg.get("license"),
+        }
         index["timm"] = timm.__version__
         write_json(index, out / INDEX_JSON)
         log(f"weights: {name}: {file.stat().st_size / 2**20:.1f} MiB -> {file}")
-    write_json(dataset_metadata(kaggle_user(user), slug, "lumbar encoders", license="other"),
-               out / "dataset-metadata.json")  # fmt: skip
+    write_json(
+        dataset_metadata(kaggle_user(user), slug, "lumbar encoders", license="other"),
+        out / "dataset-metadata.json",
+    )
     return index
 
 
@@ -156,7 +169,11 @@ def cli_weights(args: argparse.Namespace) -> int:
             what, where = e.arch, "no timm weights: pretrained none (or a local weights file)"
         else:
             what = e.weights
-            where = "in the folder" if e.weights in held else f"{weights_source(e.weights)} -> {e.weights}.safetensors"
+            where = (
+                "in the folder"
+                if e.weights in held
+                else f"{weights_source(e.weights)} -> {e.weights}.safetensors"
+            )
         print(f"  {e.step:<36} {e.role:<12} {what:<40} {where}")
     if args.dry_run:
         print(f"weights: dry run: nothing fetched, nothing written to {out}")
@@ -164,7 +181,9 @@ def cli_weights(args: argparse.Namespace) -> int:
     slug = args.slug or DATASET_SLUG
     index = write_weights_folder(fetch, out, user=args.user, slug=slug)
     size = sum(index["encoders"][name]["bytes"] for name in fetch)
-    print(f"weights: {len(fetch)} encoders ({size / 2**20:.0f} MiB) in {out}: set pretrained (the notebooks' "
-          f"PRETRAINED) to {out.absolute()}, or upload it with `kaggle datasets create -p {out}` and attach it "
-          f"(/kaggle/input/{slug})")  # fmt: skip
+    print(
+        f"weights: {len(fetch)} encoders ({size / 2**20:.0f} MiB) in {out}: set pretrained (the notebooks' "
+        f"PRETRAINED) to {out.absolute()}, or upload it with `kaggle datasets create -p {out}` and attach it "
+        f"(/kaggle/input/{slug})"
+    )
     return 0

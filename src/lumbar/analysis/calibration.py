@@ -48,7 +48,9 @@ def reliability_table(aligned: pd.DataFrame, bins: int = 10) -> pd.DataFrame:
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_pred = np.bincount(which, weights=p, minlength=bins) / count
             observed = np.bincount(which, weights=y, minlength=bins) / count
-        rows += [(name, b, edges[b], edges[b + 1], int(count[b]), mean_pred[b], observed[b]) for b in range(bins)]
+        rows += [
+            (name, b, edges[b], edges[b + 1], int(count[b]), mean_pred[b], observed[b]) for b in range(bins)
+        ]
     return pd.DataFrame(rows, columns=RELIABILITY_COLUMNS)
 
 
@@ -58,6 +60,8 @@ def expected_calibration_error(reliability: pd.DataFrame) -> dict[str, float]:
     for name in GRADES:
         t = reliability[(reliability["grade"] == name) & (reliability["count"] > 0)]
         n = t["count"].sum()
-        out[name] = float((t["count"] * (t["mean_pred"] - t["observed"]).abs()).sum() / n) if n else float("nan")
+        out[name] = (
+            float((t["count"] * (t["mean_pred"] - t["observed"]).abs()).sum() / n) if n else float("nan")
+        )
     out["mean"] = float(np.mean([out[g] for g in GRADES]))
     return out

@@ -16,8 +16,12 @@ from lumbar.data.eda_plots import GRADE_COLORS, heatmap
 
 def contribution_heatmap(matrix: pd.DataFrame, score: float) -> Figure:
     """`errors.contribution_matrix` as an annotated heatmap of score points (x 1000 for legibility)."""
-    return heatmap(1000 * matrix, f"Score points x 1000 per condition x level (sum = score {score:.4f})",
-                   fmt="{:.1f}", cmap="magma")  # fmt: skip
+    return heatmap(
+        1000 * matrix,
+        f"Score points x 1000 per condition x level (sum = score {score:.4f})",
+        fmt="{:.1f}",
+        cmap="magma",
+    )
 
 
 def reliability_diagram(tables: dict[str, pd.DataFrame], eces: dict[str, dict[str, float]]) -> Figure:
@@ -34,8 +38,13 @@ def reliability_diagram(tables: dict[str, pd.DataFrame], eces: dict[str, dict[st
         ax.plot([0, 1], [0, 1], color="0.7", linewidth=1)
         for k, (name, table) in enumerate(tables.items()):
             t = table[(table["grade"] == grade) & (table["count"] > 0)]
-            ax.plot(t["mean_pred"], t["observed"], styles[k % len(styles)], markersize=4,
-                    label=f"{name}: ECE {eces[name][grade]:.3f}")  # fmt: skip
+            ax.plot(
+                t["mean_pred"],
+                t["observed"],
+                styles[k % len(styles)],
+                markersize=4,
+                label=f"{name}: ECE {eces[name][grade]:.3f}",
+            )
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_aspect("equal")
@@ -62,7 +71,8 @@ def study_bars(studies: pd.DataFrame, count: int = 15) -> Figure:
 
 
 def localizer_scatter(table: pd.DataFrame) -> Figure:
-    """Loss on the label (-log p) against the localizer's 3D error, per metric group (`errors.localizer_loss`)."""
+    """Loss on the label (-log p) against the localizer's 3D error, per metric group
+    (`errors.localizer_loss`)."""
     fig = Figure(figsize=(4.2 * len(GROUPS), 4), layout="constrained")
     axes = fig.subplots(1, len(GROUPS), sharey=True)
     for ax, group in zip(axes, GROUPS):
@@ -87,8 +97,14 @@ def any_severe_heatmap(confusion: pd.DataFrame) -> Figure:
     ax.imshow(shares.to_numpy(float), cmap="Reds", vmin=0, vmax=1, aspect="auto")
     for (i, j), n in np.ndenumerate(counts.to_numpy()):
         share = shares.to_numpy(float)[i, j]
-        ax.text(j, i, f"{n} studies\n{share:.0%} of the term", ha="center", va="center",
-                color="white" if share > 0.5 else "black")  # fmt: skip
+        ax.text(
+            j,
+            i,
+            f"{n} studies\n{share:.0%} of the term",
+            ha="center",
+            va="center",
+            color="white" if share > 0.5 else "black",
+        )
     ax.set_xticks(range(counts.shape[1]), list(counts.columns))
     ax.set_yticks(range(counts.shape[0]), list(counts.index))
     ax.set_title("any_severe_spinal: studies and where the term's loss comes from")

@@ -41,7 +41,9 @@ ERROR_BIN_NAMES: tuple[str, ...] = (
 )
 
 
-def prediction_parts(labels: pd.DataFrame, predictions: pd.DataFrame, name: str = "predictions") -> MetricParts:
+def prediction_parts(
+    labels: pd.DataFrame, predictions: pd.DataFrame, name: str = "predictions"
+) -> MetricParts:
     """`MetricParts` of predictions (submission format) on the labelled rows of the studies they cover."""
     scored = submitted_labels(labels, predictions, name=name)
     return metric_parts(align_predictions(scored, predictions, name=name))
@@ -68,16 +70,21 @@ def study_contributions(parts: MetricParts) -> pd.DataFrame:
     """
     rows = parts.rows.assign(p_label=np.exp(-parts.rows["nll"]))
     worst = rows.loc[rows.groupby("study_id")["contribution"].idxmax()].set_index("study_id")
-    total = rows.groupby("study_id")["contribution"].sum().add(
-        parts.studies.set_index("study_id")["contribution"], fill_value=0.0)  # fmt: skip
-    out = pd.DataFrame({
-        "contribution": total,
-        "targets": rows.groupby("study_id").size(),
-        "worst_target": [row_id(s, r.condition, r.level) for s, r in worst.iterrows()],
-        "worst_contribution": worst["contribution"],
-        "worst_grade": worst["grade"],
-        "worst_p_label": worst["p_label"],
-    })  # fmt: skip
+    total = (
+        rows.groupby("study_id")["contribution"]
+        .sum()
+        .add(parts.studies.set_index("study_id")["contribution"], fill_value=0.0)
+    )
+    out = pd.DataFrame(
+        {
+            "contribution": total,
+            "targets": rows.groupby("study_id").size(),
+            "worst_target": [row_id(s, r.condition, r.level) for s, r in worst.iterrows()],
+            "worst_contribution": worst["contribution"],
+            "worst_grade": worst["grade"],
+            "worst_p_label": worst["p_label"],
+        }
+    )
     return out.sort_values("contribution", ascending=False).rename_axis("study_id").reset_index()
 
 
@@ -92,8 +99,13 @@ def any_severe_confusion(parts: MetricParts, threshold: float = 0.5) -> pd.DataF
     s = parts.studies
     true = np.where(s["label"] > 0, "a severe level", "no severe level")
     pred = np.where(s["pred"] >= threshold, f"max severe p >= {threshold:g}", f"max severe p < {threshold:g}")
-    rows, cols = ["no severe level", "a severe level"], [f"max severe p < {threshold:g}", f"max severe p >= {threshold:g}"]
-    frame = pd.DataFrame({"true": true, "predicted": pred, "share": s["share"] / max(s["share"].sum(), 1e-300)})
+    rows, cols = (
+        ["no severe level", "a severe level"],
+        [f"max severe p < {threshold:g}", f"max severe p >= {threshold:g}"],
+    )
+    frame = pd.DataFrame(
+        {"true": true, "predicted": pred, "share": s["share"] / max(s["share"].sum(), 1e-300)}
+    )
     counts = pd.crosstab(frame["true"], frame["predicted"]).reindex(index=rows, columns=cols, fill_value=0)
     shares = frame.pivot_table(index="true", columns="predicted", values="share", aggfunc="sum")
     shares = shares.reindex(index=rows, columns=cols).fillna(0.0)
@@ -101,7 +113,8 @@ def any_severe_confusion(parts: MetricParts, threshold: float = 0.5) -> pd.DataF
 
 
 def localizer_loss(parts: MetricParts, errors: pd.DataFrame) -> pd.DataFrame:
-    """Each scored target with the localizer's error on its point (`lumbar.localize.evaluate.localization_errors`).
+    """Each scored target with the localizer's error on its point
+    (`lumbar.localize.evaluate.localization_errors`).
 
     Columns: `study_id, condition, level, term, grade, nll, contribution, error_mm, error_3d_mm, slice_error,
     missing, error_bin` (the 3D error binned by `ERROR_BINS_MM`; "missing": the localizer gave no point,
@@ -110,7 +123,8 @@ def localizer_loss(parts: MetricParts, errors: pd.DataFrame) -> pd.DataFrame:
     keys = ["study_id", "condition", "level"]
     cols = ["error_mm", "error_3d_mm", "slice_error", "missing"]
     table = parts.rows[[*keys, "term", "grade", "nll", "contribution"]].merge(
-        errors[keys + cols].drop_duplicates(keys), on=keys, how="left", validate="one_to_one")  # fmt: skip
+        errors[keys + cols].drop_duplicates(keys), on=keys, how="left", validate="one_to_one"
+    )
     edges = [0.0, *ERROR_BINS_MM, np.inf]
     names = list(ERROR_BIN_NAMES[: len(edges) - 1])
     binned = pd.cut(table["error_3d_mm"], edges, labels=names, include_lowest=True).astype(object)
@@ -123,7 +137,8 @@ def localizer_loss_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per metric group and error bin: targets, mean loss (-log p of the label), score points; then the
     rank correlation (Spearman) of 3D error and loss per group over the targets with a predicted point."""
     summary = table.groupby(["term", "error_bin"]).agg(
-        targets=("nll", "size"), mean_nll=("nll", "mean"), contribution=("contribution", "sum"))  # fmt: skip
+        targets=("nll", "size"), mean_nll=("nll", "mean"), contribution=("contribution", "sum")
+    )
     summary = summary.reindex(pd.MultiIndex.from_product([list(GROUPS), list(ERROR_BIN_NAMES)]), fill_value=0)
     summary = summary[summary["targets"] > 0]
     rho = {}
@@ -134,8 +149,9 @@ def localizer_loss_summary(table: pd.DataFrame) -> pd.DataFrame:
     return summary.rename_axis(["term", "error_bin"])
 
 
-def label_noise_candidates(parts: MetricParts, max_prob: float = 0.05,
-                           oracle: pd.DataFrame | None = None) -> pd.DataFrame:  # fmt: skip
+def label_noise_candidates(
+    parts: MetricParts, max_prob: float = 0.05, oracle: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Labelled rows whose out-of-fold probability of the written grade is below `max_prob`, costliest first.
 
     Args:
@@ -149,9 +165,13 @@ def label_noise_candidates(parts: MetricParts, max_prob: float = 0.05,
     """
     rows = parts.rows
     p_label = np.exp(-rows["nll"])
-    out = rows.loc[p_label < max_prob, ["row_id", "study_id", "condition", "level", "grade", "nll", "contribution"]]
+    out = rows.loc[
+        p_label < max_prob, ["row_id", "study_id", "condition", "level", "grade", "nll", "contribution"]
+    ]
     out.insert(5, "p_label", p_label[out.index])
     if oracle is not None:
         probs = oracle.set_index("row_id").reindex(out["row_id"])[list(GRADES)].to_numpy(dtype=float)
-        out["oracle_p_label"] = probs[np.arange(len(out)), out["grade"].to_numpy(dtype=int)] if len(out) else []
+        out["oracle_p_label"] = (
+            probs[np.arange(len(out)), out["grade"].to_numpy(dtype=int)] if len(out) else []
+        )
     return out.sort_values("contribution", ascending=False).reset_index(drop=True)

@@ -46,24 +46,33 @@ def run_training_labels(run_dir: Path) -> pd.DataFrame | None:
     return load_labels(path) if path is not None and path.is_file() else None
 
 
-def fresh_eval(run_dir: str | os.PathLike, out: str | os.PathLike, seed: int, test_studies: int = 100,
-               image_size: int = 128, stir_rate: float = 0.25, device: str = "auto", workers: int = 2,
-               progress: bool = True) -> dict:  # fmt: skip
+def fresh_eval(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    seed: int,
+    test_studies: int = 100,
+    image_size: int = 128,
+    stir_rate: float = 0.25,
+    device: str = "auto",
+    workers: int = 2,
+    progress: bool = True,
+) -> dict:
     """Generate (or reuse) a fresh synthetic set, predict its test studies with the run, score them.
 
     Returns:
         The summary written to `fresh_eval.json`: test score, oracle and prior (the prior from the run's own
         training labels when its data folder is still there, else from the fresh set's few train studies),
-        the loss distribution (`robustness.loss_summary`), the worst studies, the oracle's and the prior's loss
-        tails on the same targets (`robustness.reference_tails`) and the localisation summary.
+        the loss distribution (`robustness.loss_summary`), the worst studies, the oracle's and the prior's
+        loss tails on the same targets (`robustness.reference_tails`) and the localisation summary.
     """
 
     run_dir = Path(run_dir)
     folder = set_folder(Path(out), seed, image_size, stir_rate)
     data = folder / "data"
     if not (data / "test_labels.csv").is_file():
-        config = SynthConfig(studies=1, test_studies=test_studies, seed=seed, image_size=image_size,
-                             stir_rate=stir_rate)  # fmt: skip
+        config = SynthConfig(
+            studies=1, test_studies=test_studies, seed=seed, image_size=image_size, stir_rate=stir_rate
+        )
         generate(data, config, oracle=data / "oracle.csv", workers=workers, overwrite=True)
     options = PredictOptions(device=device, workers=workers, progress=progress, max_fallback_share=1.0)
     submission, report = predict(data, "test", run_dir, out=folder / "submission.csv", options=options)
@@ -75,7 +84,10 @@ def fresh_eval(run_dir: str | os.PathLike, out: str | os.PathLike, seed: int, te
     oracle = load_submission(data / "oracle.csv")
     scores, references = score_test_set(labels, submission, prior_labels, oracle)
     result = {
-        "run": str(run_dir), "seed": seed, "image_size": image_size, "stir_rate": stir_rate,
+        "run": str(run_dir),
+        "seed": seed,
+        "image_size": image_size,
+        "stir_rate": stir_rate,
         "test_studies": len(studies),
         "test_score": scores["submission"],
         "oracle": scores["oracle"],
@@ -83,7 +95,7 @@ def fresh_eval(run_dir: str | os.PathLike, out: str | os.PathLike, seed: int, te
         "fallback_studies": len(report.fallback_rows),
         **summary,
         "tails": reference_tails(per_target, labels, references),
-    }  # fmt: skip
+    }
     if report.coordinates is not None and len(report.coordinates):
         write_coordinates(report.coordinates, folder / "coordinates.csv")
         truth = load_coordinates(data / "test_label_coordinates.csv")
@@ -96,9 +108,11 @@ def fresh_eval(run_dir: str | os.PathLike, out: str | os.PathLike, seed: int, te
 
 
 def result_line(r: dict) -> str:
-    head = (f"fresh-eval: seed={r['seed']} image_size={r['image_size']} stir_rate={r['stir_rate']:g} "
-            f"studies={r['test_studies']} test_score={r['test_score']:.4f} oracle={r['oracle']:.4f} "
-            f"prior={r['prior']:.4f}")  # fmt: skip
+    head = (
+        f"fresh-eval: seed={r['seed']} image_size={r['image_size']} stir_rate={r['stir_rate']:g} "
+        f"studies={r['test_studies']} test_score={r['test_score']:.4f} oracle={r['oracle']:.4f} "
+        f"prior={r['prior']:.4f}"
+    )
     line = head + " " + summary_line(r) + f" worst_studies={r['worst_studies']}"
     return line + ("\n  beside it, " + tails_line(r["tails"]) if "tails" in r else "")
 
@@ -106,8 +120,16 @@ def result_line(r: dict) -> str:
 def cli_fresh_eval(args: argparse.Namespace) -> int:
     """`python -m lumbar fresh-eval`: one line per seed, the localisation summary under it."""
     for seed in args.seeds:
-        r = fresh_eval(args.run, args.out, seed, args.test_studies, args.image_size, args.stir_rate, args.device,
-                       args.workers)  # fmt: skip
+        r = fresh_eval(
+            args.run,
+            args.out,
+            seed,
+            args.test_studies,
+            args.image_size,
+            args.stir_rate,
+            args.device,
+            args.workers,
+        )
         print(result_line(r))
         if "localize" in r:
             print("  " + r["localize"])

@@ -1,9 +1,10 @@
-"""Label-noise cleanup: flag training grades the out-of-fold ensemble finds unlikely, then retrain without them.
+"""Label-noise cleanup: flag training grades the out-of-fold ensemble finds unlikely, then retrain without
+them.
 
 The 2nd-place team of RSNA 2024 removed, after a first round, the training items whose out-of-fold probability
 of the written grade was off by 0.8 or more, and retrained. Here: `flag_label_noise` flags a labelled row when
-its out-of-fold probability of the written grade is at most `threshold` (default `DEFAULT_THRESHOLD` = 0.2, the
-same rule: 1 - p_written >= 0.8), `flag_run` writes the list with its evidence into the run folder, and a
+its out-of-fold probability of the written grade is at most `threshold` (default `DEFAULT_THRESHOLD` = 0.2,
+the same rule: 1 - p_written >= 0.8), `flag_run` writes the list with its evidence into the run folder, and a
 second round trains with `TrainConfig.exclude` (notebook 03's `EXCLUDE`) pointing at it: the listed rows leave
 the *training* items only; validation and the out-of-fold predictions keep every item, so both rounds' scores
 stay comparable. (`lumbar.analysis.errors.label_noise_candidates`, in 06, ranks such rows by their cost for
@@ -11,9 +12,9 @@ reading; this module is the step that acts on them.)
 
 Files of `flag_run` (`<run>/label_noise/`, recorded in the manifest as a `LabelNoiseRecord`):
     flags.csv     the flagged rows only, most doubtful first (ascending `p_written`): row_id, study_id,
-                  condition, level, grade (written), p_written, predicted (the most likely grade), p_predicted,
-                  flagged (all true). It is the exclusion list as it stands; any CSV with a `row_id` column
-                  is one too (`lumbar.core.tables.read_flagged_ids`).
+                  condition, level, grade (written), p_written, predicted (the most likely grade),
+                  p_predicted, flagged (all true). It is the exclusion list as it stands; any CSV with a
+                  `row_id` column is one too (`lumbar.core.tables.read_flagged_ids`).
     summary.json  threshold, rows judged, rows flagged, share, flags per condition, and on synthetic data the
                   expected precision and recall.
 
@@ -41,18 +42,30 @@ from lumbar.core.paths import data_root
 from lumbar.core.run_contract import LabelNoiseRecord, RunManifest, save_record
 from lumbar.core.tables import load_labels, load_submission, table_row_ids, write_csv
 
-#: Flag a row when the out-of-fold probability of its written grade is at most this (2nd place: off by >= 0.8).
+#: Flag a row when the out-of-fold probability of its written grade is at most this (2nd place: off by >=
+#: 0.8).
 DEFAULT_THRESHOLD = 0.2
 LABEL_NOISE_DIR = "label_noise"
 FLAGS_CSV = "flags.csv"
 SUMMARY_JSON = "summary.json"
 #: The synthetic generator's truth file (`lumbar.data.synthetic.generate.LABEL_NOISE_CSV`).
 TRUTH_CSV = "train_label_noise.csv"
-FLAG_COLUMNS = ["row_id", "study_id", "condition", "level", "grade", "p_written", "predicted", "p_predicted",
-                "flagged"]
+FLAG_COLUMNS = [
+    "row_id",
+    "study_id",
+    "condition",
+    "level",
+    "grade",
+    "p_written",
+    "predicted",
+    "p_predicted",
+    "flagged",
+]
 
 
-def flag_label_noise(oof: pd.DataFrame, labels: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
+def flag_label_noise(
+    oof: pd.DataFrame, labels: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD
+) -> pd.DataFrame:
     """Every labelled row with out-of-fold evidence, and whether it is flagged as likely mislabelled.
 
     Args:
@@ -97,14 +110,21 @@ def noise_precision_recall(flags: pd.DataFrame, truth: pd.DataFrame) -> dict[str
         raise ValueError(f"{len(missing)} flagged row(s) not in the truth table, e.g. {missing[0]}")
     hit = p_noise.loc[flagged["row_id"]]
     total = float(p_noise.sum())
-    return {"precision": float(hit.mean()) if len(hit) else float("nan"),
-            "recall": float(hit.sum()) / total if total > 0 else float("nan"),
-            "flagged": len(hit), "expected_noisy": total}
+    return {
+        "precision": float(hit.mean()) if len(hit) else float("nan"),
+        "recall": float(hit.sum()) / total if total > 0 else float("nan"),
+        "flagged": len(hit),
+        "expected_noisy": total,
+    }
 
 
-def flag_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
-             threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
-    """Flag a run's training labels by its ensemble's out-of-fold predictions; write flags.csv and summary.json.
+def flag_run(
+    run_dir: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> dict[str, Any]:
+    """Flag a run's training labels by its ensemble's out-of-fold predictions; write flags.csv and
+    summary.json.
 
     Args:
         run_dir: a run folder whose manifest has an `ensemble` (notebook 04).
@@ -124,9 +144,13 @@ def flag_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
     write_csv(flags, out / FLAGS_CSV)
     n, m = len(flags), len(evidence)
     summary: dict[str, Any] = {
-        "threshold": threshold, "rows": m, "flagged": n, "share": n / m if m else 0.0,
+        "threshold": threshold,
+        "rows": m,
+        "flagged": n,
+        "share": n / m if m else 0.0,
         "by_condition": {c: int((flags["condition"] == c).sum()) for c in CONDITIONS},
-        "oof": oof, "flags": f"{LABEL_NOISE_DIR}/{FLAGS_CSV}",
+        "oof": oof,
+        "flags": f"{LABEL_NOISE_DIR}/{FLAGS_CSV}",
     }
     line = f"label-noise: flagged={n} of {m} ({100 * summary['share']:.1f} %) threshold={threshold:g}"
     if (root / TRUTH_CSV).is_file():
@@ -136,8 +160,15 @@ def flag_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = No
         line += f" precision={measured['precision']:.3f} recall={measured['recall']:.3f}"
     summary["line"] = line
     write_json(summary, out / SUMMARY_JSON)
-    save_record(run_dir, LabelNoiseRecord(flags=summary["flags"], summary=f"{LABEL_NOISE_DIR}/{SUMMARY_JSON}",
-                                          threshold=threshold, flagged=n))
+    save_record(
+        run_dir,
+        LabelNoiseRecord(
+            flags=summary["flags"],
+            summary=f"{LABEL_NOISE_DIR}/{SUMMARY_JSON}",
+            threshold=threshold,
+            flagged=n,
+        ),
+    )
     return summary
 
 

@@ -15,7 +15,15 @@ import pandas as pd
 from lumbar.core.tables import row_study_ids
 from lumbar.scoring.metric import TERMS, align_predictions, metric_parts, score_aligned
 
-SUMMARY_KEYS = ("studies", "study_median", "study_p95", "study_max", "target_p99", "target_max", "targets_over_8")
+SUMMARY_KEYS = (
+    "studies",
+    "study_median",
+    "study_p95",
+    "study_max",
+    "target_p99",
+    "target_max",
+    "targets_over_8",
+)
 TAIL_KEYS = ("study_p95", "study_max", "target_max", "targets_over_8")
 
 
@@ -38,7 +46,9 @@ def study_losses(labels: pd.DataFrame, submission: pd.DataFrame, name: str = "su
     for study_id, group in aligned.groupby("study_id", sort=True):
         worst = group.loc[group["loss"].idxmax()]
         terms = score_aligned(group).as_dict()
-        score = float(np.nanmean([terms[t] for t in TERMS]))  # a study without spinal labels has no any-severe term
+        score = float(
+            np.nanmean([terms[t] for t in TERMS])
+        )  # a study without spinal labels has no any-severe term
         rows.append((int(study_id), score, worst["row_id"], float(worst["loss"])))
     table = pd.DataFrame(rows, columns=["study_id", "score", "worst_target", "worst_loss"])
     return table.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
@@ -60,12 +70,15 @@ def loss_summary(targets: pd.DataFrame, studies: pd.DataFrame) -> dict[str, floa
 
 
 def summary_line(summary: dict[str, float]) -> str:
-    return " ".join(f"{k}={summary[k]:.4f}" if isinstance(summary[k], float) else f"{k}={summary[k]}"
-                    for k in SUMMARY_KEYS)  # fmt: skip
+    return " ".join(
+        f"{k}={summary[k]:.4f}" if isinstance(summary[k], float) else f"{k}={summary[k]}"
+        for k in SUMMARY_KEYS
+    )
 
 
-def robustness_report(labels: pd.DataFrame, submission: pd.DataFrame, name: str = "submission",
-                      worst: int = 5) -> tuple[dict[str, float], pd.DataFrame, pd.DataFrame]:  # fmt: skip
+def robustness_report(
+    labels: pd.DataFrame, submission: pd.DataFrame, name: str = "submission", worst: int = 5
+) -> tuple[dict[str, float], pd.DataFrame, pd.DataFrame]:
     """Summary, per-study table and per-target table of one submission (studies it has labels for)."""
     labels = labels[labels["study_id"].isin(set(row_study_ids(submission["row_id"])))]
     targets = target_losses(labels, submission, name)
@@ -93,6 +106,9 @@ def reference_tails(targets: pd.DataFrame, labels: pd.DataFrame, references: dic
 
 def tails_line(tails: dict) -> str:
     """`oracle: targets_over_8=.. target_max=.. excess_over_8=..`, one clause per reference."""
-    return " ".join(f"{name}: targets_over_8={t['targets_over_8']} target_max={t['target_max']:.2f} "
-                    f"study_p95={t['study_p95']:.4f} excess_over_8={tails[f'{name}_excess_over_8']};"
-                    for name, t in tails.items() if isinstance(t, dict)).rstrip(";")  # fmt: skip
+    return " ".join(
+        f"{name}: targets_over_8={t['targets_over_8']} target_max={t['target_max']:.2f} "
+        f"study_p95={t['study_p95']:.4f} excess_over_8={tails[f'{name}_excess_over_8']};"
+        for name, t in tails.items()
+        if isinstance(t, dict)
+    ).rstrip(";")

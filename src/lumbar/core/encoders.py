@@ -59,6 +59,7 @@ def upgrade_saved_settings(values: Mapping[str, Any]) -> dict[str, Any]:
         values["pretrained"] = values.pop("pretrained_path") or "none"
     return values
 
+
 def check_setting(pretrained: PretrainedLike) -> str:
     """The setting as a string; an empty one is an error (say `none`)."""
     value = str(pretrained).strip() if pretrained is not None else ""
@@ -90,7 +91,9 @@ def timm_weights_name(name: str) -> str:
     except RuntimeError as e:
         raise ValueError(f"timm model {name!r}: {e}") from None
     if not (cfg.hf_hub_id or cfg.url):
-        raise ValueError(f"timm has no pretrained weights for {name!r} (tag {cfg.tag!r}); use pretrained: none")
+        raise ValueError(
+            f"timm has no pretrained weights for {name!r} (tag {cfg.tag!r}); use pretrained: none"
+        )
     return f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
 
 
@@ -98,7 +101,9 @@ def read_index(folder: str | os.PathLike) -> dict[str, Any]:
     """The index of a weights folder (`encoders.json`)."""
     path = Path(folder) / INDEX_JSON
     if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no {INDEX_JSON}; a weights folder is written by `python -m lumbar weights`")
+        raise FileNotFoundError(
+            f"{folder}: no {INDEX_JSON}; a weights folder is written by `python -m lumbar weights`"
+        )
     return json.loads(path.read_text())
 
 
@@ -115,13 +120,17 @@ def weights_file(pretrained: PretrainedLike, key: str) -> Path:
     if path.is_file():
         return path
     if not path.is_dir():
-        raise FileNotFoundError(f"pretrained: {str(pretrained)!r} is not none, imagenet, a weights file or a "
-                                f"weights folder ({path.absolute()} does not exist)")  # fmt: skip
+        raise FileNotFoundError(
+            f"pretrained: {str(pretrained)!r} is not none, imagenet, a weights file or a "
+            f"weights folder ({path.absolute()} does not exist)"
+        )
     encoders = read_index(path).get("encoders", {})
     if key not in encoders:
         held = ", ".join(sorted(encoders)) or "none"
-        raise ValueError(f"{path / INDEX_JSON}: no weights for {key!r} (it holds {held}); "
-                         f"run `python -m lumbar weights` for a config that names it")  # fmt: skip
+        raise ValueError(
+            f"{path / INDEX_JSON}: no weights for {key!r} (it holds {held}); "
+            f"run `python -m lumbar weights` for a config that names it"
+        )
     file = path / encoders[key]["file"]
     if not file.is_file():
         raise FileNotFoundError(f"{path / INDEX_JSON} names {file.name} for {key!r}, but the file is missing")
@@ -132,15 +141,20 @@ def no_hub_message(name: str, error: BaseException) -> str:
     """What to do when timm's hub loading fails (no internet and nothing in the cache, or a hub error)."""
     from huggingface_hub import constants
 
-    return (f"ImageNet weights of timm model {name!r} are not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
-            f"and could not be downloaded ({type(error).__name__}): run `python -m lumbar weights --config CONFIG "
-            f"--out DIR` where there is internet and set pretrained to DIR (on Kaggle: attach DIR as a dataset), "
-            f"or set pretrained to none")  # fmt: skip
+    return (
+        f"ImageNet weights of timm model {name!r} are not in the Hugging Face cache "
+        f"({constants.HF_HUB_CACHE}) "
+        f"and could not be downloaded ({type(error).__name__}): run `python -m lumbar weights "
+        "--config CONFIG "
+        f"--out DIR` where there is internet and set pretrained to DIR (on Kaggle: attach DIR as a dataset), "
+        f"or set pretrained to none"
+    )
 
 
 @contextlib.contextmanager
 def hub_errors(name: str) -> Iterator[None]:
-    """A failed hub download (an OSError: offline and not cached, HTTP errors) -> one line saying what to do."""
+    """A failed hub download (an OSError: offline and not cached, HTTP errors) -> one line saying what to
+    do."""
     try:
         yield
     except OSError as e:

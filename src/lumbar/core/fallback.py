@@ -1,8 +1,8 @@
 """Which errors a run may survive, and how many survivals it may have before it fails.
 
-A real data set has odd files: a truncated DICOM, a degenerate geometry tag, a series that is missing. One such
-study must not stop a 2,000-study training run or a Kaggle submission; it falls back (its sample is left out,
-its rows get the class prior) and the run names it. Only the errors that bad input raises are caught
+A real data set has odd files: a truncated DICOM, a degenerate geometry tag, a series that is missing. One
+such study must not stop a 2,000-study training run or a Kaggle submission; it falls back (its sample is left
+out, its rows get the class prior) and the run names it. Only the errors that bad input raises are caught
 (`DATA_ERRORS`); a programming error (TypeError, KeyError, IndexError, AttributeError...) or running out of
 memory propagates. And a run in which many inputs fall back is itself broken (a missing decoder, a wrong
 folder), so past a limit it fails too, naming what fell back and why.

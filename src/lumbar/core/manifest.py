@@ -39,7 +39,8 @@ def read_manifest(run_dir: str | os.PathLike) -> dict[str, Any]:
 def update_manifest(
     run_dir: str | os.PathLike, key: str, value: Any, item: str | None = None
 ) -> dict[str, Any]:
-    """Set `manifest[key] = value`, or `manifest[key][item] = value` for keyed collections (classifiers...)."""
+    """Set `manifest[key] = value`, or `manifest[key][item] = value` for keyed collections
+    (classifiers...)."""
     path = manifest_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(path.with_name(f".{path.name}.lock")):  # notebooks of a parallel group share the manifest

@@ -3,8 +3,8 @@ unless a setting pins them.
 
 Processes follow devices (`plan_processes`): on CUDA at most one process per visible GPU holds models, each
 pinned to its own GPU (`process_pool` sets `CUDA_VISIBLE_DEVICES` in each worker before torch starts there, so
-the worker's `cuda` is its GPU), and the cores are shared among them for decoding and cropping; on the CPU, one
-process per core. A single process on one GPU runs its tasks in turn, in the calling process.
+the worker's `cuda` is its GPU), and the cores are shared among them for decoding and cropping; on the CPU,
+one process per core. A single process on one GPU runs its tasks in turn, in the calling process.
 
 Independent tasks (the notebooks of a pipeline's `parallel:` group, the per-fold localizers) run as separate
 processes, one per task up to the core count, and share the cores evenly as torch threads: on 2 cores two
@@ -13,10 +13,10 @@ than threads inside one process (a CPU training step does not scale linearly wit
 come first. A value > 0 pins that number instead.
 
 Waiting OpenMP threads sleep (`OMP_WAIT_POLICY=PASSIVE`, set by `quiet_openmp` when `lumbar` is imported,
-before torch loads its OpenMP runtime; the pipeline's kernels inherit it): by default GNU OpenMP's idle threads
-spin, which on a machine shared with other jobs burns the cores the others need. `predict` on the demo's 20 test
-studies with torch's 2 threads at load average 4 took 62 s and 65 CPU s spinning, 11 s and 17 CPU s passive
-(1 thread: 11 s, 17 CPU s). An OMP_WAIT_POLICY already in the environment wins.
+before torch loads its OpenMP runtime; the pipeline's kernels inherit it): by default GNU OpenMP's idle
+threads spin, which on a machine shared with other jobs burns the cores the others need. `predict` on the
+demo's 20 test studies with torch's 2 threads at load average 4 took 62 s and 65 CPU s spinning, 11 s and 17
+CPU s passive (1 thread: 11 s, 17 CPU s). An OMP_WAIT_POLICY already in the environment wins.
 """
 
 from __future__ import annotations
@@ -79,8 +79,14 @@ class ProcessPlan:
         return f"{self.jobs} process(es) {where}, {self.threads} CPU thread(s) each"
 
 
-def plan_processes(tasks: int, device: str = "auto", jobs: int = 0, threads: int = 0, cores: int | None = None,
-                   gpus: int | None = None) -> ProcessPlan:  # fmt: skip
+def plan_processes(
+    tasks: int,
+    device: str = "auto",
+    jobs: int = 0,
+    threads: int = 0,
+    cores: int | None = None,
+    gpus: int | None = None,
+) -> ProcessPlan:
     """The processes for `tasks` independent tasks that put models on `device`.
 
     Args:
@@ -117,5 +123,6 @@ def process_pool(plan: ProcessPlan) -> ProcessPoolExecutor:
         queue = context.Queue()
         for gpu in plan.gpus:
             queue.put(gpu)
-    return ProcessPoolExecutor(plan.jobs, mp_context=context, initializer=_pin_worker,
-                               initargs=(queue, plan.threads))  # fmt: skip
+    return ProcessPoolExecutor(
+        plan.jobs, mp_context=context, initializer=_pin_worker, initargs=(queue, plan.threads)
+    )

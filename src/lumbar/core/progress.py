@@ -4,9 +4,9 @@ TensorBoard scalars.
 The classifiers' loop (`lumbar.train.loggers`) and the localizer's (`lumbar.localize.fit`) both print their
 epochs with `epoch_line` and estimate the time left with `TimeLeft`, so every step's log reads the same. Each
 line is one `print(..., flush=True)`: several processes printing at once (a parallel pipeline group, the
-localizer's folds) interleave whole lines, never parts of them. `ScalarBoard` writes one set of curves into its
-own folder, so `tensorboard --logdir RUN` shows every model of a run side by side; it imports TensorBoard only
-when a first value is written, so runs with the setting off need neither the package nor write a file.
+localizer's folds) interleave whole lines, never parts of them. `ScalarBoard` writes one set of curves into
+its own folder, so `tensorboard --logdir RUN` shows every model of a run side by side; it imports TensorBoard
+only when a first value is written, so runs with the setting off need neither the package nor write a file.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ def format_seconds(seconds: float) -> str:
 class TimeLeft:
     """The time left of a run, from the mean seconds of the epochs timed so far by this object.
 
-    Only epochs run in this process are timed: a resumed run counts its earlier epochs as done (by the caller's
-    count of remaining epochs), never as fast or slow ones.
+    Only epochs run in this process are timed: a resumed run counts its earlier epochs as done (by the
+    caller's count of remaining epochs), never as fast or slow ones.
     """
 
     def __init__(self) -> None:
@@ -41,11 +41,20 @@ class TimeLeft:
         return sum(self.seconds) / len(self.seconds) * max(remaining_epochs, 0)
 
 
-def epoch_line(name: str, epoch: int, epochs: int, values: Mapping[str, float], seconds: float, left: float,
-               note: str = "") -> str:
-    """`[name] epoch 3/10: train_loss=0.4123 val_loss=0.5012 competition=0.4870 | 12.3 s (note), left 1:02:03`.
+def epoch_line(
+    name: str,
+    epoch: int,
+    epochs: int,
+    values: Mapping[str, float],
+    seconds: float,
+    left: float,
+    note: str = "",
+) -> str:
+    """`[name] epoch 3/10: train_loss=0.4123 val_loss=0.5012 competition=0.4870 | 12.3 s (note), left
+    1:02:03`.
 
-    A NaN value (an epoch without validation) is left out of the line; `epochs` 0 (unknown) shows the epoch alone.
+    A NaN value (an epoch without validation) is left out of the line; `epochs` 0 (unknown) shows the epoch
+    alone.
     """
     shown = " ".join(f"{k}={v:.4f}" for k, v in values.items() if not math.isnan(v))
     of = f"/{epochs}" if epochs else ""

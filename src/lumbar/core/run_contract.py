@@ -487,8 +487,10 @@ class RunManifest(Record):
         """The classifier recorded as `name`, or a `ManifestError` naming the ones the run has."""
         found = (self.classifiers or {}).get(name)
         if found is None:
-            raise ManifestError(f"{self._where} has no classifier {name!r}: {ClassifierRecord.STEP} (it has "
-                                f"{sorted(self.classifiers or {})})")
+            raise ManifestError(
+                f"{self._where} has no classifier {name!r}: {ClassifierRecord.STEP} (it has "
+                f"{sorted(self.classifiers or {})})"
+            )
         return found
 
     def sections(self) -> Iterator[Record]:
@@ -517,8 +519,18 @@ class RunManifest(Record):
 #: The sections by their key: each record's `SECTION`, a field of `RunManifest` of the same name.
 RunManifest.NESTED = {
     kind.SECTION: (kind, kind.KEYED)
-    for kind in (PipelineRecord, NotebookRecord, PreprocessRecord, LocalizerRecord, OofCropsRecord,
-                 LocalizerEvalRecord, ClassifierRecord, EnsembleRecord, LabelNoiseRecord, ErrorAnalysisRecord)
+    for kind in (
+        PipelineRecord,
+        NotebookRecord,
+        PreprocessRecord,
+        LocalizerRecord,
+        OofCropsRecord,
+        LocalizerEvalRecord,
+        ClassifierRecord,
+        EnsembleRecord,
+        LabelNoiseRecord,
+        ErrorAnalysisRecord,
+    )
 }
 if list(RunManifest.NESTED) != list(RunManifest.json_fields()):
     raise TypeError("RunManifest: a section without its field, or a field without its section")

@@ -7,8 +7,8 @@ Only rank 0 logs, draws progress bars and writes files.
 
 A step never waits for the device on its own: the running loss stays on the device (`RunningMean`, read once
 per log interval), AdamW runs as one fused kernel where torch has one (`make_adamw`), and cuDNN picks its
-fastest convolution for the fixed crop shapes (`cudnn.benchmark`, CUDA only). On Linux the C allocator keeps the
-blocks a step frees for the next step (`keep_freed_memory`) instead of handing them back to the OS.
+fastest convolution for the fixed crop shapes (`cudnn.benchmark`, CUDA only). On Linux the C allocator keeps
+the blocks a step frees for the next step (`keep_freed_memory`) instead of handing them back to the OS.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ class Runtime:
 
     Attributes:
         device: the torch device of this process.
-        amp_dtype: autocast dtype on CUDA (`amp_dtype_for`: bfloat16 from compute capability 8.0, float16 where
+        amp_dtype: autocast dtype on CUDA (`amp_dtype_for`: bfloat16 from compute capability 8.0, float16
+        where
             the GPU has native half arithmetic), None when AMP is off or the GPU has neither.
         channels_last: use channels-last memory formats (CUDA only).
         cpu_channels_last: on CPU, channels-last for the models that ask for it there (`cpu_channels_last`
@@ -77,14 +78,20 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def memory_format(self, model: torch.nn.Module) -> torch.memory_format | None:
-        """The memory format `model` runs in here (None: contiguous): its own channels-last format on CUDA when
-        `channels_last`; on CPU only when the model says channels-last is faster there (`cpu_channels_last`)."""
+        """The memory format `model` runs in here (None: contiguous): its own channels-last format on CUDA
+        when
+        `channels_last`; on CPU only when the model says channels-last is faster there
+        (`cpu_channels_last`)."""
         while hasattr(model, "module"):  # DDP or EMA wrappers
             model = model.module
         wanted = getattr(model, "memory_format", torch.channels_last_3d)
         if self.channels_last:
             return wanted
-        if self.cpu_channels_last and self.device.type == "cpu" and getattr(model, "cpu_channels_last", False):
+        if (
+            self.cpu_channels_last
+            and self.device.type == "cpu"
+            and getattr(model, "cpu_channels_last", False)
+        ):
             return wanted
         return None
 
@@ -102,7 +109,7 @@ class Runtime:
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto" -> CUDA when available, else CPU; "cpu"/"cuda"/"cuda:N" as given (CUDA must exist)."""
+    """ "auto" -> CUDA when available, else CPU; "cpu"/"cuda"/"cuda:N" as given (CUDA must exist)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -111,8 +118,13 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def setup_runtime(device: str = "auto", amp: bool = True, channels_last: bool = True, threads: int = 0,
-                  benchmark: bool = True) -> Runtime:
+def setup_runtime(
+    device: str = "auto",
+    amp: bool = True,
+    channels_last: bool = True,
+    threads: int = 0,
+    benchmark: bool = True,
+) -> Runtime:
     """Decide device, AMP, CPU threads and distributed mode; initialise the process group under torchrun.
 
     Args:
@@ -120,7 +132,8 @@ def setup_runtime(device: str = "auto", amp: bool = True, channels_last: bool = 
         amp: mixed precision when on CUDA (ignored on CPU, where it is slower and less exact).
         channels_last: channels-last memory format on CUDA; on CPU for the models measured faster with it.
         threads: torch CPU threads (0 = leave torch's setting).
-        benchmark: on CUDA, let cuDNN time its convolution algorithms once per input shape and keep the fastest
+        benchmark: on CUDA, let cuDNN time its convolution algorithms once per input shape and keep the
+        fastest
             (`torch.backends.cudnn.benchmark`): the crops have one fixed shape, so it is timed once.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -144,8 +157,16 @@ def setup_runtime(device: str = "auto", amp: bool = True, channels_last: bool = 
     previous = torch.get_num_threads()
     if threads > 0:
         torch.set_num_threads(threads)
-    runtime = Runtime(dev, amp_dtype, channels_last and on_cuda, rank, world_size, local_rank, previous,
-                      cpu_channels_last=channels_last and dev.type == "cpu")
+    runtime = Runtime(
+        dev,
+        amp_dtype,
+        channels_last and on_cuda,
+        rank,
+        world_size,
+        local_rank,
+        previous,
+        cpu_channels_last=channels_last and dev.type == "cpu",
+    )
     if runtime.is_main:
         _announce(runtime.precision)
     return runtime
@@ -159,9 +180,9 @@ _NATIVE_FP16_BELOW_7 = ((5, 3), (6, 0), (6, 2))
 def amp_dtype_for(capability: tuple[int, int]) -> torch.dtype | None:
     """The autocast dtype a GPU of this compute capability computes natively, None for float32.
 
-    bfloat16 from Ampere (8.0) on; below it `torch.cuda.is_bf16_supported()` also says yes where bfloat16 is only
-    emulated (a T4, 7.5, or a V100, 7.0), several times slower than float16. float16 (with a GradScaler when
-    training) where the GPU has full-rate half arithmetic; float32 elsewhere.
+    bfloat16 from Ampere (8.0) on; below it `torch.cuda.is_bf16_supported()` also says yes where bfloat16 is
+    only emulated (a T4, 7.5, or a V100, 7.0), several times slower than float16. float16 (with a GradScaler
+    when training) where the GPU has full-rate half arithmetic; float32 elsewhere.
     """
     if capability >= (8, 0):
         return torch.bfloat16
@@ -201,11 +222,13 @@ def check_gpu_supported(device: torch.device) -> None:
         name = torch.cuda.get_device_name(device)
         raise UnsupportedGPUError(
             f"{name} (sm_{capability[0]}{capability[1]}) is not supported by this torch build "
-            f"({torch.__version__}: {' '.join(arch_list)}): choose GPU T4 x2 (sm_75) or a newer GPU")
+            f"({torch.__version__}: {' '.join(arch_list)}): choose GPU T4 x2 (sm_75) or a newer GPU"
+        )
 
 
 def precision_name(device: torch.device, amp_dtype: torch.dtype | None) -> str:
-    """One line: the arithmetic a process uses and on what, e.g. `float16 autocast + GradScaler (Tesla T4, sm_75)`."""
+    """One line: the arithmetic a process uses and on what, e.g. `float16 autocast + GradScaler (Tesla T4,
+    sm_75)`."""
     if device.type != "cuda":
         return f"float32 ({device.type})"
     major, minor = torch.cuda.get_device_capability(device)
@@ -224,19 +247,23 @@ def _announce(precision: str) -> None:
 
 @functools.cache
 def keep_freed_memory() -> bool:
-    """Let glibc's allocator keep freed blocks of up to 32 MiB (and 256 MiB of free heap) for reuse; True if set.
+    """Let glibc's allocator keep freed blocks of up to 32 MiB (and 256 MiB of free heap) for reuse; True if
+    set.
 
-    By default glibc returns large freed blocks to the OS at once, so every CPU training step maps its activations
-    afresh and the kernel zeroes the pages again: on the demo's training (`cnn3d`, `timm25d:resnet18`, one thread)
-    that cost 10-17 % of the CPU seconds, most of it system time; the numbers computed are the same. The freed
-    memory stays with the process (up to the trim threshold). Once per process; a no-op off glibc.
+    By default glibc returns large freed blocks to the OS at once, so every CPU training step maps its
+    activations afresh and the kernel zeroes the pages again: on the demo's training (`cnn3d`,
+    `timm25d:resnet18`, one thread) that cost 10-17 % of the CPU seconds, most of it system time; the numbers
+    computed are the same. The freed memory stays with the process (up to the trim threshold). Once per
+    process; a no-op off glibc.
     """
     if not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
-        return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(libc.mallopt(m_trim_threshold, 256 * 2**20))
+        return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(
+            libc.mallopt(m_trim_threshold, 256 * 2**20)
+        )
     except (OSError, AttributeError):  # musl and others have no mallopt
         return False
 
@@ -278,8 +305,8 @@ class RunningMean:
     """A weighted mean of per-batch values kept on the device: `add` never waits for the device, `value` does.
 
     Summed in float64 as `float(value) * n` would be on the host, so the mean is exactly the one a Python loop
-    of `total += float(loss) * len(x)` gives (the CPU numbers do not change), while on CUDA the step queues its
-    kernels without a synchronisation; read it once per log interval and at the end of the epoch.
+    of `total += float(loss) * len(x)` gives (the CPU numbers do not change), while on CUDA the step queues
+    its kernels without a synchronisation; read it once per log interval and at the end of the epoch.
     """
 
     def __init__(self, device: torch.device) -> None:

@@ -159,8 +159,12 @@ def given_flags(args: argparse.Namespace, fields: Mapping[str, str] | Iterable[s
     return {field: value for field, value in given.items() if value is not None}
 
 
-def command_settings(base: T, flags: Mapping[str, Any], assignments: Iterable[str] | None = None,
-                     config: tuple[str, Mapping[str, Any]] | None = None) -> T:
+def command_settings(
+    base: T,
+    flags: Mapping[str, Any],
+    assignments: Iterable[str] | None = None,
+    config: tuple[str, Mapping[str, Any]] | None = None,
+) -> T:
     """A command's typed settings in the one precedence: `base` (the defaults, or what a run wires) < `config`
     ((source, settings) of a YAML file) < `flags` (`given_flags`) < `--set` (`assignments`, KEY=VALUE)."""
     layers = [config] if config else []
@@ -180,10 +184,13 @@ def parse_assignments(items: Iterable[str] | None) -> dict[str, str]:
 
 
 class StaleRunError(ValueError):
-    """A step would reuse results made with other settings or inputs; the message names them and the way out."""
+    """A step would reuse results made with other settings or inputs; the message names them and the way
+    out."""
 
 
-def setting_changes(saved: Mapping[str, Any], current: Mapping[str, Any], ignore: Iterable[str] = ()) -> list[str]:
+def setting_changes(
+    saved: Mapping[str, Any], current: Mapping[str, Any], ignore: Iterable[str] = ()
+) -> list[str]:
     """`name: saved -> current` for every setting that differs (keys of either side, less `ignore`).
 
     Values are compared as JSON would hold them (tuples and lists alike).
@@ -193,5 +200,8 @@ def setting_changes(saved: Mapping[str, Any], current: Mapping[str, Any], ignore
     ignore = set(ignore)
     norm = lambda v: json.loads(json.dumps(v, default=str))
     keys = [k for k in dict.fromkeys([*saved, *current]) if k not in ignore]
-    return [f"{k}: {saved.get(k, '(unset)')!r} -> {current.get(k, '(unset)')!r}" for k in keys
-            if norm(saved.get(k)) != norm(current.get(k))]  # fmt: skip
+    return [
+        f"{k}: {saved.get(k, '(unset)')!r} -> {current.get(k, '(unset)')!r}"
+        for k in keys
+        if norm(saved.get(k)) != norm(current.get(k))
+    ]

@@ -37,7 +37,8 @@ from lumbar.core.constants import (
 
 COORDINATE_COLUMNS = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y"]
 #: Optional columns of a coordinates table: the fold whose localizer predicted a point (out-of-fold), the
-#: localizer's confidence in it and whether its study's level set is plausible (`lumbar.localize.plausibility`).
+#: localizer's confidence in it and whether its study's level set is plausible
+#: (`lumbar.localize.plausibility`).
 COORDINATE_EXTRA = ["fold", "confidence", "plausible"]  # out-of-fold fold; the localizer's confidence
 _FLOAT_EXTRA = ("confidence",)
 SERIES_COLUMNS = ["study_id", "series_id", "series_description"]
@@ -183,7 +184,8 @@ def load_coordinates(path: str | Path) -> pd.DataFrame:
 
 
 def write_coordinates(coords: pd.DataFrame, path: str | Path) -> Path:
-    """Write coordinates exactly as `train_label_coordinates.csv` spells them ("Spinal Canal Stenosis", "L1/L2"),
+    """Write coordinates exactly as `train_label_coordinates.csv` spells them ("Spinal Canal Stenosis",
+    "L1/L2"),
     plus `fold`, `confidence` and `plausible` where the table has them."""
     out = coords[COORDINATE_COLUMNS + [c for c in COORDINATE_EXTRA if c in coords]].copy()
     out["condition"] = out["condition"].map(lambda c: condition_title(normalize_condition(c)))
@@ -202,7 +204,8 @@ def load_series_descriptions(path: str | Path) -> pd.DataFrame:
         i = int(np.flatnonzero(unknown.to_numpy())[0])
         raise DataFormatError(
             path,
-            f"unknown series_description {df['series_description'].iloc[i]!r}; expected one of {SERIES_DESCRIPTIONS}",
+            f"unknown series_description {df['series_description'].iloc[i]!r}; expected one of "
+            f"{SERIES_DESCRIPTIONS}",
             _line(i),
         )
     dup = df.duplicated(["study_id", "series_id"])
@@ -215,7 +218,8 @@ def load_series_descriptions(path: str | Path) -> pd.DataFrame:
 
 
 def load_submission(path: str | Path) -> pd.DataFrame:
-    """Load a submission (or `sample_submission.csv`) without judging its values; see `inference.submission`."""
+    """Load a submission (or `sample_submission.csv`) without judging its values; see
+    `inference.submission`."""
     path = Path(path)
     df = _read_csv(path, SUBMISSION_COLUMNS)
     extra = [c for c in df.columns if c not in SUBMISSION_COLUMNS]
@@ -282,13 +286,17 @@ def read_flagged_ids(path: str | os.PathLike) -> set[str]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: exclusion list not found (write one with `python -m lumbar label-noise`)")
+        raise FileNotFoundError(
+            f"{path}: exclusion list not found (write one with `python -m lumbar label-noise`)"
+        )
     try:
         table = pd.read_csv(path, dtype={"row_id": str})
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
         raise DataFormatError(path, f"not a readable CSV ({e})") from e
     if "row_id" not in table.columns:
-        raise DataFormatError(path, f"an exclusion list needs a row_id column; found {list(table.columns)}", line=1)
+        raise DataFormatError(
+            path, f"an exclusion list needs a row_id column; found {list(table.columns)}", line=1
+        )
     if "flagged" in table.columns:
         table = table[table["flagged"].astype(str).str.lower().isin(("true", "1", "1.0"))]
     return set(table["row_id"].dropna())

@@ -55,7 +55,8 @@ ORIENTATION_TOLERANCE = 1e-3
 
 #: What pydicom's decoders raise on bad pixel data: every plugin failed (RuntimeError; NotImplementedError for
 #: an unsupported transfer syntax), no pixel data element (AttributeError), a frame that does not fit the
-#: header's size (ValueError), a short file (EOFError, OSError). Anything else, MemoryError included, propagates.
+#: header's size (ValueError), a short file (EOFError, OSError). Anything else, MemoryError included,
+#: propagates.
 DECODE_ERRORS = (RuntimeError, ValueError, AttributeError, EOFError, OSError)
 
 
@@ -147,7 +148,8 @@ def header_from_dataset(ds: pydicom.Dataset, path: str | os.PathLike) -> SliceHe
 
 
 def canonical_normal(orientation: Sequence[float]) -> np.ndarray:
-    """Unit slice normal, signed to point patient-left (sagittal), feet-ward (axial) or posterior (coronal)."""
+    """Unit slice normal, signed to point patient-left (sagittal), feet-ward (axial) or posterior
+    (coronal)."""
     o = np.asarray(orientation, dtype=np.float64)
     normal = np.cross(o[:3], o[3:])
     normal /= np.linalg.norm(normal)
@@ -386,8 +388,10 @@ class Series:
         """One stack by index; an index the series as read does not have (unreadable files left out of it,
         or a stale header index) is a `DicomReadError` naming the folder."""
         if not 0 <= index < len(self.stacks):
-            raise DicomReadError(self.folder, f"stack {index} asked for, but the readable files form "
-                                              f"{len(self.stacks)} stack(s)")
+            raise DicomReadError(
+                self.folder,
+                f"stack {index} asked for, but the readable files form {len(self.stacks)} stack(s)",
+            )
         return self.stacks[index]
 
     def load(self, stack: int = 0, indices: Sequence[int] | None = None) -> Volume:

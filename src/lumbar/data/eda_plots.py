@@ -127,8 +127,14 @@ def label_point_scatter(points: pd.DataFrame, title: str = "Label points (x / co
         here = points[points["condition"] == condition]
         for level in LEVELS:
             at = here[here["level"] == level]
-            ax.scatter(at["x_norm"], at["y_norm"], s=6, alpha=alpha, color=LEVEL_COLORS[level],
-                       label=level_title(level))  # fmt: skip
+            ax.scatter(
+                at["x_norm"],
+                at["y_norm"],
+                s=6,
+                alpha=alpha,
+                color=LEVEL_COLORS[level],
+                label=level_title(level),
+            )
         ax.set_title(f"{condition}\n({len(here)} points)", fontsize=9)
         ax.set_xlim(0, 1)
         ax.set_ylim(1, 0)  # image convention: row 0 at the top
@@ -155,8 +161,16 @@ def example_slices(panels: Sequence[SlicePanel], title: str, columns: int = 4) -
             ax.scatter([point.x], [point.y], s=40, facecolors="none", edgecolors=color, linewidths=1.5)
             side = CONDITION_SIDE[point.condition][:1].upper()
             text = side if one_level and side else f"{level_title(point.level)} {side}".strip()
-            ax.annotate(text, (point.x, point.y), xytext=(6, 0), textcoords="offset points", color=color,
-                        fontsize=7, va="center", bbox=_LABEL_BOX)  # fmt: skip
+            ax.annotate(
+                text,
+                (point.x, point.y),
+                xytext=(6, 0),
+                textcoords="offset points",
+                color=color,
+                fontsize=7,
+                va="center",
+                bbox=_LABEL_BOX,
+            )
         ax.set_title(panel.title, fontsize=8)
     fig.suptitle(title)
     return fig

@@ -1,4 +1,5 @@
-"""Coordinate rows in patient space (mm), through the geometry the header index holds (`lumbar.data.index`)."""
+"""Coordinate rows in patient space (mm), through the geometry the header index holds
+(`lumbar.data.index`)."""
 
 from __future__ import annotations
 

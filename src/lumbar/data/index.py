@@ -26,10 +26,28 @@ from lumbar.data.dicom import DicomReadError, group_stacks, read_header, series_
 log = logging.getLogger(__name__)
 
 INDEX_COLUMNS = [
-    "study_id", "series_id", "series_description", "instance_number", "stack_index", "slice_index",
-    "slice_position", "ipp_x", "ipp_y", "ipp_z", "iop_0", "iop_1", "iop_2", "iop_3", "iop_4", "iop_5",
-    "pixel_spacing_row", "pixel_spacing_col", "rows", "columns", "path",
-]  # fmt: skip
+    "study_id",
+    "series_id",
+    "series_description",
+    "instance_number",
+    "stack_index",
+    "slice_index",
+    "slice_position",
+    "ipp_x",
+    "ipp_y",
+    "ipp_z",
+    "iop_0",
+    "iop_1",
+    "iop_2",
+    "iop_3",
+    "iop_4",
+    "iop_5",
+    "pixel_spacing_row",
+    "pixel_spacing_col",
+    "rows",
+    "columns",
+    "path",
+]
 
 
 @dataclass
@@ -57,15 +75,18 @@ class IndexReport:
         lines += [f"  e.g. {path}: {problem}" for path, problem in self.skipped[:3]]
         if self.missing_studies:
             lines.append(
-                f"  {len(self.missing_studies)} studies listed in the CSV have no images, e.g. {self.missing_studies[:5]}"
+                f"  {len(self.missing_studies)} studies listed in the CSV have no images, e.g. "
+                f"{self.missing_studies[:5]}"
             )
         if self.missing_series:
             lines.append(
-                f"  {len(self.missing_series)} listed series have no readable images, e.g. {self.missing_series[:5]}"
+                f"  {len(self.missing_series)} listed series have no readable images, e.g. "
+                f"{self.missing_series[:5]}"
             )
         if self.unlisted_series:
             lines.append(
-                f"  {len(self.unlisted_series)} series folders are not in the series CSV, e.g. {self.unlisted_series[:5]}"
+                f"  {len(self.unlisted_series)} series folders are not in the series CSV, e.g. "
+                f"{self.unlisted_series[:5]}"
             )
         return "\n".join(lines)
 
@@ -96,7 +117,9 @@ def _index_series(folder: str) -> tuple[list[dict], list[tuple[str, str]]]:
                     "stack_index": stack_index,
                     "slice_index": slice_index,
                     "slice_position": float(slice_positions[slice_index]),
-                    "ipp_x": h.position[0], "ipp_y": h.position[1], "ipp_z": h.position[2],
+                    "ipp_x": h.position[0],
+                    "ipp_y": h.position[1],
+                    "ipp_z": h.position[2],
                     **{f"iop_{i}": v for i, v in enumerate(h.orientation)},
                     "pixel_spacing_row": h.pixel_spacing[0],
                     "pixel_spacing_col": h.pixel_spacing[1],
@@ -104,7 +127,7 @@ def _index_series(folder: str) -> tuple[list[dict], list[tuple[str, str]]]:
                     "columns": h.columns,
                     "path": h.path,
                 }
-            )  # fmt: skip
+            )
     return rows, skipped
 
 
@@ -168,8 +191,17 @@ def build_index(
             rows += r
             report.skipped += s
     index = pd.DataFrame(rows, columns=[c for c in INDEX_COLUMNS if c != "series_description"])
-    index = index.astype({"study_id": "int64", "series_id": "int64", "instance_number": "int64",
-                          "stack_index": "int16", "slice_index": "int16", "rows": "int32", "columns": "int32"})  # fmt: skip
+    index = index.astype(
+        {
+            "study_id": "int64",
+            "series_id": "int64",
+            "instance_number": "int64",
+            "stack_index": "int16",
+            "slice_index": "int16",
+            "rows": "int32",
+            "columns": "int32",
+        }
+    )
     csv = root / f"{split}_series_descriptions.csv"
     if csv.is_file():
         series = load_series_descriptions(csv)
@@ -199,8 +231,13 @@ def write_index(index: pd.DataFrame, path: str | os.PathLike) -> Path:
     return write_parquet(index, path)
 
 
-def load_or_build_index(data_dir, split: str, cache: str | os.PathLike | None = None, workers: int = 1,
-                        studies: list[int] | None = None) -> pd.DataFrame:  # fmt: skip
+def load_or_build_index(
+    data_dir,
+    split: str,
+    cache: str | os.PathLike | None = None,
+    workers: int = 1,
+    studies: list[int] | None = None,
+) -> pd.DataFrame:
     """Read the index from `cache` when it exists, else build it (and write it there when given)."""
     if cache is not None and Path(cache).is_file():
         index = pd.read_parquet(cache)

@@ -107,8 +107,12 @@ def calibrate_arrays(
     return p
 
 
-def apply_ensemble(preds: dict[str, pd.DataFrame], params: EnsembleParams, confidence: pd.DataFrame | None = None,
-                   prior: pd.DataFrame | None = None) -> pd.DataFrame:  # fmt: skip
+def apply_ensemble(
+    preds: dict[str, pd.DataFrame],
+    params: EnsembleParams,
+    confidence: pd.DataFrame | None = None,
+    prior: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Blend and calibrate the models' predictions (submission tables) into one submission table; with
     `params.stack`, correct each row by the other rows of its study (`lumbar.ensemble.stack`: pass whole
     studies); with `params.widening`, move each row towards `prior` (a submission table covering the rows)
@@ -151,8 +155,9 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def fit_params(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, per_group: bool = True,
-               calibrate: bool = True) -> EnsembleParams:  # fmt: skip
+def fit_params(
+    preds: dict[str, pd.DataFrame], labels: pd.DataFrame, per_group: bool = True, calibrate: bool = True
+) -> EnsembleParams:
     """Fit blend weights, then calibration, on the labelled rows the predictions cover."""
     names = list(preds)
     rows, probs = _stack(preds)
@@ -166,8 +171,12 @@ def fit_params(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, per_group: 
         return {k: _softmax(z[i * m : (i + 1) * m]).tolist() for i, k in enumerate(keys)}
 
     if m > 1:
-        res = minimize(lambda z: scorer(blend_arrays(probs, groups, weights_of(z))).score,
-                       np.zeros(m * len(keys)), method="Powell", options={"xtol": 1e-3, "ftol": 1e-5})  # fmt: skip
+        res = minimize(
+            lambda z: scorer(blend_arrays(probs, groups, weights_of(z))).score,
+            np.zeros(m * len(keys)),
+            method="Powell",
+            options={"xtol": 1e-3, "ftol": 1e-5},
+        )
         weights = weights_of(res.x)
     else:
         weights = {k: [1.0] for k in keys}
@@ -180,9 +189,13 @@ def fit_params(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, per_group: 
         temps = dict(zip(CONDITIONS, np.exp(log_t).tolist()))
         return scorer(calibrate_arrays(blended, conditions, temps, scale)).score
 
-    res = minimize(lambda z: loss(z[:-1], float(np.exp(z[-1]))), np.zeros(len(CONDITIONS) + 1),
-                   method="Powell", bounds=[(-_LOG_BOUND, _LOG_BOUND)] * (len(CONDITIONS) + 1),
-                   options={"xtol": 1e-3, "ftol": 1e-5})  # fmt: skip
+    res = minimize(
+        lambda z: loss(z[:-1], float(np.exp(z[-1]))),
+        np.zeros(len(CONDITIONS) + 1),
+        method="Powell",
+        bounds=[(-_LOG_BOUND, _LOG_BOUND)] * (len(CONDITIONS) + 1),
+        options={"xtol": 1e-3, "ftol": 1e-5},
+    )
     params.temperatures = dict(zip(CONDITIONS, np.exp(res.x[:-1]).tolist()))
     params.spinal_severe_scale = float(np.exp(res.x[-1]))
     return params
@@ -190,14 +203,19 @@ def fit_params(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, per_group: 
 
 @dataclass
 class EnsembleResult:
-    """The chosen ensemble: its out-of-fold predictions, its parameters for test time, every candidate's score."""
+    """The chosen ensemble: its out-of-fold predictions, its parameters for test time, every candidate's
+    score."""
 
     oof: pd.DataFrame  # the chosen candidate's out-of-fold predictions
     params: EnsembleParams  # the chosen candidate, fitted on every row
-    fold_params: dict[int, EnsembleParams]  # the chosen candidate's fold-wise fits (empty when nothing is fitted)
+    fold_params: dict[
+        int, EnsembleParams
+    ]  # the chosen candidate's fold-wise fits (empty when nothing is fitted)
     scores: pd.DataFrame  # one row per candidate (`model`, scores, `chosen`)
     chosen: str = ""
-    candidates: dict[str, pd.DataFrame] = field(default_factory=dict)  # every candidate's out-of-fold predictions
+    candidates: dict[str, pd.DataFrame] = field(
+        default_factory=dict
+    )  # every candidate's out-of-fold predictions
 
 
 BLEND = "blend (out-of-fold)"
@@ -205,8 +223,13 @@ CALIBRATED = "blend + calibration (out-of-fold)"
 MEAN = "mean of models"
 
 
-def _fold_wise(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, folds: pd.DataFrame, per_group: bool,
-               calibrate: bool) -> tuple[pd.DataFrame, dict[int, EnsembleParams]]:  # fmt: skip
+def _fold_wise(
+    preds: dict[str, pd.DataFrame],
+    labels: pd.DataFrame,
+    folds: pd.DataFrame,
+    per_group: bool,
+    calibrate: bool,
+) -> tuple[pd.DataFrame, dict[int, EnsembleParams]]:
     """Fit on the other folds, apply to each held-out fold: out-of-fold predictions of a fitted ensemble."""
     fold_of = folds.set_index("study_id")["fold"]
     held_out, fold_params = [], {}
@@ -221,9 +244,16 @@ def _fold_wise(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, folds: pd.D
     return pd.concat(held_out, ignore_index=True), fold_params
 
 
-def fit_ensemble(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, folds: pd.DataFrame,
-                 per_group: bool = True, calibrate: bool = True, confidence: pd.DataFrame | None = None,
-                 prior: pd.DataFrame | None = None, stack: bool = False) -> EnsembleResult:  # fmt: skip
+def fit_ensemble(
+    preds: dict[str, pd.DataFrame],
+    labels: pd.DataFrame,
+    folds: pd.DataFrame,
+    per_group: bool = True,
+    calibrate: bool = True,
+    confidence: pd.DataFrame | None = None,
+    prior: pd.DataFrame | None = None,
+    stack: bool = False,
+) -> EnsembleResult:
     """Score every candidate out-of-fold, keep the best, fit it on everything (parameters for the test set).
 
     Candidates: each model alone, the plain mean, the fitted blend and (with `calibrate`) the calibrated
@@ -263,7 +293,9 @@ def fit_ensemble(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, folds: pd
         name = f"{chosen} + second stage (out-of-fold)"
         scores[name], outs[name] = _score(labels, stacked), stacked
         if scores[name].score < scores[chosen].score:
-            params = replace(params, stack=fit_stack(oof[["row_id"]], oof[list(GRADES)].to_numpy(float), labels))
+            params = replace(
+                params, stack=fit_stack(oof[["row_id"]], oof[list(GRADES)].to_numpy(float), labels)
+            )
             fold_params = {k: replace(fold_params.get(k, params), stack=s) for k, s in stack_folds.items()}
             oof, chosen = stacked, name
     if confidence is not None and prior is not None:
@@ -280,9 +312,13 @@ def fit_ensemble(preds: dict[str, pd.DataFrame], labels: pd.DataFrame, folds: pd
     return EnsembleResult(oof, params, fold_params, table, chosen, outs)
 
 
-def _refit_fold_wise(oof: pd.DataFrame, folds: pd.DataFrame, fit, apply) -> tuple[pd.DataFrame, dict[int, object]]:
-    """A step on top of OOF predictions, fitted on the other folds' rows (`fit(rows) -> params`) and applied to
-    each held-out fold's (`apply(rows, params) -> (rows, 3) probabilities`): its own out-of-fold predictions."""
+def _refit_fold_wise(
+    oof: pd.DataFrame, folds: pd.DataFrame, fit, apply
+) -> tuple[pd.DataFrame, dict[int, object]]:
+    """A step on top of OOF predictions, fitted on the other folds' rows (`fit(rows) -> params`) and applied
+    to
+    each held-out fold's (`apply(rows, params) -> (rows, 3) probabilities`): its own out-of-fold
+    predictions."""
     fold_of = folds.set_index("study_id")["fold"]
     parts, fitted = [], {}
     for fold in sorted(folds["fold"].unique()):
@@ -296,30 +332,44 @@ def _refit_fold_wise(oof: pd.DataFrame, folds: pd.DataFrame, fit, apply) -> tupl
     return pd.concat(parts, ignore_index=True), fitted
 
 
-def _stack_fold_wise(oof: pd.DataFrame, labels: pd.DataFrame,
-                     folds: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, dict]]:  # fmt: skip
+def _stack_fold_wise(
+    oof: pd.DataFrame, labels: pd.DataFrame, folds: pd.DataFrame
+) -> tuple[pd.DataFrame, dict[int, dict]]:
     """The second stage fitted on the other folds' OOF rows, applied to each held-out fold's."""
     return _refit_fold_wise(
-        oof, folds, lambda rows: fit_stack(rows[["row_id"]], rows[list(GRADES)].to_numpy(float), labels),
-        lambda rows, s: apply_stack(rows[["row_id"]], rows[list(GRADES)].to_numpy(float), s))
+        oof,
+        folds,
+        lambda rows: fit_stack(rows[["row_id"]], rows[list(GRADES)].to_numpy(float), labels),
+        lambda rows, s: apply_stack(rows[["row_id"]], rows[list(GRADES)].to_numpy(float), s),
+    )
 
 
-def _fit_widening(oof: pd.DataFrame, labels: pd.DataFrame, confidence: pd.DataFrame,
-                  prior: pd.DataFrame) -> dict[str, list[float]]:  # fmt: skip
+def _fit_widening(
+    oof: pd.DataFrame, labels: pd.DataFrame, confidence: pd.DataFrame, prior: pd.DataFrame
+) -> dict[str, list[float]]:
     rows = oof[["row_id"]].reset_index(drop=True)
     probs = oof[list(GRADES)].to_numpy(float)
     conf, prior_probs = aligned_inputs(rows, confidence, prior)
     scorer = _Scorer(labels, rows, probs[None])
-    return fit_widening(probs, prior_probs, conf, _groups(_conditions(rows["row_id"])), lambda p: scorer(p).score)
+    return fit_widening(
+        probs, prior_probs, conf, _groups(_conditions(rows["row_id"])), lambda p: scorer(p).score
+    )
 
 
-def _widen_fold_wise(oof: pd.DataFrame, labels: pd.DataFrame, folds: pd.DataFrame, confidence: pd.DataFrame,
-                     prior: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, dict[str, list[float]]]]:  # fmt: skip
+def _widen_fold_wise(
+    oof: pd.DataFrame,
+    labels: pd.DataFrame,
+    folds: pd.DataFrame,
+    confidence: pd.DataFrame,
+    prior: pd.DataFrame,
+) -> tuple[pd.DataFrame, dict[int, dict[str, list[float]]]]:
     """Widening fitted on the other folds' OOF rows, applied to each held-out fold's."""
 
     def apply(rows: pd.DataFrame, w: dict[str, list[float]]) -> np.ndarray:
         conf, prior_probs = aligned_inputs(rows[["row_id"]], confidence, prior)
-        return widen_arrays(rows[list(GRADES)].to_numpy(float), prior_probs, conf, _groups(_conditions(rows["row_id"])), w)
+        return widen_arrays(
+            rows[list(GRADES)].to_numpy(float), prior_probs, conf, _groups(_conditions(rows["row_id"])), w
+        )
 
     return _refit_fold_wise(oof, folds, lambda rows: _fit_widening(rows, labels, confidence, prior), apply)
 

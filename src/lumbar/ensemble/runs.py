@@ -2,10 +2,10 @@
 
 Writes `<run>/ensemble/`: params.json (the chosen candidate, used at test time), fold_params.json, oof.csv
 (its out-of-fold predictions), scores.csv (every candidate: each model, the plain mean, the blend, the
-calibrated blend, the second stage and the widening on the best of them, with `chosen`) and `candidates/<n>.csv` (every candidate's out-of-fold predictions, so the
-error analysis can compare the blend before and after calibration), and the manifest's ensemble section
-(`lumbar.core.run_contract.EnsembleRecord`) that `predict` and `kaggle-bundle` read (`candidates`: candidate
-name -> its file).
+calibrated blend, the second stage and the widening on the best of them, with `chosen`) and
+`candidates/<n>.csv` (every candidate's out-of-fold predictions, so the error analysis can compare the blend
+before and after calibration), and the manifest's ensemble section (`lumbar.core.run_contract.EnsembleRecord`)
+that `predict` and `kaggle-bundle` read (`candidates`: candidate name -> its file).
 """
 
 from __future__ import annotations
@@ -42,9 +42,16 @@ def oof_confidence(run_dir: Path, manifest: RunManifest) -> pd.DataFrame | None:
     return row_confidence(coords) if "confidence" in coords else None
 
 
-def fit_run_ensemble(run_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
-                     models: list[str] | None = None, per_group: bool = True, calibrate: bool = True,
-                     folds_csv: str = "folds.csv", widen: bool = True, stack: bool = True) -> EnsembleResult:  # fmt: skip
+def fit_run_ensemble(
+    run_dir: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    models: list[str] | None = None,
+    per_group: bool = True,
+    calibrate: bool = True,
+    folds_csv: str = "folds.csv",
+    widen: bool = True,
+    stack: bool = True,
+) -> EnsembleResult:
     """Fit fold-wise blend + calibration on the classifiers' OOF predictions and record it.
 
     Args:
@@ -74,8 +81,16 @@ def fit_run_ensemble(run_dir: str | os.PathLike, data_dir: str | os.PathLike | N
     folds = pd.read_csv(run_dir / folds_csv)
     confidence = oof_confidence(run_dir, manifest) if widen else None
     prior = out_of_fold_prior(labels, folds) if confidence is not None else None
-    result = fit_ensemble(preds, labels, folds, per_group=per_group, calibrate=calibrate, confidence=confidence,
-                          prior=prior, stack=stack)  # fmt: skip
+    result = fit_ensemble(
+        preds,
+        labels,
+        folds,
+        per_group=per_group,
+        calibrate=calibrate,
+        confidence=confidence,
+        prior=prior,
+        stack=stack,
+    )
 
     out = run_dir / ENSEMBLE_DIR
     write_json(result.params.to_dict(), out / "params.json")
@@ -121,14 +136,17 @@ def run_oof_predictions(run_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
     run_dir = Path(run_dir)
     manifest = RunManifest.read(run_dir)
     ensemble = manifest.need.ensemble
-    files = ensemble.candidates or {**{n: manifest.classifier(n).need.oof for n in ensemble.need.models},
-                                    ensemble.need.chosen: ensemble.need.oof}
+    files = ensemble.candidates or {
+        **{n: manifest.classifier(n).need.oof for n in ensemble.need.models},
+        ensemble.need.chosen: ensemble.need.oof,
+    }
     return {name: load_submission(run_dir / path) for name, path in files.items()}
 
 
 def calibration_pair(names: list[str]) -> tuple[str | None, str | None]:
     """The candidates before and after the ensemble's calibration, among a run's out-of-fold prediction names:
-    the blend (with one model, that model) and the calibrated blend; None where the run has no such candidate."""
+    the blend (with one model, that model) and the calibrated blend; None where the run has no such
+    candidate."""
     models = [n for n in names if n not in (BLEND, CALIBRATED, MEAN)]
     before = BLEND if BLEND in names else (models[0] if len(models) == 1 else None)
     return before, CALIBRATED if CALIBRATED in names else None

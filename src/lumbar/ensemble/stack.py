@@ -9,8 +9,9 @@ level's out-of-fold predictions, whose offset is the row's own log-probabilities
 
     log p'(g) = log p(g) + x . W[:, g] + b[g] - log Z,       W[:, 0] = 0, b[0] = 0
 
-so with W = 0 and b = 0 it returns the first level unchanged, and the L2 penalty on W and b shrinks towards it. The features
-`x` of a row (condition c, level l) are two logits of each of 20 first-level predictions of its study (any
+so with W = 0 and b = 0 it returns the first level unchanged, and the L2 penalty on W and b shrinks towards
+it. The features `x` of a row (condition c, level l) are two logits of each of 20 first-level predictions of
+its study (any
 abnormal: log(p_moderate + p_severe) - log p_normal; severe: log p_severe - log(p_normal + p_moderate)):
 - the five conditions at level l, ordered relative to c (c itself, its other side, spinal, then the other
   group's same side and other side), so one model serves both sides of a group;
@@ -53,7 +54,9 @@ N_FEATURES = 2 * len(CONDITIONS) + 2 * len(LEVELS) + 1 + len(LEVELS)
 def _logits(probs: np.ndarray) -> np.ndarray:
     """(rows, 3) probabilities -> (rows, 2): any-abnormal and severe logits."""
     p = np.clip(probs, _EPS, 1.0)
-    return np.stack([np.log(p[:, 1] + p[:, 2]) - np.log(p[:, 0]), np.log(p[:, 2]) - np.log(p[:, 0] + p[:, 1])], 1)
+    return np.stack(
+        [np.log(p[:, 1] + p[:, 2]) - np.log(p[:, 0]), np.log(p[:, 2]) - np.log(p[:, 0] + p[:, 1])], 1
+    )
 
 
 def study_features(row_ids: pd.Series, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +95,9 @@ def _predict(x: np.ndarray, offset: np.ndarray, w: np.ndarray, b: np.ndarray) ->
     return _softmax_rows(z)
 
 
-def _fit_one(x: np.ndarray, offset: np.ndarray, grade: np.ndarray, penalty: float) -> tuple[np.ndarray, np.ndarray]:
+def _fit_one(
+    x: np.ndarray, offset: np.ndarray, grade: np.ndarray, penalty: float
+) -> tuple[np.ndarray, np.ndarray]:
     """W (F, 2), b (2) minimising the class-weighted log loss + penalty * (|W|^2 + |b|^2) (L-BFGS, exact
     gradient): a large penalty returns the first level itself."""
     f = x.shape[1]
@@ -115,7 +120,9 @@ def _fit_one(x: np.ndarray, offset: np.ndarray, grade: np.ndarray, penalty: floa
 
 def _weighted_nll(p: np.ndarray, grade: np.ndarray) -> float:
     weight = np.asarray(GRADE_WEIGHTS)[grade]
-    return float(np.sum(weight * -np.log(np.clip(p[np.arange(len(grade)), grade], 1e-15, 1.0))) / weight.sum())
+    return float(
+        np.sum(weight * -np.log(np.clip(p[np.arange(len(grade)), grade], 1e-15, 1.0))) / weight.sum()
+    )
 
 
 def _choose_penalty(x: np.ndarray, offset: np.ndarray, grade: np.ndarray, study: np.ndarray) -> float:
@@ -147,8 +154,12 @@ def fit_stack(rows: pd.DataFrame, probs: np.ndarray, labels: pd.DataFrame) -> di
     """
     x, groups = study_features(rows["row_id"], probs)
     graded = labels.dropna(subset=["grade"])
-    grade_of = dict(zip(graded["study_id"].astype(str) + "_" + graded["condition"] + "_" + graded["level"],
-                        graded["grade"].astype(int)))  # fmt: skip
+    grade_of = dict(
+        zip(
+            graded["study_id"].astype(str) + "_" + graded["condition"] + "_" + graded["level"],
+            graded["grade"].astype(int),
+        )
+    )
     grade = rows["row_id"].astype(str).map(grade_of).to_numpy(float)
     study = split_row_ids(rows["row_id"])["study_id"].to_numpy()
     offset = np.log(np.clip(probs, _EPS, 1.0))
@@ -167,8 +178,14 @@ def fit_stack(rows: pd.DataFrame, probs: np.ndarray, labels: pd.DataFrame) -> di
         y = grade[use].astype(int)
         penalty = _choose_penalty(xs, offset[use], y, study[use])
         w, b = _fit_one(xs, offset[use], y, penalty)
-        params[g] = {"mean": mean.tolist(), "std": std.tolist(), "w": w.tolist(), "b": b.tolist(),
-                     "penalty": penalty, "rows": int(use.sum())}  # fmt: skip
+        params[g] = {
+            "mean": mean.tolist(),
+            "std": std.tolist(),
+            "w": w.tolist(),
+            "b": b.tolist(),
+            "penalty": penalty,
+            "rows": int(use.sum()),
+        }
     return params
 
 

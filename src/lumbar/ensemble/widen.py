@@ -39,15 +39,21 @@ def keep_share(confidence: np.ndarray, groups: np.ndarray, params: dict[str, lis
     return 1.0 / (1.0 + np.exp(-(a + b * _logit(confidence))))
 
 
-def widen_arrays(probs: np.ndarray, prior: np.ndarray, confidence: np.ndarray, groups: np.ndarray,
-                 params: dict[str, list[float]]) -> np.ndarray:  # fmt: skip
+def widen_arrays(
+    probs: np.ndarray,
+    prior: np.ndarray,
+    confidence: np.ndarray,
+    groups: np.ndarray,
+    params: dict[str, list[float]],
+) -> np.ndarray:
     """(rows, 3) probabilities moved towards the prior by each row's confidence."""
     s = keep_share(confidence, groups, params)[:, None]
     return (1 - s) * prior + s * probs
 
 
-def fit_widening(probs: np.ndarray, prior: np.ndarray, confidence: np.ndarray, groups: np.ndarray,
-                 score) -> dict[str, list[float]]:  # fmt: skip
+def fit_widening(
+    probs: np.ndarray, prior: np.ndarray, confidence: np.ndarray, groups: np.ndarray, score
+) -> dict[str, list[float]]:
     """(a, b) per group minimising `score(probabilities) -> float` (the metric on the fitted rows)."""
     keys = [g for g in GROUPS if (groups == g).any()]
 
@@ -55,12 +61,19 @@ def fit_widening(probs: np.ndarray, prior: np.ndarray, confidence: np.ndarray, g
         return {g: [float(z[2 * i]), float(z[2 * i + 1])] for i, g in enumerate(keys)}
 
     start = np.tile([4.0, 1.0], len(keys))
-    res = minimize(lambda z: score(widen_arrays(probs, prior, confidence, groups, params_of(z))), start,
-                   method="Powell", bounds=[BOUNDS_A, BOUNDS_B] * len(keys), options={"xtol": 1e-3, "ftol": 1e-6})  # fmt: skip
+    res = minimize(
+        lambda z: score(widen_arrays(probs, prior, confidence, groups, params_of(z))),
+        start,
+        method="Powell",
+        bounds=[BOUNDS_A, BOUNDS_B] * len(keys),
+        options={"xtol": 1e-3, "ftol": 1e-6},
+    )
     return params_of(res.x)
 
 
-def aligned_inputs(rows: pd.DataFrame, confidence: pd.DataFrame | None, prior: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def aligned_inputs(
+    rows: pd.DataFrame, confidence: pd.DataFrame | None, prior: pd.DataFrame
+) -> tuple[np.ndarray, np.ndarray]:
     """Each row's confidence (1 where none is known: ground-truth points) and prior probabilities.
 
     Raises:
@@ -69,7 +82,11 @@ def aligned_inputs(rows: pd.DataFrame, confidence: pd.DataFrame | None, prior: p
     ids = rows["row_id"].astype(str)
     conf = np.ones(len(ids))
     if confidence is not None and len(confidence):
-        known = confidence.assign(row_id=confidence["row_id"].astype(str)).drop_duplicates("row_id").set_index("row_id")
+        known = (
+            confidence.assign(row_id=confidence["row_id"].astype(str))
+            .drop_duplicates("row_id")
+            .set_index("row_id")
+        )
         conf = known["confidence"].reindex(ids).fillna(1.0).to_numpy(float)
     table = prior.assign(row_id=prior["row_id"].astype(str)).set_index("row_id")
     missing = ids[~ids.isin(table.index)]

@@ -71,16 +71,27 @@ class EnsemblePlan:
         return f"{kept}" + (f"; dropped {', '.join(dropped)}" if dropped else "")
 
 
-def static_plan(params: EnsembleParams, folds: dict[str, int], max_folds: int = 0,
-                max_members: int = 0) -> EnsemblePlan:
-    """The cap given as numbers: the first `max_folds` folds (0 = all), the `max_members` heaviest members (0 = all)."""
+def static_plan(
+    params: EnsembleParams, folds: dict[str, int], max_folds: int = 0, max_members: int = 0
+) -> EnsemblePlan:
+    """The cap given as numbers: the first `max_folds` folds (0 = all), the `max_members` heaviest members (0
+    = all)."""
     members = ranked_members(params)[: max_members or None]
     members = [m for m in params.models if m in members]
-    return EnsemblePlan(members, {m: min(folds[m], max_folds or folds[m]) for m in members}, float("nan"), True)
+    return EnsemblePlan(
+        members, {m: min(folds[m], max_folds or folds[m]) for m in members}, float("nan"), True
+    )
 
 
-def plan_to_budget(budget_s: float, elapsed_s: float, remaining_studies: int, fixed_s: float,
-                   fold_s: dict[str, float], start: EnsemblePlan, params: EnsembleParams) -> EnsemblePlan:
+def plan_to_budget(
+    budget_s: float,
+    elapsed_s: float,
+    remaining_studies: int,
+    fixed_s: float,
+    fold_s: dict[str, float],
+    start: EnsemblePlan,
+    params: EnsembleParams,
+) -> EnsemblePlan:
     """The largest cap of `start` whose projected total fits `budget_s`.
 
     Args:
@@ -96,6 +107,7 @@ def plan_to_budget(budget_s: float, elapsed_s: float, remaining_studies: int, fi
         The first plan that fits, trying fewer folds (all members) before fewer members; when even one fold of
         the heaviest member does not fit, that plan with `fits=False`.
     """
+
     def projected(members: list[str], k: int) -> float:
         per_study = fixed_s + sum(min(k, start.folds[m]) * fold_s[m] for m in members)
         return elapsed_s + remaining_studies * per_study
@@ -103,11 +115,17 @@ def plan_to_budget(budget_s: float, elapsed_s: float, remaining_studies: int, fi
     order = [m for m in ranked_members(params) if m in start.members]
     for k in range(max(start.folds.values()), 0, -1):
         if projected(order, k) <= budget_s:
-            return EnsemblePlan(_in_order(order, params), {m: min(k, start.folds[m]) for m in order},
-                                projected(order, k), True)
+            return EnsemblePlan(
+                _in_order(order, params),
+                {m: min(k, start.folds[m]) for m in order},
+                projected(order, k),
+                True,
+            )
     for n in range(len(order) - 1, 0, -1):
         if projected(order[:n], 1) <= budget_s:
-            return EnsemblePlan(_in_order(order[:n], params), dict.fromkeys(order[:n], 1), projected(order[:n], 1), True)
+            return EnsemblePlan(
+                _in_order(order[:n], params), dict.fromkeys(order[:n], 1), projected(order[:n], 1), True
+            )
     return EnsemblePlan(order[:1], dict.fromkeys(order[:1], 1), projected(order[:1], 1), False)
 
 

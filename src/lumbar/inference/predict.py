@@ -90,12 +90,16 @@ class PredictReport:
             + ")"
         ]
         if self.ensemble:
-            lines.append(f"predict: ensemble {self.ensemble['used']} ({self.ensemble['models']} models "
-                         f"loaded once, {self.ensemble['model_mib']:.0f} MiB of weights)"
-                         + (f"; {self.ensemble['plan']}" if self.ensemble.get("plan") else ""))
+            lines.append(
+                f"predict: ensemble {self.ensemble['used']} ({self.ensemble['models']} models "
+                f"loaded once, {self.ensemble['model_mib']:.0f} MiB of weights)"
+                + (f"; {self.ensemble['plan']}" if self.ensemble.get("plan") else "")
+            )
         if self.budget_stopped:
-            lines.append(f"predict: the time budget ran out: {len(self.budget_stopped)} studies were not "
-                         "predicted (prior rows)")
+            lines.append(
+                f"predict: the time budget ran out: {len(self.budget_stopped)} studies were not "
+                "predicted (prior rows)"
+            )
         if self.fallback_rows:
             rows = sum(len(v) for v in self.fallback_rows.values())
             lines.append(
@@ -110,8 +114,9 @@ class PredictReport:
         n = max(len(self.studies), 1)
         return {
             "studies": len(self.studies),
-            "fallback_studies": {str(s): {"rows": len(r), "why": self.why(s)}
-                                 for s, r in sorted(self.fallback_rows.items())},
+            "fallback_studies": {
+                str(s): {"rows": len(r), "why": self.why(s)} for s, r in sorted(self.fallback_rows.items())
+            },
             "fallback_rows": sum(len(r) for r in self.fallback_rows.values()),
             "budget_stopped_studies": len(self.budget_stopped),
             "notes": {str(s): v for s, v in sorted(self.notes.items()) if v},
@@ -137,8 +142,9 @@ class Classifier:
     roi: RoiConfig
 
 
-def ensemble_members(run_dir: Path, manifest: RunManifest | dict) -> tuple[list[Classifier], EnsembleParams,
-                                                                            pd.DataFrame]:
+def ensemble_members(
+    run_dir: Path, manifest: RunManifest | dict
+) -> tuple[list[Classifier], EnsembleParams, pd.DataFrame]:
     """The classifiers the ensemble uses, the ensemble parameters and the fallback prior, from the manifest.
 
     Each classifier's ROI parameters come from its `result.json` (the cache it was trained on), so the
@@ -152,8 +158,9 @@ def ensemble_members(run_dir: Path, manifest: RunManifest | dict) -> tuple[list[
     for name in params.models:
         entry = (manifest.classifiers or {}).get(name)
         if entry is None:
-            raise KeyError(f"{run_dir}/manifest.json: the ensemble uses {name!r}, which is not among its "
-                           "classifiers")
+            raise KeyError(
+                f"{run_dir}/manifest.json: the ensemble uses {name!r}, which is not among its classifiers"
+            )
         folder = run_dir / entry.need.path
         _, result = read_run(folder)
         members.append(Classifier(name, folder, RoiConfig.from_overrides(result["cache_params"]["config"])))
@@ -161,8 +168,9 @@ def ensemble_members(run_dir: Path, manifest: RunManifest | dict) -> tuple[list[
     return members, params, prior
 
 
-def blend_members(preds: dict[str, pd.DataFrame], params: EnsembleParams, prior: pd.DataFrame,
-                  points: pd.DataFrame | None) -> pd.DataFrame:
+def blend_members(
+    preds: dict[str, pd.DataFrame], params: EnsembleParams, prior: pd.DataFrame, points: pd.DataFrame | None
+) -> pd.DataFrame:
     """The ensemble of the members' predictions of some studies, as the submission makes it: the predicted
     `points` give each row its localisation confidence and `prior` (condition x level table) the rows a
     widening ensemble moves doubtful rows towards."""
@@ -223,8 +231,15 @@ class PredictOptions:
     on_error: str = "raise"
 
 
-def predict(data_dir, split: str, run_dir, out=None, options: PredictOptions | None = None, *,
-            coords: pd.DataFrame | None = None) -> tuple[pd.DataFrame, PredictReport]:
+def predict(
+    data_dir,
+    split: str,
+    run_dir,
+    out=None,
+    options: PredictOptions | None = None,
+    *,
+    coords: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, PredictReport]:
     """Predict every study of a split with a run's localizer and ensemble.
 
     Args:
@@ -253,8 +268,12 @@ def predict(data_dir, split: str, run_dir, out=None, options: PredictOptions | N
         parts = _predict_chunks(job, members, params, prior, report)
     except survive as e:  # models not built or loaded, the index not read: every row from the prior
         parts = [_fall_back(report.studies, prior, report, f"no prediction ({type(e).__name__}: {e})")]
-    check_fallbacks({s: report.why(s) for s in report.fallback_rows}, len(report.studies),
-                    options.max_fallback_share, "studies")
+    check_fallbacks(
+        {s: report.why(s) for s in report.fallback_rows},
+        len(report.studies),
+        options.max_fallback_share,
+        "studies",
+    )
     return _write(pd.concat(parts, ignore_index=True), root, run_dir, split, out, report)
 
 
@@ -283,8 +302,9 @@ class _Ensemble:
     predictors: dict[str, RunPredictor]
 
 
-def _predict_chunks(job: _Job, members: list[Classifier], params: EnsembleParams, prior: pd.DataFrame,
-                    report: PredictReport) -> list[pd.DataFrame]:
+def _predict_chunks(
+    job: _Job, members: list[Classifier], params: EnsembleParams, prior: pd.DataFrame, report: PredictReport
+) -> list[pd.DataFrame]:
     """Index, load every model once, then localise, crop, classify and blend chunk by chunk."""
     options = job.options
     available = {m.name: member_folds(m.run_dir) for m in members}
@@ -306,8 +326,11 @@ def _predict_chunks(job: _Job, members: list[Classifier], params: EnsembleParams
                 break
             t = time.perf_counter()
             try:
-                points = (_localize_chunk(localizer, job.root, job.split, chunk, by_study, report)
-                          if job.coords is None else _given_points(job.coords, chunk))
+                points = (
+                    _localize_chunk(localizer, job.root, job.split, chunk, by_study, report)
+                    if job.coords is None
+                    else _given_points(job.coords, chunk)
+                )
                 if points is not None:
                     report.coordinates = pd.concat([report.coordinates, points], ignore_index=True)
                 preds, covered = _classify_chunk(job, ensemble, points, chunk, scratch / "crops", report)
@@ -355,9 +378,11 @@ class _Clock:
         return self.elapsed() + studies * self.per_study() > self.budget_s
 
     def why_stopped(self, studies: int) -> str:
-        return (f"not predicted: the time budget of {self.budget_s:g} s would run out "
-                f"({self.elapsed():.0f} s spent, "
-                f"~{self.per_study():.1f} s per study, {studies} studies left)")
+        return (
+            f"not predicted: the time budget of {self.budget_s:g} s would run out "
+            f"({self.elapsed():.0f} s spent, "
+            f"~{self.per_study():.1f} s per study, {studies} studies left)"
+        )
 
 
 def _index_studies(root: Path, split: str, workers: int, report: PredictReport) -> dict[int, pd.DataFrame]:
@@ -377,8 +402,15 @@ def _given_points(coords: pd.DataFrame, chunk: list[int]) -> pd.DataFrame | None
     return points if len(points) else None
 
 
-def _blend_chunk(chunk: list[int], preds: dict[str, pd.DataFrame], covered: set[str], params: EnsembleParams,
-                 prior: pd.DataFrame, points: pd.DataFrame | None, report: PredictReport) -> pd.DataFrame:
+def _blend_chunk(
+    chunk: list[int],
+    preds: dict[str, pd.DataFrame],
+    covered: set[str],
+    params: EnsembleParams,
+    prior: pd.DataFrame,
+    points: pd.DataFrame | None,
+    report: PredictReport,
+) -> pd.DataFrame:
     """A chunk's rows: the ensemble's where every member could predict, the prior's for the rest (counted)."""
     t = time.perf_counter()
     fallback = [r for r in submission_row_ids(chunk) if r not in covered]
@@ -404,8 +436,9 @@ def _fall_back(studies: list[int], prior: pd.DataFrame, report: PredictReport, w
     return prior_rows(prior, ids)
 
 
-def _fit_to_budget(clock: _Clock, chunk: list[int], chunks: list[list[int]], report: PredictReport,
-                   ensemble: _Ensemble) -> _Ensemble:
+def _fit_to_budget(
+    clock: _Clock, chunk: list[int], chunks: list[list[int]], report: PredictReport, ensemble: _Ensemble
+) -> _Ensemble:
     """After the timed first chunk: the largest ensemble whose projection fits the budget, from the next chunk
     on."""
     plan = ensemble.plan
@@ -418,8 +451,9 @@ def _fit_to_budget(clock: _Clock, chunk: list[int], chunks: list[list[int]], rep
     return _apply_plan(budget, ensemble, report)
 
 
-def _write(submission: pd.DataFrame, root: Path, run_dir: Path, split: str, out,
-           report: PredictReport) -> tuple:
+def _write(
+    submission: pd.DataFrame, root: Path, run_dir: Path, split: str, out, report: PredictReport
+) -> tuple:
     """Validate the submission against the split, write it (sample_submission's order) and its record."""
     validate_submission(submission, expected_row_ids=submission_row_ids(report.studies), name="prediction")
     order = None
@@ -428,16 +462,22 @@ def _write(submission: pd.DataFrame, root: Path, run_dir: Path, split: str, out,
         order = sample if set(sample) == set(submission["row_id"]) else None
     if out is not None:
         write_submission(submission, out, order=order)
-        record = {"submission": Path(out).name, "run_dir": str(run_dir.resolve()),
-                  "data_dir": str(root.resolve()), "split": split, **report.to_dict()}
+        record = {
+            "submission": Path(out).name,
+            "run_dir": str(run_dir.resolve()),
+            "data_dir": str(root.resolve()),
+            "split": split,
+            **report.to_dict(),
+        }
         write_json(record, record_path(out))
     if order is not None:
         submission = submission.set_index("row_id").loc[order].reset_index()
     return submission.reset_index(drop=True), report
 
 
-def _localize_chunk(localizer, root: Path, split: str, chunk: list[int], by_study: dict,
-                    report: PredictReport):
+def _localize_chunk(
+    localizer, root: Path, split: str, chunk: list[int], by_study: dict, report: PredictReport
+):
     """Predicted coordinates of a chunk's studies (None when none could be localised); notes go to the report.
 
     A study whose data breaks the localizer (`DATA_ERRORS`) is noted and gets no points; its rows fall back.
@@ -467,16 +507,26 @@ def member_folds(run_dir: Path) -> int:
     return max((len(u["checkpoints"]) for u in result["units"].values()), default=0)
 
 
-def _load_members(members: list[Classifier], plan: EnsemblePlan, available: dict[str, int], device: str,
-                  stack: ExitStack, report: PredictReport) -> dict:
+def _load_members(
+    members: list[Classifier],
+    plan: EnsemblePlan,
+    available: dict[str, int],
+    device: str,
+    stack: ExitStack,
+    report: PredictReport,
+) -> dict:
     """One `RunPredictor` per member, its fold models built and loaded once, closed with `stack`."""
 
-    predictors = {m.name: stack.enter_context(RunPredictor(m.run_dir, device, max_folds=plan.folds[m.name]))
-                  for m in members}
-    report.ensemble = {"used": plan.describe(available),
-                       "models": sum(p.n_models for p in predictors.values()),
-                       "model_mib": round(sum(p.parameter_bytes for p in predictors.values()) / 2**20, 1),
-                       "precision": sorted({p.runtime.precision for p in predictors.values()})}
+    predictors = {
+        m.name: stack.enter_context(RunPredictor(m.run_dir, device, max_folds=plan.folds[m.name]))
+        for m in members
+    }
+    report.ensemble = {
+        "used": plan.describe(available),
+        "models": sum(p.n_models for p in predictors.values()),
+        "model_mib": round(sum(p.parameter_bytes for p in predictors.values()) / 2**20, 1),
+        "precision": sorted({p.runtime.precision for p in predictors.values()}),
+    }
     return predictors
 
 
@@ -484,15 +534,25 @@ def _apply_plan(budget: EnsemblePlan, ensemble: _Ensemble, report: PredictReport
     """Cut the loaded ensemble to a budget plan (for the chunks after the timed first one)."""
     for name, predictor in ensemble.predictors.items():
         predictor.limit_folds(budget.folds.get(name, 0))
-    report.ensemble["plan"] = (f"time budget: after the first chunk, {budget.describe(ensemble.available)}; "
-                               f"projected {budget.projected_s:.0f} s"
-                               + ("" if budget.fits else " (over the budget even so)"))
-    return replace(ensemble, members=[m for m in ensemble.members if m.name in budget.members],
-                   params=restrict_params(ensemble.params, budget.members))
+    report.ensemble["plan"] = (
+        f"time budget: after the first chunk, {budget.describe(ensemble.available)}; "
+        f"projected {budget.projected_s:.0f} s" + ("" if budget.fits else " (over the budget even so)")
+    )
+    return replace(
+        ensemble,
+        members=[m for m in ensemble.members if m.name in budget.members],
+        params=restrict_params(ensemble.params, budget.members),
+    )
 
 
-def _classify_chunk(job: _Job, ensemble: _Ensemble, coords: pd.DataFrame | None, chunk: list[int],
-                    crops: Path, report: PredictReport) -> tuple[dict[str, pd.DataFrame], set[str]]:
+def _classify_chunk(
+    job: _Job,
+    ensemble: _Ensemble,
+    coords: pd.DataFrame | None,
+    chunk: list[int],
+    crops: Path,
+    report: PredictReport,
+) -> tuple[dict[str, pd.DataFrame], set[str]]:
     """Each member's predictions of a chunk, and the row_ids whose crop every member could build (the rest
     fall back; no predictions at all when no crop could be built).
 
@@ -528,8 +588,9 @@ def roi_key(roi: RoiConfig) -> str:
     return json.dumps(roi.to_dict(), sort_keys=True)
 
 
-def member_crops(members: list[Classifier], coords: pd.DataFrame, root: Path, split: str, crops: Path,
-                 workers: int = 1) -> dict[str, CacheReport]:
+def member_crops(
+    members: list[Classifier], coords: pd.DataFrame, root: Path, split: str, crops: Path, workers: int = 1
+) -> dict[str, CacheReport]:
     """The crops of `coords` under `crops`, one cache per distinct ROI configuration of the members (`roi_key`
     -> its build report, in the members' order): how `predict` and the study viewer crop alike; a failed crop
     is in its report's failures."""
@@ -537,19 +598,29 @@ def member_crops(members: list[Classifier], coords: pd.DataFrame, root: Path, sp
     for m in members:
         key = roi_key(m.roi)
         if key not in caches:
-            caches[key] = build_cache(coords, root, split, crops, m.roi, workers=workers, progress=False,
-                                      max_failed_share=1.0)
+            caches[key] = build_cache(
+                coords, root, split, crops, m.roi, workers=workers, progress=False, max_failed_share=1.0
+            )
     return caches
 
 
 def cli_predict(args: argparse.Namespace) -> int:
     """`python -m lumbar predict`."""
-    options = PredictOptions(work_dir=args.work_dir, device=args.device, chunk_studies=args.chunk_studies,
-                             workers=args.workers, max_fallback_share=args.max_fallback_share,
-                             max_folds=args.max_folds, max_members=args.max_members,
-                             time_budget_s=args.time_budget, on_error=args.on_error)
+    options = PredictOptions(
+        work_dir=args.work_dir,
+        device=args.device,
+        chunk_studies=args.chunk_studies,
+        workers=args.workers,
+        max_fallback_share=args.max_fallback_share,
+        max_folds=args.max_folds,
+        max_members=args.max_members,
+        time_budget_s=args.time_budget,
+        on_error=args.on_error,
+    )
     sub, report = predict(args.data_dir, args.split, args.run, args.out, options)
     print(report.summary())
-    print(f"predict: wrote {os.fspath(args.out)} ({len(sub)} rows, {len(report.studies)} studies) and "
-          f"{record_path(args.out)}")
+    print(
+        f"predict: wrote {os.fspath(args.out)} ({len(sub)} rows, {len(report.studies)} studies) and "
+        f"{record_path(args.out)}"
+    )
     return 0

@@ -9,5 +9,14 @@ from lumbar.kaggle.bundle import build_bundle, dataset_metadata, inference_manif
 from lumbar.kaggle.kernel import SUBMISSION_NOTEBOOK, kernel_notebook
 from lumbar.kaggle.wheels import IMAGE_MODULES, KAGGLE_EXTRA_PACKAGES, check_environment
 
-__all__ = ["IMAGE_MODULES", "KAGGLE_EXTRA_PACKAGES", "SUBMISSION_NOTEBOOK", "build_bundle", "check_environment",
-           "dataset_metadata", "inference_manifest", "kaggle_user", "kernel_notebook"]  # fmt: skip
+__all__ = [
+    "IMAGE_MODULES",
+    "KAGGLE_EXTRA_PACKAGES",
+    "SUBMISSION_NOTEBOOK",
+    "build_bundle",
+    "check_environment",
+    "dataset_metadata",
+    "inference_manifest",
+    "kaggle_user",
+    "kernel_notebook",
+]

@@ -3,9 +3,10 @@
     python -m lumbar kaggle-bundle --run runs/full --out runs/full/kaggle
 
 writes
-    code/     the `lumbar` wheel, the dependency wheels (`lumbar.kaggle.wheels`), requirements.txt (what the kernel
-              installs from this folder), image.json (the versions of the modules the kernel takes from Kaggle's
-              image, as the bundle was built and tested with), dataset-metadata.json
+    code/     the `lumbar` wheel, the dependency wheels (`lumbar.kaggle.wheels`), requirements.txt (what the
+    kernel
+              installs from this folder), image.json (the versions of the modules the kernel takes from
+              Kaggle's image, as the bundle was built and tested with), dataset-metadata.json
     weights/  the run folder's manifest and every file its records name under `run/` (`RunManifest.files`:
               checkpoints, tables, parameters), the index of those files
               (`bundle.json`), a model card (README.md), dataset-metadata.json (`lumbar.kaggle.layout`)
@@ -57,7 +58,8 @@ def inference_manifest(run_dir: Path, manifest: dict) -> dict:
 
 
 def kaggle_user(user: str | None = None) -> str:
-    """The Kaggle user name for dataset and kernel ids: `user`, else $KAGGLE_USERNAME, else the `username` of the
+    """The Kaggle user name for dataset and kernel ids: `user`, else $KAGGLE_USERNAME, else the `username` of
+    the
     Kaggle CLI's own kaggle.json (in $KAGGLE_CONFIG_DIR or ~/.kaggle), else `PLACEHOLDER_USER`."""
     if user or os.environ.get("KAGGLE_USERNAME"):
         return user or os.environ["KAGGLE_USERNAME"]
@@ -80,8 +82,10 @@ def referenced_files(manifest: dict | RunManifest) -> list[str]:
 
 def model_card(manifest: RunManifest) -> str:
     """A short README for the weights dataset: architectures, parameters, folds, OOF scores."""
-    intro = (f"Checkpoints and manifest of one `lumbar` run (RSNA 2024 lumbar spine), in `{RUN_FOLDER}/`; "
-             f"`{BUNDLE_INDEX}` lists every file with its size.")
+    intro = (
+        f"Checkpoints and manifest of one `lumbar` run (RSNA 2024 lumbar spine), in `{RUN_FOLDER}/`; "
+        f"`{BUNDLE_INDEX}` lists every file with its size."
+    )
     lines = ["# lumbar weights", "", intro, ""]
     if manifest.localizer:
         lines += ["## Localizer", "", _json_block(manifest.localizer.to_dict()), ""]
@@ -107,15 +111,31 @@ def _json_block(value: dict) -> str:
 def kernel_metadata(user: str, code_slug: str, weights_slug: str, kernel_slug: str) -> dict:
     """The `kernel-metadata.json` that `kaggle kernels push -p FOLDER` reads: internet off, a T4 GPU, the
     competition and both datasets attached."""
-    return {"id": f"{user}/{kernel_slug}", "title": kernel_slug, "code_file": "submission.ipynb", "language": "python",
-            "kernel_type": "notebook", "is_private": True, "enable_gpu": True, "enable_tpu": False,
-            "machine_shape": ACCELERATOR, "enable_internet": False,
-            "dataset_sources": [f"{user}/{code_slug}", f"{user}/{weights_slug}"],
-            "competition_sources": [COMPETITION_SLUG], "kernel_sources": []}  # fmt: skip
+    return {
+        "id": f"{user}/{kernel_slug}",
+        "title": kernel_slug,
+        "code_file": "submission.ipynb",
+        "language": "python",
+        "kernel_type": "notebook",
+        "is_private": True,
+        "enable_gpu": True,
+        "enable_tpu": False,
+        "machine_shape": ACCELERATOR,
+        "enable_internet": False,
+        "dataset_sources": [f"{user}/{code_slug}", f"{user}/{weights_slug}"],
+        "competition_sources": [COMPETITION_SLUG],
+        "kernel_sources": [],
+    }
 
 
-def build_bundle(run_dir: str | os.PathLike, out: str | os.PathLike, user: str | None = None, slug: str = "lumbar",
-                 wheelhouse: Path | None = None, dependencies: bool = True) -> dict[str, Path]:  # fmt: skip
+def build_bundle(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    user: str | None = None,
+    slug: str = "lumbar",
+    wheelhouse: Path | None = None,
+    dependencies: bool = True,
+) -> dict[str, Path]:
     """Write code/, weights/ and kernel/ for a run folder.
 
     Args:
@@ -124,7 +144,8 @@ def build_bundle(run_dir: str | os.PathLike, out: str | os.PathLike, user: str |
         user: Kaggle user name for the dataset/kernel ids (default: `kaggle_user`); there must be one.
         slug: prefix of the dataset and kernel slugs (`<slug>-code`, `<slug>-weights`, `<slug>-submission`).
         wheelhouse: take dependency wheels from here instead of the package registry.
-        dependencies: bundle dependency wheels at all (off: only the lumbar wheel, for an image that has them).
+        dependencies: bundle dependency wheels at all (off: only the lumbar wheel, for an image that has
+        them).
     """
     run_dir, out = Path(run_dir), Path(out)
     manifest = RunManifest.read(run_dir)
@@ -133,8 +154,10 @@ def build_bundle(run_dir: str | os.PathLike, out: str | os.PathLike, user: str |
     manifest = inference_run(run_dir, manifest)
     user = kaggle_user(user)
     if user == PLACEHOLDER_USER:
-        raise ValueError("no Kaggle user name for the dataset and kernel ids: set KAGGLE_USERNAME, pass --user, or "
-                         "put the Kaggle CLI's kaggle.json into ~/.kaggle")
+        raise ValueError(
+            "no Kaggle user name for the dataset and kernel ids: set KAGGLE_USERNAME, pass --user, or "
+            "put the Kaggle CLI's kaggle.json into ~/.kaggle"
+        )
     code_slug, weights_slug, kernel_slug = f"{slug}-code", f"{slug}-weights", f"{slug}-submission"
     if out.exists():
         shutil.rmtree(out)
@@ -171,26 +194,44 @@ def _write_weights(run_dir: Path, manifest: RunManifest, weights: Path, dataset:
         shutil.copy2(src, run / rel)
     write_json(manifest.to_dict(), run / MANIFEST_NAME)
     files = {p.relative_to(run).as_posix(): p.stat().st_size for p in sorted(run.rglob("*")) if p.is_file()}
-    write_json({"format": 1, "lumbar": __version__, "dataset": dataset, "run_folder": RUN_FOLDER, "files": files,
-                "upload": upload_command(weights.as_posix(), new=True),
-                "upload_version": upload_command(weights.as_posix(), new=False)}, weights / BUNDLE_INDEX)  # fmt: skip
+    write_json(
+        {
+            "format": 1,
+            "lumbar": __version__,
+            "dataset": dataset,
+            "run_folder": RUN_FOLDER,
+            "files": files,
+            "upload": upload_command(weights.as_posix(), new=True),
+            "upload_version": upload_command(weights.as_posix(), new=False),
+        },
+        weights / BUNDLE_INDEX,
+    )
     (weights / "README.md").write_text(model_card(manifest))
 
 
 def folder_size(folder: Path) -> int:
     """Bytes of the files a folder uploads (the Kaggle CLI's metadata files are read, not uploaded)."""
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.name.endswith("-metadata.json"))
+    return sum(
+        f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.name.endswith("-metadata.json")
+    )
 
 
 def cli_kaggle_bundle(args: argparse.Namespace) -> int:
     """`python -m lumbar kaggle-bundle`: the three folders, their sizes and the commands that upload them."""
-    parts = build_bundle(args.run, args.out, user=args.user, slug=args.slug,
-                         wheelhouse=Path(args.wheelhouse) if args.wheelhouse else None,
-                         dependencies=not args.no_dependencies)  # fmt: skip
+    parts = build_bundle(
+        args.run,
+        args.out,
+        user=args.user,
+        slug=args.slug,
+        wheelhouse=Path(args.wheelhouse) if args.wheelhouse else None,
+        dependencies=not args.no_dependencies,
+    )
     for name, folder in parts.items():
         files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-        print(f"{name}/: {folder_size(folder) / 1e6:.1f} MB, {len(files)} files: {', '.join(files[:8])}"
-              + (" ..." if len(files) > 8 else ""))  # fmt: skip
+        print(
+            f"{name}/: {folder_size(folder) / 1e6:.1f} MB, {len(files)} files: {', '.join(files[:8])}"
+            + (" ..." if len(files) > 8 else "")
+        )
     print(f"kaggle-bundle: wrote {args.out}; upload (every folder with its subfolders):")
     for name in ("code", "weights"):
         print(f"  {upload_command(parts[name].as_posix())}")

@@ -23,10 +23,19 @@ KERNEL_PARAMETERS = {
     "RUN_DIR": ('""', "empty: the weights dataset's run, found under /kaggle/input by the first check"),
     "DATA_DIR": ('""', "empty: the competition's folder under /kaggle/input"),
     "OUT": ("os.path.join(KAGGLE, 'working', 'submission.csv')", "what Kaggle scores"),
-    "WORK_DIR": ("os.path.join(KAGGLE, 'working', 'lumbar')", "scratch crops (only /kaggle/working is writable)"),
+    "WORK_DIR": (
+        "os.path.join(KAGGLE, 'working', 'lumbar')",
+        "scratch crops (only /kaggle/working is writable)",
+    ),
     "MAX_FALLBACK_SHARE": ("1.0", "never fail on prior rows: on the hidden test set a submission beats none"),
-    "ON_ERROR": ('"prior"', "an error in a chunk of studies gives them prior rows (named in submission.json)"),
-    "TIME_BUDGET_S": ("8 * 3600", "Kaggle stops the notebook at 9 h: the rest of the studies get prior rows by 8"),
+    "ON_ERROR": (
+        '"prior"',
+        "an error in a chunk of studies gives them prior rows (named in submission.json)",
+    ),
+    "TIME_BUDGET_S": (
+        "8 * 3600",
+        "Kaggle stops the notebook at 9 h: the rest of the studies get prior rows by 8",
+    ),
 }
 
 _INSTALL = """\
@@ -39,7 +48,8 @@ if not os.path.isfile(os.path.join(CODE, 'requirements.txt')):  # attached, but 
              for p in sorted(glob.glob(os.path.join(KAGGLE, 'input', *['*'] * depth, 'lumbar-*.whl')))]
     if not found:
         raise FileNotFoundError(f"the code dataset {code_slug!r} is not attached: Add Input -> Your Datasets "
-                                f"-> {code_slug} (or push the kernel with kernel-metadata.json's dataset_sources)")
+                                f"-> {code_slug} (or push the kernel with kernel-metadata.json's "
+                                "dataset_sources)")
     CODE = found[0]
 subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-index', '--no-deps', '--find-links', CODE,
                 '-r', os.path.join(CODE, 'requirements.txt')], check=True)
@@ -78,7 +88,9 @@ def kernel_notebook(code_slug: str, weights_slug: str, source: Path | None = Non
     params = nb.cells[i]
     for name, (value, comment) in KERNEL_PARAMETERS.items():
         params.source = set_parameter(params.source, name, value, comment)
-    params.source = set_parameter(params.source, "WEIGHTS", repr(weights_slug), "the attached weights dataset")
+    params.source = set_parameter(
+        params.source, "WEIGHTS", repr(weights_slug), "the attached weights dataset"
+    )
     install = nbformat.v4.new_code_cell(_INSTALL.format(code_slug=code_slug))
     check = nbformat.v4.new_code_cell(_PREFLIGHT)
     nb.cells = nb.cells[:i] + [install, params, check] + nb.cells[i + 1 :]

@@ -33,8 +33,14 @@ class KernelCheckError(RuntimeError):
     """What the kernel was given cannot make a submission; the message says what and how to fix it."""
 
 
-def preflight(kaggle: str | os.PathLike, weights: str, run_dir: str = "", data_dir: str = "",
-              device: str = "auto", scratch: str | os.PathLike | None = None) -> tuple[str, str]:  # fmt: skip
+def preflight(
+    kaggle: str | os.PathLike,
+    weights: str,
+    run_dir: str = "",
+    data_dir: str = "",
+    device: str = "auto",
+    scratch: str | os.PathLike | None = None,
+) -> tuple[str, str]:
     """Check the GPU, the weights dataset and the data folder; print what was found.
 
     Args:
@@ -56,16 +62,20 @@ def preflight(kaggle: str | os.PathLike, weights: str, run_dir: str = "", data_d
     if not run_dir:
         dataset = find_dataset(inputs, weights, BUNDLE_INDEX)
         if dataset is None:
-            raise KernelCheckError(f"the weights dataset {weights!r} is not attached (nothing under {inputs} holds "
-                                   f"its {BUNDLE_INDEX}): Add Input -> Your Datasets -> {weights}")  # fmt: skip
+            raise KernelCheckError(
+                f"the weights dataset {weights!r} is not attached (nothing under {inputs} holds "
+                f"its {BUNDLE_INDEX}): Add Input -> Your Datasets -> {weights}"
+            )
         run_dir = str(locate_run(dataset, Path(scratch) if scratch else None))
     files = check_run(Path(run_dir))
     print(f"preflight: run {run_dir}: {len(files)} files, {sum(files.values()) / 1e6:.1f} MB, all present")
     if not data_dir:
         found = find_dataset(inputs, COMPETITION_SLUG, "test_series_descriptions.csv")
         if found is None:
-            raise KernelCheckError(f"the competition's data is not attached (no {COMPETITION_SLUG} with "
-                                   f"test_series_descriptions.csv under {inputs}): Add Input -> Competitions")
+            raise KernelCheckError(
+                f"the competition's data is not attached (no {COMPETITION_SLUG} with "
+                f"test_series_descriptions.csv under {inputs}): Add Input -> Competitions"
+            )
         data_dir = str(found)
     print(f"preflight: data {data_dir}")
     return run_dir, data_dir
@@ -80,22 +90,32 @@ def gpu_report(device: str = "auto") -> str:
     dev = resolve_device(device)
     if dev.type != "cuda":
         visible = "no GPU" if not torch.cuda.is_available() else f"a GPU, but device {device!r}"
-        return (f"preflight: {visible}: the models run on the CPU ({torch.get_num_threads()} threads), far slower; "
-                "choose GPU T4 x2 in the notebook's settings")  # fmt: skip
+        return (
+            f"preflight: {visible}: the models run on the CPU ({torch.get_num_threads()} threads), "
+            "far slower; "
+            "choose GPU T4 x2 in the notebook's settings"
+        )
     check_gpu_supported(dev)
     capability = torch.cuda.get_device_capability(dev)
-    return (f"preflight: GPU {torch.cuda.get_device_name(dev)}, compute capability {capability[0]}.{capability[1]}; "
-            f"torch {torch.__version__} built for {' '.join(torch.cuda.get_arch_list())}; "
-            f"precision {precision_name(dev, amp_dtype_for(capability))}")  # fmt: skip
+    return (
+        f"preflight: GPU {torch.cuda.get_device_name(dev)}, compute capability "
+        f"{capability[0]}.{capability[1]}; "
+        f"torch {torch.__version__} built for {' '.join(torch.cuda.get_arch_list())}; "
+        f"precision {precision_name(dev, amp_dtype_for(capability))}"
+    )
 
 
 def find_dataset(inputs: Path, slug: str, marker: str) -> Path | None:
-    """The attached dataset `slug` holding `marker`: `inputs/slug` when it is there, else the first folder up to
+    """The attached dataset `slug` holding `marker`: `inputs/slug` when it is there, else the first folder up
+    to
     `SEARCH_DEPTH` levels below `inputs` that is named `slug` (or, failing that, any) and holds `marker`."""
     if (inputs / slug / marker).is_file():
         return inputs / slug
-    hits = [p.parent for depth in range(1, SEARCH_DEPTH + 1) for p in sorted(inputs.glob("/".join(["*"] * depth)
-            + "/" + marker))]  # fmt: skip
+    hits = [
+        p.parent
+        for depth in range(1, SEARCH_DEPTH + 1)
+        for p in sorted(inputs.glob("/".join(["*"] * depth) + "/" + marker))
+    ]
     named = [h for h in hits if h.name == slug]
     return (named or hits or [None])[0]
 
@@ -103,8 +123,8 @@ def find_dataset(inputs: Path, slug: str, marker: str) -> Path | None:
 def locate_run(dataset: Path, scratch: Path | None = None) -> Path:
     """The run folder inside the weights dataset, however the upload laid it out (`lumbar.kaggle.layout`).
 
-    Tried in order: `run/` (the archive unpacked into a folder named after it), the dataset's root (unpacked in
-    place), then `run.zip` / `run.tar` left packed (unpacked into `scratch`). The first place where every
+    Tried in order: `run/` (the archive unpacked into a folder named after it), the dataset's root (unpacked
+    in place), then `run.zip` / `run.tar` left packed (unpacked into `scratch`). The first place where every
     file of `bundle.json` is present with its size wins.
 
     Raises:
@@ -128,12 +148,18 @@ def locate_run(dataset: Path, scratch: Path | None = None) -> Path:
     upload = index.get("upload_version") or upload_command("<bundle>/weights", new=False)
     raise KernelCheckError(
         f"{len(missing)} of {len(files)} files of the run did not arrive in {dataset} ({_first(missing)}): "
-        f"the dataset was uploaded without its folders (the Kaggle CLI skips folders unless given --dir-mode); "
-        f"upload it again with: {upload}")
+        "the dataset was uploaded without its folders (the Kaggle CLI skips folders unless given "
+        "--dir-mode); "
+        f"upload it again with: {upload}"
+    )
 
 
 def _archives(dataset: Path, folder: str) -> list[Path]:
-    return [dataset / f"{folder}{suffix}" for suffix in (".zip", ".tar", ".tar.gz") if (dataset / f"{folder}{suffix}").is_file()]
+    return [
+        dataset / f"{folder}{suffix}"
+        for suffix in (".zip", ".tar", ".tar.gz")
+        if (dataset / f"{folder}{suffix}").is_file()
+    ]
 
 
 def _unpack(archive: Path, scratch: Path | None) -> Path:
@@ -147,7 +173,8 @@ def _unpack(archive: Path, scratch: Path | None) -> Path:
 
 
 def missing_files(place: Path, files: dict[str, int]) -> list[str]:
-    """The files of `files` (relative path -> size) that are not at `place` with their size, or not readable."""
+    """The files of `files` (relative path -> size) that are not at `place` with their size, or not
+    readable."""
     missing = []
     for rel, size in files.items():
         path = place / rel
@@ -180,8 +207,10 @@ def check_run(run_dir: Path) -> dict[str, int]:
         else:
             files[rel] = path.stat().st_size
     if missing:
-        raise KernelCheckError(f"{run_dir}/{MANIFEST_NAME} names {len(missing)} files that are not there or not "
-                               f"readable ({_first(missing)}): build the bundle again with kaggle-bundle")
+        raise KernelCheckError(
+            f"{run_dir}/{MANIFEST_NAME} names {len(missing)} files that are not there or not "
+            f"readable ({_first(missing)}): build the bundle again with kaggle-bundle"
+        )
     return files
 
 

@@ -25,10 +25,24 @@ from lumbar.core.paths import PROJECT_ROOT
 #: The competition's files are RLE Lossless: pylibjpeg + pylibjpeg-rle decode them fast; the JPEG plugins are
 #: left out (pydicom still decodes other transfer syntaxes with what the image has).
 KAGGLE_EXTRA_PACKAGES = ("pydicom", "pylibjpeg", "pylibjpeg-rle", "monai", "timm")
-#: The third-party modules `lumbar` imports (pyarrow: pandas' parquet engine) that the kernel takes from Kaggle's
-#: image, not from the bundle. Their versions at bundle time go into code/image.json; the kernel compares.
-IMAGE_MODULES = ("torch", "torchvision", "numpy", "pandas", "pyarrow", "scipy", "sklearn", "cv2", "albumentations",
-                 "matplotlib", "yaml", "tqdm", "filelock")  # fmt: skip
+#: The third-party modules `lumbar` imports (pyarrow: pandas' parquet engine) that the kernel takes from
+#: Kaggle's image, not from the bundle. Their versions at bundle time go into code/image.json; the kernel
+#: compares.
+IMAGE_MODULES = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "scipy",
+    "sklearn",
+    "cv2",
+    "albumentations",
+    "matplotlib",
+    "yaml",
+    "tqdm",
+    "filelock",
+)
 #: Python versions whose binary wheels are fetched (Kaggle's image has moved between these).
 KAGGLE_PYTHON_VERSIONS = ("3.10", "3.11", "3.12")
 #: Binary wheels for the platforms Kaggle's image runs on (manylinux, x86-64).
@@ -54,8 +68,21 @@ def pinned_specs(packages=KAGGLE_EXTRA_PACKAGES) -> list[str]:
 def build_lumbar_wheel(out: Path) -> Path:
     """`pip wheel` of this project (no dependencies, no build isolation: works offline)."""
     out.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(PROJECT_ROOT)], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(PROJECT_ROOT),
+        ],
+        check=True,
+    )
     wheels = sorted(out.glob("lumbar-*.whl"))
     if not wheels:
         raise RuntimeError(f"pip wheel wrote no lumbar wheel into {out}")
@@ -66,8 +93,12 @@ def build_lumbar_wheel(out: Path) -> Path:
     return wheels[-1]
 
 
-def collect_dependency_wheels(out: Path, packages=KAGGLE_EXTRA_PACKAGES, wheelhouse: Path | None = None,
-                              python_versions=KAGGLE_PYTHON_VERSIONS) -> list[Path]:  # fmt: skip
+def collect_dependency_wheels(
+    out: Path,
+    packages=KAGGLE_EXTRA_PACKAGES,
+    wheelhouse: Path | None = None,
+    python_versions=KAGGLE_PYTHON_VERSIONS,
+) -> list[Path]:
     """Put wheels of `packages` (pinned versions) into `out`.
 
     From `wheelhouse` when given (offline; only the pinned version's wheels), else `pip download` from the
@@ -83,15 +114,34 @@ def collect_dependency_wheels(out: Path, packages=KAGGLE_EXTRA_PACKAGES, wheelho
         for version in python_versions:
             platforms = [a for p in _PLATFORMS for a in ("--platform", p)]
             done = subprocess.run(
-                [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(out),
-                 "--python-version", version, "--implementation", "cp", *platforms, spec],
-                check=False, capture_output=True, text=True,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "-q",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    "-d",
+                    str(out),
+                    "--python-version",
+                    version,
+                    "--implementation",
+                    "cp",
+                    *platforms,
+                    spec,
+                ],
+                check=False,
+                capture_output=True,
+                text=True,
+            )
             got += done.returncode == 0
             if done.returncode:
                 missing.append(f"{spec} for Python {version}")
         if not got:
-            raise RuntimeError(f"no wheel of {spec} for any of Python {python_versions}: {done.stderr[-500:]}")
+            raise RuntimeError(
+                f"no wheel of {spec} for any of Python {python_versions}: {done.stderr[-500:]}"
+            )
     if missing:
         print(f"kaggle-bundle: no wheel of {', '.join(missing)} (that Python then needs it in its image)")
     return sorted(out.glob("*.whl"))
@@ -102,7 +152,9 @@ def _copy_from_wheelhouse(wheelhouse: Path, spec: str, out: Path) -> list[Path]:
     prefix = name.lower().replace("-", "_") + "-" + (f"{version}-" if version else "")
     hits = [w for w in wheelhouse.glob("*.whl") if w.name.lower().startswith(prefix)]
     if not hits:
-        raise FileNotFoundError(f"{wheelhouse}: no wheel of {spec} (fill it with `python -m lumbar kaggle-wheels`)")
+        raise FileNotFoundError(
+            f"{wheelhouse}: no wheel of {spec} (fill it with `python -m lumbar kaggle-wheels`)"
+        )
     for w in hits:
         shutil.copy2(w, out / w.name)
     return [out / w.name for w in hits]
@@ -148,6 +200,8 @@ def check_environment(code_dir: str | os.PathLike) -> dict[str, str]:
 
 def cli_kaggle_wheels(args: argparse.Namespace) -> int:
     """`python -m lumbar kaggle-wheels`: the dependency wheels of the bundle, once, for offline bundling."""
-    wheels = collect_dependency_wheels(Path(args.out), python_versions=tuple(args.python_version or KAGGLE_PYTHON_VERSIONS))
+    wheels = collect_dependency_wheels(
+        Path(args.out), python_versions=tuple(args.python_version or KAGGLE_PYTHON_VERSIONS)
+    )
     print(f"kaggle-wheels: {len(wheels)} wheels in {args.out}: {', '.join(w.name for w in wheels)}")
     return 0

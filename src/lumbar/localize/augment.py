@@ -19,8 +19,14 @@ import torch
 import torch.nn.functional as F
 
 
-def random_affine(images: torch.Tensor, points: torch.Tensor, generator: torch.Generator, max_scale: float,
-                  max_rotate_deg: float, max_shift: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def random_affine(
+    images: torch.Tensor,
+    points: torch.Tensor,
+    generator: torch.Generator,
+    max_scale: float,
+    max_rotate_deg: float,
+    max_shift: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Warp images (B, C, H, W) and move normalised points (B, K, 3) (u, v in [0, 1]) with them."""
     b = images.shape[0]
     dev = images.device
@@ -46,8 +52,9 @@ def random_affine(images: torch.Tensor, points: torch.Tensor, generator: torch.G
     return warped, moved
 
 
-def random_depth_affine(images: torch.Tensor, points: torch.Tensor, generator: torch.Generator,
-                        max_scale: float, max_shift: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def random_depth_affine(
+    images: torch.Tensor, points: torch.Tensor, generator: torch.Generator, max_scale: float, max_shift: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Resample the channel (slice) axis of (B, D, H, W) by a random zoom and shift; move z of (B, K, 3).
 
     Channel d sits at z = d / (D - 1); output channel c samples input position
@@ -79,8 +86,13 @@ def random_depth_affine(images: torch.Tensor, points: torch.Tensor, generator: t
     return out, torch.where(outside, torch.full_like(moved, float("nan")), moved)
 
 
-def random_mirror(images: torch.Tensor, points: torch.Tensor, generator: torch.Generator, plane: str,
-                  permutation: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def random_mirror(
+    images: torch.Tensor,
+    points: torch.Tensor,
+    generator: torch.Generator,
+    plane: str,
+    permutation: Sequence[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mirror half of the samples left-right: sagittal -> reverse slices, axial -> flip columns."""
     flip = (torch.rand(images.shape[0], generator=generator) < 0.5).to(images.device)
     if not flip.any():

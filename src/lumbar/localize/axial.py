@@ -56,8 +56,9 @@ def _level_points(group: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray]:
     return (canal[0] if len(canal) else None), xyz[ok & group["condition"].isin(FORAMINA).to_numpy()]
 
 
-def level_anchors(coords: pd.DataFrame, index: pd.DataFrame,
-                  foramina_offset_mm: Sequence[float] | None = None) -> pd.DataFrame:  # fmt: skip
+def level_anchors(
+    coords: pd.DataFrame, index: pd.DataFrame, foramina_offset_mm: Sequence[float] | None = None
+) -> pd.DataFrame:
     """One row per (study, level) with a canal point: `study_id, level, px, py, pz`, the position its axial
     slice is looked for at. The canal point; with `foramina_offset_mm` and both foramen points of the level,
     the per-coordinate median of the canal point and the two offset foramen points."""
@@ -107,8 +108,12 @@ def nearest_axial_slices(points: np.ndarray, axial_index: pd.DataFrame) -> pd.Da
     )
 
 
-def map_axial(coords: pd.DataFrame, index: pd.DataFrame, max_distance_mm: float = 10.0,
-              foramina_offset_mm: Sequence[float] | None = None) -> pd.DataFrame:  # fmt: skip
+def map_axial(
+    coords: pd.DataFrame,
+    index: pd.DataFrame,
+    max_distance_mm: float = 10.0,
+    foramina_offset_mm: Sequence[float] | None = None,
+) -> pd.DataFrame:
     """Map each level's anchor (`level_anchors`) to the nearest axial slice per study and level.
 
     Args:
@@ -153,13 +158,17 @@ def cli_map_axial(args: argparse.Namespace) -> int:
     """`python -m lumbar map-axial`: studies without images are counted and left out of the output."""
     root = data_root(args.data_dir)
     coords = load_coordinates(args.coords)
-    index = load_or_build_index(root, args.split, cache=args.index, studies=sorted(coords["study_id"].unique()))
+    index = load_or_build_index(
+        root, args.split, cache=args.index, studies=sorted(coords["study_id"].unique())
+    )
     with_images = coords["study_id"].isin(index["study_id"])
     result = map_axial(coords[with_images], index, args.max_distance_mm)
     write_csv(result, args.out)
     absent = coords.loc[~with_images, "study_id"].nunique()
     n, found = len(result), int(result["instance_number"].notna().sum())
-    print(f"map-axial: {found}/{n} study-levels on an axial slice within {args.max_distance_mm} mm"
-          + (f"; {absent} studies of the coordinates have no images here (left out)" if absent else "")
-          + f"; wrote {os.fspath(args.out)}")  # fmt: skip
+    print(
+        f"map-axial: {found}/{n} study-levels on an axial slice within {args.max_distance_mm} mm"
+        + (f"; {absent} studies of the coordinates have no images here (left out)" if absent else "")
+        + f"; wrote {os.fspath(args.out)}"
+    )
     return 0

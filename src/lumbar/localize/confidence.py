@@ -80,8 +80,12 @@ def _column_failures(points: np.ndarray, limits: Limits) -> tuple[np.ndarray, fl
     return failed, median, reasons
 
 
-def check_level_set(coords: pd.DataFrame, index: pd.DataFrame, axial_distance_mm: dict[str, float] | None = None,
-                    limits: Limits = Limits()) -> tuple[pd.DataFrame, list[str]]:  # fmt: skip
+def check_level_set(
+    coords: pd.DataFrame,
+    index: pd.DataFrame,
+    axial_distance_mm: dict[str, float] | None = None,
+    limits: Limits = Limits(),
+) -> tuple[pd.DataFrame, list[str]]:
     """Mark each predicted point of one study plausible or not (`plausible` column, 1/0) and say why.
 
     Args:
@@ -118,25 +122,42 @@ def check_level_set(coords: pd.DataFrame, index: pd.DataFrame, axial_distance_mm
             rows = [r for r in rows if not np.isnan(xyz[r]).any()]
             if len(rows) < 2:
                 continue
-            sagittal = xyz[rows][:, 1:]  # patient y (front-back) and z (head-foot): left-right apart, they coincide
+            sagittal = xyz[rows][
+                :, 1:
+            ]  # patient y (front-back) and z (head-foot): left-right apart, they coincide
             centre = np.median(sagittal, axis=0) if len(rows) > 2 else None
             for r, p in zip(rows, sagittal):
-                off = float(np.linalg.norm(p - centre)) if centre is not None else float(np.linalg.norm(sagittal[0] - sagittal[1]))
+                off = (
+                    float(np.linalg.norm(p - centre))
+                    if centre is not None
+                    else float(np.linalg.norm(sagittal[0] - sagittal[1]))
+                )
                 if off > limits.agreement * unit:
                     out.loc[r, "plausible"] = 0
                     disagree[out.loc[r, "condition"]] = disagree.get(out.loc[r, "condition"], 0) + 1
-                    notes.append(f"{out.loc[r, 'condition']} {level}: {off:.0f} mm from the level's other points")
-        for condition, count in disagree.items():  # a series that disagrees at most levels lies at all of them
+                    notes.append(
+                        f"{out.loc[r, 'condition']} {level}: {off:.0f} mm from the level's other points"
+                    )
+        for (
+            condition,
+            count,
+        ) in disagree.items():  # a series that disagrees at most levels lies at all of them
             if count >= limits.column_disagreement:
                 out.loc[out["condition"] == condition, "plausible"] = 0
-                notes.append(f"{condition}: disagrees with the other columns at {count} of 5 levels, all failed")
+                notes.append(
+                    f"{condition}: disagrees with the other columns at {count} of 5 levels, all failed"
+                )
     for r in out.index[out["condition"].isin(SUBARTICULAR)]:
         if (axial_distance_mm or {}).get(out.loc[r, "level"], 0.0) > limits.axial_mm:
             out.loc[r, "plausible"] = 0
-    far = sorted({lv for lv in out.loc[out["condition"].isin(SUBARTICULAR) & (out["plausible"] == 0), "level"]})
+    far = sorted(
+        {lv for lv in out.loc[out["condition"].isin(SUBARTICULAR) & (out["plausible"] == 0), "level"]}
+    )
     if far:
-        notes.append(f"subarticular at {', '.join(far)}: the nearest axial slice is over {limits.axial_mm:g} mm "
-                     "from the canal point")  # fmt: skip
+        notes.append(
+            f"subarticular at {', '.join(far)}: the nearest axial slice is over {limits.axial_mm:g} mm "
+            "from the canal point"
+        )
     return out, notes
 
 

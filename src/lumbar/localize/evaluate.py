@@ -105,7 +105,9 @@ def _summary(errors: pd.DataFrame) -> dict:
 
 def summarize(errors: pd.DataFrame) -> pd.DataFrame:
     """Per-condition rows (competition order, conditions present only) and a final "all" row."""
-    rows = {c: _summary(errors[errors["condition"] == c]) for c in CONDITIONS if (errors["condition"] == c).any()}
+    rows = {
+        c: _summary(errors[errors["condition"] == c]) for c in CONDITIONS if (errors["condition"] == c).any()
+    }
     rows["all"] = _summary(errors)
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("condition")
 
@@ -126,7 +128,9 @@ def slice_histogram(errors: pd.DataFrame) -> pd.DataFrame:
 
     def row(e: pd.DataFrame) -> list[int]:
         s = e["slice_shift"]
-        counts = [int((s <= -3).sum())] + [int((s == k).sum()) for k in (-2, -1, 0, 1, 2)] + [int((s >= 3).sum())]
+        counts = (
+            [int((s <= -3).sum())] + [int((s == k).sum()) for k in (-2, -1, 0, 1, 2)] + [int((s >= 3).sum())]
+        )
         return counts + [int((s.isna() & ~e["missing"]).sum()), int(e["missing"].sum())]
 
     rows = {c: row(errors[errors["condition"] == c]) for c in CONDITIONS if (errors["condition"] == c).any()}
@@ -137,9 +141,11 @@ def slice_histogram(errors: pd.DataFrame) -> pd.DataFrame:
 def summary_line(summary: pd.DataFrame) -> str:
     """The last line of `localize-eval` (over all points)."""
     a = summary.loc["all"]
-    return (f"localize: within5mm={a['within5mm']:.4f} within10mm={a['within10mm']:.4f} "
-            f"slice_exact={a['slice_exact']:.4f} slice_pm1={a['slice_pm1']:.4f} "
-            f"median_mm={a['median_mm']:.3f} missing={int(a['missing'])}")  # fmt: skip
+    return (
+        f"localize: within5mm={a['within5mm']:.4f} within10mm={a['within10mm']:.4f} "
+        f"slice_exact={a['slice_exact']:.4f} slice_pm1={a['slice_pm1']:.4f} "
+        f"median_mm={a['median_mm']:.3f} missing={int(a['missing'])}"
+    )
 
 
 def implausible_studies(coords: pd.DataFrame) -> list[int]:
@@ -154,9 +160,12 @@ def robustness_line(pred: pd.DataFrame, errors: pd.DataFrame, worst: int = 5) ->
     studies = pred["study_id"].nunique()
     bad = implausible_studies(pred)
     per_study = errors.groupby("study_id")["error_3d_mm"].median().sort_values(ascending=False)
-    return (f"robustness: implausible level sets in {len(bad)}/{studies} studies ({len(bad) / max(studies, 1):.1%})"
-            f"{' ' + str(bad[:10]) if bad else ''}; worst studies by median 3D error: "
-            + ", ".join(f"{s} {v:.1f} mm" for s, v in per_study.head(worst).items()))  # fmt: skip
+    return (
+        f"robustness: implausible level sets in {len(bad)}/{studies} studies "
+        f"({len(bad) / max(studies, 1):.1%})"
+        f"{' ' + str(bad[:10]) if bad else ''}; worst studies by median 3D error: "
+        + ", ".join(f"{s} {v:.1f} mm" for s, v in per_study.head(worst).items())
+    )
 
 
 def cli_localize_eval(args: argparse.Namespace) -> int:
@@ -164,7 +173,9 @@ def cli_localize_eval(args: argparse.Namespace) -> int:
     root = data_root(args.data_dir, must_exist=True)
     pred, truth = load_coordinates(args.pred), load_coordinates(args.truth)
     studies = sorted(set(pred["study_id"]) | set(truth["study_id"]))
-    index = pd.read_parquet(args.index) if args.index else load_or_build_index(root, args.split, studies=studies)
+    index = (
+        pd.read_parquet(args.index) if args.index else load_or_build_index(root, args.split, studies=studies)
+    )
     errors = localization_errors(pred, truth, index)
     if errors.empty:
         print(f"localize-eval: no truth point of {args.truth} has images in {root} ({args.split})")
@@ -177,4 +188,3 @@ def cli_localize_eval(args: argparse.Namespace) -> int:
     print(robustness_line(pred, errors))
     print(summary_line(table.loc["all"] if "fold" in errors else table))
     return 0
-

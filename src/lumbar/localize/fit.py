@@ -7,9 +7,9 @@ process (its data is a few hundred samples); distributed training is the classif
 A step does not wait for the device: the losses stay there until the end of the epoch (and, for the bar,
 every `LOG_EVERY` steps).
 
-After every epoch one line is printed (`lumbar.core.progress.epoch_line`: the model, epoch, mean loss, seconds and
-the time left of this model), whatever the bar: it is what the pipeline's step log and console show, also when
-several localizers train side by side in their own processes. With `config.tensorboard` the loss and the
+After every epoch one line is printed (`lumbar.core.progress.epoch_line`: the model, epoch, mean loss, seconds
+and the time left of this model), whatever the bar: it is what the pipeline's step log and console show, also
+when several localizers train side by side in their own processes. With `config.tensorboard` the loss and the
 learning rate per epoch also go to TensorBoard (`board`).
 """
 
@@ -35,9 +35,18 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LOG_EVERY = 50
 
 
-def fit(model: torch.nn.Module, n_samples: int, batch: BatchFn, loss_fn: LossFn, epochs: int,
-        config: LocalizerConfig, runtime: Runtime, desc: str = "train", progress: bool = True,
-        board: str | Path | None = None) -> list[float]:  # fmt: skip
+def fit(
+    model: torch.nn.Module,
+    n_samples: int,
+    batch: BatchFn,
+    loss_fn: LossFn,
+    epochs: int,
+    config: LocalizerConfig,
+    runtime: Runtime,
+    desc: str = "train",
+    progress: bool = True,
+    board: str | Path | None = None,
+) -> list[float]:
     """Train `model` (already on the runtime's device) in place; returns the mean loss of each epoch.
 
     Args:
@@ -57,7 +66,9 @@ def fit(model: torch.nn.Module, n_samples: int, batch: BatchFn, loss_fn: LossFn,
     gen = torch.Generator().manual_seed(config.seed)
     opt = make_adamw(model.parameters(), config.lr, config.weight_decay, runtime.device)
     steps = int(np.ceil(n_samples / config.batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=steps * epochs, pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=config.lr, total_steps=steps * epochs, pct_start=0.15
+    )
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_scaler)
     scalars = ScalarBoard(board) if config.tensorboard and board is not None else None
     history, clock = [], TimeLeft()
@@ -84,8 +95,12 @@ def fit(model: torch.nn.Module, n_samples: int, batch: BatchFn, loss_fn: LossFn,
         bar.close()
         history.append(float(np.mean(_floats(losses))))
         seconds = time.perf_counter() - tick
-        print(epoch_line(desc, epoch, epochs, {"train_loss": history[-1]}, seconds, clock.add(seconds, epochs - epoch)),
-              flush=True)
+        print(
+            epoch_line(
+                desc, epoch, epochs, {"train_loss": history[-1]}, seconds, clock.add(seconds, epochs - epoch)
+            ),
+            flush=True,
+        )
         if scalars is not None:
             scalars.add(epoch, {"train/loss": history[-1], "train/lr": opt.param_groups[0]["lr"]})
     if scalars is not None:

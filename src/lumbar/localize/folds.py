@@ -12,7 +12,8 @@ Writes into the run folder, beside the checkpoints under `localizer/fold<k>/`:
     localizer_oof.csv          predicted coordinates of every train study (train_label_coordinates format
                                plus `fold`)
     localizer_oof_errors.csv   one row per ground-truth point: mm and signed slice errors, fold
-    localizer_errors.json      the errors per condition as `lumbar.preprocess.jitter` reads them (training-time
+    localizer_errors.json      the errors per condition as `lumbar.preprocess.jitter` reads them
+    (training-time
                                jitter that matches the localizer)
 
 and records them in the manifest's localizer section (`lumbar.core.run_contract.LocalizerRecord`: `folds`,
@@ -63,13 +64,23 @@ def fold_member(fold: int) -> str:
     return f"fold{int(fold)}"
 
 
-#: LocalizerConfig fields that do not change the trained weights: a run's localizers are reused with other values.
+#: LocalizerConfig fields that do not change the trained weights: a run's localizers are reused with other
+#: values.
 RUN_ONLY = frozenset({"device", "amp", "workers", "threads", "canal_repair_mm", "tensorboard"})
 
 
-def train_localizer_folds(config: LocalizerConfig, data_dir: str | os.PathLike | None, coords: pd.DataFrame,
-                          run: str | os.PathLike, folds: pd.DataFrame, index: pd.DataFrame, jobs: int = 1,
-                          device: str = "auto", progress: bool = True, fresh: bool = False) -> dict:  # fmt: skip
+def train_localizer_folds(
+    config: LocalizerConfig,
+    data_dir: str | os.PathLike | None,
+    coords: pd.DataFrame,
+    run: str | os.PathLike,
+    folds: pd.DataFrame,
+    index: pd.DataFrame,
+    jobs: int = 1,
+    device: str = "auto",
+    progress: bool = True,
+    fresh: bool = False,
+) -> dict:
     """Train a localizer per fold, predict each fold's studies out of fold, evaluate and record them.
 
     Args:
@@ -81,12 +92,13 @@ def train_localizer_folds(config: LocalizerConfig, data_dir: str | os.PathLike |
         index: header index of the train split.
         jobs: models of the folds (`model_parts`) trained side by side, each in its own process with
             cores // jobs torch threads (unless `config.threads` pins them); 0 = one per GPU on CUDA (each
-            pinned to its GPU), one per model and at most one per core on the CPU (`lumbar.core.processes.plan_processes`).
+            pinned to its GPU), one per model and at most one per core on the CPU
+            (`lumbar.core.processes.plan_processes`).
         device: for the out-of-fold prediction.
         progress: tqdm bars.
         fresh: train every model again; by default a rerun reuses the run's localizers when their settings,
-            folds and coordinates are these (`RUN_ONLY` aside), resumes the models a killed run had not finished,
-            and stops at once (`StaleRunError`) when anything that changes the weights differs.
+            folds and coordinates are these (`RUN_ONLY` aside), resumes the models a killed run had not
+            finished, and stops at once (`StaleRunError`) when anything that changes the weights differs.
 
     Returns:
         The manifest's localizer section (`LocalizerRecord.to_dict`).
@@ -96,21 +108,32 @@ def train_localizer_folds(config: LocalizerConfig, data_dir: str | os.PathLike |
     fold_of = folds.set_index("study_id")["fold"]
     coords = coords[coords["study_id"].isin(fold_of.index)]
     if coords.empty:
-        raise ValueError("no ground-truth coordinates of a study with a fold: is folds.csv made for this data?")
+        raise ValueError(
+            "no ground-truth coordinates of a study with a fold: is folds.csv made for this data?"
+        )
     fold_ids = sorted(int(f) for f in fold_of[coords["study_id"].unique()].unique())
     if len(fold_ids) < 2:
         raise ValueError(f"a localizer per fold needs at least 2 folds with labelled studies, got {fold_ids}")
     digest = coordinates_digest(coords)
     previous = RunManifest.read(run).localizer
     if not fresh and check_reusable(previous, config, fold_ids, digest, run):
-        print(f"localizer: reusing the {len(fold_ids)} fold localizers of {run} (same settings, folds and "
-              "coordinates; FRESH=True trains them again)", flush=True)
+        print(
+            f"localizer: reusing the {len(fold_ids)} fold localizers of {run} (same settings, folds and "
+            "coordinates; FRESH=True trains them again)",
+            flush=True,
+        )
         return previous.to_dict()
     if fresh:
         for record in (run / MODEL_DIR).glob(f"fold*/*{PART_RECORD}"):
             record.unlink()
-    training = LocalizerRecord(kind=LocalizerRecord.FOLDS, config=config.to_dict(), folds={},
-                               fold_ids=fold_ids, coordinates_sha1=digest, status=LocalizerRecord.TRAINING)
+    training = LocalizerRecord(
+        kind=LocalizerRecord.FOLDS,
+        config=config.to_dict(),
+        folds={},
+        fold_ids=fold_ids,
+        coordinates_sha1=digest,
+        status=LocalizerRecord.TRAINING,
+    )
     save_record(run, training)
     prepare_all(config, root, coords, run, index, progress)  # decoded once, read by every fold
     parts = model_parts(config)
@@ -119,28 +142,55 @@ def train_localizer_folds(config: LocalizerConfig, data_dir: str | os.PathLike |
     if plan.jobs > 1:  # a pinned worker's `cuda` is its own GPU
         device = "cuda" if plan.gpus else config.device
         parts = [dataclasses.replace(part, threads=plan.threads, device=device) for part in parts]
-    tasks = [(part, str(root), coords[coords["study_id"].map(fold_of) != k], str(run),
-              index[~index["study_id"].map(fold_of).eq(k)], False, fold_member(k)) for k in fold_ids
-             for part in parts]  # fmt: skip
+    tasks = [
+        (
+            part,
+            str(root),
+            coords[coords["study_id"].map(fold_of) != k],
+            str(run),
+            index[~index["study_id"].map(fold_of).eq(k)],
+            False,
+            fold_member(k),
+        )
+        for k in fold_ids
+        for part in parts
+    ]
     if plan.jobs > 1:
         with process_pool(plan) as pool:
             entries = list(pool.map(_train_one, tasks))
     else:
         entries = [_train_one(t) for t in tasks]
     n = len(parts)
-    members = {fold_member(k): _merged(entries[i * n:(i + 1) * n], config).copy(fold=k)
-               for i, k in enumerate(fold_ids)}
-    save_record(run, LocalizerRecord(kind=LocalizerRecord.FOLDS, config=config.to_dict(), folds=members,
-                                     fold_ids=fold_ids, coordinates_sha1=digest))
+    members = {
+        fold_member(k): _merged(entries[i * n : (i + 1) * n], config).copy(fold=k)
+        for i, k in enumerate(fold_ids)
+    }
+    save_record(
+        run,
+        LocalizerRecord(
+            kind=LocalizerRecord.FOLDS,
+            config=config.to_dict(),
+            folds=members,
+            fold_ids=fold_ids,
+            coordinates_sha1=digest,
+        ),
+    )
     entry = _predict_out_of_fold(run, root, coords, folds, index, device)
     entry.seconds = round(time.perf_counter() - t0, 1)
     save_record(run, entry)
     return entry.to_dict()
 
 
-def predict_out_of_fold(run: str | os.PathLike, data_dir: str | os.PathLike | None, coords: pd.DataFrame,
-                        folds: pd.DataFrame, index: pd.DataFrame, device: str = "auto") -> dict:  # fmt: skip
-    """Each fold's studies predicted by that fold's localizer, evaluated against `coords`, written and recorded.
+def predict_out_of_fold(
+    run: str | os.PathLike,
+    data_dir: str | os.PathLike | None,
+    coords: pd.DataFrame,
+    folds: pd.DataFrame,
+    index: pd.DataFrame,
+    device: str = "auto",
+) -> dict:
+    """Each fold's studies predicted by that fold's localizer, evaluated against `coords`, written and
+    recorded.
 
     Called by `train_localizer_folds`; on its own it re-predicts a trained run's out-of-fold points (e.g. to
     add confidences to a run trained before they were recorded: same points, the crops are reused).
@@ -151,8 +201,14 @@ def predict_out_of_fold(run: str | os.PathLike, data_dir: str | os.PathLike | No
     return _predict_out_of_fold(run, data_dir, coords, folds, index, device).to_dict()
 
 
-def _predict_out_of_fold(run: str | os.PathLike, data_dir: str | os.PathLike | None, coords: pd.DataFrame,
-                         folds: pd.DataFrame, index: pd.DataFrame, device: str) -> LocalizerRecord:
+def _predict_out_of_fold(
+    run: str | os.PathLike,
+    data_dir: str | os.PathLike | None,
+    coords: pd.DataFrame,
+    folds: pd.DataFrame,
+    index: pd.DataFrame,
+    device: str,
+) -> LocalizerRecord:
     run, root = Path(run), data_root(data_dir, must_exist=True)
     entry = RunManifest.read(run).need.localizer
     fold_of = folds.set_index("study_id")["fold"]
@@ -161,11 +217,15 @@ def _predict_out_of_fold(run: str | os.PathLike, data_dir: str | os.PathLike | N
     for name, member in entry.need.folds.items():
         k, t0 = int(member.need.fold), time.perf_counter()
         studies = sorted(int(s) for s in coords["study_id"].unique() if fold_of[s] == k)
-        predicted, _ = localize(root, "train", run, studies=studies, index=index, device=device, progress=False,
-                                members=[name])  # fmt: skip
+        predicted, _ = localize(
+            root, "train", run, studies=studies, index=index, device=device, progress=False, members=[name]
+        )
         parts.append(predicted.assign(fold=k))
-        print(f"localizer: {name} predicted its {len(studies)} held-out studies in {time.perf_counter() - t0:.0f} s",
-              flush=True)  # a line a watched log shows between the epochs and the crops
+        print(
+            f"localizer: {name} predicted its {len(studies)} held-out studies in "
+            f"{time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )  # a line a watched log shows between the epochs and the crops
     oof = pd.concat(parts, ignore_index=True)
     write_coordinates(oof, run / OOF_CSV)
     errors = localization_errors(oof, coords, index)
@@ -175,21 +235,30 @@ def _predict_out_of_fold(run: str | os.PathLike, data_dir: str | os.PathLike | N
     write_localizer_errors(measured.rename(columns={"slice_shift": "slice_error"}), run / ERRORS_JSON)
     table = summarize_folds(errors)
     per_fold = {f: summary_line(table.loc[f]) for f in table.index.get_level_values(0).unique()}
-    entry = entry.copy(oof=OOF_CSV, errors=ERRORS_JSON, errors_table=ERRORS_CSV, oof_points=len(oof),
-                       summary=summary_line(table.loc["all"]), per_fold=per_fold,
-                       slice_histogram=slice_histogram(errors).to_dict("index"),
-                       implausible_studies=implausible_studies(oof))
+    entry = entry.copy(
+        oof=OOF_CSV,
+        errors=ERRORS_JSON,
+        errors_table=ERRORS_CSV,
+        oof_points=len(oof),
+        summary=summary_line(table.loc["all"]),
+        per_fold=per_fold,
+        slice_histogram=slice_histogram(errors).to_dict("index"),
+        implausible_studies=implausible_studies(oof),
+    )
     save_record(run, entry)
     return entry
 
 
 def model_parts(config: LocalizerConfig) -> list[LocalizerConfig]:
-    """A localizer's models, one config each (a heatmap model or a slice scorer), so that the process pool gets
+    """A localizer's models, one config each (a heatmap model or a slice scorer), so that the process pool
+    gets
     folds x models tasks instead of one per fold: on 2 cores, 3 folds trained whole ran as two at once and
     then one alone, a core idle for a third of the time; 9 model tasks keep both busy. Each model seeds
     itself before it is built, so the parts train exactly the weights the whole localizer would."""
     parts = [dataclasses.replace(config, tasks=name, refine_tasks="") for name in config.task_names]
-    return parts + [dataclasses.replace(config, tasks="", refine_tasks=name) for name in config.refine_task_names]
+    return parts + [
+        dataclasses.replace(config, tasks="", refine_tasks=name) for name in config.refine_task_names
+    ]
 
 
 def merge_parts(entries: list[dict], config: LocalizerConfig) -> dict:
@@ -209,13 +278,14 @@ def _merged(entries: list[dict], config: LocalizerConfig) -> LocalizerRecord:
     return merged
 
 
-#: Each trained model of a fold writes its manifest entry beside its checkpoint (`<model>.part.json`), so a killed
-#: run resumes with the models it had not finished.
+#: Each trained model of a fold writes its manifest entry beside its checkpoint (`<model>.part.json`), so a
+#: killed run resumes with the models it had not finished.
 PART_RECORD = ".part.json"
 
 
 def _train_one(task: tuple) -> dict:
-    """One model of one fold's localizer (a process-pool task), or its record when a killed run finished it."""
+    """One model of one fold's localizer (a process-pool task), or its record when a killed run finished
+    it."""
     config, root, coords, run, index, progress, member = task
     name = config.tasks or f"{config.refine_tasks}_slices"
     record = Path(run) / MODEL_DIR / member / f"{name}{PART_RECORD}"
@@ -227,8 +297,9 @@ def _train_one(task: tuple) -> dict:
     return entry
 
 
-def check_reusable(previous: LocalizerRecord | None, config: LocalizerConfig, fold_ids: list[int],
-                   digest: str, run: Path) -> bool:
+def check_reusable(
+    previous: LocalizerRecord | None, config: LocalizerConfig, fold_ids: list[int], digest: str, run: Path
+) -> bool:
     """True when `previous` (the run's localizer section) is a finished set of fold localizers with these
     settings, folds and coordinates; False when there is nothing to reuse, or a killed run to resume.
 
@@ -249,15 +320,17 @@ def check_reusable(previous: LocalizerRecord | None, config: LocalizerConfig, fo
         raise StaleRunError(
             f"{run / MODEL_DIR} holds localizers trained with other settings or data ({'; '.join(changes)}): "
             "reusing them would keep points these settings never made; train again with FRESH=True in "
-            f"02_train_localizer (pipeline: --fresh), or delete {run / MODEL_DIR}")
+            f"02_train_localizer (pipeline: --fresh), or delete {run / MODEL_DIR}"
+        )
     members = (previous.folds or {}).values()
     checkpoints = [run / m.need.checkpoint for f in members for m in f.need.models.values()]
     oof = previous.oof
     return bool(checkpoints) and all(c.is_file() for c in checkpoints) and bool(oof) and (run / oof).is_file()
 
 
-def build_oof_crops(run: str | os.PathLike, data_dir: str | os.PathLike | None, workers: int = 1,
-                    progress: bool = True) -> CacheReport:  # fmt: skip
+def build_oof_crops(
+    run: str | os.PathLike, data_dir: str | os.PathLike | None, workers: int = 1, progress: bool = True
+) -> CacheReport:
     """The classifiers' crop cache around the out-of-fold points, with the ground-truth cache's parameters.
 
     Written under `RUN/OOF_CACHE_ROOT/` and recorded in the manifest (`OofCropsRecord`), where
@@ -267,8 +340,10 @@ def build_oof_crops(run: str | os.PathLike, data_dir: str | os.PathLike | None, 
     manifest = RunManifest.read(run)
     preprocess, localizer = manifest.preprocess, manifest.localizer
     if not (preprocess and preprocess.cache and localizer and localizer.oof):
-        raise FileNotFoundError(f"{run}: out-of-fold crops need the ground-truth cache (01_preprocess) and "
-                                "out-of-fold coordinates (a localizer per fold, 02_train_localizer)")
+        raise FileNotFoundError(
+            f"{run}: out-of-fold crops need the ground-truth cache (01_preprocess) and "
+            "out-of-fold coordinates (a localizer per fold, 02_train_localizer)"
+        )
     params, _ = load_cache(run / preprocess.cache)
     oof = load_coordinates(run / localizer.oof)
     stale = run / OOF_CACHE_ROOT / params["cache_name"]
@@ -276,8 +351,23 @@ def build_oof_crops(run: str | os.PathLike, data_dir: str | os.PathLike | None, 
     if built is not None and built.get("coordinates_sha1") != coordinates_digest(oof):
         print(f"localizer: {stale} was cut around an earlier localizer's points: built again", flush=True)
         shutil.rmtree(stale)
-    report = build_cache(oof, data_dir, "train", run / OOF_CACHE_ROOT, RoiConfig.from_overrides(params["config"]),
-                         workers=workers, progress=progress, coords_source=OOF_CSV)  # fmt: skip
-    save_record(run, OofCropsRecord(cache=report.cache_dir.relative_to(run).as_posix(), coords=OOF_CSV,
-                                    samples=len(report.samples), failed=len(report.failures)))
+    report = build_cache(
+        oof,
+        data_dir,
+        "train",
+        run / OOF_CACHE_ROOT,
+        RoiConfig.from_overrides(params["config"]),
+        workers=workers,
+        progress=progress,
+        coords_source=OOF_CSV,
+    )
+    save_record(
+        run,
+        OofCropsRecord(
+            cache=report.cache_dir.relative_to(run).as_posix(),
+            coords=OOF_CSV,
+            samples=len(report.samples),
+            failed=len(report.failures),
+        ),
+    )
     return report

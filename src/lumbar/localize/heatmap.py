@@ -31,7 +31,9 @@ from lumbar.core.encoders import NONE, create_timm_model, gray_stats
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class HeatmapNet(nn.Module):
@@ -51,9 +53,17 @@ class HeatmapNet(nn.Module):
     training and inference see the same values (`normalize=False`: as runs saved before this did).
     """
 
-    def __init__(self, backbone: str, in_chans: int, num_points: int, depth_bins: int = 1,
-                 decoder_channels: int = 64, out_stride: int = 2, pretrained: str = NONE,
-                 normalize: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        backbone: str,
+        in_chans: int,
+        num_points: int,
+        depth_bins: int = 1,
+        decoder_channels: int = 64,
+        out_stride: int = 2,
+        pretrained: str = NONE,
+        normalize: bool = True,
+    ):
         super().__init__()
         self.encoder = create_timm_model(backbone, pretrained, features_only=True, in_chans=in_chans)
         stats = self.encoder.pretrained_cfg
@@ -73,7 +83,9 @@ class HeatmapNet(nn.Module):
         y = self.smooth[-1](self.lateral[-1](feats[-1]))
         for i in range(len(feats) - 2, -1, -1):
             lat = self.lateral[i](feats[i])
-            y = self.smooth[i](lat + F.interpolate(y, size=lat.shape[-2:], mode="bilinear", align_corners=False))
+            y = self.smooth[i](
+                lat + F.interpolate(y, size=lat.shape[-2:], mode="bilinear", align_corners=False)
+            )
         h = x.shape[-2] // self.out_stride
         w = x.shape[-1] // self.out_stride
         if y.shape[-2:] != (h, w):
@@ -82,8 +94,9 @@ class HeatmapNet(nn.Module):
         return out.view(x.shape[0], self.num_points, self.depth_bins, h, w)
 
 
-def gaussian_targets(points: torch.Tensor, shape: tuple[int, int, int], sigma_px: float,
-                     sigma_slices: float) -> torch.Tensor:  # fmt: skip
+def gaussian_targets(
+    points: torch.Tensor, shape: tuple[int, int, int], sigma_px: float, sigma_slices: float
+) -> torch.Tensor:
     """Normalised separable Gaussians (B, K, D, h, w) at normalised points (B, K, 3) = (u, v, z).
 
     Heatmap pixel j is centred at u = (j + 0.5) / w; slice bin d at z = d / (D - 1).
@@ -104,7 +117,9 @@ def _gauss(grid: torch.Tensor, centre: torch.Tensor, sigma: float) -> torch.Tens
     return torch.exp(-0.5 * ((grid.float() - centre[..., None]) / sigma) ** 2)
 
 
-def heatmap_loss(logits: torch.Tensor, points: torch.Tensor, sigma_px: float, sigma_slices: float) -> torch.Tensor:
+def heatmap_loss(
+    logits: torch.Tensor, points: torch.Tensor, sigma_px: float, sigma_slices: float
+) -> torch.Tensor:
     """Cross-entropy between each point's softmax and its Gaussian target, mean over labelled points.
 
     Args:
@@ -133,7 +148,9 @@ def _subpixel_peak(prob: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
     i = peak.clamp(1, n - 2)[..., None]
     left, mid, right = (torch.gather(lp, -1, i + o)[..., 0] for o in (-1, 0, 1))
     curvature = left - 2 * mid + right
-    offset = torch.where(curvature < 0, 0.5 * (left - right) / curvature.clamp(max=-1e-12), torch.zeros_like(mid))
+    offset = torch.where(
+        curvature < 0, 0.5 * (left - right) / curvature.clamp(max=-1e-12), torch.zeros_like(mid)
+    )
     edge = (peak == 0) | (peak == n - 1)
     return torch.where(edge, peak.to(prob.dtype), peak.to(prob.dtype) + offset.clamp(-0.5, 0.5))
 
@@ -234,7 +251,8 @@ def _candidate_peaks(total: torch.Tensor, r: int, max_peaks: int) -> tuple[list[
 
 
 def _monotone_assignment(score: np.ndarray) -> list[int]:
-    """Candidate index per level, strictly increasing, maximising the summed score (n levels x M candidates)."""
+    """Candidate index per level, strictly increasing, maximising the summed score (n levels x M
+    candidates)."""
     n, m = score.shape
     best = np.full((n, m), -np.inf)
     back = np.zeros((n, m), dtype=int)
@@ -255,7 +273,9 @@ def _monotone_assignment(score: np.ndarray) -> list[int]:
     return assigned[::-1]
 
 
-def point_confidence(logits: torch.Tensor, points: torch.Tensor, radius_px: int, radius_slices: int) -> torch.Tensor:
+def point_confidence(
+    logits: torch.Tensor, points: torch.Tensor, radius_px: int, radius_slices: int
+) -> torch.Tensor:
     """Each point's own probability mass near where it was placed: (B, K) in [0, 1].
 
     The mass of point k's joint (slice, row, column) distribution within +-radius_px heatmap pixels and
@@ -276,5 +296,9 @@ def point_confidence(logits: torch.Tensor, points: torch.Tensor, radius_px: int,
         grid = torch.arange(n, device=logits.device, dtype=torch.float32)
         return ((grid - torch.round(c.float())[..., None]).abs() <= r).float()
 
-    mx, my, mz = window(w, centre[0], radius_px), window(h, centre[1], radius_px), window(d, centre[2], radius_slices)
+    mx, my, mz = (
+        window(w, centre[0], radius_px),
+        window(h, centre[1], radius_px),
+        window(d, centre[2], radius_slices),
+    )
     return torch.einsum("bkdhw,bkd,bkh,bkw->bk", prob, mz, my, mx).clamp(0.0, 1.0)

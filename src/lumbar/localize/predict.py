@@ -70,13 +70,16 @@ class LocalizeReport:
     def summary(self) -> str:
         studies, rows = len(self.rows_per_study), sum(self.rows_per_study.values())
         head = (
-            f"localize: {studies} studies, {rows} rows ({rows / max(studies, 1):.1f} per study, 25 expected), "
+            f"localize: {studies} studies, {rows} rows ({rows / max(studies, 1):.1f} per study, 25 "
+            "expected), "
             f"{len(self.incomplete)} studies incomplete, {self.seconds:.1f} s"
         )
         lines = [head] + [f"  study {s}: {what}" for s, what in self.notes]
         if self.far_axial:
-            lines.append(f"  {len(self.far_axial)} levels mapped to an axial slice more than 10 mm away, e.g. "
-                         + ", ".join(f"{s} {lv} {d:.1f} mm" for s, lv, d in self.far_axial[:5]))  # fmt: skip
+            lines.append(
+                f"  {len(self.far_axial)} levels mapped to an axial slice more than 10 mm away, e.g. "
+                + ", ".join(f"{s} {lv} {d:.1f} mm" for s, lv, d in self.far_axial[:5])
+            )
         return "\n".join(lines)
 
 
@@ -125,8 +128,10 @@ class Localizer:
         names = list(available) if members is None else list(members)
         unknown = [n for n in names if n not in available]
         if unknown or not names:
-            raise ValueError(f"{manifest_path(self.run)}: localizer(s) {unknown or names} asked for; the run has "
-                             f"{sorted(available)}")
+            raise ValueError(
+                f"{manifest_path(self.run)}: localizer(s) {unknown or names} asked for; the run has "
+                f"{sorted(available)}"
+            )
         chosen = [available[n] for n in names]
         self.config = LocalizerConfig.from_dict(chosen[0].need.config)
         self.device = resolve_device(device)
@@ -144,9 +149,12 @@ class Localizer:
         self.models = {k: ProbabilityMean(v, start_dim=2).to(self.device).eval() for k, v in heatmaps.items()}
         self.scorers = {k: ProbabilityMean(v, start_dim=1).to(self.device).eval() for k, v in scorers.items()}
         offsets = [e.foramina_offset_mm for e in chosen if e.foramina_offset_mm is not None]
-        # where each level's axial slice is looked for (`lumbar.localize.axial.level_anchors`); older runs: the canal
+        # where each level's axial slice is looked for (`lumbar.localize.axial.level_anchors`); older runs:
+        # the canal
         self.foramina_offset_mm = np.mean(offsets, axis=0).tolist() if offsets else None
-        self.forward_seconds = 0.0  # inside the heatmap models (the rest of localisation is reading and resampling)
+        self.forward_seconds = (
+            0.0  # inside the heatmap models (the rest of localisation is reading and resampling)
+        )
 
     @property
     def radii(self) -> tuple[int, int]:
@@ -154,8 +162,9 @@ class Localizer:
         return max(1, math.ceil(2 * self.config.sigma_px)), max(1, math.ceil(2 * self.config.sigma_slices))
 
     @torch.no_grad()
-    def predict(self, task: str, inputs: np.ndarray,
-                heatmaps: list[torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    def predict(
+        self, task: str, inputs: np.ndarray, heatmaps: list[torch.Tensor] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Normalised points (B, K, 3) = (u, v, z) for model inputs (B, C, S, S), and each point's confidence
         (B, K): its heatmap's probability mass within about two target spreads of it (`point_confidence`).
 
@@ -181,7 +190,8 @@ class Localizer:
     @torch.no_grad()
     def canal_evidence(self, logits: torch.Tensor, stack: Stack, rows: pd.DataFrame) -> np.ndarray:
         """For each row (a point on `stack`), the largest heatmap mass any level's canal map has near it
-        (`point_confidence` of every channel at that point): is there a disc-level canal point there at all?"""
+        (`point_confidence` of every channel at that point): is there a disc-level canal point there at
+        all?"""
         instances = [int(h.instance_number) for h in stack.headers]
         out = np.zeros(len(rows))
         k = logits.shape[1]
@@ -190,13 +200,22 @@ class Localizer:
                 continue
             s = instances.index(int(r.instance_number))
             h = stack.headers[s]
-            point = torch.tensor([(r.x + 0.5) / h.columns, (r.y + 0.5) / h.rows, s / max(len(instances) - 1, 1)],
-                                 dtype=torch.float32, device=logits.device)  # fmt: skip
+            point = torch.tensor(
+                [(r.x + 0.5) / h.columns, (r.y + 0.5) / h.rows, s / max(len(instances) - 1, 1)],
+                dtype=torch.float32,
+                device=logits.device,
+            )
             out[i] = float(point_confidence(logits, point.expand(1, k, 3), *self.radii).max())
         return out
 
-    def sagittal_points(self, task: Task, study_id: int, series_id: int, stack: Stack,
-                        heatmaps: list[torch.Tensor] | None = None) -> pd.DataFrame:  # fmt: skip
+    def sagittal_points(
+        self,
+        task: Task,
+        study_id: int,
+        series_id: int,
+        stack: Stack,
+        heatmaps: list[torch.Tensor] | None = None,
+    ) -> pd.DataFrame:
         """Coordinate rows of one sagittal task on a stack, each column of 5 levels ordered head to foot.
 
         The slice of each point comes from the heatmap, refined by the task's slice scorer when the run
@@ -204,8 +223,9 @@ class Localizer:
         """
         volume = stack.load()
         pixels = normalize_intensity(volume.pixels)
-        pts, conf = self.predict(task.name, sagittal_input(pixels, self.config.size, self.config.slices)[None],
-                                 heatmaps)  # fmt: skip
+        pts, conf = self.predict(
+            task.name, sagittal_input(pixels, self.config.size, self.config.slices)[None], heatmaps
+        )
         pts, conf = pts[0], conf[0]
         for start in range(0, len(task.points), len(LEVELS)):
             order = start + np.argsort(pts[start : start + len(LEVELS), 1], kind="stable")
@@ -216,13 +236,31 @@ class Localizer:
             h, w = pixels.shape[1:]
             xy = np.stack([pts[:, 0] * w - 0.5, pts[:, 1] * h - 0.5], 1)
             spacing = tuple(float(v) for v in np.median(volume.spacings, axis=0))
-            slices = refine_slices(self.scorers[task.name], pixels, spacing, xy, slices, self.config.refine_window,
-                                   crop_geometry(self.config), self.device)  # fmt: skip
+            slices = refine_slices(
+                self.scorers[task.name],
+                pixels,
+                spacing,
+                xy,
+                slices,
+                self.config.refine_window,
+                crop_geometry(self.config),
+                self.device,
+            )
         rows = []
         for (condition, level), (u, v, _), k, c in zip(task.points, pts, slices, conf):
             h = stack.headers[k]
-            rows.append((study_id, series_id, h.instance_number, condition, level,
-                         u * h.columns - 0.5, v * h.rows - 0.5, float(c)))  # fmt: skip
+            rows.append(
+                (
+                    study_id,
+                    series_id,
+                    h.instance_number,
+                    condition,
+                    level,
+                    u * h.columns - 0.5,
+                    v * h.rows - 0.5,
+                    float(c),
+                )
+            )
         return pd.DataFrame(rows, columns=PREDICTED_COLUMNS)
 
     def axial_points(self, study_id: int, mapped: pd.DataFrame, series: dict[int, Series]) -> pd.DataFrame:
@@ -243,12 +281,28 @@ class Localizer:
         rows = []
         for (level, series_id, h), p, pc in zip(places, pts, conf):
             for (condition, _), (u, v, _), c in zip(task.points, p, pc):
-                rows.append((study_id, series_id, h.instance_number, condition, level,
-                             u * h.columns - 0.5, v * h.rows - 0.5, float(c)))  # fmt: skip
+                rows.append(
+                    (
+                        study_id,
+                        series_id,
+                        h.instance_number,
+                        condition,
+                        level,
+                        u * h.columns - 0.5,
+                        v * h.rows - 0.5,
+                        float(c),
+                    )
+                )
         return pd.DataFrame(rows, columns=PREDICTED_COLUMNS)
 
-    def localize_study(self, root: Path, split: str, study_id: int, index: pd.DataFrame,
-                       axial_max_distance_mm: float = math.inf) -> tuple[pd.DataFrame, list[str], list]:  # fmt: skip
+    def localize_study(
+        self,
+        root: Path,
+        split: str,
+        study_id: int,
+        index: pd.DataFrame,
+        axial_max_distance_mm: float = math.inf,
+    ) -> tuple[pd.DataFrame, list[str], list]:
         """Predicted coordinate rows of one study, notes on what is missing or guessed, far axial mappings.
 
         Args:
@@ -271,18 +325,29 @@ class Localizer:
                 continue
             series_id, stack_index = choice
             try:
-                stack = read_series(series_dir(root, split, study_id, series_id), skip_unreadable=True).stack(stack_index)
+                stack = read_series(series_dir(root, split, study_id, series_id), skip_unreadable=True).stack(
+                    stack_index
+                )
                 heatmaps: list[torch.Tensor] = []  # the canal maps, kept for the repair's evidence
-                rows = self.sagittal_points(task, study_id, series_id, stack, heatmaps if name == "sag_t2" else None)
+                rows = self.sagittal_points(
+                    task, study_id, series_id, stack, heatmaps if name == "sag_t2" else None
+                )
             except DicomReadError as e:
                 notes.append(f"{description} series {series_id} unreadable ({e}) -> no {what} points")
                 continue
             parts.append(rows)
             if name == "sag_t2":
                 spinal, canal_maps = rows, (heatmaps[0], stack)
-        if spinal is not None and len(parts) == 2:  # a canal point the foramina contradict moves to their level
-            both, repaired = repair_canal(pd.concat(parts, ignore_index=True), index, self.foramina_offset_mm,
-                                          self.config.canal_repair_mm, lambda moved: self.canal_evidence(*canal_maps, moved))  # fmt: skip
+        if (
+            spinal is not None and len(parts) == 2
+        ):  # a canal point the foramina contradict moves to their level
+            both, repaired = repair_canal(
+                pd.concat(parts, ignore_index=True),
+                index,
+                self.foramina_offset_mm,
+                self.config.canal_repair_mm,
+                lambda moved: self.canal_evidence(*canal_maps, moved),
+            )
             is_canal = both["condition"] == SPINAL
             spinal = both[is_canal].reset_index(drop=True)
             parts = [spinal, both[~is_canal].reset_index(drop=True)]
@@ -293,15 +358,20 @@ class Localizer:
         elif spinal is None:
             notes.append("no spinal points to map onto the axial series -> no subarticular points")
         else:
-            found, axial_notes = axial_slices(pd.concat(parts, ignore_index=True), index, axial_max_distance_mm,
-                                              self.foramina_offset_mm)  # fmt: skip
+            found, axial_notes = axial_slices(
+                pd.concat(parts, ignore_index=True), index, axial_max_distance_mm, self.foramina_offset_mm
+            )
             notes += axial_notes
-            far = [(study_id, r.level, float(r.distance_mm)) for r in found.itertuples() if r.distance_mm > 10.0]
+            far = [
+                (study_id, r.level, float(r.distance_mm)) for r in found.itertuples() if r.distance_mm > 10.0
+            ]
             axial_distance = dict(zip(found["level"], found["distance_mm"].astype(float)))
             series = {}
             try:
                 for sid in found["axial_series_id"].unique():
-                    series[int(sid)] = read_series(series_dir(root, split, study_id, int(sid)), skip_unreadable=True)
+                    series[int(sid)] = read_series(
+                        series_dir(root, split, study_id, int(sid)), skip_unreadable=True
+                    )
                 parts.append(self.axial_points(study_id, found, series))
             except DicomReadError as e:
                 notes.append(f"axial series unreadable ({e}) -> no subarticular points")
@@ -312,8 +382,12 @@ class Localizer:
         return table, notes, far
 
 
-def axial_slices(sagittal: pd.DataFrame, index: pd.DataFrame, max_distance_mm: float = math.inf,
-                 foramina_offset_mm: list[float] | None = None) -> tuple[pd.DataFrame, list[str]]:  # fmt: skip
+def axial_slices(
+    sagittal: pd.DataFrame,
+    index: pd.DataFrame,
+    max_distance_mm: float = math.inf,
+    foramina_offset_mm: list[float] | None = None,
+) -> tuple[pd.DataFrame, list[str]]:
     """The axial slice of each level from predicted sagittal points (`map_axial`: the canal point, or with
     `foramina_offset_mm` the median of the canal and the offset foramina), and notes on lost levels.
 
@@ -327,23 +401,30 @@ def axial_slices(sagittal: pd.DataFrame, index: pd.DataFrame, max_distance_mm: f
     axial = index[index["series_description"] == AXIAL_T2].reset_index(drop=True)
     if axial.empty:
         return pd.DataFrame(columns=AXIAL_MAP_COLUMNS), ["no Axial T2 series -> no subarticular points"]
-    mapped = map_axial(sagittal, index, max_distance_mm=max_distance_mm, foramina_offset_mm=foramina_offset_mm)
+    mapped = map_axial(
+        sagittal, index, max_distance_mm=max_distance_mm, foramina_offset_mm=foramina_offset_mm
+    )
     notes = []
     uncovered = mapped["distance_mm"].isna()
     if uncovered.any() and math.isinf(max_distance_mm):
         levels = mapped.loc[uncovered, "level"]
         pts = level_anchors(sagittal, index, foramina_offset_mm).set_index("level").loc[levels].reset_index()
         g = series_geometry(axial)
-        best, x, y, dist = patient_to_pixel(g["positions"], g["orientations"], g["spacings"],
-                                            pts[["px", "py", "pz"]].to_numpy())  # fmt: skip
+        best, x, y, dist = patient_to_pixel(
+            g["positions"], g["orientations"], g["spacings"], pts[["px", "py", "pz"]].to_numpy()
+        )
         mapped.loc[uncovered, "axial_series_id"] = axial["series_id"].to_numpy()[best]
         mapped.loc[uncovered, "instance_number"] = axial["instance_number"].to_numpy()[best]
         mapped.loc[uncovered, ["distance_mm", "x", "y"]] = np.stack([dist, x, y], 1)
-        notes.append(f"predicted spinal point outside every axial slice at {', '.join(levels)} -> nearest plane used")
+        notes.append(
+            f"predicted spinal point outside every axial slice at {', '.join(levels)} -> nearest plane used"
+        )
     lost = mapped["instance_number"].isna()
     if lost.any():
-        notes.append(f"no axial slice within {max_distance_mm} mm at {', '.join(mapped.loc[lost, 'level'])} "
-                     "-> no subarticular points there")  # fmt: skip
+        notes.append(
+            f"no axial slice within {max_distance_mm} mm at {', '.join(mapped.loc[lost, 'level'])} "
+            "-> no subarticular points there"
+        )
     return mapped[~lost].reset_index(drop=True), notes
 
 
@@ -363,12 +444,24 @@ def sort_coordinates(coords: pd.DataFrame) -> pd.DataFrame:
         _c=coords["condition"].map({c: i for i, c in enumerate(CONDITIONS)}),
         _l=coords["level"].map({lv: i for i, lv in enumerate(LEVELS)}),
     )
-    return order.sort_values(["study_id", "_c", "_l"], kind="stable").drop(columns=["_c", "_l"]).reset_index(drop=True)
+    return (
+        order.sort_values(["study_id", "_c", "_l"], kind="stable")
+        .drop(columns=["_c", "_l"])
+        .reset_index(drop=True)
+    )
 
 
-def localize(data_dir: str | os.PathLike | None, split: str, run: str | os.PathLike, studies: list[int] | None = None,
-             index: pd.DataFrame | None = None, device: str = "auto", axial_max_distance_mm: float = math.inf,
-             progress: bool = True, members: list[str] | None = None) -> tuple[pd.DataFrame, LocalizeReport]:  # fmt: skip
+def localize(
+    data_dir: str | os.PathLike | None,
+    split: str,
+    run: str | os.PathLike,
+    studies: list[int] | None = None,
+    index: pd.DataFrame | None = None,
+    device: str = "auto",
+    axial_max_distance_mm: float = math.inf,
+    progress: bool = True,
+    members: list[str] | None = None,
+) -> tuple[pd.DataFrame, LocalizeReport]:
     """Predicted coordinates (the `train_label_coordinates.csv` format) for the studies of a split.
 
     Args:
@@ -392,17 +485,29 @@ def localize(data_dir: str | os.PathLike | None, split: str, run: str | os.PathL
         index = index[index["study_id"].isin(studies)]
     report = LocalizeReport()
     parts = []
-    for study_id, rows in tqdm(index.groupby("study_id", sort=True), desc="localize", unit="study",
-                               disable=not progress):  # fmt: skip
+    for study_id, rows in tqdm(
+        index.groupby("study_id", sort=True), desc="localize", unit="study", disable=not progress
+    ):
         table, notes, far = localizer.localize_study(root, split, int(study_id), rows, axial_max_distance_mm)
         parts.append(table)
         report.rows_per_study[int(study_id)] = len(table)
         report.notes += [(int(study_id), m) for m in notes]
         report.far_axial += far
     parts = [p for p in parts if len(p)]
-    coords = sort_coordinates(pd.concat(parts, ignore_index=True)) if parts else pd.DataFrame(columns=COORDINATE_COLUMNS)
-    coords = coords.astype({"study_id": "int64", "series_id": "int64", "instance_number": "int64",
-                            "x": "float64", "y": "float64"})  # fmt: skip
+    coords = (
+        sort_coordinates(pd.concat(parts, ignore_index=True))
+        if parts
+        else pd.DataFrame(columns=COORDINATE_COLUMNS)
+    )
+    coords = coords.astype(
+        {
+            "study_id": "int64",
+            "series_id": "int64",
+            "instance_number": "int64",
+            "x": "float64",
+            "y": "float64",
+        }
+    )
     report.seconds = time.perf_counter() - t0
     return coords, report
 
@@ -411,8 +516,14 @@ def cli_localize(args: argparse.Namespace) -> int:
     """`python -m lumbar localize`: writes the CSV and prints the report; exit code 0 even when studies are
     incomplete (they are listed), 1 when nothing could be predicted."""
     index = pd.read_parquet(args.index) if args.index else None
-    coords, report = localize(args.data_dir, args.split, args.run, index=index, device=args.device,
-                              axial_max_distance_mm=args.axial_max_distance_mm)  # fmt: skip
+    coords, report = localize(
+        args.data_dir,
+        args.split,
+        args.run,
+        index=index,
+        device=args.device,
+        axial_max_distance_mm=args.axial_max_distance_mm,
+    )
     write_coordinates(coords, args.out)
     print(report.summary())
     print(f"localize: wrote {args.out}")

@@ -11,7 +11,8 @@ heatmaps' support for a disc-level canal point there (none on a noise or mirrore
 nonsense). A canal point that agrees is kept as predicted, so a good Sagittal T2 loses nothing.
 
 Measured on fresh synthetic sets with the demo's localizer (docs/localizer.md): canal points more than 10 mm
-off 7.4 % -> 0 % (STIR 25 %) and 30.2 % -> 1.6 % (STIR 90 %), the median error 2.0 -> 1.6 mm and 6.0 -> 1.9 mm.
+off 7.4 % -> 0 % (STIR 25 %) and 30.2 % -> 1.6 % (STIR 90 %), the median error 2.0 -> 1.6 mm and 6.0 -> 1.9
+mm.
 """
 
 from __future__ import annotations
@@ -27,9 +28,13 @@ from lumbar.data.index import series_geometry
 from lumbar.localize.axial import FORAMINA, SPINAL, level_anchors
 
 
-def repair_canal(coords: pd.DataFrame, index: pd.DataFrame, foramina_offset_mm: Sequence[float] | None,
-                 max_mm: float = 5.0, evidence: Callable[[pd.DataFrame], np.ndarray] | None = None,
-                 ) -> tuple[pd.DataFrame, list[str]]:  # fmt: skip
+def repair_canal(
+    coords: pd.DataFrame,
+    index: pd.DataFrame,
+    foramina_offset_mm: Sequence[float] | None,
+    max_mm: float = 5.0,
+    evidence: Callable[[pd.DataFrame], np.ndarray] | None = None,
+) -> tuple[pd.DataFrame, list[str]]:
     """One study's predicted rows with the contradicted canal points moved to their anchors, and a note each.
 
     Args:
@@ -59,14 +64,18 @@ def repair_canal(coords: pd.DataFrame, index: pd.DataFrame, foramina_offset_mm: 
             continue
         series = index[index["series_id"] == out.at[r, "series_id"]].drop_duplicates("instance_number")
         stack = series.loc[series["instance_number"] == out.at[r, "instance_number"], "stack_index"]
-        series = series[series["stack_index"] == stack.iloc[0]] if len(stack) else series  # stay on the read stack
+        series = (
+            series[series["stack_index"] == stack.iloc[0]] if len(stack) else series
+        )  # stay on the read stack
         g = series_geometry(series)
         best, x, y, _ = patient_to_pixel(g["positions"], g["orientations"], g["spacings"], anchor)
         out.at[r, "instance_number"] = int(series["instance_number"].iloc[int(best)])
         out.at[r, "x"], out.at[r, "y"] = float(x), float(y)
         out.at[r, "confidence"] = float(foramina["confidence"].mean())
         moved.append(r)
-        notes.append(f"canal {level} {np.linalg.norm(here - anchor):.0f} mm from the foramina's level -> moved there")
+        notes.append(
+            f"canal {level} {np.linalg.norm(here - anchor):.0f} mm from the foramina's level -> moved there"
+        )
     if moved and evidence is not None:  # a noise or mirrored series has no canal where the foramina point
         out.loc[moved, "confidence"] = np.minimum(out.loc[moved, "confidence"], evidence(out.loc[moved]))
     return out, notes

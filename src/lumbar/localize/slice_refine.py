@@ -85,8 +85,9 @@ class CropGeometry:
         return self.width_mm + 2 * self.pad * step, self.size + 2 * self.pad
 
 
-def training_crops(pixels: np.ndarray, spacing: tuple[float, float], points: pd.DataFrame,
-                   geometry: CropGeometry) -> list[np.ndarray]:  # fmt: skip
+def training_crops(
+    pixels: np.ndarray, spacing: tuple[float, float], points: pd.DataFrame, geometry: CropGeometry
+) -> list[np.ndarray]:
     """Crops of every slice around each true point (rows with x, y in stack pixels), with jitter margin."""
     width, size = geometry.padded
     return [point_crops(pixels, r.x, r.y, spacing, width, size) for r in points.itertuples()]
@@ -98,8 +99,15 @@ def window_of(centre: int, window: int, n: int) -> tuple[np.ndarray, np.ndarray]
     return np.clip(idx, 0, n - 1), (idx >= 0) & (idx < n)
 
 
-def draw_batch(crops: list[np.ndarray], truth: np.ndarray, idx: np.ndarray, window: int, geometry: CropGeometry,
-               rng: np.random.Generator, augment: bool) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def draw_batch(
+    crops: list[np.ndarray],
+    truth: np.ndarray,
+    idx: np.ndarray,
+    window: int,
+    geometry: CropGeometry,
+    rng: np.random.Generator,
+    augment: bool,
+) -> tuple[np.ndarray, np.ndarray]:
     """Training batch: candidate crops (B, W, P, P) and targets (B, 1 + W) = true position, validity mask.
 
     The window is centred at truth + offset (offset uniform in +-window), the crop centre shifted by up to
@@ -122,8 +130,16 @@ def draw_batch(crops: list[np.ndarray], truth: np.ndarray, idx: np.ndarray, wind
 
 
 @torch.no_grad()
-def refine_slices(model: nn.Module, pixels: np.ndarray, spacing: tuple[float, float], xy: np.ndarray,
-                  slices: np.ndarray, window: int, geometry: CropGeometry, device: torch.device) -> np.ndarray:  # fmt: skip
+def refine_slices(
+    model: nn.Module,
+    pixels: np.ndarray,
+    spacing: tuple[float, float],
+    xy: np.ndarray,
+    slices: np.ndarray,
+    window: int,
+    geometry: CropGeometry,
+    device: torch.device,
+) -> np.ndarray:
     """The refined slice of each point.
 
     Args:

@@ -152,7 +152,9 @@ def sagittal_samples(task: Task, placed: pd.DataFrame) -> list[SagittalSample]:
     A study's points on another series (e.g. spinal points labelled on Sagittal T1) are not used.
     """
     conditions = {c for c, _ in task.points}
-    rows = placed[(placed["series_description"] == task.series_description) & placed["condition"].isin(conditions)]
+    rows = placed[
+        (placed["series_description"] == task.series_description) & placed["condition"].isin(conditions)
+    ]
     slot = {p: k for k, p in enumerate(task.points)}
     samples = []
     for (study, series, stack), group in rows.groupby(["study_id", "series_id", "stack_index"], sort=True):
@@ -172,12 +174,16 @@ def axial_samples(task: Task, placed: pd.DataFrame) -> list[AxialSample]:
     side's point is used when it lies on the same stack (usually the same or a neighbouring slice).
     """
     conditions = [c for c, _ in task.points]
-    rows = placed[(placed["series_description"] == task.series_description) & placed["condition"].isin(conditions)]
+    rows = placed[
+        (placed["series_description"] == task.series_description) & placed["condition"].isin(conditions)
+    ]
     samples = []
     for (study, level), group in rows.groupby(["study_id", "level"], sort=True):
         group = group.assign(order=group["condition"].map({c: i for i, c in enumerate(conditions)}))
         centre = group.sort_values("order").iloc[0]
-        same_stack = group[(group["series_id"] == centre["series_id"]) & (group["stack_index"] == centre["stack_index"])]
+        same_stack = group[
+            (group["series_id"] == centre["series_id"]) & (group["stack_index"] == centre["stack_index"])
+        ]
         pts = np.full((len(conditions), 3), np.nan)
         for r in same_stack.itertuples():
             if np.isnan(pts[r.order, 0]):

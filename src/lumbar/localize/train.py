@@ -51,7 +51,8 @@ from lumbar.localize.volumes import axial_input, cached_array, normalize_intensi
 log = logging.getLogger(__name__)
 
 MODEL_DIR = "localizer"
-#: TensorBoard curves of every model (`LocalizerConfig.tensorboard`): `RUN/localizer/tensorboard/[<member>/]<model>`.
+#: TensorBoard curves of every model (`LocalizerConfig.tensorboard`):
+#: `RUN/localizer/tensorboard/[<member>/]<model>`.
 TENSORBOARD_DIR = "tensorboard"
 
 
@@ -85,14 +86,23 @@ def build_model(task: Task, config: LocalizerConfig, pretrained: str = NONE) -> 
         in_chans, depth_bins = config.slices, config.slices
     else:
         in_chans, depth_bins = 2 * config.axial_neighbors + 1, 1
-    return HeatmapNet(config.backbone, in_chans, len(task.points), depth_bins, config.decoder_channels,
-                      config.out_stride, pretrained=pretrained, normalize=config.normalize_inputs)  # fmt: skip
+    return HeatmapNet(
+        config.backbone,
+        in_chans,
+        len(task.points),
+        depth_bins,
+        config.decoder_channels,
+        config.out_stride,
+        pretrained=pretrained,
+        normalize=config.normalize_inputs,
+    )
 
 
 def build_scorer(config: LocalizerConfig, pretrained: str = NONE) -> SliceScorer:
     """The slice scorer under a config (`pretrained` as for `build_model`)."""
-    return SliceScorer(config.refine_backbone or config.backbone, pretrained=pretrained,
-                       normalize=config.normalize_inputs)
+    return SliceScorer(
+        config.refine_backbone or config.backbone, pretrained=pretrained, normalize=config.normalize_inputs
+    )
 
 
 def crop_geometry(config: LocalizerConfig) -> CropGeometry:
@@ -125,7 +135,9 @@ class _StackReader:
             self._series = (key, read_series(series_dir(self.root, "train", *key), skip_unreadable=True))
         return self._series[1].stack(stack_index)
 
-    def normalized(self, study_id: int, series_id: int, stack_index: int) -> tuple[np.ndarray, tuple[float, float]]:
+    def normalized(
+        self, study_id: int, series_id: int, stack_index: int
+    ) -> tuple[np.ndarray, tuple[float, float]]:
         """The whole stack, intensity-normalised, and its pixel spacing (rows, columns) in mm."""
         key = (study_id, series_id, stack_index)
         if self._pixels is None or self._pixels[0] != key:
@@ -135,8 +147,9 @@ class _StackReader:
         return self._pixels[1], self._pixels[2]
 
 
-def prepare_inputs(task: Task, placed: pd.DataFrame, root: Path, run: Path, config: LocalizerConfig,
-                   progress: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:  # fmt: skip
+def prepare_inputs(
+    task: Task, placed: pd.DataFrame, root: Path, run: Path, config: LocalizerConfig, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
     """Heatmap-model inputs and targets of every training sample of a task (decoded once, then cached).
 
     Returns:
@@ -151,11 +164,24 @@ def prepare_inputs(task: Task, placed: pd.DataFrame, root: Path, run: Path, conf
     for s in tqdm(samples, desc=f"inputs {task.name}", unit="sample", disable=not progress):
         try:
             if task.plane == "sagittal":
-                arr = cached_array(folder / f"{s.key}.npy", lambda s=s: sagittal_input(
-                    reader.normalized(s.study_id, s.series_id, s.stack_index)[0], config.size, config.slices))
+                arr = cached_array(
+                    folder / f"{s.key}.npy",
+                    lambda s=s: sagittal_input(
+                        reader.normalized(s.study_id, s.series_id, s.stack_index)[0],
+                        config.size,
+                        config.slices,
+                    ),
+                )
             else:
-                arr = cached_array(folder / f"{s.key}.npy", lambda s=s: axial_input(
-                    reader.stack(s.study_id, s.series_id, s.stack_index), s.slice_index, radius, config.size))
+                arr = cached_array(
+                    folder / f"{s.key}.npy",
+                    lambda s=s: axial_input(
+                        reader.stack(s.study_id, s.series_id, s.stack_index),
+                        s.slice_index,
+                        radius,
+                        config.size,
+                    ),
+                )
         except DicomReadError as e:
             problems[f"study {s.study_id} series {s.series_id}"] = str(e)
             continue
@@ -166,15 +192,18 @@ def prepare_inputs(task: Task, placed: pd.DataFrame, root: Path, run: Path, conf
     return np.stack(inputs).astype(np.float16), np.stack(targets).astype(np.float32), problems
 
 
-def prepare_slice_crops(task: Task, placed: pd.DataFrame, root: Path, run: Path, config: LocalizerConfig,
-                        progress: bool = True) -> tuple[list[np.ndarray], np.ndarray, dict[str, str]]:  # fmt: skip
+def prepare_slice_crops(
+    task: Task, placed: pd.DataFrame, root: Path, run: Path, config: LocalizerConfig, progress: bool = True
+) -> tuple[list[np.ndarray], np.ndarray, dict[str, str]]:
     """Slice-scorer training data of a sagittal task: per labelled point, crops of every slice of its stack
     around the true point (with jitter margin), and the true slice index. Cached like the inputs."""
     folder = cache_dir(run, task, config, "slices")
     geometry = crop_geometry(config)
     reader = _StackReader(root)
     crops, truth, problems = [], [], {}
-    for s in tqdm(sagittal_samples(task, placed), desc=f"crops {task.name}", unit="stack", disable=not progress):
+    for s in tqdm(
+        sagittal_samples(task, placed), desc=f"crops {task.name}", unit="stack", disable=not progress
+    ):
         labelled = [k for k in range(len(task.points)) if not np.isnan(s.points[k, 0])]
         try:
             shape = reader.stack(s.study_id, s.series_id, s.stack_index).shape
@@ -194,8 +223,9 @@ def prepare_slice_crops(task: Task, placed: pd.DataFrame, root: Path, run: Path,
     return crops, np.asarray(truth, dtype=int), problems
 
 
-def _heatmap_batches(task: Task, inputs: np.ndarray, targets: np.ndarray, config: LocalizerConfig,
-                     device: torch.device):  # fmt: skip
+def _heatmap_batches(
+    task: Task, inputs: np.ndarray, targets: np.ndarray, config: LocalizerConfig, device: torch.device
+):
     """The batch function of a heatmap model: inputs (axial: a shifted slice window) and augmentation."""
     width, shift = 2 * config.axial_neighbors + 1, config.axial_slice_shift
 
@@ -217,7 +247,9 @@ def _heatmap_batches(task: Task, inputs: np.ndarray, targets: np.ndarray, config
     return batch
 
 
-def _scorer_batches(crops: list[np.ndarray], truth: np.ndarray, config: LocalizerConfig, device: torch.device):
+def _scorer_batches(
+    crops: list[np.ndarray], truth: np.ndarray, config: LocalizerConfig, device: torch.device
+):
     """The batch function of the slice scorer: candidate windows, jitter, mirror, intensity."""
     geometry = crop_geometry(config)
 
@@ -235,9 +267,15 @@ def _heatmap_loss(out: torch.Tensor, y: torch.Tensor, config: LocalizerConfig) -
     return heatmap_loss(out, y, config.sigma_px, config.sigma_slices)
 
 
-def train_localizer(config: LocalizerConfig, data_dir: str | os.PathLike | None, coords: str | os.PathLike | pd.DataFrame,
-                    run: str | os.PathLike, index: pd.DataFrame | None = None, progress: bool = True,
-                    member: str | None = None) -> dict:  # fmt: skip
+def train_localizer(
+    config: LocalizerConfig,
+    data_dir: str | os.PathLike | None,
+    coords: str | os.PathLike | pd.DataFrame,
+    run: str | os.PathLike,
+    index: pd.DataFrame | None = None,
+    progress: bool = True,
+    member: str | None = None,
+) -> dict:
     """Train every model of the config and write checkpoints and the manifest into `run`.
 
     Args:
@@ -278,8 +316,14 @@ def train_localizer(config: LocalizerConfig, data_dir: str | os.PathLike | None,
     return record.to_dict()
 
 
-def prepare_all(config: LocalizerConfig, data_dir: str | os.PathLike | None, coords: pd.DataFrame, run: str | os.PathLike,
-                index: pd.DataFrame, progress: bool = True) -> None:  # fmt: skip
+def prepare_all(
+    config: LocalizerConfig,
+    data_dir: str | os.PathLike | None,
+    coords: pd.DataFrame,
+    run: str | os.PathLike,
+    index: pd.DataFrame,
+    progress: bool = True,
+) -> None:
     """Decode and cache the inputs of every model of the config for all of `coords`' studies, once, so that
     several localizers of one run (the folds) read them instead of decoding them each (or racing to)."""
     root, run = data_root(data_dir, must_exist=True), Path(run)
@@ -289,17 +333,35 @@ def prepare_all(config: LocalizerConfig, data_dir: str | os.PathLike | None, coo
         check_fallbacks(problems, len(inputs) + len(problems), MAX_FALLBACK_SHARE, f"{name} samples")
     for name in config.refine_task_names:
         crops, _, problems = prepare_slice_crops(get_task(name), placed, root, run, config, progress)
-        check_fallbacks(problems, len(crops) + len(problems), MAX_FALLBACK_SHARE, f"{name} slice-scorer stacks")
+        check_fallbacks(
+            problems, len(crops) + len(problems), MAX_FALLBACK_SHARE, f"{name} slice-scorer stacks"
+        )
 
 
-def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: Path, runtime: Runtime,
-               progress: bool, t0: float, member: str | None) -> LocalizerRecord:
+def _train_all(
+    config: LocalizerConfig,
+    placed: pd.DataFrame,
+    root: Path,
+    run: Path,
+    runtime: Runtime,
+    progress: bool,
+    t0: float,
+    member: str | None,
+) -> LocalizerRecord:
     """Train the heatmap models, then the slice scorers; write checkpoints and the manifest entry."""
     device = runtime.device
     manifest = LocalizerRecord(
-        kind=LocalizerRecord.ONE, precision=runtime.precision, backbone=config.backbone, size=config.size,
-        slices=config.slices, axial_neighbors=config.axial_neighbors, config=config.to_dict(),
-        train_studies=int(placed["study_id"].nunique()), device=str(device), models={}, skipped={},
+        kind=LocalizerRecord.ONE,
+        precision=runtime.precision,
+        backbone=config.backbone,
+        size=config.size,
+        slices=config.slices,
+        axial_neighbors=config.axial_neighbors,
+        config=config.to_dict(),
+        train_studies=int(placed["study_id"].nunique()),
+        device=str(device),
+        models={},
+        skipped={},
         problems=[],
     )
 
@@ -309,13 +371,16 @@ def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: P
     def board(name: str) -> Path:  # its TensorBoard curves (with config.tensorboard)
         return Path(run, MODEL_DIR, TENSORBOARD_DIR, *([member] if member else []), name)
 
-    def record(name: str, model: torch.nn.Module, entry: LocalizerModelRecord, history: list[float],
-               started: float) -> None:
+    def record(
+        name: str, model: torch.nn.Module, entry: LocalizerModelRecord, history: list[float], started: float
+    ) -> None:
         checkpoint = Path(MODEL_DIR, *([member] if member else []), f"{name}.pt")
         save_model(model, run / checkpoint)
-        manifest.models[name] = entry.copy(checkpoint=checkpoint.as_posix(),
-                                           loss_per_epoch=[round(v, 5) for v in history],
-                                           seconds=round(time.perf_counter() - started, 1))
+        manifest.models[name] = entry.copy(
+            checkpoint=checkpoint.as_posix(),
+            loss_per_epoch=[round(v, 5) for v in history],
+            seconds=round(time.perf_counter() - started, 1),
+        )
 
     for name in config.task_names:
         task, started = get_task(name), time.perf_counter()
@@ -328,10 +393,24 @@ def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: P
         seed_everything(config.seed, deterministic=device.type == "cpu")  # initial weights too: reruns agree
         model = build_model(task, config, config.pretrained).to(device)
         batch = _heatmap_batches(task, inputs, targets, config, device)
-        history = fit(model, len(inputs), batch, partial(_heatmap_loss, config=config), config.epochs_of(task.plane), config, runtime,
-                      label(name), progress, board(name))  # fmt: skip
-        entry = LocalizerModelRecord(kind=LocalizerModelRecord.HEATMAP, points=[list(p) for p in task.points],
-                                     series_description=task.series_description, samples=len(inputs))
+        history = fit(
+            model,
+            len(inputs),
+            batch,
+            partial(_heatmap_loss, config=config),
+            config.epochs_of(task.plane),
+            config,
+            runtime,
+            label(name),
+            progress,
+            board(name),
+        )
+        entry = LocalizerModelRecord(
+            kind=LocalizerModelRecord.HEATMAP,
+            points=[list(p) for p in task.points],
+            series_description=task.series_description,
+            samples=len(inputs),
+        )
         record(name, model, entry, history, started)
 
     for name in config.refine_task_names:
@@ -347,8 +426,18 @@ def _train_all(config: LocalizerConfig, placed: pd.DataFrame, root: Path, run: P
         seed_everything(config.seed, deterministic=device.type == "cpu")
         model = build_scorer(config, config.pretrained).to(device)
         batch = _scorer_batches(crops, truth, config, device)
-        history = fit(model, len(crops), batch, scorer_loss, config.refine_epochs or config.epochs, config, runtime,
-                      label(scorer_name), progress, board(scorer_name))  # fmt: skip
+        history = fit(
+            model,
+            len(crops),
+            batch,
+            scorer_loss,
+            config.refine_epochs or config.epochs,
+            config,
+            runtime,
+            label(scorer_name),
+            progress,
+            board(scorer_name),
+        )
         entry = LocalizerModelRecord(kind=LocalizerModelRecord.SLICE_SCORER, refines=name, samples=len(crops))
         record(scorer_name, model, entry, history, started)
 
@@ -363,8 +452,21 @@ def _record_problems(manifest: LocalizerRecord, problems: dict[str, str], kept: 
 
 
 #: The flags of `train-localizer` that set a `LocalizerConfig` field of the same name (None = not given).
-FLAG_FIELDS = ("epochs", "size", "slices", "backbone", "batch_size", "lr", "device", "pretrained", "seed",
-               "tasks", "max_studies", "workers", "threads")
+FLAG_FIELDS = (
+    "epochs",
+    "size",
+    "slices",
+    "backbone",
+    "batch_size",
+    "lr",
+    "device",
+    "pretrained",
+    "seed",
+    "tasks",
+    "max_studies",
+    "workers",
+    "threads",
+)
 
 
 def config_from_args(args: argparse.Namespace) -> LocalizerConfig:
@@ -376,15 +478,20 @@ def cli_train_localizer(args: argparse.Namespace) -> int:
     """`python -m lumbar train-localizer`."""
     config = config_from_args(args)
     index = pd.read_parquet(args.index) if args.index else None
-    manifest = LocalizerRecord.from_dict(train_localizer(config, args.data_dir, args.coords, args.run,
-                                                         index=index))
+    manifest = LocalizerRecord.from_dict(
+        train_localizer(config, args.data_dir, args.coords, args.run, index=index)
+    )
     for name, m in manifest.models.items():
-        print(f"train-localizer: {name}: {m.samples} samples, loss {m.loss_per_epoch[0]:.3f} -> "
-              f"{m.loss_per_epoch[-1]:.3f}, {m.seconds:.0f} s")
+        print(
+            f"train-localizer: {name}: {m.samples} samples, loss {m.loss_per_epoch[0]:.3f} -> "
+            f"{m.loss_per_epoch[-1]:.3f}, {m.seconds:.0f} s"
+        )
     for name, why in manifest.skipped.items():
         print(f"train-localizer: {name} skipped ({why})")
     for line in manifest.problems[:10]:
         print(f"train-localizer: left out {line}")
-    print(f"train-localizer: {manifest.train_studies} studies, {manifest.seconds:.0f} s on "
-          f"{manifest.device}; wrote {manifest_path(args.run)} ({LocalizerRecord.SECTION})")
+    print(
+        f"train-localizer: {manifest.train_studies} studies, {manifest.seconds:.0f} s on "
+        f"{manifest.device}; wrote {manifest_path(args.run)} ({LocalizerRecord.SECTION})"
+    )
     return 0

@@ -52,12 +52,14 @@ def resample_depth(pixels: np.ndarray, depth: int) -> np.ndarray:
 
 
 def sagittal_input(pixels: np.ndarray, size: int, slices: int) -> np.ndarray:
-    """The model input of a whole sagittal stack (n, H, W) already normalised: (slices, size, size) float32."""
+    """The model input of a whole sagittal stack (n, H, W) already normalised: (slices, size, size)
+    float32."""
     return resample_depth(resize_slices(pixels, size), slices)
 
 
-def point_crops(pixels: np.ndarray, x: float, y: float, spacing: tuple[float, float], width_mm: float,
-                size: int) -> np.ndarray:  # fmt: skip
+def point_crops(
+    pixels: np.ndarray, x: float, y: float, spacing: tuple[float, float], width_mm: float, size: int
+) -> np.ndarray:
     """A square of width_mm around pixel (x, y) on every slice of (n, H, W), resampled to (n, size, size).
 
     Args:
@@ -99,5 +101,3 @@ def cached_array(path: str | os.PathLike, build: Callable[[], np.ndarray]) -> np
     with atomic_path(path) as tmp:
         np.save(tmp, arr)
     return arr
-
-

@@ -12,8 +12,9 @@ Encoders carry three optional attributes the wrapper passes on:
                    backbones (whose 4D weights cannot take the 3D format)
     mean, std      per-channel normalisation the backbone was pretrained with (timm), else None
     cpu_channels_last  True where that memory format is also faster on CPU (measured per architecture by
-                   `benchmarks/profile_step.py`: cnn3d's forward took 20 ms instead of 39 ms at the demo's size;
-                   MONAI's resnet3d_18 and the timm families were slower), so the runtime uses it there too
+                   `benchmarks/profile_step.py`: cnn3d's forward took 20 ms instead of 39 ms at the demo's
+                   size; MONAI's resnet3d_18 and the timm families were slower), so the runtime uses it there
+                   too
 """
 
 from __future__ import annotations
@@ -155,8 +156,13 @@ def load_weights(
     module.load_state_dict(state, strict=False)
 
 
-def load_pretrained(module: nn.Module, pretrained: str | os.PathLike, arch: str, why_no_imagenet: str,
-                    key_map: Callable[[StateDict], StateDict] = strip_prefix) -> nn.Module:  # fmt: skip
+def load_pretrained(
+    module: nn.Module,
+    pretrained: str | os.PathLike,
+    arch: str,
+    why_no_imagenet: str,
+    key_map: Callable[[StateDict], StateDict] = strip_prefix,
+) -> nn.Module:
     """Weights for a network timm has none for (`lumbar.core.encoders`): none leaves it, a local file loads.
 
     Args:

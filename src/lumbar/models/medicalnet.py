@@ -57,7 +57,9 @@ def _medicalnet_factory(name: str, arch: str):
             widen_factor=widen_factor,
         )
         why = f"MedicalNet's own checkpoint, resnet_{arch.removeprefix('resnet')}.pth, loads as a local file"
-        return load_pretrained(net, pretrained, name, why, key_map=lambda sd: medicalnet_key_map(sd, in_channels))
+        return load_pretrained(
+            net, pretrained, name, why, key_map=lambda sd: medicalnet_key_map(sd, in_channels)
+        )
 
     factory.__doc__ = f"MONAI {arch} laid out as MedicalNet's, loading its checkpoint from a local file."
     return factory

@@ -150,7 +150,9 @@ def _monai_factory(name: str, builder, **options):
 
     def factory(in_channels: int, depth: int, pretrained: PathLike = "none", **kwargs) -> nn.Module:
         net = builder(in_channels=in_channels, depth=depth, **{**options, **kwargs})
-        return load_pretrained(net, pretrained, name, "MONAI 3D nets are not timm models; a local weights file loads")
+        return load_pretrained(
+            net, pretrained, name, "MONAI 3D nets are not timm models; a local weights file loads"
+        )
 
     factory.__doc__ = builder.__doc__
     return factory

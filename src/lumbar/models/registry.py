@@ -31,7 +31,9 @@ _TIMM_FAMILIES: set[str] = set()
 FAMILY_SEPARATOR = ":"
 
 
-def register_model(name: str, family: bool = False, timm: bool = False) -> Callable[[EncoderFactory], EncoderFactory]:
+def register_model(
+    name: str, family: bool = False, timm: bool = False
+) -> Callable[[EncoderFactory], EncoderFactory]:
     """Decorator registering an encoder factory under `name`.
 
     Args:
@@ -132,8 +134,10 @@ def build_model(
         raise ValueError(f"num_meta must be >= 0, got {num_meta}")
     if streams < 1 or in_channels % streams:
         raise ValueError(f"streams={streams} must be >= 1 and divide in_channels={in_channels}")
-    encoders = [factory(*variant, in_channels=in_channels // streams, depth=depth, pretrained=pretrained, **kwargs)
-                for _ in range(streams)]
+    encoders = [
+        factory(*variant, in_channels=in_channels // streams, depth=depth, pretrained=pretrained, **kwargs)
+        for _ in range(streams)
+    ]
     encoder = encoders[0] if streams == 1 else ViewStreams(encoders)
     config = dict(name=name, **sizes, num_meta=num_meta, drop_rate=drop_rate, **kwargs)
     if streams > 1:

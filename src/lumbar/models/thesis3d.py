@@ -113,8 +113,12 @@ class ResNet12_3D(nn.Module):
 
 
 def _with_weights(encoder: nn.Module, pretrained: str | os.PathLike, name: str) -> nn.Module:
-    return load_pretrained(encoder, pretrained, name, "the thesis nets have no public weights; a local file of "
-                                                      "their own weights loads")  # fmt: skip
+    return load_pretrained(
+        encoder,
+        pretrained,
+        name,
+        "the thesis nets have no public weights; a local file of their own weights loads",
+    )
 
 
 @register_model("cnn3d")
@@ -137,7 +141,9 @@ def cnn3d_lstm_attn(
     hidden: int = 128,
 ) -> nn.Module:
     """3D CNN, BiLSTM over slices, attention pooling (thesis); `depth` is free since slices are kept."""
-    return _with_weights(CNN3DLSTMAttention(in_channels, tuple(channels), hidden), pretrained, "cnn3d_lstm_attn")
+    return _with_weights(
+        CNN3DLSTMAttention(in_channels, tuple(channels), hidden), pretrained, "cnn3d_lstm_attn"
+    )
 
 
 @register_model("resnet12_3d")

@@ -51,9 +51,7 @@ class _TimmEncoder(nn.Module):
 class Timm25DEncoder(_TimmEncoder):
     """Slices as channels: (B, C, D, H, W) -> (B, C*D, H, W) -> one 2D backbone."""
 
-    def __init__(
-        self, name: str, in_channels: int, depth: int, pretrained: PathLike = NONE
-    ) -> None:
+    def __init__(self, name: str, in_channels: int, depth: int, pretrained: PathLike = NONE) -> None:
         super().__init__()
         self.depth = depth
         self.backbone = create_backbone(name, in_channels * depth, pretrained)

@@ -4,7 +4,8 @@ Config (`configs/NAME.yaml`)::
 
     name: demo                    # run folder: runs/<name>/ (or `run_dir:`)
     notebook_dir: notebooks       # default
-    data_dir: null                # null: lumbar.core.paths.data_root() decides; `pipeline --data-dir` overrides
+    data_dir: null                # null: lumbar.core.paths.data_root() decides; `pipeline --data-dir`
+    overrides
     synthetic: {studies: 60}      # only in a synthetic-data config: the generator's settings (`lumbar demo`)
     parameters: {DEVICE: auto}    # for every notebook that declares the parameter
     jobs: auto                    # notebooks of a `parallel:` group run at most this many at once
@@ -20,22 +21,24 @@ Every notebook also receives `RUN_DIR` and `DATA_DIR` (from `run_dir`/`--run-dir
 a parameter or `--set` of either name is refused); every notebook writes only under `RUN_DIR` (05 also its
 `OUT`), so `--run-dir` moves a whole run onto another disk. `--plan` prints what the run would cost (samples,
 disk, memory, time per step: `lumbar.pipeline.cost`) and runs nothing. `jobs` (default `auto`) follows the
-machine: a parallel group runs one notebook per core at most, or, when its notebooks train on the GPU (`DEVICE`
-auto or cuda) and GPUs are visible, one notebook per GPU, each pinned to its own (`group_plan`,
-`lumbar.core.processes.plan_processes`); a number pins it (never more than one notebook per GPU). Each notebook of a
-parallel group runs in its own process and kernel with `OMP_NUM_THREADS` = CPU cores // jobs (unless the
-environment sets it), which is also torch's thread count there when the notebook's own thread setting is 0,
-so the group shares the cores instead of fighting over them; the manifest is updated under a file lock. Executed copies are saved as
-`runs/<name>/<output>.ipynb`; the manifest's `notebooks` entry records status and seconds of each. On a
-failing cell the pipeline stops and names the notebook, the cell and the error.
+machine: a parallel group runs one notebook per core at most, or, when its notebooks train on the GPU
+(`DEVICE` auto or cuda) and GPUs are visible, one notebook per GPU, each pinned to its own (`group_plan`,
+`lumbar.core.processes.plan_processes`); a number pins it (never more than one notebook per GPU). Each
+notebook of a parallel group runs in its own process and kernel with `OMP_NUM_THREADS` = CPU cores // jobs
+(unless the environment sets it), which is also torch's thread count there when the notebook's own thread
+setting is 0, so the group shares the cores instead of fighting over them; the manifest is updated under a
+file lock. Executed copies are saved as `runs/<name>/<output>.ipynb`; the manifest's `notebooks` entry records
+status and seconds of each. On a failing cell the pipeline stops and names the notebook, the cell and the
+error.
 
 Progress: every line a step's notebook prints (stdout and stderr streams, its processes' included; not
 displayed tables or figures) goes, as it arrives, to `runs/<name>/logs/<output>.log` (each line with its time,
 between a line saying when the step started and one saying how it ended; a rerun appends) and to the console
 prefixed with `[<output>]`, one `print` per line, so the lines of a parallel group's notebooks interleave
-whole. The training notebooks print one line per epoch (`lumbar.core.progress`), so `tail -f runs/<name>/logs/*.log`
-shows how far each step is and how long it has left. What a step's kernel process says outside the notebook's
-streams (its start-up warnings, why it failed to start) goes to `logs/kernel/<output>.log` (`kernel_manager`).
+whole. The training notebooks print one line per epoch (`lumbar.core.progress`), so `tail -f
+runs/<name>/logs/*.log` shows how far each step is and how long it has left. What a step's kernel process says
+outside the notebook's streams (its start-up warnings, why it failed to start) goes to
+`logs/kernel/<output>.log` (`kernel_manager`).
 
 Settings, one name each: in a config's `parameters:` (top level or a step's) and in `--set` alike, a step's
 setting is written by its own name. A notebook parameter by its name (EPOCHS, ARCH); a field of the typed
@@ -68,7 +71,8 @@ folder holds competition data (`train.csv` without `synthetic.json`), so the dem
 into, the real data.
 
 The package: `config` (the YAML config, its steps and their checked parameters), `runner` (papermill, logs,
-parallel groups), `cost` (`--plan`) and `command` (the CLI); the names below are the ones notebooks and scripts use.
+parallel groups), `cost` (`--plan`) and `command` (the CLI); the names below are the ones notebooks and
+scripts use.
 """
 
 from lumbar.pipeline.config import (
@@ -89,7 +93,22 @@ from lumbar.pipeline.config import (
 from lumbar.pipeline.runner import StepLog, group_plan, log_path, run_pipeline, run_step
 
 __all__ = [
-    "LOG_DIR", "NOTEBOOK_DIR", "TYPED_STEPS", "PipelineConfig", "PipelineError", "Step", "StepLog",
-    "check_data_kind", "group_plan", "load_config", "log_path", "notebook_parameters", "plan_steps",
-    "run_pipeline", "run_step", "select_steps", "step_settings", "where_setting_lives",
+    "LOG_DIR",
+    "NOTEBOOK_DIR",
+    "TYPED_STEPS",
+    "PipelineConfig",
+    "PipelineError",
+    "Step",
+    "StepLog",
+    "check_data_kind",
+    "group_plan",
+    "load_config",
+    "log_path",
+    "notebook_parameters",
+    "plan_steps",
+    "run_pipeline",
+    "run_step",
+    "select_steps",
+    "step_settings",
+    "where_setting_lives",
 ]

@@ -37,16 +37,25 @@ def cli_pipeline(args: argparse.Namespace) -> int:
     config = load_config(args.config, data_dir=args.data_dir, run_dir=args.run_dir)
     overrides = pipeline_overrides(args)
     if args.plan:
-        print(plan_report(config, args.start, args.only, args.jobs, overrides=overrides,
-                          allow_synthetic=args.allow_synthetic))  # fmt: skip
+        print(
+            plan_report(
+                config,
+                args.start,
+                args.only,
+                args.jobs,
+                overrides=overrides,
+                allow_synthetic=args.allow_synthetic,
+            )
+        )
         return 0
-    seconds = run_pipeline(config, args.start, args.only, args.jobs, overrides=overrides,
-                           allow_synthetic=args.allow_synthetic)  # fmt: skip
-    print(f"pipeline: {len(seconds)} notebooks, {sum(seconds.values()):.1f} notebook-seconds; "
-          f"run folder {config.run_dir}")
+    seconds = run_pipeline(
+        config, args.start, args.only, args.jobs, overrides=overrides, allow_synthetic=args.allow_synthetic
+    )
+    print(
+        f"pipeline: {len(seconds)} notebooks, {sum(seconds.values()):.1f} notebook-seconds; "
+        f"run folder {config.run_dir}"
+    )
     print(
         f"pipeline: manifest {config.run_dir / 'manifest.json'} ({len(read_manifest(config.run_dir))} keys)"
     )
     return 0
-
-

@@ -66,8 +66,11 @@ _TOP_KEYS = {
 _STEP_KEYS = {"notebook", "output", "parameters"}
 
 
-def load_config(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
-                run_dir: str | os.PathLike | None = None) -> PipelineConfig:
+def load_config(
+    path: str | os.PathLike,
+    data_dir: str | os.PathLike | None = None,
+    run_dir: str | os.PathLike | None = None,
+) -> PipelineConfig:
     """Read and check a pipeline config; paths in it are relative to the project root.
 
     Args:
@@ -78,7 +81,8 @@ def load_config(path: str | os.PathLike, data_dir: str | os.PathLike | None = No
             folder, as `data_dir` is.
 
     Raises:
-        ValueError: naming the entry of the config that is wrong (an unknown parameter, a value of the wrong type).
+        ValueError: naming the entry of the config that is wrong (an unknown parameter, a value of the wrong
+        type).
     """
     path = Path(path)
     try:
@@ -107,7 +111,9 @@ def load_config(path: str | os.PathLike, data_dir: str | os.PathLike | None = No
         parallel = isinstance(entry, dict) and "parallel" in entry
         members = entry["parallel"] if parallel else [entry]
         if parallel and (set(entry) != {"parallel"} or not isinstance(members, list) or not members):
-            raise ValueError(f"{path}: notebooks[{i}]: a `parallel:` entry holds only a non-empty list of steps")
+            raise ValueError(
+                f"{path}: notebooks[{i}]: a `parallel:` entry holds only a non-empty list of steps"
+            )
         for j, member in enumerate(members):
             where = f"{path}: notebooks[{i}]" + (f".parallel[{j}]" if parallel else "")
             steps.append(_step(member, i, notebook_dir, where, declared))
@@ -140,8 +146,12 @@ def _step(entry: Any, group: int, notebook_dir: Path, where: str, declared: dict
 _KINDS = {kind.__name__: kind for kind in (bool, int, float, str, list, dict)}
 
 #: Parameters the pipeline sets itself, and where a user sets them instead.
-_RESERVED = {"RUN_DIR": "--run-dir (or the config's `run_dir`)", "DATA_DIR": "--data-dir (or the config's `data_dir`)",
-             "CONFIG": "--config (CONFIG is for a notebook opened by hand)", "STEP": "the config's steps"}
+_RESERVED = {
+    "RUN_DIR": "--run-dir (or the config's `run_dir`)",
+    "DATA_DIR": "--data-dir (or the config's `data_dir`)",
+    "CONFIG": "--config (CONFIG is for a notebook opened by hand)",
+    "STEP": "the config's steps",
+}
 
 
 def notebook_parameters(path: Path) -> dict[str, type | None]:
@@ -208,20 +218,55 @@ class TypedStep:
 #: The notebooks whose `EXTRA` feeds a typed config, as their code builds it (tests/test_settings.py holds the
 #: table to the notebooks' code).
 TYPED_STEPS = {
-    "01_preprocess": TypedStep("lumbar.preprocess.config:RoiConfig", {
-        "mode": "MODE", "size": "SIZE", "before": "BEFORE", "after": "AFTER", "depth": "DEPTH",
-        "filter": "FILTER", "margin_mode": "MARGIN_MODE"}),
-    "02_train_localizer": TypedStep("lumbar.localize.config:LocalizerConfig", {
-        "backbone": "BACKBONE", "pretrained": "PRETRAINED", "size": "SIZE", "epochs": "EPOCHS",
-        "device": "DEVICE", "seed": "SEED"}),
-    "03_train": TypedStep("lumbar.train.config:TrainConfig", {
-        "arch": "ARCH", "mode": "MODE", "conditions": "CONDITIONS", "folds": "FOLDS", "n_folds": "N_FOLDS",
-        "epochs": "EPOCHS", "batch_size": "BATCH_SIZE", "lr": "LR", "pretrained": "PRETRAINED",
-        "device": "DEVICE", "threads": "THREADS", "train_crops": "CROPS"}, {
-        "out": "NAME (the folder RUN_DIR/NAME)", "resume": "FRESH (resume = not FRESH)",
-        "jitter": "JITTER (localizer: the localizer's errors)", "exclude": "EXCLUDE (a file of RUN_DIR)",
-        "cache": "RUN_DIR (its crop cache)", "oof_cache": "RUN_DIR (its out-of-fold crop cache)",
-        "data_dir": "DATA_DIR (--data-dir)"}),
+    "01_preprocess": TypedStep(
+        "lumbar.preprocess.config:RoiConfig",
+        {
+            "mode": "MODE",
+            "size": "SIZE",
+            "before": "BEFORE",
+            "after": "AFTER",
+            "depth": "DEPTH",
+            "filter": "FILTER",
+            "margin_mode": "MARGIN_MODE",
+        },
+    ),
+    "02_train_localizer": TypedStep(
+        "lumbar.localize.config:LocalizerConfig",
+        {
+            "backbone": "BACKBONE",
+            "pretrained": "PRETRAINED",
+            "size": "SIZE",
+            "epochs": "EPOCHS",
+            "device": "DEVICE",
+            "seed": "SEED",
+        },
+    ),
+    "03_train": TypedStep(
+        "lumbar.train.config:TrainConfig",
+        {
+            "arch": "ARCH",
+            "mode": "MODE",
+            "conditions": "CONDITIONS",
+            "folds": "FOLDS",
+            "n_folds": "N_FOLDS",
+            "epochs": "EPOCHS",
+            "batch_size": "BATCH_SIZE",
+            "lr": "LR",
+            "pretrained": "PRETRAINED",
+            "device": "DEVICE",
+            "threads": "THREADS",
+            "train_crops": "CROPS",
+        },
+        {
+            "out": "NAME (the folder RUN_DIR/NAME)",
+            "resume": "FRESH (resume = not FRESH)",
+            "jitter": "JITTER (localizer: the localizer's errors)",
+            "exclude": "EXCLUDE (a file of RUN_DIR)",
+            "cache": "RUN_DIR (its crop cache)",
+            "oof_cache": "RUN_DIR (its out-of-fold crop cache)",
+            "data_dir": "DATA_DIR (--data-dir)",
+        },
+    ),
 }
 
 
@@ -258,11 +303,15 @@ def _check_extra(extra: Any, step: Step, owner: str, names_only: bool = False) -
     for key, value in extra.items():
         if key in typed.own:
             param = typed.own[key]
-            raise ValueError(f"{owner}: EXTRA={{{key}: ...}}: {step.notebook}.ipynb has the parameter "
-                             f"{param} for {key}; give {param}: {value!r} (or {key}: {value!r}) instead")
+            raise ValueError(
+                f"{owner}: EXTRA={{{key}: ...}}: {step.notebook}.ipynb has the parameter "
+                f"{param} for {key}; give {param}: {value!r} (or {key}: {value!r}) instead"
+            )
         if key in typed.wired:
-            raise ValueError(f"{owner}: EXTRA={{{key}: ...}}: {step.notebook}.ipynb makes {key} from "
-                             f"{typed.wired[key]}; set that")
+            raise ValueError(
+                f"{owner}: EXTRA={{{key}: ...}}: {step.notebook}.ipynb makes {key} from "
+                f"{typed.wired[key]}; set that"
+            )
         if names_only:
             continue
         if key not in hints:
@@ -270,7 +319,9 @@ def _check_extra(extra: Any, step: Step, owner: str, names_only: bool = False) -
         cast_setting(f"{owner}: {step.notebook}.ipynb EXTRA", key, value, hints[key])
 
 
-def spread_parameters(steps: list[Step], values: Mapping[str, Any], owner: str, win: bool = True) -> list[Step]:
+def spread_parameters(
+    steps: list[Step], values: Mapping[str, Any], owner: str, win: bool = True
+) -> list[Step]:
     """`steps` with `values` added to each step that takes the name (`_route`), cast to the parameter's type
     (`lumbar.core.settings.cast_setting`) and merged by `merge_layers` (an `EXTRA` key by key).
 
@@ -284,7 +335,8 @@ def spread_parameters(steps: list[Step], values: Mapping[str, Any], owner: str, 
             default; an `EXTRA` field that is no field, or one a parameter sets (`_check_extra`).
     """
     if not isinstance(values, Mapping):
-        raise ValueError(f"{owner}: parameters must map names to values, got {values!r}")  # noqa: TRY004 - bad input
+        # a bad input, not a wrong type in the code
+        raise ValueError(f"{owner}: parameters must map names to values, got {values!r}")  # noqa: TRY004
     added: list[dict[str, Any]] = [{} for _ in steps]
     given: list[dict[str, str]] = [{} for _ in steps]  # per step: a setting ("EPOCHS", "EXTRA.lr") -> name
     for key, value in values.items():
@@ -296,7 +348,9 @@ def spread_parameters(steps: list[Step], values: Mapping[str, Any], owner: str, 
             where = where_setting_lives(key, steps)
             if where:
                 raise UnknownSettingError(f"{owner} ({notebooks}): {key!r} is no notebook parameter; {where}")
-            raise unknown_setting(f"{owner} ({notebooks})", key, sorted({n for s in steps for n in s.declared}))
+            raise unknown_setting(
+                f"{owner} ({notebooks})", key, sorted({n for s in steps for n in s.declared})
+            )
         misfits: dict[str, dict[str, None]] = {}
         extras = []
         for i, param in routes.items():
@@ -312,8 +366,10 @@ def spread_parameters(steps: list[Step], values: Mapping[str, Any], owner: str, 
             names = [f"{EXTRA}.{k}" for k in new] if param == EXTRA and isinstance(new, Mapping) else [param]
             for name in names:
                 if given[i].setdefault(name, key) != key:
-                    raise ValueError(f"{owner}: {given[i][name]} and {key} both set {name} of "
-                                     f"{step.notebook}.ipynb; give one")
+                    raise ValueError(
+                        f"{owner}: {given[i][name]} and {key} both set {name} of "
+                        f"{step.notebook}.ipynb; give one"
+                    )
             added[i] = merge_layers(added[i], {param: new}, bags=[EXTRA])
         if misfits:
             expected = "; ".join(f"the {kind} default of {', '.join(nbs)}" for kind, nbs in misfits.items())
@@ -322,8 +378,10 @@ def spread_parameters(steps: list[Step], values: Mapping[str, Any], owner: str, 
             for extra, step in extras:
                 _check_extra(extra, step, owner, names_only)
     layered = [(step.parameters, new) if win else (new, step.parameters) for step, new in zip(steps, added)]
-    return [replace(step, parameters=merge_layers(*low_high, bags=[EXTRA]))
-            for step, low_high in zip(steps, layered)]
+    return [
+        replace(step, parameters=merge_layers(*low_high, bags=[EXTRA]))
+        for step, low_high in zip(steps, layered)
+    ]
 
 
 def where_setting_lives(key: str, steps: list[Step]) -> str:
@@ -383,13 +441,17 @@ def check_data_kind(config: PipelineConfig, allow_synthetic: bool = False) -> No
     folder, synthetic = config.data_dir, is_synthetic(config.data_dir)
     if config.synthetic is None and not folder.is_dir():
         raise ValueError(
-            f"{config.source} is meant for the real data, but its data folder {folder} does not exist; put the "
-            "competition data there (README: Using the real competition data) or give --data-dir / LUMBAR_DATA_DIR"
+            f"{config.source} is meant for the real data, but its data folder {folder} does not "
+            "exist; put the "
+            "competition data there (README: Using the real competition data) or give --data-dir / "
+            "LUMBAR_DATA_DIR"
         )
     if config.synthetic is None and synthetic and not allow_synthetic:
         raise ValueError(
-            f"{config.source} is meant for the real data, but {folder} holds synthetic data ({SYNTHETIC_MARKER}); "
-            "give the competition data's folder (--data-dir, LUMBAR_DATA_DIR or the config's data_dir), or pass "
+            f"{config.source} is meant for the real data, but {folder} holds synthetic data "
+            f"({SYNTHETIC_MARKER}); "
+            "give the competition data's folder (--data-dir, LUMBAR_DATA_DIR or the config's data_dir), "
+            "or pass "
             "--allow-synthetic for a dry run on synthetic data"
         )
     if config.synthetic is not None and not synthetic and (folder / "train.csv").is_file():
@@ -400,31 +462,39 @@ def check_data_kind(config: PipelineConfig, allow_synthetic: bool = False) -> No
 
 
 def plan_steps(
-    config: PipelineConfig, start: str | None = None, only: str | None = None, overrides: Mapping[str, Any] | None = None
+    config: PipelineConfig,
+    start: str | None = None,
+    only: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> list[Step]:
     """The steps `run_pipeline` runs: `select_steps`, then the `--set` values spread over them."""
     return spread_parameters(select_steps(config.steps, start, only), overrides or {}, "--set")
 
 
 def step_settings(notebook: str, chosen: str, step: str = "") -> dict[str, Any]:
-    """The parameters a notebook opened by hand takes: those the pipeline gives it in a config, or those it ran
+    """The parameters a notebook opened by hand takes: those the pipeline gives it in a config, or those it
+    ran
     with in a run folder. A notebook never silently falls back to its own (demo) defaults.
 
     Args:
         notebook: the notebook's name (`03_train`).
-        chosen: a config (`full`, `demo`, or a YAML path: that config's step, with `RUN_DIR` and `DATA_DIR` as the
-            pipeline sets them) or a run folder (the parameters of its executed copy `<run>/<step>.ipynb`, `--set`
-            values included; or, for a step it has not run, its config's).
-        step: which of the config's steps of this notebook (its output name, e.g. `03_train_timm25d_resnet34`);
+        chosen: a config (`full`, `demo`, or a YAML path: that config's step, with `RUN_DIR` and `DATA_DIR` as
+        the
+            pipeline sets them) or a run folder (the parameters of its executed copy `<run>/<step>.ipynb`,
+            `--set` values included; or, for a step it has not run, its config's).
+        step: which of the config's steps of this notebook (its output name, e.g.
+        `03_train_timm25d_resnet34`);
             default: the first.
 
     Raises:
         ValueError: nothing chosen (names how to choose), or no such config, run or step.
     """
     if not chosen:
-        raise ValueError(f"{notebook} opened by hand: choose its settings in the first cell: CONFIG = 'full' (or "
-                         "'demo', a config's path, or a run folder such as '../runs/full'); the pipeline sets "
-                         "RUN_DIR itself")  # fmt: skip
+        raise ValueError(
+            f"{notebook} opened by hand: choose its settings in the first cell: CONFIG = 'full' (or "
+            "'demo', a config's path, or a run folder such as '../runs/full'); the pipeline sets "
+            "RUN_DIR itself"
+        )
     run = _project_path(chosen) if not Path(chosen).is_absolute() else Path(chosen)
     if manifest_path(run).is_file():
         executed = _executed_parameters(run, notebook, step)
@@ -440,8 +510,10 @@ def step_settings(notebook: str, chosen: str, step: str = "") -> dict[str, Any]:
     if not steps:
         raise ValueError(f"{path}: no step {step or notebook!r} (steps: {[s.output for s in config.steps]})")
     others = [s.output for s in config.steps if s.notebook == notebook and s is not steps[0]]
-    print(f"{notebook}: the settings of {steps[0].output} in {path}"
-          + (f" (others: {', '.join(others)}; STEP chooses)" if others else ""))  # fmt: skip
+    print(
+        f"{notebook}: the settings of {steps[0].output} in {path}"
+        + (f" (others: {', '.join(others)}; STEP chooses)" if others else "")
+    )
     return {**steps[0].parameters, "RUN_DIR": str(config.run_dir), "DATA_DIR": str(config.data_dir)}
 
 
@@ -450,11 +522,15 @@ def _config_path(chosen: str) -> Path:
     for candidate in (path, PROJECT_ROOT / path, PROJECT_ROOT / "configs" / f"{chosen}.yaml"):
         if candidate.is_file():
             return candidate
-    raise ValueError(f"no config {chosen!r} (configs/: {sorted(p.stem for p in (PROJECT_ROOT / 'configs').glob('*.yaml'))})")
+    raise ValueError(
+        f"no config {chosen!r} (configs/: "
+        f"{sorted(p.stem for p in (PROJECT_ROOT / 'configs').glob('*.yaml'))})"
+    )
 
 
 def _executed_parameters(run: Path, notebook: str, step: str) -> dict[str, Any] | None:
-    """The parameters papermill injected into `<run>/<step>.ipynb` (the first executed copy of `notebook` when no
+    """The parameters papermill injected into `<run>/<step>.ipynb` (the first executed copy of `notebook` when
+    no
     step is named), read as literals; None when the run has no such copy."""
     import nbformat
 
@@ -462,7 +538,11 @@ def _executed_parameters(run: Path, notebook: str, step: str) -> dict[str, Any] 
     path = next((run / f"{n}.ipynb" for n in names if (run / f"{n}.ipynb").is_file()), None)
     if path is None:
         return None
-    cells = [c for c in nbformat.read(path, as_version=4).cells if "injected-parameters" in c.metadata.get("tags", [])]
+    cells = [
+        c
+        for c in nbformat.read(path, as_version=4).cells
+        if "injected-parameters" in c.metadata.get("tags", [])
+    ]
     values = {}
     for node in ast.parse(cells[0].source if cells else "").body:
         if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):

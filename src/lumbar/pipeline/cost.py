@@ -4,35 +4,37 @@ A run of `configs/full.yaml` on the competition data writes tens of GB (two crop
 localizer's decoded inputs, checkpoints with optimizer state), needs RAM in proportion to its processes and
 takes hours. The plan resolves every step's parameters as the run would (`plan_steps`: the notebook's own
 defaults < the config < the step < `--set`), reads the train split's header index (built and cached as
-`RUN_DIR/index_train.parquet` when missing, where `01_preprocess` then finds it: the only file the plan writes)
-and the label coordinates, and prints per step the samples, the disk it writes, its peak RAM, its seconds per
-epoch on its device and in all; then the totals, the free space where the run goes, and a warning when the run
-does not fit there. Nothing is trained.
+`RUN_DIR/index_train.parquet` when missing, where `01_preprocess` then finds it: the only file the plan
+writes) and the label coordinates, and prints per step the samples, the disk it writes, its peak RAM, its
+seconds per epoch on its device and in all; then the totals, the free space where the run goes, and a warning
+when the run does not fit there. Nothing is trained.
 
 Every figure is an estimate and says what it rests on:
 
 - `measured`: a figure of a benchmark table of this repository for the same setting (the table is named);
 - `projected`: computed by the rule it shows: array shapes x bytes (caches, the localizer's inputs), parameter
-  counts x bytes (checkpoints: each model is built with `pretrained: none` on torch's meta device, so no weights
-  are allocated or fetched), counted FLOPs / an ASSUMED throughput (model time), or a measured rate or memory
-  (`Source`, listed under the plan) scaled by samples, workers or processes.
+  counts x bytes (checkpoints: each model is built with `pretrained: none` on torch's meta device, so no
+  weights are allocated or fetched), counted FLOPs / an ASSUMED throughput (model time), or a measured rate or
+  memory (`Source`, listed under the plan) scaled by samples, workers or processes.
 
 The rules:
 
-- crop caches (01; 02's around the out-of-fold points): arrays x (out_depth + 2 pad_slices) x (size + 2 pad_px)^2
-  x 2 B (float16) + a 128 B .npy header + ~200 B of table rows. 01's arrays: one per ground-truth coordinate row
-  whose image is in the index, plus each second view at most once per row of its group in a study that has a row
-  on the view's series (a point more than 10 mm off that series gets no view: an upper bound). 02's: 5 levels of
-  every condition whose series the study has (subarticular also needs the Sagittal T2/STIR, as `localize` does).
-- the localizer's decoded inputs: samples x stored channels x size^2 x 2 B, and the slice scorer's crops of every
-  slice of its stack per labelled point; decoded in the notebook's one process.
-- checkpoints: `final.pt`/`best.pt` = the state dict; `last.pt` = the model, its EMA and AdamW's two moments (about
-  4 x the state dict), per unit and fold; the localizer: its models' state dicts, per fold. Each tensor costs
-  `PICKLE_BYTES_PER_TENSOR` more in torch's zip format.
+- crop caches (01; 02's around the out-of-fold points): arrays x (out_depth + 2 pad_slices) x (size + 2
+  pad_px)^2 x 2 B (float16) + a 128 B .npy header + ~200 B of table rows. 01's arrays: one per ground-truth
+  coordinate row whose image is in the index, plus each second view at most once per row of its group in a
+  study that has a row on the view's series (a point more than 10 mm off that series gets no view: an upper
+  bound). 02's: 5 levels of every condition whose series the study has (subarticular also needs the Sagittal
+  T2/STIR, as `localize` does).
+- the localizer's decoded inputs: samples x stored channels x size^2 x 2 B, and the slice scorer's crops of
+  every slice of its stack per labelled point; decoded in the notebook's one process.
+- checkpoints: `final.pt`/`best.pt` = the state dict; `last.pt` = the model, its EMA and AdamW's two moments
+  (about 4 x the state dict), per unit and fold; the localizer: its models' state dicts, per fold. Each tensor
+  costs `PICKLE_BYTES_PER_TENSOR` more in torch's zip format.
 - model time: a training step costs 3 x the forward's FLOPs (counted with torch's FlopCounterMode on the meta
-  device), validation and each test-time augmentation view one forward; divided by `GPU_FLOPS` on one GPU or by
-  `CPU_FLOPS_PER_THREAD` x the step's threads. A classifier's epoch lasts at least its loading time (one crop per
-  input channel of an item, `LOADER_SAMPLES_PER_S` per DataLoader worker); without workers loading adds to it.
+  device), validation and each test-time augmentation view one forward; divided by `GPU_FLOPS` on one GPU or
+  by `CPU_FLOPS_PER_THREAD` x the step's threads. A classifier's epoch lasts at least its loading time (one
+  crop per input channel of an item, `LOADER_SAMPLES_PER_S` per DataLoader worker); without workers loading
+  adds to it.
 - memory: a process's base plus what the step holds (the localizer's inputs twice while they are stacked, in
   every model process running at once), or a measured peak scaled by its workers.
 - a `parallel:` group's notebooks overlap: the group takes its longest member's time and the sum of their RAM.
@@ -90,7 +92,8 @@ CPU, GPU = "CPU", "one GPU"  # where a step's time is spent
 
 @dataclass(frozen=True)
 class Source:
-    """A number the plan scales: its short name in the plan's lines, its value, and (as printed) the value with
+    """A number the plan scales: its short name in the plan's lines, its value, and (as printed) the value
+    with
     where it comes from."""
 
     name: str
@@ -99,41 +102,91 @@ class Source:
 
 
 #: Figures of this repository's benchmark tables (benchmarks/results.md, benchmarks/scale.md).
-HEADERS_PER_S = Source("header rate", 1893.1, "1,893 files/s per worker: results.md 'DICOM header index' (real "
-                                                "sample)")
-DECODE_PX_PER_S = Source("decode rate", 82.4e6, "82.4 Mpx/s: results.md 'volume reading', read_series (real sample)")
-CROP_STUDIES_PER_S = Source("crop rate", 2.68, "2.68 studies/s per worker: results.md 'ROI tensor cache' (B2A2 128 "
-                                                "none, 1 worker, real sample)")
-CROP_MAIN_MIB = Source("crop RSS", 332, "332 MiB, the main process, + 134 MiB per worker: scale.md 'crop cache' at "
-                                        "1,975 studies (tree 601 MiB with 2 workers; synthetic 128-px studies)")
+HEADERS_PER_S = Source(
+    "header rate", 1893.1, "1,893 files/s per worker: results.md 'DICOM header index' (real sample)"
+)
+DECODE_PX_PER_S = Source(
+    "decode rate", 82.4e6, "82.4 Mpx/s: results.md 'volume reading', read_series (real sample)"
+)
+CROP_STUDIES_PER_S = Source(
+    "crop rate",
+    2.68,
+    "2.68 studies/s per worker: results.md 'ROI tensor cache' (B2A2 128 none, 1 worker, real sample)",
+)
+CROP_MAIN_MIB = Source(
+    "crop RSS",
+    332,
+    "332 MiB, the main process, + 134 MiB per worker: scale.md 'crop cache' at "
+    "1,975 studies (tree 601 MiB with 2 workers; synthetic 128-px studies)",
+)
 CROP_WORKER_MIB = Source("crop RSS", (601 - 332) / 2, CROP_MAIN_MIB.where)
-INDEX_BYTES_PER_FILE = Source("index RSS", 1.6 * 1024, "1.6 KiB per indexed file: scale.md 'header index' growth")
-LOADER_SAMPLES_PER_S = Source("loader rate", 204, "204 crops of 284 KiB per CPU second per DataLoader worker: scale.md "
-                                                  "'Loader against the GPU' (1,975 studies); other crop sizes scaled by "
-                                                  "their bytes (ASSUMED)")
-LOADER_CROP_BYTES = 290_304 + NPY_HEADER_BYTES  # the crops of that measurement (128 px, 5 + 2 slices, 8 px pads)
-TRAIN_MAIN_MIB = Source("train RSS", 1586, "1,586 MiB, the training process, + 956 MiB per DataLoader worker: scale.md "
-                                           "'One training epoch' at 1,975 studies (tree 3,498 MiB with 2 workers; "
-                                           "RSS counts shared pages per process: an upper bound)")
+INDEX_BYTES_PER_FILE = Source(
+    "index RSS", 1.6 * 1024, "1.6 KiB per indexed file: scale.md 'header index' growth"
+)
+LOADER_SAMPLES_PER_S = Source(
+    "loader rate",
+    204,
+    "204 crops of 284 KiB per CPU second per DataLoader worker: scale.md "
+    "'Loader against the GPU' (1,975 studies); other crop sizes scaled by "
+    "their bytes (ASSUMED)",
+)
+LOADER_CROP_BYTES = (
+    290_304 + NPY_HEADER_BYTES
+)  # the crops of that measurement (128 px, 5 + 2 slices, 8 px pads)
+TRAIN_MAIN_MIB = Source(
+    "train RSS",
+    1586,
+    "1,586 MiB, the training process, + 956 MiB per DataLoader worker: scale.md "
+    "'One training epoch' at 1,975 studies (tree 3,498 MiB with 2 workers; "
+    "RSS counts shared pages per process: an upper bound)",
+)
 TRAIN_WORKER_MIB = Source("train RSS", (3498 - 1586) / 2, TRAIN_MAIN_MIB.where)
-TORCH_PROCESS_MIB = Source("process RSS", 942, "942 MiB, a process after importing torch and timm: results.md "
-                                               "'Training step per registered architecture' (peak RSS - growth)")
-PREDICT_MIB = Source("predict RSS", 1770, "1,770 MiB: scale.md 'Predict at 1,975 studies' (tree RSS, a small ensemble)")
-PREDICT_CPU_S = Source("predict CPU", 3.42, "3.42 s per study outside the model forwards: results.md 'Kaggle time "
-                                            "budget' (configs/full.yaml's ensemble, real sample)")
-LOCALIZE_CPU_S = Source("localize CPU", 8.388 - 6.582, "1.81 s per study outside the forwards: results.md 'Kaggle time "
-                                                       "budget', localize (256 px, real sample)")
-ENSEMBLE_S = Source("ensemble rate", 24 / 60 / 2, "0.2 s per study and member: README, the demo's 04_ensemble (24 s, "
-                                                  "60 studies, 2 members)")
+TORCH_PROCESS_MIB = Source(
+    "process RSS",
+    942,
+    "942 MiB, a process after importing torch and timm: results.md "
+    "'Training step per registered architecture' (peak RSS - growth)",
+)
+PREDICT_MIB = Source(
+    "predict RSS", 1770, "1,770 MiB: scale.md 'Predict at 1,975 studies' (tree RSS, a small ensemble)"
+)
+PREDICT_CPU_S = Source(
+    "predict CPU",
+    3.42,
+    "3.42 s per study outside the model forwards: results.md 'Kaggle time "
+    "budget' (configs/full.yaml's ensemble, real sample)",
+)
+LOCALIZE_CPU_S = Source(
+    "localize CPU",
+    8.388 - 6.582,
+    "1.81 s per study outside the forwards: results.md 'Kaggle time budget', localize (256 px, real sample)",
+)
+ENSEMBLE_S = Source(
+    "ensemble rate",
+    24 / 60 / 2,
+    "0.2 s per study and member: README, the demo's 04_ensemble (24 s, 60 studies, 2 members)",
+)
 #: Assumptions: not measured here; every line that uses one says ASSUMED.
-GPU_FLOPS = Source("GPU rate", 25e12, "25 TFLOP/s per GPU, ASSUMED: timm's published RTX 3090 AMP training rates x "
-                                      "counted FLOPs give 25 for convnext_small (16 efficientnetv2_s, 45 resnet34; "
-                                      "scale.md quotes the rates); an A100 or H100 is faster: scale by your card")
-CPU_FLOPS_PER_THREAD = Source("CPU rate", 70e9, "70 GFLOP/s per thread, ASSUMED: the median of six rows of results.md's "
-                                                "training-step table x their counted FLOPs (45-139 G)")
+GPU_FLOPS = Source(
+    "GPU rate",
+    25e12,
+    "25 TFLOP/s per GPU, ASSUMED: timm's published RTX 3090 AMP training rates x "
+    "counted FLOPs give 25 for convnext_small (16 efficientnetv2_s, 45 resnet34; "
+    "scale.md quotes the rates); an A100 or H100 is faster: scale by your card",
+)
+CPU_FLOPS_PER_THREAD = Source(
+    "CPU rate",
+    70e9,
+    "70 GFLOP/s per thread, ASSUMED: the median of six rows of results.md's "
+    "training-step table x their counted FLOPs (45-139 G)",
+)
 NOTEBOOK_BYTES = Source("notebook size", 2 * MIB, "2 MiB per executed notebook with its figures, ASSUMED")
-PICKLE_BYTES_PER_TENSOR = 320  # torch.save's zip record and pickle entry per tensor (measured with io.BytesIO)
-STACK_COPIES = 3  # the localizer's inputs while `prepare_inputs` stacks them: the list, np.stack, the astype copy
+PICKLE_BYTES_PER_TENSOR = (
+    320  # torch.save's zip record and pickle entry per tensor (measured with io.BytesIO)
+)
+STACK_COPIES = (
+    3  # the localizer's inputs while `prepare_inputs` stacks them: the list, np.stack, the astype copy
+)
 TABLE_BYTES_PER_ROW = 200  # samples.parquet / views.parquet / CSV rows, generous
 STACK_KEYS = ["study_id", "series_id", "stack_index"]
 
@@ -194,14 +247,17 @@ class RunState:
     oof_crops: dict[str, int] = field(default_factory=dict)
     localizer_bytes: int = 0  # all folds' localizer checkpoints
     localizer_flops: float = 0.0  # forward FLOPs per study, all folds (as `predict` runs them)
-    members: dict[str, tuple[int, float]] = field(default_factory=dict)  # classifier -> (weights, FLOPs per study)
+    members: dict[str, tuple[int, float]] = field(
+        default_factory=dict
+    )  # classifier -> (weights, FLOPs per study)
     models: dict[tuple, tuple[int, int, int, float]] = field(default_factory=dict)  # `model_figures` by key
 
 
 @dataclass(frozen=True)
 class Machine:
     """Where a step runs: the CPU threads its notebook gets, the machine's cores, whether CUDA is there (what
-    DEVICE=auto picks) and how many GPUs (processes that hold models: one per GPU, `lumbar.core.processes.plan_processes`)."""
+    DEVICE=auto picks) and how many GPUs (processes that hold models: one per GPU,
+    `lumbar.core.processes.plan_processes`)."""
 
     threads: int
     cores: int
@@ -226,7 +282,8 @@ def on_gpu(device: str, machine: Machine) -> bool:
 
 
 def indexed_rows(coords: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
-    """The coordinate rows a crop cache builds: one per study, condition and level, whose instance is indexed."""
+    """The coordinate rows a crop cache builds: one per study, condition and level, whose instance is
+    indexed."""
     keys = ["study_id", "series_id", "instance_number"]
     rows = coords.drop_duplicates(["study_id", "condition", "level"])
     return rows.merge(index[keys].drop_duplicates(), on=keys, how="inner")
@@ -253,16 +310,23 @@ def primary_crops(counts: Mapping[str, int]) -> int:
 
 def oof_rows(index: pd.DataFrame, studies: set[int]) -> pd.DataFrame:
     """The rows the localizer predicts for `studies` (`lumbar.localize.predict`): 5 levels of each condition
-    whose series the study has; subarticular also needs the Sagittal T2/STIR (its slices come from the canal)."""
+    whose series the study has; subarticular also needs the Sagittal T2/STIR (its slices come from the
+    canal)."""
     need = {"spinal": {SAGITTAL_T2}, "foraminal": {SAGITTAL_T1}, "subarticular": {SAGITTAL_T2, AXIAL_T2}}
     series = index[index["study_id"].isin(studies)].groupby("study_id")["series_description"].agg(set)
-    rows = [(study, condition, level) for study, has in series.items() for condition in CONDITIONS
-            if need[CONDITION_GROUP[condition]] <= has for level in LEVELS]  # fmt: skip
+    rows = [
+        (study, condition, level)
+        for study, has in series.items()
+        for condition in CONDITIONS
+        if need[CONDITION_GROUP[condition]] <= has
+        for level in LEVELS
+    ]
     return pd.DataFrame(rows, columns=["study_id", "condition", "level"])
 
 
 def crop_array_bytes(roi) -> int:
-    """Bytes of one stored crop (`lumbar.preprocess.cache`): float16 with its jitter context, and its header."""
+    """Bytes of one stored crop (`lumbar.preprocess.cache`): float16 with its jitter context, and its
+    header."""
     side = roi.size + 2 * roi.pad_px
     return 2 * (roi.out_depth + 2 * roi.pad_slices) * side * side + NPY_HEADER_BYTES
 
@@ -273,16 +337,19 @@ def cache_bytes(counts: Mapping[str, int], roi) -> int:
 
 
 def localizer_samples(coords: pd.DataFrame, index: pd.DataFrame, config) -> dict[str, dict[str, Any]]:
-    """Per localizer model: samples, the model's input shape, the pixels decoded for them and the bytes of their
-    cached inputs; counted as `lumbar.localize.tasks` forms the samples (one per sagittal stack with points, one
-    per study and level on the axial series, one per labelled point for a slice scorer)."""
+    """Per localizer model: samples, the model's input shape, the pixels decoded for them and the bytes of
+    their
+    cached inputs; counted as `lumbar.localize.tasks` forms the samples (one per sagittal stack with points,
+    one per study and level on the axial series, one per labelled point for a slice scorer)."""
 
     placed = placed_coordinates(coords, index[index["study_id"].isin(coords["study_id"].unique())])
     stack_px = index.assign(px=index["rows"].astype(float) * index["columns"]).groupby(STACK_KEYS)["px"].sum()
 
     def rows_of(task) -> pd.DataFrame:
         conditions = {c for c, _ in task.points}
-        return placed[(placed["series_description"] == task.series_description) & placed["condition"].isin(conditions)]
+        return placed[
+            (placed["series_description"] == task.series_description) & placed["condition"].isin(conditions)
+        ]
 
     def stack_pixels(rows: pd.DataFrame) -> float:  # whole stacks are decoded for the sagittal models
         stacks = rows.drop_duplicates(STACK_KEYS)[STACK_KEYS]
@@ -299,17 +366,23 @@ def localizer_samples(coords: pd.DataFrame, index: pd.DataFrame, config) -> dict
             n, channels = len(centres), 2 * config.axial_neighbors + 1
             stored = 2 * (config.axial_neighbors + config.axial_slice_shift) + 1
             pixels = float((centres["rows"].astype(float) * centres["columns"]).sum() * stored)
-        out[name] = {"samples": n, "shape": (channels, config.size, config.size), "pixels": pixels,
-                     "bytes": n * (2 * stored * config.size**2 + NPY_HEADER_BYTES)}  # fmt: skip
+        out[name] = {
+            "samples": n,
+            "shape": (channels, config.size, config.size),
+            "pixels": pixels,
+            "bytes": n * (2 * stored * config.size**2 + NPY_HEADER_BYTES),
+        }
     geometry = crop_geometry(config)
     side = geometry.size + 2 * geometry.pad
     for name in config.refine_task_names:  # sagittal tasks only (`train_localizer` refuses others)
         rows = rows_of(TASKS[name])
         points = rows.drop_duplicates([*STACK_KEYS, "condition", "level"])
         out[f"{name}_slices"] = {
-            "samples": len(points), "shape": (2 * config.refine_window + 1, geometry.size, geometry.size),
-            "pixels": stack_pixels(rows), "bytes": int((points["n_slices"] * 2 * side * side + NPY_HEADER_BYTES).sum()),
-        }  # fmt: skip
+            "samples": len(points),
+            "shape": (2 * config.refine_window + 1, geometry.size, geometry.size),
+            "pixels": stack_pixels(rows),
+            "bytes": int((points["n_slices"] * 2 * side * side + NPY_HEADER_BYTES).sum()),
+        }
     return out
 
 
@@ -317,20 +390,28 @@ def localizer_samples(coords: pd.DataFrame, index: pd.DataFrame, config) -> dict
 
 
 def state_dict_bytes(model) -> tuple[int, int, int]:
-    """(bytes of the state dict's tensors, how many tensors, parameters) of a model, on any device (meta too)."""
+    """(bytes of the state dict's tensors, how many tensors, parameters) of a model, on any device (meta
+    too)."""
     state = model.state_dict()
     size = sum(t.numel() * t.element_size() for t in state.values())
     return size, len(state), sum(p.numel() for p in model.parameters())
 
 
-def checkpoint_bytes(state_bytes: int, tensors: int, parameters: int, kind: str = "state", ema: bool = True) -> int:
+def checkpoint_bytes(
+    state_bytes: int, tensors: int, parameters: int, kind: str = "state", ema: bool = True
+) -> int:
     """A checkpoint file's size: "state" (`final.pt`, `best.pt`, a localizer model) or "last" (`last.pt`: the
-    model and its EMA when on, AdamW's exp_avg and exp_avg_sq in float32 and a step per parameter tensor, the RNG
-    state)."""
+    model and its EMA when on, AdamW's exp_avg and exp_avg_sq in float32 and a step per parameter tensor, the
+    RNG state)."""
     if kind == "state":
         return state_bytes + tensors * PICKLE_BYTES_PER_TENSOR + 1024
     copies = 2 if ema else 1
-    return copies * state_bytes + 2 * 4 * parameters + (copies + 2) * tensors * PICKLE_BYTES_PER_TENSOR + 8 * 1024
+    return (
+        copies * state_bytes
+        + 2 * 4 * parameters
+        + (copies + 2) * tensors * PICKLE_BYTES_PER_TENSOR
+        + 8 * 1024
+    )
 
 
 def model_figures(build: Callable[[], Any], inputs: Callable[[], tuple]) -> tuple[int, int, int, float]:
@@ -355,7 +436,8 @@ def _figures(state: RunState, key: tuple, build: Callable[[], Any], inputs: Call
 
 
 def model_seconds(flops: float, gpu: bool, threads: int) -> float:
-    """Seconds of model work: FLOPs / the assumed GPU rate, or / (the assumed CPU rate per thread x threads)."""
+    """Seconds of model work: FLOPs / the assumed GPU rate, or / (the assumed CPU rate per thread x
+    threads)."""
     return flops / (GPU_FLOPS.value if gpu else CPU_FLOPS_PER_THREAD.value * max(threads, 1))
 
 
@@ -379,50 +461,82 @@ def eda_cost(p: dict, facts: DataFacts, state: RunState, machine: Machine) -> St
     files = int(facts.index["study_id"].isin(studies[:n]).sum())
     workers = max(1, p.get("INDEX_WORKERS") or 1)
     return StepCost(
-        "00_eda", f"{len(studies):,} labelled studies; the headers of {n:,} ({files:,} files) for the scatter",
-        Estimate(3 * NOTEBOOK_BYTES.value, "figures, summary.json and the notebook, 3 x notebook size",
-                 (NOTEBOOK_BYTES,)),
-        Estimate(TORCH_PROCESS_MIB.value * MIB + files * INDEX_BYTES_PER_FILE.value,
-                 f"process RSS + {files:,} headers x index RSS", (TORCH_PROCESS_MIB, INDEX_BYTES_PER_FILE)),
-        Estimate(files / (HEADERS_PER_S.value * workers) + 30,
-                 f"{files:,} files / ({workers} x header rate) + 30 s of figures", (HEADERS_PER_S,)), CPU)
+        "00_eda",
+        f"{len(studies):,} labelled studies; the headers of {n:,} ({files:,} files) for the scatter",
+        Estimate(
+            3 * NOTEBOOK_BYTES.value,
+            "figures, summary.json and the notebook, 3 x notebook size",
+            (NOTEBOOK_BYTES,),
+        ),
+        Estimate(
+            TORCH_PROCESS_MIB.value * MIB + files * INDEX_BYTES_PER_FILE.value,
+            f"process RSS + {files:,} headers x index RSS",
+            (TORCH_PROCESS_MIB, INDEX_BYTES_PER_FILE),
+        ),
+        Estimate(
+            files / (HEADERS_PER_S.value * workers) + 30,
+            f"{files:,} files / ({workers} x header rate) + 30 s of figures",
+            (HEADERS_PER_S,),
+        ),
+        CPU,
+    )
 
 
 def _roi_config(p: dict):
     """The crop settings as 01_preprocess builds them."""
 
-    return RoiConfig.from_overrides(dict(mode=p["MODE"], size=p["SIZE"], before=p["BEFORE"], after=p["AFTER"],
-                                         depth=p["DEPTH"], filter=p["FILTER"], margin_mode=p["MARGIN_MODE"],
-                                         **(p["EXTRA"] or {})))  # fmt: skip
+    return RoiConfig.from_overrides(
+        dict(
+            mode=p["MODE"],
+            size=p["SIZE"],
+            before=p["BEFORE"],
+            after=p["AFTER"],
+            depth=p["DEPTH"],
+            filter=p["FILTER"],
+            margin_mode=p["MARGIN_MODE"],
+            **(p["EXTRA"] or {}),
+        )
+    )
 
 
 def _cache_samples(counts: Mapping[str, int]) -> str:
-    groups = ", ".join(f"{g} {sum(counts.get(c, 0) for c in CONDITIONS if CONDITION_GROUP[c] == g):,}"
-                       for g in GROUPS)  # fmt: skip
+    groups = ", ".join(
+        f"{g} {sum(counts.get(c, 0) for c in CONDITIONS if CONDITION_GROUP[c] == g):,}" for g in GROUPS
+    )
     views = [f"{k} {v:,}" for k, v in counts.items() if k not in CONDITIONS]
     return f"{primary_crops(counts):,} crops ({groups})" + (
-        f" + second views, at most {', '.join(views)}" if views else "")
+        f" + second views, at most {', '.join(views)}" if views else ""
+    )
 
 
 def _cache_disk(counts: Mapping[str, int], roi) -> Estimate:
     side = roi.size + 2 * roi.pad_px
-    return Estimate(cache_bytes(counts, roi), f"{sum(counts.values()):,} arrays x {roi.out_depth + 2 * roi.pad_slices}"
-                                              f" x {side} x {side} x 2 B (float16) + 128 B header + table rows")
+    return Estimate(
+        cache_bytes(counts, roi),
+        f"{sum(counts.values()):,} arrays x {roi.out_depth + 2 * roi.pad_slices}"
+        f" x {side} x {side} x 2 B (float16) + 128 B header + table rows",
+    )
 
 
 def _crop_build(counts: Mapping[str, int], studies: int, workers: int) -> tuple[Estimate, Estimate]:
     """(seconds, RAM) of building a crop cache."""
     factor = sum(counts.values()) / max(primary_crops(counts), 1)
-    seconds = Estimate(studies / (CROP_STUDIES_PER_S.value * workers) * factor,
-                       f"{studies:,} studies / ({workers} x crop rate) x {factor:.2f} arrays per crop (views)",
-                       (CROP_STUDIES_PER_S,))
-    ram = Estimate((CROP_MAIN_MIB.value + workers * CROP_WORKER_MIB.value) * MIB,
-                   f"crop RSS with {workers} worker(s)", (CROP_MAIN_MIB,))
+    seconds = Estimate(
+        studies / (CROP_STUDIES_PER_S.value * workers) * factor,
+        f"{studies:,} studies / ({workers} x crop rate) x {factor:.2f} arrays per crop (views)",
+        (CROP_STUDIES_PER_S,),
+    )
+    ram = Estimate(
+        (CROP_MAIN_MIB.value + workers * CROP_WORKER_MIB.value) * MIB,
+        f"crop RSS with {workers} worker(s)",
+        (CROP_MAIN_MIB,),
+    )
     return seconds, ram
 
 
 def preprocess_cost(p: dict, facts: DataFacts, state: RunState, machine: Machine) -> StepCost:
-    """01_preprocess: folds, the header index (the plan has cached it), the crops around the ground-truth points."""
+    """01_preprocess: folds, the header index (the plan has cached it), the crops around the ground-truth
+    points."""
 
     roi = state.roi = _roi_config(p)
     state.folds = p["N_FOLDS"]
@@ -432,41 +546,68 @@ def preprocess_cost(p: dict, facts: DataFacts, state: RunState, machine: Machine
     cache = _cache_disk(state.gt_crops, roi)
     index_bytes = len(facts.index) * INDEX_BYTES_PER_FILE.value
     return StepCost(
-        "01_preprocess", f"{facts.studies:,} studies; {_cache_samples(state.gt_crops)}",
-        Estimate(cache.value + len(facts.index) * 150 + NOTEBOOK_BYTES.value,
-                 f"{cache.how}; index_train.parquet ~150 B per file; notebook size", (NOTEBOOK_BYTES,)),
-        Estimate(crop_ram.value + index_bytes, f"{crop_ram.how} + {len(facts.index):,} files x index RSS",
-                 (*crop_ram.sources, INDEX_BYTES_PER_FILE)),
-        seconds, CPU, notes=[f"crops in cache/{cache_name(roi)}/"])
+        "01_preprocess",
+        f"{facts.studies:,} studies; {_cache_samples(state.gt_crops)}",
+        Estimate(
+            cache.value + len(facts.index) * 150 + NOTEBOOK_BYTES.value,
+            f"{cache.how}; index_train.parquet ~150 B per file; notebook size",
+            (NOTEBOOK_BYTES,),
+        ),
+        Estimate(
+            crop_ram.value + index_bytes,
+            f"{crop_ram.how} + {len(facts.index):,} files x index RSS",
+            (*crop_ram.sources, INDEX_BYTES_PER_FILE),
+        ),
+        seconds,
+        CPU,
+        notes=[f"crops in cache/{cache_name(roi)}/"],
+    )
 
 
 def _localizer_config(p: dict):
     """The localizer settings as 02_train_localizer builds them."""
 
-    return LocalizerConfig.from_dict(dict(backbone=p["BACKBONE"], pretrained="none", size=p["SIZE"],
-                                          epochs=p["EPOCHS"], device=p["DEVICE"], seed=p["SEED"],
-                                          **(p["EXTRA"] or {})))  # fmt: skip
+    return LocalizerConfig.from_dict(
+        dict(
+            backbone=p["BACKBONE"],
+            pretrained="none",
+            size=p["SIZE"],
+            epochs=p["EPOCHS"],
+            device=p["DEVICE"],
+            seed=p["SEED"],
+            **(p["EXTRA"] or {}),
+        )
+    )
 
 
 def _localizer_model(name: str, sample: dict, config, state: RunState) -> tuple[tuple, int, int]:
-    """(`model_figures`, epochs, forward passes per study) of one localizer model (a slice scorer: one window of
+    """(`model_figures`, epochs, forward passes per study) of one localizer model (a slice scorer: one window
+    of
     candidate slices per point it refines)."""
     import torch
 
-
     shape = sample["shape"]
     if name.endswith("_slices"):
-        figures = _figures(state, ("scorer", config.refine_backbone or config.backbone, shape),
-                           lambda: build_scorer(config), lambda: (torch.zeros(1, *shape),))
+        figures = _figures(
+            state,
+            ("scorer", config.refine_backbone or config.backbone, shape),
+            lambda: build_scorer(config),
+            lambda: (torch.zeros(1, *shape),),
+        )
         return figures, config.refine_epochs or config.epochs, len(TASKS[name.removesuffix("_slices")].points)
     task = TASKS[name]
-    figures = _figures(state, ("heatmap", name, config.backbone, shape, config.decoder_channels, config.out_stride),
-                       lambda: build_localizer_model(task, config), lambda: (torch.zeros(1, *shape),))
+    figures = _figures(
+        state,
+        ("heatmap", name, config.backbone, shape, config.decoder_channels, config.out_stride),
+        lambda: build_localizer_model(task, config),
+        lambda: (torch.zeros(1, *shape),),
+    )
     return figures, config.epochs_of(task.plane), 1 if task.plane == "sagittal" else len(LEVELS)
 
 
 def localizer_cost(p: dict, facts: DataFacts, state: RunState, machine: Machine) -> StepCost:
-    """02_train_localizer: decoded inputs, a localizer per fold, its out-of-fold points and the crops around them."""
+    """02_train_localizer: decoded inputs, a localizer per fold, its out-of-fold points and the crops around
+    them."""
     config = _localizer_config(p)
     gpu = on_gpu(p["DEVICE"], machine)
     per_fold = p["HOLDOUT"] == 0
@@ -480,8 +621,12 @@ def localizer_cost(p: dict, facts: DataFacts, state: RunState, machine: Machine)
         fold_bytes += checkpoint_bytes(size, tensors, 0)
         fold_flops += per_study * flops
         epoch = model_seconds(3 * flops * sample["samples"] * share, gpu, machine.threads)
-        epochs.append((f"{name}, {sample['samples']:,} samples x {share:.2f}, {n_epochs} epochs",
-                       Estimate(epoch, f"3 x forward {rule}", (rate,))))
+        epochs.append(
+            (
+                f"{name}, {sample['samples']:,} samples x {share:.2f}, {n_epochs} epochs",
+                Estimate(epoch, f"3 x forward {rule}", (rate,)),
+            )
+        )
         train_s += epoch * n_epochs * folds
     state.localizer_bytes, state.localizer_flops = folds * fold_bytes, folds * fold_flops
     decode_s = sum(s["pixels"] for s in samples.values()) / DECODE_PX_PER_S.value
@@ -493,33 +638,56 @@ def localizer_cost(p: dict, facts: DataFacts, state: RunState, machine: Machine)
         state.oof_crops = crop_counts(oof_rows(facts.index, studies), roi.views)
         oof_disk = _cache_disk(state.oof_crops, roi)
         crop_s, crop_ram = _crop_build(state.oof_crops, len(studies), max(1, p["WORKERS"]))
-        oof_s = crop_s.value + len(studies) * (LOCALIZE_CPU_S.value + model_seconds(fold_flops, gpu, machine.threads))
+        oof_s = crop_s.value + len(studies) * (
+            LOCALIZE_CPU_S.value + model_seconds(fold_flops, gpu, machine.threads)
+        )
         oof_ram = crop_ram.value
         notes.append(f"out of fold: {_cache_samples(state.oof_crops)}")
-    # every model of every fold trains in its own process (`model_parts`), JOBS at once, each stacking its inputs
+    # every model of every fold trains in its own process (`model_parts`), JOBS at once, each stacking its
+    # inputs
     parts = [STACK_COPIES * s["bytes"] * share for s in samples.values()] * folds
-    jobs = plan_processes(len(parts), "cuda" if gpu else "cpu", p["JOBS"], cores=machine.cores,
-                          gpus=machine.gpus if gpu else 0).jobs  # as train_localizer_folds plans them
+    jobs = plan_processes(
+        len(parts), "cuda" if gpu else "cpu", p["JOBS"], cores=machine.cores, gpus=machine.gpus if gpu else 0
+    ).jobs  # as train_localizer_folds plans them
     concurrent = sum(sorted(parts, reverse=True)[:jobs]) + jobs * TORCH_PROCESS_MIB.value * MIB
-    decoding = TORCH_PROCESS_MIB.value * MIB + STACK_COPIES * max((s["bytes"] for s in samples.values()), default=0)
+    decoding = TORCH_PROCESS_MIB.value * MIB + STACK_COPIES * max(
+        (s["bytes"] for s in samples.values()), default=0
+    )
     where = f"one per GPU, {machine.gpus} GPU(s)" if gpu else f"{machine.cores} cores"
-    notes.append(f"{len(parts)} model processes, {jobs} at once (JOBS={p['JOBS']}, {where}; --set JOBS=N bounds "
-                 "the RAM)" + ("; each also loads CUDA's libraries (not counted)" if gpu else ""))
+    notes.append(
+        f"{len(parts)} model processes, {jobs} at once (JOBS={p['JOBS']}, {where}; --set JOBS=N bounds "
+        "the RAM)" + ("; each also loads CUDA's libraries (not counted)" if gpu else "")
+    )
     checkpoints = folds * fold_bytes
     disk = inputs + checkpoints + oof_disk.value + 3 * len(studies) * 25 * 100 + NOTEBOOK_BYTES.value
     return StepCost(
-        "02_train_localizer", f"{len(studies):,} studies; "
-        + ", ".join(f"{k} {s['samples']:,}" for k, s in samples.items()) + f"; {folds} localizer(s)",
-        Estimate(disk, f"decoded inputs {_bytes(inputs)} (samples x stored channels x {config.size}^2 x 2 B); "
-                       f"checkpoints {folds} x {_bytes(fold_bytes)} (state dicts of the meta-built models); out-of-fold "
-                       f"crops {_bytes(oof_disk.value)} ({oof_disk.how})"),
-        Estimate(max(concurrent, decoding, oof_ram), f"the most of: {jobs} model process(es) at once, each process "
-                 "RSS + 3 x its inputs (list, np.stack, astype copy); decoding; the crop build",
-                 (TORCH_PROCESS_MIB, CROP_MAIN_MIB)),
-        Estimate(decode_s + train_s + oof_s, f"decoding {_duration(decode_s)} (pixels / decode rate) + training "
-                 f"{_duration(train_s)} (epochs below x folds) + out-of-fold points (localize CPU + forwards) and "
-                 f"crops (crop rate) {_duration(oof_s)}", (DECODE_PX_PER_S, LOCALIZE_CPU_S, CROP_STUDIES_PER_S)),
-        _device(gpu), epochs, notes)
+        "02_train_localizer",
+        f"{len(studies):,} studies; "
+        + ", ".join(f"{k} {s['samples']:,}" for k, s in samples.items())
+        + f"; {folds} localizer(s)",
+        Estimate(
+            disk,
+            f"decoded inputs {_bytes(inputs)} (samples x stored channels x {config.size}^2 x 2 B); "
+            f"checkpoints {folds} x {_bytes(fold_bytes)} (state dicts of the meta-built models); out-of-fold "
+            f"crops {_bytes(oof_disk.value)} ({oof_disk.how})",
+        ),
+        Estimate(
+            max(concurrent, decoding, oof_ram),
+            f"the most of: {jobs} model process(es) at once, each process "
+            "RSS + 3 x its inputs (list, np.stack, astype copy); decoding; the crop build",
+            (TORCH_PROCESS_MIB, CROP_MAIN_MIB),
+        ),
+        Estimate(
+            decode_s + train_s + oof_s,
+            f"decoding {_duration(decode_s)} (pixels / decode rate) + training "
+            f"{_duration(train_s)} (epochs below x folds) + out-of-fold points (localize CPU + forwards) and "
+            f"crops (crop rate) {_duration(oof_s)}",
+            (DECODE_PX_PER_S, LOCALIZE_CPU_S, CROP_STUDIES_PER_S),
+        ),
+        _device(gpu),
+        epochs,
+        notes,
+    )
 
 
 def _default_roi():
@@ -531,16 +699,30 @@ def _default_roi():
 def _train_config(p: dict):
     """The training settings as 03_train passes them (where its caches are does not matter here)."""
 
-    return make_config(dict(arch=p["ARCH"], mode=p["MODE"], conditions=p["CONDITIONS"], folds=p["FOLDS"],
-                            n_folds=p["N_FOLDS"], epochs=p["EPOCHS"], batch_size=p["BATCH_SIZE"], lr=p["LR"],
-                            pretrained="none", device=p["DEVICE"], threads=p["THREADS"], train_crops=p["CROPS"],
-                            progress=False, **(p["EXTRA"] or {})))  # fmt: skip
+    return make_config(
+        dict(
+            arch=p["ARCH"],
+            mode=p["MODE"],
+            conditions=p["CONDITIONS"],
+            folds=p["FOLDS"],
+            n_folds=p["N_FOLDS"],
+            epochs=p["EPOCHS"],
+            batch_size=p["BATCH_SIZE"],
+            lr=p["LR"],
+            pretrained="none",
+            device=p["DEVICE"],
+            threads=p["THREADS"],
+            train_crops=p["CROPS"],
+            progress=False,
+            **(p["EXTRA"] or {}),
+        )
+    )
 
 
 def classifier_cost(p: dict, facts: DataFacts, state: RunState, machine: Machine) -> StepCost:
-    """03_train: one architecture, every unit of its task mode on every fold: checkpoints, epochs, OOF tables."""
+    """03_train: one architecture, every unit of its task mode on every fold: checkpoints, epochs, OOF
+    tables."""
     import torch
-
 
     config = _train_config(p)
     roi = state.roi or _default_roi()
@@ -551,39 +733,72 @@ def classifier_cost(p: dict, facts: DataFacts, state: RunState, machine: Machine
     share = (config.n_folds - 1) / config.n_folds
     gt, oof = state.gt_crops, state.oof_crops
     epochs, disk, seconds, weights, study_flops, held, training_last = [], 0, 0.0, 0, 0.0, 0, 0
-    for task in build_tasks(config.mode, resolve_conditions(config.mode, config.conditions), config.mirror_right,
-                            config.views):  # fmt: skip
+    for task in build_tasks(
+        config.mode, resolve_conditions(config.mode, config.conditions), config.mirror_right, config.views
+    ):
         sizes = unit_sizes(task, config.fusion)
-        key = (config.arch, roi.out_depth, roi.size, repr(sorted(config.model_kwargs.items())),
-               tuple(sorted(sizes.items())))  # fmt: skip
+        key = (
+            config.arch,
+            roi.out_depth,
+            roi.size,
+            repr(sorted(config.model_kwargs.items())),
+            tuple(sorted(sizes.items())),
+        )
         size, tensors, params, flops = _figures(
-            state, key,
-            lambda sizes=sizes: build_model(config.arch, depth=roi.out_depth, pretrained="none",
-                                            drop_rate=config.drop_rate, **sizes, **config.model_kwargs),
-            lambda sizes=sizes: (torch.zeros(1, sizes["in_channels"], roi.out_depth, roi.size, roi.size),
-                                 torch.zeros(1, sizes["num_meta"])))  # fmt: skip
+            state,
+            key,
+            lambda sizes=sizes: build_model(
+                config.arch,
+                depth=roi.out_depth,
+                pretrained="none",
+                drop_rate=config.drop_rate,
+                **sizes,
+                **config.model_kwargs,
+            ),
+            lambda sizes=sizes: (
+                torch.zeros(1, sizes["in_channels"], roi.out_depth, roi.size, roi.size),
+                torch.zeros(1, sizes["num_meta"]),
+            ),
+        )
         n_gt, n_oof = sum(gt.get(c, 0) for c in task.conditions), sum(oof.get(c, 0) for c in task.conditions)
         pool = {"gt": n_gt, "oof": n_oof, "both": n_gt + n_oof}[config.train_crops] if n_oof else n_gt
         train_n, valid_n = pool * share, (n_oof or n_gt) / config.n_folds
         validated = math.ceil(config.epochs / config.val_every) / config.epochs  # validations per epoch
         compute = model_seconds(flops * (3 * train_n + validated * valid_n), gpu, threads)
         workers = max(config.workers, 1)
-        per_s = LOADER_SAMPLES_PER_S.value * LOADER_CROP_BYTES / crop_array_bytes(roi)  # scaled by the crop's size
+        per_s = (
+            LOADER_SAMPLES_PER_S.value * LOADER_CROP_BYTES / crop_array_bytes(roi)
+        )  # scaled by the crop's size
         loading = (train_n + valid_n) * task.in_channels / (per_s * workers)
         epoch = max(compute, loading) if config.workers else compute + loading
         binds = "loading binds" if loading > compute else "the model binds"
-        scaled = "" if crop_array_bytes(roi) == LOADER_CROP_BYTES else f" x its crop / {_bytes(crop_array_bytes(roi))}"
-        epochs.append((f"{task.name}, {train_n:,.0f} training items", Estimate(
-            epoch, f"{'max' if config.workers else 'sum'} of model (3 x forward {rule}) and loading "
-                   f"({task.in_channels} crop(s) per item / ({workers} x loader rate{scaled})): {binds}",
-            (rate, LOADER_SAMPLES_PER_S))))
-        views = 1 + sum(n_views(c) for c in usable(config.tta, task.crop_kinds))  # at most, every candidate chosen
+        scaled = (
+            ""
+            if crop_array_bytes(roi) == LOADER_CROP_BYTES
+            else f" x its crop / {_bytes(crop_array_bytes(roi))}"
+        )
+        epochs.append(
+            (
+                f"{task.name}, {train_n:,.0f} training items",
+                Estimate(
+                    epoch,
+                    f"{'max' if config.workers else 'sum'} of model (3 x forward {rule}) and loading "
+                    f"({task.in_channels} crop(s) per item / ({workers} x loader rate{scaled})): {binds}",
+                    (rate, LOADER_SAMPLES_PER_S),
+                ),
+            )
+        )
+        views = 1 + sum(
+            n_views(c) for c in usable(config.tta, task.crop_kinds)
+        )  # at most, every candidate chosen
         held_out = valid_n * views * (2 if n_oof and n_gt else 1)  # oof_gt.csv: the ground-truth crops too
         seconds += len(folds) * (config.epochs * epoch + model_seconds(flops * held_out, gpu, threads))
         final = checkpoint_bytes(size, tensors, params)
         last = checkpoint_bytes(size, tensors, params, "last", config.ema_decay > 0)
         disk += len(folds) * (final + (last if config.keep_last else 0))
-        training_last = max(training_last, 0 if config.keep_last else last)  # removed once its fold has finished
+        training_last = max(
+            training_last, 0 if config.keep_last else last
+        )  # removed once its fold has finished
         held = max(held, (2 if config.ema_decay > 0 else 1) * size + 2 * 4 * params)  # on CPU: in RAM
         weights += len(folds) * final
         study_flops += len(folds) * flops * views * (n_oof or n_gt) / max(facts.studies, 1)
@@ -591,56 +806,99 @@ def classifier_cost(p: dict, facts: DataFacts, state: RunState, machine: Machine
     state.members[p["OUTPUT"]] = (weights, study_flops)
     tables = 3 * facts.studies * 25 * 120 + NOTEBOOK_BYTES.value  # predictions, oof, oof_gt
     return StepCost(
-        p["OUTPUT"], f"{len(epochs)} unit(s) x {len(folds)} fold(s) x {config.epochs} epochs; training crops "
+        p["OUTPUT"],
+        f"{len(epochs)} unit(s) x {len(folds)} fold(s) x {config.epochs} epochs; training crops "
         f"{config.train_crops} (ground truth {primary_crops(gt):,}, out of fold {primary_crops(oof):,})",
-        Estimate(disk + tables, "per unit and fold: final.pt (the state dict) of the meta-built model, and the "
-                                "last.pt (model, EMA, AdamW moments) of the fold in training (every fold's with "
-                                "keep_last); tables"),
-        Estimate((TRAIN_MAIN_MIB.value + config.workers * TRAIN_WORKER_MIB.value) * MIB + (0 if gpu else held),
-                 f"train RSS with {config.workers} DataLoader worker(s)" + ("" if gpu else " + the largest unit's "
-                 "weights, EMA and AdamW moments"), (TRAIN_MAIN_MIB,),
-                 measured=not gpu and config.workers == 2 and facts.studies >= 1900  # scale.md's own setting
-                 and crop_array_bytes(roi) == LOADER_CROP_BYTES),
-        Estimate(seconds, f"folds x epochs x the epochs below, + held-out predictions (validation, TTA) {rule}",
-                 (rate,)), _device(gpu), epochs,
-        [f"GPU memory is not estimated (batch {config.batch_size})"] if gpu else [])
+        Estimate(
+            disk + tables,
+            "per unit and fold: final.pt (the state dict) of the meta-built model, and the "
+            "last.pt (model, EMA, AdamW moments) of the fold in training (every fold's with "
+            "keep_last); tables",
+        ),
+        Estimate(
+            (TRAIN_MAIN_MIB.value + config.workers * TRAIN_WORKER_MIB.value) * MIB + (0 if gpu else held),
+            f"train RSS with {config.workers} DataLoader worker(s)"
+            + ("" if gpu else " + the largest unit's weights, EMA and AdamW moments"),
+            (TRAIN_MAIN_MIB,),
+            measured=not gpu
+            and config.workers == 2
+            and facts.studies >= 1900  # scale.md's own setting
+            and crop_array_bytes(roi) == LOADER_CROP_BYTES,
+        ),
+        Estimate(
+            seconds,
+            f"folds x epochs x the epochs below, + held-out predictions (validation, TTA) {rule}",
+            (rate,),
+        ),
+        _device(gpu),
+        epochs,
+        [f"GPU memory is not estimated (batch {config.batch_size})"] if gpu else [],
+    )
 
 
 def ensemble_cost(p: dict, facts: DataFacts, state: RunState, machine: Machine) -> StepCost:
     """04_ensemble: fits on the members' out-of-fold tables: small and quick."""
     members = max(len(state.members), 1)
     return StepCost(
-        "04_ensemble", f"{members} member(s) x {facts.studies:,} studies x 25 rows",
+        "04_ensemble",
+        f"{members} member(s) x {facts.studies:,} studies x 25 rows",
         Estimate(6 * facts.studies * 25 * 120 + NOTEBOOK_BYTES.value, "a few tables of 25 rows per study"),
-        Estimate(TORCH_PROCESS_MIB.value * MIB + members * facts.studies * 25 * 200,
-                 "process RSS + the members' tables", (TORCH_PROCESS_MIB,)),
-        Estimate(facts.studies * members * ENSEMBLE_S.value, "studies x members x ensemble rate", (ENSEMBLE_S,)),
-        CPU)
+        Estimate(
+            TORCH_PROCESS_MIB.value * MIB + members * facts.studies * 25 * 200,
+            "process RSS + the members' tables",
+            (TORCH_PROCESS_MIB,),
+        ),
+        Estimate(
+            facts.studies * members * ENSEMBLE_S.value, "studies x members x ensemble rate", (ENSEMBLE_S,)
+        ),
+        CPU,
+    )
 
 
-def _predict_figures(studies: int, state: RunState, gpu: bool, threads: int) -> tuple[Estimate, Estimate, str]:
+def _predict_figures(
+    studies: int, state: RunState, gpu: bool, threads: int
+) -> tuple[Estimate, Estimate, str]:
     """(seconds, RAM, GPU note) of `predict` with every model of the run on `studies` studies."""
     weights = sum(w for w, _ in state.members.values()) + state.localizer_bytes
     flops = state.localizer_flops + sum(f for _, f in state.members.values())
     rule, rate = _rate(gpu, threads)
-    seconds = Estimate(studies * (PREDICT_CPU_S.value + model_seconds(flops, gpu, threads)),
-                       f"studies x (predict CPU + every fold's forwards, {rule})", (PREDICT_CPU_S, rate))
+    seconds = Estimate(
+        studies * (PREDICT_CPU_S.value + model_seconds(flops, gpu, threads)),
+        f"studies x (predict CPU + every fold's forwards, {rule})",
+        (PREDICT_CPU_S, rate),
+    )
     held = 0 if gpu else weights  # on a GPU the models move to its memory one by one
-    ram = Estimate(PREDICT_MIB.value * MIB + held, "predict RSS" + ("" if gpu else " + the run's weights"),
-                   (PREDICT_MIB,))
-    return seconds, ram, f"the run's weights, {_bytes(weights)}, are held in " + ("GPU memory" if gpu else "RAM")
+    ram = Estimate(
+        PREDICT_MIB.value * MIB + held,
+        "predict RSS" + ("" if gpu else " + the run's weights"),
+        (PREDICT_MIB,),
+    )
+    return (
+        seconds,
+        ram,
+        f"the run's weights, {_bytes(weights)}, are held in " + ("GPU memory" if gpu else "RAM"),
+    )
 
 
 def submission_cost(p: dict, facts: DataFacts, state: RunState, machine: Machine) -> StepCost:
-    """05_submission: `predict` on the data folder's split (the test split: its studies here, not Kaggle's)."""
+    """05_submission: `predict` on the data folder's split (the test split: its studies here, not
+    Kaggle's)."""
     gpu = on_gpu(p["DEVICE"], machine)
     studies = facts.test_studies if p["SPLIT"] == "test" else facts.studies
     seconds, ram, held = _predict_figures(studies, state, gpu, machine.threads)
     return StepCost(
-        "05_submission", f"{studies:,} {p['SPLIT']} stud{'y' if studies == 1 else 'ies'} (this data folder's)",
-        Estimate(studies * 25 * 60 + 64 * 1024 + NOTEBOOK_BYTES.value, f"25 rows per study and its record at OUT "
-                 f"({p['OUT']}, relative to notebooks/): outside the run folder"), ram, seconds, _device(gpu),
-        notes=[held])
+        "05_submission",
+        f"{studies:,} {p['SPLIT']} stud{'y' if studies == 1 else 'ies'} (this data folder's)",
+        Estimate(
+            studies * 25 * 60 + 64 * 1024 + NOTEBOOK_BYTES.value,
+            f"25 rows per study and its record at OUT "
+            f"({p['OUT']}, relative to notebooks/): outside the run folder",
+        ),
+        ram,
+        seconds,
+        _device(gpu),
+        notes=[held],
+    )
 
 
 def error_analysis_cost(p: dict, facts: DataFacts, state: RunState, machine: Machine) -> StepCost:
@@ -649,45 +907,66 @@ def error_analysis_cost(p: dict, facts: DataFacts, state: RunState, machine: Mac
     viewed = p["WORST_STUDIES"] + p["TEST_STUDIES"]
     seconds, ram, held = _predict_figures(viewed, state, gpu, machine.threads)
     return StepCost(
-        "06_error_analysis", f"{viewed} studies drawn, {facts.studies:,} analysed",
-        Estimate((viewed + 8) * 300 * 1024 + NOTEBOOK_BYTES.value, "figures of ~300 KiB"), ram,
-        Estimate(seconds.value + 30, f"{seconds.how}, + 30 s of figures", seconds.sources), _device(gpu),
-        notes=[held])
+        "06_error_analysis",
+        f"{viewed} studies drawn, {facts.studies:,} analysed",
+        Estimate((viewed + 8) * 300 * 1024 + NOTEBOOK_BYTES.value, "figures of ~300 KiB"),
+        ram,
+        Estimate(seconds.value + 30, f"{seconds.how}, + 30 s of figures", seconds.sources),
+        _device(gpu),
+        notes=[held],
+    )
 
 
 #: The estimator of each notebook; a notebook without one is listed as not estimated.
 ESTIMATORS: dict[str, Callable[[dict, DataFacts, RunState, Machine], StepCost]] = {
-    "00_eda": eda_cost, "01_preprocess": preprocess_cost, "02_train_localizer": localizer_cost,
-    "03_train": classifier_cost, "04_ensemble": ensemble_cost, "05_submission": submission_cost,
+    "00_eda": eda_cost,
+    "01_preprocess": preprocess_cost,
+    "02_train_localizer": localizer_cost,
+    "03_train": classifier_cost,
+    "04_ensemble": ensemble_cost,
+    "05_submission": submission_cost,
     "06_error_analysis": error_analysis_cost,
-}  # fmt: skip
+}
 
 
 # --- the plan -----------------------------------------------------------------------------------------------
 
 
 def read_facts(data_dir: Path, run_dir: Path, workers: int = 1) -> DataFacts:
-    """The train split's index (read from, or built and cached at, RUN_DIR/index_train.parquet as 01 does), the
+    """The train split's index (read from, or built and cached at, RUN_DIR/index_train.parquet as 01 does),
+    the
     ground-truth coordinates, and the test studies."""
 
     cache = run_dir / "index_train.parquet"
     existed, t0 = cache.is_file(), time.perf_counter()
     index = load_or_build_index(data_dir, "train", cache=cache, workers=workers)
-    how = (f"read from {cache}" if existed else
-           f"built in {_duration(time.perf_counter() - t0)} ({workers} worker(s)) and cached at {cache} for 01")
+    how = (
+        f"read from {cache}"
+        if existed
+        else f"built in {_duration(time.perf_counter() - t0)} ({workers} worker(s)) and cached at "
+        f"{cache} for 01"
+    )
     coords = load_coordinates(data_dir / "train_label_coordinates.csv")
     test = images_dir(data_dir, "test")
     tests = sum(1 for d in test.iterdir() if d.is_dir()) if test.is_dir() else 0
     return DataFacts(data_dir, index, coords, tests, f"header index of {len(index):,} files {how}")
 
 
-def estimate_steps(config: PipelineConfig, steps: list[Step], facts: DataFacts, jobs: int | None = None,
-                   cuda: bool | None = None, cores: int | None = None, gpus: int | None = None) -> list[StepCost]:  # fmt: skip
+def estimate_steps(
+    config: PipelineConfig,
+    steps: list[Step],
+    facts: DataFacts,
+    jobs: int | None = None,
+    cuda: bool | None = None,
+    cores: int | None = None,
+    gpus: int | None = None,
+) -> list[StepCost]:
     """The cost of each of `steps` (the selected ones). Earlier steps feed later ones their settings (crop
     geometry, folds, the models' sizes): as selected and overridden, or as configured when not selected.
 
     Args:
-        jobs: notebooks of a parallel group at once (default: the config's), as `run_pipeline` shares the cores.
+        jobs: notebooks of a parallel group at once (default: the config's), as `run_pipeline` shares the
+        cores.
         cuda: whether DEVICE=auto means CUDA (default: whether this machine has it).
         cores: the run machine's cores (default: this one's).
         gpus: the run machine's GPUs (default: this one's, at least one when `cuda`).
@@ -706,8 +985,12 @@ def estimate_steps(config: PipelineConfig, steps: list[Step], facts: DataFacts, 
         for step in group:
             estimator = ESTIMATORS.get(step.notebook)
             if estimator is None:
-                cost = StepCost(step.output, "not estimated (no estimator for this notebook)", *[Estimate(0, "-")] * 3,
-                                "?")  # fmt: skip
+                cost = StepCost(
+                    step.output,
+                    "not estimated (no estimator for this notebook)",
+                    *[Estimate(0, "-")] * 3,
+                    "?",
+                )
             else:
                 params = {**step_parameters(step, config), "OUTPUT": step.output}
                 cost = estimator(params, facts, state, Machine(threads, cores, cuda, max(gpus, 1)))
@@ -735,8 +1018,14 @@ def machine_memory() -> int | None:
         return None
 
 
-def plan_report(config: PipelineConfig, start: str | None = None, only: str | None = None, jobs: int | None = None,
-                overrides: Mapping[str, Any] | None = None, allow_synthetic: bool = False) -> str:  # fmt: skip
+def plan_report(
+    config: PipelineConfig,
+    start: str | None = None,
+    only: str | None = None,
+    jobs: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    allow_synthetic: bool = False,
+) -> str:
     """The plan (module docstring) after the checks `run_pipeline` makes before its first notebook.
 
     Raises:
@@ -770,17 +1059,26 @@ def totals(costs: list[StepCost]) -> tuple[float, float, float, str]:
 def format_plan(config: PipelineConfig, facts: DataFacts, costs: list[StepCost]) -> str:
     """The plan as text: what it read, a block per step, the totals, the free disk, the sources."""
     lines = [
-        (f"plan: {config.source} on {facts.data_dir}: {facts.studies:,} labelled studies, {facts.test_studies:,} "
-         f"test studies; run folder {config.run_dir}"),
+        (
+            f"plan: {config.source} on {facts.data_dir}: {facts.studies:,} labelled studies, "
+            f"{facts.test_studies:,} "
+            f"test studies; run folder {config.run_dir}"
+        ),
         f"plan: {facts.index_note}",
-        ("plan: estimates, not promises. measured = a figure of this repository's benchmark tables for the same "
-         "setting; projected = computed by the rule shown from shapes, parameter counts of models built on the "
-         "meta device, counted FLOPs at an ASSUMED rate, or the measured figures listed under `sources`, scaled"),
+        (
+            "plan: estimates, not promises. measured = a figure of this repository's benchmark tables "
+            "for the same setting; projected = computed by the rule shown from shapes, parameter counts of "
+            "models built on the meta device, counted FLOPs at an ASSUMED rate, or the measured figures "
+            "listed under `sources`, scaled"
+        ),
     ]
     used: dict[str, Source] = {}
     for cost in costs:
         lines += [f"{cost.output}  [{cost.device}]", f"  samples   {cost.samples}"]
-        rows = [("disk", _bytes(cost.disk.value), cost.disk, ""), ("RAM", _bytes(cost.ram.value), cost.ram, "")]
+        rows = [
+            ("disk", _bytes(cost.disk.value), cost.disk, ""),
+            ("RAM", _bytes(cost.ram.value), cost.ram, ""),
+        ]
         rows += [("epoch", _duration(e.value), e, f"{name}: ") for name, e in cost.epochs]
         rows.append(("time", _duration(cost.seconds.value), cost.seconds, ""))
         for label, value, estimate, what in rows:
@@ -789,14 +1087,20 @@ def format_plan(config: PipelineConfig, facts: DataFacts, costs: list[StepCost])
         lines += [f"  note      {n}" for n in cost.notes]
     disk, seconds, peak, where = totals(costs)
     free = free_bytes(config.run_dir)
-    lines.append(f"total: disk {_bytes(disk)} under {config.run_dir} ({_bytes(free)} free there); peak RAM "
-                 f"{_bytes(peak)} ({where}); time {_duration(seconds)}; all projected")
+    lines.append(
+        f"total: disk {_bytes(disk)} under {config.run_dir} ({_bytes(free)} free there); peak RAM "
+        f"{_bytes(peak)} ({where}); time {_duration(seconds)}; all projected"
+    )
     if disk > free:
-        lines.append(f"WARNING: the run writes about {_bytes(disk)} but only {_bytes(free)} are free on the disk of "
-                     f"{config.run_dir}: give --run-dir a folder on a bigger disk")
+        lines.append(
+            f"WARNING: the run writes about {_bytes(disk)} but only {_bytes(free)} are free on the disk of "
+            f"{config.run_dir}: give --run-dir a folder on a bigger disk"
+        )
     memory = machine_memory()
     if memory and peak > memory:
-        lines.append(f"WARNING: {where} may need about {_bytes(peak)} of RAM, this machine has {_bytes(memory)}")
+        lines.append(
+            f"WARNING: {where} may need about {_bytes(peak)} of RAM, this machine has {_bytes(memory)}"
+        )
     lines.append("sources:")
     lines += [f"  {s.name:<14} {s.where}" for s in used.values()]
     return "\n".join(lines)

@@ -22,8 +22,9 @@ class StepLog:
     """A step's printed lines into its log file and onto the console (module docstring: Progress).
 
     `stream()` gives the file-like objects papermill writes each stream message of the kernel to
-    (`stdout_file`, `stderr_file`); each keeps its own unfinished line, so two streams never mix within a line.
-    A carriage return starts the line over, as on a terminal: a text progress bar leaves only its last state.
+    (`stdout_file`, `stderr_file`); each keeps its own unfinished line, so two streams never mix within a
+    line. A carriage return starts the line over, as on a terminal: a text progress bar leaves only its last
+    state.
     """
 
     def __init__(self, path: Path, name: str) -> None:
@@ -86,7 +87,8 @@ class _LineStream:
 
 
 def kernel_manager(stderr: Path) -> type:
-    """The kernel manager papermill starts a step's kernel with: the kernel's own stdout goes nowhere, its stderr
+    """The kernel manager papermill starts a step's kernel with: the kernel's own stdout goes nowhere, its
+    stderr
     to `stderr` (`logs/kernel/<output>.log`).
 
     ipykernel sends what any process of the kernel writes to its stdout and stderr (a process pool's workers
@@ -145,11 +147,16 @@ def run_step(step: Step, config: PipelineConfig, threads: int = 0) -> float:
         )
         outcome = "done"
     except PapermillExecutionError as e:
-        failed = NotebookRecord(status=NotebookRecord.FAILED, seconds=round(time.perf_counter() - t0, 1),
-                                error=f"{e.ename}: {e.evalue}")
+        failed = NotebookRecord(
+            status=NotebookRecord.FAILED,
+            seconds=round(time.perf_counter() - t0, 1),
+            error=f"{e.ename}: {e.evalue}",
+        )
         save_record(config.run_dir, failed, item=step.output)
-        outcome = (f"notebook {step.output} ({step.notebook}.ipynb) failed in cell {e.exec_count} "
-                   f"(cell index {e.cell_index}): {e.ename}: {e.evalue}\n  executed copy: {out}")
+        outcome = (
+            f"notebook {step.output} ({step.notebook}.ipynb) failed in cell {e.exec_count} "
+            f"(cell index {e.cell_index}): {e.ename}: {e.evalue}\n  executed copy: {out}"
+        )
         raise PipelineError(outcome) from None
     except BaseException as e:
         outcome = f"stopped: {e!r}"
@@ -175,7 +182,8 @@ def run_pipeline(
 
     Args:
         jobs: notebooks run at once inside a parallel group (default: the config's `jobs`; 0 = auto).
-        overrides: parameters over the config's (the command line's `--set`), for the notebooks declaring them.
+        overrides: parameters over the config's (the command line's `--set`), for the notebooks declaring
+        them.
         allow_synthetic: see `check_data_kind`.
 
     Raises:
@@ -185,8 +193,10 @@ def run_pipeline(
     steps = plan_steps(config, start, only, overrides)
     check_data_kind(config, allow_synthetic)
     jobs = config.jobs if jobs is None else jobs
-    save_record(config.run_dir, PipelineRecord(config=str(config.source), data_dir=str(config.data_dir),
-                                               jobs=jobs or "auto"))
+    save_record(
+        config.run_dir,
+        PipelineRecord(config=str(config.source), data_dir=str(config.data_dir), jobs=jobs or "auto"),
+    )
     seconds: dict[str, float] = {}
     for _, group in itertools.groupby(steps, key=lambda s: s.group):
         group = list(group)
@@ -201,9 +211,13 @@ def run_pipeline(
     return seconds
 
 
-def group_plan(group: list[Step], jobs: int = 0, gpus: int | None = None, cores: int | None = None) -> ProcessPlan:
-    """How a `parallel:` group runs: on a GPU machine, when its notebooks put models on the GPU (`DEVICE` auto or
-    cuda), one notebook per GPU at once, each pinned to its GPU; otherwise one per core (`lumbar.core.processes`).
+def group_plan(
+    group: list[Step], jobs: int = 0, gpus: int | None = None, cores: int | None = None
+) -> ProcessPlan:
+    """How a `parallel:` group runs: on a GPU machine, when its notebooks put models on the GPU (`DEVICE` auto
+    or
+    cuda), one notebook per GPU at once, each pinned to its GPU; otherwise one per core
+    (`lumbar.core.processes`).
 
     A group whose notebooks name their GPUs themselves (`DEVICE: cuda:0`, `cuda:1`) is run as on the CPU: the
     pipeline does not pin what the config already placed.
@@ -229,7 +243,9 @@ def _run_parallel(group: list[Step], config: PipelineConfig, plan: ProcessPlan) 
             try:
                 seconds[step.output] = future.result()
             except Exception as e:  # noqa: BLE001 - reported below, after the others have ended
-                errors.append(e if isinstance(e, PipelineError) else PipelineError(f"notebook {step.output}: {e!r}"))
+                errors.append(
+                    e if isinstance(e, PipelineError) else PipelineError(f"notebook {step.output}: {e!r}")
+                )
                 for other in futures:
                     other.cancel()  # those not started yet
                 continue
@@ -240,5 +256,3 @@ def _run_parallel(group: list[Step], config: PipelineConfig, plan: ProcessPlan) 
         also += f"\n  not started: {', '.join(skipped)}" if skipped else ""
         raise PipelineError(f"{errors[0]}{also}")
     return seconds
-
-

@@ -183,8 +183,10 @@ class CacheReport:
             n = int((self.views["view"] == view).sum())
             missing = self.view_failures[self.view_failures["view"] == view]
             reasons = Counter(_reason(e) for e in missing["error"]).most_common(3)
-            lines.append(f"  view {view}: {n} samples, {len(missing)} target rows without one"
-                         + (f" ({'; '.join(f'{k} x {r}' for r, k in reasons)})" if reasons else ""))
+            lines.append(
+                f"  view {view}: {n} samples, {len(missing)} target rows without one"
+                + (f" ({'; '.join(f'{k} x {r}' for r, k in reasons)})" if reasons else "")
+            )
         lines += [f"  note: {n}" for n in self.notes[:5]]
         lines.append(f"cache: {self.cache_dir}")
         return "\n".join(lines)
@@ -242,8 +244,9 @@ def _run_studies(jobs: Iterator[tuple], workers: int) -> Iterator[StudyResult]:
         yield from (build_study(*job) for job in jobs)
         return
     # spawn, not fork: a forked child of a process whose OpenCV thread pool has run can deadlock
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
+    ) as pool:
         pending = set()
         for job in jobs:
             pending.add(pool.submit(build_study, *job))
@@ -304,14 +307,21 @@ def build_cache(
     report = CacheReport(folder, pd.DataFrame(), pd.DataFrame())
     resume = _plan_build(coords, root, split, folder, config, report, failures)
     report.studies_opened = len(resume.tasks)
-    jobs = ((s, coords.iloc[positions].to_dict("records"), str(root), split, str(folder), config)
-            for s, positions in resume.tasks)
-    bar = tqdm(total=len(resume.tasks), desc=f"preprocess {cache_name(config)}", unit="study",
-               disable=not progress)
+    jobs = (
+        (s, coords.iloc[positions].to_dict("records"), str(root), split, str(folder), config)
+        for s, positions in resume.tasks
+    )
+    bar = tqdm(
+        total=len(resume.tasks), desc=f"preprocess {cache_name(config)}", unit="study", disable=not progress
+    )
     built = _collect(_run_studies(jobs, workers if len(resume.tasks) > 1 else 1), bar, report, failures)
     _write_tables(report, config, built, resume, failures)
-    check_fallbacks(dict(zip(report.failures["sample_id"], report.failures["error"])),
-                    len(coords) + int(dup.sum()), max_failed_share, f"coordinate rows (samples) of {folder}")
+    check_fallbacks(
+        dict(zip(report.failures["sample_id"], report.failures["error"])),
+        len(coords) + int(dup.sum()),
+        max_failed_share,
+        f"coordinate rows (samples) of {folder}",
+    )
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -335,8 +345,15 @@ class _Built:
     view_failures: Rows
 
 
-def _plan_build(coords: pd.DataFrame, root: Path, split: str, folder: Path, config: RoiConfig,
-                report: CacheReport, failures: list[dict]) -> _Resume:
+def _plan_build(
+    coords: pd.DataFrame,
+    root: Path,
+    split: str,
+    folder: Path,
+    config: RoiConfig,
+    report: CacheReport,
+    failures: list[dict],
+) -> _Resume:
     """Sort the studies of `coords` into those to build and those already complete in `folder` (counted as
     skipped); a study without an image folder fails its rows (appended to `failures`)."""
     old = _read_table(folder / "samples.parquet", SAMPLE_COLUMNS)
@@ -355,15 +372,17 @@ def _plan_build(coords: pd.DataFrame, root: Path, split: str, folder: Path, conf
         report.studies += 1
         view_ids = expected_ids(config.views, rows)
         if all(i in known and (folder / known[i]).is_file() for i in ids) and all(
-                i in known_views and (folder / known_views[i]).is_file() for i in view_ids):
+            i in known_views and (folder / known_views[i]).is_file() for i in view_ids
+        ):
             kept += ids
             kept_views += view_ids
             report.skipped += len(ids) + len(view_ids)
             continue
         # its rows are made again when it is built: none held meanwhile
         tasks.append((int(study_id), positions))
-    return _Resume(tasks, old[old["sample_id"].isin(set(kept))],
-                   old_views[old_views["sample_id"].isin(set(kept_views))])
+    return _Resume(
+        tasks, old[old["sample_id"].isin(set(kept))], old_views[old_views["sample_id"].isin(set(kept_views))]
+    )
 
 
 def _collect(results: Iterator[StudyResult], bar, report: CacheReport, failures: list[dict]) -> _Built:
@@ -383,8 +402,9 @@ def _collect(results: Iterator[StudyResult], bar, report: CacheReport, failures:
     return _Built(samples, views, view_failures)
 
 
-def _write_tables(report: CacheReport, config: RoiConfig, built: _Built, resume: _Resume,
-                  failures: list[dict]) -> None:
+def _write_tables(
+    report: CacheReport, config: RoiConfig, built: _Built, resume: _Resume, failures: list[dict]
+) -> None:
     """The cache's tables, the kept rows first, in study, condition, level order: into `report` and the
     folder (samples.parquet, failures.csv; with views, views.parquet and view_failures.csv)."""
     folder = report.cache_dir
@@ -401,9 +421,16 @@ def _write_tables(report: CacheReport, config: RoiConfig, built: _Built, resume:
 
 #: CLI option -> RoiConfig field, for the options given explicitly.
 _CLI_FIELDS = {
-    "mode": "mode", "size": "size", "before": "before", "after": "after", "depth": "depth",
-    "filter": "filter", "margin_mode": "margin_mode", "pad_px": "pad_px", "pad_slices": "pad_slices",
-}  # fmt: skip
+    "mode": "mode",
+    "size": "size",
+    "before": "before",
+    "after": "after",
+    "depth": "depth",
+    "filter": "filter",
+    "margin_mode": "margin_mode",
+    "pad_px": "pad_px",
+    "pad_slices": "pad_slices",
+}
 
 
 def cli_preprocess(args: argparse.Namespace) -> int:
@@ -411,8 +438,13 @@ def cli_preprocess(args: argparse.Namespace) -> int:
     config = command_settings(RoiConfig(), given_flags(args, _CLI_FIELDS), args.set)
     coords = load_coordinates(args.coords)
     report = build_cache(
-        coords, args.data_dir, args.split, args.out, config, workers=args.workers,
+        coords,
+        args.data_dir,
+        args.split,
+        args.out,
+        config,
+        workers=args.workers,
         coords_source=Path(args.coords).name,
-    )  # fmt: skip
+    )
     print(report.summary())
     return 0

@@ -113,9 +113,11 @@ class RoiConfig:
         for name in names:
             left, right, up, down = getattr(self, name)
             room = min(
-                self.size * left / (left + right), self.size * right / (left + right),
-                self.size * up / (up + down), self.size * down / (up + down),
-            )  # fmt: skip
+                self.size * left / (left + right),
+                self.size * right / (left + right),
+                self.size * up / (up + down),
+                self.size * down / (up + down),
+            )
             if self.pad_px > room - 1:
                 raise ValueError(
                     f"pad_px={self.pad_px} lets jitter push the label point out of a {self.size}-px window "

@@ -18,8 +18,9 @@ from lumbar.preprocess.cache import load_cache, load_sample
 from lumbar.preprocess.jitter import center_window
 
 
-def crop_grid(cache_dir: str | os.PathLike, labels: pd.DataFrame | None = None, per_condition: int = 6,
-              seed: int = 0) -> Figure:  # fmt: skip
+def crop_grid(
+    cache_dir: str | os.PathLike, labels: pd.DataFrame | None = None, per_condition: int = 6, seed: int = 0
+) -> Figure:
     """One row per condition, `per_condition` samples each (the most severe first when labels are given).
 
     Args:

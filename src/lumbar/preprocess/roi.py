@@ -13,8 +13,8 @@ slices are stacked or interpolated along depth, the filter runs on the resampled
 the result is stored as float16.
 
 A series or file that cannot be read fails only the samples that need it; each failure is returned with
-its coordinate row and the reason. Only the errors bad data raises are caught (`lumbar.core.fallback.DATA_ERRORS`);
-a programming error or running out of memory stops the build.
+its coordinate row and the reason. Only the errors bad data raises are caught
+(`lumbar.core.fallback.DATA_ERRORS`); a programming error or running out of memory stops the build.
 """
 
 from __future__ import annotations
@@ -54,10 +54,28 @@ from lumbar.preprocess.windows import (
 
 #: Columns of samples.parquet (the CONTRACTS.md columns first, then geometry of the stored array).
 SAMPLE_COLUMNS = [
-    "sample_id", "study_id", "condition", "level", "series_id", "instance_number", "x", "y", "file",
-    "depth", "height", "width", "pad_slices", "pad_px",
-    "stack_index", "slice_index", "n_slices", "edge_slices", "point_d", "point_y", "point_x",
-]  # fmt: skip
+    "sample_id",
+    "study_id",
+    "condition",
+    "level",
+    "series_id",
+    "instance_number",
+    "x",
+    "y",
+    "file",
+    "depth",
+    "height",
+    "width",
+    "pad_slices",
+    "pad_px",
+    "stack_index",
+    "slice_index",
+    "n_slices",
+    "edge_slices",
+    "point_d",
+    "point_y",
+    "point_x",
+]
 #: Columns of views.parquet: a second view's samples (`lumbar.preprocess.views`), joined to the primary ones.
 VIEW_COLUMNS = [*SAMPLE_COLUMNS, "view"]
 #: Columns of failures.csv.
@@ -140,9 +158,13 @@ def _decode(stack: Stack, indices: list[int]) -> tuple[dict[int, Volume], dict[i
 
 def _one(vol: Volume, k: int) -> Volume:
     return Volume(
-        vol.pixels[k : k + 1], vol.instance_numbers[k : k + 1], vol.positions[k : k + 1],
-        vol.orientations[k : k + 1], vol.spacings[k : k + 1], vol.paths[k : k + 1],
-    )  # fmt: skip
+        vol.pixels[k : k + 1],
+        vol.instance_numbers[k : k + 1],
+        vol.positions[k : k + 1],
+        vol.orientations[k : k + 1],
+        vol.spacings[k : k + 1],
+        vol.paths[k : k + 1],
+    )
 
 
 def render_sample(
@@ -210,7 +232,9 @@ def _plan(row: dict, stack_index: int, slice_index: int, n_slices: int, config: 
 def _sample_row(plan: _Plan, config: RoiConfig) -> dict:
     """The samples.parquet row of a planned sample (a function of its coordinates, stack and config)."""
     row = plan.row
-    point_y, point_x = point_in_output(config.margins(_crop_condition(row)), (config.size,) * 2, config.pad_px)
+    point_y, point_x = point_in_output(
+        config.margins(_crop_condition(row)), (config.size,) * 2, config.pad_px
+    )
     point_d = label_position(
         config.mode, plan.n_slices, plan.slice_index, config.before, config.depth, config.pad_slices
     )
@@ -218,11 +242,20 @@ def _sample_row(plan: _Plan, config: RoiConfig) -> dict:
         "sample_id": _sample_id(row),
         **{k: row[k] for k in ("study_id", "condition", "level", "series_id", "instance_number", "x", "y")},
         **({"view": row["view"]} if row.get("view") else {}),
-        "file": plan.file, "depth": config.out_depth, "height": config.size, "width": config.size,
-        "pad_slices": config.pad_slices, "pad_px": config.pad_px,
-        "stack_index": plan.stack_index, "slice_index": plan.slice_index, "n_slices": plan.n_slices,
-        "edge_slices": plan.edge_slices, "point_d": point_d, "point_y": point_y, "point_x": point_x,
-    }  # fmt: skip
+        "file": plan.file,
+        "depth": config.out_depth,
+        "height": config.size,
+        "width": config.size,
+        "pad_slices": config.pad_slices,
+        "pad_px": config.pad_px,
+        "stack_index": plan.stack_index,
+        "slice_index": plan.slice_index,
+        "n_slices": plan.n_slices,
+        "edge_slices": plan.edge_slices,
+        "point_d": point_d,
+        "point_y": point_y,
+        "point_x": point_x,
+    }
 
 
 def _write_sample(
@@ -267,7 +300,9 @@ def _build_series(
                 continue
             try:
                 _write_sample(series, plan, good, ranges, cache, config)
-            except DATA_ERRORS as e:  # one odd file must not stop a 2,000-study run; it is reported, and counted
+            except (
+                DATA_ERRORS
+            ) as e:  # one odd file must not stop a 2,000-study run; it is reported, and counted
                 result.failures.append(_failure(plan.row, f"{series.folder}: {type(e).__name__}: {e}"))
                 continue
             result.built += 1
@@ -306,8 +341,15 @@ def build_study(
     return result
 
 
-def _build_rows(rows: list[dict], opened: dict[int, Series], data_dir: str, split: str, cache: Path,
-                config: RoiConfig, result: StudyResult) -> dict[int, Series]:
+def _build_rows(
+    rows: list[dict],
+    opened: dict[int, Series],
+    data_dir: str,
+    split: str,
+    cache: Path,
+    config: RoiConfig,
+    result: StudyResult,
+) -> dict[int, Series]:
     """Build the samples of coordinate rows series by series, opening each series once (`opened` reused and
     extended); returns the series read."""
     by_series: dict[int, list[dict]] = {}

@@ -86,27 +86,45 @@ def project(point: np.ndarray, series: Series) -> tuple[int, float, float] | str
     headers = [h for stack in series.stacks for h in stack.headers]
     if not headers:
         return f"{series.folder}: no readable slice"
-    best, x, y, dist = patient_to_pixel([h.position for h in headers], [h.orientation for h in headers],
-                                        [h.pixel_spacing for h in headers], point)
+    best, x, y, dist = patient_to_pixel(
+        [h.position for h in headers],
+        [h.orientation for h in headers],
+        [h.pixel_spacing for h in headers],
+        point,
+    )
     h = headers[int(best)]
     if dist > MAX_DISTANCE_MM:
-        return f"{series.folder}: no slice within {MAX_DISTANCE_MM:g} mm of the point (nearest {float(dist):.1f} mm)"
+        return f"{series.folder}: no slice within {MAX_DISTANCE_MM:g} mm of the point (nearest "
+        f"{float(dist):.1f} mm)"
     if not (0 <= x <= h.columns - 1 and 0 <= y <= h.rows - 1):
         return f"{series.folder}: the point falls outside instance {h.instance_number}'s image"
     return h.instance_number, float(x), float(y)
 
 
-def _derived(target: dict, series_id: int, found: tuple[int, float, float] | str, view: str
-             ) -> tuple[dict, dict | None, str]:  # fmt: skip
+def _derived(
+    target: dict, series_id: int, found: tuple[int, float, float] | str, view: str
+) -> tuple[dict, dict | None, str]:
     if isinstance(found, str):
         return target, None, found
     instance, x, y = found
-    return target, {**target, "series_id": int(series_id), "instance_number": int(instance), "x": x, "y": y,
-                    "view": view, "crop_as": get_view(view).crop_as}, ""
+    return (
+        target,
+        {
+            **target,
+            "series_id": int(series_id),
+            "instance_number": int(instance),
+            "x": x,
+            "y": y,
+            "view": view,
+            "crop_as": get_view(view).crop_as,
+        },
+        "",
+    )
 
 
-def _projected(target: dict, onto: int | None, description: str, series: Mapping[int, Series], view: str
-               ) -> tuple[dict, dict | None, str]:  # fmt: skip
+def _projected(
+    target: dict, onto: int | None, description: str, series: Mapping[int, Series], view: str
+) -> tuple[dict, dict | None, str]:
     """The target's point projected onto the nearest slice of the series `onto`, or why it cannot be."""
     if onto is None:
         return target, None, f"no {description} series among the study's coordinates"
@@ -137,7 +155,8 @@ def _register(name: str, group: str, series: str, kind: str, crop_as: str) -> Ca
 
 @_register("axial_canal", group="spinal", series=AXIAL_T2, kind=AXIAL_T2, crop_as="subarticular")
 def _axial_canal(rows: list[dict], series: Mapping[int, Series]) -> list[tuple[dict, dict | None, str]]:
-    """Midway between the level's recess points on their slice (the labelled or localised slice of that level),
+    """Midway between the level's recess points on their slice (the labelled or localised slice of that
+    level),
     else the canal point projected onto the study's Axial T2 series."""
     out = []
     axial = _series_of(rows, "subarticular", series)
@@ -148,7 +167,11 @@ def _axial_canal(rows: list[dict], series: Mapping[int, Series]) -> list[tuple[d
     for target in (r for r in rows if CONDITION_GROUP[r["condition"]] == "spinal"):
         pair = recesses.get(target["level"], [])
         if len(pair) == 2 and len({(int(r["series_id"]), int(r["instance_number"])) for r in pair}) == 1:
-            mid = (pair[0]["instance_number"], (pair[0]["x"] + pair[1]["x"]) / 2, (pair[0]["y"] + pair[1]["y"]) / 2)
+            mid = (
+                pair[0]["instance_number"],
+                (pair[0]["x"] + pair[1]["x"]) / 2,
+                (pair[0]["y"] + pair[1]["y"]) / 2,
+            )
             out.append(_derived(target, pair[0]["series_id"], mid, "axial_canal"))
         else:
             out.append(_projected(target, axial, AXIAL_T2, series, "axial_canal"))
@@ -156,15 +179,21 @@ def _axial_canal(rows: list[dict], series: Mapping[int, Series]) -> list[tuple[d
 
 
 @_register("parasagittal_recess", group="subarticular", series=SAGITTAL_T2, kind=LATERAL_T2, crop_as="spinal")
-def _parasagittal_recess(rows: list[dict], series: Mapping[int, Series]) -> list[tuple[dict, dict | None, str]]:
+def _parasagittal_recess(
+    rows: list[dict], series: Mapping[int, Series]
+) -> list[tuple[dict, dict | None, str]]:
     """Each recess point projected onto the Sagittal T2/STIR series the study's canal points are on."""
     sagittal = _series_of(rows, "spinal", series)
-    return [_projected(target, sagittal, SAGITTAL_T2, series, "parasagittal_recess")
-            for target in rows if CONDITION_GROUP[target["condition"]] == "subarticular"]
+    return [
+        _projected(target, sagittal, SAGITTAL_T2, series, "parasagittal_recess")
+        for target in rows
+        if CONDITION_GROUP[target["condition"]] == "subarticular"
+    ]
 
 
-def derive_rows(views: Sequence[str], rows: list[dict], series: Mapping[int, Series]
-                ) -> tuple[list[dict], list[dict]]:  # fmt: skip
+def derive_rows(
+    views: Sequence[str], rows: list[dict], series: Mapping[int, Series]
+) -> tuple[list[dict], list[dict]]:
     """The derived coordinate rows of a study's views, and the failures (target row + `view`, `error`)."""
     derived, failed = [], []
     for name in views:
@@ -178,5 +207,9 @@ def derive_rows(views: Sequence[str], rows: list[dict], series: Mapping[int, Ser
 
 def expected_ids(views: Sequence[str], rows: Sequence[dict]) -> list[str]:
     """The view sample ids a study's primary rows call for (one per row of each view's group)."""
-    return [view_sample_id(r["study_id"], r["condition"], r["level"], name)
-            for name in views for r in rows if CONDITION_GROUP[r["condition"]] == get_view(name).group]
+    return [
+        view_sample_id(r["study_id"], r["condition"], r["level"], name)
+        for name in views
+        for r in rows
+        if CONDITION_GROUP[r["condition"]] == get_view(name).group
+    ]

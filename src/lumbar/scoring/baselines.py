@@ -78,8 +78,9 @@ def prior_rows(prior: pd.DataFrame, row_ids: Sequence[str], by: str = "condition
     return pd.DataFrame({"row_id": row_ids, **{g: rows[g].to_numpy() for g in GRADES}})
 
 
-def prior_submission(labels: pd.DataFrame, study_ids: Iterable[int], by: str = "condition_level",
-                     smoothing: float = 0.0) -> pd.DataFrame:  # fmt: skip
+def prior_submission(
+    labels: pd.DataFrame, study_ids: Iterable[int], by: str = "condition_level", smoothing: float = 0.0
+) -> pd.DataFrame:
     """Every study gets the class frequencies of `labels` (see `class_priors`), in sample_submission order."""
     sub = prior_rows(class_priors(labels, by=by, smoothing=smoothing), _row_ids(study_ids), by)
     assert not sub[list(GRADES)].isna().any().any()

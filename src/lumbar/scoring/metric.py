@@ -87,7 +87,9 @@ def _check_labels(labels: pd.DataFrame) -> pd.DataFrame:
     return labels.assign(grade=labels["grade"].astype("int64")).reset_index(drop=True)
 
 
-def align_predictions(labels: pd.DataFrame, submission: pd.DataFrame, name: str = "submission") -> pd.DataFrame:
+def align_predictions(
+    labels: pd.DataFrame, submission: pd.DataFrame, name: str = "submission"
+) -> pd.DataFrame:
     """Join predictions onto the labelled rows.
 
     Args:
@@ -108,7 +110,8 @@ def align_predictions(labels: pd.DataFrame, submission: pd.DataFrame, name: str 
     missing = position < 0
     if missing.any():
         raise SubmissionError(
-            f"{name}: {int(missing.sum())} labelled row(s) have no prediction: {first_of(ids[missing].tolist())}"
+            f"{name}: {int(missing.sum())} labelled row(s) have no prediction: "
+            f"{first_of(ids[missing].tolist())}"
         )
     probs = submission[list(GRADES)].to_numpy(dtype=float)[position]
     out = labels[LABEL_TABLE_COLUMNS].assign(row_id=ids.to_numpy())
@@ -143,7 +146,8 @@ class MetricParts:
 
 
 def _parts(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, pd.DataFrame]:
-    """The metric's pieces as arrays: (group, weight, nll, share) per row, and the per-study any-severe frame."""
+    """The metric's pieces as arrays: (group, weight, nll, share) per row, and the per-study any-severe
+    frame."""
     grade = table["grade"].to_numpy(dtype=np.int64)
     probs = np.clip(table[list(GRADES)].to_numpy(dtype=float), EPS, 1 - EPS)
     weight = np.asarray(GRADE_WEIGHTS)[grade]
@@ -196,8 +200,9 @@ def metric_parts(table: pd.DataFrame) -> MetricParts:
         table: labelled rows joined with their probabilities (`align_predictions`).
     """
     group, weight, nll, share, per_study = _parts(table)
-    rows = table.reset_index(drop=True).assign(term=group, weight=weight, nll=nll, share=share,
-                                               contribution=share / len(TERMS))  # fmt: skip
+    rows = table.reset_index(drop=True).assign(
+        term=group, weight=weight, nll=nll, share=share, contribution=share / len(TERMS)
+    )
     spinal = rows[rows["term"] == "spinal"]
     argmax = spinal.loc[spinal.groupby("study_id", sort=False)["severe"].idxmax(), ["study_id", "level"]]
     studies = per_study.reset_index().merge(argmax, on="study_id", how="left", validate="one_to_one")
@@ -206,7 +211,9 @@ def metric_parts(table: pd.DataFrame) -> MetricParts:
     return MetricParts(rows, studies[columns])
 
 
-def competition_score(labels: pd.DataFrame, submission: pd.DataFrame, name: str = "submission") -> MetricResult:
+def competition_score(
+    labels: pd.DataFrame, submission: pd.DataFrame, name: str = "submission"
+) -> MetricResult:
     """The competition metric of a submission against the long label table.
 
     Every labelled row is scored; it must be in the submission. Submission rows without a label are ignored.
@@ -225,7 +232,9 @@ def _submitted_studies(submission: pd.DataFrame, name: str) -> np.ndarray:
         raise SubmissionError(f"{name}: {e}") from None
 
 
-def submitted_labels(labels: pd.DataFrame, submission: pd.DataFrame, name: str = "submission") -> pd.DataFrame:
+def submitted_labels(
+    labels: pd.DataFrame, submission: pd.DataFrame, name: str = "submission"
+) -> pd.DataFrame:
     """The label rows of the studies that appear in the submission (what the `score` command scores).
 
     Raises:

@@ -40,7 +40,16 @@ METRIC_KEYS = {
     "f1_weighted": "f1_weighted",
 }
 REFERENCE_COLUMNS = [
-    "source", "model", "task_mode", "classes", "condition", "level", "metric", "value", "setting", "where",
+    "source",
+    "model",
+    "task_mode",
+    "classes",
+    "condition",
+    "level",
+    "metric",
+    "value",
+    "setting",
+    "where",
     "citation",
 ]
 
@@ -87,7 +96,8 @@ def compare_with_references(
     """Set a run's figures beside each published number.
 
     Args:
-        table: the run's prediction table (`study_id, condition, level, grade, normal_mild, moderate, severe`).
+        table: the run's prediction table (`study_id, condition, level, grade, normal_mild, moderate,
+        severe`).
         references: reference rows (default: the shipped file).
         classes: keep only references of this class scheme ("multiclass" or "binary").
 
@@ -112,5 +122,20 @@ def compare_with_references(
         run_n.append(metrics[key]["n"])
     out = refs.assign(run=run, run_n=run_n)
     out["difference"] = out["run"] - out["value"]
-    return out[["source", "model", "task_mode", "classes", "condition", "level", "metric", "value", "run",
-                "difference", "run_n", "setting", "where"]].rename(columns={"value": "reference"})
+    return out[
+        [
+            "source",
+            "model",
+            "task_mode",
+            "classes",
+            "condition",
+            "level",
+            "metric",
+            "value",
+            "run",
+            "difference",
+            "run_n",
+            "setting",
+            "where",
+        ]
+    ].rename(columns={"value": "reference"})

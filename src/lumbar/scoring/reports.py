@@ -17,7 +17,8 @@ from lumbar.scoring.thesis import ALL, SLICE_KEYS, EvaluationReport, evaluate_pr
 
 
 def plot_confusion_matrices(report: EvaluationReport, out_dir: str | Path) -> list[Path]:
-    """One PNG heatmap per condition (all levels, then each level) and, in multi modes, one for all conditions.
+    """One PNG heatmap per condition (all levels, then each level) and, in multi modes, one for all
+    conditions.
 
     Uses matplotlib's object API (no pyplot), so no display or global backend is touched.
     """
@@ -37,7 +38,9 @@ def plot_confusion_matrices(report: EvaluationReport, out_dir: str | Path) -> li
         FigureCanvasAgg(fig)
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
         for ax, (sc, cond, lv) in zip(axes, panels):
-            display = ConfusionMatrixDisplay(report.confusion_matrix(sc, cond, lv), display_labels=report.class_names)
+            display = ConfusionMatrixDisplay(
+                report.confusion_matrix(sc, cond, lv), display_labels=report.class_names
+            )
             display.plot(ax=ax, colorbar=False, values_format="d", cmap="Blues")
             ax.set_title("all levels" if lv == ALL else lv, fontsize=9)
             ax.tick_params(labelsize=7)
@@ -55,7 +58,9 @@ def _records(df: pd.DataFrame) -> list[dict]:
     return json.loads(df.to_json(orient="records"))  # NaN -> null
 
 
-def write_reports(table: pd.DataFrame, out_dir: str | Path, mode: str, references: bool = True) -> dict[str, Path]:
+def write_reports(
+    table: pd.DataFrame, out_dir: str | Path, mode: str, references: bool = True
+) -> dict[str, Path]:
     """Evaluate a prediction table and write every report into a folder.
 
     Files: `summary.csv`, `per_class.csv`, `confusion.csv`, `report.json` (all three tables),
@@ -72,7 +77,10 @@ def write_reports(table: pd.DataFrame, out_dir: str | Path, mode: str, reference
         "per_class": write_csv(report.per_class, out_dir / "per_class.csv"),
         "confusion": write_csv(report.confusion, out_dir / "confusion.csv"),
     }
-    document = {"mode": mode, **{k: _records(getattr(report, k)) for k in ("summary", "per_class", "confusion")}}
+    document = {
+        "mode": mode,
+        **{k: _records(getattr(report, k)) for k in ("summary", "per_class", "confusion")},
+    }
     json_path = out_dir / "report.json"
     write_json(document, json_path, indent=1)
     paths["report"] = json_path

@@ -77,7 +77,8 @@ def validate_submission(
         missing = [c for c in SUBMISSION_COLUMNS if c not in columns]
         extra = [c for c in columns if c not in SUBMISSION_COLUMNS]
         raise SubmissionError(
-            f"{name}: wrong columns (missing {missing}, unexpected {extra}); expected exactly {SUBMISSION_COLUMNS}"
+            f"{name}: wrong columns (missing {missing}, unexpected {extra}); expected exactly "
+            f"{SUBMISSION_COLUMNS}"
         )
     if len(sub) == 0:
         raise SubmissionError(f"{name}: no rows")

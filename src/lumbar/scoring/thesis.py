@@ -175,10 +175,19 @@ def evaluate_predictions(table: pd.DataFrame, mode: str) -> EvaluationReport:
         for k, name in enumerate(names):
             r = report[name]
             per_class.append(
-                {**where, "class": keys[k], "precision": r["precision"], "recall": r["recall"],
-                 "f1": r["f1-score"], "support": int(r["support"]), "auroc": auc[k]}
+                {
+                    **where,
+                    "class": keys[k],
+                    "precision": r["precision"],
+                    "recall": r["recall"],
+                    "f1": r["f1-score"],
+                    "support": int(r["support"]),
+                    "auroc": auc[k],
+                }
             )
         cm = confusion_matrix(y, pred, labels=list(range(len(keys))))
         for k in range(len(keys)):
-            confusion.append({**where, "true": keys[k], **{f"predicted_{p}": int(cm[k, j]) for j, p in enumerate(keys)}})
+            confusion.append(
+                {**where, "true": keys[k], **{f"predicted_{p}": int(cm[k, j]) for j, p in enumerate(keys)}}
+            )
     return EvaluationReport(mode, pd.DataFrame(summary), pd.DataFrame(per_class), pd.DataFrame(confusion))

@@ -1,4 +1,5 @@
-"""The one training engine: `train(config)` for every architecture and task mode, `predict_cache` for inference."""
+"""The one training engine: `train(config)` for every architecture and task mode, `predict_cache` for
+inference."""
 
 from lumbar.train.config import TrainConfig, make_config
 from lumbar.train.loop import TrainResult, train

@@ -80,8 +80,9 @@ def _noise() -> A.BasicTransform:
 @register_augmentation("coarse_dropout")
 def _coarse_dropout() -> A.BasicTransform:
     """Rectangular holes through the whole stack: no single region may carry the decision."""
-    return A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.05, 0.15),
-                           hole_width_range=(0.05, 0.15), fill=0.0, p=0.5)
+    return A.CoarseDropout(
+        num_holes_range=(1, 4), hole_height_range=(0.05, 0.15), hole_width_range=(0.05, 0.15), fill=0.0, p=0.5
+    )
 
 
 #: Named lists of augmentations; "default" picks "axial" or "sagittal" by the task's series.
@@ -125,8 +126,9 @@ def resolve_augmentations(spec: str, conditions: Sequence[str] = ()) -> tuple[st
     names = tuple(n.strip() for n in spec.split(",") if n.strip())
     unknown = [n for n in names if n not in _AUGMENTATIONS]
     if unknown:
-        raise ValueError(f"unknown augmentation(s) {unknown}; registered: {list_augmentations()}, "
-                         f"presets: {list(PRESETS)}")
+        raise ValueError(
+            f"unknown augmentation(s) {unknown}; registered: {list_augmentations()}, presets: {list(PRESETS)}"
+        )
     return names
 
 
@@ -145,7 +147,8 @@ class StackAugment:
         self.compose = A.Compose([_AUGMENTATIONS[n]() for n in self.names]) if self.names else None
 
     def __call__(self, stack: np.ndarray, seed: int) -> np.ndarray:
-        """Augment a (..., H, W) float32 stack with the draw `seed`; returns the same shape, clipped to [0, 1]."""
+        """Augment a (..., H, W) float32 stack with the draw `seed`; returns the same shape, clipped to [0,
+        1]."""
         if self.compose is None:
             return stack
         shape = stack.shape

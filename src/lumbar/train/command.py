@@ -17,8 +17,20 @@ from lumbar.train.loop import train
 from lumbar.train.member import member_overrides
 
 #: Flags that map one-to-one onto config fields (None = not given).
-FLAG_FIELDS = ("data_dir", "cache", "arch", "mode", "folds", "epochs", "out", "batch_size", "lr", "device",
-               "workers", "seed")
+FLAG_FIELDS = (
+    "data_dir",
+    "cache",
+    "arch",
+    "mode",
+    "folds",
+    "epochs",
+    "out",
+    "batch_size",
+    "lr",
+    "device",
+    "workers",
+    "seed",
+)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

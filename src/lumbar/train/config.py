@@ -88,7 +88,8 @@ class TrainConfig:
             left out of the *training* items (an item with no grade left is dropped); validation, the OOF
             predictions and their scores keep every item, so rounds stay comparable.
         ema_decay: exponential moving average of the weights (0 = off); evaluation and checkpoints use it.
-        amp: mixed precision on CUDA (bf16 from compute capability 8.0, else fp16 with a grad scaler where the GPU
+        amp: mixed precision on CUDA (bf16 from compute capability 8.0, else fp16 with a grad scaler where the
+        GPU
             computes it natively; `lumbar.core.runtime.amp_dtype_for`); ignored on CPU.
         channels_last: channels-last memory format on CUDA.
         grad_clip: max gradient norm (0 = off).
@@ -97,7 +98,8 @@ class TrainConfig:
             score: `best.pt`; chosen on the fold it is then scored on, so its OOF score is optimistic).
         patience: epochs without improvement of the validation metric before stopping (0 = never stop); it
             chooses the stopping epoch on the scored fold too, so only with select="best".
-        val_every: validate every this many epochs, and always after the last one (select="best" validates every
+        val_every: validate every this many epochs, and always after the last one (select="best" validates
+        every
             epoch). With select="last" validation only draws the learning curves, so fewer points cost nothing
             in the predictions.
         checkpoint_every: write `last.pt` (the state a killed run resumes from) every this many epochs, and
@@ -112,19 +114,23 @@ class TrainConfig:
         device: "auto" (CUDA when present), "cpu" or "cuda".
         fast_dev_run: when > 0: 1 epoch of that many train and validation batches (smoke test).
         overfit_batches: when > 0: train and validate on the same first batches, without augmentation.
-        pretrained: encoder weights: "none" (random init), "imagenet" (timm's, through its hub cache) or a local
+        pretrained: encoder weights: "none" (random init), "imagenet" (timm's, through its hub cache) or a
+        local
             weights file or folder (`python -m lumbar weights`); see `lumbar.core.encoders`. Training only:
             inference loads the run's own checkpoints.
         drop_rate: dropout before the head.
         model_kwargs: the architecture's own options (passed to `build_model`).
-        mirror_right: competition mode: mirror right-side crops onto the left (flip + side flag), pooling sides.
+        mirror_right: competition mode: mirror right-side crops onto the left (flip + side flag), pooling
+        sides.
         resume: continue a fold from its `last.pt`, or reuse a finished fold, when the folder's saved settings
-            and inputs equal these (`RUN_ONLY` fields aside); otherwise `train` stops at once naming what differs.
+            and inputs equal these (`RUN_ONLY` fields aside); otherwise `train` stops at once naming what
+            differs.
             False: train every fold again from scratch.
         keep_last: keep a finished fold's `last.pt` (optimizer state: twice the weights' size, or more); by
             default it is removed once the fold has finished and `final.pt`/`best.pt` is written.
         progress: tqdm bars (rank 0 only).
-        tensorboard: write TensorBoard curves of every unit and fold under `<out>/tensorboard/` (rank 0 only; needs
+        tensorboard: write TensorBoard curves of every unit and fold under `<out>/tensorboard/` (rank 0 only;
+        needs
             the `tensorboard` package).
         record_samples: write the sample ids each rank trained on per epoch (`samples_seen.json`; for tests).
     """
@@ -195,7 +201,8 @@ class TrainConfig:
         """The combinations a run needs (a layered override may pass through others, so `train` checks here).
 
         Raises:
-            ValueError: an unknown `train_crops`, `select`, `mix` or `tta` name, a crop source without its cache,
+            ValueError: an unknown `train_crops`, `select`, `mix` or `tta` name, a crop source without its
+            cache,
                 a jitter file without ground-truth training crops, an interval below 1, or patience with
                 select="last".
         """
@@ -206,10 +213,14 @@ class TrainConfig:
         if self.train_crops in ("gt", "both") and not self.cache:
             raise ValueError(f"train_crops={self.train_crops!r} needs `cache` (the ground-truth crops)")
         if self.train_crops in ("oof", "both") and not self.oof_cache:
-            raise ValueError(f"train_crops={self.train_crops!r} needs `oof_cache` (the localizer's out-of-fold crops)")
+            raise ValueError(
+                f"train_crops={self.train_crops!r} needs `oof_cache` (the localizer's out-of-fold crops)"
+            )
         if self.jitter and self.train_crops == "oof":
-            raise ValueError("jitter shifts the ground-truth training crops, and train_crops='oof' has none; "
-                             "set jitter='' or train on gt or both")
+            raise ValueError(
+                "jitter shifts the ground-truth training crops, and train_crops='oof' has none; "
+                "set jitter='' or train on gt or both"
+            )
 
         for kind, names, registered in (("mix", self.mix, list_mixes()), ("tta", self.tta, list_tta())):
             unknown = [n for n in names if n not in registered]
@@ -225,8 +236,10 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected a whole number >= 1")
         if self.patience > 0 and self.select != "best":
-            raise ValueError(f"patience={self.patience} chooses the stopping epoch on the fold that is then scored "
-                             "out of fold; use it with select=best, or set patience=0")
+            raise ValueError(
+                f"patience={self.patience} chooses the stopping epoch on the fold that is then scored "
+                "out of fold; use it with select=best, or set patience=0"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
@@ -238,21 +251,47 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        """Read a config written by `save` (unknown keys are errors, as for any override; older runs' settings are
+        """Read a config written by `save` (unknown keys are errors, as for any override; older runs' settings
+        are
         upgraded, `lumbar.core.encoders.upgrade_saved_settings`)."""
 
         return make_config(upgrade_saved_settings(json.loads(Path(path).read_text())), source=str(path))
 
 
-#: Settings that do not change what a fold's weights are (where and how fast it runs, what is logged, which folds
-#: this call trains, how the held-out rows are predicted): a run may resume or be reused with other values.
-RUN_ONLY = frozenset({"data_dir", "cache", "oof_cache", "jitter", "exclude", "out", "folds", "folds_csv", "tta",
-                      "amp", "channels_last", "val_every", "checkpoint_every", "log_every", "workers", "threads",
-                      "device", "resume", "keep_last", "progress", "record_samples", "tensorboard"})  # fmt: skip
+#: Settings that do not change what a fold's weights are (where and how fast it runs, what is logged, which
+#: folds this call trains, how the held-out rows are predicted): a run may resume or be reused with other
+#: values.
+RUN_ONLY = frozenset(
+    {
+        "data_dir",
+        "cache",
+        "oof_cache",
+        "jitter",
+        "exclude",
+        "out",
+        "folds",
+        "folds_csv",
+        "tta",
+        "amp",
+        "channels_last",
+        "val_every",
+        "checkpoint_every",
+        "log_every",
+        "workers",
+        "threads",
+        "device",
+        "resume",
+        "keep_last",
+        "progress",
+        "record_samples",
+        "tensorboard",
+    }
+)
 
 
-def make_config(overrides: Mapping[str, Any] | None = None, base: TrainConfig | None = None,
-                source: str = "overrides") -> TrainConfig:
+def make_config(
+    overrides: Mapping[str, Any] | None = None, base: TrainConfig | None = None, source: str = "overrides"
+) -> TrainConfig:
     """A config from defaults (or `base`) and overrides cast to the fields' types.
 
     Args:
@@ -273,5 +312,6 @@ def load_yaml_overrides(path: str | Path) -> dict[str, Any]:
     if isinstance(document, Mapping) and isinstance(document.get("train"), Mapping):
         document = document["train"]
     if not isinstance(document, Mapping):
-        raise ValueError(f"{path}: expected a mapping of config keys, got {type(document).__name__}")  # noqa: TRY004
+        kind = type(document).__name__
+        raise ValueError(f"{path}: expected a mapping of config keys, got {kind}")  # noqa: TRY004
     return dict(document)

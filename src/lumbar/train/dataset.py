@@ -33,8 +33,18 @@ from lumbar.preprocess.jitter import window_at
 from lumbar.train.augment import StackAugment
 from lumbar.train.tasks import MIRROR_CONDITION, Task
 
-CACHE_COLUMNS = ["sample_id", "study_id", "condition", "level", "file", "depth", "height", "width",
-                 "pad_slices", "pad_px"]
+CACHE_COLUMNS = [
+    "sample_id",
+    "study_id",
+    "condition",
+    "level",
+    "file",
+    "depth",
+    "height",
+    "width",
+    "pad_slices",
+    "pad_px",
+]
 _SHAPE_COLUMNS = ["depth", "height", "width", "pad_slices", "pad_px"]
 #: The crop source whose crops sit around the localizer's (out-of-fold) points: never shifted by `jitter`.
 LOCALIZED = "oof"
@@ -87,8 +97,10 @@ def read_cache(cache_dir: str | Path) -> RoiCache:
         raise ValueError(f"{table}: no samples")
     shapes = samples[_SHAPE_COLUMNS].drop_duplicates()
     if len(shapes) > 1:
-        raise ValueError(f"{table}: samples of different shapes {shapes.to_dict('records')[:3]}; "
-                         "a cache must hold one parameter set")
+        raise ValueError(
+            f"{table}: samples of different shapes {shapes.to_dict('records')[:3]}; "
+            "a cache must hold one parameter set"
+        )
     shape = {k: int(v) for k, v in shapes.iloc[0].items()}
     return RoiCache(root, samples, params, **shape, views=load_views(root))
 
@@ -101,14 +113,21 @@ def check_same_crops(a: RoiCache, b: RoiCache) -> None:
     """
     shape_a, shape_b = ({k: getattr(c, k) for k in _SHAPE_COLUMNS} for c in (a, b))
     if shape_a != shape_b:
-        raise ValueError(f"{a.root} and {b.root}: crops of different shapes ({shape_a} vs {shape_b}); "
-                         "build both caches with one RoiConfig")
+        raise ValueError(
+            f"{a.root} and {b.root}: crops of different shapes ({shape_a} vs {shape_b}); "
+            "build both caches with one RoiConfig"
+        )
     config_a, config_b = a.params.get("config"), b.params.get("config")
     if config_a != config_b:
-        differ = sorted(k for k in {**(config_a or {}), **(config_b or {})}
-                        if (config_a or {}).get(k) != (config_b or {}).get(k))
-        raise ValueError(f"{a.root} and {b.root}: params.json configs differ ({', '.join(differ)}); "
-                         "build both caches with one RoiConfig")
+        differ = sorted(
+            k
+            for k in {**(config_a or {}), **(config_b or {})}
+            if (config_a or {}).get(k) != (config_b or {}).get(k)
+        )
+        raise ValueError(
+            f"{a.root} and {b.root}: params.json configs differ ({', '.join(differ)}); "
+            "build both caches with one RoiConfig"
+        )
 
 
 def roi_config(cache: RoiCache) -> RoiConfig:
@@ -119,7 +138,9 @@ def roi_config(cache: RoiCache) -> RoiConfig:
     """
     config = cache.params.get("config")
     if not config:
-        raise ValueError(f"{cache.root / 'params.json'}: no 'config' (RoiConfig); the crop geometry is unknown")
+        raise ValueError(
+            f"{cache.root / 'params.json'}: no 'config' (RoiConfig); the crop geometry is unknown"
+        )
     return RoiConfig.from_overrides(config)
 
 
@@ -135,23 +156,37 @@ class RoiDataset(Dataset):
         mirror_p: probability of a random left-right mirror when `task.can_mirror`.
         max_shift_slices, max_shift_px: uniform jitter bounds, capped by the cache's stored context.
         seed: base seed of the per-sample generators.
-        jitter: the localizer's recorded errors: crops of the source `LOCALIZED` are not shifted, the others by
+        jitter: the localizer's recorded errors: crops of the source `LOCALIZED` are not shifted, the others
+        by
             one error of their condition (uniform where the file has no errors for it); None: all uniform.
     """
 
-    def __init__(self, cache: RoiCache | Mapping[str, RoiCache], task: Task, items: pd.DataFrame,
-                 train: bool = False, augment: StackAugment | None = None, mirror_p: float = 0.5,
-                 max_shift_slices: int = 1, max_shift_px: int = 8, seed: int = 0,
-                 jitter: LocalizerJitter | None = None) -> None:
+    def __init__(
+        self,
+        cache: RoiCache | Mapping[str, RoiCache],
+        task: Task,
+        items: pd.DataFrame,
+        train: bool = False,
+        augment: StackAugment | None = None,
+        mirror_p: float = 0.5,
+        max_shift_slices: int = 1,
+        max_shift_px: int = 8,
+        seed: int = 0,
+        jitter: LocalizerJitter | None = None,
+    ) -> None:
         self.caches = dict(cache) if isinstance(cache, Mapping) else {None: cache}
         self.task, self.train = task, train
         self.items = items.reset_index(drop=True)
         if isinstance(cache, Mapping) and "source" not in self.items:
             raise ValueError(f"items need a `source` column to choose among the caches {sorted(self.caches)}")
-        self.sources = self.items["source"].tolist() if isinstance(cache, Mapping) else [None] * len(self.items)
+        self.sources = (
+            self.items["source"].tolist() if isinstance(cache, Mapping) else [None] * len(self.items)
+        )
         unknown = set(self.sources) - set(self.caches)
         if unknown:
-            raise ValueError(f"items from sources {sorted(unknown)} without a cache (have {sorted(self.caches)})")
+            raise ValueError(
+                f"items from sources {sorted(unknown)} without a cache (have {sorted(self.caches)})"
+            )
         self.cache = next(iter(self.caches.values()))  # the shape and pads of all of them
         self.augment = augment if train else None
         self.mirror_p = mirror_p if (train and task.can_mirror) else 0.0
@@ -173,8 +208,9 @@ class RoiDataset(Dataset):
     def sample_ids(self, indices) -> list[str]:
         return self.items["item_id"].iloc[list(indices)].tolist()
 
-    def _load(self, file: str | None, source: str | None, condition: str | None,
-              rng: np.random.Generator | None) -> np.ndarray:
+    def _load(
+        self, file: str | None, source: str | None, condition: str | None, rng: np.random.Generator | None
+    ) -> np.ndarray:
         """One channel's window; `condition` None for a second view (uniform jitter: the localizer's recorded
         errors are of the primary points)."""
         c = self.caches[source]
@@ -188,8 +224,12 @@ class RoiDataset(Dataset):
         if rng is None or (self.jitter is not None and source == LOCALIZED):
             window = center_window(arr, c.pad_slices, c.pad_px)
         elif self.jitter is not None and condition in self.jitter:
-            window = window_at(arr, c.pad_slices, c.pad_px,
-                               self.jitter.draw(condition, rng, self.roi, uniform_px=self.max_shift_px))
+            window = window_at(
+                arr,
+                c.pad_slices,
+                c.pad_px,
+                self.jitter.draw(condition, rng, self.roi, uniform_px=self.max_shift_px),
+            )
         else:
             window = random_window(arr, c.pad_slices, c.pad_px, rng, self.max_shift_slices, self.max_shift_px)
         return window.astype(np.float32)
@@ -201,7 +241,9 @@ class RoiDataset(Dataset):
         grades = list(item["grades"])
         side = int(item["side"])
         files = item["files"]
-        channel_conditions = conditions + [None] * (len(files) - len(conditions))  # views after the primary crop
+        channel_conditions = conditions + [None] * (
+            len(files) - len(conditions)
+        )  # views after the primary crop
         arrays = [self._load(f, self.sources[index], c, rng) for f, c in zip(files, channel_conditions)]
         axes = self.axes[conditions[0]]
         if item["mirror"]:  # canonical orientation: right-side crops shown as left ones

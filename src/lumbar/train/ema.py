@@ -1,10 +1,10 @@
 """Exponential moving average of a model's weights that never waits for the device.
 
-torch's `AveragedModel.update_parameters` asks its on-device step counter `n_averaged` twice per update whether it
-is zero, and each question is a host-device synchronisation: on CUDA that stalls every training step. `ModelEma`
-is the same `AveragedModel` (same arithmetic: the first update copies the weights, every later one is
-`ema += (1 - decay) * (w - ema)` over parameters and buffers; same state dict, so checkpoints of either load into
-the other), with the counter mirrored on the host.
+torch's `AveragedModel.update_parameters` asks its on-device step counter `n_averaged` twice per update
+whether it is zero, and each question is a host-device synchronisation: on CUDA that stalls every training
+step. `ModelEma` is the same `AveragedModel` (same arithmetic: the first update copies the weights, every
+later one is `ema += (1 - decay) * (w - ema)` over parameters and buffers; same state dict, so checkpoints of
+either load into the other), with the counter mirrored on the host.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ class ModelEma(AveragedModel):
     @torch.no_grad()
     def update_parameters(self, model: nn.Module) -> None:
         averaged = [p.detach() for p in itertools.chain(self.module.parameters(), self.module.buffers())]
-        current = [p.detach().to(a.device) for p, a in
-                   zip(itertools.chain(model.parameters(), model.buffers()), averaged, strict=True)]
+        current = [
+            p.detach().to(a.device)
+            for p, a in zip(itertools.chain(model.parameters(), model.buffers()), averaged, strict=True)
+        ]
         if self.updates == 0:
             for a, c in zip(averaged, current):
                 a.copy_(c)

@@ -78,7 +78,9 @@ def read_folds(path: str | Path) -> pd.DataFrame:
     return folds[FOLD_COLUMNS].astype("int64")
 
 
-def load_or_make_folds(path: str | Path, labels: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> pd.DataFrame:
+def load_or_make_folds(
+    path: str | Path, labels: pd.DataFrame, n_folds: int = 5, seed: int = 42
+) -> pd.DataFrame:
     """The folds in `path`; made from `labels` and written there first when the file does not exist.
 
     Raises:
@@ -90,11 +92,15 @@ def load_or_make_folds(path: str | Path, labels: pd.DataFrame, n_folds: int = 5,
     folds = read_folds(path)
     found = int(folds["fold"].nunique())
     if found != n_folds:
-        raise ValueError(f"{path}: holds {found} folds but n_folds={n_folds}; delete it or set n_folds={found}")
+        raise ValueError(
+            f"{path}: holds {found} folds but n_folds={n_folds}; delete it or set n_folds={found}"
+        )
     absent = sorted(set(labels["study_id"].unique()) - set(folds["study_id"]))
     if absent:
-        raise ValueError(f"{path}: {len(absent)} labelled studies have no fold (first: {absent[:5]}); "
-                         "the file was made for other data")
+        raise ValueError(
+            f"{path}: {len(absent)} labelled studies have no fold (first: {absent[:5]}); "
+            "the file was made for other data"
+        )
     return folds
 
 

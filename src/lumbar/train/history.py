@@ -1,4 +1,5 @@
-"""Per-epoch history of one fold: a CSV log (rewritten after every epoch) and a PNG of the curves (at the end)."""
+"""Per-epoch history of one fold: a CSV log (rewritten after every epoch) and a PNG of the curves (at the
+end)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,13 @@
-"""Loggers receive the plan, per-epoch rows and the final result; the default does nothing, so offline runs stay
+"""Loggers receive the plan, per-epoch rows and the final result; the default does nothing, so offline runs
+stay
 offline.
 
 Only rank 0 calls a logger. `train` calls `log_start(units, folds, epochs)` once (optional: a logger without
 it is not told), `log_epoch(unit, fold, row)` after every epoch and `log_result(result)` at the end, so a
 tracking service can be plugged in by passing any object with the last two methods to `train(config,
 logger=...)`; none is built in, and nothing here touches the network. `PrintLogger` prints the epoch lines
-(`lumbar.core.progress.epoch_line`) with the time left of the whole `train` call; `TensorBoardLogger` writes the
-curves that `TrainConfig.tensorboard` asks for.
+(`lumbar.core.progress.epoch_line`) with the time left of the whole `train` call; `TensorBoardLogger` writes
+the curves that `TrainConfig.tensorboard` asks for.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ class NullLogger:
     """Does nothing (the default)."""
 
     def log_start(self, units: Sequence[str], folds: Sequence[int], epochs: int) -> None:
-        """Called once before the first epoch: the units and folds `train` fits (each unit's folds in turn) and the
+        """Called once before the first epoch: the units and folds `train` fits (each unit's folds in turn)
+        and the
         epochs of each fold."""
 
     def log_epoch(self, unit: str, fold: int, row: dict[str, Any]) -> None:
@@ -33,12 +35,14 @@ class NullLogger:
 
 
 class PrintLogger(NullLogger):
-    """One line per epoch on stdout (the `train` command's and `03_train`'s logger): unit, fold, epoch, losses,
+    """One line per epoch on stdout (the `train` command's and `03_train`'s logger): unit, fold, epoch,
+    losses,
     validation score, seconds and the time left of the whole `train` call.
 
     The time left is the mean seconds of the epochs run so far in this call times the epochs still planned
     (`log_start`); a fold resumed or found finished counts as done up to where it was, so it never skews the
-    mean. Early stopping (`patience`) ends a fold before its planned epochs: the estimate is then an upper bound.
+    mean. Early stopping (`patience`) ends a fold before its planned epochs: the estimate is then an upper
+    bound.
     """
 
     def __init__(self) -> None:
@@ -52,22 +56,38 @@ class PrintLogger(NullLogger):
 
     def remaining_epochs(self, unit: str, fold: int, epoch: int) -> int:
         """Epochs planned after `epoch` of this unit and fold, the later folds' and units' included."""
-        later = len(self.plan) - self.plan.index((unit, int(fold))) - 1 if (unit, int(fold)) in self.plan else 0
+        later = (
+            len(self.plan) - self.plan.index((unit, int(fold))) - 1 if (unit, int(fold)) in self.plan else 0
+        )
         return later * self.epochs + max(self.epochs - epoch, 0)
 
     def log_epoch(self, unit: str, fold: int, row: dict[str, Any]) -> None:
         left = self.clock.add(row["seconds"], self.remaining_epochs(unit, fold, row["epoch"]))
         if not self.plan:
             left = float("nan")  # no plan: nothing to count down from
-        values = {"train_loss": row["train_loss"], "val_loss": row["val_loss"], row["metric"]: row["val_metric"]}
-        line = epoch_line(f"{unit} fold {fold}", row["epoch"], self.epochs, values, row["seconds"], left,
-                          note=f"data {row['data_s']:.1f} s, model {row['model_s']:.1f} s")
+        values = {
+            "train_loss": row["train_loss"],
+            "val_loss": row["val_loss"],
+            row["metric"]: row["val_metric"],
+        }
+        line = epoch_line(
+            f"{unit} fold {fold}",
+            row["epoch"],
+            self.epochs,
+            values,
+            row["seconds"],
+            left,
+            note=f"data {row['data_s']:.1f} s, model {row['model_s']:.1f} s",
+        )
         print(line, flush=True)
 
     def log_result(self, result: dict[str, Any]) -> None:
         score = result.get("oof_score")
         if score:
-            print("oof " + " ".join(f"{k}={v:.6f}" for k, v in score.items() if isinstance(v, float)), flush=True)
+            print(
+                "oof " + " ".join(f"{k}={v:.6f}" for k, v in score.items() if isinstance(v, float)),
+                flush=True,
+            )
 
 
 class TensorBoardLogger(NullLogger):
@@ -80,8 +100,15 @@ class TensorBoardLogger(NullLogger):
 
     def log_epoch(self, unit: str, fold: int, row: dict[str, Any]) -> None:
         board = self.boards.setdefault((unit, fold), ScalarBoard(self.root / unit / f"fold{fold}"))
-        board.add(row["epoch"], {"train/loss": row["train_loss"], "train/lr": row["lr"], "val/loss": row["val_loss"],
-                                 f"val/{row['metric']}": row["val_metric"]})
+        board.add(
+            row["epoch"],
+            {
+                "train/loss": row["train_loss"],
+                "train/lr": row["lr"],
+                "val/loss": row["val_loss"],
+                f"val/{row['metric']}": row["val_metric"],
+            },
+        )
 
     def close(self) -> None:
         for board in self.boards.values():

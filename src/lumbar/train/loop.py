@@ -121,8 +121,11 @@ OOF_GT_CSV = "oof_gt.csv"
 TENSORBOARD_DIR = "tensorboard"
 GROUND_TRUTH = "gt"
 #: The crop sources of each `train_crops` value.
-TRAIN_SOURCES: dict[str, tuple[str, ...]] = {"gt": (GROUND_TRUTH,), "oof": (LOCALIZED,),
-                                             "both": (GROUND_TRUTH, LOCALIZED)}
+TRAIN_SOURCES: dict[str, tuple[str, ...]] = {
+    "gt": (GROUND_TRUTH,),
+    "oof": (LOCALIZED,),
+    "both": (GROUND_TRUTH, LOCALIZED),
+}
 #: The checkpoint each `select` value predicts with and records for inference.
 SELECTED_CHECKPOINT: dict[str, str] = {"last": FINAL, "best": BEST}
 
@@ -242,9 +245,15 @@ class _Learner:
 
     def checkpoint(self, state: dict[str, Any]) -> dict[str, Any]:
         """`last.pt`'s content: every state a resume needs, the random generators' and the fold's record."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else {}, "rng": rng_state(), **state}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else {},
+            "rng": rng_state(),
+            **state,
+        }
 
     def resume(self, ckpt: dict[str, Any]) -> None:
         """Load a `last.pt` (`checkpoint`), the random generators last, as they were after its epoch."""
@@ -271,10 +280,14 @@ def train(config: TrainConfig | Mapping[str, Any], logger=None) -> TrainResult:
     """
     if not isinstance(config, TrainConfig):
         config = make_config(config)
-    runtime = setup_runtime(config.device, amp=config.amp, channels_last=config.channels_last,
-                            threads=config.threads)
-    board = (TensorBoardLogger(Path(config.out) / TENSORBOARD_DIR) if config.tensorboard and runtime.is_main
-             else None)
+    runtime = setup_runtime(
+        config.device, amp=config.amp, channels_last=config.channels_last, threads=config.threads
+    )
+    board = (
+        TensorBoardLogger(Path(config.out) / TENSORBOARD_DIR)
+        if config.tensorboard and runtime.is_main
+        else None
+    )
     try:
         return _train(config, runtime, Loggers(logger, board))
     finally:
@@ -308,10 +321,15 @@ def _train(config: TrainConfig, runtime: Runtime, logger) -> TrainResult:
         units[task.name] = unit.record
         timings.update(unit.timings)
     n_excluded = int(table_row_ids(labels[labels["grade"].notna()]).isin(excluded).sum())
-    held = _HeldOut(pd.concat(tables, ignore_index=True),
-                   pd.concat(tables_gt, ignore_index=True) if tables_gt else None,
-                   pd.concat(plain, ignore_index=True) if plain else None, units, timings, n_excluded,
-                   time.perf_counter() - started)
+    held = _HeldOut(
+        pd.concat(tables, ignore_index=True),
+        pd.concat(tables_gt, ignore_index=True) if tables_gt else None,
+        pd.concat(plain, ignore_index=True) if plain else None,
+        units,
+        timings,
+        n_excluded,
+        time.perf_counter() - started,
+    )
     result = _finish(ctx, labels, folds, fold_ids, held)
     if runtime.is_main:
         logger.log_result(result.summary)
@@ -338,13 +356,20 @@ def _prepare_folds(ctx: RunContext, all_labels: pd.DataFrame) -> tuple[pd.DataFr
     return folds, fold_ids
 
 
-def _fit_unit(ctx: RunContext, task: Task, labels: pd.DataFrame, fold_of: pd.Series, fold_ids: list[int],
-              excluded: set[str]) -> _UnitFit:
+def _fit_unit(
+    ctx: RunContext,
+    task: Task,
+    labels: pd.DataFrame,
+    fold_of: pd.Series,
+    fold_ids: list[int],
+    excluded: set[str],
+) -> _UnitFit:
     """Train one unit on every fold, then choose its TTA fold-wise and make its held-out prediction rows."""
     config = ctx.config
     items = _unit_items(task, ctx.caches, labels, fold_of)
-    pool = _drop_excluded(pd.concat([items[s] for s in TRAIN_SOURCES[config.train_crops]], ignore_index=True),
-                          excluded)
+    pool = _drop_excluded(
+        pd.concat([items[s] for s in TRAIN_SOURCES[config.train_crops]], ignore_index=True), excluded
+    )
     checkpoints, per_fold, per_fold_gt, timings = {}, {}, {}, {}
     for fold in fold_ids:
         data = _fold_data(ctx, task, fold, items, pool)
@@ -360,13 +385,19 @@ def _fit_unit(ctx: RunContext, task: Task, labels: pd.DataFrame, fold_of: pd.Ser
             plain.append(per_fold[fold][IDENTITY].assign(fold=fold))
         if per_fold_gt[fold] is not None:
             tables_gt.append(tta_table(per_fold_gt[fold], chosen[fold]).assign(fold=fold))
-    record = {"conditions": list(task.conditions), "checkpoints": checkpoints, "layout": task.layout,
-              "num_classes": task.num_classes, **tta_record}
+    record = {
+        "conditions": list(task.conditions),
+        "checkpoints": checkpoints,
+        "layout": task.layout,
+        "num_classes": task.num_classes,
+        **tta_record,
+    }
     return _UnitFit(record, timings, tables, tables_gt, plain)
 
 
-def _unit_items(task: Task, caches: dict[str, RoiCache], labels: pd.DataFrame,
-                fold_of: pd.Series) -> dict[str, pd.DataFrame]:
+def _unit_items(
+    task: Task, caches: dict[str, RoiCache], labels: pd.DataFrame, fold_of: pd.Series
+) -> dict[str, pd.DataFrame]:
     """A unit's labelled items of each crop source, with their source and fold."""
     items = {}
     for source, cache in caches.items():
@@ -376,20 +407,25 @@ def _unit_items(task: Task, caches: dict[str, RoiCache], labels: pd.DataFrame,
     return items
 
 
-def _fold_data(ctx: RunContext, task: Task, fold: int, items: dict[str, pd.DataFrame],
-               pool: pd.DataFrame) -> FoldData:
+def _fold_data(
+    ctx: RunContext, task: Task, fold: int, items: dict[str, pd.DataFrame], pool: pd.DataFrame
+) -> FoldData:
     """One fold's items: training from the pool of the training sources, validation from the oof crops when
     given (else the ground-truth crops), and the held-out ground-truth crops beside them with both caches."""
     caches = ctx.caches
     valid_source = LOCALIZED if LOCALIZED in caches else GROUND_TRUTH
-    data = FoldData(pool[pool["fold"].notna() & (pool["fold"] != fold)],
-                    items[valid_source][items[valid_source]["fold"] == fold])
+    data = FoldData(
+        pool[pool["fold"].notna() & (pool["fold"] != fold)],
+        items[valid_source][items[valid_source]["fold"] == fold],
+    )
     if len(caches) == 2:
         data.valid_gt = items[GROUND_TRUTH][items[GROUND_TRUTH]["fold"] == fold]
     if data.train.empty or data.valid.empty:
-        raise ValueError(f"unit {task.name} fold {fold}: {len(data.train)} training samples "
-                         f"({ctx.config.train_crops} crops) and {len(data.valid)} validation samples "
-                         f"(in {caches[valid_source].root})")
+        raise ValueError(
+            f"unit {task.name} fold {fold}: {len(data.train)} training samples "
+            f"({ctx.config.train_crops} crops) and {len(data.valid)} validation samples "
+            f"(in {caches[valid_source].root})"
+        )
     return data
 
 
@@ -399,8 +435,9 @@ def input_fingerprints(config: TrainConfig, caches: dict[str, RoiCache]) -> dict
     exclusion files."""
     field_of = {GROUND_TRUTH: "cache", LOCALIZED: "oof_cache"}
     identity = ("config", "split", "coordinates_sha1")
-    found: dict[str, Any] = {field_of[source]: {k: cache.params.get(k) for k in identity}
-                             for source, cache in caches.items()}
+    found: dict[str, Any] = {
+        field_of[source]: {k: cache.params.get(k) for k in identity} for source, cache in caches.items()
+    }
     for name in ("jitter", "exclude"):
         path = getattr(config, name)
         found[name] = hashlib.sha1(Path(path).read_bytes()).hexdigest() if path else ""
@@ -421,13 +458,17 @@ def check_resumable(config: TrainConfig, out: Path, inputs: dict[str, Any]) -> N
     changes = setting_changes(TrainConfig.load(saved).to_dict(), config.to_dict(), RUN_ONLY)
     if (out / INPUTS_JSON).is_file():
         previous = json.loads((out / INPUTS_JSON).read_text())
-        changes += [f"{name}: its content changed" for name in dict.fromkeys([*previous, *inputs])
-                    if previous.get(name) != inputs.get(name)]
+        changes += [
+            f"{name}: its content changed"
+            for name in dict.fromkeys([*previous, *inputs])
+            if previous.get(name) != inputs.get(name)
+        ]
     if changes:
         raise StaleRunError(
             f"{out} holds checkpoints trained with other settings or inputs ({'; '.join(changes)}): "
             "reusing them would keep weights these settings never trained; train again from scratch with "
-            f"FRESH=True in 03_train (pipeline: --fresh), resume=false for `lumbar train`, or delete {out}")
+            f"FRESH=True in 03_train (pipeline: --fresh), resume=false for `lumbar train`, or delete {out}"
+        )
 
 
 def _has_checkpoints(out: Path) -> bool:
@@ -454,12 +495,18 @@ def _choose_tta(
     candidates = usable(config.tta, task.crop_kinds)
     if not candidates:
         return dict.fromkeys(per_fold, ()), {"tta": []} if config.tta else {}
-    scores = {s: {f: validation_score(task, tta_table(entries, s)) for f, entries in per_fold.items()}
-              for s in candidate_sets(candidates)}
+    scores = {
+        s: {f: validation_score(task, tta_table(entries, s)) for f, entries in per_fold.items()}
+        for s in candidate_sets(candidates)
+    }
     chosen, for_test = choose_fold_wise(scores, task.higher_is_better)
-    record = {"tta": list(for_test), "tta_folds": {str(f): list(s) for f, s in chosen.items()},
-              "tta_scores": {"+".join(s) or IDENTITY: {str(f): v for f, v in by_fold.items()}
-                             for s, by_fold in scores.items()}}
+    record = {
+        "tta": list(for_test),
+        "tta_folds": {str(f): list(s) for f, s in chosen.items()},
+        "tta_scores": {
+            "+".join(s) or IDENTITY: {str(f): v for f, v in by_fold.items()} for s, by_fold in scores.items()
+        },
+    }
     return chosen, record
 
 
@@ -476,9 +523,12 @@ def _drop_excluded(items: pd.DataFrame, excluded: set[str]) -> pd.DataFrame:
     grade are dropped."""
     if not excluded or items.empty:
         return items
-    grades = [tuple(-1 if row_id(study, c, level) in excluded else g for c, g in zip(conditions, item_grades))
-              for study, level, conditions, item_grades in
-              zip(items["study_id"], items["level"], items["conditions"], items["grades"])]
+    grades = [
+        tuple(-1 if row_id(study, c, level) in excluded else g for c, g in zip(conditions, item_grades))
+        for study, level, conditions, item_grades in zip(
+            items["study_id"], items["level"], items["conditions"], items["grades"]
+        )
+    ]
     items = items.assign(grades=grades)
     return items[[max(g) >= 0 for g in grades]].reset_index(drop=True)
 
@@ -493,14 +543,21 @@ def _open_caches(config: TrainConfig) -> dict[str, RoiCache]:
     for cache in caches.values():
         missing = [v for v in config.views if v not in cache.built_views]
         if missing:
-            raise ValueError(f"{cache.root}: built without the view(s) {missing} the config asks for (it has "
-                             f"{list(cache.built_views)}); build the caches with RoiConfig "
-                             f"views={list(config.views)}")
+            raise ValueError(
+                f"{cache.root}: built without the view(s) {missing} the config asks for (it has "
+                f"{list(cache.built_views)}); build the caches with RoiConfig "
+                f"views={list(config.views)}"
+            )
     return caches
 
 
-def _oof_table(config: TrainConfig, predictions: pd.DataFrame, labels: pd.DataFrame, folds: pd.DataFrame,
-               fold_ids: list[int]) -> tuple[pd.DataFrame, int]:
+def _oof_table(
+    config: TrainConfig,
+    predictions: pd.DataFrame,
+    labels: pd.DataFrame,
+    folds: pd.DataFrame,
+    fold_ids: list[int],
+) -> tuple[pd.DataFrame, int]:
     """Held-out prediction rows -> the submission table; in competition mode every held-out study gets its
     25 rows, a missing crop its fold's training prior. Returns (table, rows filled from a prior)."""
     if config.mode != "competition":
@@ -515,8 +572,9 @@ def _oof_table(config: TrainConfig, predictions: pd.DataFrame, labels: pd.DataFr
     return pd.concat(parts).sort_values("row_id", kind="stable").reset_index(drop=True), filled
 
 
-def _finish(ctx: RunContext, labels: pd.DataFrame, folds: pd.DataFrame, fold_ids: list[int],
-            held: _HeldOut) -> TrainResult:
+def _finish(
+    ctx: RunContext, labels: pd.DataFrame, folds: pd.DataFrame, fold_ids: list[int], held: _HeldOut
+) -> TrainResult:
     """Write predictions, OOF (and OOF on ground-truth crops), scores or reports, result.json and the
     manifest entry (rank 0); with TTA candidates the rows without TTA are scored as `oof_score_plain`."""
     config, runtime, out = ctx.config, ctx.runtime, ctx.out
@@ -539,8 +597,9 @@ def _finish(ctx: RunContext, labels: pd.DataFrame, folds: pd.DataFrame, fold_ids
             reports = write_reports(scored.drop(columns="fold"), out / "reports", config.mode)
             summary["reports"] = {k: str(p.relative_to(out)) for k, p in reports.items()}
         if held.predictions_gt is not None:
-            oof_gt, summary["fallback_rows_gt"] = _oof_table(config, held.predictions_gt, labels, folds,
-                                                             fold_ids)
+            oof_gt, summary["fallback_rows_gt"] = _oof_table(
+                config, held.predictions_gt, labels, folds, fold_ids
+            )
             oof_gt_path = write_csv(oof_gt, out / OOF_GT_CSV)
             if config.mode == "competition":
                 oof_score_gt = competition_score(oof_labels, oof_gt, name=str(oof_gt_path)).as_dict()
@@ -549,58 +608,107 @@ def _finish(ctx: RunContext, labels: pd.DataFrame, folds: pd.DataFrame, fold_ids
         entry = _manifest_entry(ctx, summary, with_gt=held.predictions_gt is not None)
         save_record(ctx.run_root, ClassifierRecord.from_dict(entry), item=out.name)
     runtime.barrier()
-    return TrainResult(out, out / OOF_CSV, out / PREDICTIONS_CSV, oof_score, reports, summary,
-                       out / OOF_GT_CSV if held.predictions_gt is not None else None, oof_score_gt)
+    return TrainResult(
+        out,
+        out / OOF_CSV,
+        out / PREDICTIONS_CSV,
+        oof_score,
+        reports,
+        summary,
+        out / OOF_GT_CSV if held.predictions_gt is not None else None,
+        oof_score_gt,
+    )
 
 
-def _summary(ctx: RunContext, fold_ids: list[int], held: _HeldOut, prior: pd.DataFrame, oof_rows: int,
-             filled: int) -> dict[str, Any]:
+def _summary(
+    ctx: RunContext, fold_ids: list[int], held: _HeldOut, prior: pd.DataFrame, oof_rows: int, filled: int
+) -> dict[str, Any]:
     """result.json before the scores: the settings, crop geometry, units, timings and the prior."""
     config = ctx.config
     cache = next(iter(ctx.caches.values()))  # the crop geometry (the same in both caches)
     return {
-        "arch": config.arch, "mode": config.mode,
+        "arch": config.arch,
+        "mode": config.mode,
         "conditions": list(resolve_conditions(config.mode, config.conditions)),
-        "folds": list(fold_ids), "input_shape": [cache.depth, cache.height, cache.width],
-        "cache": str(config.cache), "oof_cache": str(config.oof_cache), "train_crops": config.train_crops,
-        "jitter": str(config.jitter), "exclude": str(config.exclude), "excluded_rows": held.n_excluded,
-        "select": config.select, "cache_params": cache.params,
-        "model": {"name": config.arch, "depth": cache.depth, "drop_rate": config.drop_rate,
-                  **config.model_kwargs},
-        "units": held.units, "oof_rows": oof_rows, "fallback_rows": filled, "seconds": round(held.seconds, 1),
-        "timings": held.timings, "prior": prior.to_dict(orient="list"), "precision": ctx.runtime.precision,
+        "folds": list(fold_ids),
+        "input_shape": [cache.depth, cache.height, cache.width],
+        "cache": str(config.cache),
+        "oof_cache": str(config.oof_cache),
+        "train_crops": config.train_crops,
+        "jitter": str(config.jitter),
+        "exclude": str(config.exclude),
+        "excluded_rows": held.n_excluded,
+        "select": config.select,
+        "cache_params": cache.params,
+        "model": {
+            "name": config.arch,
+            "depth": cache.depth,
+            "drop_rate": config.drop_rate,
+            **config.model_kwargs,
+        },
+        "units": held.units,
+        "oof_rows": oof_rows,
+        "fallback_rows": filled,
+        "seconds": round(held.seconds, 1),
+        "timings": held.timings,
+        "prior": prior.to_dict(orient="list"),
+        "precision": ctx.runtime.precision,
     }
 
 
 def _manifest_entry(ctx: RunContext, summary: dict[str, Any], with_gt: bool) -> dict[str, Any]:
     """The run's entry under `classifiers` in the experiment's manifest (paths relative to the experiment)."""
     config, out = ctx.config, ctx.out
-    entry = {"path": str(out.relative_to(ctx.run_root)), "arch": config.arch, "mode": config.mode,
-             "conditions": summary["conditions"], "folds": list(summary["folds"]),
-             "checkpoints": {u: {f: str(Path(out.name) / p) for f, p in v["checkpoints"].items()}
-                             for u, v in summary["units"].items()},
-             "model": summary["model"], "input_shape": summary["input_shape"],
-             "oof": str(Path(out.name) / OOF_CSV),
-             "config": str(Path(out.name) / CONFIG_JSON), "result": str(Path(out.name) / RESULT_JSON),
-             "oof_score": (summary.get("oof_score") or {}).get("score"), "precision": ctx.runtime.precision}
+    entry = {
+        "path": str(out.relative_to(ctx.run_root)),
+        "arch": config.arch,
+        "mode": config.mode,
+        "conditions": summary["conditions"],
+        "folds": list(summary["folds"]),
+        "checkpoints": {
+            u: {f: str(Path(out.name) / p) for f, p in v["checkpoints"].items()}
+            for u, v in summary["units"].items()
+        },
+        "model": summary["model"],
+        "input_shape": summary["input_shape"],
+        "oof": str(Path(out.name) / OOF_CSV),
+        "config": str(Path(out.name) / CONFIG_JSON),
+        "result": str(Path(out.name) / RESULT_JSON),
+        "oof_score": (summary.get("oof_score") or {}).get("score"),
+        "precision": ctx.runtime.precision,
+    }
     if with_gt:
-        entry.update(oof_gt=str(Path(out.name) / OOF_GT_CSV),
-                     oof_score_gt=(summary.get("oof_score_gt") or {}).get("score"))
+        entry.update(
+            oof_gt=str(Path(out.name) / OOF_GT_CSV),
+            oof_score_gt=(summary.get("oof_score_gt") or {}).get("score"),
+        )
     return entry
 
 
-def _loader(dataset: RoiDataset, sampler, config: TrainConfig, runtime: Runtime,
-            drop_last: bool) -> DataLoader:
-    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
-                      pin_memory=runtime.device.type == "cuda", drop_last=drop_last)
+def _loader(
+    dataset: RoiDataset, sampler, config: TrainConfig, runtime: Runtime, drop_last: bool
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.workers,
+        pin_memory=runtime.device.type == "cuda",
+        drop_last=drop_last,
+    )
 
 
 def build_unit_model(config: TrainConfig, task: Task, cache: RoiCache) -> nn.Module:
     """The registered architecture sized for a task unit and a cache, its encoder's weights from
     `pretrained`."""
-    return lumbar.models.build_model(config.arch, depth=cache.depth, pretrained=config.pretrained,
-                                     drop_rate=config.drop_rate, **unit_sizes(task, config.fusion),
-                                     **config.model_kwargs)
+    return lumbar.models.build_model(
+        config.arch,
+        depth=cache.depth,
+        pretrained=config.pretrained,
+        drop_rate=config.drop_rate,
+        **unit_sizes(task, config.fusion),
+        **config.model_kwargs,
+    )
 
 
 def fit_fold(
@@ -644,12 +752,21 @@ def _fold_feed(ctx: RunContext, task: Task, data: FoldData, seed: int) -> _FoldF
         train_items = train_items.iloc[: config.overfit_batches * config.batch_size]
         valid_items, augment = train_items, StackAugment(())
     common = {"max_shift_slices": config.max_shift_slices, "max_shift_px": config.max_shift_px, "seed": seed}
-    train_ds = RoiDataset(ctx.caches, task, train_items, train=not config.overfit_batches, augment=augment,
-                          mirror_p=config.mirror_p, jitter=ctx.jitter, **common)
+    train_ds = RoiDataset(
+        ctx.caches,
+        task,
+        train_items,
+        train=not config.overfit_batches,
+        augment=augment,
+        mirror_p=config.mirror_p,
+        jitter=ctx.jitter,
+        **common,
+    )
     valid_ds = RoiDataset(ctx.caches, task, valid_items, train=False, **common)
     worst = np.array([max(g) for g in train_ds.items["grades"]])
-    sampler = make_train_sampler(train_ds, config.balanced_sampling, worst, runtime.world_size, runtime.rank,
-                                 seed)
+    sampler = make_train_sampler(
+        train_ds, config.balanced_sampling, worst, runtime.world_size, runtime.rank, seed
+    )
     if config.overfit_batches:
         sampler.shuffle = False
     drop_last = len(train_ds) // runtime.world_size > config.batch_size  # no 1-sample batches for BatchNorm
@@ -682,17 +799,25 @@ def _build_learner(config: TrainConfig, runtime: Runtime, task: Task, feed: _Fol
     mix = BatchMix(() if config.overfit_batches else config.mix, config.mix_alpha, config.mix_p, seed)
     weights = torch.as_tensor(config.class_weights, dtype=torch.float32, device=runtime.device)
     if len(config.class_weights) != len(GRADES):
-        raise ValueError(f"class_weights needs one weight per grade ({len(GRADES)}), "
-                         f"got {config.class_weights}")
+        raise ValueError(
+            f"class_weights needs one weight per grade ({len(GRADES)}), got {config.class_weights}"
+        )
     return _Learner(model, net, ema, optimizer, scheduler, scaler, loss_fn, weights, mix)
 
 
-def _restore(config: TrainConfig, runtime: Runtime, learner: _Learner,
-             fold_dir: Path) -> tuple[dict[str, Any], bool]:
+def _restore(
+    config: TrainConfig, runtime: Runtime, learner: _Learner, fold_dir: Path
+) -> tuple[dict[str, Any], bool]:
     """The fold's record to go on from, and whether the fold is reused: finished before (its last.pt removed),
     the kept weights loaded to predict with and nothing to train; or resumed from last.pt; or fresh."""
-    state = {"epoch": 0, "best_score": None, "best_epoch": 0, "bad_epochs": 0, "finished": False,
-             "history": []}
+    state = {
+        "epoch": 0,
+        "best_score": None,
+        "best_epoch": 0,
+        "bad_epochs": 0,
+        "finished": False,
+        "history": [],
+    }
     last, done = fold_dir / LAST, fold_dir / STATE_JSON
     selected = fold_dir / SELECTED_CHECKPOINT[config.select]
     reused = config.resume and not last.is_file() and done.is_file() and selected.is_file()
@@ -706,8 +831,16 @@ def _restore(config: TrainConfig, runtime: Runtime, learner: _Learner,
     return state, reused
 
 
-def _fit_epoch(ctx: RunContext, task: Task, fold: int, fold_dir: Path, feed: _FoldFeed, learner: _Learner,
-               state: dict[str, Any], epoch: int) -> None:
+def _fit_epoch(
+    ctx: RunContext,
+    task: Task,
+    fold: int,
+    fold_dir: Path,
+    feed: _FoldFeed,
+    learner: _Learner,
+    state: dict[str, Any],
+    epoch: int,
+) -> None:
     """One epoch of a fold: train, validate when due, add its row to `state` (updated in place), and on rank 0
     keep the checkpoints, the history and the samples seen, and log the row."""
     config, runtime = ctx.config, ctx.runtime
@@ -720,11 +853,20 @@ def _fit_epoch(ctx: RunContext, task: Task, fold: int, fold_dir: Path, feed: _Fo
     score, val_loss, improved = math.nan, math.nan, False
     if validate:
         score, val_loss, improved = _validate(config, runtime, task, feed, learner, state, epoch)
-    row = {"epoch": epoch, "lr": learner.optimizer.param_groups[0]["lr"], "train_loss": stats["loss"],
-           "val_loss": val_loss, "metric": task.metric, "val_metric": score,
-           "best_epoch": state["best_epoch"],
-           "samples": stats["samples"], "data_s": stats["data_s"], "model_s": stats["model_s"],
-           "batches": stats["batches"], "seconds": time.perf_counter() - tick}
+    row = {
+        "epoch": epoch,
+        "lr": learner.optimizer.param_groups[0]["lr"],
+        "train_loss": stats["loss"],
+        "val_loss": val_loss,
+        "metric": task.metric,
+        "val_metric": score,
+        "best_epoch": state["best_epoch"],
+        "samples": stats["samples"],
+        "data_s": stats["data_s"],
+        "model_s": stats["model_s"],
+        "batches": stats["batches"],
+        "seconds": time.perf_counter() - tick,
+    }
     state["history"].append(row)
     state["epoch"] = epoch
     stopped = config.patience > 0 and state["bad_epochs"] >= config.patience
@@ -741,17 +883,33 @@ def _fit_epoch(ctx: RunContext, task: Task, fold: int, fold_dir: Path, feed: _Fo
     runtime.barrier()
 
 
-def _validate(config: TrainConfig, runtime: Runtime, task: Task, feed: _FoldFeed, learner: _Learner,
-              state: dict[str, Any], epoch: int) -> tuple[float, float, bool]:
+def _validate(
+    config: TrainConfig,
+    runtime: Runtime,
+    task: Task,
+    feed: _FoldFeed,
+    learner: _Learner,
+    state: dict[str, Any],
+    epoch: int,
+) -> tuple[float, float, bool]:
     """Score the held-out items after an epoch and track the best epoch in `state`: (score, loss,
     improved)."""
-    idx, probs, val_loss = predict_probs(learner.evaluator, feed.valid_loader, runtime, task.num_targets,
-                                         task.num_classes, learner.loss_fn, config.class_weights,
-                                         config.fast_dev_run)
+    idx, probs, val_loss = predict_probs(
+        learner.evaluator,
+        feed.valid_loader,
+        runtime,
+        task.num_targets,
+        task.num_classes,
+        learner.loss_fn,
+        config.class_weights,
+        config.fast_dev_run,
+    )
     score = validation_score(task, task.prediction_rows(feed.valid_ds.items.iloc[idx], probs))
     sign = 1.0 if task.higher_is_better else -1.0
-    improved = state["best_score"] is None or (not math.isnan(score) and (
-        math.isnan(state["best_score"]) or sign * (score - state["best_score"]) > 0))
+    improved = state["best_score"] is None or (
+        not math.isnan(score)
+        and (math.isnan(state["best_score"]) or sign * (score - state["best_score"]) > 0)
+    )
     if improved:
         state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
     else:
@@ -759,8 +917,14 @@ def _validate(config: TrainConfig, runtime: Runtime, task: Task, feed: _FoldFeed
     return score, val_loss, improved
 
 
-def _close_fold(config: TrainConfig, runtime: Runtime, learner: _Learner, state: dict[str, Any],
-                fold_dir: Path, reused: bool) -> None:
+def _close_fold(
+    config: TrainConfig,
+    runtime: Runtime,
+    learner: _Learner,
+    state: dict[str, Any],
+    fold_dir: Path,
+    reused: bool,
+) -> None:
     """After the epochs: the curves, `final.pt` (select="last"), the fold's record (finished: last.pt removed
     unless `keep_last`) on rank 0; then the selected weights loaded into the evaluator on every rank."""
     evaluator = learner.evaluator
@@ -782,14 +946,18 @@ def _fold_timing(state: dict[str, Any]) -> dict[str, float]:
     """The fold's epochs, best epoch, loader and model seconds per batch, training seconds (result.json)."""
     history = state["history"]
     batches = sum(r["batches"] for r in history) or 1
-    return {"epochs": state["epoch"], "best_epoch": state["best_epoch"],
-            "data_s_per_batch": sum(r["data_s"] for r in history) / batches,
-            "model_s_per_batch": sum(r["model_s"] for r in history) / batches,
-            "train_seconds": sum(r["seconds"] for r in history)}
+    return {
+        "epochs": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "data_s_per_batch": sum(r["data_s"] for r in history) / batches,
+        "model_s_per_batch": sum(r["model_s"] for r in history) / batches,
+        "train_seconds": sum(r["seconds"] for r in history),
+    }
 
 
-def _predict_rows(model: nn.Module, dataset: RoiDataset, task: Task, config: TrainConfig, runtime: Runtime,
-                  max_batches: int) -> dict[str, pd.DataFrame]:
+def _predict_rows(
+    model: nn.Module, dataset: RoiDataset, task: Task, config: TrainConfig, runtime: Runtime, max_batches: int
+) -> dict[str, pd.DataFrame]:
     """Prediction rows (with grades) of every item of an evaluation dataset: the plain prediction (`IDENTITY`)
     and, per TTA candidate (`config.tta`), the mean over that entry's own views."""
     # the same batches on every pass
@@ -798,8 +966,15 @@ def _predict_rows(model: nn.Module, dataset: RoiDataset, task: Task, config: Tra
     for entry in (IDENTITY, *(c for c in usable(config.tta, task.crop_kinds) if c != IDENTITY)):
         # one pass per entry: a fold's crops at the competition's size are GBs, too many to hold for all
         # passes
-        idx, probs, _ = predict_probs(model, loader, runtime, task.num_targets, task.num_classes,
-                                      max_batches=max_batches, tta=tta_views([entry], identity=False))
+        idx, probs, _ = predict_probs(
+            model,
+            loader,
+            runtime,
+            task.num_targets,
+            task.num_classes,
+            max_batches=max_batches,
+            tta=tta_views([entry], identity=False),
+        )
         tables[entry] = task.prediction_rows(dataset.items.iloc[idx], probs)
     return tables
 
@@ -815,8 +990,9 @@ def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: 
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
 
 
-def _train_epoch(learner: _Learner, loader: DataLoader, config: TrainConfig, runtime: Runtime, task: Task,
-                 desc: str) -> dict[str, Any]:
+def _train_epoch(
+    learner: _Learner, loader: DataLoader, config: TrainConfig, runtime: Runtime, task: Task, desc: str
+) -> dict[str, Any]:
     """One pass over the training loader, its batches mixed by `learner.mix` (at most `config.fast_dev_run`
     batches when set); returns mean loss, sample count, loader and model seconds.
 
@@ -827,8 +1003,12 @@ def _train_epoch(learner: _Learner, loader: DataLoader, config: TrainConfig, run
     max_batches = config.fast_dev_run
     data_s, model_s, batches, seen = 0.0, 0.0, 0, []
     running = RunningMean(runtime.device)
-    bar = tqdm(total=max_batches or len(loader), desc=desc, leave=False,
-               disable=not (config.progress and runtime.is_main))
+    bar = tqdm(
+        total=max_batches or len(loader),
+        desc=desc,
+        leave=False,
+        disable=not (config.progress and runtime.is_main),
+    )
     tick = time.perf_counter()
     for batch in loader:
         if max_batches and batches >= max_batches:
@@ -848,12 +1028,19 @@ def _train_epoch(learner: _Learner, loader: DataLoader, config: TrainConfig, run
     bar.close()
     stats = runtime.all_gather((running.sum(), running.count, seen))
     n = sum(s[1] for s in stats)
-    return {"loss": sum(s[0] for s in stats) / max(n, 1), "samples": n, "data_s": data_s, "model_s": model_s,
-            "batches": batches, "seen": [s[2] for s in stats]}
+    return {
+        "loss": sum(s[0] for s in stats) / max(n, 1),
+        "samples": n,
+        "data_s": data_s,
+        "model_s": model_s,
+        "batches": batches,
+        "seen": [s[2] for s in stats],
+    }
 
 
-def _train_step(learner: _Learner, batch: dict[str, Any], config: TrainConfig, runtime: Runtime,
-                task: Task) -> tuple[torch.Tensor, int]:
+def _train_step(
+    learner: _Learner, batch: dict[str, Any], config: TrainConfig, runtime: Runtime, task: Task
+) -> tuple[torch.Tensor, int]:
     """One optimisation step on a batch: mixed, scaled, clipped, scheduled, the EMA updated. Returns the loss
     (on the device, not read) and the batch's size."""
     model, optimizer, scaler = learner.model, learner.optimizer, learner.scaler

@@ -46,7 +46,9 @@ def _weighted_mean(per_target: torch.Tensor, targets: torch.Tensor, weights: tor
 def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-target cross-entropy (B, T); 0 where the target is -1."""
     k = logits.shape[-1]
-    nll = F.cross_entropy(logits.float().reshape(-1, k), targets.reshape(-1), reduction="none", ignore_index=-1)
+    nll = F.cross_entropy(
+        logits.float().reshape(-1, k), targets.reshape(-1), reduction="none", ignore_index=-1
+    )
     return nll.reshape(targets.shape)
 
 

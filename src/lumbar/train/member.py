@@ -1,9 +1,10 @@
-"""One classifier of a run, as the pipeline trains it: its settings wired from the run's manifest, in one process
+"""One classifier of a run, as the pipeline trains it: its settings wired from the run's manifest, in one
+process
 or data-parallel under torchrun, the same either way.
 
 The wiring (`member_overrides`) is what `notebooks/03_train.ipynb` does for every architecture: train on the
-ground-truth crops and the localizer's out-of-fold crops (`CROPS`), shift the ground-truth ones as the localizer
-errs (`JITTER`), validate on the localizer's crops; the paths come from the manifest (`preprocess`,
+ground-truth crops and the localizer's out-of-fold crops (`CROPS`), shift the ground-truth ones as the
+localizer errs (`JITTER`), validate on the localizer's crops; the paths come from the manifest (`preprocess`,
 `oof_crops`, `localizer.errors`). `train_member` trains it in this process, or, with `nproc > 1`, starts
 `torchrun --nproc-per-node N -m lumbar train --config <out>/launch.yaml` on exactly those settings (DDP: NCCL
 with one GPU per rank on CUDA, gloo on the CPU) and reads the result back.
@@ -31,8 +32,15 @@ CROPS = ("gt", "oof", "both")
 LAUNCH_YAML = "launch.yaml"
 
 
-def member_overrides(run_dir: str | os.PathLike, arch: str, name: str = "", crops: str = "both",
-                     jitter: str = "localizer", exclude: str = "", **settings: Any) -> dict[str, Any]:  # fmt: skip
+def member_overrides(
+    run_dir: str | os.PathLike,
+    arch: str,
+    name: str = "",
+    crops: str = "both",
+    jitter: str = "localizer",
+    exclude: str = "",
+    **settings: Any,
+) -> dict[str, Any]:
     """The `TrainConfig` overrides of a run's classifier, its inputs read from the run's manifest.
 
     Args:
@@ -53,11 +61,16 @@ def member_overrides(run_dir: str | os.PathLike, arch: str, name: str = "", crop
     oof_crops = manifest.oof_crops.cache if manifest.oof_crops else None
     errors = manifest.localizer.errors if manifest.localizer else None
     use_jitter = errors and jitter == "localizer" and crops != "oof"
-    return {"cache": str(run_dir / cache), "train_crops": crops,
-            "oof_cache": str(run_dir / oof_crops) if oof_crops else "",
-            "jitter": str(run_dir / errors) if use_jitter else "",
-            "exclude": str(run_dir / exclude) if exclude else "",
-            "out": str(run_dir / (name or arch.replace(":", "_"))), "arch": arch, **settings}  # fmt: skip
+    return {
+        "cache": str(run_dir / cache),
+        "train_crops": crops,
+        "oof_cache": str(run_dir / oof_crops) if oof_crops else "",
+        "jitter": str(run_dir / errors) if use_jitter else "",
+        "exclude": str(run_dir / exclude) if exclude else "",
+        "out": str(run_dir / (name or arch.replace(":", "_"))),
+        "arch": arch,
+        **settings,
+    }
 
 
 def train_member(overrides: Mapping[str, Any], nproc: int = 1, logger=None) -> TrainResult:
@@ -77,12 +90,24 @@ def train_distributed(overrides: Mapping[str, Any], nproc: int) -> TrainResult:
     out = Path(overrides["out"])
     out.mkdir(parents=True, exist_ok=True)
     spec = write_text(yaml.safe_dump(dict(overrides), sort_keys=False), out / LAUNCH_YAML)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "lumbar", "train", "--config", str(spec)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "lumbar",
+        "train",
+        "--config",
+        str(spec),
+    ]
     print(f"train: {nproc} DDP processes: {' '.join(cmd[2:])}", flush=True)
     done = subprocess.run(cmd, check=False)
     if done.returncode:
-        raise RuntimeError(f"torchrun ({nproc} processes) of {out.name} failed with exit code {done.returncode}")
+        raise RuntimeError(
+            f"torchrun ({nproc} processes) of {out.name} failed with exit code {done.returncode}"
+        )
     return read_result(out)
 
 
@@ -93,6 +118,13 @@ def read_result(out: str | os.PathLike) -> TrainResult:
     if not (out / CONFIG_JSON).is_file():
         raise FileNotFoundError(f"{out}: no {CONFIG_JSON}: not a classifier folder")
     gt = out / OOF_GT_CSV
-    return TrainResult(out, out / OOF_CSV, out / PREDICTIONS_CSV, summary.get("oof_score"),
-                       {k: out / p for k, p in summary.get("reports", {}).items()}, summary,
-                       gt if gt.is_file() else None, summary.get("oof_score_gt"))  # fmt: skip
+    return TrainResult(
+        out,
+        out / OOF_CSV,
+        out / PREDICTIONS_CSV,
+        summary.get("oof_score"),
+        {k: out / p for k, p in summary.get("reports", {}).items()},
+        summary,
+        gt if gt.is_file() else None,
+        summary.get("oof_score_gt"),
+    )

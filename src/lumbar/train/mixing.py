@@ -38,13 +38,17 @@ def list_mixes() -> list[str]:
 
 
 @register_mix("mixup")
-def mixup(x: torch.Tensor, partner: torch.Tensor, lam: float, rng: np.random.Generator) -> tuple[torch.Tensor, float]:
+def mixup(
+    x: torch.Tensor, partner: torch.Tensor, lam: float, rng: np.random.Generator
+) -> tuple[torch.Tensor, float]:
     """The weighted sum of the two images (Zhang et al., 2018)."""
     return lam * x + (1.0 - lam) * partner, lam
 
 
 @register_mix("cutmix")
-def cutmix(x: torch.Tensor, partner: torch.Tensor, lam: float, rng: np.random.Generator) -> tuple[torch.Tensor, float]:
+def cutmix(
+    x: torch.Tensor, partner: torch.Tensor, lam: float, rng: np.random.Generator
+) -> tuple[torch.Tensor, float]:
     """The partner's box of area share about 1 - lam, in-plane and through every slice (Yun et al., 2019)."""
     h, w = x.shape[-2:]
     bh, bw = round(h * np.sqrt(1.0 - lam)), round(w * np.sqrt(1.0 - lam))
@@ -52,7 +56,7 @@ def cutmix(x: torch.Tensor, partner: torch.Tensor, lam: float, rng: np.random.Ge
         return x, 1.0
     top, left = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
     mixed = x.clone()
-    mixed[..., top: top + bh, left: left + bw] = partner[..., top: top + bh, left: left + bw]
+    mixed[..., top : top + bh, left : left + bw] = partner[..., top : top + bh, left : left + bw]
     return mixed, 1.0 - bh * bw / (h * w)
 
 
@@ -100,8 +104,9 @@ class BatchMix:
         return Mixed(mixed, lam * meta + (1.0 - lam) * meta[perm], lam, perm)
 
 
-def mixed_loss(loss_fn, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
-               mixed: Mixed) -> torch.Tensor:
+def mixed_loss(
+    loss_fn, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, mixed: Mixed
+) -> torch.Tensor:
     """The loss of a (possibly) mixed batch: lam L(y) + (1 - lam) L(y') (module docstring)."""
     loss = loss_fn(logits, target, weights)
     if mixed.perm is None:

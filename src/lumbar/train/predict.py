@@ -1,4 +1,5 @@
-"""Running trained models over a cache: batched prediction (validation, OOF, inference) and the submission table.
+"""Running trained models over a cache: batched prediction (validation, OOF, inference) and the submission
+table.
 
 `RunPredictor(run_dir)` is the inference entry point of later stages: it reads a training run's `config.json`
 and `result.json`, builds every unit's model once per fold from the checkpoint `result.json` names (`final.pt`
@@ -47,7 +48,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def input_normalization(model: nn.Module) -> tuple[float, float] | None:
-    """Scalar (mean, std) from a backbone's pretrained config (timm), averaged over its RGB channels; None if absent.
+    """Scalar (mean, std) from a backbone's pretrained config (timm), averaged over its RGB channels; None if
+    absent.
 
     Crops are single-channel intensities in [0, 1]; a pretrained 2D stem expects its own normalisation
     (`lumbar.core.encoders.gray_stats`). Training and prediction both go through `batch_to_device`.
@@ -59,8 +61,11 @@ def input_normalization(model: nn.Module) -> tuple[float, float] | None:
     return gray_stats(mean, std)
 
 
-def batch_to_device(batch: dict[str, Any], runtime: Runtime, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image (normalised, channels-last where the model is 3D and runs channels-last here) and meta on the device."""
+def batch_to_device(
+    batch: dict[str, Any], runtime: Runtime, model: nn.Module
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image (normalised, channels-last where the model is 3D and runs channels-last here) and meta on the
+    device."""
     x = batch["image"].to(runtime.device, non_blocking=True)
     norm = input_normalization(model)
     if norm is not None:
@@ -71,9 +76,17 @@ def batch_to_device(batch: dict[str, Any], runtime: Runtime, model: nn.Module) -
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, loader: Iterable[dict[str, Any]], runtime: Runtime, num_targets: int, num_classes: int,
-                  loss_fn=None, class_weights: Iterable[float] | None = None, max_batches: int = 0,
-                  tta: Sequence[Callable[[torch.Tensor], torch.Tensor]] = ()) -> tuple[np.ndarray, np.ndarray, float]:
+def predict_probs(
+    model: nn.Module,
+    loader: Iterable[dict[str, Any]],
+    runtime: Runtime,
+    num_targets: int,
+    num_classes: int,
+    loss_fn=None,
+    class_weights: Iterable[float] | None = None,
+    max_batches: int = 0,
+    tta: Sequence[Callable[[torch.Tensor], torch.Tensor]] = (),
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Class probabilities of every item of a loader, gathered over DDP ranks.
 
     Args:
@@ -100,8 +113,10 @@ def predict_probs(model: nn.Module, loader: Iterable[dict[str, Any]], runtime: R
         x, meta = batch_to_device(batch, runtime, model)
         with runtime.autocast():
             if len(tta) > 1:
-                p = sum(torch.softmax(model(v(x), meta).float().reshape(len(x), num_targets, num_classes), dim=-1)
-                        for v in tta) / len(tta)
+                p = sum(
+                    torch.softmax(model(v(x), meta).float().reshape(len(x), num_targets, num_classes), dim=-1)
+                    for v in tta
+                ) / len(tta)
                 logits = torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))  # softmax(log p) = p
             else:
                 x = tta[0](x) if tta else x
@@ -115,9 +130,12 @@ def predict_probs(model: nn.Module, loader: Iterable[dict[str, Any]], runtime: R
             weight_sum.add(w_sum, 1)
         probs.append(torch.softmax(logits, dim=-1))  # stays on the device until the loop ends
         indices.append(batch["index"].numpy())
-    shard = (np.concatenate(indices) if indices else np.zeros(0, np.int64),
-             torch.cat(probs).cpu().numpy() if probs else np.zeros((0, num_targets, num_classes), np.float32),
-             loss_sum.sum(), weight_sum.sum())
+    shard = (
+        np.concatenate(indices) if indices else np.zeros(0, np.int64),
+        torch.cat(probs).cpu().numpy() if probs else np.zeros((0, num_targets, num_classes), np.float32),
+        loss_sum.sum(),
+        weight_sum.sum(),
+    )
     parts = runtime.all_gather(shard)
     idx = np.concatenate([p[0] for p in parts])
     prob = np.concatenate([p[1] for p in parts])
@@ -128,21 +146,35 @@ def predict_probs(model: nn.Module, loader: Iterable[dict[str, Any]], runtime: R
 
 
 def eval_loader(dataset, batch_size: int, workers: int, runtime: Runtime) -> DataLoader:
-    """In-order loader; sharded over ranks under DDP. It draws its workers' seed from a generator of its own, not
-    from torch's global one, so validating (or not, `val_every`) leaves the training that follows as it was."""
-    sampler = (DistributedSampler(dataset, runtime.world_size, runtime.rank, shuffle=False)
-               if runtime.distributed else None)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
-                      pin_memory=runtime.device.type == "cuda", generator=torch.Generator().manual_seed(0))
+    """In-order loader; sharded over ranks under DDP. It draws its workers' seed from a generator of its own,
+    not
+    from torch's global one, so validating (or not, `val_every`) leaves the training that follows as it
+    was."""
+    sampler = (
+        DistributedSampler(dataset, runtime.world_size, runtime.rank, shuffle=False)
+        if runtime.distributed
+        else None
+    )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=runtime.device.type == "cuda",
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
 def grade_prior(labels: pd.DataFrame) -> pd.DataFrame:
-    """Grade frequencies per condition x level, add-one smoothed so every cell exists (fallback predictions)."""
+    """Grade frequencies per condition x level, add-one smoothed so every cell exists (fallback
+    predictions)."""
     return class_priors(labels, smoothing=1.0)
 
 
-def to_submission(table: pd.DataFrame, study_ids: Iterable[int] | None = None,
-                  prior: pd.DataFrame | None = None) -> tuple[pd.DataFrame, int]:
+def to_submission(
+    table: pd.DataFrame, study_ids: Iterable[int] | None = None, prior: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, int]:
     """Prediction rows (long table) -> the submission table.
 
     Args:
@@ -182,8 +214,9 @@ class RunPredictor:
     """A training run's fold models, each built and loaded once, predicting any number of ROI caches.
 
     Building a model and reading its checkpoint cost as much as predicting a chunk of studies, so inference
-    (`lumbar.inference.predict`) keeps one `RunPredictor` per classifier for the whole run and streams its chunks
-    through it: the models stay on the device between chunks (`parameter_bytes` says how much they hold).
+    (`lumbar.inference.predict`) keeps one `RunPredictor` per classifier for the whole run and streams its
+    chunks through it: the models stay on the device between chunks (`parameter_bytes` says how much they
+    hold).
 
     Args:
         run_dir: a training run folder (`train(...).run_dir`).
@@ -194,20 +227,31 @@ class RunPredictor:
         max_folds: use only the first this many folds of each unit, in fold order (0 = all): the ensemble cap.
     """
 
-    def __init__(self, run_dir: str | Path, device: str = "auto", batch_size: int = 0, workers: int = 0,
-                 threads: int = 0, max_folds: int = 0) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        device: str = "auto",
+        batch_size: int = 0,
+        workers: int = 0,
+        threads: int = 0,
+        max_folds: int = 0,
+    ) -> None:
 
         self.run_dir = Path(run_dir)
         self.config, self.result = read_run(self.run_dir)
         self.batch_size, self.workers = batch_size or self.config.batch_size, workers
-        self.runtime = setup_runtime(device, amp=self.config.amp, channels_last=self.config.channels_last,
-                                     threads=threads)
+        self.runtime = setup_runtime(
+            device, amp=self.config.amp, channels_last=self.config.channels_last, threads=threads
+        )
         self.units: list[tuple[Any, list[nn.Module]]] = []
-        self.tta: dict[str, tuple[str, ...]] = {}  # unit -> the TTA set its OOF rows chose (`lumbar.train.tta`)
+        self.tta: dict[
+            str, tuple[str, ...]
+        ] = {}  # unit -> the TTA set its OOF rows chose (`lumbar.train.tta`)
         self.forward_seconds = 0.0  # in the model passes (the crops are read before, once per unit)
         try:
-            for task in build_tasks(self.config.mode, self.config.conditions, self.config.mirror_right,
-                                    self.config.views):
+            for task in build_tasks(
+                self.config.mode, self.config.conditions, self.config.mirror_right, self.config.views
+            ):
                 unit = self.result["units"].get(task.name)
                 if unit is None or not unit["checkpoints"]:
                     continue
@@ -237,8 +281,12 @@ class RunPredictor:
     @property
     def parameter_bytes(self) -> int:
         """Bytes of every loaded model's parameters and buffers (what stays on the device)."""
-        return sum(t.numel() * t.element_size() for _, models in self.units for m in models
-                   for t in [*m.parameters(), *m.buffers()])
+        return sum(
+            t.numel() * t.element_size()
+            for _, models in self.units
+            for m in models
+            for t in [*m.parameters(), *m.buffers()]
+        )
 
     def predict(self, cache_dir: str | Path, study_ids: Iterable[int] | None = None) -> pd.DataFrame:
         """The fold-averaged submission table of every sample of an ROI cache (see `predict_cache`)."""
@@ -246,21 +294,26 @@ class RunPredictor:
         cache = read_cache(cache_dir)
         shape = [cache.depth, cache.height, cache.width]
         if shape != list(self.result["input_shape"]):
-            raise ValueError(f"{cache_dir}: tensors of shape {shape}, but run {self.run_dir} was trained on "
-                             f"{self.result['input_shape']}; build the cache with the run's preprocessing parameters")
+            raise ValueError(
+                f"{cache_dir}: tensors of shape {shape}, but run {self.run_dir} was trained on "
+                f"{self.result['input_shape']}; build the cache with the run's preprocessing parameters"
+            )
         tables = []
         for task, models in self.units:
             items = task.items(cache.samples, None, cache.views)
             if items.empty:
                 continue
             # read once, for every fold model (a chunk's crops of one unit are tens of MiB at most)
-            batches = list(eval_loader(RoiDataset(cache, task, items), self.batch_size, self.workers, self.runtime))
+            batches = list(
+                eval_loader(RoiDataset(cache, task, items), self.batch_size, self.workers, self.runtime)
+            )
             total = np.zeros((len(items), task.num_targets, task.num_classes))
             unit_views = tta_views(self.tta[task.name])
             for model in models:
                 t = time.perf_counter()
-                idx, probs, _ = predict_probs(model, batches, self.runtime, task.num_targets, task.num_classes,
-                                              tta=unit_views)
+                idx, probs, _ = predict_probs(
+                    model, batches, self.runtime, task.num_targets, task.num_classes, tta=unit_views
+                )
                 self.forward_seconds += time.perf_counter() - t
                 total[idx] += probs
             tables.append(task.prediction_rows(items, total / len(models)))
@@ -288,8 +341,15 @@ class RunPredictor:
         self.close()
 
 
-def predict_cache(run_dir: str | Path, cache_dir: str | Path, device: str = "auto", batch_size: int = 0,
-                  workers: int = 0, study_ids: Iterable[int] | None = None, threads: int = 0) -> pd.DataFrame:
+def predict_cache(
+    run_dir: str | Path,
+    cache_dir: str | Path,
+    device: str = "auto",
+    batch_size: int = 0,
+    workers: int = 0,
+    study_ids: Iterable[int] | None = None,
+    threads: int = 0,
+) -> pd.DataFrame:
     """Predict every sample of an ROI cache with a run's models, averaging the folds' selected checkpoints.
 
     One cache, so the models are built for it and dropped after; to predict many caches with one run, keep a

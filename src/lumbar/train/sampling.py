@@ -23,8 +23,9 @@ class BalancedDistributedSampler(DistributedSampler):
         num_replicas, rank, seed: as for `DistributedSampler`.
     """
 
-    def __init__(self, dataset: Dataset, weights: np.ndarray, num_replicas: int = 1, rank: int = 0,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, dataset: Dataset, weights: np.ndarray, num_replicas: int = 1, rank: int = 0, seed: int = 0
+    ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         weights = np.asarray(weights, dtype=np.float64)
         if weights.shape != (len(dataset),) or (weights < 0).any() or weights.sum() <= 0:
@@ -39,7 +40,8 @@ class BalancedDistributedSampler(DistributedSampler):
 
 
 def balanced_weights(grades: np.ndarray) -> np.ndarray:
-    """Per sample: 1 / (frequency of its grade), using each sample's worst labelled grade (-1 = unlabelled)."""
+    """Per sample: 1 / (frequency of its grade), using each sample's worst labelled grade (-1 =
+    unlabelled)."""
     grades = np.asarray(grades, dtype=np.int64)
     counts = np.bincount(grades[grades >= 0], minlength=3).astype(np.float64)
     weights = np.zeros(len(grades))
@@ -48,8 +50,9 @@ def balanced_weights(grades: np.ndarray) -> np.ndarray:
     return weights
 
 
-def make_train_sampler(dataset: Dataset, balanced: bool, grades: np.ndarray | None, world_size: int, rank: int,
-                       seed: int) -> DistributedSampler:
+def make_train_sampler(
+    dataset: Dataset, balanced: bool, grades: np.ndarray | None, world_size: int, rank: int, seed: int
+) -> DistributedSampler:
     """The training sampler: shuffled (`DistributedSampler`) or grade-balanced."""
     if balanced:
         return BalancedDistributedSampler(dataset, balanced_weights(grades), world_size, rank, seed)

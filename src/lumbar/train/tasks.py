@@ -12,15 +12,15 @@ A mode expands into one or more *units*; a unit is one model per fold (one `Task
     random with its label unchanged.
 
 `single_multiclass`, `single_binary` (the thesis): each condition is its own model (one unit per condition;
-    default scs, lnfn, rnfn); a sample is one crop with the level one-hot as meta. A random mirror is used only
-    for the midline spinal canal (mirroring a left foramen would make it a right one, another task).
+    default scs, lnfn, rnfn); a sample is one crop with the level one-hot as meta. A random mirror is used
+    only for the midline spinal canal (mirroring a left foramen would make it a right one, another task).
 
 `multi_multiclass`, `multi_binary` (the thesis): ONE network for all the conditions together (default scs,
     lnfn, rnfn). A sample is one (study, level): the crops of the conditions are the input channels (in the
     order of `conditions`; a missing crop is zeros and its target is masked) and the head has one group of
-    logits per condition. "Multi" thus means one model that sees all conditions of a level at once and predicts
-    them jointly. A left-right mirror is anatomically valid here: every channel is mirrored and the left and
-    right channels *and their labels* swap, so it is on by default.
+    logits per condition. "Multi" thus means one model that sees all conditions of a level at once and
+    predicts them jointly. A left-right mirror is anatomically valid here: every channel is mirrored and the
+    left and right channels *and their labels* swap, so it is on by default.
 
 Binary modes predict Normal/Mild vs Moderate+Severe; their rows in the prediction tables carry p(positive) in
 `moderate` and 0 in `severe`, so `p(normal_mild) + p(moderate) + p(severe) = 1` still holds and the thesis
@@ -60,7 +60,8 @@ from lumbar.scoring.metric import TERMS, score_aligned
 from lumbar.scoring.thesis import TASK_MODES as THESIS_MODES
 from lumbar.scoring.thesis import slice_metrics, targets_and_scores
 
-#: The thesis's four modes (`lumbar.scoring.thesis`) and the competition's (every condition, the metric's weights).
+#: The thesis's four modes (`lumbar.scoring.thesis`) and the competition's (every condition, the metric's
+#: weights).
 TASK_MODES: tuple[str, ...] = (*THESIS_MODES, "competition")
 THESIS_CONDITIONS: tuple[str, ...] = (
     "spinal_canal_stenosis",
@@ -75,7 +76,8 @@ MIRROR_CONDITION: dict[str, str] = {
 
 
 def series_mirror_axis(series: str) -> int:
-    """The left-right axis of a (depth, H, W) crop from a series: the width on axial images, else the slices."""
+    """The left-right axis of a (depth, H, W) crop from a series: the width on axial images, else the
+    slices."""
     return 2 if series == AXIAL_T2 else 0
 
 
@@ -131,7 +133,8 @@ class Task:
 
     @property
     def crop_kinds(self) -> frozenset[str]:
-        """Every kind of crop the unit reads, over its conditions and channels (for test-time augmentation)."""
+        """Every kind of crop the unit reads, over its conditions and channels (for test-time
+        augmentation)."""
         return frozenset(k for c in self.conditions for k in self.channel_kinds(c))
 
     def mirror_axes(self, condition: str | None = None) -> tuple[int, ...]:
@@ -139,8 +142,10 @@ class Task:
 
         if self.layout == "channels":
             return tuple(MIRROR_AXIS[c] for c in self.conditions)
-        return (MIRROR_AXIS[condition or self.conditions[0]],
-                *(series_mirror_axis(get_view(v).series) for v in self.views))
+        return (
+            MIRROR_AXIS[condition or self.conditions[0]],
+            *(series_mirror_axis(get_view(v).series) for v in self.views),
+        )
 
     @property
     def num_outputs(self) -> int:
@@ -166,8 +171,9 @@ class Task:
     def higher_is_better(self) -> bool:
         return self.metric != "competition"
 
-    def items(self, samples: pd.DataFrame, labels: pd.DataFrame | None = None,
-              views: pd.DataFrame | None = None) -> pd.DataFrame:
+    def items(
+        self, samples: pd.DataFrame, labels: pd.DataFrame | None = None, views: pd.DataFrame | None = None
+    ) -> pd.DataFrame:
         """The unit's samples joined with their grades.
 
         Args:
@@ -176,9 +182,9 @@ class Task:
             views: the cache's second views (`views.parquet`), needed when the unit has `views`.
 
         Returns:
-            One row per sample (`ITEM_COLUMNS`): tuple columns `conditions`, `grades` (-1 = no label) of length
-            `num_targets`, `files` of length `in_channels` (a view's file None where it is missing); `side`
-            (1 = a right-side crop); `mirror` (mirror at load time).
+            One row per sample (`ITEM_COLUMNS`): tuple columns `conditions`, `grades` (-1 = no label) of
+            length `num_targets`, `files` of length `in_channels` (a view's file None where it is missing);
+            `side` (1 = a right-side crop); `mirror` (mirror at load time).
 
         Raises:
             ValueError: the unit has views and `views` holds none of one of them.
@@ -190,30 +196,34 @@ class Task:
             files = [(f,) for f in rows["file"]]
             for view in self.views:
                 files = [(*f, v) for f, v in zip(files, _view_files(rows, views, view))]
-            out = pd.DataFrame({
-                "item_id": rows["sample_id"].astype(str).to_numpy(),
-                "study_id": rows["study_id"].astype("int64").to_numpy(),
-                "level": rows["level"].to_numpy(),
-                "conditions": [(c,) for c in rows["condition"]],
-                "files": files,
-                "grades": [(int(g),) for g in rows["grade"]],
-                "side": side.astype(np.int64),
-                "mirror": side & self.mirror_right,
-            })
+            out = pd.DataFrame(
+                {
+                    "item_id": rows["sample_id"].astype(str).to_numpy(),
+                    "study_id": rows["study_id"].astype("int64").to_numpy(),
+                    "level": rows["level"].to_numpy(),
+                    "conditions": [(c,) for c in rows["condition"]],
+                    "files": files,
+                    "grades": [(int(g),) for g in rows["grade"]],
+                    "side": side.astype(np.int64),
+                    "mirror": side & self.mirror_right,
+                }
+            )
         else:
             records = []
             for (study, level), group in rows.groupby(["study_id", "level"], sort=True):
                 by = dict(zip(group["condition"], zip(group["file"], group["grade"])))
-                records.append({
-                    "item_id": f"{study}_{level}",
-                    "study_id": int(study),
-                    "level": level,
-                    "conditions": self.conditions,
-                    "files": tuple(by[c][0] if c in by else None for c in self.conditions),
-                    "grades": tuple(int(by[c][1]) if c in by else -1 for c in self.conditions),
-                    "side": 0,
-                    "mirror": False,
-                })
+                records.append(
+                    {
+                        "item_id": f"{study}_{level}",
+                        "study_id": int(study),
+                        "level": level,
+                        "conditions": self.conditions,
+                        "files": tuple(by[c][0] if c in by else None for c in self.conditions),
+                        "grades": tuple(int(by[c][1]) if c in by else -1 for c in self.conditions),
+                        "side": 0,
+                        "mirror": False,
+                    }
+                )
             out = pd.DataFrame(records, columns=ITEM_COLUMNS)
         return out.sort_values("item_id", kind="stable").reset_index(drop=True)[ITEM_COLUMNS]
 
@@ -250,7 +260,9 @@ class Task:
 def _view_files(rows: pd.DataFrame, views: pd.DataFrame | None, view: str) -> list[str | None]:
     """Each primary sample's file of a second view, None where the view is missing for it."""
     if views is None or "view" not in views or not (views["view"] == view).any():
-        raise ValueError(f"the cache holds no {view!r} view; build it with RoiConfig views including {view!r}")
+        raise ValueError(
+            f"the cache holds no {view!r} view; build it with RoiConfig views including {view!r}"
+        )
     files = views[views["view"] == view].set_index("sample_id")["file"]
     found = files.reindex(rows["sample_id"].astype(str) + f"@{view}")
     return [None if pd.isna(f) else str(f) for f in found]
@@ -275,8 +287,12 @@ def resolve_conditions(mode: str, conditions: tuple[str, ...] | list[str] = ()) 
     return tuple(c for c in CONDITIONS if c in out)
 
 
-def build_tasks(mode: str, conditions: tuple[str, ...] | list[str] = (), mirror_right: bool = True,
-                views: tuple[str, ...] | list[str] = ()) -> list[Task]:
+def build_tasks(
+    mode: str,
+    conditions: tuple[str, ...] | list[str] = (),
+    mirror_right: bool = True,
+    views: tuple[str, ...] | list[str] = (),
+) -> list[Task]:
     """The units (models per fold) of a task mode; see the module docstring.
 
     Args:
@@ -289,9 +305,14 @@ def build_tasks(mode: str, conditions: tuple[str, ...] | list[str] = (), mirror_
 
     conditions = resolve_conditions(mode, conditions)
     tasks = _build_tasks(mode, conditions, mirror_right)
-    return [dataclasses.replace(t, views=tuple(v for v in views if get_view(v).group ==
-                                               CONDITION_GROUP[t.conditions[0]]))
-            if t.layout == "crop" else t for t in tasks]  # fmt: skip
+    return [
+        dataclasses.replace(
+            t, views=tuple(v for v in views if get_view(v).group == CONDITION_GROUP[t.conditions[0]])
+        )
+        if t.layout == "crop"
+        else t
+        for t in tasks
+    ]
 
 
 def _build_tasks(mode: str, conditions: tuple[str, ...], mirror_right: bool) -> list[Task]:
@@ -301,8 +322,11 @@ def _build_tasks(mode: str, conditions: tuple[str, ...], mirror_right: bool) -> 
             members = tuple(c for c in conditions if CONDITION_GROUP[c] == group)
             if members:
                 sided = any(CONDITION_SIDE[c] for c in members)
-                tasks.append(Task(group, mode, members, "crop", 3, mirror_right=mirror_right and sided,
-                                  side_meta=sided))
+                tasks.append(
+                    Task(
+                        group, mode, members, "crop", 3, mirror_right=mirror_right and sided, side_meta=sided
+                    )
+                )
         return tasks
     scope, classes = mode.split("_")
     num_classes = 2 if classes == "binary" else 3

@@ -33,14 +33,16 @@ from lumbar.preprocess.views import LATERAL_T2
 
 ViewFn = Callable[[torch.Tensor], torch.Tensor]
 #: The kinds of crop (`lumbar.train.tasks.Task.channel_kinds`): the three series and an off-midline Sagittal
-#: T2/STIR view (`lumbar.preprocess.views.LATERAL_T2`), whose slices, like a foramen's, run from the canal outwards.
+#: T2/STIR view (`lumbar.preprocess.views.LATERAL_T2`), whose slices, like a foramen's, run from the canal
+#: outwards.
 ALL_SERIES = frozenset({SAGITTAL_T1, SAGITTAL_T2, AXIAL_T2, LATERAL_T2})
 IDENTITY = "identity"
 
 
 @dataclass(frozen=True)
 class TtaEntry:
-    """A registered TTA entry: its view functions' factory and the series whose crops it keeps the meaning of."""
+    """A registered TTA entry: its view functions' factory and the series whose crops it keeps the meaning
+    of."""
 
     make_views: Callable[[], list[ViewFn]]
     series: frozenset[str]
@@ -82,13 +84,16 @@ def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     pad = (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0))  # left, right, top, bottom
     flat = x.reshape(-1, 1, h, w)
-    moved = F.pad(flat, pad, mode="replicate")[..., max(-dy, 0): max(-dy, 0) + h, max(-dx, 0): max(-dx, 0) + w]
+    moved = F.pad(flat, pad, mode="replicate")[
+        ..., max(-dy, 0) : max(-dy, 0) + h, max(-dx, 0) : max(-dx, 0) + w
+    ]
     return moved.reshape(x.shape)
 
 
 @register_tta("shifts")
 def _shifts() -> list[ViewFn]:
-    """Two in-plane shifts of 1/16 of the crop (diagonally, both ways): the localizer misses by a few pixels."""
+    """Two in-plane shifts of 1/16 of the crop (diagonally, both ways): the localizer misses by a few
+    pixels."""
 
     def view(sign: int) -> ViewFn:
         def fn(x: torch.Tensor) -> torch.Tensor:
@@ -131,7 +136,8 @@ def candidate_sets(candidates: Sequence[str]) -> list[tuple[str, ...]]:
 
 
 def combine(per_entry: Mapping[str, np.ndarray], subset: Sequence[str]) -> np.ndarray:
-    """The probabilities of a TTA set from each entry's mean over its own views (`per_entry[IDENTITY]` the plain
+    """The probabilities of a TTA set from each entry's mean over its own views (`per_entry[IDENTITY]` the
+    plain
     prediction): the mean over all views, each view counted once."""
     if not subset:
         return per_entry[IDENTITY]
@@ -144,8 +150,9 @@ def combine(per_entry: Mapping[str, np.ndarray], subset: Sequence[str]) -> np.nd
     return total / count
 
 
-def choose_fold_wise(scores: Mapping[tuple[str, ...], Mapping[int, float]],
-                     higher_is_better: bool) -> tuple[dict[int, tuple[str, ...]], tuple[str, ...]]:
+def choose_fold_wise(
+    scores: Mapping[tuple[str, ...], Mapping[int, float]], higher_is_better: bool
+) -> tuple[dict[int, tuple[str, ...]], tuple[str, ...]]:
     """Per fold, the set with the best mean score over the *other* folds' rows; and the best over all folds.
 
     Args:
@@ -172,13 +179,20 @@ def choose_fold_wise(scores: Mapping[tuple[str, ...], Mapping[int, float]],
 
 
 def tta_report(summary: Mapping) -> pd.DataFrame:
-    """One row per unit and TTA set of a run's `result.json`: its mean held-out score over the folds, the folds
+    """One row per unit and TTA set of a run's `result.json`: its mean held-out score over the folds, the
+    folds
     whose rows use it and whether the test predictions do (empty when the run had no candidates)."""
     rows = []
     for unit, record in summary.get("units", {}).items():
         for name, by_fold in record.get("tta_scores", {}).items():
             subset = [] if name == IDENTITY else name.split("+")
-            rows.append({"unit": unit, "tta": name, "mean_score": float(np.nanmean(list(by_fold.values()))),
-                         "folds": ",".join(f for f, s in record["tta_folds"].items() if s == subset),
-                         "test": record["tta"] == subset})
+            rows.append(
+                {
+                    "unit": unit,
+                    "tta": name,
+                    "mean_score": float(np.nanmean(list(by_fold.values()))),
+                    "folds": ",".join(f for f, s in record["tta_folds"].items() if s == subset),
+                    "test": record["tta"] == subset,
+                }
+            )
     return pd.DataFrame(rows, columns=["unit", "tta", "mean_score", "folds", "test"])

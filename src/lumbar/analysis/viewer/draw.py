@@ -61,8 +61,16 @@ def _draw_panel(ax, panel: SlicePanel, offset: int) -> None:
         marker, color, _ = POINT_STYLE[p.source]
         off = p.off_mm > OFF_PLANE_MM
         if marker == "o":
-            ax.scatter([p.x], [p.y], s=45, marker="o", facecolors="none", edgecolors=color, linewidths=1.4,
-                       linestyle="--" if off else "-")  # fmt: skip
+            ax.scatter(
+                [p.x],
+                [p.y],
+                s=45,
+                marker="o",
+                facecolors="none",
+                edgecolors=color,
+                linewidths=1.4,
+                linestyle="--" if off else "-",
+            )
         else:
             alpha = 0.55 if off else 1.0
             ax.scatter([p.x], [p.y], s=40, marker="x", color=color, linewidths=1.4, alpha=alpha)
@@ -72,18 +80,33 @@ def _draw_panel(ax, panel: SlicePanel, offset: int) -> None:
         else:  # axial: the patient's right (image left) to the left, truth above, localizer below
             dx, dy = (-7 if p.condition.startswith("right") else 7), (6 if p.source == TRUTH else -6)
         box = {"boxstyle": "round,pad=0.1", "facecolor": "black", "alpha": 0.55, "linewidth": 0}
-        ax.annotate(text, (p.x, p.y), xytext=(dx, dy), textcoords="offset points", color=color, fontsize=6.5,
-                    va="center", ha="left" if dx > 0 else "right", bbox=box)
+        ax.annotate(
+            text,
+            (p.x, p.y),
+            xytext=(dx, dy),
+            textcoords="offset points",
+            color=color,
+            fontsize=6.5,
+            va="center",
+            ha="left" if dx > 0 else "right",
+            bbox=box,
+        )
     instance = int(panel.stack.headers[index].instance_number)
-    ax.set_title(f"{panel.group.description}: {panel.group.name}\ninstance {instance} (slice {index + 1}/"
-                 f"{len(panel.stack)})", fontsize=8)  # fmt: skip
+    ax.set_title(
+        f"{panel.group.description}: {panel.group.name}\ninstance {instance} (slice {index + 1}/"
+        f"{len(panel.stack)})",
+        fontsize=8,
+    )
     ax.set_axis_off()
 
 
 def _draw_crops(fig: Figure, view: StudyView) -> None:
     sources = [s for s in (LOCALIZER, TRUTH) if view.crops.get(s)]
-    grades = ({(r.condition, r.level): int(r.grade) for r in view.labels.itertuples()}
-              if view.labels is not None else {})  # fmt: skip
+    grades = (
+        {(r.condition, r.level): int(r.grade) for r in view.labels.itertuples()}
+        if view.labels is not None
+        else {}
+    )
     axes = fig.subplots(len(CONDITIONS), len(LEVELS) * len(sources), squeeze=False)
     for i, condition in enumerate(CONDITIONS):
         for j, level in enumerate(LEVELS):
@@ -109,8 +132,11 @@ def _draw_crops(fig: Figure, view: StudyView) -> None:
 
 def _draw_probabilities(fig: Figure, view: StudyView) -> None:
     names = list(view.predictions)
-    labels = ({(r.condition, r.level): int(r.grade) for r in view.labels.itertuples()}
-              if view.labels is not None else {})  # fmt: skip
+    labels = (
+        {(r.condition, r.level): int(r.grade) for r in view.labels.itertuples()}
+        if view.labels is not None
+        else {}
+    )
     axes = fig.subplots(1, len(CONDITIONS), sharex=True)
     height = 0.8 / max(len(names), 1)
     for ax, condition in zip(axes, CONDITIONS):
@@ -124,8 +150,14 @@ def _draw_probabilities(fig: Figure, view: StudyView) -> None:
                 y = j + (k - (len(names) - 1) / 2) * height
                 left = 0.0
                 for g, p in enumerate(probs):
-                    ax.barh(y, p, left=left, height=height * 0.9, color=GRADE_COLORS[g],
-                            alpha=1.0 if k == 0 else 0.55)  # fmt: skip
+                    ax.barh(
+                        y,
+                        p,
+                        left=left,
+                        height=height * 0.9,
+                        color=GRADE_COLORS[g],
+                        alpha=1.0 if k == 0 else 0.55,
+                    )
                     left += p
             grade = labels.get((condition, level))
             if grade is not None:
@@ -172,15 +204,19 @@ def plot_study(view: StudyView, offset: int = 0) -> Figure:
     axial = [p for p in view.panels if p.group.level is not None]
     rows = ["images"] + (["axial"] if axial else []) + (["crops"] if view.crops else [])
     rows += ["probabilities"] if view.predictions or view.labels is not None else []
-    heights = {"images": 4.6, "axial": 2.8, "crops": 0.75 * len(CONDITIONS) + 0.6,
-               "probabilities": 0.45 * len(LEVELS) * max(1, len(view.predictions)) ** 0.5 + 1.2}  # fmt: skip
+    heights = {
+        "images": 4.6,
+        "axial": 2.8,
+        "crops": 0.75 * len(CONDITIONS) + 0.6,
+        "probabilities": 0.45 * len(LEVELS) * max(1, len(view.predictions)) ** 0.5 + 1.2,
+    }
     fig = Figure(figsize=(15, sum(heights[r] for r in rows) + 0.6), layout="constrained")
     subs = np.atleast_1d(fig.subfigures(len(rows), 1, height_ratios=[heights[r] for r in rows]))
     where = dict(zip(rows, subs))
     images = where["images"].subplots(1, max(len(sagittal), 1), squeeze=False)[0]
     for ax, panel in zip(images, sagittal):
         _draw_panel(ax, panel, offset)
-    for ax in images[len(sagittal):]:
+    for ax in images[len(sagittal) :]:
         ax.set_axis_off()
     if axial:
         for ax, panel in zip(where["axial"].subplots(1, len(LEVELS), squeeze=False)[0], axial):
@@ -192,8 +228,11 @@ def plot_study(view: StudyView, offset: int = 0) -> Figure:
     elif view.labels is not None:
         _draw_labels(where["probabilities"], view)
     sources = {s for p in view.panels for s in p.points["source"]}
-    legend = ", ".join(f"{label} ({'circle' if marker == 'o' else 'cross'})"
-                       for s, (marker, _, label) in POINT_STYLE.items() if s in sources)  # fmt: skip
+    legend = ", ".join(
+        f"{label} ({'circle' if marker == 'o' else 'cross'})"
+        for s, (marker, _, label) in POINT_STYLE.items()
+        if s in sources
+    )
     study = f"study {view.study_id} ({view.split})"
     title = f"{study}: {legend or 'no points'}; hollow/faded: off the shown slice"
     if view.notes:

@@ -55,9 +55,16 @@ PANEL_GROUPS: tuple[PanelGroup, ...] = (
     PanelGroup(SAGITTAL_T2, ("spinal_canal_stenosis",), None, "spinal canal"),
     PanelGroup(SAGITTAL_T1, ("left_neural_foraminal_narrowing",), None, "left foramina"),
     PanelGroup(SAGITTAL_T1, ("right_neural_foraminal_narrowing",), None, "right foramina"),
-    *(PanelGroup(AXIAL_T2, ("left_subarticular_stenosis", "right_subarticular_stenosis"), lv,
-                 f"subarticular {level_title(lv)}") for lv in LEVELS),
-)  # fmt: skip
+    *(
+        PanelGroup(
+            AXIAL_T2,
+            ("left_subarticular_stenosis", "right_subarticular_stenosis"),
+            lv,
+            f"subarticular {level_title(lv)}",
+        )
+        for lv in LEVELS
+    ),
+)
 
 
 @dataclass
@@ -142,8 +149,14 @@ def _reference_slice(reference: pd.DataFrame, index: pd.DataFrame) -> tuple[int,
     return int(series_id), int(stack), int(np.round(on_stack["slice_index"].median()))
 
 
-def build_panels(root: Path, split: str, study_id: int, points: pd.DataFrame, index: pd.DataFrame,
-                 errors: pd.DataFrame | None = None) -> tuple[list[SlicePanel], list[str]]:  # fmt: skip
+def build_panels(
+    root: Path,
+    split: str,
+    study_id: int,
+    points: pd.DataFrame,
+    index: pd.DataFrame,
+    errors: pd.DataFrame | None = None,
+) -> tuple[list[SlicePanel], list[str]]:
     """One `SlicePanel` per `PANEL_GROUPS` entry that has points, and notes on the groups without.
 
     Args:
@@ -179,8 +192,10 @@ def _long(predictions: pd.DataFrame, study_id: int) -> pd.DataFrame:
     """A study's rows of a submission table as `condition, level, normal_mild, moderate, severe`."""
     rows = predictions[predictions["row_id"].astype(str).str.startswith(f"{study_id}_")]
     keys = split_row_ids(rows["row_id"].astype(str))
-    return pd.concat([keys[["condition", "level"]].reset_index(drop=True),
-                      rows[list(GRADES)].reset_index(drop=True)], axis=1)  # fmt: skip
+    return pd.concat(
+        [keys[["condition", "level"]].reset_index(drop=True), rows[list(GRADES)].reset_index(drop=True)],
+        axis=1,
+    )
 
 
 def _middle_slices(cache_dir: Path, study_id: int) -> dict[tuple[str, str], np.ndarray]:
@@ -196,8 +211,13 @@ def _middle_slices(cache_dir: Path, study_id: int) -> dict[tuple[str, str], np.n
     return out
 
 
-def _train_pieces(view: StudyView, run_dir: Path, manifest: RunManifest,
-                  everything: dict[str, pd.DataFrame] | None, candidate: str | None) -> pd.DataFrame | None:
+def _train_pieces(
+    view: StudyView,
+    run_dir: Path,
+    manifest: RunManifest,
+    everything: dict[str, pd.DataFrame] | None,
+    candidate: str | None,
+) -> pd.DataFrame | None:
     """Out-of-fold points, crops and predictions of a train study from the run folder; returns the points."""
 
     oof = manifest.oof_crops or OofCropsRecord()
@@ -239,8 +259,9 @@ def _torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _test_pieces(view: StudyView, root: Path, run_dir: Path, manifest: RunManifest, index: pd.DataFrame,
-                 device: str) -> pd.DataFrame:  # fmt: skip
+def _test_pieces(
+    view: StudyView, root: Path, run_dir: Path, manifest: RunManifest, index: pd.DataFrame, device: str
+) -> pd.DataFrame:
     """Localize, crop and predict one test study with the run, through `predict`'s own crops and blend;
     returns the points. Every member's rows are blended, also those `predict` would give the prior (a failed
     crop)."""
@@ -295,8 +316,10 @@ def load_study_view(
     root = data_root(data_dir, must_exist=True)
     run = Path(run_dir) if run_dir is not None else None
     if split != "train" and run is None:
-        raise FileNotFoundError(f"study {study_id} of the {split} split: a test study is shown with a run's "
-                                "localizer and models; give run_dir")  # fmt: skip
+        raise FileNotFoundError(
+            f"study {study_id} of the {split} split: a test study is shown with a run's "
+            "localizer and models; give run_dir"
+        )
     view = StudyView(int(study_id), split)
     index = _study_index(root, split, view.study_id, run)
     manifest = RunManifest.read(run) if run is not None else RunManifest()

@@ -29,23 +29,56 @@ from lumbar.core.constants import CONDITIONS, LEVELS
 
 #: Tissue classes the intensity model knows.
 TISSUES: tuple[str, ...] = (
-    "fat", "muscle", "viscera", "marrow", "posterior", "cortex", "annulus", "nucleus", "csf", "root",
+    "fat",
+    "muscle",
+    "viscera",
+    "marrow",
+    "posterior",
+    "cortex",
+    "annulus",
+    "nucleus",
+    "csf",
+    "root",
 )
 
 #: Relative intensity of each tissue per sequence (CSF bright on T2, dark on T1; fat bright on T1 and T2,
 #: dark on fat-suppressed STIR). Each study scales these by its own contrast jitter.
 CONTRAST: dict[str, dict[str, float]] = {
     "T1": {
-        "fat": 1.0, "muscle": 0.32, "viscera": 0.45, "marrow": 0.72, "posterior": 0.55, "cortex": 0.08,
-        "annulus": 0.33, "nucleus": 0.42, "csf": 0.12, "root": 0.30,
+        "fat": 1.0,
+        "muscle": 0.32,
+        "viscera": 0.45,
+        "marrow": 0.72,
+        "posterior": 0.55,
+        "cortex": 0.08,
+        "annulus": 0.33,
+        "nucleus": 0.42,
+        "csf": 0.12,
+        "root": 0.30,
     },
     "T2": {
-        "fat": 0.78, "muscle": 0.22, "viscera": 0.48, "marrow": 0.48, "posterior": 0.33, "cortex": 0.05,
-        "annulus": 0.20, "nucleus": 0.95, "csf": 1.0, "root": 0.22,
+        "fat": 0.78,
+        "muscle": 0.22,
+        "viscera": 0.48,
+        "marrow": 0.48,
+        "posterior": 0.33,
+        "cortex": 0.05,
+        "annulus": 0.20,
+        "nucleus": 0.95,
+        "csf": 1.0,
+        "root": 0.22,
     },
     "STIR": {
-        "fat": 0.08, "muscle": 0.24, "viscera": 0.45, "marrow": 0.20, "posterior": 0.16, "cortex": 0.05,
-        "annulus": 0.20, "nucleus": 0.90, "csf": 1.0, "root": 0.22,
+        "fat": 0.08,
+        "muscle": 0.24,
+        "viscera": 0.45,
+        "marrow": 0.20,
+        "posterior": 0.16,
+        "cortex": 0.05,
+        "annulus": 0.20,
+        "nucleus": 0.90,
+        "csf": 1.0,
+        "root": 0.22,
     },
 }
 
@@ -258,16 +291,22 @@ class Phantom:
 
         # The spine's own structures only near it: evaluate them on that subset of points.
         reach = self.foramen_x + 12.0
-        back_most = float(self.body_half[:, 1].max() + self.epidural + self.sac_depth * 1.3 + self.lamina
-                          + 35.0)
-        near_spine = np.flatnonzero((np.abs(x) < reach) & (w > -self.body_half[:, 1].max() - 4.0)
-                                    & (w < back_most) & (s > self.edges[0] - 15.0)
-                                    & (s < self.edges[-1] + 5.0))
+        back_most = float(
+            self.body_half[:, 1].max() + self.epidural + self.sac_depth * 1.3 + self.lamina + 35.0
+        )
+        near_spine = np.flatnonzero(
+            (np.abs(x) < reach)
+            & (w > -self.body_half[:, 1].max() - 4.0)
+            & (w < back_most)
+            & (s > self.edges[0] - 15.0)
+            & (s < self.edges[-1] + 5.0)
+        )
         out[near_spine] = self._spine(out[near_spine], x[near_spine], w[near_spine], s[near_spine], c, edge)
         return out.reshape(shape)
 
-    def _spine(self, out: np.ndarray, x: np.ndarray, w: np.ndarray, s: np.ndarray, c: dict, edge: float
-               ) -> np.ndarray:
+    def _spine(
+        self, out: np.ndarray, x: np.ndarray, w: np.ndarray, s: np.ndarray, c: dict, edge: float
+    ) -> np.ndarray:
         """Paint the spine's structures over `out` at spine coordinates (1-D arrays), in the order later
         shapes cover earlier ones: posterior elements, discs, vertebral bodies, dural sac, lateral recesses,
         foramina."""
@@ -295,10 +334,26 @@ class Phantom:
         vert = seg // 2  # the body containing the point, or the one above its disc
         near = np.clip(np.searchsorted(0.5 * (discs[1:] + discs[:-1]), s), 0, 4)
         return _SpineFrame(
-            x=x, w=w, s=s, ax=np.abs(x), side=(x <= 0).astype(np.intp), lo=lo, hi=hi,
-            d_seg=np.minimum(s - lo, hi - s), span=span, is_body=(seg % 2 == 0) & (span > 0),
-            is_disc=(seg % 2 == 1) & (span > 0), vert=vert, near=near, ds=s - discs[near],
-            bw=body_half[vert, 1], body_half=body_half, heights=heights, g=g, c=c, edge=edge,
+            x=x,
+            w=w,
+            s=s,
+            ax=np.abs(x),
+            side=(x <= 0).astype(np.intp),
+            lo=lo,
+            hi=hi,
+            d_seg=np.minimum(s - lo, hi - s),
+            span=span,
+            is_body=(seg % 2 == 0) & (span > 0),
+            is_disc=(seg % 2 == 1) & (span > 0),
+            vert=vert,
+            near=near,
+            ds=s - discs[near],
+            bw=body_half[vert, 1],
+            body_half=body_half,
+            heights=heights,
+            g=g,
+            c=c,
+            edge=edge,
         )
 
     def _paint_posterior(self, f: _SpineFrame, out: np.ndarray) -> np.ndarray:
@@ -306,11 +361,14 @@ class Phantom:
         f32 = np.float32
         x, w, bw, edge = f.x, f.w, f.bw, f.edge
         back = bw + f32(self.epidural + self.lamina) + f.g["sac_depth"][f.near]
-        block = _ellipse_distance(x, w - 0.5 * (back + bw), f32(self.foramen_x + 7.0),
-                                  0.5 * (back - bw) + 1.0, 4)
+        block = _ellipse_distance(
+            x, w - 0.5 * (back + bw), f32(self.foramen_x + 7.0), 0.5 * (back - bw) + 1.0, 4
+        )
         out = _paint(out, f.c["posterior"], _ramp(np.minimum(block, f.span), edge))
-        spinous = np.minimum(np.minimum(3.5 - f.ax, w - bw),
-                             np.minimum(back + 30.0 - w, 9.0 - np.abs(f.s - 0.5 * (f.lo + f.hi))))
+        spinous = np.minimum(
+            np.minimum(3.5 - f.ax, w - bw),
+            np.minimum(back + 30.0 - w, 9.0 - np.abs(f.s - 0.5 * (f.lo + f.hi))),
+        )
         return _paint(out, f.c["posterior"], _ramp(spinous, edge) * f.is_body)
 
     def _paint_discs(self, f: _SpineFrame, out: np.ndarray) -> np.ndarray:
@@ -343,8 +401,12 @@ class Phantom:
         front = g["sac_front"][near] + 0.55 * n_sp * depth
         rear = front + depth * (1 - n_sp)
         n_side = g["n_subarticular"][f.side, near] * bump
-        half_x = (f32(self.sac_half_width) * self.level_scale[near].astype(f32) * (1 - 0.3 * n_sp)
-                  * (1 - 0.4 * n_side))
+        half_x = (
+            f32(self.sac_half_width)
+            * self.level_scale[near].astype(f32)
+            * (1 - 0.3 * n_sp)
+            * (1 - 0.4 * n_side)
+        )
         sac = _ellipse_distance(x, w - 0.5 * (front + rear), half_x, 0.5 * (rear - front))
         fat = _ellipse_distance(x, w - rear - 1.0, 0.5 * half_x, f32(2.5))
         out = _paint(out, f.c["fat"], _ramp(np.minimum(fat, f.span), edge))
@@ -372,8 +434,9 @@ class Phantom:
         out = _paint(out, c["cortex"], _ramp(rim, edge))
         fat_d = (1.0 - np.sqrt(u2 + (dw / fw) ** 2 + (dsf / fs) ** 2)) * small
         out = _paint(out, c["fat"], _ramp(fat_d, edge))
-        root = np.minimum(1.6 - np.hypot(dw, f.s - g["root_s"][side, near]),
-                          FORAMEN_HALF_X * (1.0 - np.sqrt(u2)))
+        root = np.minimum(
+            1.6 - np.hypot(dw, f.s - g["root_s"][side, near]), FORAMEN_HALF_X * (1.0 - np.sqrt(u2))
+        )
         return _paint(out, c["root"], _ramp(root, edge))
 
 
@@ -445,8 +508,14 @@ def draw_phantom(rng: np.random.Generator, severity: np.ndarray) -> Phantom:
     muscle = rng.uniform(50.0, 80.0)
     fat = rng.uniform(8.0, 30.0)
     outline_half_depth = rng.uniform(95.0, 135.0)
-    outline = np.array([rng.uniform(140.0, 185.0), outline_half_depth,
-                        back_of_canal + muscle + fat - outline_half_depth, fat])
+    outline = np.array(
+        [
+            rng.uniform(140.0, 185.0),
+            outline_half_depth,
+            back_of_canal + muscle + fat - outline_half_depth,
+            fat,
+        ]
+    )
     texture = _texture(rng)
 
     return Phantom(
@@ -478,8 +547,9 @@ def _segment_edges(rng: np.random.Generator, size: float, degeneration: np.ndarr
     body_h = size * rng.normal(21.0, 1.3) + rng.normal(0.0, 0.7, len(VERTEBRAE))
     body_h[-1] = size * 35.0  # S1: the top of the sacrum
     disc_degeneration = np.concatenate([[0.5 * degeneration[0]], degeneration])  # T12/L1 first
-    disc_h = (size * rng.normal(8.5, 0.8) * (1.0 - 0.35 * disc_degeneration)
-              + rng.normal(0.0, 0.4, len(LEVELS) + 1))
+    disc_h = size * rng.normal(8.5, 0.8) * (1.0 - 0.35 * disc_degeneration) + rng.normal(
+        0.0, 0.4, len(LEVELS) + 1
+    )
     disc_h[-1] *= 0.85  # L5/S1 is usually the thinnest
     heights = np.empty(2 * len(VERTEBRAE) - 1)
     heights[0::2], heights[1::2] = body_h, disc_h
@@ -492,5 +562,10 @@ def _texture(rng: np.random.Generator) -> np.ndarray:
     """(TEXTURE_WAVES, 4) plane waves (kx, ky, kz, phase) of random directions, 15 to 45 mm long."""
     direction = rng.normal(size=(TEXTURE_WAVES, 3))
     direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-    return np.concatenate([direction * 2 * np.pi / rng.uniform(15.0, 45.0, (TEXTURE_WAVES, 1)),
-                           rng.uniform(0, 2 * np.pi, (TEXTURE_WAVES, 1))], axis=1)
+    return np.concatenate(
+        [
+            direction * 2 * np.pi / rng.uniform(15.0, 45.0, (TEXTURE_WAVES, 1)),
+            rng.uniform(0, 2 * np.pi, (TEXTURE_WAVES, 1)),
+        ],
+        axis=1,
+    )

@@ -87,7 +87,9 @@ def write_instance(
         content_time: ContentTime (HHMMSS.ffffff).
     """
     if stored.dtype != np.uint16 or stored.ndim != 2:
-        raise ValueError(f"{path}: stored pixels must be a 2-D uint16 array, got {stored.dtype} {stored.shape}")
+        raise ValueError(
+            f"{path}: stored pixels must be a 2-D uint16 array, got {stored.dtype} {stored.shape}"
+        )
     sop_uid = f"{tags.study_id}.1.{instance_number}"
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MR_STORAGE

@@ -65,7 +65,8 @@ def study_figure(data_dir: str | Path, out: str | Path, study_id: int | None = N
     series = load_series_descriptions(data_dir / "train_series_descriptions.csv")
     labels = load_labels(data_dir / "train.csv")
     coords = coords.merge(series, on=["study_id", "series_id"]).merge(
-        labels, on=["study_id", "condition", "level"], how="left")
+        labels, on=["study_id", "condition", "level"], how="left"
+    )
     if coords.empty:
         raise ValueError(f"{data_dir}: study {study_id} has no label coordinates")
 
@@ -78,14 +79,18 @@ def study_figure(data_dir: str | Path, out: str | Path, study_id: int | None = N
     if len(spinal):
         panels.append(("Sagittal T2/STIR: spinal canal", *panel(spinal)))
     for side in ("left", "right"):
-        rows = coords[(coords["series_description"] == SAGITTAL_T1) & coords["condition"].str.startswith(side)]
+        rows = coords[
+            (coords["series_description"] == SAGITTAL_T1) & coords["condition"].str.startswith(side)
+        ]
         if len(rows):
             panels.append((f"Sagittal T1: {side} foramina", *panel(rows)))
     axial = coords[coords["series_description"] == AXIAL_T2]
     if len(axial):
         worst = axial.sort_values(["grade", "level"], ascending=[False, False]).iloc[0]
         rows = axial[axial["instance_number"] == worst["instance_number"]]
-        panels.append((f"Axial T2 at {level_title(worst['level'])}: subarticular", worst["instance_number"], rows))
+        panels.append(
+            (f"Axial T2 at {level_title(worst['level'])}: subarticular", worst["instance_number"], rows)
+        )
 
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6))
     for ax, (title, instance, rows) in zip(np.atleast_1d(axes), panels):
@@ -95,13 +100,27 @@ def study_figure(data_dir: str | Path, out: str | Path, study_id: int | None = N
         for _, r in rows.iterrows():
             grade = int(r["grade"]) if pd.notna(r["grade"]) else 0
             ax.plot(r["x"], r["y"], "o", ms=7, mfc="none", mec=GRADE_COLOURS[grade], mew=1.6)
-            side = "L" if r["condition"].startswith("left") else "R" if r["condition"].startswith("right") else ""
-            ax.annotate(f"{level_title(r['level'])}{side}", (r["x"], r["y"]), xytext=(6, -6),
-                        textcoords="offset points", color=GRADE_COLOURS[grade], fontsize=7)
+            side = (
+                "L"
+                if r["condition"].startswith("left")
+                else "R"
+                if r["condition"].startswith("right")
+                else ""
+            )
+            ax.annotate(
+                f"{level_title(r['level'])}{side}",
+                (r["x"], r["y"]),
+                xytext=(6, -6),
+                textcoords="offset points",
+                color=GRADE_COLOURS[grade],
+                fontsize=7,
+            )
         ax.set_title(f"{title}\ninstance {instance}", fontsize=9)
         ax.set_axis_off()
-    handles = [plt.Line2D([], [], ls="", marker="o", mfc="none", mec=c, label=g)
-               for c, g in zip(GRADE_COLOURS, GRADE_LABELS)]
+    handles = [
+        plt.Line2D([], [], ls="", marker="o", mfc="none", mec=c, label=g)
+        for c, g in zip(GRADE_COLOURS, GRADE_LABELS)
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
     kind = "Synthetic study" if is_synthetic(data_dir) else "Study"
     fig.suptitle(f"{kind} {study_id}", fontsize=10)

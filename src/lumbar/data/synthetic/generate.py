@@ -46,7 +46,8 @@ from lumbar.data.synthetic.study import QUIRK_RATES, StudyResult, make_study, st
 
 #: Name of the parameter file written next to the data; it also marks the folder as synthetic.
 MANIFEST = SYNTHETIC_MARKER
-#: Per labelled train target, the probability that its written grade was a noise draw (not a competition file).
+#: Per labelled train target, the probability that its written grade was a noise draw (not a competition
+#: file).
 LABEL_NOISE_CSV = "train_label_noise.csv"
 
 
@@ -65,7 +66,8 @@ class SynthConfig:
         stir_rate: share of Sagittal T2/STIR series that are fat-suppressed STIR (other contrasts than
             training: a robustness check).
         axial_slices: (fewest, most) slices of each disc's oblique axial stack; (3, 6) gives axial series of
-            15-30 slices, (6, 12) the 30-60 of the real data's longer series (neighbouring stacks then overlap).
+            15-30 slices, (6, 12) the 30-60 of the real data's longer series (neighbouring stacks then
+            overlap).
     """
 
     studies: int = 60
@@ -80,10 +82,14 @@ class SynthConfig:
 
     def __post_init__(self):
         if not 1 <= self.axial_slices[0] <= self.axial_slices[1]:
-            raise ValueError(f"axial_slices must be (fewest, most) with 1 <= fewest <= most, got {self.axial_slices}")
+            raise ValueError(
+                f"axial_slices must be (fewest, most) with 1 <= fewest <= most, got {self.axial_slices}"
+            )
         if self.studies < 1 or self.test_studies < 0:
-            raise ValueError(f"need at least 1 training study and >= 0 test studies, got {self.studies}, "
-                             f"{self.test_studies}")
+            raise ValueError(
+                f"need at least 1 training study and >= 0 test studies, got {self.studies}, "
+                f"{self.test_studies}"
+            )
         if not 0.0 <= self.stir_rate <= 1.0:
             raise ValueError(f"stir_rate must be within [0, 1], got {self.stir_rate}")
         if self.image_size < 32:
@@ -102,8 +108,10 @@ class Summary:
     seconds: float
 
     def line(self) -> str:
-        return (f"synth: {self.studies} train + {self.test_studies} test studies, {self.files} DICOM files, "
-                f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s -> {self.out}")
+        return (
+            f"synth: {self.studies} train + {self.test_studies} test studies, {self.files} DICOM files, "
+            f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s -> {self.out}"
+        )
 
 
 def _study_ids(config: SynthConfig) -> list[tuple[str, int, int]]:
@@ -122,19 +130,31 @@ def _study_ids(config: SynthConfig) -> list[tuple[str, int, int]]:
 def _run_task(args: tuple) -> StudyResult:
     out, split, index, study_id, config = args
     labels = LabelModel(reader_sd=config.reader_sd, label_noise=config.label_noise)
-    return make_study(out, split, index, study_id, config.seed, config.image_size, labels, config.depth_samples,
-                      config.stir_rate, tuple(config.axial_slices))
+    return make_study(
+        out,
+        split,
+        index,
+        study_id,
+        config.seed,
+        config.image_size,
+        labels,
+        config.depth_samples,
+        config.stir_rate,
+        tuple(config.axial_slices),
+    )
 
 
 def _long_labels(results: list[StudyResult]) -> pd.DataFrame:
     n = len(results)
     grades = np.concatenate([r.grades for r in results])
-    return pd.DataFrame({
-        "study_id": np.repeat([r.study_id for r in results], len(CONDITIONS) * len(LEVELS)),
-        "condition": np.tile(np.repeat(CONDITIONS, len(LEVELS)), n),
-        "level": np.tile(LEVELS, n * len(CONDITIONS)),
-        "grade": pd.array(np.where(np.isnan(grades), pd.NA, grades), dtype="Int8"),
-    })
+    return pd.DataFrame(
+        {
+            "study_id": np.repeat([r.study_id for r in results], len(CONDITIONS) * len(LEVELS)),
+            "condition": np.tile(np.repeat(CONDITIONS, len(LEVELS)), n),
+            "level": np.tile(LEVELS, n * len(CONDITIONS)),
+            "grade": pd.array(np.where(np.isnan(grades), pd.NA, grades), dtype="Int8"),
+        }
+    )
 
 
 def _wide(results: list[StudyResult]) -> pd.DataFrame:
@@ -168,21 +188,31 @@ def _label_noise_table(results: list[StudyResult], model: LabelModel) -> pd.Data
 def _coordinates(results: list[StudyResult]) -> pd.DataFrame:
     table = pd.DataFrame([row for r in results for row in r.coordinates], columns=COORDINATE_COLUMNS)
     key = table["condition"].map(condition_title), table["level"].map(level_title)
-    table = table.assign(_c=key[0], _l=key[1]).sort_values(["study_id", "series_id", "instance_number", "_c", "_l"])
+    table = table.assign(_c=key[0], _l=key[1]).sort_values(
+        ["study_id", "series_id", "instance_number", "_c", "_l"]
+    )
     return table.drop(columns=["_c", "_l"]).reset_index(drop=True)
 
 
 def _prepare(out: Path, overwrite: bool) -> None:
     existing = [out / f"{split}_images" for split in ("train", "test") if (out / f"{split}_images").exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]} already exists; pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(
+            f"{existing[0]} already exists; pass overwrite=True (--overwrite) to replace it"
+        )
     for folder in existing:
         shutil.rmtree(folder)
     out.mkdir(parents=True, exist_ok=True)
 
 
-def generate(out: str | Path, config: SynthConfig, oracle: str | Path | None = None, workers: int = 1,
-             overwrite: bool = False, progress: bool = True) -> Summary:
+def generate(
+    out: str | Path,
+    config: SynthConfig,
+    oracle: str | Path | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Summary:
     """Write a synthetic competition data folder.
 
     Args:
@@ -249,11 +279,18 @@ def generate(out: str | Path, config: SynthConfig, oracle: str | Path | None = N
 
 
 def cli_synth(args: argparse.Namespace) -> int:
-    """`python -m lumbar synth`: write the folder, print one summary line (bad arguments: exit 2, lumbar.cli)."""
+    """`python -m lumbar synth`: write the folder, print one summary line (bad arguments: exit 2,
+    lumbar.cli)."""
     fewest, _, most = str(args.axial_slices).partition(",")
-    config = SynthConfig(studies=args.studies, test_studies=args.test_studies, seed=args.seed,
-                         image_size=args.image_size, label_noise=args.label_noise, stir_rate=args.stir_rate,
-                         axial_slices=(int(fewest), int(most or fewest)))
+    config = SynthConfig(
+        studies=args.studies,
+        test_studies=args.test_studies,
+        seed=args.seed,
+        image_size=args.image_size,
+        label_noise=args.label_noise,
+        stir_rate=args.stir_rate,
+        axial_slices=(int(fewest), int(most or fewest)),
+    )
     LabelModel(reader_sd=config.reader_sd, label_noise=config.label_noise)  # validate before any work
     summary = generate(args.out, config, oracle=args.oracle, workers=args.workers, overwrite=args.overwrite)
     print(summary.line())

@@ -73,8 +73,12 @@ class Stack:
         rel = np.asarray(point, float) - self.positions
         dist = rel @ self.normal
         k = int(np.argmin(np.abs(dist)))
-        return k, float(rel[k] @ self.row_dir / self.pixel_spacing[1]), float(rel[k] @ self.col_dir /
-                                                                               self.pixel_spacing[0]), float(dist[k])
+        return (
+            k,
+            float(rel[k] @ self.row_dir / self.pixel_spacing[1]),
+            float(rel[k] @ self.col_dir / self.pixel_spacing[0]),
+            float(dist[k]),
+        )
 
 
 def _even(x: float) -> int:
@@ -82,8 +86,16 @@ def _even(x: float) -> int:
 
 
 def make_stack(
-    centre: np.ndarray, normal: np.ndarray, row_hint: np.ndarray, n_slices: int, spacing: float, thickness: float,
-    rows: int, cols: int, fov: float, in_plane_centre: np.ndarray | None = None,
+    centre: np.ndarray,
+    normal: np.ndarray,
+    row_hint: np.ndarray,
+    n_slices: int,
+    spacing: float,
+    thickness: float,
+    rows: int,
+    cols: int,
+    fov: float,
+    in_plane_centre: np.ndarray | None = None,
 ) -> Stack:
     """Slices centred on `centre` along `normal`, with rows along `row_hint` (made orthogonal).
 
@@ -113,7 +125,9 @@ def _tilt(direction: np.ndarray, rng: np.random.Generator, degrees: float) -> np
     return Rotation.from_rotvec(np.deg2rad(rng.normal(0.0, degrees, 3))).apply(direction)
 
 
-def sagittal_stack(phantom: Phantom, rng: np.random.Generator, image_size: int, fov: tuple[float, float]) -> Stack:
+def sagittal_stack(
+    phantom: Phantom, rng: np.random.Generator, image_size: int, fov: tuple[float, float]
+) -> Stack:
     """A sagittal series: 15-20 slices from the patient's right to left across the spine.
 
     Rows run down (feet), columns run back (posterior), like the real files: IOP ~ (0, 1, 0, 0, 0, -1).
@@ -129,12 +143,30 @@ def sagittal_stack(phantom: Phantom, rng: np.random.Generator, image_size: int, 
     left = _tilt(phantom.rotation[:, 0], rng, 1.5)
     centre = focus + left * rng.normal(0.0, 4.0)  # the middle slice misses the midline by a few mm
     posterior = phantom.rotation[:, 1]
-    return make_stack(centre, -left, posterior, n_slices, spacing, thickness, rows, cols,
-                      rng.uniform(*fov), in_plane_centre=focus)
+    return make_stack(
+        centre,
+        -left,
+        posterior,
+        n_slices,
+        spacing,
+        thickness,
+        rows,
+        cols,
+        rng.uniform(*fov),
+        in_plane_centre=focus,
+    )
 
 
-def axial_stack(phantom: Phantom, rng: np.random.Generator, level: int, cols: int, fov: float,
-                thickness: float, spacing: float, slices: tuple[int, int] = (3, 6)) -> Stack:
+def axial_stack(
+    phantom: Phantom,
+    rng: np.random.Generator,
+    level: int,
+    cols: int,
+    fov: float,
+    thickness: float,
+    spacing: float,
+    slices: tuple[int, int] = (3, 6),
+) -> Stack:
     """An oblique axial stack of `slices` (fewest, most; 3-6 by default) slices centred on one disc, tilted to
     follow it.
 
@@ -144,7 +176,20 @@ def axial_stack(phantom: Phantom, rng: np.random.Generator, level: int, cols: in
     s = phantom.disc_centres_s[level]
     normal = _tilt(phantom.tangent(s), rng, 2.0)
     centre = phantom.to_patient(phantom.body_point(0.0, 0.0, s + rng.normal(0.0, 1.0)))
-    canal = phantom.to_patient(phantom.body_point(rng.normal(0.0, 5.0),
-                                                  phantom.body_half[level + 1, 1] + 8.0 + rng.normal(0.0, 6.0), s))
-    return make_stack(centre, normal, phantom.rotation[:, 0], n_slices, spacing, thickness, cols, cols, fov,
-                      in_plane_centre=canal)
+    canal = phantom.to_patient(
+        phantom.body_point(
+            rng.normal(0.0, 5.0), phantom.body_half[level + 1, 1] + 8.0 + rng.normal(0.0, 6.0), s
+        )
+    )
+    return make_stack(
+        centre,
+        normal,
+        phantom.rotation[:, 0],
+        n_slices,
+        spacing,
+        thickness,
+        cols,
+        cols,
+        fov,
+        in_plane_centre=canal,
+    )

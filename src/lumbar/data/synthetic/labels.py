@@ -44,7 +44,9 @@ THRESHOLDS: tuple[float, float] = (0.0, 1.0)
 FACTOR_WEIGHTS: dict[str, float] = {"study": 0.42, "level": 0.26, "condition": 0.15, "region": 0.03}
 
 #: Region of each condition: one factor per region and level ties its targets together.
-REGION: dict[str, str] = {c: "foramen" if CONDITION_GROUP[c] == "foraminal" else "central" for c in CONDITIONS}
+REGION: dict[str, str] = {
+    c: "foramen" if CONDITION_GROUP[c] == "foraminal" else "central" for c in CONDITIONS
+}
 
 _N_TARGETS = len(LABEL_COLUMNS)
 _COND_INDEX = np.repeat(np.arange(len(CONDITIONS)), len(LEVELS))
@@ -84,7 +86,9 @@ class LabelModel:
         if self.reader_sd <= 0:
             raise ValueError(f"reader_sd must be > 0, got {self.reader_sd}")
         if self.reader_sd >= self.total_sd.min():
-            raise ValueError(f"reader_sd {self.reader_sd} leaves no room for anatomy (max {self.total_sd.min():.2f})")
+            raise ValueError(
+                f"reader_sd {self.reader_sd} leaves no room for anatomy (max {self.total_sd.min():.2f})"
+            )
 
     @cached_property
     def counts(self) -> pd.DataFrame:
@@ -140,7 +144,9 @@ class LabelModel:
         """P(written grade | latent severity): (..., 25) -> (..., 25, 3), rows sum to 1."""
         s = np.asarray(severity, float)
         cdf = ndtr((np.asarray(THRESHOLDS)[None, :] - s[..., None]) / self.reader_sd)  # P(s + e < t)
-        read = np.diff(np.concatenate([np.zeros_like(cdf[..., :1]), cdf, np.ones_like(cdf[..., :1])], -1), axis=-1)
+        read = np.diff(
+            np.concatenate([np.zeros_like(cdf[..., :1]), cdf, np.ones_like(cdf[..., :1])], -1), axis=-1
+        )
         return (1.0 - self.label_noise) * read + self.label_noise * self.prior
 
     def noise_posterior(self, oracle: np.ndarray, grades: np.ndarray) -> np.ndarray:
@@ -171,8 +177,12 @@ class LabelModel:
     def draw_axial_gap(self, rng: np.random.Generator) -> int:
         """How many top discs (0, 1 or 2 from L1/L2 down) the axial series misses, at the real rates."""
         rate = self.blank_rate
-        p_top1 = rate[[target_index(c, "l1_l2") for c in CONDITIONS if CONDITION_GROUP[c] == "subarticular"]].mean()
-        p_top2 = rate[[target_index(c, "l2_l3") for c in CONDITIONS if CONDITION_GROUP[c] == "subarticular"]].mean()
+        p_top1 = rate[
+            [target_index(c, "l1_l2") for c in CONDITIONS if CONDITION_GROUP[c] == "subarticular"]
+        ].mean()
+        p_top2 = rate[
+            [target_index(c, "l2_l3") for c in CONDITIONS if CONDITION_GROUP[c] == "subarticular"]
+        ].mean()
         u = rng.random()
         return 2 if u < p_top2 else 1 if u < p_top1 else 0
 

@@ -41,7 +41,11 @@ class ScannerEffects:
 
 
 def render_stack(
-    phantom: Phantom, stack: Stack, sequence: str, effects: ScannerEffects, rng: np.random.Generator,
+    phantom: Phantom,
+    stack: Stack,
+    sequence: str,
+    effects: ScannerEffects,
+    rng: np.random.Generator,
     depth_samples: int = 2,
 ) -> np.ndarray:
     """The (n, rows, cols) float32 images of one stack, before storage scaling.
@@ -65,8 +69,9 @@ def render_stack(
             image[start : start + len(part)] += phantom.intensity(points, sequence, edge=edge)
         points = part.pixel_grid()
         centre = effects.bias_centre.astype(np.float32)
-        image[start : start + len(part)] *= np.exp(np.einsum("...k,k->...", points - centre,
-                                                             (effects.bias / 100.0).astype(np.float32)))
+        image[start : start + len(part)] *= np.exp(
+            np.einsum("...k,k->...", points - centre, (effects.bias / 100.0).astype(np.float32))
+        )
     image /= depth_samples
     noise = rng.standard_normal((2, *image.shape), dtype=np.float32) * np.float32(effects.noise)
     return np.sqrt((image + noise[0]) ** 2 + noise[1] ** 2)

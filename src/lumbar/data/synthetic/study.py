@@ -44,7 +44,11 @@ QUIRK_RATES: dict[str, float] = {
 }
 
 #: Field of view (mm across the columns) of each series type.
-FOV: dict[str, tuple[float, float]] = {SAGITTAL_T1: (240.0, 350.0), SAGITTAL_T2: (220.0, 300.0), AXIAL_T2: (150.0, 200.0)}
+FOV: dict[str, tuple[float, float]] = {
+    SAGITTAL_T1: (240.0, 350.0),
+    SAGITTAL_T2: (220.0, 300.0),
+    AXIAL_T2: (150.0, 200.0),
+}
 
 #: Annotators' click error in mm (in-plane, each axis).
 CLICK_SD_MM = 0.6
@@ -110,17 +114,33 @@ def _series_ids(rng: np.random.Generator, n: int) -> list[int]:
     return ids
 
 
-def _tags(rng: np.random.Generator, study_id: int, series_id: int, description: str, stack: Stack, split: str
-          ) -> SeriesTags:
+def _tags(
+    rng: np.random.Generator, study_id: int, series_id: int, description: str, stack: Stack, split: str
+) -> SeriesTags:
     rescale = (float(rng.choice([1.0, 2.0])), 0.0) if rng.random() < QUIRK_RATES["rescale"] else None
     missing = split == "test" and rng.random() < QUIRK_RATES["no_thickness_tags"]
-    return SeriesTags(study_id, series_id, description, compressed=bool(rng.random() < QUIRK_RATES["rle"]),
-                      rescale=rescale, thickness_tags=not missing, thickness=stack.thickness, spacing=stack.spacing)
+    return SeriesTags(
+        study_id,
+        series_id,
+        description,
+        compressed=bool(rng.random() < QUIRK_RATES["rle"]),
+        rescale=rescale,
+        thickness_tags=not missing,
+        thickness=stack.thickness,
+        spacing=stack.spacing,
+    )
 
 
-def plan_series(phantom: Phantom, rng: np.random.Generator, study_id: int, image_size: int, axial_gap: int,
-                split: str, stir_rate: float = QUIRK_RATES["stir"],
-                axial_slices: tuple[int, int] = (3, 6)) -> list[SeriesPlan]:
+def plan_series(
+    phantom: Phantom,
+    rng: np.random.Generator,
+    study_id: int,
+    image_size: int,
+    axial_gap: int,
+    split: str,
+    stir_rate: float = QUIRK_RATES["stir"],
+    axial_slices: tuple[int, int] = (3, 6),
+) -> list[SeriesPlan]:
     """Every series of a study: Sagittal T1, Sagittal T2/STIR and one or two Axial T2 (one may be missing).
 
     Args:
@@ -138,8 +158,10 @@ def plan_series(phantom: Phantom, rng: np.random.Generator, study_id: int, image
     if rng.random() < QUIRK_RATES["missing_series"]:
         missing = SAGITTAL_T1 if rng.random() < 2 / 3 else SAGITTAL_T2
     plans = []
-    for description, sequence in ((SAGITTAL_T1, "T1"), (SAGITTAL_T2, "STIR" if rng.random() < stir_rate
-                                                          else "T2")):
+    for description, sequence in (
+        (SAGITTAL_T1, "T1"),
+        (SAGITTAL_T2, "STIR" if rng.random() < stir_rate else "T2"),
+    ):
         stack = sagittal_stack(phantom, rng, image_size, FOV[description])
         order = np.argsort(stack.positions @ phantom.rotation[:, 0])  # patient right to left
         if reversed_sagittal:
@@ -149,7 +171,9 @@ def plan_series(phantom: Phantom, rng: np.random.Generator, study_id: int, image
         series_id = ids.pop()
         tags = _tags(rng, study_id, series_id, "T1" if sequence == "T1" else "T2", stack, split)
         effects = ScannerEffects.draw(rng, stack.positions.mean(axis=0))
-        plan = SeriesPlan(description, sequence, [stack], [numbers], [], tags, effects, rng.uniform(700, 2000))
+        plan = SeriesPlan(
+            description, sequence, [stack], [numbers], [], tags, effects, rng.uniform(700, 2000)
+        )
         if description != missing:
             plans.append(plan)
 
@@ -177,8 +201,9 @@ def plan_series(phantom: Phantom, rng: np.random.Generator, study_id: int, image
         series_id = ids.pop()
         tags = _tags(rng, study_id, series_id, "T2", stacks[0], split)
         effects = ScannerEffects.draw(rng, stacks[len(stacks) // 2].positions.mean(axis=0))
-        plans.append(SeriesPlan(AXIAL_T2, "T2", stacks, instances, list(group), tags, effects,
-                                rng.uniform(700, 2000)))
+        plans.append(
+            SeriesPlan(AXIAL_T2, "T2", stacks, instances, list(group), tags, effects, rng.uniform(700, 2000))
+        )
     return plans
 
 
@@ -192,8 +217,9 @@ def _format_time(seconds: float) -> str:
     return f"{int(h):02d}{int(m):02d}{s:09.6f}"
 
 
-def write_series(plan: SeriesPlan, phantom: Phantom, rng: np.random.Generator, folder: Path,
-                 depth_samples: int = 2) -> tuple[int, int]:
+def write_series(
+    plan: SeriesPlan, phantom: Phantom, rng: np.random.Generator, folder: Path, depth_samples: int = 2
+) -> tuple[int, int]:
     """Render and write every slice of a series; returns (files, bytes)."""
     files = size = 0
     clock = _content_time(rng)
@@ -201,15 +227,23 @@ def write_series(plan: SeriesPlan, phantom: Phantom, rng: np.random.Generator, f
         images = render_stack(phantom, stack, plan.sequence, plan.effects, rng, depth_samples) * plan.gain
         for k in range(len(stack)):
             clock += rng.uniform(0.05, 0.2)
-            size += write_instance(folder / f"{numbers[k]}.dcm", to_stored(images[k], plan.tags.rescale), plan.tags,
-                                   int(numbers[k]), stack.positions[k], stack.orientation, stack.pixel_spacing,
-                                   _format_time(clock))
+            size += write_instance(
+                folder / f"{numbers[k]}.dcm",
+                to_stored(images[k], plan.tags.rescale),
+                plan.tags,
+                int(numbers[k]),
+                stack.positions[k],
+                stack.orientation,
+                stack.pixel_spacing,
+                _format_time(clock),
+            )
             files += 1
     return files, size
 
 
-def label_coordinates(phantom: Phantom, plans: list[SeriesPlan], blank: np.ndarray, study_id: int,
-                      rng: np.random.Generator) -> list[dict]:
+def label_coordinates(
+    phantom: Phantom, plans: list[SeriesPlan], blank: np.ndarray, study_id: int, rng: np.random.Generator
+) -> list[dict]:
     """Where an annotator clicks each labelled target, in train_label_coordinates.csv's columns.
 
     Spinal canal on the sagittal T2 slice nearest the canal's centre at the disc; each foramen on the T1 slice
@@ -225,7 +259,13 @@ def label_coordinates(phantom: Phantom, plans: list[SeriesPlan], blank: np.ndarr
                 continue
             description = CONDITION_SERIES[condition]
             if description == AXIAL_T2:
-                found = [(p, i) for p in plans if p.description == AXIAL_T2 for i, lv in enumerate(p.levels) if lv == k]
+                found = [
+                    (p, i)
+                    for p in plans
+                    if p.description == AXIAL_T2
+                    for i, lv in enumerate(p.levels)
+                    if lv == k
+                ]
                 if not found:
                     continue
                 plan, i = found[0]
@@ -237,9 +277,17 @@ def label_coordinates(phantom: Phantom, plans: list[SeriesPlan], blank: np.ndarr
             j, col, row, _ = stack.project(landmarks[(condition, level)])
             col += rng.normal(0.0, CLICK_SD_MM) / stack.pixel_spacing[1]
             row += rng.normal(0.0, CLICK_SD_MM) / stack.pixel_spacing[0]
-            rows.append({"study_id": study_id, "series_id": plan.series_id,
-                         "instance_number": int(plan.instances[i][j]), "condition": condition, "level": level,
-                         "x": col, "y": row})
+            rows.append(
+                {
+                    "study_id": study_id,
+                    "series_id": plan.series_id,
+                    "instance_number": int(plan.instances[i][j]),
+                    "condition": condition,
+                    "level": level,
+                    "x": col,
+                    "y": row,
+                }
+            )
     return rows
 
 
@@ -255,9 +303,18 @@ def study_id_for(seed: int, split: str, index: int) -> int:
     return int(np.random.default_rng(sequence).integers(1_000_000, 4_294_967_295))
 
 
-def make_study(out: Path, split: str, index: int, study_id: int, seed: int, image_size: int,
-               labels: LabelModel, depth_samples: int = 2, stir_rate: float = QUIRK_RATES["stir"],
-               axial_slices: tuple[int, int] = (3, 6)) -> StudyResult:
+def make_study(
+    out: Path,
+    split: str,
+    index: int,
+    study_id: int,
+    seed: int,
+    image_size: int,
+    labels: LabelModel,
+    depth_samples: int = 2,
+    stir_rate: float = QUIRK_RATES["stir"],
+    axial_slices: tuple[int, int] = (3, 6),
+) -> StudyResult:
     """Draw and write one study under `out/<split>_images/<study_id>/`.
 
     Args:
@@ -284,11 +341,17 @@ def make_study(out: Path, split: str, index: int, study_id: int, seed: int, imag
         if CONDITION_SERIES[condition] not in present:
             blank[[target_index(condition, level) for level in LEVELS]] = True
     grades[blank] = np.nan
-    result = StudyResult(split, study_id, grades, labels.oracle(severity),
-                         [(study_id, p.series_id, p.description) for p in plans])
+    result = StudyResult(
+        split,
+        study_id,
+        grades,
+        labels.oracle(severity),
+        [(study_id, p.series_id, p.description) for p in plans],
+    )
     for plan in plans:
-        files, size = write_series(plan, phantom, r_pixels, series_dir(out, split, study_id, plan.series_id),
-                                   depth_samples)
+        files, size = write_series(
+            plan, phantom, r_pixels, series_dir(out, split, study_id, plan.series_id), depth_samples
+        )
         result.files += files
         result.bytes += size
     # last draw of the study: the test studies' points (test_label_coordinates.csv) change nothing above
