@@ -69,6 +69,20 @@ def fold_member(fold: int) -> str:
 RUN_ONLY = frozenset({"device", "amp", "workers", "threads", "canal_repair_mm", "tensorboard"})
 
 
+@dataclasses.dataclass(frozen=True)
+class _FoldData:
+    """What every step of `train_localizer_folds` reads: the labelled studies, their folds and the run."""
+
+    config: LocalizerConfig
+    root: Path
+    run: Path
+    coords: pd.DataFrame  # ground-truth points of the studies with a fold
+    fold_of: pd.Series  # study_id -> fold
+    fold_ids: list[int]
+    index: pd.DataFrame
+    digest: str  # `coordinates_digest(coords)`: a rerun on other points cannot reuse the localizers
+
+
 def train_localizer_folds(
     config: LocalizerConfig,
     data_dir: str | os.PathLike | None,
@@ -104,6 +118,39 @@ def train_localizer_folds(
         The manifest's localizer section (`LocalizerRecord.to_dict`).
     """
     t0 = time.perf_counter()
+    data = _fold_data(config, data_dir, coords, run, folds, index)
+    previous = RunManifest.read(data.run).localizer
+    if not fresh and check_reusable(previous, config, data.fold_ids, data.digest, data.run):
+        print(
+            f"localizer: reusing the {len(data.fold_ids)} fold localizers of {data.run} (same settings, "
+            "folds and coordinates; FRESH=True trains them again)",
+            flush=True,
+        )
+        return previous.to_dict()
+    if fresh:
+        for record in (data.run / MODEL_DIR).glob(f"fold*/*{PART_RECORD}"):
+            record.unlink()
+    save_record(data.run, _folds_record(data, {}, status=LocalizerRecord.TRAINING))
+    # the inputs decoded once, read by every fold
+    prepare_all(config, data.root, data.coords, data.run, data.index, progress)
+    members, device = _train_folds(data, jobs, device)
+    save_record(data.run, _folds_record(data, members))
+    entry = _predict_out_of_fold(data.run, data.root, data.coords, folds, data.index, device)
+    entry.seconds = round(time.perf_counter() - t0, 1)
+    save_record(data.run, entry)
+    return entry.to_dict()
+
+
+def _fold_data(
+    config: LocalizerConfig,
+    data_dir: str | os.PathLike | None,
+    coords: pd.DataFrame,
+    run: str | os.PathLike,
+    folds: pd.DataFrame,
+    index: pd.DataFrame,
+) -> _FoldData:
+    """The ground truth of the studies with a fold and the folds they fall in; fails before any training
+    when the folds do not fit the data (no labelled study with a fold, or fewer than 2 such folds)."""
     run, root = Path(run), data_root(data_dir, must_exist=True)
     fold_of = folds.set_index("study_id")["fold"]
     coords = coords[coords["study_id"].isin(fold_of.index)]
@@ -114,47 +161,38 @@ def train_localizer_folds(
     fold_ids = sorted(int(f) for f in fold_of[coords["study_id"].unique()].unique())
     if len(fold_ids) < 2:
         raise ValueError(f"a localizer per fold needs at least 2 folds with labelled studies, got {fold_ids}")
-    digest = coordinates_digest(coords)
-    previous = RunManifest.read(run).localizer
-    if not fresh and check_reusable(previous, config, fold_ids, digest, run):
-        print(
-            f"localizer: reusing the {len(fold_ids)} fold localizers of {run} (same settings, folds and "
-            "coordinates; FRESH=True trains them again)",
-            flush=True,
-        )
-        return previous.to_dict()
-    if fresh:
-        for record in (run / MODEL_DIR).glob(f"fold*/*{PART_RECORD}"):
-            record.unlink()
-    training = LocalizerRecord(
+    return _FoldData(config, root, run, coords, fold_of, fold_ids, index, coordinates_digest(coords))
+
+
+def _folds_record(
+    data: _FoldData, members: dict[str, LocalizerRecord], status: str | None = None
+) -> LocalizerRecord:
+    """The manifest's section for this set of fold localizers: written empty (`TRAINING`) before the first
+    model, so that a killed run is recognised and resumed, and again with every fold's localizer."""
+    return LocalizerRecord(
         kind=LocalizerRecord.FOLDS,
-        config=config.to_dict(),
-        folds={},
-        fold_ids=fold_ids,
-        coordinates_sha1=digest,
-        status=LocalizerRecord.TRAINING,
+        config=data.config.to_dict(),
+        folds=members,
+        fold_ids=data.fold_ids,
+        coordinates_sha1=data.digest,
+        status=status,
     )
-    save_record(run, training)
-    prepare_all(config, root, coords, run, index, progress)  # decoded once, read by every fold
-    parts = model_parts(config)
-    plan = plan_processes(len(fold_ids) * len(parts), config.device, jobs, config.threads)
-    print(f"localizer: {len(fold_ids)} folds x {len(parts)} models, {plan.describe()}", flush=True)
+
+
+def _train_folds(data: _FoldData, jobs: int, device: str) -> tuple[dict[str, LocalizerRecord], str]:
+    """Every model of every fold (`model_parts`), in processes side by side or one after the other.
+
+    Returns:
+        Each fold's localizer by member name, and the device of the out-of-fold prediction: `device`, or
+        with several processes the one the workers were given.
+    """
+    parts = model_parts(data.config)
+    plan = plan_processes(len(data.fold_ids) * len(parts), data.config.device, jobs, data.config.threads)
+    print(f"localizer: {len(data.fold_ids)} folds x {len(parts)} models, {plan.describe()}", flush=True)
     if plan.jobs > 1:  # a pinned worker's `cuda` is its own GPU
-        device = "cuda" if plan.gpus else config.device
+        device = "cuda" if plan.gpus else data.config.device
         parts = [dataclasses.replace(part, threads=plan.threads, device=device) for part in parts]
-    tasks = [
-        (
-            part,
-            str(root),
-            coords[coords["study_id"].map(fold_of) != k],
-            str(run),
-            index[~index["study_id"].map(fold_of).eq(k)],
-            False,
-            fold_member(k),
-        )
-        for k in fold_ids
-        for part in parts
-    ]
+    tasks = [_fold_task(data, part, k) for k in data.fold_ids for part in parts]
     if plan.jobs > 1:
         with process_pool(plan) as pool:
             entries = list(pool.map(_train_one, tasks))
@@ -162,23 +200,24 @@ def train_localizer_folds(
         entries = [_train_one(t) for t in tasks]
     n = len(parts)
     members = {
-        fold_member(k): _merged(entries[i * n : (i + 1) * n], config).copy(fold=k)
-        for i, k in enumerate(fold_ids)
+        fold_member(k): _merged(entries[i * n : (i + 1) * n], data.config).copy(fold=k)
+        for i, k in enumerate(data.fold_ids)
     }
-    save_record(
-        run,
-        LocalizerRecord(
-            kind=LocalizerRecord.FOLDS,
-            config=config.to_dict(),
-            folds=members,
-            fold_ids=fold_ids,
-            coordinates_sha1=digest,
-        ),
+    return members, device
+
+
+def _fold_task(data: _FoldData, part: LocalizerConfig, k: int) -> tuple:
+    """One model of fold `k`'s localizer as a process-pool task (`_train_one`): trained on the studies of
+    every other fold, so that it never sees the studies it predicts out of fold."""
+    return (
+        part,
+        str(data.root),
+        data.coords[data.coords["study_id"].map(data.fold_of) != k],
+        str(data.run),
+        data.index[~data.index["study_id"].map(data.fold_of).eq(k)],
+        False,
+        fold_member(k),
     )
-    entry = _predict_out_of_fold(run, root, coords, folds, index, device)
-    entry.seconds = round(time.perf_counter() - t0, 1)
-    save_record(run, entry)
-    return entry.to_dict()
 
 
 def predict_out_of_fold(

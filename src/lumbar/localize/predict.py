@@ -83,6 +83,20 @@ class LocalizeReport:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class _Study:
+    """One study being localized: where its series are read from, and its rows of the header index."""
+
+    root: Path
+    split: str
+    study_id: int
+    index: pd.DataFrame
+
+    def series(self, series_id: int) -> Series:
+        """One of its series (unreadable files skipped: the rest of the series still predicts)."""
+        return read_series(series_dir(self.root, self.split, self.study_id, series_id), skip_unreadable=True)
+
+
 class ProbabilityMean(nn.Module):
     """Several models as one: their softmax distributions averaged, returned as log-probabilities.
 
@@ -311,75 +325,125 @@ class Localizer:
             index: header index rows of this study.
             axial_max_distance_mm: levels whose nearest axial slice is farther get no subarticular rows.
         """
-        parts, notes = [], []
-        spinal = None
-        for name, description in (("sag_t2", SAGITTAL_T2), ("sag_t1", SAGITTAL_T1)):
-            task = TASKS[name]
-            what = "spinal" if name == "sag_t2" else "foraminal"
-            if name not in self.models:
-                notes.append(f"no {name} model in the run -> no {what} points")
-                continue
-            choice = choose_stack(index, description)
-            if choice is None:
-                notes.append(f"no {description} series -> no {what} points")
-                continue
-            series_id, stack_index = choice
-            try:
-                stack = read_series(series_dir(root, split, study_id, series_id), skip_unreadable=True).stack(
-                    stack_index
-                )
-                heatmaps: list[torch.Tensor] = []  # the canal maps, kept for the repair's evidence
-                rows = self.sagittal_points(
-                    task, study_id, series_id, stack, heatmaps if name == "sag_t2" else None
-                )
-            except DicomReadError as e:
-                notes.append(f"{description} series {series_id} unreadable ({e}) -> no {what} points")
-                continue
-            parts.append(rows)
-            if name == "sag_t2":
-                spinal, canal_maps = rows, (heatmaps[0], stack)
-        if (
-            spinal is not None and len(parts) == 2
-        ):  # a canal point the foramina contradict moves to their level
-            both, repaired = repair_canal(
-                pd.concat(parts, ignore_index=True),
-                index,
-                self.foramina_offset_mm,
-                self.config.canal_repair_mm,
-                lambda moved: self.canal_evidence(*canal_maps, moved),
-            )
-            is_canal = both["condition"] == SPINAL
-            spinal = both[is_canal].reset_index(drop=True)
-            parts = [spinal, both[~is_canal].reset_index(drop=True)]
+        study = _Study(root, split, study_id, index)
+        parts, spinal, canal_maps, notes = self._sagittal_parts(study)
+        if spinal is not None and len(parts) == 2:  # canal points the foramina contradict move to their level
+            spinal, parts, repaired = self._repaired(parts, index, canal_maps)
             notes += repaired
-        far, axial_distance = [], {}
-        if "axial" not in self.models:
-            notes.append("no axial model in the run -> no subarticular points")
-        elif spinal is None:
-            notes.append("no spinal points to map onto the axial series -> no subarticular points")
-        else:
-            found, axial_notes = axial_slices(
-                pd.concat(parts, ignore_index=True), index, axial_max_distance_mm, self.foramina_offset_mm
-            )
-            notes += axial_notes
-            far = [
-                (study_id, r.level, float(r.distance_mm)) for r in found.itertuples() if r.distance_mm > 10.0
-            ]
-            axial_distance = dict(zip(found["level"], found["distance_mm"].astype(float)))
-            series = {}
-            try:
-                for sid in found["axial_series_id"].unique():
-                    series[int(sid)] = read_series(
-                        series_dir(root, split, study_id, int(sid)), skip_unreadable=True
-                    )
-                parts.append(self.axial_points(study_id, found, series))
-            except DicomReadError as e:
-                notes.append(f"axial series unreadable ({e}) -> no subarticular points")
-        parts = [p for p in parts if len(p)]
+        axial, axial_notes, far, axial_distance = self._subarticular(
+            study, parts, spinal, axial_max_distance_mm
+        )
+        notes += axial_notes
+        parts = [p for p in parts + axial if len(p)]
         table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=PREDICTED_COLUMNS)
         table, doubts = check_level_set(table, index, axial_distance)
         notes += [f"implausible level set: {d}" for d in doubts]
         return table, notes, far
+
+    def _sagittal_parts(
+        self, study: _Study
+    ) -> tuple[list[pd.DataFrame], pd.DataFrame | None, tuple[torch.Tensor, Stack] | None, list[str]]:
+        """The spinal (`sag_t2`) and foraminal (`sag_t1`) rows that can be predicted, in that order, each task
+        on its own series: a missing one still leaves the other's rows.
+
+        Returns:
+            The parts, the spinal rows and their canal heatmaps and stack (the repair's evidence; both None
+            without spinal rows), and a note for each task without rows.
+        """
+        parts, notes = [], []
+        spinal, canal_maps = None, None
+        for name, description in (("sag_t2", SAGITTAL_T2), ("sag_t1", SAGITTAL_T1)):
+            found = self._sagittal_task(study, name, description)
+            if isinstance(found, str):
+                notes.append(found)
+                continue
+            rows, heatmaps, stack = found
+            parts.append(rows)
+            if name == "sag_t2":
+                spinal, canal_maps = rows, (heatmaps[0], stack)
+        return parts, spinal, canal_maps, notes
+
+    def _sagittal_task(
+        self, study: _Study, name: str, description: str
+    ) -> tuple[pd.DataFrame, list[torch.Tensor], Stack] | str:
+        """One sagittal task's rows on the largest stack of the study's series of its kind, with the heatmaps
+        kept for the canal (`sag_t2`) and the stack; or, when it has none, the note that says why."""
+        task = TASKS[name]
+        what = "spinal" if name == "sag_t2" else "foraminal"
+        if name not in self.models:
+            return f"no {name} model in the run -> no {what} points"
+        choice = choose_stack(study.index, description)
+        if choice is None:
+            return f"no {description} series -> no {what} points"
+        series_id, stack_index = choice
+        try:
+            stack = study.series(series_id).stack(stack_index)
+            heatmaps: list[torch.Tensor] = []  # the canal maps, kept for the repair's evidence
+            rows = self.sagittal_points(
+                task, study.study_id, series_id, stack, heatmaps if name == "sag_t2" else None
+            )
+        except DicomReadError as e:
+            return f"{description} series {series_id} unreadable ({e}) -> no {what} points"
+        return rows, heatmaps, stack
+
+    def _repaired(
+        self, parts: list[pd.DataFrame], index: pd.DataFrame, canal_maps: tuple[torch.Tensor, Stack]
+    ) -> tuple[pd.DataFrame, list[pd.DataFrame], list[str]]:
+        """Canal points that the foramina contradict moved to the foramina's level (`repair_canal`), so that
+        the axial slices are looked for at the right levels.
+
+        Returns:
+            The spinal rows, the parts (spinal, foraminal) and a note per moved point.
+        """
+        both, repaired = repair_canal(
+            pd.concat(parts, ignore_index=True),
+            index,
+            self.foramina_offset_mm,
+            self.config.canal_repair_mm,
+            lambda moved: self.canal_evidence(*canal_maps, moved),
+        )
+        is_canal = both["condition"] == SPINAL
+        spinal = both[is_canal].reset_index(drop=True)
+        return spinal, [spinal, both[~is_canal].reset_index(drop=True)], repaired
+
+    def _subarticular(
+        self,
+        study: _Study,
+        parts: list[pd.DataFrame],
+        spinal: pd.DataFrame | None,
+        max_distance_mm: float,
+    ) -> tuple[list[pd.DataFrame], list[str], list, dict[str, float]]:
+        """The subarticular rows on each level's axial slice, found from the sagittal points (`axial_slices`).
+
+        Returns:
+            The rows (one part, or none when there is no axial model, no spinal point or an unreadable axial
+            series), notes, the levels mapped more than 10 mm away, and each mapped level's distance to its
+            slice (for `check_level_set`).
+        """
+        if "axial" not in self.models:
+            return [], ["no axial model in the run -> no subarticular points"], [], {}
+        if spinal is None:
+            return [], ["no spinal points to map onto the axial series -> no subarticular points"], [], {}
+        found, notes = axial_slices(
+            pd.concat(parts, ignore_index=True), study.index, max_distance_mm, self.foramina_offset_mm
+        )
+        far = [
+            (study.study_id, r.level, float(r.distance_mm))
+            for r in found.itertuples()
+            if r.distance_mm > 10.0
+        ]
+        axial_distance = dict(zip(found["level"], found["distance_mm"].astype(float)))
+        try:
+            series = {int(sid): study.series(int(sid)) for sid in found["axial_series_id"].unique()}
+            rows = [self.axial_points(study.study_id, found, series)]
+        except DicomReadError as e:
+            return (
+                [],
+                [*notes, f"axial series unreadable ({e}) -> no subarticular points"],
+                far,
+                axial_distance,
+            )
+        return rows, notes, far, axial_distance
 
 
 def axial_slices(

@@ -20,6 +20,7 @@ import argparse
 import logging
 import os
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -307,7 +308,7 @@ def train_localizer(
     placed = placed_coordinates(table[table["study_id"].isin(studies)], index)
     runtime = setup_runtime(config.device, amp=config.amp, channels_last=False, threads=config.threads)
     try:
-        record = _train_all(config, placed, root, run, runtime, progress, t0, member)
+        record = _train_all(_Training(config, placed, root, run, runtime, progress, member), t0)
     finally:
         teardown_runtime(runtime)
     record.foramina_offset_mm = foramina_offset_mm(placed, index)  # the axial anchors (localize.axial)
@@ -338,19 +339,52 @@ def prepare_all(
         )
 
 
-def _train_all(
-    config: LocalizerConfig,
-    placed: pd.DataFrame,
-    root: Path,
-    run: Path,
-    runtime: Runtime,
-    progress: bool,
-    t0: float,
-    member: str | None,
-) -> LocalizerRecord:
+@dataclass(frozen=True)
+class _Training:
+    """What every model of one localizer is trained with: its samples, where it writes, how it runs."""
+
+    config: LocalizerConfig
+    placed: pd.DataFrame
+    root: Path
+    run: Path
+    runtime: Runtime
+    progress: bool
+    member: str | None
+
+    @property
+    def _member(self) -> list[str]:
+        """The member's name as a part of paths and labels: none for a run's only localizer."""
+        return [self.member] if self.member else []
+
+    def label(self, name: str) -> str:
+        """The model in the epoch lines: "localizer fold0 sag_t2"."""
+        return " ".join([MODEL_DIR, *self._member, name])
+
+    def board(self, name: str) -> Path:
+        """Its TensorBoard curves (with `config.tensorboard`)."""
+        return Path(self.run, MODEL_DIR, TENSORBOARD_DIR, *self._member, name)
+
+    def checkpoint(self, name: str) -> Path:
+        """Its checkpoint, relative to the run (as the manifest records it)."""
+        return Path(MODEL_DIR, *self._member, f"{name}.pt")
+
+
+def _train_all(training: _Training, t0: float) -> LocalizerRecord:
     """Train the heatmap models, then the slice scorers; write checkpoints and the manifest entry."""
-    device = runtime.device
-    manifest = LocalizerRecord(
+    manifest = _new_record(training)
+    for name in training.config.task_names:
+        _train_heatmap(training, manifest, name)
+    for name in training.config.refine_task_names:
+        _train_scorer(training, manifest, name)
+    manifest.seconds = round(time.perf_counter() - t0, 1)
+    return manifest
+
+
+def _new_record(training: _Training) -> LocalizerRecord:
+    """The localizer's manifest entry before any model: what the models are built and run with, so that
+    `lumbar.localize.predict` rebuilds them from the run alone."""
+    config, runtime = training.config, training.runtime
+    return LocalizerRecord(
         kind=LocalizerRecord.ONE,
         precision=runtime.precision,
         backbone=config.backbone,
@@ -358,91 +392,101 @@ def _train_all(
         slices=config.slices,
         axial_neighbors=config.axial_neighbors,
         config=config.to_dict(),
-        train_studies=int(placed["study_id"].nunique()),
-        device=str(device),
+        train_studies=int(training.placed["study_id"].nunique()),
+        device=str(runtime.device),
         models={},
         skipped={},
         problems=[],
     )
 
-    def label(name: str) -> str:  # the model in the epoch lines: "localizer fold0 sag_t2"
-        return " ".join([MODEL_DIR, *([member] if member else []), name])
 
-    def board(name: str) -> Path:  # its TensorBoard curves (with config.tensorboard)
-        return Path(run, MODEL_DIR, TENSORBOARD_DIR, *([member] if member else []), name)
+def _train_heatmap(training: _Training, manifest: LocalizerRecord, name: str) -> None:
+    """One task's heatmap model, recorded in `manifest` (or listed as skipped when it has no sample)."""
+    config, device = training.config, training.runtime.device
+    task, started = get_task(name), time.perf_counter()
+    inputs, targets, problems = prepare_inputs(
+        task, training.placed, training.root, training.run, config, training.progress
+    )
+    _record_problems(manifest, problems, len(inputs), f"{name} samples")
+    if len(inputs) == 0:
+        manifest.skipped[name] = "no training samples"
+        log.warning("localizer model %s: no training samples, skipped", name)
+        return
+    seed_everything(config.seed, deterministic=device.type == "cpu")  # initial weights too: reruns agree
+    model = build_model(task, config, config.pretrained).to(device)
+    batch = _heatmap_batches(task, inputs, targets, config, device)
+    history = fit(
+        model,
+        len(inputs),
+        batch,
+        partial(_heatmap_loss, config=config),
+        config.epochs_of(task.plane),
+        config,
+        training.runtime,
+        training.label(name),
+        training.progress,
+        training.board(name),
+    )
+    entry = LocalizerModelRecord(
+        kind=LocalizerModelRecord.HEATMAP,
+        points=[list(p) for p in task.points],
+        series_description=task.series_description,
+        samples=len(inputs),
+    )
+    _save_trained(training, manifest, name, model, entry, history, started)
 
-    def record(
-        name: str, model: torch.nn.Module, entry: LocalizerModelRecord, history: list[float], started: float
-    ) -> None:
-        checkpoint = Path(MODEL_DIR, *([member] if member else []), f"{name}.pt")
-        save_model(model, run / checkpoint)
-        manifest.models[name] = entry.copy(
-            checkpoint=checkpoint.as_posix(),
-            loss_per_epoch=[round(v, 5) for v in history],
-            seconds=round(time.perf_counter() - started, 1),
-        )
 
-    for name in config.task_names:
-        task, started = get_task(name), time.perf_counter()
-        inputs, targets, problems = prepare_inputs(task, placed, root, run, config, progress)
-        _record_problems(manifest, problems, len(inputs), f"{name} samples")
-        if len(inputs) == 0:
-            manifest.skipped[name] = "no training samples"
-            log.warning("localizer model %s: no training samples, skipped", name)
-            continue
-        seed_everything(config.seed, deterministic=device.type == "cpu")  # initial weights too: reruns agree
-        model = build_model(task, config, config.pretrained).to(device)
-        batch = _heatmap_batches(task, inputs, targets, config, device)
-        history = fit(
-            model,
-            len(inputs),
-            batch,
-            partial(_heatmap_loss, config=config),
-            config.epochs_of(task.plane),
-            config,
-            runtime,
-            label(name),
-            progress,
-            board(name),
-        )
-        entry = LocalizerModelRecord(
-            kind=LocalizerModelRecord.HEATMAP,
-            points=[list(p) for p in task.points],
-            series_description=task.series_description,
-            samples=len(inputs),
-        )
-        record(name, model, entry, history, started)
+def _train_scorer(training: _Training, manifest: LocalizerRecord, name: str) -> None:
+    """The slice scorer of a sagittal task, recorded in `manifest` (or listed as skipped when it has no
+    sample)."""
+    config, device = training.config, training.runtime.device
+    task, started = get_task(name), time.perf_counter()
+    if task.plane != "sagittal":
+        raise ValueError(f"refine_tasks: slice refinement is for sagittal tasks, not {name!r}")
+    crops, truth, problems = prepare_slice_crops(
+        task, training.placed, training.root, training.run, config, training.progress
+    )
+    _record_problems(manifest, problems, len(crops), f"{name} slice-scorer stacks")
+    scorer_name = f"{name}_slices"
+    if not crops:
+        manifest.skipped[scorer_name] = "no training samples"
+        return
+    seed_everything(config.seed, deterministic=device.type == "cpu")
+    model = build_scorer(config, config.pretrained).to(device)
+    batch = _scorer_batches(crops, truth, config, device)
+    history = fit(
+        model,
+        len(crops),
+        batch,
+        scorer_loss,
+        config.refine_epochs or config.epochs,
+        config,
+        training.runtime,
+        training.label(scorer_name),
+        training.progress,
+        training.board(scorer_name),
+    )
+    entry = LocalizerModelRecord(kind=LocalizerModelRecord.SLICE_SCORER, refines=name, samples=len(crops))
+    _save_trained(training, manifest, scorer_name, model, entry, history, started)
 
-    for name in config.refine_task_names:
-        task, started = get_task(name), time.perf_counter()
-        if task.plane != "sagittal":
-            raise ValueError(f"refine_tasks: slice refinement is for sagittal tasks, not {name!r}")
-        crops, truth, problems = prepare_slice_crops(task, placed, root, run, config, progress)
-        _record_problems(manifest, problems, len(crops), f"{name} slice-scorer stacks")
-        scorer_name = f"{name}_slices"
-        if not crops:
-            manifest.skipped[scorer_name] = "no training samples"
-            continue
-        seed_everything(config.seed, deterministic=device.type == "cpu")
-        model = build_scorer(config, config.pretrained).to(device)
-        batch = _scorer_batches(crops, truth, config, device)
-        history = fit(
-            model,
-            len(crops),
-            batch,
-            scorer_loss,
-            config.refine_epochs or config.epochs,
-            config,
-            runtime,
-            label(scorer_name),
-            progress,
-            board(scorer_name),
-        )
-        entry = LocalizerModelRecord(kind=LocalizerModelRecord.SLICE_SCORER, refines=name, samples=len(crops))
-        record(scorer_name, model, entry, history, started)
 
-    manifest.seconds = round(time.perf_counter() - t0, 1)
-    return manifest
+def _save_trained(
+    training: _Training,
+    manifest: LocalizerRecord,
+    name: str,
+    model: torch.nn.Module,
+    entry: LocalizerModelRecord,
+    history: list[float],
+    started: float,
+) -> None:
+    """Write a trained model's checkpoint and record it, with its losses and training time, in `manifest`."""
+    checkpoint = training.checkpoint(name)
+    save_model(model, training.run / checkpoint)
+    manifest.models[name] = entry.copy(
+        checkpoint=checkpoint.as_posix(),
+        loss_per_epoch=[round(v, 5) for v in history],
+        seconds=round(time.perf_counter() - started, 1),
+    )
 
 
 def _record_problems(manifest: LocalizerRecord, problems: dict[str, str], kept: int, what: str) -> None:
