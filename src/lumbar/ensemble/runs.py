@@ -42,6 +42,76 @@ def oof_confidence(run_dir: Path, manifest: RunManifest) -> pd.DataFrame | None:
     return row_confidence(coords) if "confidence" in coords else None
 
 
+def _blended_classifiers(run_dir: Path, manifest: RunManifest, models: list[str] | None) -> list[str]:
+    """The classifiers to blend, checked against the manifest before any table is read: a wrong name stops
+    here with the names the run has."""
+    names = models or competition_classifiers(manifest)
+    if not names:
+        raise ValueError(f"{run_dir}/manifest.json lists no competition-mode classifier to blend")
+    classifiers = manifest.classifiers or {}
+    unknown = [n for n in names if n not in classifiers]
+    if unknown:
+        raise KeyError(
+            f"{run_dir}/manifest.json has no classifier(s) {unknown}; it has {sorted(classifiers)}"
+        )
+    return names
+
+
+def _write_candidates(run_dir: Path, result: EnsembleResult) -> dict[str, str]:
+    """Every candidate's out-of-fold predictions at `ensemble/candidates/<slug>.csv` (a slug made unique
+    by trailing underscores), so the error analysis can compare them; candidate name -> file."""
+    candidates = {}
+    for name, oof in result.candidates.items():
+        slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")  # "blend + calibration (out-of-fold)"
+        while f"{ENSEMBLE_DIR}/{CANDIDATES_DIR}/{slug}.csv" in candidates.values():
+            slug += "_"
+        candidates[name] = f"{ENSEMBLE_DIR}/{CANDIDATES_DIR}/{slug}.csv"
+        write_csv(oof, run_dir / candidates[name])
+    return candidates
+
+
+def _write_ensemble(run_dir: Path, result: EnsembleResult) -> dict[str, str]:
+    """The ensemble folder: the chosen candidate's params (what `predict` uses), the per-fold params, its
+    out-of-fold predictions, every candidate's score and predictions; returns the candidates' files."""
+    out = run_dir / ENSEMBLE_DIR
+    write_json(result.params.to_dict(), out / "params.json")
+    write_json({k: v.to_dict() for k, v in result.fold_params.items()}, out / "fold_params.json")
+    write_csv(result.oof, out / "oof.csv")
+    write_csv(result.scores, out / "scores.csv")
+    return _write_candidates(run_dir, result)
+
+
+def _record_ensemble(
+    run_dir: Path,
+    names: list[str],
+    result: EnsembleResult,
+    candidates: dict[str, str],
+    folds_csv: str,
+    per_group: bool,
+    calibrate: bool,
+) -> None:
+    """The manifest's ensemble section, what `predict` and `kaggle-bundle` read: the files, the settings, the
+    chosen candidate and its out-of-fold score."""
+    chosen = result.scores.set_index("model").loc[result.chosen]
+    save_record(
+        run_dir,
+        EnsembleRecord(
+            models=names,
+            params=f"{ENSEMBLE_DIR}/params.json",
+            oof=f"{ENSEMBLE_DIR}/oof.csv",
+            scores=f"{ENSEMBLE_DIR}/scores.csv",
+            folds=folds_csv,
+            per_group=per_group,
+            calibrate=calibrate,
+            chosen=result.chosen,
+            widening=result.params.widening is not None,
+            stack=result.params.stack is not None,
+            oof_score=float(chosen["score"]),
+            candidates=candidates,
+        ),
+    )
+
+
 def fit_run_ensemble(
     run_dir: str | os.PathLike,
     data_dir: str | os.PathLike | None = None,
@@ -67,15 +137,8 @@ def fit_run_ensemble(
     """
     run_dir = Path(run_dir)
     manifest = RunManifest.read(run_dir)
-    names = models or competition_classifiers(manifest)
-    if not names:
-        raise ValueError(f"{run_dir}/manifest.json lists no competition-mode classifier to blend")
+    names = _blended_classifiers(run_dir, manifest, models)
     classifiers = manifest.classifiers or {}
-    unknown = [n for n in names if n not in classifiers]
-    if unknown:
-        raise KeyError(
-            f"{run_dir}/manifest.json has no classifier(s) {unknown}; it has {sorted(classifiers)}"
-        )
     preds = {n: load_submission(run_dir / classifiers[n].need.oof) for n in names}
     labels = load_labels(data_root(data_dir) / "train.csv")
     folds = pd.read_csv(run_dir / folds_csv)
@@ -91,37 +154,8 @@ def fit_run_ensemble(
         prior=prior,
         stack=stack,
     )
-
-    out = run_dir / ENSEMBLE_DIR
-    write_json(result.params.to_dict(), out / "params.json")
-    write_json({k: v.to_dict() for k, v in result.fold_params.items()}, out / "fold_params.json")
-    write_csv(result.oof, out / "oof.csv")
-    write_csv(result.scores, out / "scores.csv")
-    candidates = {}
-    for name, oof in result.candidates.items():
-        slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")  # "blend + calibration (out-of-fold)"
-        while f"{ENSEMBLE_DIR}/{CANDIDATES_DIR}/{slug}.csv" in candidates.values():
-            slug += "_"
-        candidates[name] = f"{ENSEMBLE_DIR}/{CANDIDATES_DIR}/{slug}.csv"
-        write_csv(oof, run_dir / candidates[name])
-    chosen = result.scores.set_index("model").loc[result.chosen]
-    save_record(
-        run_dir,
-        EnsembleRecord(
-            models=names,
-            params=f"{ENSEMBLE_DIR}/params.json",
-            oof=f"{ENSEMBLE_DIR}/oof.csv",
-            scores=f"{ENSEMBLE_DIR}/scores.csv",
-            folds=folds_csv,
-            per_group=per_group,
-            calibrate=calibrate,
-            chosen=result.chosen,
-            widening=result.params.widening is not None,
-            stack=result.params.stack is not None,
-            oof_score=float(chosen["score"]),
-            candidates=candidates,
-        ),
-    )
+    candidates = _write_ensemble(run_dir, result)
+    _record_ensemble(run_dir, names, result, candidates, folds_csv, per_group, calibrate)
     return result
 
 

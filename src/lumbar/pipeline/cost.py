@@ -605,88 +605,140 @@ def _localizer_model(name: str, sample: dict, config, state: RunState) -> tuple[
     return figures, config.epochs_of(task.plane), 1 if task.plane == "sagittal" else len(LEVELS)
 
 
+@dataclass(frozen=True)
+class _LocalizerRun:
+    """What the parts of a 02_train_localizer estimate share: its settings, device, folds and samples."""
+
+    config: Any
+    gpu: bool
+    per_fold: bool  # one localizer per fold (HOLDOUT 0), else one on a held-out share
+    folds: int  # localizers trained
+    share: float  # the training share of the samples
+    samples: dict[str, dict[str, Any]]  # `localizer_samples`
+    machine: Machine
+
+
+@dataclass(frozen=True)
+class _LocalizerModels:
+    """The models of one localizer: the epoch lines, the bytes and forward FLOPs per study of one fold's
+    models, and the training seconds of every fold."""
+
+    epochs: list[tuple[str, Estimate]]
+    fold_bytes: int
+    fold_flops: float
+    seconds: float
+
+
+def _localizer_models(r: _LocalizerRun, state: RunState) -> _LocalizerModels:
+    """Each model of the localizer: its checkpoint and forwards per study, its epoch time on the device."""
+    rule, rate = _rate(r.gpu, r.machine.threads)
+    epochs, fold_bytes, fold_flops, train_s = [], 0, 0.0, 0.0
+    for name, sample in r.samples.items():
+        (size, tensors, _, flops), n_epochs, per_study = _localizer_model(name, sample, r.config, state)
+        fold_bytes += checkpoint_bytes(size, tensors, 0)
+        fold_flops += per_study * flops
+        epoch = model_seconds(3 * flops * sample["samples"] * r.share, r.gpu, r.machine.threads)
+        epochs.append(
+            (
+                f"{name}, {sample['samples']:,} samples x {r.share:.2f}, {n_epochs} epochs",
+                Estimate(epoch, f"3 x forward {rule}", (rate,)),
+            )
+        )
+        train_s += epoch * n_epochs * r.folds
+    return _LocalizerModels(epochs, fold_bytes, fold_flops, train_s)
+
+
+def _localizer_oof(
+    r: _LocalizerRun, facts: DataFacts, state: RunState, studies: set, fold_flops: float, workers: int
+) -> tuple[Estimate, float, float, list[str]]:
+    """(disk, seconds, RAM, notes) of the out-of-fold points and their crops: with a localizer per fold each
+    study is predicted by its fold's localizer, then cropped as 01 crops; none with a holdout."""
+    if not r.per_fold:
+        return Estimate(0, "none"), 0.0, 0.0, []
+    roi = state.roi or _default_roi()
+    state.oof_crops = crop_counts(oof_rows(facts.index, studies), roi.views)
+    crop_s, crop_ram = _crop_build(state.oof_crops, len(studies), max(1, workers))
+    oof_s = crop_s.value + len(studies) * (
+        LOCALIZE_CPU_S.value + model_seconds(fold_flops, r.gpu, r.machine.threads)
+    )
+    notes = [f"out of fold: {_cache_samples(state.oof_crops)}"]
+    return _cache_disk(state.oof_crops, roi), oof_s, crop_ram.value, notes
+
+
+def _localizer_ram(r: _LocalizerRun, jobs: int, oof_ram: float) -> tuple[Estimate, str]:
+    """(peak RAM, note): every model of every fold trains in its own process (`model_parts`), JOBS at once,
+    each stacking its inputs; or the decoding before them, or the out-of-fold crop build after."""
+    machine = r.machine
+    parts = [STACK_COPIES * s["bytes"] * r.share for s in r.samples.values()] * r.folds
+    at_once = plan_processes(
+        len(parts), "cuda" if r.gpu else "cpu", jobs, cores=machine.cores, gpus=machine.gpus if r.gpu else 0
+    ).jobs  # as train_localizer_folds plans them
+    concurrent = sum(sorted(parts, reverse=True)[:at_once]) + at_once * TORCH_PROCESS_MIB.value * MIB
+    decoding = TORCH_PROCESS_MIB.value * MIB + STACK_COPIES * max(
+        (s["bytes"] for s in r.samples.values()), default=0
+    )
+    where = f"one per GPU, {machine.gpus} GPU(s)" if r.gpu else f"{machine.cores} cores"
+    note = (
+        f"{len(parts)} model processes, {at_once} at once (JOBS={jobs}, {where}; --set JOBS=N bounds "
+        "the RAM)" + ("; each also loads CUDA's libraries (not counted)" if r.gpu else "")
+    )
+    ram = Estimate(
+        max(concurrent, decoding, oof_ram),
+        f"the most of: {at_once} model process(es) at once, each process "
+        "RSS + 3 x its inputs (list, np.stack, astype copy); decoding; the crop build",
+        (TORCH_PROCESS_MIB, CROP_MAIN_MIB),
+    )
+    return ram, note
+
+
 def localizer_cost(p: dict, facts: DataFacts, state: RunState, machine: Machine) -> StepCost:
     """02_train_localizer: decoded inputs, a localizer per fold, its out-of-fold points and the crops around
     them."""
     config = _localizer_config(p)
-    gpu = on_gpu(p["DEVICE"], machine)
     per_fold = p["HOLDOUT"] == 0
     folds = state.folds if per_fold else 1
-    share = (folds - 1) / folds if per_fold else 1 - p["HOLDOUT"]
-    samples = localizer_samples(facts.coords, facts.index, config)
-    rule, rate = _rate(gpu, machine.threads)
-    epochs, fold_bytes, fold_flops, train_s = [], 0, 0.0, 0.0
-    for name, sample in samples.items():
-        (size, tensors, _, flops), n_epochs, per_study = _localizer_model(name, sample, config, state)
-        fold_bytes += checkpoint_bytes(size, tensors, 0)
-        fold_flops += per_study * flops
-        epoch = model_seconds(3 * flops * sample["samples"] * share, gpu, machine.threads)
-        epochs.append(
-            (
-                f"{name}, {sample['samples']:,} samples x {share:.2f}, {n_epochs} epochs",
-                Estimate(epoch, f"3 x forward {rule}", (rate,)),
-            )
-        )
-        train_s += epoch * n_epochs * folds
-    state.localizer_bytes, state.localizer_flops = folds * fold_bytes, folds * fold_flops
-    decode_s = sum(s["pixels"] for s in samples.values()) / DECODE_PX_PER_S.value
-    inputs = sum(s["bytes"] for s in samples.values())
+    r = _LocalizerRun(
+        config,
+        on_gpu(p["DEVICE"], machine),
+        per_fold,
+        folds,
+        (folds - 1) / folds if per_fold else 1 - p["HOLDOUT"],
+        localizer_samples(facts.coords, facts.index, config),
+        machine,
+    )
+    models = _localizer_models(r, state)
+    state.localizer_bytes, state.localizer_flops = folds * models.fold_bytes, folds * models.fold_flops
+    decode_s = sum(s["pixels"] for s in r.samples.values()) / DECODE_PX_PER_S.value
+    inputs = sum(s["bytes"] for s in r.samples.values())
     studies = set(facts.coords["study_id"].unique())
-    roi = state.roi or _default_roi()
-    oof_disk, oof_s, oof_ram, notes = Estimate(0, "none"), 0.0, 0.0, []
-    if per_fold:  # each study predicted by its fold's localizer, then cropped as 01 crops
-        state.oof_crops = crop_counts(oof_rows(facts.index, studies), roi.views)
-        oof_disk = _cache_disk(state.oof_crops, roi)
-        crop_s, crop_ram = _crop_build(state.oof_crops, len(studies), max(1, p["WORKERS"]))
-        oof_s = crop_s.value + len(studies) * (
-            LOCALIZE_CPU_S.value + model_seconds(fold_flops, gpu, machine.threads)
-        )
-        oof_ram = crop_ram.value
-        notes.append(f"out of fold: {_cache_samples(state.oof_crops)}")
-    # every model of every fold trains in its own process (`model_parts`), JOBS at once, each stacking its
-    # inputs
-    parts = [STACK_COPIES * s["bytes"] * share for s in samples.values()] * folds
-    jobs = plan_processes(
-        len(parts), "cuda" if gpu else "cpu", p["JOBS"], cores=machine.cores, gpus=machine.gpus if gpu else 0
-    ).jobs  # as train_localizer_folds plans them
-    concurrent = sum(sorted(parts, reverse=True)[:jobs]) + jobs * TORCH_PROCESS_MIB.value * MIB
-    decoding = TORCH_PROCESS_MIB.value * MIB + STACK_COPIES * max(
-        (s["bytes"] for s in samples.values()), default=0
+    oof_disk, oof_s, oof_ram, notes = _localizer_oof(
+        r, facts, state, studies, models.fold_flops, p["WORKERS"]
     )
-    where = f"one per GPU, {machine.gpus} GPU(s)" if gpu else f"{machine.cores} cores"
-    notes.append(
-        f"{len(parts)} model processes, {jobs} at once (JOBS={p['JOBS']}, {where}; --set JOBS=N bounds "
-        "the RAM)" + ("; each also loads CUDA's libraries (not counted)" if gpu else "")
-    )
-    checkpoints = folds * fold_bytes
+    ram, processes = _localizer_ram(r, p["JOBS"], oof_ram)
+    checkpoints = folds * models.fold_bytes
     disk = inputs + checkpoints + oof_disk.value + 3 * len(studies) * 25 * 100 + NOTEBOOK_BYTES.value
     return StepCost(
         "02_train_localizer",
         f"{len(studies):,} studies; "
-        + ", ".join(f"{k} {s['samples']:,}" for k, s in samples.items())
+        + ", ".join(f"{k} {s['samples']:,}" for k, s in r.samples.items())
         + f"; {folds} localizer(s)",
         Estimate(
             disk,
             f"decoded inputs {_bytes(inputs)} (samples x stored channels x {config.size}^2 x 2 B); "
-            f"checkpoints {folds} x {_bytes(fold_bytes)} (state dicts of the meta-built models); out-of-fold "
-            f"crops {_bytes(oof_disk.value)} ({oof_disk.how})",
+            f"checkpoints {folds} x {_bytes(models.fold_bytes)} (state dicts of the meta-built models); "
+            f"out-of-fold crops {_bytes(oof_disk.value)} ({oof_disk.how})",
         ),
+        ram,
         Estimate(
-            max(concurrent, decoding, oof_ram),
-            f"the most of: {jobs} model process(es) at once, each process "
-            "RSS + 3 x its inputs (list, np.stack, astype copy); decoding; the crop build",
-            (TORCH_PROCESS_MIB, CROP_MAIN_MIB),
-        ),
-        Estimate(
-            decode_s + train_s + oof_s,
+            decode_s + models.seconds + oof_s,
             f"decoding {_duration(decode_s)} (pixels / decode rate) + training "
-            f"{_duration(train_s)} (epochs below x folds) + out-of-fold points (localize CPU + forwards) and "
-            f"crops (crop rate) {_duration(oof_s)}",
+            f"{_duration(models.seconds)} (epochs below x folds) + out-of-fold points (localize CPU + "
+            f"forwards) and crops (crop rate) {_duration(oof_s)}",
             (DECODE_PX_PER_S, LOCALIZE_CPU_S, CROP_STUDIES_PER_S),
         ),
-        _device(gpu),
-        epochs,
-        notes,
+        _device(r.gpu),
+        models.epochs,
+        [*notes, processes],
     )
 
 
@@ -719,120 +771,184 @@ def _train_config(p: dict):
     )
 
 
-def classifier_cost(p: dict, facts: DataFacts, state: RunState, machine: Machine) -> StepCost:
-    """03_train: one architecture, every unit of its task mode on every fold: checkpoints, epochs, OOF
-    tables."""
-    import torch
+@dataclass(frozen=True)
+class _Training:
+    """What every unit of a 03_train step shares (its settings, crop geometry, device and model-time rule),
+    built once so that each part of the estimate takes one value instead of eight."""
 
+    config: Any
+    roi: Any
+    gpu: bool
+    threads: int
+    rule: str
+    rate: Source
+    folds: tuple[int, ...]
+    share: float  # the training share of the labelled items in a fold
+
+
+def _training(p: dict, state: RunState, machine: Machine) -> _Training:
+    """The shared settings of a 03_train step, resolved as the notebook resolves them."""
     config = _train_config(p)
-    roi = state.roi or _default_roi()
     gpu = on_gpu(config.device, machine)
     threads = config.threads or machine.threads
     rule, rate = _rate(gpu, threads)
-    folds = list(config.folds) or list(range(config.n_folds))
-    share = (config.n_folds - 1) / config.n_folds
-    gt, oof = state.gt_crops, state.oof_crops
-    epochs, disk, seconds, weights, study_flops, held, training_last = [], 0, 0.0, 0, 0.0, 0, 0
-    for task in build_tasks(
-        config.mode, resolve_conditions(config.mode, config.conditions), config.mirror_right, config.views
-    ):
-        sizes = unit_sizes(task, config.fusion)
-        key = (
+    return _Training(
+        config,
+        state.roi or _default_roi(),
+        gpu,
+        threads,
+        rule,
+        rate,
+        tuple(config.folds) or tuple(range(config.n_folds)),
+        (config.n_folds - 1) / config.n_folds,
+    )
+
+
+@dataclass(frozen=True)
+class _UnitCost:
+    """One unit of a 03_train step over all its folds: the figures `classifier_cost` adds up (or takes the
+    largest of, for what exists only once at a time)."""
+
+    epoch: tuple[str, Estimate]  # (model, seconds per epoch and fold)
+    seconds: float
+    disk: int
+    training_last: int  # the last.pt of the fold in training, removed once the fold has finished
+    held: int  # weights, EMA and AdamW moments: in RAM when training on the CPU
+    weights: int  # every fold's final.pt, which `predict` loads
+    study_flops: float  # forward FLOPs per study at prediction time
+
+
+def _unit_figures(t: _Training, task, state: RunState) -> tuple[int, int, int, float]:
+    """`model_figures` of a unit's model as 03_train builds it; once per distinct model of the plan."""
+    import torch
+
+    config, roi = t.config, t.roi
+    sizes = unit_sizes(task, config.fusion)
+    key = (
+        config.arch,
+        roi.out_depth,
+        roi.size,
+        repr(sorted(config.model_kwargs.items())),
+        tuple(sorted(sizes.items())),
+    )
+    return _figures(
+        state,
+        key,
+        lambda: build_model(
             config.arch,
-            roi.out_depth,
-            roi.size,
-            repr(sorted(config.model_kwargs.items())),
-            tuple(sorted(sizes.items())),
-        )
-        size, tensors, params, flops = _figures(
-            state,
-            key,
-            lambda sizes=sizes: build_model(
-                config.arch,
-                depth=roi.out_depth,
-                pretrained="none",
-                drop_rate=config.drop_rate,
-                **sizes,
-                **config.model_kwargs,
-            ),
-            lambda sizes=sizes: (
-                torch.zeros(1, sizes["in_channels"], roi.out_depth, roi.size, roi.size),
-                torch.zeros(1, sizes["num_meta"]),
-            ),
-        )
-        n_gt, n_oof = sum(gt.get(c, 0) for c in task.conditions), sum(oof.get(c, 0) for c in task.conditions)
-        pool = {"gt": n_gt, "oof": n_oof, "both": n_gt + n_oof}[config.train_crops] if n_oof else n_gt
-        train_n, valid_n = pool * share, (n_oof or n_gt) / config.n_folds
-        validated = math.ceil(config.epochs / config.val_every) / config.epochs  # validations per epoch
-        compute = model_seconds(flops * (3 * train_n + validated * valid_n), gpu, threads)
-        workers = max(config.workers, 1)
-        per_s = (
-            LOADER_SAMPLES_PER_S.value * LOADER_CROP_BYTES / crop_array_bytes(roi)
-        )  # scaled by the crop's size
-        loading = (train_n + valid_n) * task.in_channels / (per_s * workers)
-        epoch = max(compute, loading) if config.workers else compute + loading
-        binds = "loading binds" if loading > compute else "the model binds"
-        scaled = (
-            ""
-            if crop_array_bytes(roi) == LOADER_CROP_BYTES
-            else f" x its crop / {_bytes(crop_array_bytes(roi))}"
-        )
-        epochs.append(
-            (
-                f"{task.name}, {train_n:,.0f} training items",
-                Estimate(
-                    epoch,
-                    f"{'max' if config.workers else 'sum'} of model (3 x forward {rule}) and loading "
-                    f"({task.in_channels} crop(s) per item / ({workers} x loader rate{scaled})): {binds}",
-                    (rate, LOADER_SAMPLES_PER_S),
-                ),
-            )
-        )
-        views = 1 + sum(
-            n_views(c) for c in usable(config.tta, task.crop_kinds)
-        )  # at most, every candidate chosen
-        held_out = valid_n * views * (2 if n_oof and n_gt else 1)  # oof_gt.csv: the ground-truth crops too
-        seconds += len(folds) * (config.epochs * epoch + model_seconds(flops * held_out, gpu, threads))
-        final = checkpoint_bytes(size, tensors, params)
-        last = checkpoint_bytes(size, tensors, params, "last", config.ema_decay > 0)
-        disk += len(folds) * (final + (last if config.keep_last else 0))
-        training_last = max(
-            training_last, 0 if config.keep_last else last
-        )  # removed once its fold has finished
-        held = max(held, (2 if config.ema_decay > 0 else 1) * size + 2 * 4 * params)  # on CPU: in RAM
-        weights += len(folds) * final
-        study_flops += len(folds) * flops * views * (n_oof or n_gt) / max(facts.studies, 1)
-    disk += training_last
-    state.members[p["OUTPUT"]] = (weights, study_flops)
+            depth=roi.out_depth,
+            pretrained="none",
+            drop_rate=config.drop_rate,
+            **sizes,
+            **config.model_kwargs,
+        ),
+        lambda: (
+            torch.zeros(1, sizes["in_channels"], roi.out_depth, roi.size, roi.size),
+            torch.zeros(1, sizes["num_meta"]),
+        ),
+    )
+
+
+def _unit_epoch(t: _Training, task, flops: float, train_n: float, valid_n: float) -> Estimate:
+    """Seconds of one epoch of a unit: its model time and its loading time overlap with DataLoader workers,
+    add up without; the line says which of the two binds."""
+    config, roi = t.config, t.roi
+    validated = math.ceil(config.epochs / config.val_every) / config.epochs  # validations per epoch
+    compute = model_seconds(flops * (3 * train_n + validated * valid_n), t.gpu, t.threads)
+    workers = max(config.workers, 1)
+    per_s = (
+        LOADER_SAMPLES_PER_S.value * LOADER_CROP_BYTES / crop_array_bytes(roi)
+    )  # scaled by the crop's size
+    loading = (train_n + valid_n) * task.in_channels / (per_s * workers)
+    epoch = max(compute, loading) if config.workers else compute + loading
+    binds = "loading binds" if loading > compute else "the model binds"
+    scaled = (
+        "" if crop_array_bytes(roi) == LOADER_CROP_BYTES else f" x its crop / {_bytes(crop_array_bytes(roi))}"
+    )
+    return Estimate(
+        epoch,
+        f"{'max' if config.workers else 'sum'} of model (3 x forward {t.rule}) and loading "
+        f"({task.in_channels} crop(s) per item / ({workers} x loader rate{scaled})): {binds}",
+        (t.rate, LOADER_SAMPLES_PER_S),
+    )
+
+
+def _unit_cost(t: _Training, task, facts: DataFacts, state: RunState) -> _UnitCost:
+    """One unit on every fold: its epochs, held-out predictions and checkpoints, from the crops it trains on
+    (ground truth, out of fold or both, as the step's `train_crops` chooses)."""
+    config = t.config
+    size, tensors, params, flops = _unit_figures(t, task, state)
+    gt, oof = state.gt_crops, state.oof_crops
+    n_gt, n_oof = sum(gt.get(c, 0) for c in task.conditions), sum(oof.get(c, 0) for c in task.conditions)
+    pool = {"gt": n_gt, "oof": n_oof, "both": n_gt + n_oof}[config.train_crops] if n_oof else n_gt
+    train_n, valid_n = pool * t.share, (n_oof or n_gt) / config.n_folds
+    epoch = _unit_epoch(t, task, flops, train_n, valid_n)
+    views = 1 + sum(
+        n_views(c) for c in usable(config.tta, task.crop_kinds)
+    )  # at most, every candidate chosen
+    held_out = valid_n * views * (2 if n_oof and n_gt else 1)  # oof_gt.csv: the ground-truth crops too
+    final = checkpoint_bytes(size, tensors, params)
+    last = checkpoint_bytes(size, tensors, params, "last", config.ema_decay > 0)
+    folds = len(t.folds)
+    return _UnitCost(
+        (f"{task.name}, {train_n:,.0f} training items", epoch),
+        folds * (config.epochs * epoch.value + model_seconds(flops * held_out, t.gpu, t.threads)),
+        folds * (final + (last if config.keep_last else 0)),
+        0 if config.keep_last else last,
+        (2 if config.ema_decay > 0 else 1) * size + 2 * 4 * params,
+        folds * final,
+        folds * flops * views * (n_oof or n_gt) / max(facts.studies, 1),
+    )
+
+
+def _train_ram(t: _Training, facts: DataFacts, held: int) -> Estimate:
+    """Peak RAM of a 03_train step: the measured training process and its workers, + on the CPU the largest
+    unit's weights, EMA and AdamW moments; measured where the setting is scale.md's own."""
+    config, gpu = t.config, t.gpu
+    return Estimate(
+        (TRAIN_MAIN_MIB.value + config.workers * TRAIN_WORKER_MIB.value) * MIB + (0 if gpu else held),
+        f"train RSS with {config.workers} DataLoader worker(s)"
+        + ("" if gpu else " + the largest unit's weights, EMA and AdamW moments"),
+        (TRAIN_MAIN_MIB,),
+        measured=not gpu
+        and config.workers == 2
+        and facts.studies >= 1900  # scale.md's own setting
+        and crop_array_bytes(t.roi) == LOADER_CROP_BYTES,
+    )
+
+
+def classifier_cost(p: dict, facts: DataFacts, state: RunState, machine: Machine) -> StepCost:
+    """03_train: one architecture, every unit of its task mode on every fold: checkpoints, epochs, OOF
+    tables."""
+    t = _training(p, state, machine)
+    config = t.config
+    tasks = build_tasks(
+        config.mode, resolve_conditions(config.mode, config.conditions), config.mirror_right, config.views
+    )
+    units = [_unit_cost(t, task, facts, state) for task in tasks]
+    disk = sum(u.disk for u in units) + max((u.training_last for u in units), default=0)
+    state.members[p["OUTPUT"]] = (sum(u.weights for u in units), sum(u.study_flops for u in units))
     tables = 3 * facts.studies * 25 * 120 + NOTEBOOK_BYTES.value  # predictions, oof, oof_gt
     return StepCost(
         p["OUTPUT"],
-        f"{len(epochs)} unit(s) x {len(folds)} fold(s) x {config.epochs} epochs; training crops "
-        f"{config.train_crops} (ground truth {primary_crops(gt):,}, out of fold {primary_crops(oof):,})",
+        f"{len(units)} unit(s) x {len(t.folds)} fold(s) x {config.epochs} epochs; training crops "
+        f"{config.train_crops} (ground truth {primary_crops(state.gt_crops):,}, out of fold "
+        f"{primary_crops(state.oof_crops):,})",
         Estimate(
             disk + tables,
             "per unit and fold: final.pt (the state dict) of the meta-built model, and the "
             "last.pt (model, EMA, AdamW moments) of the fold in training (every fold's with "
             "keep_last); tables",
         ),
+        _train_ram(t, facts, max((u.held for u in units), default=0)),
         Estimate(
-            (TRAIN_MAIN_MIB.value + config.workers * TRAIN_WORKER_MIB.value) * MIB + (0 if gpu else held),
-            f"train RSS with {config.workers} DataLoader worker(s)"
-            + ("" if gpu else " + the largest unit's weights, EMA and AdamW moments"),
-            (TRAIN_MAIN_MIB,),
-            measured=not gpu
-            and config.workers == 2
-            and facts.studies >= 1900  # scale.md's own setting
-            and crop_array_bytes(roi) == LOADER_CROP_BYTES,
+            sum(u.seconds for u in units),
+            f"folds x epochs x the epochs below, + held-out predictions (validation, TTA) {t.rule}",
+            (t.rate,),
         ),
-        Estimate(
-            seconds,
-            f"folds x epochs x the epochs below, + held-out predictions (validation, TTA) {rule}",
-            (rate,),
-        ),
-        _device(gpu),
-        epochs,
-        [f"GPU memory is not estimated (batch {config.batch_size})"] if gpu else [],
+        _device(t.gpu),
+        [u.epoch for u in units],
+        [f"GPU memory is not estimated (batch {config.batch_size})"] if t.gpu else [],
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,71 @@ def _slice(data_dir: Path, study_id: int, series_id: int, instance: int) -> np.n
     return series.load(stack, [index]).pixels[0].astype(np.float32)
 
 
+def _study_points(data_dir: Path, study_id: int) -> pd.DataFrame:
+    """The study's label points with their series description and grade: what decides the panels and each
+    point's colour."""
+    coords = load_coordinates(data_dir / "train_label_coordinates.csv")
+    coords = coords[coords["study_id"] == study_id]
+    series = load_series_descriptions(data_dir / "train_series_descriptions.csv")
+    labels = load_labels(data_dir / "train.csv")
+    coords = coords.merge(series, on=["study_id", "series_id"]).merge(
+        labels, on=["study_id", "condition", "level"], how="left"
+    )
+    if coords.empty:
+        raise ValueError(f"{data_dir}: study {study_id} has no label coordinates")
+    return coords
+
+
+def _panel(rows: pd.DataFrame) -> tuple[Any, pd.DataFrame]:
+    """The slice most of `rows` lie on, and the rows on it: one slice shows most of a series' points."""
+    instance = rows["instance_number"].mode().iloc[0]
+    return instance, rows[rows["instance_number"] == instance]
+
+
+def _panels(coords: pd.DataFrame) -> list[tuple[str, Any, pd.DataFrame]]:
+    """(title, instance, rows) of each panel: the canal on the Sagittal T2/STIR, each side's foramina on the
+    Sagittal T1, and the axial slice of the worst subarticular grade (where a grade is visible at all)."""
+    panels = []
+    spinal = coords[coords["series_description"] == SAGITTAL_T2]
+    if len(spinal):
+        panels.append(("Sagittal T2/STIR: spinal canal", *_panel(spinal)))
+    for side in ("left", "right"):
+        rows = coords[
+            (coords["series_description"] == SAGITTAL_T1) & coords["condition"].str.startswith(side)
+        ]
+        if len(rows):
+            panels.append((f"Sagittal T1: {side} foramina", *_panel(rows)))
+    axial = coords[coords["series_description"] == AXIAL_T2]
+    if len(axial):
+        worst = axial.sort_values(["grade", "level"], ascending=[False, False]).iloc[0]
+        rows = axial[axial["instance_number"] == worst["instance_number"]]
+        panels.append(
+            (f"Axial T2 at {level_title(worst['level'])}: subarticular", worst["instance_number"], rows)
+        )
+    return panels
+
+
+def _draw_panel(ax, title: str, image: np.ndarray, rows: pd.DataFrame) -> None:
+    """A slice with its points, each ringed and labelled (level, side) in its grade's colour, so the picture
+    shows the grade where the point is."""
+    lo, hi = np.percentile(image, [1, 99.5])
+    ax.imshow(image, cmap="gray", vmin=lo, vmax=hi)
+    for _, r in rows.iterrows():
+        grade = int(r["grade"]) if pd.notna(r["grade"]) else 0
+        ax.plot(r["x"], r["y"], "o", ms=7, mfc="none", mec=GRADE_COLOURS[grade], mew=1.6)
+        side = "L" if r["condition"].startswith("left") else "R" if r["condition"].startswith("right") else ""
+        ax.annotate(
+            f"{level_title(r['level'])}{side}",
+            (r["x"], r["y"]),
+            xytext=(6, -6),
+            textcoords="offset points",
+            color=GRADE_COLOURS[grade],
+            fontsize=7,
+        )
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+
+
 def study_figure(data_dir: str | Path, out: str | Path, study_id: int | None = None, dpi: int = 64) -> Path:
     """Draw one training study's series with its label points and save a PNG.
 
@@ -60,63 +126,11 @@ def study_figure(data_dir: str | Path, out: str | Path, study_id: int | None = N
 
     data_dir = Path(data_dir)
     study_id = _pick_study(data_dir) if study_id is None else int(study_id)
-    coords = load_coordinates(data_dir / "train_label_coordinates.csv")
-    coords = coords[coords["study_id"] == study_id]
-    series = load_series_descriptions(data_dir / "train_series_descriptions.csv")
-    labels = load_labels(data_dir / "train.csv")
-    coords = coords.merge(series, on=["study_id", "series_id"]).merge(
-        labels, on=["study_id", "condition", "level"], how="left"
-    )
-    if coords.empty:
-        raise ValueError(f"{data_dir}: study {study_id} has no label coordinates")
-
-    def panel(rows: pd.DataFrame) -> tuple[str, pd.DataFrame]:
-        instance = rows["instance_number"].mode().iloc[0]
-        return instance, rows[rows["instance_number"] == instance]
-
-    panels = []
-    spinal = coords[coords["series_description"] == SAGITTAL_T2]
-    if len(spinal):
-        panels.append(("Sagittal T2/STIR: spinal canal", *panel(spinal)))
-    for side in ("left", "right"):
-        rows = coords[
-            (coords["series_description"] == SAGITTAL_T1) & coords["condition"].str.startswith(side)
-        ]
-        if len(rows):
-            panels.append((f"Sagittal T1: {side} foramina", *panel(rows)))
-    axial = coords[coords["series_description"] == AXIAL_T2]
-    if len(axial):
-        worst = axial.sort_values(["grade", "level"], ascending=[False, False]).iloc[0]
-        rows = axial[axial["instance_number"] == worst["instance_number"]]
-        panels.append(
-            (f"Axial T2 at {level_title(worst['level'])}: subarticular", worst["instance_number"], rows)
-        )
-
+    panels = _panels(_study_points(data_dir, study_id))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6))
     for ax, (title, instance, rows) in zip(np.atleast_1d(axes), panels):
         image = _slice(data_dir, study_id, int(rows["series_id"].iloc[0]), int(instance))
-        lo, hi = np.percentile(image, [1, 99.5])
-        ax.imshow(image, cmap="gray", vmin=lo, vmax=hi)
-        for _, r in rows.iterrows():
-            grade = int(r["grade"]) if pd.notna(r["grade"]) else 0
-            ax.plot(r["x"], r["y"], "o", ms=7, mfc="none", mec=GRADE_COLOURS[grade], mew=1.6)
-            side = (
-                "L"
-                if r["condition"].startswith("left")
-                else "R"
-                if r["condition"].startswith("right")
-                else ""
-            )
-            ax.annotate(
-                f"{level_title(r['level'])}{side}",
-                (r["x"], r["y"]),
-                xytext=(6, -6),
-                textcoords="offset points",
-                color=GRADE_COLOURS[grade],
-                fontsize=7,
-            )
-        ax.set_title(f"{title}\ninstance {instance}", fontsize=9)
-        ax.set_axis_off()
+        _draw_panel(ax, f"{title}\ninstance {instance}", image, rows)
     handles = [
         plt.Line2D([], [], ls="", marker="o", mfc="none", mec=c, label=g)
         for c, g in zip(GRADE_COLOURS, GRADE_LABELS)
