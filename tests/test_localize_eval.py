@@ -7,7 +7,7 @@ import pytest
 from lumbar.cli import main
 from lumbar.core.tables import write_coordinates
 from lumbar.data.index import INDEX_COLUMNS
-from lumbar.localize.evaluate import localization_errors, summarize, summary_line
+from lumbar.localize.evaluate import condition_lines, localization_errors, summarize, summary_line
 
 STUDY, SAG, OTHER = 1, 10, 11
 SPACING, GAP = 0.5, 4.0  # mm per pixel, mm between sagittal slices
@@ -86,6 +86,17 @@ def test_summary_fractions_and_line(case):
         r"median_mm=0\.000 missing=1",
         line,
     )
+
+
+def test_one_line_per_condition_with_its_own_accuracy(case):
+    pred, truth, index = case
+    lines = condition_lines(summarize(localization_errors(pred, truth, index)))
+    assert lines == [
+        ("localize: spinal_canal_stenosis: within5mm=0.8000 slice_exact=0.4000 slice_pm1=0.6000 "
+        "median_mm=0.000 missing=0"),
+        ("localize: left_neural_foraminal_narrowing: within5mm=0.0000 slice_exact=0.0000 slice_pm1=0.0000 "
+        "median_mm=nan missing=1"),
+    ]
 
 
 def test_cli_prints_table_then_summary_last(case, tmp_path, capsys):

@@ -138,6 +138,16 @@ def slice_histogram(errors: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index", columns=HISTOGRAM_COLUMNS).rename_axis("condition")
 
 
+def condition_lines(summary: pd.DataFrame) -> list[str]:
+    """One line per condition of a `summarize` table: what a log shows of each point kind's accuracy (a good
+    mean can hide a weak kind: the foramina depend on the slice scorer, the recesses on the axial mapping)."""
+    return [
+        f"localize: {condition}: within5mm={row['within5mm']:.4f} slice_exact={row['slice_exact']:.4f} "
+        f"slice_pm1={row['slice_pm1']:.4f} median_mm={row['median_mm']:.3f} missing={int(row['missing'])}"
+        for condition, row in summary.drop(index="all", errors="ignore").iterrows()
+    ]
+
+
 def summary_line(summary: pd.DataFrame) -> str:
     """The last line of `localize-eval` (over all points)."""
     a = summary.loc["all"]
