@@ -71,3 +71,23 @@ def test_foramina_anchor_the_axial_slice_when_the_canal_column_is_a_level_off(sy
         spinal = spinal.sort_values("level")  # each level takes the next one's point; L5/S1 keeps its own
         shifted.loc[spinal.index[:-1], ["instance_number", "x", "y"]] = spinal.iloc[1:][["instance_number", "x", "y"]].to_numpy()
     assert hits(shifted, None) <= 1 and hits(shifted, offset) >= len(levels) - 1
+
+
+def test_without_canal_points_the_foramina_place_every_level_on_its_axial_slice(synthetic_dir):
+    """A study without Sagittal T2/STIR (no canal points): with the learned offset its two foramina still put
+    each level on the right axial slice, so its subarticular targets need not fall back to the prior; without
+    the offset (or with one foramen) the level is left out, as before."""
+    train = load_coordinates(synthetic_dir / "train_label_coordinates.csv")
+    offset = foramina_offset_mm(train, build_index(synthetic_dir, "train", progress=False)[0])
+    coords = load_coordinates(synthetic_dir / "test_label_coordinates.csv")
+    index, _ = build_index(synthetic_dir, "test", progress=False)
+    truth = _subarticular_instances(coords)
+    no_canal = coords[coords["condition"] != "spinal_canal_stenosis"]
+    assert map_axial(no_canal, index).empty
+    mapped = map_axial(no_canal, index, foramina_offset_mm=offset).dropna(subset=["instance_number"])
+    found = {(r.study_id, r.level): int(r.instance_number) for r in mapped.itertuples()}
+    placed = [key for key in found if key in truth.index]
+    hits = sum(any(abs(found[key] - t) <= 1 for t in truth[key]) for key in placed)
+    assert len(placed) >= len(truth) - 1 and hits >= len(placed) - 1
+    one_side = no_canal[no_canal["condition"] != "left_neural_foraminal_narrowing"]
+    assert map_axial(one_side, index, foramina_offset_mm=offset).empty

@@ -61,13 +61,19 @@ def level_anchors(
 ) -> pd.DataFrame:
     """One row per (study, level) with a canal point: `study_id, level, px, py, pz`, the position its axial
     slice is looked for at. The canal point; with `foramina_offset_mm` and both foramen points of the level,
-    the per-coordinate median of the canal point and the two offset foramen points."""
+    the per-coordinate median of the canal point and the two offset foramen points. A study without any canal
+    point (no Sagittal T2/STIR) takes, with the offset, the mean of its two offset foramen points: its levels
+    still reach the axial series instead of leaving the subarticular targets to the prior."""
     wanted = (SPINAL, *FORAMINA) if foramina_offset_mm is not None else (SPINAL,)
     rows = coords[coords["condition"].isin(wanted)].drop_duplicates(["study_id", "condition", "level"])
     points = points_mm(rows.reset_index(drop=True), index)
+    with_canal = set(points.loc[points["condition"] == SPINAL, "study_id"])
     out = []
     for (study_id, level), group in points.groupby(["study_id", "level"], sort=False):
         canal, foramina = _level_points(group)
+        if study_id not in with_canal and foramina_offset_mm is not None and len(foramina) == 2:
+            out.append((study_id, level, *np.mean(foramina + np.asarray(foramina_offset_mm), axis=0)))
+            continue
         if not (group["condition"] == SPINAL).any():
             continue
         anchor = np.full(3, np.nan) if canal is None else canal

@@ -422,11 +422,16 @@ class Localizer:
         """
         if "axial" not in self.models:
             return [], ["no axial model in the run -> no subarticular points"], [], {}
-        if spinal is None:
+        if spinal is None and (self.foramina_offset_mm is None or not parts):
             return [], ["no spinal points to map onto the axial series -> no subarticular points"], [], {}
         found, notes = axial_slices(
             pd.concat(parts, ignore_index=True), study.index, max_distance_mm, self.foramina_offset_mm
         )
+        if spinal is None:
+            notes = [
+                "no canal points: each level's axial slice from its two foramina and the learned offset",
+                *notes,
+            ]
         far = [
             (study.study_id, r.level, float(r.distance_mm))
             for r in found.itertuples()
