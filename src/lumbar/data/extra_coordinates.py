@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from lumbar.core.constants import normalize_level
 from lumbar.core.tables import COORDINATE_COLUMNS, DataFormatError, load_coordinates
 from lumbar.data.geometry import INSTANCE_KEYS, points_mm
 
@@ -123,7 +124,7 @@ def _read_corrected(path: str | os.PathLike) -> pd.DataFrame:
             "series_id": raw["series_id"].astype("int64"),
             "instance_number": raw["instance_number"].astype("int64"),
             "condition": conditions,
-            "level": raw["level"].map(lambda v: str(v).strip().lower().replace("/", "_")),
+            "level": _levels(raw["level"], path),
             "x": raw["relative_x"].astype(float),
             "y": raw["relative_y"].astype(float),
             "relative": True,
@@ -135,6 +136,17 @@ def _read_corrected(path: str | os.PathLike) -> pd.DataFrame:
     table = table.sort_values("side", ascending=False, kind="stable")
     table = table.drop_duplicates(TARGET_KEYS, keep="first").sort_values("line", kind="stable")
     return table.drop(columns="side")
+
+
+def _levels(values: pd.Series, path: str | os.PathLike) -> list[str]:
+    """The levels in snake case (`normalize_level`); an unknown one is an error naming its line."""
+    out = []
+    for i, value in enumerate(values):
+        try:
+            out.append(normalize_level(str(value)))
+        except ValueError as e:
+            raise DataFormatError(path, str(e), line=i + 2) from None
+    return out
 
 
 def check_against_images(table: pd.DataFrame, index: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

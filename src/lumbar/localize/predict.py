@@ -260,21 +260,10 @@ class Localizer:
                 crop_geometry(self.config),
                 self.device,
             )
-        rows = []
-        for (condition, level), (u, v, _), k, c in zip(task.points, pts, slices, conf):
-            h = stack.headers[k]
-            rows.append(
-                (
-                    study_id,
-                    series_id,
-                    h.instance_number,
-                    condition,
-                    level,
-                    u * h.columns - 0.5,
-                    v * h.rows - 0.5,
-                    float(c),
-                )
-            )
+        rows = [
+            _point_row(study_id, series_id, stack.headers[k], condition, level, u, v, c)
+            for (condition, level), (u, v, _), k, c in zip(task.points, pts, slices, conf)
+        ]
         return pd.DataFrame(rows, columns=PREDICTED_COLUMNS)
 
     def axial_points(self, study_id: int, mapped: pd.DataFrame, series: dict[int, Series]) -> pd.DataFrame:
@@ -292,21 +281,11 @@ class Localizer:
         if not inputs:
             return pd.DataFrame(columns=PREDICTED_COLUMNS)
         pts, conf = self.predict(task.name, np.stack(inputs))
-        rows = []
-        for (level, series_id, h), p, pc in zip(places, pts, conf):
-            for (condition, _), (u, v, _), c in zip(task.points, p, pc):
-                rows.append(
-                    (
-                        study_id,
-                        series_id,
-                        h.instance_number,
-                        condition,
-                        level,
-                        u * h.columns - 0.5,
-                        v * h.rows - 0.5,
-                        float(c),
-                    )
-                )
+        rows = [
+            _point_row(study_id, series_id, h, condition, level, u, v, c)
+            for (level, series_id, h), p, pc in zip(places, pts, conf)
+            for (condition, _), (u, v, _), c in zip(task.points, p, pc)
+        ]
         return pd.DataFrame(rows, columns=PREDICTED_COLUMNS)
 
     def localize_study(
@@ -449,6 +428,12 @@ class Localizer:
                 axial_distance,
             )
         return rows, notes, far, axial_distance
+
+
+def _point_row(study_id, series_id, header, condition, level, u, v, confidence) -> tuple:
+    """One `PREDICTED_COLUMNS` row: a heatmap point (u, v in [0, 1]) in the slice's pixel coordinates."""
+    x, y = u * header.columns - 0.5, v * header.rows - 0.5
+    return (study_id, series_id, header.instance_number, condition, level, x, y, float(confidence))
 
 
 def axial_slices(
