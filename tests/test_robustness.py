@@ -1,6 +1,7 @@
 """Per-target and per-study losses, and a run judged on a fresh synthetic set."""
 
 import numpy as np
+import pytest
 
 from lumbar.analysis.robustness import (
     loss_summary,
@@ -57,7 +58,9 @@ def test_reference_tails_separate_the_labels_misses_from_the_pipelines(synthetic
     """A target above 8 that the oracle also pays is not counted as the pipeline's excess; one it does not is."""
     labels = load_labels(synthetic_dir / "train.csv")
     oracle = _noisy_oracle(synthetic_dir, seed=2)
-    oracle = oracle[oracle["row_id"].str.split("_").str[0].astype(int).isin(labels["study_id"])].reset_index(drop=True)
+    oracle = oracle[oracle["row_id"].str.split("_").str[0].astype(int).isin(labels["study_id"])].reset_index(
+        drop=True
+    )
     normal = labels[labels["grade"] == 0].head(2)
     rows = [f"{t.study_id}_{t.condition}_{t.level}" for t in normal.itertuples()]
     wrong = [0.0001, 0.0001, 0.9998]
@@ -68,3 +71,48 @@ def test_reference_tails_separate_the_labels_misses_from_the_pipelines(synthetic
     tails = reference_tails(targets, labels, {"oracle": oracle})
     assert tails["oracle"]["targets_over_8"] >= 1 and tails["oracle"]["target_max"] > 8
     assert tails["oracle_excess_over_8"] == 1  # the other row, and any the two share, are not the pipeline's
+
+
+def test_drop_series_removes_a_share_of_series_from_a_linked_copy_and_scores_each_group(tmp_path):
+    from lumbar.analysis.fresh import drop_series as drop
+    from lumbar.analysis.fresh import group_scores, parse_drop
+    from lumbar.core.tables import load_series_descriptions
+    from lumbar.data.index import build_index
+    from lumbar.data.synthetic import SynthConfig, generate
+    from lumbar.inference.predict import PredictReport
+
+    data = tmp_path / "data"
+    generate(data, SynthConfig(studies=1, test_studies=4, seed=5, image_size=64), oracle=data / "oracle.csv")
+    before = load_series_descriptions(data / "test_series_descriptions.csv")
+    spec = parse_drop(["Sagittal T1=0.25", "Sagittal T1+Sagittal T2/STIR=0.25"])
+    groups = drop(data, tmp_path / "dropped", spec, seed=3)
+
+    assert groups["group"].value_counts().to_dict() == {
+        "intact": 2,
+        "Sagittal T1": 1,
+        "Sagittal T1+Sagittal T2/STIR": 1,
+    }
+    after = load_series_descriptions(tmp_path / "dropped" / "test_series_descriptions.csv")
+    kinds = after.groupby("study_id")["series_description"].agg(set)
+    for r in groups.itertuples():
+        gone = set() if r.group == "intact" else set(r.group.split("+"))
+        assert kinds.get(r.study_id, set()).isdisjoint(gone)
+        for s in before[before["study_id"] == r.study_id].itertuples():
+            present = (tmp_path / "dropped" / "test_images" / str(r.study_id) / str(s.series_id)).is_dir()
+            assert present == (s.series_description not in gone)
+            assert (data / "test_images" / str(r.study_id) / str(s.series_id)).is_dir()  # the source intact
+    assert load_series_descriptions(data / "test_series_descriptions.csv").equals(before)
+    index, _ = build_index(tmp_path / "dropped", "test", progress=False)
+    assert set(index["series_id"]) == set(after["series_id"])
+
+    labels = load_labels(data / "test_labels.csv")
+    oracle = load_submission(data / "oracle.csv")
+    lost = int(groups.loc[groups["group"] == "Sagittal T1", "study_id"].iloc[0])
+    report = PredictReport()
+    report.fallback_rows[lost] = ["a", "b"]
+    scored = group_scores(groups, labels, oracle, oracle, report)
+    assert scored["Sagittal T1"]["prior_rows"] == 2 and scored["intact"]["prior_rows"] == 0
+    assert scored["intact"]["studies"] == 2
+    assert np.isclose(scored["intact"]["score"], scored["intact"]["oracle"])
+    with pytest.raises(ValueError, match="add up"):
+        parse_drop(["Sagittal T1=0.7", "Axial T2=0.4"])

@@ -177,6 +177,13 @@ def _fresh_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-studies", type=int, default=100)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--stir-rate", type=float, default=0.25)
+    p.add_argument(
+        "--drop-series",
+        nargs="+",
+        metavar="SERIES=SHARE",
+        help="a share of test studies without a series type, e.g. 'Sagittal T1=0.1' "
+        "'Sagittal T1+Sagittal T2/STIR=0.05' (each study at most one entry; scores per group)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=2)
 
