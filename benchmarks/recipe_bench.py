@@ -124,7 +124,25 @@ def judge(run_dir: Path, out: Path, fresh_data: Path, seed: int, image_size: int
     row.update({f"term_{t}": getattr(terms, t) for t in TERMS})
     row.update({f"oracle_{t}": getattr(oracle, t) for t in TERMS})
     row.update({k: result[k] for k in ("study_median", "study_p95", "study_max", "targets_over_8")})
+    localize = dict(kv.split("=") for kv in result.get("localize", "").split()[1:])
+    row.update(
+        {f"loc_{k}": float(v) for k, v in localize.items() if k in ("within5mm", "slice_pm1", "median_mm")}
+    )
     return row
+
+
+def label_noise(run_dir: Path) -> dict:
+    """The run's label-noise flags (04) against the generator's noise: flagged share, precision, recall."""
+    path = run_dir / "label_noise" / "summary.json"
+    if not path.is_file():
+        return {}
+    s = json.loads(path.read_text())
+    nan = float("nan")
+    return {
+        "noise_flagged": s["flagged"],
+        "noise_precision": nan if s["precision"] is None else s["precision"],
+        "noise_recall": nan if s["recall"] is None else s["recall"],
+    }
 
 
 def bench_one(args, size: int, seed: int, variants: dict[str, dict]) -> list[dict]:
@@ -162,6 +180,7 @@ def bench_one(args, size: int, seed: int, variants: dict[str, dict]) -> list[dic
                     "oof_oracle": summary.get("oracle", float("nan")),
                     "chosen": summary.get("chosen", ""),
                     **judged,
+                    **label_noise(run_dir),
                     "gap": judged["test_score"] - judged["oracle"],
                     "generate_s": generate_s,
                     "shared_s": shared_s,
