@@ -70,7 +70,8 @@ class StudyBatchSampler(Sampler[list[int]]):
     epoch has a fixed number of batches (the learning-rate schedule counts them): one per that many studies,
     the incomplete last one dropped with `drop_last`. The studies are shuffled, or drawn with replacement with
     probability proportional to `weights`; the batches are then shared out over the ranks (padded by repeating
-    the first ones, as `DistributedSampler` pads).
+    the first ones, as `DistributedSampler` pads). A study drawn twice into one batch keeps its one code: the
+    loss sees it as one study of twice the crops, each an augmentation of its own.
 
     Args:
         studies: one study code per item of the dataset.
