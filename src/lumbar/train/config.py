@@ -21,6 +21,7 @@ from lumbar.core.atomic import write_json
 from lumbar.core.encoders import upgrade_saved_settings
 from lumbar.core.settings import resolve_settings
 from lumbar.preprocess.views import list_views
+from lumbar.train.losses import ANY_SEVERE
 from lumbar.train.mixing import list_mixes
 from lumbar.train.tta import list_tta
 
@@ -60,6 +61,11 @@ class TrainConfig:
         loss: registered loss name (`lumbar.train.losses`): "ce" or "focal".
         class_weights: weight of a sample by its true grade (Normal/Mild, Moderate, Severe): the metric's.
         focal_gamma: focusing parameter of the focal loss.
+        any_severe_weight: competition mode, spinal unit: adds this times the metric's any_severe_spinal term
+            (per study, the weighted binary log loss of max p(severe) over its levels;
+            `lumbar.train.losses.any_severe_term`) to `loss`, the batches then holding whole studies
+            (`lumbar.train.sampling.StudyBatchSampler`: batch_size // 5 studies a batch); the other units
+            train as without it. 0 = off (the loss and batches as before).
         balanced_sampling: draw training samples with probability inverse to their grade's frequency.
         augment: "default" (the task's preset), "none", or comma-separated registered augmentation names.
         mirror_p: probability of a left-right mirror with label swap, where the task allows it.
@@ -154,6 +160,7 @@ class TrainConfig:
     loss: str = "ce"
     class_weights: tuple[float, ...] = (1.0, 2.0, 4.0)
     focal_gamma: float = 2.0
+    any_severe_weight: float = 0.0
     balanced_sampling: bool = False
     augment: str = "default"
     mirror_p: float = 0.5
@@ -203,8 +210,8 @@ class TrainConfig:
         Raises:
             ValueError: an unknown `train_crops`, `select`, `mix` or `tta` name, a crop source without its
             cache,
-                a jitter file without ground-truth training crops, an interval below 1, or patience with
-                select="last".
+                a jitter file without ground-truth training crops, an interval below 1, patience with
+                select="last", or `any_severe_weight` below 0 or outside the competition mode.
         """
         if self.train_crops not in TRAIN_CROPS:
             raise ValueError(f"train_crops={self.train_crops!r}: expected one of {list(TRAIN_CROPS)}")
@@ -227,6 +234,8 @@ class TrainConfig:
             if unknown:
                 raise ValueError(f"{kind}={list(names)}: unknown {unknown}; registered: {registered}")
 
+        self._check_any_severe()
+
         unknown = [v for v in self.views if v not in list_views()]
         if unknown:
             raise ValueError(f"views={list(self.views)}: unknown {unknown}; registered: {list_views()}")
@@ -239,6 +248,20 @@ class TrainConfig:
             raise ValueError(
                 f"patience={self.patience} chooses the stopping epoch on the fold that is then scored "
                 "out of fold; use it with select=best, or set patience=0"
+            )
+
+    def _check_any_severe(self) -> None:
+        if self.loss == ANY_SEVERE:
+            raise ValueError(
+                f"loss={ANY_SEVERE!r} is the term any_severe_weight adds to a loss; "
+                "set loss to ce or focal and any_severe_weight > 0"
+            )
+        if self.any_severe_weight < 0:
+            raise ValueError(f"any_severe_weight={self.any_severe_weight}: expected >= 0 (0 = off)")
+        if self.any_severe_weight > 0 and self.mode != "competition":
+            raise ValueError(
+                f"any_severe_weight={self.any_severe_weight} is the competition metric's term for the "
+                f"competition mode's spinal unit; mode={self.mode!r} has none (set any_severe_weight=0)"
             )
 
     def to_dict(self) -> dict[str, Any]:

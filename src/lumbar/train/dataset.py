@@ -2,7 +2,8 @@
 
 A sample is the dict `image` (C, D, H, W) float32 in [0, 1], `meta` (level one-hot [+ side]) float32,
 `target` (T,) int64 class targets (-1 = no label), `grade` (T,) int64 true grades (-1 = none; the loss
-weights by grade), `index` (position in the items table, to map predictions back).
+weights by grade), `index` (position in the items table, to map predictions back), `study` (a code shared by
+the items of one study and crop source: `RoiDataset.studies`, for a loss over a study's levels together).
 
 Items may come from several caches of one crop geometry (a `source` column: "gt" crops around the label
 points, "oof" crops around the localizer's out-of-fold points; `check_same_crops`).
@@ -197,6 +198,8 @@ class RoiDataset(Dataset):
         self.jitter = jitter if train else None
         self.roi = roi_config(self.cache) if self.jitter is not None else None
         self.axes = {c: task.mirror_axes(c) for c in task.conditions}  # each channel's left-right axis
+        keys = pd.DataFrame({"study": self.items["study_id"], "source": [str(x) for x in self.sources]})
+        self.studies = keys.groupby(["study", "source"], sort=True).ngroup().to_numpy(dtype=np.int64)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's random draws (call before each training epoch)."""
@@ -260,6 +263,7 @@ class RoiDataset(Dataset):
             "target": torch.from_numpy(self.task.targets(grades_arr)),
             "grade": torch.from_numpy(grades_arr),
             "index": index,
+            "study": int(self.studies[index]),
         }
 
     def meta(self, level: str, side: int) -> np.ndarray:

@@ -22,6 +22,11 @@ Crop sources ("train as you infer"): training items come from the ground-truth c
 localizer's out-of-fold crops (`oof_cache`) or both (`train_crops`); validation and the OOF predictions use
 the oof crops whenever they are given, so the OOF score is measured on crops made as test crops are.
 
+Any-severe term (`any_severe_weight` > 0): the competition's spinal unit trains on batches of whole studies
+(`StudyBatchSampler`) with the metric's any_severe_spinal term added to its loss over the batch's studies
+(`losses.any_severe_term`; the `study` of each sample); validation, its loss and the predictions are as
+without it, and so are the other units.
+
 Label-noise cleanup: `exclude` names grades (row_ids, `lumbar.analysis.label_noise`) to leave out of the
 training items; validation and the OOF predictions keep them, so a cleaned round is scored on the same rows.
 
@@ -69,7 +74,7 @@ from lumbar.core.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from lumbar.core.constants import GRADES, row_id
+from lumbar.core.constants import CONDITION_GROUP, GRADES, row_id
 from lumbar.core.paths import data_root
 from lumbar.core.run_contract import ClassifierRecord, save_record
 from lumbar.core.runtime import (
@@ -93,7 +98,7 @@ from lumbar.train.ema import ModelEma
 from lumbar.train.folds import load_or_make_folds, read_folds
 from lumbar.train.history import plot_history, write_history
 from lumbar.train.loggers import Loggers, TensorBoardLogger
-from lumbar.train.losses import build_loss
+from lumbar.train.losses import ANY_SEVERE, build_loss
 from lumbar.train.mixing import BatchMix, mixed_loss
 from lumbar.train.predict import (
     CONFIG_JSON,
@@ -106,7 +111,7 @@ from lumbar.train.predict import (
     unit_sizes,
     unwrap,
 )
-from lumbar.train.sampling import make_train_sampler
+from lumbar.train.sampling import StudyBatchSampler, make_study_batch_sampler, make_train_sampler
 from lumbar.train.tasks import Task, build_tasks, resolve_conditions, validation_score
 from lumbar.train.tta import IDENTITY, candidate_sets, choose_fold_wise, combine, tta_views, usable
 
@@ -238,10 +243,16 @@ class _Learner:
     loss_fn: Any
     weights: torch.Tensor
     mix: BatchMix
+    train_loss_fn: Any = None
 
     @property
     def evaluator(self) -> nn.Module:
         return self.ema if self.ema is not None else self.model
+
+    @property
+    def by_study(self) -> bool:
+        """Whether the training loss reads the batch's study index (`any_severe_weight`)."""
+        return self.train_loss_fn is not None
 
     def checkpoint(self, state: dict[str, Any]) -> dict[str, Any]:
         """`last.pt`'s content: every state a resume needs, the random generators' and the fold's record."""
@@ -688,13 +699,23 @@ def _manifest_entry(ctx: RunContext, summary: dict[str, Any], with_gt: bool) -> 
 def _loader(
     dataset: RoiDataset, sampler, config: TrainConfig, runtime: Runtime, drop_last: bool
 ) -> DataLoader:
+    """The training loader: batches of `batch_size` drawn by `sampler`, or a batch sampler's own batches."""
+    batching = (
+        {"batch_sampler": sampler}
+        if isinstance(sampler, StudyBatchSampler)
+        else {"batch_size": config.batch_size, "sampler": sampler, "drop_last": drop_last}
+    )
     return DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        num_workers=config.workers,
-        pin_memory=runtime.device.type == "cuda",
-        drop_last=drop_last,
+        dataset, num_workers=config.workers, pin_memory=runtime.device.type == "cuda", **batching
+    )
+
+
+def any_severe_unit(config: TrainConfig, task: Task) -> bool:
+    """Whether a unit trains with the any-severe term (`any_severe_weight`): the competition's spinal unit."""
+    return (
+        config.any_severe_weight > 0
+        and task.mode == "competition"
+        and CONDITION_GROUP[task.conditions[0]] == "spinal"
     )
 
 
@@ -764,12 +785,24 @@ def _fold_feed(ctx: RunContext, task: Task, data: FoldData, seed: int) -> _FoldF
     )
     valid_ds = RoiDataset(ctx.caches, task, valid_items, train=False, **common)
     worst = np.array([max(g) for g in train_ds.items["grades"]])
-    sampler = make_train_sampler(
-        train_ds, config.balanced_sampling, worst, runtime.world_size, runtime.rank, seed
-    )
+    drop_last = len(train_ds) // runtime.world_size > config.batch_size  # no 1-sample batches for BatchNorm
+    if any_severe_unit(config, task):
+        sampler = make_study_batch_sampler(
+            train_ds.studies,
+            config.batch_size,
+            config.balanced_sampling,
+            worst,
+            runtime.world_size,
+            runtime.rank,
+            seed,
+            drop_last,
+        )
+    else:
+        sampler = make_train_sampler(
+            train_ds, config.balanced_sampling, worst, runtime.world_size, runtime.rank, seed
+        )
     if config.overfit_batches:
         sampler.shuffle = False
-    drop_last = len(train_ds) // runtime.world_size > config.batch_size  # no 1-sample batches for BatchNorm
     train_loader = _loader(train_ds, sampler, config, runtime, drop_last)
     valid_loader = eval_loader(valid_ds, config.batch_size, config.workers, runtime)
     return _FoldFeed(train_ds, valid_ds, sampler, train_loader, valid_loader, common)
@@ -796,13 +829,18 @@ def _build_learner(config: TrainConfig, runtime: Runtime, task: Task, feed: _Fol
     scheduler = _schedule(optimizer, steps_per_epoch * epochs, round(config.warmup_epochs * steps_per_epoch))
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_scaler)
     loss_fn = build_loss(config.loss, gamma=config.focal_gamma)
+    train_loss_fn = (
+        build_loss(ANY_SEVERE, base=loss_fn, weight=config.any_severe_weight)
+        if any_severe_unit(config, task)
+        else None
+    )
     mix = BatchMix(() if config.overfit_batches else config.mix, config.mix_alpha, config.mix_p, seed)
     weights = torch.as_tensor(config.class_weights, dtype=torch.float32, device=runtime.device)
     if len(config.class_weights) != len(GRADES):
         raise ValueError(
             f"class_weights needs one weight per grade ({len(GRADES)}), got {config.class_weights}"
         )
-    return _Learner(model, net, ema, optimizer, scheduler, scaler, loss_fn, weights, mix)
+    return _Learner(model, net, ema, optimizer, scheduler, scaler, loss_fn, weights, mix, train_loss_fn)
 
 
 def _restore(
@@ -1051,7 +1089,11 @@ def _train_step(
     mixed = learner.mix(x, meta)
     with runtime.autocast():
         logits = learner.net(mixed.x, mixed.meta).float().reshape(len(x), task.num_targets, task.num_classes)
-    loss = mixed_loss(learner.loss_fn, logits, target, w, mixed)
+    if learner.by_study:
+        study = batch["study"].to(runtime.device, non_blocking=True)
+        loss = mixed_loss(learner.train_loss_fn, logits, target, w, mixed, study)
+    else:
+        loss = mixed_loss(learner.loss_fn, logits, target, w, mixed)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if config.grad_clip > 0:

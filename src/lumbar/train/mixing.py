@@ -105,10 +105,24 @@ class BatchMix:
 
 
 def mixed_loss(
-    loss_fn, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, mixed: Mixed
+    loss_fn,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weights: torch.Tensor,
+    mixed: Mixed,
+    study: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The loss of a (possibly) mixed batch: lam L(y) + (1 - lam) L(y') (module docstring)."""
-    loss = loss_fn(logits, target, weights)
+    """The loss of a (possibly) mixed batch: lam L(y) + (1 - lam) L(y') (module docstring).
+
+    With `study` (a loss over whole studies, `lumbar.train.losses.any_severe_term`) the partner part groups
+    each sample by its partner's study: the batch holds whole studies and the pairing is a permutation, so
+    every partner study is whole too.
+    """
+    extra = {} if study is None else {"study": study}
+    loss = loss_fn(logits, target, weights, **extra)
     if mixed.perm is None:
         return loss
-    return mixed.lam * loss + (1.0 - mixed.lam) * loss_fn(logits, target[mixed.perm], weights[mixed.perm])
+    partner = {k: v[mixed.perm] for k, v in extra.items()}
+    return mixed.lam * loss + (1.0 - mixed.lam) * loss_fn(
+        logits, target[mixed.perm], weights[mixed.perm], **partner
+    )
