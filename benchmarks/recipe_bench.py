@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -223,6 +222,17 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+def merged(csv: Path, rows: pd.DataFrame) -> pd.DataFrame:
+    """`bench.csv` with `rows` in place of its rows of the same set, variant and test set: benches of other
+    sizes, seeds or variants into one folder add up to one table."""
+    if not csv.is_file():
+        return rows
+    old = pd.read_csv(csv)
+    key = ["size", "seed", "variant", "test_seed"]
+    kept = old[~old.set_index(key).index.isin(rows.set_index(key).index)]
+    return pd.concat([kept, rows], ignore_index=True).sort_values(key, ignore_index=True)
+
+
 def markdown(table: pd.DataFrame) -> str:
     cells = [
         [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in table.itertuples(index=False)
@@ -261,25 +271,28 @@ def main(argv: list[str] | None = None) -> int:
         help="seed: every size of the first seed before the second (a learning curve early)",
     )
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--report", action="store_true", help="only summarise the folder's bench.csv")
     p.add_argument("--out", type=Path, default=PROJECT_ROOT / "runs/bench")
     args = p.parse_args(argv)
     args.out = args.out.absolute()
     args.out.mkdir(parents=True, exist_ok=True)
     variants = parse_variants(args.variant)
+    if args.report:
+        summary = summarize(pd.read_csv(args.out / "bench.csv"))
+        print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        return 0
     pairs = [(n, s) for s in args.seeds for n in args.sizes]
     if args.order == "size":
         pairs = sorted(pairs)
     print(f"bench: {len(pairs)} sets x {len(variants)} variants -> {args.out} ({sys.executable})", flush=True)
-    rows = []
     csv = args.out / "bench.csv"
     for size, seed in pairs:
-        rows += bench_one(args, size, seed, variants)
-        table = pd.DataFrame(rows)
+        rows = pd.DataFrame(bench_one(args, size, seed, variants))
+        table = merged(csv, rows)
         table.to_csv(csv, index=False)
         summary = summarize(table)
         (args.out / "bench.md").write_text(markdown(summary))
         print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"), flush=True)
-    shutil.copy(csv, args.out / "bench.final.csv")
     return 0
 
 
