@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from lumbar.cli import main
+from lumbar.core.atomic import write_json
 from lumbar.core.constants import CONDITIONS, LEVELS, condition_title, level_title
-from lumbar.core.manifest import read_manifest
+from lumbar.core.manifest import MANIFEST_NAME, read_manifest
 from lumbar.core.tables import COORDINATE_COLUMNS, load_coordinates
 from lumbar.data.index import build_index
 from lumbar.localize import train as train_module
 from lumbar.localize.config import LocalizerConfig
-from lumbar.localize.predict import localize
+from lumbar.localize.predict import Localizer, localize
 from lumbar.localize.tasks import TASKS, placed_coordinates
 from lumbar.localize.train import cache_dir, crop_geometry, prepare_inputs, train_localizer
 
@@ -111,22 +112,75 @@ def test_localize_cli_writes_the_coordinates_format(trained, sample_dir, tmp_pat
                         r"median_mm=[\d.]+ missing=0", last)  # fmt: skip
 
 
-def test_study_missing_a_series_is_reported_and_keeps_its_other_rows(trained, sample_dir, tmp_path):
-    run, _, _ = trained
-    data = tmp_path / "data"
+def _without_series(sample_dir, data, dropped):
+    """The sample studies as a data folder (links) without the series `dropped`."""
     shutil.copy(sample_dir / "train_series_descriptions.csv", data.mkdir() or data)
     for study in STUDIES:
         for series in (sample_dir / "train_images" / str(study)).iterdir():
-            if int(series.name) != T1_OF_FIRST:
+            if int(series.name) not in dropped:
                 (data / "train_images" / str(study)).mkdir(parents=True, exist_ok=True)
                 (data / "train_images" / str(study) / series.name).symlink_to(series, target_is_directory=True)
-    coords, report = localize(data, "train", run, progress=False)
-    counts = coords.groupby(["study_id", "condition"]).size()
+    return data
+
+
+def _run_without_halfspan(run, dst):
+    """The run as one trained before the half-span was recorded (its manifest without the key)."""
+    dst.mkdir()
+    for path in run.iterdir():
+        if path.name != MANIFEST_NAME:
+            (dst / path.name).symlink_to(path)
+    data = read_manifest(run)
+    del data["localizer"]["foramina_halfspan_mm"]
+    write_json(data, dst / MANIFEST_NAME)
+    return dst
+
+
+def test_study_missing_a_series_is_reported_and_keeps_its_other_rows(
+    trained, sample_dir, coords, tmp_path, monkeypatch
+):
+    """Without its Sagittal T1 a study's foramina are placed from its canal on its Sagittal T2/STIR (25 rows);
+    a run trained before the half-span leaves them out (15 rows: the prior's), as before. The canal points are
+    the labelled ones: what is tested is where the foramina go, not how well a one-epoch model finds a canal."""
+    run, _, manifest = trained
+    assert manifest["foramina_halfspan_mm"] is not None
+    sagittal_points = Localizer.sagittal_points
+
+    def labelled(self, task, study_id, series_id, stack, heatmaps=None):
+        predicted = sagittal_points(self, task, study_id, series_id, stack, heatmaps)  # fills the heatmaps
+        truth = coords[(coords["study_id"] == study_id) & coords["condition"].isin({c for c, _ in task.points})]
+        return truth.assign(confidence=0.9)[predicted.columns].reset_index(drop=True)
+
+    monkeypatch.setattr(Localizer, "sagittal_points", labelled)
+    data = _without_series(sample_dir, tmp_path / "data", {T1_OF_FIRST})
+    found, report = localize(data, "train", run, progress=False)
+    counts = found.groupby(["study_id", "condition"]).size()
+    assert counts[STUDIES[1]].sum() == 25 and counts[STUDIES[0]].sum() == 25 and not report.incomplete
+    series = pd.read_csv(sample_dir / "train_series_descriptions.csv").set_index("series_id")["series_description"]
+    foramina = found[(found["study_id"] == STUDIES[0]) & found["condition"].str.contains("foraminal")]
+    assert set(foramina["series_id"].map(series)) == {"Sagittal T2/STIR"} and (foramina["confidence"] == 0.9).all()
+    placed = "no Sagittal T1 series -> foramina placed from the canal and the learned offset, cut from Sagittal T2/STIR"
+    assert (STUDIES[0], placed) in report.notes
+
+    found, report = localize(data, "train", _run_without_halfspan(run, tmp_path / "old"), progress=False)
+    counts = found.groupby(["study_id", "condition"]).size()
     assert counts[STUDIES[1]].sum() == 25
     assert counts[STUDIES[0]].sum() == 15 and "left_neural_foraminal_narrowing" not in counts[STUDIES[0]]
     assert report.incomplete == [STUDIES[0]]
-    assert any(s == STUDIES[0] and "no Sagittal T1 series" in note for s, note in report.notes)
+    assert (STUDIES[0], "no Sagittal T1 series -> no foraminal points") in report.notes
     assert f"study {STUDIES[0]}: no Sagittal T1 series" in report.summary()
+
+
+def test_a_study_without_either_sagittal_series_leaves_its_foramina_to_the_prior(trained, sample_dir, tmp_path):
+    """No Sagittal T1 and no Sagittal T2/STIR: no canal point to place the foramina from, so no row for them
+    (nor for the canal, nor the subarticular recesses: no level to look for on the axial series)."""
+    run, _, _ = trained
+    index, _ = build_index(sample_dir, "train", studies=STUDIES[:1], progress=False)
+    sagittal = set(index.loc[index["series_description"].str.startswith("Sagittal"), "series_id"])
+    data = _without_series(sample_dir, tmp_path / "data", sagittal)
+    coords, report = localize(data, "train", run, progress=False)
+    assert STUDIES[0] not in set(coords["study_id"]) and report.rows_per_study[STUDIES[0]] == 0
+    notes = [note for s, note in report.notes if s == STUDIES[0]]
+    assert "no Sagittal T1 series -> no foraminal points" in notes, notes
 
 
 def test_synthetic_train_then_localize_the_unlabelled_test_split(synthetic_dir, tmp_path):
@@ -139,7 +193,7 @@ def test_synthetic_train_then_localize_the_unlabelled_test_split(synthetic_dir, 
     assert set(report.rows_per_study) == set(index["study_id"])
     for study, rows in index.groupby("study_id"):
         kinds = set(rows["series_description"])
-        expected = 5 * ("Sagittal T2/STIR" in kinds) + 10 * ("Sagittal T1" in kinds) + 10 * (
+        expected = 5 * ("Sagittal T2/STIR" in kinds) + 10 * bool({"Sagittal T1", "Sagittal T2/STIR"} & kinds) + 10 * (
             {"Sagittal T2/STIR", "Axial T2"} <= kinds)  # fmt: skip
         assert report.rows_per_study[study] == expected == (coords["study_id"] == study).sum()
 

@@ -98,7 +98,8 @@ def test_keys_the_contract_does_not_know_stay_where_they_were():
 
 
 def test_a_manifest_written_before_later_keys_comes_back_without_them():
-    """No precision, no axial anchors (`foramina_offset_mm`), no candidates: nothing added, not even null."""
+    """No precision, no axial anchors (`foramina_offset_mm`, `foramina_halfspan_mm`), no candidates: nothing
+    added, not even null."""
     old = {
         "preprocess": {"cache": "cache/gt"},
         "localizer": {"kind": LocalizerRecord.ONE, "backbone": "resnet18", "config": {"size": 96},
@@ -129,8 +130,9 @@ def test_a_fresh_record_is_written_as_the_writers_wrote_it(tmp_path):
     assert list(both.to_dict())[-2:] == ["oof_gt", "oof_score_gt"] and both.to_dict()["oof_score_gt"] is None
     one = LocalizerRecord(kind=LocalizerRecord.ONE, models={}, skipped={}, problems=[])
     assert one.to_dict() == {"kind": LocalizerRecord.ONE, "models": {}, "skipped": {}, "problems": [],
-                             "foramina_offset_mm": None}
-    assert "foramina_offset_mm" not in LocalizerRecord(kind=LocalizerRecord.FOLDS, folds={}).to_dict()
+                             "foramina_offset_mm": None, "foramina_halfspan_mm": None}
+    folds = LocalizerRecord(kind=LocalizerRecord.FOLDS, folds={}).to_dict()
+    assert "foramina_offset_mm" not in folds and "foramina_halfspan_mm" not in folds
     with pytest.raises(ValueError, match="entry of a keyed section"):
         save_record(tmp_path, thesis)
 
@@ -195,7 +197,7 @@ def test_a_run_whose_manifest_predates_later_keys_loads_and_predicts_as_before(t
         if path.name != MANIFEST_NAME:
             os.symlink(path, run / path.name)
     data = read_manifest(tiny_run)
-    for key in ("precision", "foramina_offset_mm"):
+    for key in ("precision", "foramina_offset_mm", "foramina_halfspan_mm"):
         del data["localizer"][key]
     for classifier in data["classifiers"].values():
         del classifier["precision"]
@@ -207,6 +209,7 @@ def test_a_run_whose_manifest_predates_later_keys_loads_and_predicts_as_before(t
     then, now = ensemble_members(tiny_run, read_manifest(tiny_run)), ensemble_members(run, manifest)
     assert [(m.name, m.roi) for m in now[0]] == [(m.name, m.roi) for m in then[0]] and now[1] == then[1]
     pd.testing.assert_frame_equal(now[2], then[2])
-    assert Localizer(run, "cpu").foramina_offset_mm is None
+    old = Localizer(run, "cpu")
+    assert old.foramina_offset_mm is None and old.foramina_halfspan_mm is None and not old.places_foramina
     assert set(run_oof_predictions(run)) == {*data["classifiers"], data["ensemble"]["chosen"]}
     assert referenced_files(inference_manifest(run, data)) == _pattern_files(inference_manifest(run, data))

@@ -263,7 +263,10 @@ class LocalizerRecord(Record):
     TRAINING: ClassVar[str] = "training"
     #: The member name of a single localizer (`members`).
     ALL: ClassVar[str] = "all"
-    NULLS: ClassVar[dict[str, str]] = {"foramina_offset_mm": "models"}  # written by every trained localizer
+    NULLS: ClassVar[dict[str, str]] = {  # written by every trained localizer
+        "foramina_offset_mm": "models",
+        "foramina_halfspan_mm": "models",
+    }
 
     kind: str | None = None
     precision: str | None = None
@@ -291,6 +294,7 @@ class LocalizerRecord(Record):
     implausible_studies: list[int] | None = None
     seconds: float | None = None
     foramina_offset_mm: list[float] | None = None
+    foramina_halfspan_mm: list[float] | None = None
     fold: int | None = None
 
     def members(self) -> dict[str, LocalizerRecord]:

@@ -12,6 +12,11 @@ point and both foramen points (Sagittal T1) moved by that offset: one wrong seri
 move the level. Measured on fresh synthetic sets (predicted points, the demo's localizer): the true axial
 slice exactly 52 % -> 73 % of levels, within one slice 86 % -> 98 %; on a set with 90 % STIR series, where
 the canal points suffer, 18 % -> 68 % and 50 % -> 97 % (docs/localizer.md).
+
+The inverse serves a study without Sagittal T1: with the offset and the foramina's learned left-right
+half-span (`foramina_halfspan_mm`), each canal point places its level's two foramina (`foramina_from_canal`)
+on the slices of the canal's own series through them, so their targets are cropped and predicted instead of
+left to the prior.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import pandas as pd
 
 from lumbar.core.constants import AXIAL_T2, LEVELS
 from lumbar.core.paths import data_root
-from lumbar.core.tables import load_coordinates, write_csv
+from lumbar.core.tables import COORDINATE_COLUMNS, load_coordinates, write_csv
 from lumbar.data.dicom import plane_coordinates
 from lumbar.data.geometry import points_mm
 from lumbar.data.index import load_or_build_index, series_geometry
@@ -46,6 +51,53 @@ def foramina_offset_mm(coords: pd.DataFrame, index: pd.DataFrame) -> list[float]
         if canal is not None and len(foramina) == 2:
             offsets.append(canal - foramina.mean(0))
     return np.median(offsets, axis=0).round(3).tolist() if offsets else None
+
+
+def foramina_halfspan_mm(coords: pd.DataFrame, index: pd.DataFrame) -> list[float] | None:
+    """Median patient-space half of the vector from a level's right foramen to its left one (mm), over the
+    labelled levels that have both; None when none has. Beside `foramina_offset_mm` it places a level's
+    foramina from its canal point alone (`foramina_from_canal`), in a study without Sagittal T1."""
+    points = points_mm(coords[coords["condition"].isin(FORAMINA)], index)
+    halves = []
+    for _, group in points.groupby(["study_id", "level"], sort=False):
+        xyz = group[["px", "py", "pz"]].to_numpy(float)
+        sides = {c: p for c, p in zip(group["condition"], xyz) if not np.isnan(p).any()}
+        if len(sides) == 2:
+            halves.append((sides[FORAMINA[0]] - sides[FORAMINA[1]]) / 2)
+    return np.median(halves, axis=0).round(3).tolist() if halves else None
+
+
+def foramina_from_canal(
+    canal: pd.DataFrame,
+    index: pd.DataFrame,
+    foramina_offset_mm: Sequence[float],
+    foramina_halfspan_mm: Sequence[float],
+    max_distance_mm: float = 10.0,
+) -> pd.DataFrame:
+    """Each canal point's left and right foramen, for a study without Sagittal T1: the canal point minus the
+    offset, plus (left) and minus (right) the half-span, in patient mm, each on the slice of the canal's own
+    series nearest to it among those whose image holds it, so that its crop is cut through the foramen.
+
+    Returns:
+        `COORDINATE_COLUMNS` and `distance_mm` (the foramen's distance to its slice's plane), one row per
+        placed foramen; one that no slice holds within `max_distance_mm` is left out (its target stays
+        with the prior).
+    """
+    points = points_mm(canal[canal["condition"] == SPINAL].reset_index(drop=True), index)
+    points = points[points[["px", "py", "pz"]].notna().all(axis=1)]
+    out = []
+    for (study_id, series_id), group in points.groupby(["study_id", "series_id"], sort=False):
+        slices = index[(index["study_id"] == study_id) & (index["series_id"] == series_id)]
+        centre = group[["px", "py", "pz"]].to_numpy(float) - np.asarray(foramina_offset_mm, float)
+        for condition, sign in zip(FORAMINA, (1.0, -1.0), strict=True):
+            near = nearest_slices(centre + sign * np.asarray(foramina_halfspan_mm, float), slices)
+            out.append(near.assign(study_id=study_id, condition=condition, level=group["level"].to_numpy()))
+    columns = [*COORDINATE_COLUMNS, "distance_mm"]
+    if not out:
+        return pd.DataFrame(columns=columns)
+    placed = pd.concat(out, ignore_index=True)
+    placed = placed[placed["distance_mm"] <= max_distance_mm].reindex(columns=columns)
+    return placed.astype({"series_id": "int64", "instance_number": "int64"}).reset_index(drop=True)
 
 
 def _level_points(group: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray]:
@@ -83,21 +135,20 @@ def level_anchors(
     return pd.DataFrame(out, columns=["study_id", "level", "px", "py", "pz"])
 
 
-def nearest_axial_slices(points: np.ndarray, axial_index: pd.DataFrame) -> pd.DataFrame:
-    """For each point (n, 3), the axial slice whose plane is nearest among those the point falls inside.
+def nearest_slices(points: np.ndarray, slices: pd.DataFrame) -> pd.DataFrame:
+    """For each point (n, 3), the slice (of the index rows `slices`) whose plane is nearest among those the
+    point falls inside.
 
     Returns:
-        One row per point: axial_series_id, instance_number, distance_mm, x, y (pixel on that slice);
-        NaN where no slice contains the point.
+        One row per point: series_id, instance_number, distance_mm, x, y (pixel on that slice); series and
+        instance -1 and the rest NaN where no slice contains the point.
     """
     points = np.atleast_2d(points)
-    g = series_geometry(axial_index)
+    slices = slices.reset_index(drop=True)
+    g = series_geometry(slices)
     dist, x, y = plane_coordinates(g["positions"], g["orientations"], g["spacings"], points)
     inside = (
-        (x >= 0)
-        & (y >= 0)
-        & (x <= axial_index["columns"].to_numpy() - 1)
-        & (y <= axial_index["rows"].to_numpy() - 1)
+        (x >= 0) & (y >= 0) & (x <= slices["columns"].to_numpy() - 1) & (y <= slices["rows"].to_numpy() - 1)
     )
     dist_inside = np.where(inside, dist, np.inf)
     best = np.argmin(dist_inside, axis=1)
@@ -105,8 +156,8 @@ def nearest_axial_slices(points: np.ndarray, axial_index: pd.DataFrame) -> pd.Da
     found = np.isfinite(dist_inside[rows, best])
     return pd.DataFrame(
         {
-            "axial_series_id": np.where(found, axial_index["series_id"].to_numpy()[best], -1),
-            "instance_number": np.where(found, axial_index["instance_number"].to_numpy()[best], -1),
+            "series_id": np.where(found, slices["series_id"].to_numpy()[best], -1),
+            "instance_number": np.where(found, slices["instance_number"].to_numpy()[best], -1),
             "distance_mm": np.where(found, dist_inside[rows, best], np.nan),
             "x": np.where(found, x[rows, best], np.nan),
             "y": np.where(found, y[rows, best], np.nan),
@@ -141,9 +192,8 @@ def map_axial(
         result = pd.DataFrame({"study_id": study_id, "level": group["level"].to_numpy()})
         valid = group[["px", "py", "pz"]].notna().all(axis=1).to_numpy()
         if len(study_axial) and valid.any():
-            near = nearest_axial_slices(
-                group[["px", "py", "pz"]].to_numpy()[valid], study_axial.reset_index(drop=True)
-            )
+            near = nearest_slices(group[["px", "py", "pz"]].to_numpy()[valid], study_axial)
+            near = near.rename(columns={"series_id": "axial_series_id"})
             for col in near.columns:
                 result.loc[valid, col] = near[col].to_numpy()
         out.append(result)

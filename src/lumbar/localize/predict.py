@@ -3,7 +3,9 @@
 Per study:
 1. Sagittal T2/STIR -> the 5 spinal-canal points and their slice (`sag_t2`).
 2. Sagittal T1 -> left and right foramen per level, each with its own slice (`sag_t1`), the slice refined
-   by the slice scorer (`lumbar.localize.slice_refine`) when the run has one.
+   by the slice scorer (`lumbar.localize.slice_refine`) when the run has one. A study without Sagittal T1
+   gets them placed from its canal points (`lumbar.localize.axial.foramina_from_canal`), on the slices of
+   its Sagittal T2/STIR through them.
 3. The predicted spinal points -> `lumbar.localize.axial.map_axial` -> each level's axial slice; that slice
    and its neighbours -> the left and right subarticular points (`axial`); both sides share the slice.
 
@@ -39,7 +41,14 @@ from lumbar.core.runtime import resolve_device
 from lumbar.core.tables import COORDINATE_COLUMNS, write_coordinates
 from lumbar.data.dicom import DicomReadError, Series, Stack, patient_to_pixel, read_series
 from lumbar.data.index import load_or_build_index, series_geometry
-from lumbar.localize.axial import AXIAL_MAP_COLUMNS, SPINAL, level_anchors, map_axial
+from lumbar.localize.axial import (
+    AXIAL_MAP_COLUMNS,
+    FORAMINA,
+    SPINAL,
+    foramina_from_canal,
+    level_anchors,
+    map_axial,
+)
 from lumbar.localize.confidence import check_level_set
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.heatmap import decode_columns, decode_heatmaps, point_confidence
@@ -51,6 +60,10 @@ from lumbar.localize.volumes import axial_input, normalize_intensity, sagittal_i
 
 #: Predicted coordinates: the label format plus each point's confidence (`Localizer.predict`).
 PREDICTED_COLUMNS = [*COORDINATE_COLUMNS, "confidence"]
+#: What each sagittal task's rows are, for the notes on a study without them.
+TASK_POINTS = {"sag_t2": "spinal", "sag_t1": "foraminal"}
+#: The note's consequence for a study whose foramina come from its canal (`foramina_from_canal`).
+PLACED_NOTE = f"foramina placed from the canal and the learned offset, cut from {SAGITTAL_T2}"
 
 
 @dataclass
@@ -166,6 +179,9 @@ class Localizer:
         # where each level's axial slice is looked for (`lumbar.localize.axial.level_anchors`); older runs:
         # the canal
         self.foramina_offset_mm = np.mean(offsets, axis=0).tolist() if offsets else None
+        spans = [e.foramina_halfspan_mm for e in chosen if e.foramina_halfspan_mm is not None]
+        # with the offset, a study's foramina without Sagittal T1 (`foramina_from_canal`); older runs: none
+        self.foramina_halfspan_mm = np.mean(spans, axis=0).tolist() if spans else None
         self.forward_seconds = (
             0.0  # inside the heatmap models (the rest of localisation is reading and resampling)
         )
@@ -313,11 +329,26 @@ class Localizer:
             study, parts, spinal, axial_max_distance_mm
         )
         notes += axial_notes
-        parts = [p for p in parts + axial if len(p)]
+        placed = []
+        if spinal is not None and len(parts) == 1 and self.places_foramina:
+            placed, placed_notes = self._placed_foramina(study, spinal)
+            notes += placed_notes
+        parts = [p for p in parts + placed + axial if len(p)]
         table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=PREDICTED_COLUMNS)
         table, doubts = check_level_set(table, index, axial_distance)
         notes += [f"implausible level set: {d}" for d in doubts]
         return table, notes, far
+
+    @property
+    def places_foramina(self) -> bool:
+        """Whether a study without foraminal rows (no Sagittal T1, or an unreadable one) but with canal rows
+        gets its foramina from the canal (`foramina_from_canal`): a run with a foraminal model that recorded
+        the offset and the half-span (runs trained before the half-span leave them to the prior)."""
+        return (
+            "sag_t1" in self.models
+            and self.foramina_offset_mm is not None
+            and self.foramina_halfspan_mm is not None
+        )
 
     def _sagittal_parts(
         self, study: _Study
@@ -327,14 +358,15 @@ class Localizer:
 
         Returns:
             The parts, the spinal rows and their canal heatmaps and stack (the repair's evidence; both None
-            without spinal rows), and a note for each task without rows.
+            without spinal rows), and a note for each task without rows: why, and what takes their place.
         """
         parts, notes = [], []
         spinal, canal_maps = None, None
         for name, description in (("sag_t2", SAGITTAL_T2), ("sag_t1", SAGITTAL_T1)):
             found = self._sagittal_task(study, name, description)
             if isinstance(found, str):
-                notes.append(found)
+                placed = name == "sag_t1" and spinal is not None and self.places_foramina
+                notes.append(f"{found} -> " + (PLACED_NOTE if placed else f"no {TASK_POINTS[name]} points"))
                 continue
             rows, heatmaps, stack = found
             parts.append(rows)
@@ -346,14 +378,13 @@ class Localizer:
         self, study: _Study, name: str, description: str
     ) -> tuple[pd.DataFrame, list[torch.Tensor], Stack] | str:
         """One sagittal task's rows on the largest stack of the study's series of its kind, with the heatmaps
-        kept for the canal (`sag_t2`) and the stack; or, when it has none, the note that says why."""
+        kept for the canal (`sag_t2`) and the stack; or, when it has none, why."""
         task = TASKS[name]
-        what = "spinal" if name == "sag_t2" else "foraminal"
         if name not in self.models:
-            return f"no {name} model in the run -> no {what} points"
+            return f"no {name} model in the run"
         choice = choose_stack(study.index, description)
         if choice is None:
-            return f"no {description} series -> no {what} points"
+            return f"no {description} series"
         series_id, stack_index = choice
         try:
             stack = study.series(series_id).stack(stack_index)
@@ -362,7 +393,7 @@ class Localizer:
                 task, study.study_id, series_id, stack, heatmaps if name == "sag_t2" else None
             )
         except DicomReadError as e:
-            return f"{description} series {series_id} unreadable ({e}) -> no {what} points"
+            return f"{description} series {series_id} unreadable ({e})"
         return rows, heatmaps, stack
 
     def _repaired(
@@ -384,6 +415,19 @@ class Localizer:
         is_canal = both["condition"] == SPINAL
         spinal = both[is_canal].reset_index(drop=True)
         return spinal, [spinal, both[~is_canal].reset_index(drop=True)], repaired
+
+    def _placed_foramina(self, study: _Study, spinal: pd.DataFrame) -> tuple[list[pd.DataFrame], list[str]]:
+        """The foraminal rows of a study without Sagittal T1 rows, placed from its canal points on their
+        Sagittal T2/STIR series (`foramina_from_canal`), each with its canal point's confidence (the only
+        evidence of where its level is); and a note on the foramina no slice holds (they stay with the prior).
+        """
+        placed = foramina_from_canal(spinal, study.index, self.foramina_offset_mm, self.foramina_halfspan_mm)
+        confidence = spinal.drop_duplicates("level").set_index("level")["confidence"]
+        rows = placed.assign(confidence=placed["level"].map(confidence).to_numpy())
+        found = set(zip(placed["condition"], placed["level"], strict=True))
+        lost = [f"{c.split('_')[0]} {lv}" for c in FORAMINA for lv in spinal["level"] if (c, lv) not in found]
+        notes = [f"no {SAGITTAL_T2} slice holds the placed foramen at {', '.join(lost)}"] if lost else []
+        return [rows[PREDICTED_COLUMNS]], notes
 
     def _subarticular(
         self,

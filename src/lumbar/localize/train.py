@@ -41,7 +41,7 @@ from lumbar.core.tables import load_coordinates
 from lumbar.data.dicom import DicomReadError, Series, Stack, read_series
 from lumbar.data.index import load_or_build_index
 from lumbar.localize.augment import random_affine, random_depth_affine, random_intensity, random_mirror
-from lumbar.localize.axial import foramina_offset_mm
+from lumbar.localize.axial import foramina_halfspan_mm, foramina_offset_mm
 from lumbar.localize.config import LocalizerConfig
 from lumbar.localize.fit import fit
 from lumbar.localize.heatmap import HeatmapNet, heatmap_loss
@@ -312,6 +312,7 @@ def train_localizer(
     finally:
         teardown_runtime(runtime)
     record.foramina_offset_mm = foramina_offset_mm(placed, index)  # the axial anchors (localize.axial)
+    record.foramina_halfspan_mm = foramina_halfspan_mm(placed, index)  # foramina without Sagittal T1
     if member is None:
         save_record(run, record)
     return record.to_dict()

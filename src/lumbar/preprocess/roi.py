@@ -3,9 +3,10 @@
 Each series of the study is read once (headers only, `read_series`), for all conditions and levels that
 use it; then only the slices the missing samples need are decoded (`Stack.load(indices)`), once per
 stack. A coordinate row names its own series and instance, so the same code serves the spinal canal
-(Sagittal T2/STIR point), the foramina (the Sagittal T1 slice of that side's point) and the subarticular
-recesses (the Axial T2 slice of the level, left and right as separate samples), whether the coordinates
-are ground truth or a localizer's predictions.
+(Sagittal T2/STIR point), the foramina (the Sagittal T1 slice of that side's point, or in a study without
+Sagittal T1 the Sagittal T2/STIR slice the localizer placed it on) and the subarticular recesses (the Axial T2
+slice of the level, left and right as separate samples), whether the coordinates are ground truth or a
+localizer's predictions: no condition is tied to a series here.
 
 Per sample: the raw slices it needs are clipped to their own 1-99 percentiles and scaled to [0, 1]
 (`intensity`), the window is resampled around the label point projected onto each slice (`windows`),
