@@ -138,8 +138,9 @@ def _run_without_halfspan(run, dst):
 def test_study_missing_a_series_is_reported_and_keeps_its_other_rows(
     trained, sample_dir, coords, tmp_path, monkeypatch
 ):
-    """Without its Sagittal T1 a study's foramina are placed from its canal on its Sagittal T2/STIR (25 rows);
-    a run trained before the half-span leaves them out (15 rows: the prior's), as before. The canal points are
+    """Without its Sagittal T1 a study's foramina are placed from its canal on its Sagittal T2/STIR (25 rows)
+    when asked (`place_foramina`); by default, and in a run trained before the half-span, they are left out (15
+    rows: the prior's), as before. The canal points are
     the labelled ones: what is tested is where the foramina go, not how well a one-epoch model finds a canal."""
     run, _, manifest = trained
     assert manifest["foramina_halfspan_mm"] is not None
@@ -152,7 +153,7 @@ def test_study_missing_a_series_is_reported_and_keeps_its_other_rows(
 
     monkeypatch.setattr(Localizer, "sagittal_points", labelled)
     data = _without_series(sample_dir, tmp_path / "data", {T1_OF_FIRST})
-    found, report = localize(data, "train", run, progress=False)
+    found, report = localize(data, "train", run, progress=False, place_foramina=True)
     counts = found.groupby(["study_id", "condition"]).size()
     assert counts[STUDIES[1]].sum() == 25 and counts[STUDIES[0]].sum() == 25 and not report.incomplete
     series = pd.read_csv(sample_dir / "train_series_descriptions.csv").set_index("series_id")["series_description"]
@@ -161,13 +162,17 @@ def test_study_missing_a_series_is_reported_and_keeps_its_other_rows(
     placed = "no Sagittal T1 series -> foramina placed from the canal and the learned offset, cut from Sagittal T2/STIR"
     assert (STUDIES[0], placed) in report.notes
 
-    found, report = localize(data, "train", _run_without_halfspan(run, tmp_path / "old"), progress=False)
-    counts = found.groupby(["study_id", "condition"]).size()
-    assert counts[STUDIES[1]].sum() == 25
-    assert counts[STUDIES[0]].sum() == 15 and "left_neural_foraminal_narrowing" not in counts[STUDIES[0]]
-    assert report.incomplete == [STUDIES[0]]
-    assert (STUDIES[0], "no Sagittal T1 series -> no foraminal points") in report.notes
-    assert f"study {STUDIES[0]}: no Sagittal T1 series" in report.summary()
+    old = _run_without_halfspan(run, tmp_path / "old")
+    for found, report in (
+        localize(data, "train", run, progress=False),  # placing is off by default
+        localize(data, "train", old, progress=False, place_foramina=True),
+    ):
+        counts = found.groupby(["study_id", "condition"]).size()
+        assert counts[STUDIES[1]].sum() == 25
+        assert counts[STUDIES[0]].sum() == 15 and "left_neural_foraminal_narrowing" not in counts[STUDIES[0]]
+        assert report.incomplete == [STUDIES[0]]
+        assert (STUDIES[0], "no Sagittal T1 series -> no foraminal points") in report.notes
+        assert f"study {STUDIES[0]}: no Sagittal T1 series" in report.summary()
 
 
 def test_a_study_without_either_sagittal_series_leaves_its_foramina_to_the_prior(trained, sample_dir, tmp_path):
@@ -193,7 +198,7 @@ def test_synthetic_train_then_localize_the_unlabelled_test_split(synthetic_dir, 
     assert set(report.rows_per_study) == set(index["study_id"])
     for study, rows in index.groupby("study_id"):
         kinds = set(rows["series_description"])
-        expected = 5 * ("Sagittal T2/STIR" in kinds) + 10 * bool({"Sagittal T1", "Sagittal T2/STIR"} & kinds) + 10 * (
+        expected = 5 * ("Sagittal T2/STIR" in kinds) + 10 * ("Sagittal T1" in kinds) + 10 * (
             {"Sagittal T2/STIR", "Axial T2"} <= kinds)  # fmt: skip
         assert report.rows_per_study[study] == expected == (coords["study_id"] == study).sum()
 

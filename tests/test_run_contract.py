@@ -209,7 +209,7 @@ def test_a_run_whose_manifest_predates_later_keys_loads_and_predicts_as_before(t
     then, now = ensemble_members(tiny_run, read_manifest(tiny_run)), ensemble_members(run, manifest)
     assert [(m.name, m.roi) for m in now[0]] == [(m.name, m.roi) for m in then[0]] and now[1] == then[1]
     pd.testing.assert_frame_equal(now[2], then[2])
-    old = Localizer(run, "cpu")
+    old = Localizer(run, "cpu", place_foramina=True)
     assert old.foramina_offset_mm is None and old.foramina_halfspan_mm is None and not old.places_foramina
     assert set(run_oof_predictions(run)) == {*data["classifiers"], data["ensemble"]["chosen"]}
     assert referenced_files(inference_manifest(run, data)) == _pattern_files(inference_manifest(run, data))

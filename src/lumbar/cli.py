@@ -163,6 +163,12 @@ def _localize(p: argparse.ArgumentParser) -> None:
         default=float("inf"),
         help="levels whose nearest axial slice is farther get no subarticular rows (default: none)",
     )
+    p.add_argument(
+        "--place-foramina",
+        action="store_true",
+        help="a study without Sagittal T1 gets its foramina from its canal, cut from Sagittal T2/STIR "
+        "(off: measured worse than the prior with Sagittal T1-trained classifiers, docs/localizer.md)",
+    )
 
 
 @command(
@@ -186,6 +192,12 @@ def _fresh_eval(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--place-foramina",
+        action="store_true",
+        help="a study without Sagittal T1 gets its foramina from its canal, cut from Sagittal T2/STIR "
+        "(off: measured worse than the prior with Sagittal T1-trained classifiers, docs/localizer.md)",
+    )
 
 
 @command(

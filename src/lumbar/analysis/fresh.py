@@ -135,6 +135,7 @@ def fresh_eval(
     workers: int = 2,
     progress: bool = True,
     drop: dict[str, float] | None = None,
+    place_foramina: bool = False,
 ) -> dict:
     """Generate (or reuse) a fresh synthetic set, predict its test studies with the run, score them.
 
@@ -160,7 +161,13 @@ def fresh_eval(
         folder.mkdir(parents=True, exist_ok=True)
         groups = drop_series(data, folder / "data", drop, seed)
         data = folder / "data"
-    options = PredictOptions(device=device, workers=workers, progress=progress, max_fallback_share=1.0)
+    options = PredictOptions(
+        device=device,
+        workers=workers,
+        progress=progress,
+        max_fallback_share=1.0,
+        place_foramina=place_foramina,
+    )
     submission, report = predict(data, "test", run_dir, out=folder / "submission.csv", options=options)
     labels = load_labels(data / "test_labels.csv")
     studies = sorted(labels["study_id"].unique())
@@ -225,6 +232,7 @@ def cli_fresh_eval(args: argparse.Namespace) -> int:
             args.device,
             args.workers,
             drop=parse_drop(args.drop_series),
+            place_foramina=args.place_foramina,
         )
         print(result_line(r))
         if "localize" in r:

@@ -215,6 +215,8 @@ class PredictOptions:
             above and is timed; the later chunks use the largest cap projected to fit
             (`lumbar.inference.budget.plan_to_budget`); a chunk that would end past the budget is not
             started, and its studies and all after it get prior rows (noted, counted in the record).
+        place_foramina: a study without Sagittal T1 gets its foramina from its canal (`Localizer` of
+            `lumbar.localize.predict`; off: the prior's rows, which scored better on a fresh set).
         on_error: "raise": an error that is not a data error propagates (a programming error must be seen);
             "prior": it gives the chunk's studies prior rows, noted with the error (the Kaggle kernel).
     """
@@ -229,6 +231,7 @@ class PredictOptions:
     max_members: int = 0
     time_budget_s: float = 0.0
     on_error: str = "raise"
+    place_foramina: bool = False
 
 
 def predict(
@@ -311,7 +314,11 @@ def _predict_chunks(
     plan = static_plan(params, available, options.max_folds, options.max_members)
     members, params = [m for m in members if m.name in plan.members], restrict_params(params, plan.members)
     by_study = _index_studies(job.root, job.split, options.workers, report)
-    localizer = Localizer(job.run_dir, options.device) if job.coords is None else None
+    localizer = (
+        Localizer(job.run_dir, options.device, place_foramina=options.place_foramina)
+        if job.coords is None
+        else None
+    )
     studies = report.studies
     chunks = [studies[i : i + options.chunk_studies] for i in range(0, len(studies), options.chunk_studies)]
     parts = []

@@ -149,8 +149,15 @@ class Localizer:
         members: names of the localizers to use (default: all of them).
     """
 
-    def __init__(self, run: str | os.PathLike, device: str = "auto", members: list[str] | None = None):
+    def __init__(
+        self,
+        run: str | os.PathLike,
+        device: str = "auto",
+        members: list[str] | None = None,
+        place_foramina: bool = False,
+    ):
         self.run = Path(run)
+        self.place_foramina = place_foramina
         available = localizer_members(self.run)
         names = list(available) if members is None else list(members)
         unknown = [n for n in names if n not in available]
@@ -342,10 +349,12 @@ class Localizer:
     @property
     def places_foramina(self) -> bool:
         """Whether a study without foraminal rows (no Sagittal T1, or an unreadable one) but with canal rows
-        gets its foramina from the canal (`foramina_from_canal`): a run with a foraminal model that recorded
-        the offset and the half-span (runs trained before the half-span leave them to the prior)."""
+        gets its foramina from the canal (`foramina_from_canal`): asked for (`place_foramina`, off by default:
+        a classifier trained on Sagittal T1 crops graded the placed Sagittal T2/STIR crops worse than the
+        prior, docs/localizer.md) and a run with a foraminal model that recorded the offset and half-span."""
         return (
-            "sag_t1" in self.models
+            self.place_foramina
+            and "sag_t1" in self.models
             and self.foramina_offset_mm is not None
             and self.foramina_halfspan_mm is not None
         )
@@ -559,6 +568,7 @@ def localize(
     axial_max_distance_mm: float = math.inf,
     progress: bool = True,
     members: list[str] | None = None,
+    place_foramina: bool = False,
 ) -> tuple[pd.DataFrame, LocalizeReport]:
     """Predicted coordinates (the `train_label_coordinates.csv` format) for the studies of a split.
 
@@ -573,10 +583,11 @@ def localize(
             (default: always take the nearest slice; distances over 10 mm are reported).
         progress: tqdm bar.
         members: the run's localizers to use (`Localizer`; default all, averaged).
+        place_foramina: a study without Sagittal T1 gets its foramina from its canal (`Localizer`).
     """
     t0 = time.perf_counter()
     root = data_root(data_dir, must_exist=True)
-    localizer = Localizer(run, device, members)
+    localizer = Localizer(run, device, members, place_foramina)
     if index is None:
         index = load_or_build_index(root, split, studies=studies)
     elif studies is not None:
@@ -621,6 +632,7 @@ def cli_localize(args: argparse.Namespace) -> int:
         index=index,
         device=args.device,
         axial_max_distance_mm=args.axial_max_distance_mm,
+        place_foramina=args.place_foramina,
     )
     write_coordinates(coords, args.out)
     print(report.summary())
