@@ -19,12 +19,12 @@ Every figure is an estimate and says what it rests on:
 
 The rules:
 
-- crop caches (01; 02's around the out-of-fold points): arrays x (out_depth + 2 pad_slices) x (size + 2
-  pad_px)^2 x 2 B (float16) + a 128 B .npy header + ~200 B of table rows. 01's arrays: one per ground-truth
-  coordinate row whose image is in the index, plus each second view at most once per row of its group in a
-  study that has a row on the view's series (a point more than 10 mm off that series gets no view: an upper
-  bound). 02's: 5 levels of every condition whose series the study has (subarticular also needs the Sagittal
-  T2/STIR, as `localize` does).
+- crop caches (01; 02's around the out-of-fold points): arrays x (depth + 2 pad_slices) x (size + 2 pad_px)^2
+  x 2 B (float16) + a 128 B .npy header + ~200 B of table rows (depth: each group's slab). 01's arrays: one
+  per ground-truth coordinate row whose image is in the index, plus each second view at most once per row of
+  its group in a study that has a row on the view's series (a point more than 10 mm off that series gets no
+  view: an upper bound). 02's: 5 levels of every condition whose series the study has (subarticular also needs
+  the Sagittal T2/STIR, as `localize` does).
 - the localizer's decoded inputs: samples x stored channels x size^2 x 2 B, and the slice scorer's crops of
   every slice of its stack per labelled point; decoded in the notebook's one process.
 - checkpoints: `final.pt`/`best.pt` = the state dict; `last.pt` = the model, its EMA and AdamW's two moments
@@ -324,16 +324,38 @@ def oof_rows(index: pd.DataFrame, studies: set[int]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["study_id", "condition", "level"])
 
 
-def crop_array_bytes(roi) -> int:
-    """Bytes of one stored crop (`lumbar.preprocess.cache`): float16 with its jitter context, and its
-    header."""
+def crop_depth(roi, key: str | None = None) -> int:
+    """Slices of a crop of a condition, or of a second view (its target's group's slab); None: the common."""
+    if key is None:
+        return roi.out_depth
+    if key not in CONDITIONS:
+        key = next(c for c in CONDITIONS if CONDITION_GROUP[c] == get_view(key).group)
+    return roi.depth_of(key)
+
+
+def unit_depth(roi, task) -> int:
+    """The one depth of a unit's crops; a unit stacking crops of several depths is an error naming the
+    slabs."""
+    depths = {c: roi.depth_of(c) for c in task.conditions}
+    if len(set(depths.values())) > 1:
+        raise ValueError(
+            f"unit {task.name!r} stacks crops of {depths} slices as channels of one sample; give its "
+            "groups one slab (01_preprocess spinal_slices / foraminal_slices / subarticular_slices) or "
+            "train a one-crop mode"
+        )
+    return next(iter(depths.values()))
+
+
+def crop_array_bytes(roi, key: str | None = None) -> int:
+    """Bytes of one stored crop (`lumbar.preprocess.cache`) of a condition or view (`crop_depth`): float16
+    with its jitter context, and its header."""
     side = roi.size + 2 * roi.pad_px
-    return 2 * (roi.out_depth + 2 * roi.pad_slices) * side * side + NPY_HEADER_BYTES
+    return 2 * (crop_depth(roi, key) + 2 * roi.pad_slices) * side * side + NPY_HEADER_BYTES
 
 
 def cache_bytes(counts: Mapping[str, int], roi) -> int:
     """A crop cache on disk: its arrays and their table rows, params.json and the failure lists."""
-    return sum(counts.values()) * (crop_array_bytes(roi) + TABLE_BYTES_PER_ROW) + 16 * 1024
+    return sum(n * (crop_array_bytes(roi, k) + TABLE_BYTES_PER_ROW) for k, n in counts.items()) + 16 * 1024
 
 
 def localizer_samples(coords: pd.DataFrame, index: pd.DataFrame, config) -> dict[str, dict[str, Any]]:
@@ -513,9 +535,17 @@ def _cache_disk(counts: Mapping[str, int], roi) -> Estimate:
     side = roi.size + 2 * roi.pad_px
     return Estimate(
         cache_bytes(counts, roi),
-        f"{sum(counts.values()):,} arrays x {roi.out_depth + 2 * roi.pad_slices}"
+        f"{sum(counts.values()):,} arrays x {_depths(counts, roi)}"
         f" x {side} x {side} x 2 B (float16) + 128 B header + table rows",
     )
+
+
+def _depths(counts: Mapping[str, int], roi) -> str:
+    """The stored slices of a cache's arrays: one number, or each group's where slabs differ."""
+    if not roi.slabbed:
+        return str(roi.out_depth + 2 * roi.pad_slices)
+    by_group = {g: crop_depth(roi, next(c for c in CONDITIONS if CONDITION_GROUP[c] == g)) for g in GROUPS}
+    return "(" + ", ".join(f"{g} {d + 2 * roi.pad_slices}" for g, d in by_group.items()) + ")"
 
 
 def _crop_build(counts: Mapping[str, int], studies: int, workers: int) -> tuple[Estimate, Estimate]:
@@ -824,9 +854,10 @@ def _unit_figures(t: _Training, task, state: RunState) -> tuple[int, int, int, f
 
     config, roi = t.config, t.roi
     sizes = unit_sizes(task, config.fusion)
+    depth = unit_depth(roi, task)
     key = (
         config.arch,
-        roi.out_depth,
+        depth,
         roi.size,
         repr(sorted(config.model_kwargs.items())),
         tuple(sorted(sizes.items())),
@@ -836,14 +867,14 @@ def _unit_figures(t: _Training, task, state: RunState) -> tuple[int, int, int, f
         key,
         lambda: build_model(
             config.arch,
-            depth=roi.out_depth,
+            depth=depth,
             pretrained="none",
             drop_rate=config.drop_rate,
             **sizes,
             **config.model_kwargs,
         ),
         lambda: (
-            torch.zeros(1, sizes["in_channels"], roi.out_depth, roi.size, roi.size),
+            torch.zeros(1, sizes["in_channels"], depth, roi.size, roi.size),
             torch.zeros(1, sizes["num_meta"]),
         ),
     )
@@ -856,15 +887,12 @@ def _unit_epoch(t: _Training, task, flops: float, train_n: float, valid_n: float
     validated = math.ceil(config.epochs / config.val_every) / config.epochs  # validations per epoch
     compute = model_seconds(flops * (3 * train_n + validated * valid_n), t.gpu, t.threads)
     workers = max(config.workers, 1)
-    per_s = (
-        LOADER_SAMPLES_PER_S.value * LOADER_CROP_BYTES / crop_array_bytes(roi)
-    )  # scaled by the crop's size
+    crop = crop_array_bytes(roi, task.conditions[0])
+    per_s = LOADER_SAMPLES_PER_S.value * LOADER_CROP_BYTES / crop  # scaled by the crop's size
     loading = (train_n + valid_n) * task.in_channels / (per_s * workers)
     epoch = max(compute, loading) if config.workers else compute + loading
     binds = "loading binds" if loading > compute else "the model binds"
-    scaled = (
-        "" if crop_array_bytes(roi) == LOADER_CROP_BYTES else f" x its crop / {_bytes(crop_array_bytes(roi))}"
-    )
+    scaled = "" if crop == LOADER_CROP_BYTES else f" x its crop / {_bytes(crop)}"
     return Estimate(
         epoch,
         f"{'max' if config.workers else 'sum'} of model (3 x forward {t.rule}) and loading "

@@ -23,6 +23,8 @@ from lumbar.preprocess.views import get_view
 
 MODES: tuple[str, ...] = ("target_window", "full_series")
 MARGIN_MODES: tuple[str, ...] = ("mm", "thesis_px")
+#: The per-group slab fields (`RoiConfig.slab`), left out of `to_dict` while unset.
+SLAB_FIELDS: tuple[str, ...] = ("spinal_slices", "foraminal_slices", "subarticular_slices")
 
 Margins = tuple[float, float, float, float]
 
@@ -54,6 +56,10 @@ class RoiConfig:
         high_percentile: intensity clipped above this percentile, mapped to 1.
         views: second views built beside the primary crops (`lumbar.preprocess.views`: "axial_canal",
             "parasagittal_recess"); empty = none.
+        spinal_slices, foraminal_slices, subarticular_slices: (before, after) slices of that group's crops
+            (target_window), e.g. a deeper foraminal slab as the top teams fed the foramina (2nd place 24
+            Sagittal T1 frames, 6th 13); empty = the global `before`/`after`. A second view takes the slab of
+            the condition it serves, so its channel stacks with the primary crop.
     """
 
     mode: str = "target_window"
@@ -73,6 +79,9 @@ class RoiConfig:
     low_percentile: float = 1.0
     high_percentile: float = 99.0
     views: tuple[str, ...] = ()
+    spinal_slices: tuple[int, ...] = ()
+    foraminal_slices: tuple[int, ...] = ()
+    subarticular_slices: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
 
@@ -101,7 +110,21 @@ class RoiConfig:
             )
         for view in self.views:
             get_view(view)
+        self._check_slabs()
         self._check_jitter_keeps_point()
+
+    def _check_slabs(self) -> None:
+        """A slab is (before, after) >= 0, only in target_window; one equal to the global window is dropped,
+        so it names the same cache as leaving it unset."""
+        for name in SLAB_FIELDS:
+            value = tuple(int(v) for v in getattr(self, name))
+            if not value:
+                continue
+            if len(value) != 2 or min(value) < 0:
+                raise ValueError(f"{name} must be (before, after) slices >= 0 or empty, got {value}")
+            if self.mode != "target_window":
+                raise ValueError(f"{name}={value} applies to mode target_window only, got mode {self.mode!r}")
+            object.__setattr__(self, name, () if value == (self.before, self.after) else value)
 
     def _check_jitter_keeps_point(self) -> None:
         """A centre shift of up to `pad_px` must leave the label point inside the final window."""
@@ -126,8 +149,25 @@ class RoiConfig:
 
     @property
     def out_depth(self) -> int:
-        """Slices of the final (un-padded) tensor."""
+        """Slices of the final (un-padded) tensor of a group without its own slab."""
         return self.before + 1 + self.after if self.mode == "target_window" else self.depth
+
+    def slab(self, condition: str) -> tuple[int, int]:
+        """(before, after) slices of a condition's crops (target_window): its group's slab, else the
+        global."""
+        if condition not in CONDITIONS:
+            raise ValueError(f"unknown condition {condition!r}")
+        return getattr(self, f"{CONDITION_GROUP[condition]}_slices") or (self.before, self.after)
+
+    def depth_of(self, condition: str) -> int:
+        """Slices of the final (un-padded) tensor of a condition's crops."""
+        before, after = self.slab(condition)
+        return before + 1 + after if self.mode == "target_window" else self.depth
+
+    @property
+    def slabbed(self) -> bool:
+        """Whether some group has a slab of its own (crops of more than one depth)."""
+        return any(getattr(self, name) for name in SLAB_FIELDS)
 
     def margins(self, condition: str) -> Margins:
         """(left, right, up, down) of a condition's crop, in mm or reference pixels by `margin_mode`."""
@@ -138,11 +178,12 @@ class RoiConfig:
         return getattr(self, f"{CONDITION_GROUP[condition]}_mm")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready values (tuples become lists); `views` only when set, so a cache built before views
-        existed keeps its parameters (and its folder name)."""
+        """Plain JSON-ready values (tuples become lists); `views` and the slabs only when set, so a cache
+        built before they existed keeps its parameters (and its folder name)."""
         values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-        if not self.views:
-            del values["views"]
+        for name in ("views", *SLAB_FIELDS):
+            if not values[name]:
+                del values[name]
         return values
 
     @classmethod

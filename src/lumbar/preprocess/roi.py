@@ -223,8 +223,9 @@ class _Plan:
 
 
 def _plan(row: dict, stack_index: int, slice_index: int, n_slices: int, config: RoiConfig) -> _Plan:
+    before, after = config.slab(row["condition"])
     positions, edge = slice_positions(
-        config.mode, n_slices, slice_index, config.before, config.after, config.depth, config.pad_slices
+        config.mode, n_slices, slice_index, before, after, config.depth, config.pad_slices
     )
     file = sample_file(row["study_id"], row["condition"], row["level"], row.get("view") or "")
     return _Plan(row, stack_index, slice_index, n_slices, positions, edge, file)
@@ -237,14 +238,19 @@ def _sample_row(plan: _Plan, config: RoiConfig) -> dict:
         config.margins(_crop_condition(row)), (config.size,) * 2, config.pad_px
     )
     point_d = label_position(
-        config.mode, plan.n_slices, plan.slice_index, config.before, config.depth, config.pad_slices
+        config.mode,
+        plan.n_slices,
+        plan.slice_index,
+        config.slab(row["condition"])[0],
+        config.depth,
+        config.pad_slices,
     )
     return {
         "sample_id": _sample_id(row),
         **{k: row[k] for k in ("study_id", "condition", "level", "series_id", "instance_number", "x", "y")},
         **({"view": row["view"]} if row.get("view") else {}),
         "file": plan.file,
-        "depth": config.out_depth,
+        "depth": config.depth_of(row["condition"]),
         "height": config.size,
         "width": config.size,
         "pad_slices": config.pad_slices,

@@ -59,9 +59,11 @@ class RoiCache:
         root: the cache folder.
         samples: `samples.parquet`.
         params: `params.json` (the preprocessing parameters).
-        depth, height, width: final tensor shape (the same for every sample of a cache).
+        depth, height, width: final tensor shape; `depth` that of the groups without a slab of their own
+            (`RoiConfig.out_depth`), see `depths`.
         pad_slices, pad_px: stored jitter context.
         views: the second views' samples (`views.parquet`; empty without views).
+        depths: condition -> slices of its crops (one per condition; they differ with `RoiConfig` slabs).
     """
 
     root: Path
@@ -73,6 +75,22 @@ class RoiCache:
     pad_slices: int
     pad_px: int
     views: pd.DataFrame = field(default_factory=pd.DataFrame)
+    depths: dict[str, int] = field(default_factory=dict)
+
+    def depth_of(self, conditions) -> int:
+        """The one depth of these conditions' crops (`depth` for a condition the cache lacks).
+
+        Raises:
+            ValueError: their crops differ in depth (a unit stacks them as channels of one sample).
+        """
+        found = {c: self.depths.get(c, self.depth) for c in conditions}
+        if len(set(found.values())) > 1:
+            raise ValueError(
+                f"{self.root}: crops of {found} slices cannot be channels of one sample; train these "
+                "conditions in a one-crop mode (competition, single_*) or build the cache with one slab for "
+                "them (RoiConfig spinal_slices / foraminal_slices / subarticular_slices)"
+            )
+        return next(iter(found.values()), self.depth)
 
     @property
     def built_views(self) -> tuple[str, ...]:
@@ -96,14 +114,28 @@ def read_cache(cache_dir: str | Path) -> RoiCache:
         raise ValueError(f"{table}: missing column(s) {missing}")
     if samples.empty:
         raise ValueError(f"{table}: no samples")
-    shapes = samples[_SHAPE_COLUMNS].drop_duplicates()
-    if len(shapes) > 1:
+    by_condition = samples[["condition", *_SHAPE_COLUMNS]].drop_duplicates()
+    shapes = by_condition[_SHAPE_COLUMNS[1:]].drop_duplicates()
+    if len(shapes) > 1 or by_condition["condition"].duplicated().any():
         raise ValueError(
-            f"{table}: samples of different shapes {shapes.to_dict('records')[:3]}; "
+            f"{table}: samples of different shapes {by_condition.to_dict('records')[:3]}; "
             "a cache must hold one parameter set"
         )
+    depths = {str(c): int(d) for c, d in zip(by_condition["condition"], by_condition["depth"])}
     shape = {k: int(v) for k, v in shapes.iloc[0].items()}
-    return RoiCache(root, samples, params, **shape, views=load_views(root))
+    depth = _common_depth(params, depths, table)
+    return RoiCache(root, samples, params, depth, **shape, views=load_views(root), depths=depths)
+
+
+def _common_depth(params: dict, depths: dict[str, int], table: Path) -> int:
+    """The depth of the groups without a slab: the only one, else the params' `RoiConfig.out_depth`."""
+    if len(set(depths.values())) == 1:
+        return next(iter(depths.values()))
+    if not params.get("config"):
+        raise ValueError(
+            f"{table}: crops of depths {depths} without a 'config' in params.json to explain them"
+        )
+    return RoiConfig.from_overrides(params["config"]).out_depth
 
 
 def check_same_crops(a: RoiCache, b: RoiCache) -> None:
@@ -189,6 +221,7 @@ class RoiDataset(Dataset):
                 f"items from sources {sorted(unknown)} without a cache (have {sorted(self.caches)})"
             )
         self.cache = next(iter(self.caches.values()))  # the shape and pads of all of them
+        self.depth = self.cache.depth_of(task.conditions)
         self.augment = augment if train else None
         self.mirror_p = mirror_p if (train and task.can_mirror) else 0.0
         self.max_shift_slices = max(0, min(max_shift_slices, self.cache.pad_slices))
@@ -218,7 +251,7 @@ class RoiDataset(Dataset):
         errors are of the primary points)."""
         c = self.caches[source]
         if file is None:
-            return np.zeros((c.depth, c.height, c.width), dtype=np.float32)
+            return np.zeros((self.depth, c.height, c.width), dtype=np.float32)
         path = c.root / file
         try:
             arr = np.load(path)

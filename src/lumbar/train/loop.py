@@ -321,6 +321,9 @@ def _train(config: TrainConfig, runtime: Runtime, logger) -> TrainResult:
     folds, fold_ids = _prepare_folds(ctx, all_labels)
     fold_of = folds.set_index("study_id")["fold"]
     tasks = build_tasks(config.mode, conditions, config.mirror_right, config.views)
+    for task in tasks:  # a unit whose channels differ in depth stops the run before any fold
+        for cache in caches.values():
+            cache.depth_of(task.conditions)
     if runtime.is_main:
         logger.log_start([task.name for task in tasks], fold_ids, config.fold_epochs)
     tables, tables_gt, plain, units, timings = [], [], [], {}, {}
@@ -401,9 +404,16 @@ def _fit_unit(
         "checkpoints": checkpoints,
         "layout": task.layout,
         "num_classes": task.num_classes,
+        **_unit_depth(task, next(iter(ctx.caches.values()))),
         **tta_record,
     }
     return _UnitFit(record, timings, tables, tables_gt, plain)
+
+
+def _unit_depth(task: Task, cache: RoiCache) -> dict[str, int]:
+    """The unit's crop depth for its record, where a group slab makes it differ from the model's `depth`."""
+    depth = cache.depth_of(task.conditions)
+    return {"depth": depth} if depth != cache.depth else {}
 
 
 def _unit_items(
@@ -720,11 +730,11 @@ def any_severe_unit(config: TrainConfig, task: Task) -> bool:
 
 
 def build_unit_model(config: TrainConfig, task: Task, cache: RoiCache) -> nn.Module:
-    """The registered architecture sized for a task unit and a cache, its encoder's weights from
-    `pretrained`."""
+    """The registered architecture sized for a task unit and its crops' depth in a cache, its encoder's
+    weights from `pretrained`."""
     return lumbar.models.build_model(
         config.arch,
-        depth=cache.depth,
+        depth=cache.depth_of(task.conditions),
         pretrained=config.pretrained,
         drop_rate=config.drop_rate,
         **unit_sizes(task, config.fusion),

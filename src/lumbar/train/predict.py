@@ -248,6 +248,7 @@ class RunPredictor:
             str, tuple[str, ...]
         ] = {}  # unit -> the TTA set its OOF rows chose (`lumbar.train.tta`)
         self.forward_seconds = 0.0  # in the model passes (the crops are read before, once per unit)
+        self.depths: dict[str, int] = {}  # unit -> the depth its models were trained on
         try:
             for task in build_tasks(
                 self.config.mode, self.config.conditions, self.config.mirror_right, self.config.views
@@ -256,15 +257,18 @@ class RunPredictor:
                 if unit is None or not unit["checkpoints"]:
                     continue
                 folds = sorted(unit["checkpoints"], key=int)[: max_folds or None]
-                self.units.append((task, [self._load(task, unit["checkpoints"][f]) for f in folds]))
+                depth = unit.get("depth", self.result["model"]["depth"])
+                self.units.append((task, [self._load(task, unit["checkpoints"][f], depth) for f in folds]))
+                self.depths[task.name] = depth
                 self.tta[task.name] = tuple(unit.get("tta", ()))
         except BaseException:
             self.close()
             raise
 
-    def _load(self, task, path: str) -> nn.Module:
-
-        model = lumbar.models.build_model(**self.result["model"], **unit_sizes(task, self.config.fusion))
+    def _load(self, task, path: str, depth: int) -> nn.Module:
+        model = lumbar.models.build_model(
+            **{**self.result["model"], "depth": depth}, **unit_sizes(task, self.config.fusion)
+        )
         model.load_state_dict(load_checkpoint(self.run_dir / path))
         model.to(self.runtime.device)
         memory_format = self.runtime.memory_format(model)
@@ -303,6 +307,12 @@ class RunPredictor:
             items = task.items(cache.samples, None, cache.views)
             if items.empty:
                 continue
+            if cache.depth_of(task.conditions) != self.depths[task.name]:
+                raise ValueError(
+                    f"{cache_dir}: {task.name} crops of {cache.depth_of(task.conditions)} slices, but run "
+                    f"{self.run_dir} trained them on {self.depths[task.name]}; build the cache with the "
+                    "run's preprocessing parameters"
+                )
             # read once, for every fold model (a chunk's crops of one unit are tens of MiB at most)
             batches = list(
                 eval_loader(RoiDataset(cache, task, items), self.batch_size, self.workers, self.runtime)
