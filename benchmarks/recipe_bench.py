@@ -42,6 +42,7 @@ from lumbar.core.paths import PROJECT_ROOT
 from lumbar.core.tables import load_labels, load_submission
 from lumbar.data.synthetic import SynthConfig, generate
 from lumbar.demo import demo_summary
+from lumbar.inference.predict import PredictOptions
 from lumbar.pipeline import load_config, run_pipeline
 from lumbar.scoring.metric import TERMS, competition_score
 
@@ -114,7 +115,8 @@ def judge(run_dir: Path, out: Path, fresh_data: Path, seed: int, image_size: int
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / "data").exists():
             os.symlink(fresh_data.resolve(), folder / "data")
-        fresh_eval(run_dir, out, seed, image_size=image_size, workers=workers, progress=False)
+        options = PredictOptions(workers=workers, progress=False)
+        fresh_eval(run_dir, out, seed, image_size=image_size, options=options)
     result = json.loads(result_file.read_text())
     labels = load_labels(fresh_data / "test_labels.csv")
     terms = competition_score(labels, load_submission(folder / "submission.csv"), "submission")

@@ -140,8 +140,8 @@ def test_a_chunk_whose_crops_all_fail_gets_the_prior(tiny_run, synthetic_dir, tm
 def test_fresh_eval_scores_a_new_synthetic_set_and_names_the_worst_studies(tiny_run, tmp_path):
     from lumbar.analysis.fresh import fresh_eval, result_line
 
-    result = fresh_eval(tiny_run, tmp_path, seed=5, test_studies=2, image_size=64, device="cpu", workers=1,
-                        progress=False)  # fmt: skip
+    options = PredictOptions(device="cpu", workers=1, progress=False)
+    result = fresh_eval(tiny_run, tmp_path, seed=5, test_studies=2, image_size=64, options=options)
     folder = tmp_path / "seed5_64px_stir0.25"
     assert {"submission.csv", "studies.csv", "targets.csv", "fresh_eval.json", "coordinates.csv"} <= {
         p.name for p in folder.iterdir()}  # fmt: skip

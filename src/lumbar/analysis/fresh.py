@@ -18,6 +18,7 @@ score beside the oracle's on the same studies.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -131,13 +132,13 @@ def fresh_eval(
     test_studies: int = 100,
     image_size: int = 128,
     stir_rate: float = 0.25,
-    device: str = "auto",
-    workers: int = 2,
-    progress: bool = True,
     drop: dict[str, float] | None = None,
-    place_foramina: bool = False,
+    options: PredictOptions | None = None,
 ) -> dict:
     """Generate (or reuse) a fresh synthetic set, predict its test studies with the run, score them.
+
+    `options` is how the run predicts (default: 2 workers); every study is predicted, prior rows counted
+    (`max_fallback_share` 1.0). The set is written with as many workers.
 
     Returns:
         The summary written to `fresh_eval.json`: test score, oracle and prior (the prior from the run's own
@@ -148,26 +149,20 @@ def fresh_eval(
     """
 
     run_dir = Path(run_dir)
+    options = dataclasses.replace(options or PredictOptions(workers=2), max_fallback_share=1.0)
     folder = set_folder(Path(out), seed, image_size, stir_rate)
     data = folder / "data"
     if not (data / "test_labels.csv").is_file():
         config = SynthConfig(
             studies=1, test_studies=test_studies, seed=seed, image_size=image_size, stir_rate=stir_rate
         )
-        generate(data, config, oracle=data / "oracle.csv", workers=workers, overwrite=True)
+        generate(data, config, oracle=data / "oracle.csv", workers=options.workers, overwrite=True)
     groups = None
     if drop:
         folder = set_folder(Path(out), seed, image_size, stir_rate, drop)
         folder.mkdir(parents=True, exist_ok=True)
         groups = drop_series(data, folder / "data", drop, seed)
         data = folder / "data"
-    options = PredictOptions(
-        device=device,
-        workers=workers,
-        progress=progress,
-        max_fallback_share=1.0,
-        place_foramina=place_foramina,
-    )
     submission, report = predict(data, "test", run_dir, out=folder / "submission.csv", options=options)
     labels = load_labels(data / "test_labels.csv")
     studies = sorted(labels["study_id"].unique())
@@ -229,10 +224,8 @@ def cli_fresh_eval(args: argparse.Namespace) -> int:
             args.test_studies,
             args.image_size,
             args.stir_rate,
-            args.device,
-            args.workers,
-            drop=parse_drop(args.drop_series),
-            place_foramina=args.place_foramina,
+            parse_drop(args.drop_series),
+            PredictOptions(device=args.device, workers=args.workers, place_foramina=args.place_foramina),
         )
         print(result_line(r))
         if "localize" in r:
