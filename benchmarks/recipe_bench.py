@@ -224,6 +224,32 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+RUN_COLUMNS = {
+    "size": "training studies",
+    "seed": "seed",
+    "variant": "variant",
+    "oof_score": "OOF",
+    "test_score": "fresh",
+    "oracle": "oracle",
+    "gap": "fresh - oracle",
+    "term_spinal": "spinal",
+    "term_foraminal": "foraminal",
+    "term_subarticular": "subarticular",
+    "term_any_severe_spinal": "any severe",
+    "study_p95": "study p95",
+    "study_max": "worst study",
+    "loc_slice_pm1": "slice +-1",
+    "noise_precision": "flags precision",
+    "noise_recall": "flags recall",
+}
+
+
+def runs_table(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per run and fresh set with the columns a reader compares (`bench_runs.md`)."""
+    present = [c for c in RUN_COLUMNS if c in table.columns]
+    return table[present].rename(columns=RUN_COLUMNS)
+
+
 def merged(csv: Path, rows: pd.DataFrame) -> pd.DataFrame:
     """`bench.csv` with `rows` in place of its rows of the same set, variant and test set: benches of other
     sizes, seeds or variants into one folder add up to one table."""
@@ -280,8 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     variants = parse_variants(args.variant)
     if args.report:
-        summary = summarize(pd.read_csv(args.out / "bench.csv"))
-        print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        table = pd.read_csv(args.out / "bench.csv")
+        (args.out / "bench.md").write_text(markdown(summarize(table)))
+        (args.out / "bench_runs.md").write_text(markdown(runs_table(table)))
+        print(markdown(runs_table(table)) + "\n" + markdown(summarize(table)))
         return 0
     pairs = [(n, s) for s in args.seeds for n in args.sizes]
     if args.order == "size":
