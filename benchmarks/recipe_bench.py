@@ -41,7 +41,7 @@ from lumbar.core.atomic import write_json
 from lumbar.core.paths import PROJECT_ROOT
 from lumbar.core.tables import load_labels, load_submission
 from lumbar.data.synthetic import SynthConfig, generate
-from lumbar.demo import demo_summary
+from lumbar.demo import demo_summary, ensure_data
 from lumbar.inference.predict import PredictOptions
 from lumbar.pipeline import load_config, run_pipeline
 from lumbar.scoring.metric import TERMS, competition_score
@@ -66,7 +66,7 @@ def bench_configs(config_path: Path, size: int, seed: int, data_dir: Path, image
         elif any(n in VARIANT_STEPS for n in names):
             variant.append(entry)
     if not shared or not variant:
-        raise ValueError(f"{config_path}: needs 01/02 and 03/04 steps, found {[e for e in raw['notebooks']]}")
+        raise ValueError(f"{config_path}: needs 01/02 and 03/04 steps, found {raw['notebooks']}")
     return {"shared": {**raw, "notebooks": shared}, "variant": {**raw, "notebooks": variant}}
 
 
@@ -153,9 +153,7 @@ def bench_one(args, size: int, seed: int, variants: dict[str, dict]) -> list[dic
     folder.mkdir(parents=True, exist_ok=True)
     configs = bench_configs(args.config, size, seed, data_dir, args.image_size)
     t0 = time.perf_counter()
-    if not (data_dir / "train.csv").is_file():
-        synthetic = {**configs["shared"]["synthetic"]}
-        generate(data_dir, SynthConfig(**synthetic), oracle=data_dir / "oracle.csv", workers=args.workers)
+    ensure_data(data_dir, configs["shared"]["synthetic"], workers=args.workers)
     generate_s = round(time.perf_counter() - t0, 1)
     shared_run = folder / "shared"
     shared_s = run_steps(configs["shared"], shared_run, folder / "shared.yaml")

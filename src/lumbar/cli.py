@@ -149,6 +149,15 @@ def _train_localizer(p: argparse.ArgumentParser) -> None:
     add_set_argument(p, "any other LocalizerConfig field")
 
 
+def _place_foramina_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--place-foramina",
+        action="store_true",
+        help="a study without Sagittal T1 gets its foramina from its canal, cut from Sagittal T2/STIR "
+        "(off: measured worse than the prior with Sagittal T1-trained classifiers, docs/localizer.md)",
+    )
+
+
 @command("localize", "lumbar.localize.predict:cli_localize", "predicted label coordinates for a split")
 def _localize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None)
@@ -163,12 +172,7 @@ def _localize(p: argparse.ArgumentParser) -> None:
         default=float("inf"),
         help="levels whose nearest axial slice is farther get no subarticular rows (default: none)",
     )
-    p.add_argument(
-        "--place-foramina",
-        action="store_true",
-        help="a study without Sagittal T1 gets its foramina from its canal, cut from Sagittal T2/STIR "
-        "(off: measured worse than the prior with Sagittal T1-trained classifiers, docs/localizer.md)",
-    )
+    _place_foramina_flag(p)
 
 
 @command(
@@ -192,12 +196,7 @@ def _fresh_eval(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument(
-        "--place-foramina",
-        action="store_true",
-        help="a study without Sagittal T1 gets its foramina from its canal, cut from Sagittal T2/STIR "
-        "(off: measured worse than the prior with Sagittal T1-trained classifiers, docs/localizer.md)",
-    )
+    _place_foramina_flag(p)
 
 
 @command(
