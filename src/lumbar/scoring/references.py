@@ -122,20 +122,7 @@ def compare_with_references(
         run_n.append(metrics[key]["n"])
     out = refs.assign(run=run, run_n=run_n)
     out["difference"] = out["run"] - out["value"]
-    return out[
-        [
-            "source",
-            "model",
-            "task_mode",
-            "classes",
-            "condition",
-            "level",
-            "metric",
-            "value",
-            "run",
-            "difference",
-            "run_n",
-            "setting",
-            "where",
-        ]
-    ].rename(columns={"value": "reference"})
+    measured = REFERENCE_COLUMNS[: REFERENCE_COLUMNS.index("value") + 1]
+    return out[[*measured, "run", "difference", "run_n", "setting", "where"]].rename(
+        columns={"value": "reference"}
+    )
