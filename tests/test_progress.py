@@ -13,7 +13,7 @@ from _train_data import engine_config
 from test_pipeline import _config, _notebook
 from torch import nn
 
-from lumbar.core.progress import ScalarBoard, TimeLeft, epoch_line, format_seconds
+from lumbar.core.progress import ScalarBoard, TimeLeft, epoch_line, format_seconds, print_line
 from lumbar.core.runtime import setup_runtime, teardown_runtime
 from lumbar.core.tables import load_coordinates
 from lumbar.localize.config import LocalizerConfig
@@ -233,3 +233,55 @@ def test_a_parallel_groups_steps_each_log_their_own_lines(tmp_path, capfd, monke
         log = (tmp_path / "run" / "logs" / f"talk_{v}.log").read_text()
         assert f" epoch 1/2: loss={v}\n" in log and f"loss={3 - v}" not in log and f" {CHILD}\n" in log
     assert CHILD not in [line.strip() for line in console]  # never without a name (the kernel's own copy of it)
+
+
+class _Writes:
+    """A stdout that records each write it is given."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.writes.append("<flush>")
+
+
+def test_print_line_writes_the_line_and_its_newline_at_once_then_flushes(monkeypatch):
+    out = _Writes()
+    monkeypatch.setattr("sys.stdout", out)
+    print_line("[localizer fold0 sag_t1] epoch 1/1: train_loss=8.4361")
+    assert out.writes == ["[localizer fold0 sag_t1] epoch 1/1: train_loss=8.4361\n", "<flush>"]
+
+
+_CHILD = """
+import sys
+from lumbar.core.progress import print_line
+for i in range(400):
+    print_line(f"[child {sys.argv[1]}] line {i:03d} " + "x" * 60)
+"""
+
+
+def test_processes_printing_to_one_pipe_unbuffered_interleave_whole_lines_only():
+    """The failure this guards (seen in CI): unbuffered, `print(..., flush=True)` writes text and newline apart,
+    and two fold localizers' epoch lines came out as one line in the step log. With `print` here this test
+    failed 1 run in 3."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    read, write = os.pipe()
+    children = [
+        subprocess.Popen([sys.executable, "-c", _CHILD, str(k)], stdout=write, env=env) for k in range(3)
+    ]
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        lines = pipe.read().splitlines()
+    assert [c.wait() for c in children] == [0, 0, 0]
+    pattern = re.compile(r"^\[child (\d)\] line (\d{3}) x{60}$")
+    assert all(pattern.match(line) for line in lines), [line for line in lines if not pattern.match(line)][:3]
+    for k in range(3):  # every line of every child, in its order
+        assert [m[2] for m in map(pattern.match, lines) if m[1] == str(k)] == [f"{i:03d}" for i in range(400)]

@@ -3,8 +3,10 @@ TensorBoard scalars.
 
 The classifiers' loop (`lumbar.train.loggers`) and the localizer's (`lumbar.localize.fit`) both print their
 epochs with `epoch_line` and estimate the time left with `TimeLeft`, so every step's log reads the same. Each
-line is one `print(..., flush=True)`: several processes printing at once (a parallel pipeline group, the
-localizer's folds) interleave whole lines, never parts of them. `ScalarBoard` writes one set of curves into
+line goes out in one write (`print_line`): several processes printing to one pipe at once (a parallel pipeline
+group, the localizer's folds) interleave whole lines, never parts of them. `print(line, flush=True)` does not
+promise that: with unbuffered output (`PYTHONUNBUFFERED`, set on many machines) it writes the text and its
+newline apart, and another process's line can land between them. `ScalarBoard` writes one set of curves into
 its own folder, so `tensorboard --logdir RUN` shows every model of a run side by side; it imports TensorBoard
 only when a first value is written, so runs with the setting off need neither the package nor write a file.
 """
@@ -12,8 +14,16 @@ only when a first value is written, so runs with the setting off need neither th
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from pathlib import Path
+
+
+def print_line(text: str) -> None:
+    """`text` and its newline to stdout in one write, flushed (module docstring: whole lines from many
+    processes)."""
+    sys.stdout.write(f"{text}\n")
+    sys.stdout.flush()
 
 
 def format_seconds(seconds: float) -> str:

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from lumbar.core.progress import print_line
+
 
 @dataclass
 class Runtime:
@@ -242,7 +244,7 @@ def precision_name(device: torch.device, amp_dtype: torch.dtype | None) -> str:
 @functools.cache
 def _announce(precision: str) -> None:
     """Print the precision once per process (a run sets its runtime up once per fold and per model)."""
-    print(f"precision: {precision}", flush=True)
+    print_line(f"precision: {precision}")
 
 
 @functools.cache

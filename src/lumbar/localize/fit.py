@@ -9,8 +9,8 @@ every `LOG_EVERY` steps).
 
 After every epoch one line is printed (`lumbar.core.progress.epoch_line`: the model, epoch, mean loss, seconds
 and the time left of this model), whatever the bar: it is what the pipeline's step log and console show, also
-when several localizers train side by side in their own processes. With `config.tensorboard` the loss and the
-learning rate per epoch also go to TensorBoard (`board`).
+when several localizers train side by side in their own processes (one write per line, `print_line`). With
+`config.tensorboard` the loss and the learning rate per epoch also go to TensorBoard (`board`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lumbar.core.progress import ScalarBoard, TimeLeft, epoch_line
+from lumbar.core.progress import ScalarBoard, TimeLeft, epoch_line, print_line
 from lumbar.core.runtime import Runtime, make_adamw
 from lumbar.localize.config import LocalizerConfig
 
@@ -95,11 +95,10 @@ def fit(
         bar.close()
         history.append(float(np.mean(_floats(losses))))
         seconds = time.perf_counter() - tick
-        print(
+        print_line(
             epoch_line(
                 desc, epoch, epochs, {"train_loss": history[-1]}, seconds, clock.add(seconds, epochs - epoch)
-            ),
-            flush=True,
+            )
         )
         if scalars is not None:
             scalars.add(epoch, {"train/loss": history[-1], "train/lr": opt.param_groups[0]["lr"]})

@@ -35,6 +35,7 @@ import pandas as pd
 from lumbar.core.atomic import write_json
 from lumbar.core.paths import data_root
 from lumbar.core.processes import plan_processes, process_pool
+from lumbar.core.progress import print_line
 from lumbar.core.run_contract import LocalizerRecord, OofCropsRecord, RunManifest, save_record
 from lumbar.core.settings import StaleRunError, setting_changes
 from lumbar.core.tables import load_coordinates, write_coordinates, write_csv
@@ -329,7 +330,7 @@ def _train_one(task: tuple) -> dict:
     name = config.tasks or f"{config.refine_tasks}_slices"
     record = Path(run) / MODEL_DIR / member / f"{name}{PART_RECORD}"
     if record.is_file():
-        print(f"localizer: {member} {name}: trained before, kept", flush=True)
+        print_line(f"localizer: {member} {name}: trained before, kept")
         return json.loads(record.read_text())
     entry = train_localizer(config, root, coords, run, index=index, progress=progress, member=member)
     write_json(entry, record)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lumbar.core.progress import ScalarBoard, TimeLeft, epoch_line
+from lumbar.core.progress import ScalarBoard, TimeLeft, epoch_line, print_line
 
 
 class NullLogger:
@@ -79,15 +79,12 @@ class PrintLogger(NullLogger):
             left,
             note=f"data {row['data_s']:.1f} s, model {row['model_s']:.1f} s",
         )
-        print(line, flush=True)
+        print_line(line)
 
     def log_result(self, result: dict[str, Any]) -> None:
         score = result.get("oof_score")
         if score:
-            print(
-                "oof " + " ".join(f"{k}={v:.6f}" for k, v in score.items() if isinstance(v, float)),
-                flush=True,
-            )
+            print_line("oof " + " ".join(f"{k}={v:.6f}" for k, v in score.items() if isinstance(v, float)))
 
 
 class TensorBoardLogger(NullLogger):
