@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lumbar.core.processes import ProcessPlan, plan_processes, process_pool, visible_gpus, wants_gpu
+from lumbar.core.progress import print_line
 from lumbar.core.run_contract import NotebookRecord, PipelineRecord, save_record
 from lumbar.pipeline.config import LOG_DIR, PipelineConfig, PipelineError, Step, check_data_kind, plan_steps
 
@@ -49,7 +50,7 @@ class StepLog:
         """One printed line: into the file with its time, onto the console with the step's name."""
         self.file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
         self.file.flush()
-        print(f"[{self.name}] {text}", flush=True)
+        print_line(f"[{self.name}] {text}")  # one write: the group's other processes print beside it
 
     def close(self) -> None:
         for stream in self.streams:
