@@ -9,7 +9,10 @@ variant's run then predicts the same fresh test sets (seeds used for nothing els
 exactly as a submission would (`lumbar.analysis.fresh`).
 
 A variant is a name and the 03 steps' settings it changes, e.g. `--variant any_severe any_severe_weight=1.0`
-(values parsed as YAML). The default recipe is always the variant `default` (the config as written).
+(values parsed as YAML). The default recipe is always the variant `default` (the config as written), run
+first in each set, so a variant can use what the default's run wrote beside it: label-noise cleanup is
+`--variant clean EXCLUDE=../run_default/label_noise/flags.csv` (03's EXCLUDE is relative to the run folder,
+`run_<variant>`; the default's 04 flagged those grades from its out-of-fold predictions).
 
 Report (`<out>/bench.csv`, `<out>/bench.md`, printed): per set and variant the out-of-fold score, the fresh-set
 score, the oracle and the prior on the fresh set, score - oracle, the fresh set's per-condition terms and the
