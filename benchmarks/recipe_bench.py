@@ -14,7 +14,7 @@ first in each set, so a variant can use what the default's run wrote beside it: 
 `--variant clean EXCLUDE=../run_default/label_noise/flags.csv` (03's EXCLUDE is relative to the run folder,
 `run_<variant>`; the default's 04 flagged those grades from its out-of-fold predictions).
 
-Report (`<out>/bench.csv`, `<out>/bench.md`, printed): per set and variant the out-of-fold score, the fresh-set
+Report (`<out>/bench.csv`, `<out>/bench.md`, `<out>/bench_runs.md`, printed): per set and variant the out-of-fold score, the fresh-set
 score, the oracle and the prior on the fresh set, score - oracle, the fresh set's per-condition terms and the
 steps' seconds; per size and variant the mean and the spread (max - min) of score - oracle over the seeds, and
 each variant's gain over the default on the same sets. A gain counts only when it exceeds the default's seed
@@ -270,6 +270,14 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells]) + "\n"
 
 
+def write_report(out: Path, table: pd.DataFrame) -> str:
+    """`bench_runs.md` (one row per run) and `bench.md` (the summary) from `table`; returns both as text."""
+    runs, summary = markdown(runs_table(table)), markdown(summarize(table))
+    (out / "bench_runs.md").write_text(runs)
+    (out / "bench.md").write_text(summary)
+    return runs + "\n" + summary
+
+
 def parse_variants(items: list[list[str]] | None) -> dict[str, dict]:
     variants: dict[str, dict] = {"default": {}}
     for item in items or []:
@@ -307,10 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     variants = parse_variants(args.variant)
     if args.report:
-        table = pd.read_csv(args.out / "bench.csv")
-        (args.out / "bench.md").write_text(markdown(summarize(table)))
-        (args.out / "bench_runs.md").write_text(markdown(runs_table(table)))
-        print(markdown(runs_table(table)) + "\n" + markdown(summarize(table)))
+        print(write_report(args.out, pd.read_csv(args.out / "bench.csv")))
         return 0
     pairs = [(n, s) for s in args.seeds for n in args.sizes]
     if args.order == "size":
@@ -321,9 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = pd.DataFrame(bench_one(args, size, seed, variants))
         table = merged(csv, rows)
         table.to_csv(csv, index=False)
-        summary = summarize(table)
-        (args.out / "bench.md").write_text(markdown(summary))
-        print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"), flush=True)
+        print(write_report(args.out, table), flush=True)
     return 0
 
 

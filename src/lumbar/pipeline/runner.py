@@ -206,9 +206,9 @@ def run_pipeline(
             seconds.update(_run_parallel(group, config, plan))
             continue
         for step in group:
-            print(f"[pipeline] {step.output} ...", flush=True)
+            print_line(f"[pipeline] {step.output} ...")
             seconds[step.output] = run_step(step, config)
-            print(f"[pipeline] {step.output} done in {seconds[step.output]:.1f} s", flush=True)
+            print_line(f"[pipeline] {step.output} done in {seconds[step.output]:.1f} s")
     return seconds
 
 
@@ -233,7 +233,7 @@ def group_plan(
 def _run_parallel(group: list[Step], config: PipelineConfig, plan: ProcessPlan) -> dict[str, float]:
     """One parallel group, `plan.jobs` notebooks at once, each in its own process (`plan.threads` CPU threads,
     pinned to its GPU on a GPU plan); the first failure is raised once all ended."""
-    print(f"[pipeline] {', '.join(s.output for s in group)}: {plan.describe()}", flush=True)
+    print_line(f"[pipeline] {', '.join(s.output for s in group)}: {plan.describe()}")
     seconds, errors = {}, []
     with process_pool(plan) as pool:
         futures = {pool.submit(run_step, step, config, plan.threads): step for step in group}
@@ -250,7 +250,7 @@ def _run_parallel(group: list[Step], config: PipelineConfig, plan: ProcessPlan) 
                 for other in futures:
                     other.cancel()  # those not started yet
                 continue
-            print(f"[pipeline] {step.output} done in {seconds[step.output]:.1f} s", flush=True)
+            print_line(f"[pipeline] {step.output} done in {seconds[step.output]:.1f} s")
     if errors:
         also = "".join(f"\n  also failed: {e}" for e in errors[1:])
         skipped = [s.output for f, s in futures.items() if f.cancelled()]
