@@ -38,9 +38,10 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from filelock import FileLock
 
 from lumbar.analysis.fresh import fresh_eval, set_folder
-from lumbar.core.atomic import write_json
+from lumbar.core.atomic import atomic_path, write_json, write_text
 from lumbar.core.paths import PROJECT_ROOT
 from lumbar.core.tables import load_labels, load_submission
 from lumbar.data.synthetic import SynthConfig, generate
@@ -273,9 +274,20 @@ def markdown(table: pd.DataFrame) -> str:
 def write_report(out: Path, table: pd.DataFrame) -> str:
     """`bench_runs.md` (one row per run) and `bench.md` (the summary) from `table`; returns both as text."""
     runs, summary = markdown(runs_table(table)), markdown(summarize(table))
-    (out / "bench_runs.md").write_text(runs)
-    (out / "bench.md").write_text(summary)
+    write_text(runs, out / "bench_runs.md")
+    write_text(summary, out / "bench.md")
     return runs + "\n" + summary
+
+
+def record(out: Path, rows: pd.DataFrame) -> str:
+    """Merge `rows` into `<out>/bench.csv` and rewrite the report, under a lock: benches of other sets or
+    variants may finish into the same folder at the same moment, and a read-merge-write without one drops rows."""
+    csv = out / "bench.csv"
+    with FileLock(out / ".bench.csv.lock"):
+        table = merged(csv, rows)
+        with atomic_path(csv) as tmp:
+            table.to_csv(tmp, index=False)
+        return write_report(out, table)
 
 
 def parse_variants(items: list[list[str]] | None) -> dict[str, dict]:
@@ -321,12 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.order == "size":
         pairs = sorted(pairs)
     print(f"bench: {len(pairs)} sets x {len(variants)} variants -> {args.out} ({sys.executable})", flush=True)
-    csv = args.out / "bench.csv"
     for size, seed in pairs:
-        rows = pd.DataFrame(bench_one(args, size, seed, variants))
-        table = merged(csv, rows)
-        table.to_csv(csv, index=False)
-        print(write_report(args.out, table), flush=True)
+        print(record(args.out, pd.DataFrame(bench_one(args, size, seed, variants))), flush=True)
     return 0
 
 

@@ -87,3 +87,23 @@ def test_the_config_splits_into_shared_and_per_variant_steps_and_settings_reach_
     yaml.safe_dump(changed)  # written as the variant's config
     with pytest.raises(ValueError, match="synthetic"):
         bench.bench_configs(ROOT / "configs/full.yaml", 240, 12, tmp_path / "data", 128)
+
+
+def _record_seeds(bench, out: Path, seeds: range) -> None:
+    for seed in seeds:
+        bench.record(out, pd.DataFrame(_rows("default", {seed: 0.06})))
+
+
+def test_benches_finishing_into_one_folder_at_once_keep_every_row(bench, tmp_path):
+    import multiprocessing
+
+    fork = multiprocessing.get_context("fork")
+    procs = [fork.Process(target=_record_seeds, args=(bench, tmp_path, range(k, 40, 2))) for k in (0, 1)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    table = pd.read_csv(tmp_path / "bench.csv")
+    assert sorted(table["seed"]) == list(range(40))
+    assert "| 240 | 39 | default |" in (tmp_path / "bench_runs.md").read_text()
