@@ -8,9 +8,11 @@ ensemble (03 + 04) in a copy of that run (hard links: the crops and localizers a
 variant's run then predicts the same fresh test sets (seeds used for nothing else, 100 studies by default)
 exactly as a submission would (`lumbar.analysis.fresh`).
 
-A variant is a name and the 03 steps' settings it changes, e.g. `--variant any_severe any_severe_weight=1.0`
-(values parsed as YAML). The default recipe is always the variant `default` (the config as written), run
-first in each set, so a variant can use what the default's run wrote beside it: label-noise cleanup is
+A variant is a name and the settings it changes, e.g. `--variant any_severe any_severe_weight=1.0` (values
+parsed as YAML): a plain key in every 03 step, `STEP.KEY` in that step. A variant that changes 01 or 02
+(`--variant slab '01_preprocess.foraminal_slices="6,6"'`) gets its own copy of the shared run, 01 and 02 run
+again there (the fold localizers reused, the crops cut anew). The default recipe is always the variant
+`default` (the config as written), run first in each set, so a variant can use what the default's run wrote beside it: label-noise cleanup is
 `--variant clean EXCLUDE=../run_default/label_noise/flags.csv` (03's EXCLUDE is relative to the run folder,
 `run_<variant>`; the default's 04 flagged those grades from its out-of-fold predictions).
 
@@ -74,19 +76,56 @@ def bench_configs(config_path: Path, size: int, seed: int, data_dir: Path, image
     return {"shared": {**raw, "notebooks": shared}, "variant": {**raw, "notebooks": variant}}
 
 
+def step_settings(settings: dict) -> dict[str, dict]:
+    """A variant's settings by step: `01_preprocess.views=...` goes to that step, a plain key to 03_train."""
+    by_step: dict[str, dict] = {}
+    for key, value in settings.items():
+        step, dot, name = key.rpartition(".") if "." in key else ("03_train", "", key)
+        if dot and step not in SHARED_STEPS + VARIANT_STEPS:
+            raise SystemExit(f"variant setting {key!r}: {step!r} is not one of {SHARED_STEPS + VARIANT_STEPS}")
+        by_step.setdefault(step, {})[name] = value
+    return by_step
+
+
 def with_settings(raw: dict, settings: dict) -> dict:
-    """The variant part with `settings` over every 03 step's parameters."""
+    """`raw` with the variant's `settings` over its steps' parameters (`step_settings`); `raw` is not changed."""
+    by_step = step_settings(settings)
 
     def apply(step: dict) -> dict:
-        if step["notebook"] != "03_train":
+        if step["notebook"] not in by_step:
             return step
-        return {**step, "parameters": {**step.get("parameters", {}), **settings}}
+        return {**step, "parameters": {**step.get("parameters", {}), **by_step[step["notebook"]]}}
 
     notebooks = [
         {"parallel": [apply(m) for m in e["parallel"]]} if "parallel" in e else apply(e)
         for e in raw["notebooks"]
     ]
     return {**raw, "notebooks": notebooks}
+
+
+def shared_settings(settings: dict) -> dict:
+    """The part of a variant's settings that changes 01 or 02: such a variant needs its own shared run."""
+    return {k: v for k, v in settings.items() if k.partition(".")[0] in SHARED_STEPS and "." in k}
+
+
+def shared_run(folder: Path, configs: dict, name: str, settings: dict) -> tuple[Path, float]:
+    """The shared run (01 + 02) a variant trains on, and its seconds.
+
+    Variants that change neither step share `shared`. One that does (a deeper slab, second views) gets
+    `shared_<name>`: a full copy of `shared` (a copy, not hard links: 01 and 02 rewrite files of the run in
+    place, which would change the default's) with 01 and 02 run again on its settings; the localizers are
+    reused (`train_localizer_folds`: same settings, folds and coordinates), the crops are cut anew.
+    """
+    base = folder / "shared"
+    seconds = run_steps(configs["shared"], base, folder / "shared.yaml")
+    own = shared_settings(settings)
+    if not own:
+        return base, seconds
+    run_dir = folder / f"shared_{name}"
+    if not (folder / f"shared_{name}.done.json").is_file():
+        subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+        subprocess.run(["cp", "-a", str(base), str(run_dir)], check=True)
+    return run_dir, run_steps(with_settings(configs["shared"], own), run_dir, folder / f"shared_{name}.yaml")
 
 
 def run_steps(raw: dict, run_dir: Path, config_file: Path) -> float:
@@ -159,13 +198,12 @@ def bench_one(args, size: int, seed: int, variants: dict[str, dict]) -> list[dic
     t0 = time.perf_counter()
     ensure_data(data_dir, configs["shared"]["synthetic"], workers=args.workers)
     generate_s = round(time.perf_counter() - t0, 1)
-    shared_run = folder / "shared"
-    shared_s = run_steps(configs["shared"], shared_run, folder / "shared.yaml")
     rows = []
     for name, settings in variants.items():
+        shared, shared_s = shared_run(folder, configs, name, settings)
         run_dir = folder / f"run_{name}"
         if not run_dir.exists():
-            subprocess.run(["cp", "-al", str(shared_run), str(run_dir)], check=True)
+            subprocess.run(["cp", "-al", str(shared), str(run_dir)], check=True)
         variant_s = run_steps(with_settings(configs["variant"], settings), run_dir, folder / f"{name}.yaml")
         summary = demo_summary(run_dir, data_dir)
         for test_seed in args.test_seeds:

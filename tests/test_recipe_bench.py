@@ -107,3 +107,20 @@ def test_benches_finishing_into_one_folder_at_once_keep_every_row(bench, tmp_pat
     table = pd.read_csv(tmp_path / "bench.csv")
     assert sorted(table["seed"]) == list(range(40))
     assert "| 240 | 39 | default |" in (tmp_path / "bench_runs.md").read_text()
+
+
+def test_a_variant_may_change_the_shared_steps_and_then_gets_its_own_shared_run(bench, tmp_path):
+    configs = bench.bench_configs(ROOT / "configs/demo.yaml", 240, 12, tmp_path / "data", 128)
+    settings = {"01_preprocess.foraminal_slices": "6,6", "views": ["axial_canal"], "04_ensemble.SEED": 3}
+    assert bench.shared_settings(settings) == {"01_preprocess.foraminal_slices": "6,6"}
+    assert bench.shared_settings({"any_severe_weight": 1.0}) == {}  # shares the default's 01 + 02
+    shared = bench.with_settings(configs["shared"], settings)
+    assert shared["notebooks"][0]["parameters"]["foraminal_slices"] == "6,6"
+    assert shared["notebooks"][0]["parameters"]["SIZE"] == 32  # the step's own settings stay
+    assert "foraminal_slices" not in configs["shared"]["notebooks"][0]["parameters"]
+    variant = [m for e in bench.with_settings(configs["variant"], settings)["notebooks"] for m in e.get("parallel", [e])]
+    assert [m.get("parameters", {}).get("views") for m in variant] == [["axial_canal"], ["axial_canal"], None]
+    assert variant[2]["parameters"] == {"SEED": 3}
+    assert not any("foraminal_slices" in m.get("parameters", {}) for m in variant)
+    with pytest.raises(SystemExit, match="05_submission"):
+        bench.step_settings({"05_submission.SPLIT": "train"})
