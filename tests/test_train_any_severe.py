@@ -187,3 +187,30 @@ def test_a_run_with_the_term_batches_whole_studies_end_to_end(tiny, tmp_path, mo
     assert (
         np.isfinite(_history(mixed)["train_loss"]).all() and len(calls) == 4 * per_epoch
     )  # own and partner part
+
+
+def test_the_two_step_schedule_trains_unweighted_then_weighted_with_the_term(tiny, tmp_path, monkeypatch):
+    """`weighted_from_epoch` 2 of 2 epochs: epoch 1 is the unweighted run's epoch 1 bit for bit (grade weights
+    1, no term, the same whole-study batches); epoch 2 adds the weights and the term (5th place's schedule)."""
+    calls = []
+
+    def spy(logits, targets, weights, study):
+        calls.append(weights.max().item())
+        return term(logits, targets, weights, study)
+
+    term = losses.any_severe_term
+    monkeypatch.setattr(losses, "any_severe_term", spy)
+    common = {"conditions": "scs", "batch_size": 10, "any_severe_weight": 1.0,
+              "folds_csv": str(tmp_path / "folds.csv")}  # fmt: skip
+    unweighted = train(engine_config(tiny, tmp_path / "u" / "run", class_weights=(1, 1, 1),
+                                     weighted_from_epoch=3, **common))  # fmt: skip
+    assert not calls  # never weighted in its 2 epochs
+    two = train(engine_config(tiny, tmp_path / "two" / "run", weighted_from_epoch=2, **common))
+    per_epoch = len(calls)
+    assert per_epoch >= 2  # the term in epoch 2 only, on the metric's weights
+    loss_u, loss_two = _history(unweighted)["train_loss"], _history(two)["train_loss"]
+    assert loss_u[0] == loss_two[0] and loss_u[1] != loss_two[1]
+    weighted = train(engine_config(tiny, tmp_path / "w" / "run", **common))
+    assert len(calls) == 3 * per_epoch and _history(weighted)["train_loss"][0] != loss_two[0]
+    with pytest.raises(ValueError, match="weighted_from_epoch=0"):
+        make_config({"weighted_from_epoch": 0, "cache": "c"}).check()

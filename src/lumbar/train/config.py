@@ -66,6 +66,10 @@ class TrainConfig:
             `lumbar.train.losses.any_severe_term`) to `loss`, the batches then holding whole studies
             (`lumbar.train.sampling.StudyBatchSampler`: batch_size // 5 studies a batch); the other units
             train as without it. 0 = off (the loss and batches as before).
+        weighted_from_epoch: the first epoch whose loss takes `class_weights` and the any-severe term; the
+            epochs before it train unweighted (every grade weight 1, no term). 5th place's two-step schedule:
+            unweighted training, then a weighted + any-severe fine-tune ("significantly improved" there).
+            1 = weighted from the start (as before).
         balanced_sampling: draw training samples with probability inverse to their grade's frequency.
         augment: "default" (the task's preset), "none", or comma-separated registered augmentation names.
         mirror_p: probability of a left-right mirror with label swap, where the task allows it.
@@ -161,6 +165,7 @@ class TrainConfig:
     class_weights: tuple[float, ...] = (1.0, 2.0, 4.0)
     focal_gamma: float = 2.0
     any_severe_weight: float = 0.0
+    weighted_from_epoch: int = 1
     balanced_sampling: bool = False
     augment: str = "default"
     mirror_p: float = 0.5
@@ -241,7 +246,7 @@ class TrainConfig:
             raise ValueError(f"views={list(self.views)}: unknown {unknown}; registered: {list_views()}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion={self.fusion!r}: expected one of {list(FUSIONS)}")
-        for name in ("val_every", "checkpoint_every", "log_every"):
+        for name in ("val_every", "checkpoint_every", "log_every", "weighted_from_epoch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected a whole number >= 1")
         if self.patience > 0 and self.select != "best":

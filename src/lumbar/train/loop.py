@@ -896,7 +896,10 @@ def _fit_epoch(
     feed.sampler.set_epoch(epoch)
     feed.train_ds.set_epoch(epoch)
     learner.mix.set_epoch(epoch)
-    stats = _train_epoch(learner, feed.train_loader, config, runtime, task, f"{task.name} f{fold} e{epoch}")
+    weighted = epoch >= config.weighted_from_epoch
+    stats = _train_epoch(
+        learner, feed.train_loader, config, runtime, task, f"{task.name} f{fold} e{epoch}", weighted
+    )
     validate = epoch == config.fold_epochs or config.select == "best" or epoch % config.val_every == 0
     score, val_loss, improved = math.nan, math.nan, False
     if validate:
@@ -1039,10 +1042,17 @@ def _schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: 
 
 
 def _train_epoch(
-    learner: _Learner, loader: DataLoader, config: TrainConfig, runtime: Runtime, task: Task, desc: str
+    learner: _Learner,
+    loader: DataLoader,
+    config: TrainConfig,
+    runtime: Runtime,
+    task: Task,
+    desc: str,
+    weighted: bool = True,
 ) -> dict[str, Any]:
     """One pass over the training loader, its batches mixed by `learner.mix` (at most `config.fast_dev_run`
-    batches when set); returns mean loss, sample count, loader and model seconds.
+    batches when set), weighted or not (`weighted_from_epoch`); returns mean loss, sample count, loader and
+    model seconds.
 
     Nothing in a step waits for the device (module docstring): the loss is read every `config.log_every` steps
     for the progress bar (only when it is shown) and once at the end.
@@ -1063,7 +1073,7 @@ def _train_epoch(
             break
         fetched = time.perf_counter()
         data_s += fetched - tick
-        loss, n = _train_step(learner, batch, config, runtime, task)
+        loss, n = _train_step(learner, batch, config, runtime, task, weighted)
         running.add(loss, n)
         batches += 1
         if config.record_samples:
@@ -1087,19 +1097,25 @@ def _train_epoch(
 
 
 def _train_step(
-    learner: _Learner, batch: dict[str, Any], config: TrainConfig, runtime: Runtime, task: Task
+    learner: _Learner,
+    batch: dict[str, Any],
+    config: TrainConfig,
+    runtime: Runtime,
+    task: Task,
+    weighted: bool = True,
 ) -> tuple[torch.Tensor, int]:
-    """One optimisation step on a batch: mixed, scaled, clipped, scheduled, the EMA updated. Returns the loss
-    (on the device, not read) and the batch's size."""
+    """One optimisation step on a batch: mixed, scaled, clipped, scheduled, the EMA updated. Unweighted (before
+    `weighted_from_epoch`): every grade weight 1 and no any-severe term. Returns the loss (on the device, not
+    read) and the batch's size."""
     model, optimizer, scaler = learner.model, learner.optimizer, learner.scaler
     x, meta = batch_to_device(batch, runtime, model)
     target = batch["target"].to(runtime.device, non_blocking=True)
     grade = batch["grade"].to(runtime.device, non_blocking=True)
-    w = learner.weights[grade.clamp_min(0)] * (target >= 0)
+    w = (learner.weights[grade.clamp_min(0)] if weighted else 1.0) * (target >= 0)
     mixed = learner.mix(x, meta)
     with runtime.autocast():
         logits = learner.net(mixed.x, mixed.meta).float().reshape(len(x), task.num_targets, task.num_classes)
-    if learner.by_study:
+    if learner.by_study and weighted:
         study = batch["study"].to(runtime.device, non_blocking=True)
         loss = mixed_loss(learner.train_loss_fn, logits, target, w, mixed, study)
     else:
