@@ -1104,9 +1104,9 @@ def _train_step(
     task: Task,
     weighted: bool = True,
 ) -> tuple[torch.Tensor, int]:
-    """One optimisation step on a batch: mixed, scaled, clipped, scheduled, the EMA updated. Unweighted (before
-    `weighted_from_epoch`): every grade weight 1 and no any-severe term. Returns the loss (on the device, not
-    read) and the batch's size."""
+    """One optimisation step on a batch: mixed, scaled, clipped, scheduled, the EMA updated. Unweighted
+    (before `weighted_from_epoch`): every grade weight 1 and no any-severe term. Returns the loss (on the
+    device, not read) and the batch's size."""
     model, optimizer, scaler = learner.model, learner.optimizer, learner.scaler
     x, meta = batch_to_device(batch, runtime, model)
     target = batch["target"].to(runtime.device, non_blocking=True)
