@@ -12,13 +12,14 @@ A variant is a name and the settings it changes, e.g. `--variant any_severe any_
 parsed as YAML): a plain key in every 03 step, `STEP.KEY` in that step. A variant that changes 01 or 02
 (`--variant slab '01_preprocess.foraminal_slices="6,6"'`) gets its own copy of the shared run, 01 and 02 run
 again there (the fold localizers reused, the crops cut anew). The default recipe is always the variant
-`default` (the config as written), run first in each set, so a variant can use what the default's run wrote beside it: label-noise cleanup is
-`--variant clean EXCLUDE=../run_default/label_noise/flags.csv` (03's EXCLUDE is relative to the run folder,
-`run_<variant>`; the default's 04 flagged those grades from its out-of-fold predictions).
+`default` (the config as written), run first in each set, so a variant can use what the default's run wrote
+beside it: label-noise cleanup is `--variant clean EXCLUDE=../run_default/label_noise/flags.csv` (03's EXCLUDE
+is relative to the run folder, `run_<variant>`; the default's 04 flagged those grades from its out-of-fold
+predictions).
 
-Report (`<out>/bench.csv`, `<out>/bench.md`, `<out>/bench_runs.md`, printed): per set and variant the out-of-fold score, the fresh-set
-score, the oracle and the prior on the fresh set, score - oracle, the fresh set's per-condition terms and the
-steps' seconds; per size and variant the mean and the spread (max - min) of score - oracle over the seeds, and
+Report (`<out>/bench.csv`, `<out>/bench.md`, `<out>/bench_runs.md`, printed): per set and variant the
+out-of-fold score, the fresh-set score, the oracle and the prior on the fresh set, score - oracle, the fresh
+set's per-condition terms and the steps' seconds; per size and variant the mean and the spread (max - min) of score - oracle over the seeds, and
 each variant's gain over the default on the same sets. A gain counts only when it exceeds the default's seed
 spread at that size. The learning curve is the default's score - oracle by size.
 
@@ -319,7 +320,8 @@ def write_report(out: Path, table: pd.DataFrame) -> str:
 
 def record(out: Path, rows: pd.DataFrame) -> str:
     """Merge `rows` into `<out>/bench.csv` and rewrite the report, under a lock: benches of other sets or
-    variants may finish into the same folder at the same moment, and a read-merge-write without one drops rows."""
+    variants may finish into the same folder at the same moment, and a read-merge-write without one drops
+    rows."""
     csv = out / "bench.csv"
     with FileLock(out / ".bench.csv.lock"):
         table = merged(csv, rows)

@@ -118,7 +118,8 @@ def test_a_variant_may_change_the_shared_steps_and_then_gets_its_own_shared_run(
     assert shared["notebooks"][0]["parameters"]["foraminal_slices"] == "6,6"
     assert shared["notebooks"][0]["parameters"]["SIZE"] == 32  # the step's own settings stay
     assert "foraminal_slices" not in configs["shared"]["notebooks"][0]["parameters"]
-    variant = [m for e in bench.with_settings(configs["variant"], settings)["notebooks"] for m in e.get("parallel", [e])]
+    changed = bench.with_settings(configs["variant"], settings)
+    variant = [m for e in changed["notebooks"] for m in e.get("parallel", [e])]
     assert [m.get("parameters", {}).get("views") for m in variant] == [["axial_canal"], ["axial_canal"], None]
     assert variant[2]["parameters"] == {"SEED": 3}
     assert not any("foraminal_slices" in m.get("parameters", {}) for m in variant)
