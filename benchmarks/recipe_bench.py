@@ -106,7 +106,8 @@ def with_settings(raw: dict, settings: dict) -> dict:
 
 def shared_settings(settings: dict) -> dict:
     """The part of a variant's settings that changes 01 or 02: such a variant needs its own shared run."""
-    return {k: v for k, v in settings.items() if k.partition(".")[0] in SHARED_STEPS and "." in k}
+    shared = {f"{step}.{k}" for step, part in step_settings(settings).items() if step in SHARED_STEPS for k in part}
+    return {k: v for k, v in settings.items() if k in shared}
 
 
 def shared_run(folder: Path, configs: dict, name: str, settings: dict) -> tuple[Path, float]:
