@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -104,29 +104,32 @@ def with_settings(raw: dict, settings: dict) -> dict:
     return {**raw, "notebooks": notebooks}
 
 
-def shared_settings(settings: dict) -> dict:
-    """The part of a variant's settings that changes 01 or 02: such a variant needs its own shared run."""
+def split_settings(settings: dict) -> tuple[dict, dict]:
+    """A variant's settings split once: those of 01 or 02 (such a variant needs its own shared run) and the rest."""
     shared = {f"{step}.{k}" for step, part in step_settings(settings).items() if step in SHARED_STEPS for k in part}
-    return {k: v for k, v in settings.items() if k in shared}
+    return (
+        {k: v for k, v in settings.items() if k in shared},
+        {k: v for k, v in settings.items() if k not in shared},
+    )
 
 
-def shared_run(folder: Path, configs: dict, name: str, settings: dict) -> tuple[Path, float]:
+def shared_run(folder: Path, configs: dict, name: str, own: dict) -> tuple[Path, float]:
     """The shared run (01 + 02) a variant trains on, and its seconds.
 
     Variants that change neither step share `shared`. One that does (a deeper slab, second views) gets
     `shared_<name>`: a full copy of `shared` (a copy, not hard links: 01 and 02 rewrite files of the run in
     place, which would change the default's) with 01 and 02 run again on its settings; the localizers are
-    reused (`train_localizer_folds`: same settings, folds and coordinates), the crops are cut anew.
+    reused (`train_localizer_folds`: same settings, folds and coordinates), the crops are cut anew. `own`: the
+    variant's 01/02 settings (`split_settings`).
     """
     base = folder / "shared"
     seconds = run_steps(configs["shared"], base, folder / "shared.yaml")
-    own = shared_settings(settings)
     if not own:
         return base, seconds
     run_dir = folder / f"shared_{name}"
     if not (folder / f"shared_{name}.done.json").is_file():
-        subprocess.run(["rm", "-rf", str(run_dir)], check=True)
-        subprocess.run(["cp", "-a", str(base), str(run_dir)], check=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.copytree(base, run_dir, symlinks=True)
     return run_dir, run_steps(with_settings(configs["shared"], own), run_dir, folder / f"shared_{name}.yaml")
 
 
@@ -202,11 +205,12 @@ def bench_one(args, size: int, seed: int, variants: dict[str, dict]) -> list[dic
     generate_s = round(time.perf_counter() - t0, 1)
     rows = []
     for name, settings in variants.items():
-        shared, shared_s = shared_run(folder, configs, name, settings)
+        shared_part, variant_part = split_settings(settings)
+        shared, shared_s = shared_run(folder, configs, name, shared_part)
         run_dir = folder / f"run_{name}"
-        if not run_dir.exists():
-            subprocess.run(["cp", "-al", str(shared), str(run_dir)], check=True)
-        variant_s = run_steps(with_settings(configs["variant"], settings), run_dir, folder / f"{name}.yaml")
+        if not run_dir.exists():  # hard links: 03 and 04 write new files beside the shared run's, never into them
+            shutil.copytree(shared, run_dir, symlinks=True, copy_function=os.link)
+        variant_s = run_steps(with_settings(configs["variant"], variant_part), run_dir, folder / f"{name}.yaml")
         summary = demo_summary(run_dir, data_dir)
         for test_seed in args.test_seeds:
             fresh = fresh_set(args.out, test_seed, args.test_studies, args.image_size, args.workers)

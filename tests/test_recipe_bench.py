@@ -112,8 +112,11 @@ def test_benches_finishing_into_one_folder_at_once_keep_every_row(bench, tmp_pat
 def test_a_variant_may_change_the_shared_steps_and_then_gets_its_own_shared_run(bench, tmp_path):
     configs = bench.bench_configs(ROOT / "configs/demo.yaml", 240, 12, tmp_path / "data", 128)
     settings = {"01_preprocess.foraminal_slices": "6,6", "views": ["axial_canal"], "04_ensemble.SEED": 3}
-    assert bench.shared_settings(settings) == {"01_preprocess.foraminal_slices": "6,6"}
-    assert bench.shared_settings({"any_severe_weight": 1.0}) == {}  # shares the default's 01 + 02
+    assert bench.split_settings(settings) == (
+        {"01_preprocess.foraminal_slices": "6,6"},
+        {"views": ["axial_canal"], "04_ensemble.SEED": 3},
+    )
+    assert bench.split_settings({"any_severe_weight": 1.0}) == ({}, {"any_severe_weight": 1.0})
     shared = bench.with_settings(configs["shared"], settings)
     assert shared["notebooks"][0]["parameters"]["foraminal_slices"] == "6,6"
     assert shared["notebooks"][0]["parameters"]["SIZE"] == 32  # the step's own settings stay
@@ -125,3 +128,20 @@ def test_a_variant_may_change_the_shared_steps_and_then_gets_its_own_shared_run(
     assert not any("foraminal_slices" in m.get("parameters", {}) for m in variant)
     with pytest.raises(SystemExit, match="05_submission"):
         bench.step_settings({"05_submission.SPLIT": "train"})
+
+
+def test_a_variants_own_shared_run_is_a_real_copy_of_the_defaults(bench, tmp_path, monkeypatch):
+    """01 and 02 rewrite files in place: the variant's copy must not share them with the default's run."""
+    shared = tmp_path / "shared"
+    (shared / "crops").mkdir(parents=True)
+    (shared / "crops" / "index.csv").write_text("default")
+    (shared / "latest").symlink_to("crops")
+    ran = []
+    monkeypatch.setattr(bench, "run_steps", lambda raw, run_dir, config_file: ran.append(run_dir) or 1.0)
+    configs = {"shared": {"notebooks": [{"notebook": "01_preprocess", "parameters": {}}]}}
+    assert bench.shared_run(tmp_path, configs, "default", {}) == (shared, 1.0)
+    run_dir, _ = bench.shared_run(tmp_path, configs, "slab", {"01_preprocess.foraminal_slices": "6,6"})
+    assert run_dir == tmp_path / "shared_slab" and ran == [shared, shared, run_dir]
+    assert (run_dir / "latest").is_symlink()
+    (run_dir / "crops" / "index.csv").write_text("slab")
+    assert (shared / "crops" / "index.csv").read_text() == "default"
