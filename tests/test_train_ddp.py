@@ -46,8 +46,8 @@ def test_two_gloo_processes_see_different_samples(tmp_path):
 
 @pytest.mark.slow
 def test_the_two_step_any_severe_schedule_under_two_gloo_ranks_gives_each_rank_whole_studies(tmp_path):
-    """Epoch 1 unweighted without the term, epoch 2 weighted with it: both ranks switch together (a rank that
-    did not would leave the other waiting in a collective), and each epoch's batches hold whole studies."""
+    """Epoch 1 unweighted without the term, epoch 2 weighted with it (the switch is by epoch number, the same on
+    every rank): both epochs train under DDP, and each rank's batches hold whole studies in both."""
     _, out = _torchrun(tmp_path, "any_severe_weight=1.0", "weighted_from_epoch=2", epochs=2, batch_size=10)
     seen = json.loads((out / "spinal" / "fold0" / "samples_seen.json").read_text())
     history = pd.read_csv(out / "spinal" / "fold0" / "history.csv")
