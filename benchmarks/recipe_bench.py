@@ -19,9 +19,10 @@ predictions).
 
 Report (`<out>/bench.csv`, `<out>/bench.md`, `<out>/bench_runs.md`, printed): per set and variant the
 out-of-fold score, the fresh-set score, the oracle and the prior on the fresh set, score - oracle, the fresh
-set's per-condition terms and the steps' seconds; per size and variant the mean and the spread (max - min) of score - oracle over the seeds, and
-each variant's gain over the default on the same sets. A gain counts only when it exceeds the default's seed
-spread at that size. The learning curve is the default's score - oracle by size.
+set's per-condition terms and the steps' seconds; per size and variant the mean and the spread (max - min)
+of score - oracle over the seeds, and each variant's gain over the default on the same sets. A gain counts
+only when it exceeds the default's seed spread at that size. The learning curve is the default's score -
+oracle by size.
 
     python benchmarks/recipe_bench.py --sizes 60 240 480 --seeds 11 12 --test-seeds 9001 --out runs/bench
 
@@ -77,13 +78,19 @@ def bench_configs(config_path: Path, size: int, seed: int, data_dir: Path, image
     return {"shared": {**raw, "notebooks": shared}, "variant": {**raw, "notebooks": variant}}
 
 
+def setting_step(key: str) -> tuple[str, str]:
+    """The step a variant's setting goes to and its name there: `01_preprocess.views` -> 01, a plain key -> 03."""
+    step, dot, name = key.rpartition(".") if "." in key else ("03_train", "", key)
+    if dot and step not in SHARED_STEPS + VARIANT_STEPS:
+        raise SystemExit(f"variant setting {key!r}: {step!r} is not one of {SHARED_STEPS + VARIANT_STEPS}")
+    return step, name
+
+
 def step_settings(settings: dict) -> dict[str, dict]:
-    """A variant's settings by step: `01_preprocess.views=...` goes to that step, a plain key to 03_train."""
+    """A variant's settings by step (`setting_step`)."""
     by_step: dict[str, dict] = {}
     for key, value in settings.items():
-        step, dot, name = key.rpartition(".") if "." in key else ("03_train", "", key)
-        if dot and step not in SHARED_STEPS + VARIANT_STEPS:
-            raise SystemExit(f"variant setting {key!r}: {step!r} is not one of {SHARED_STEPS + VARIANT_STEPS}")
+        step, name = setting_step(key)
         by_step.setdefault(step, {})[name] = value
     return by_step
 
@@ -106,7 +113,7 @@ def with_settings(raw: dict, settings: dict) -> dict:
 
 def split_settings(settings: dict) -> tuple[dict, dict]:
     """A variant's settings split once: those of 01 or 02 (such a variant needs its own shared run) and the rest."""
-    shared = {f"{step}.{k}" for step, part in step_settings(settings).items() if step in SHARED_STEPS for k in part}
+    shared = {k for k in settings if setting_step(k)[0] in SHARED_STEPS}
     return (
         {k: v for k, v in settings.items() if k in shared},
         {k: v for k, v in settings.items() if k not in shared},
