@@ -42,10 +42,10 @@ def test_a_corrected_file_replaces_adds_and_names_its_bad_rows(sample, tmp_path)
         [  # the corrected set's columns and spellings, with its unnamed index column
             [SAG_T2, (canal.x + 10) / columns, canal.y / rows, "Spinal Canal Stenosis", "R", canal.instance_number,
              STUDY, "L1/L2"],
-            [SAG_T2, 0.5, 0.5, "Spinal Canal Stenosis", "L", canal.instance_number, STUDY, "L1/L2"],
-            [SAG_T1, foramen.x / f_columns, (foramen.y - 4) / f_rows, "Neural Foraminal Narrowing", "L",
+            [SAG_T2, 0.5, 0.5, "Spinal Canal Stenosis", "L", -1, STUDY, "L1/L2"],  # as the real file's left side
+            [SAG_T1, foramen.x / f_columns, (foramen.y - 4) / f_rows, "Left Neural Foraminal Narrowing", "L",
              foramen.instance_number, STUDY, "L2/L3"],
-            [SAG_T1, 0.6, 0.62, "Neural Foraminal Narrowing", "R", 4, STUDY, "L5/S1"],
+            [SAG_T1, 0.6, 0.62, "Neural Foraminal Narrowing", "R", 4, STUDY, "L5/S1"],  # bare: side decides
             [SAG_T2, 0.5, 0.5, "Spinal Canal Stenosis", "R", 999, STUDY, "L2/L3"],
             [SAG_T2, 1.2, 0.5, "Spinal Canal Stenosis", "R", canal.instance_number, STUDY, "L3/L4"],
         ],
@@ -96,3 +96,31 @@ def test_a_file_in_neither_format_is_named(sample, tmp_path):
     pd.DataFrame({"study": [STUDY], "x": [1.0]}).to_csv(path, index=False)
     with pytest.raises(DataFormatError, match="odd.csv.*neither the competition's columns"):
         merge_extra_coordinates(coords, [path], index)
+
+
+def test_the_real_files_spelling_puts_every_point_where_the_competition_has_it(sample_dir, tmp_path):
+    """The real corrected file names the side in the condition (its `side` column reads R for both
+    subarticular sides) and gives fractions of columns and rows. Rows written that way from the competition's
+    own points of both sample studies must land on those points: Sagittal T2 series 1792451510 is 448
+    columns by 462 rows, so fractions of the wrong side of the image would move them."""
+    coords = load_coordinates(sample_dir / "train_label_coordinates.csv")
+    coords = coords[coords["study_id"].isin([STUDY, 1002894806])].reset_index(drop=True)
+    index = load_or_build_index(sample_dir, "train")
+    size = index.set_index(["series_id", "instance_number"])[["columns", "rows"]]
+    at = size.loc[list(zip(coords["series_id"], coords["instance_number"]))].to_numpy()
+    spelled = coords["condition"].str.replace("_", " ").str.title()
+    extra = pd.DataFrame({
+        "series_id": coords["series_id"], "relative_x": coords["x"] / at[:, 0], "relative_y": coords["y"] / at[:, 1],
+        "condition": spelled, "side": np.where(spelled.str.startswith("Left Neural"), "L", "R"),
+        "instance_number": coords["instance_number"], "study_id": coords["study_id"],
+        "level": coords["level"].str.upper().str.replace("_", "/"),
+    })  # fmt: skip
+    assert {"Left Subarticular Stenosis", "Right Neural Foraminal Narrowing"} <= set(extra["condition"])
+    path = tmp_path / "coords_rsna_improved.csv"
+    extra.to_csv(path)
+
+    merged, report = merge_extra_coordinates(coords, [path], index)
+
+    assert (report.replaced, report.added, len(report.bad)) == (len(coords), 0, 0) == (50, 0, 0)
+    assert np.nanmax(report.shift_mm) < 1e-6
+    assert set(merged["condition"]) == set(coords["condition"])

@@ -6,9 +6,11 @@
     competition   `study_id, series_id, instance_number, condition, level, x, y` (pixels), as
                   `train_label_coordinates.csv`
     corrected     `series_id, relative_x, relative_y, condition, side, instance_number, study_id, level`
-                  (an unnamed index column is ignored): `condition` without its side ("Spinal Canal
-                  Stenosis", "Neural Foraminal Narrowing", "Subarticular Stenosis"), `side` L or R, the point
-                  as fractions of the image's width and height
+                  (an unnamed index column is ignored), the point as fractions of the image's width and
+                  height. The real file names the side in the condition ("Left Neural Foraminal
+                  Narrowing", "Right Subarticular Stenosis") and then its `side` column does not count (it
+                  reads R for both subarticular sides); a condition without its side ("Spinal Canal
+                  Stenosis", or a bare "Neural Foraminal Narrowing") takes `side`, L or R
 
 Every row is checked against the DICOM it names, through the header index: the instance must be among the
 study's images and the point inside that image (a relative point becomes pixels by the instance's own columns
@@ -17,7 +19,7 @@ and rows). A bad row is dropped, counted and named in the report, never silently
 The merge rule: a row of an extra file replaces the competition's row for the same study, condition and level
 (later files replace earlier ones); a row for a target the competition has no point for is added. The
 corrected set gives the canal point once per side; the right side's is kept (as 4th place did), the left
-side's where it is the only one.
+side's where it is the only one (in the real file the left side's canal rows name instance -1).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from lumbar.core.constants import normalize_level
+from lumbar.core.constants import normalize_condition, normalize_level
 from lumbar.core.tables import COORDINATE_COLUMNS, DataFormatError, load_coordinates
 from lumbar.data.geometry import INSTANCE_KEYS, points_mm
 
@@ -44,8 +46,8 @@ CORRECTED_COLUMNS = [
     "study_id",
     "level",
 ]
-#: (condition as the corrected set spells it, side) -> the competition's condition.
-CORRECTED_CONDITIONS = {
+#: A condition the corrected set spells without its side, by the `side` column -> the competition's condition.
+BARE_CONDITIONS = {
     ("spinal canal stenosis", "L"): "spinal_canal_stenosis",
     ("spinal canal stenosis", "R"): "spinal_canal_stenosis",
     ("neural foraminal narrowing", "L"): "left_neural_foraminal_narrowing",
@@ -53,6 +55,17 @@ CORRECTED_CONDITIONS = {
     ("subarticular stenosis", "L"): "left_subarticular_stenosis",
     ("subarticular stenosis", "R"): "right_subarticular_stenosis",
 }
+
+
+def corrected_condition(condition: str, side: str) -> str | None:
+    """The competition's condition of a corrected-set row (module docstring), None for an unknown one."""
+    bare = BARE_CONDITIONS.get((condition.strip().lower(), side.strip().upper()))
+    if bare is not None:
+        return bare
+    try:
+        return normalize_condition(condition)
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -110,10 +123,8 @@ def _read_corrected(path: str | os.PathLike) -> pd.DataFrame:
     missing = [c for c in CORRECTED_COLUMNS if c not in raw.columns]
     if missing:
         raise DataFormatError(path, f"missing columns {missing}", line=1)
-    keys = list(
-        zip(raw["condition"].astype(str).str.strip().str.lower(), raw["side"].astype(str).str.upper())
-    )
-    conditions = [CORRECTED_CONDITIONS.get(k) for k in keys]
+    keys = list(zip(raw["condition"].astype(str), raw["side"].astype(str)))
+    conditions = [corrected_condition(*k) for k in keys]
     unknown = [i for i, c in enumerate(conditions) if c is None]
     if unknown:
         i = unknown[0]
