@@ -113,11 +113,8 @@ def with_settings(raw: dict, settings: dict) -> dict:
 
 def split_settings(settings: dict) -> tuple[dict, dict]:
     """A variant's settings split once: those of 01 or 02 (such a variant needs its own shared run) and the rest."""
-    shared = {k for k in settings if setting_step(k)[0] in SHARED_STEPS}
-    return (
-        {k: v for k, v in settings.items() if k in shared},
-        {k: v for k, v in settings.items() if k not in shared},
-    )
+    shared = {k: v for k, v in settings.items() if setting_step(k)[0] in SHARED_STEPS}
+    return shared, {k: v for k, v in settings.items() if k not in shared}
 
 
 def shared_run(folder: Path, configs: dict, name: str, own: dict) -> tuple[Path, float]:

@@ -98,14 +98,14 @@ def test_a_file_in_neither_format_is_named(sample, tmp_path):
         merge_extra_coordinates(coords, [path], index)
 
 
-def test_the_real_files_spelling_puts_every_point_where_the_competition_has_it(sample_dir, tmp_path):
+def test_the_real_files_spelling_puts_every_point_where_the_competition_has_it(sample, sample_dir, tmp_path):
     """The real corrected file names the side in the condition (its `side` column reads R for both
     subarticular sides) and gives fractions of columns and rows. Rows written that way from the competition's
     own points of both sample studies must land on those points: Sagittal T2 series 1792451510 is 448
     columns by 462 rows, so fractions of the wrong side of the image would move them."""
     coords = load_coordinates(sample_dir / "train_label_coordinates.csv")
     coords = coords[coords["study_id"].isin([STUDY, 1002894806])].reset_index(drop=True)
-    index = load_or_build_index(sample_dir, "train")
+    _, index = sample  # the whole sample's index
     size = index.set_index(["series_id", "instance_number"])[["columns", "rows"]]
     at = size.loc[list(zip(coords["series_id"], coords["instance_number"]))].to_numpy()
     spelled = coords["condition"].str.replace("_", " ").str.title()

@@ -46,26 +46,19 @@ CORRECTED_COLUMNS = [
     "study_id",
     "level",
 ]
-#: A condition the corrected set spells without its side, by the `side` column -> the competition's condition.
-BARE_CONDITIONS = {
-    ("spinal canal stenosis", "L"): "spinal_canal_stenosis",
-    ("spinal canal stenosis", "R"): "spinal_canal_stenosis",
-    ("neural foraminal narrowing", "L"): "left_neural_foraminal_narrowing",
-    ("neural foraminal narrowing", "R"): "right_neural_foraminal_narrowing",
-    ("subarticular stenosis", "L"): "left_subarticular_stenosis",
-    ("subarticular stenosis", "R"): "right_subarticular_stenosis",
-}
+#: The `side` column's values, as the competition's condition names spell the side.
+SIDES = {"L": "Left", "R": "Right"}
 
 
 def corrected_condition(condition: str, side: str) -> str | None:
-    """The competition's condition of a corrected-set row (module docstring), None for an unknown one."""
-    bare = BARE_CONDITIONS.get((condition.strip().lower(), side.strip().upper()))
-    if bare is not None:
-        return bare
-    try:
-        return normalize_condition(condition)
-    except ValueError:
-        return None
+    """The competition's condition of a corrected-set row (module docstring), None for an unknown one: the
+    condition as it is when it names its side (or is the canal's), else with the `side` column's side."""
+    for name in (condition, f"{SIDES.get(side.strip().upper(), '?')} {condition}"):
+        try:
+            return normalize_condition(name)
+        except ValueError:
+            continue
+    return None
 
 
 @dataclass
